@@ -1,0 +1,60 @@
+# Finds LibTorch and decides whether the CUDA kernels are built.
+# Order: an explicit Torch_DIR / CMAKE_PREFIX_PATH; else python3's torch (the GPU machine's LibTorch 2.x
+# with CUDA); else the system's (Debian's libtorch-dev 1.13, CPU only).
+if(NOT Torch_DIR)
+  find_package(Python3 COMPONENTS Interpreter QUIET)
+  if(Python3_Interpreter_FOUND)
+    execute_process(
+      COMMAND ${Python3_EXECUTABLE} -c "import torch; print(torch.utils.cmake_prefix_path)"
+      OUTPUT_VARIABLE _qad_py_torch OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _qad_rc)
+    if(_qad_rc EQUAL 0 AND EXISTS "${_qad_py_torch}")
+      list(APPEND CMAKE_PREFIX_PATH "${_qad_py_torch}")
+      message(STATUS "qad: using python3's LibTorch at ${_qad_py_torch}")
+    endif()
+  endif()
+endif()
+
+# Torch's own CUDA setup reads TORCH_CUDA_ARCH_LIST; without it, it probes the local GPU (none on CI).
+set(QAD_CUDA_ARCHS "90a" CACHE STRING "CUDA architectures for the qad kernels")
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(ENV{TORCH_CUDA_ARCH_LIST} "9.0a")
+endif()
+
+# A CUDA LibTorch ships libc10_cuda next to libtorch; decide before find_package(Torch) so that the CUDA
+# language is enabled first (Torch's config expects it for CUDA builds).
+set(QAD_HAS_CUDA OFF)
+set(_qad_torch_lib_hint "")
+foreach(_p IN LISTS CMAKE_PREFIX_PATH Torch_DIR)
+  if(EXISTS "${_p}/../../lib/libc10_cuda.so" OR EXISTS "${_p}/../../../lib/libc10_cuda.so")
+    set(_qad_torch_lib_hint "${_p}")
+  endif()
+endforeach()
+if(QAD_ENABLE_CUDA AND _qad_torch_lib_hint)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES ${QAD_CUDA_ARCHS})
+    endif()
+    enable_language(CUDA)
+    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.8 AND NOT "100a" IN_LIST CMAKE_CUDA_ARCHITECTURES)
+      list(APPEND CMAKE_CUDA_ARCHITECTURES 100a)
+    endif()
+    set(QAD_HAS_CUDA ON)
+  endif()
+endif()
+
+find_package(Torch REQUIRED)
+# Torch's config appends its own -gencode flags and warnings to CMAKE_CUDA_FLAGS; our kernels name their
+# architectures through CMAKE_CUDA_ARCHITECTURES instead.
+if(QAD_HAS_CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  string(REGEX REPLACE "-gencode[ =][^ ]+" "" CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS}")
+endif()
+
+# The CUDA headers (cuda_fp4.h, cuda_fp8.h) are the oracle for E2M1/E4M3 in the CPU tests; they are
+# plain host code, so find them even where no kernel is compiled.
+find_path(QAD_CUDA_FP_HEADERS cuda_fp4.h
+  HINTS ${CUDAToolkit_INCLUDE_DIRS} $ENV{CUDA_HOME}/include /usr/local/cuda/include /usr/include)

@@ -1,0 +1,26 @@
+// The qad command line: one binary, one subcommand per job. Errors are one readable line and exit 1.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "qad/version.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"qad: NVFP4 quantization-aware distillation (QAD, CKA-QAD, QAT, PTQ) for Hugging Face LLMs"};
+  app.set_version_flag("--version", std::string("qad ") + QAD_VERSION);
+  app.require_subcommand(1);
+  qad::cli::register_selfcheck(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Error& e) {
+    return app.exit(e);
+  } catch (const qad::Error& e) {
+    std::fprintf(stderr, "qad: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qad: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,54 @@
+// NVFP4 fake quantization with LibTorch tensor ops only. It is the baseline the benchmark measures the
+// fused kernel against, and a third implementation (besides the CPU reference and the CUDA kernel)
+// that the tests compare bit for bit. Written for clarity, not speed: every step is a separate op.
+#include "nvfp4/quantize.h"
+#include "nvfp4/scales.h"
+
+namespace qad::nvfp4 {
+namespace {
+
+// Rounds positive values in [2^-9, 448] to the nearest E4M3 value, ties to even.
+torch::Tensor round_to_e4m3(const torch::Tensor& s) {
+  auto subnormal = torch::round(s * 512.0) / 512.0;  // below 2^-6: steps of 2^-9
+  auto fr = torch::frexp(s);                           // s = m * 2^e, m in [0.5, 1)
+  auto m = std::get<0>(fr);
+  auto e = std::get<1>(fr);
+  auto normal = torch::round(m * 16.0) / 16.0 * torch::pow(2.0, e.to(torch::kFloat32));
+  return torch::where(s < 0.015625, subnormal, normal);
+}
+
+// E2M1 magnitude index of |v| with ties to even: the number of rounding boundaries passed.
+torch::Tensor e2m1_index(const torch::Tensor& a) {
+  auto idx = (a > 0.25).to(torch::kInt64) + (a >= 0.75).to(torch::kInt64) + (a > 1.25).to(torch::kInt64) +
+             (a >= 1.75).to(torch::kInt64) + (a > 2.5).to(torch::kInt64) + (a >= 3.5).to(torch::kInt64) +
+             (a > 5.0).to(torch::kInt64);
+  return idx;
+}
+
+}  // namespace
+
+torch::Tensor fake_quantize_torch_ops(const torch::Tensor& x, const torch::Tensor& global_amax) {
+  const int64_t k = x.size(-1);
+  const int64_t nb = (k + kBlockSize - 1) / kBlockSize;
+  auto xf = x.to(torch::kFloat32).reshape({-1, k});
+  if (nb * kBlockSize != k) xf = torch::constant_pad_nd(xf, {0, nb * kBlockSize - k}, 0.0);
+  auto blocks = xf.reshape({-1, nb, kBlockSize});
+
+  auto sg = global_amax.to(torch::kFloat32).reshape({}) / kScaleDenominator;
+  auto finite = torch::isfinite(blocks).all(-1, true).logical_and(torch::isfinite(sg));
+  auto block_amax = blocks.abs().amax(-1, true);
+  auto s = (block_amax / (sg * 6.0)).clamp(kE4M3MinSubnormal, kE4M3Max);
+  s = torch::where(block_amax == 0, torch::ones_like(s), round_to_e4m3(s));
+
+  auto scaled = torch::where(blocks == 0, blocks, blocks / (s * sg));
+  auto values = torch::tensor({0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f}, blocks.options());
+  auto magnitude = values.index({e2m1_index(scaled.abs())});
+  auto y = torch::copysign(magnitude, scaled) * s * sg;
+  y = torch::where(finite, y, torch::full_like(y, std::numeric_limits<float>::quiet_NaN()));
+
+  y = y.reshape({-1, nb * kBlockSize});
+  if (nb * kBlockSize != k) y = y.narrow(1, 0, k);
+  return y.reshape(x.sizes()).to(x.scalar_type());
+}
+
+}  // namespace qad::nvfp4
