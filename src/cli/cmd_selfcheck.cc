@@ -100,4 +100,6 @@ void register_selfcheck(CLI::App& app) {
   });
 }
 
+QAD_REGISTER_COMMAND(900, register_selfcheck);
+
 }  // namespace qad::cli

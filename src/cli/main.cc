@@ -1,4 +1,5 @@
 // The qad command line: one binary, one subcommand per job. Errors are one readable line and exit 1.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 
@@ -10,7 +11,9 @@ int main(int argc, char** argv) {
   CLI::App app{"qad: NVFP4 quantization-aware distillation (QAD, CKA-QAD, QAT, PTQ) for Hugging Face LLMs"};
   app.set_version_flag("--version", std::string("qad ") + QAD_VERSION);
   app.require_subcommand(1);
-  qad::cli::register_selfcheck(app);
+  auto entries = qad::cli::command_registry();
+  std::stable_sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.order < b.order; });
+  for (auto& e : entries) e.fn(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Error& e) {
