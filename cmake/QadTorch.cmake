@@ -36,6 +36,8 @@ if(QAD_ENABLE_CUDA AND _qad_torch_lib_hint)
     if(NOT CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES ${QAD_CUDA_ARCHS})
     endif()
+    # Share LibTorch's libcudart rather than linking a second, static copy.
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)
     set(CMAKE_CUDA_STANDARD 20)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
