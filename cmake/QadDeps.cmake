@@ -14,6 +14,12 @@ if(QAD_BUILD_BENCH)
   find_package(benchmark QUIET)
 endif()
 
+# fmt header-only: LibTorch 2.x ships its own fmt headers (v12) on its include path, which shadow the
+# system's (v9); compiled against them, code must not link the system's libfmt. Header-only mode works
+# with whichever fmt headers a file sees. Link qad_fmt, never fmt::fmt.
+add_library(qad_fmt INTERFACE)
+target_link_libraries(qad_fmt INTERFACE fmt::fmt-header-only)
+
 # yaml-cpp's exported target name differs between 0.7 (yaml-cpp) and 0.8 (yaml-cpp::yaml-cpp).
 if(TARGET yaml-cpp::yaml-cpp)
   set(QAD_YAML_TARGET yaml-cpp::yaml-cpp)

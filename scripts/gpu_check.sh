@@ -15,7 +15,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 status=0
 has() { [[ " $steps " == *" $1"* ]]; }
 
-{ echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)";
+{ echo "commit ${QAD_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}";
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader;
   python3 -c 'import torch; print("torch", torch.__version__)'; } | tee "$out/device.txt"
 

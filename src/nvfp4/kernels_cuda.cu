@@ -73,7 +73,8 @@ __global__ void block_per_thread_kernel(const typename Io<T>::Raw* __restrict__ 
   if (kMode == 1 && b == 0) *global_scale_out = sg;
   if (b >= rows * nb) return;
   const int64_t r = b / nb, j = b % nb;
-  const int n = (int)min<int64_t>(kBlockSize, k - j * kBlockSize);
+  const int64_t left = k - j * kBlockSize;
+  const int n = left < kBlockSize ? (int)left : kBlockSize;
   const auto* xb = x + r * k + j * kBlockSize;
   float v[kBlockSize];
   float a = 0.0f;
@@ -169,7 +170,8 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ packed, const uint
   if (b >= rows * nb) return;
   const float sg = *global_scale;
   const int64_t r = b / nb, j = b % nb;
-  const int n = (int)min<int64_t>(kBlockSize, k - j * kBlockSize);
+  const int64_t left = k - j * kBlockSize;
+  const int n = left < kBlockSize ? (int)left : kBlockSize;
   const uint8_t* pb = packed + r * ((k + 1) / 2) + j * (kBlockSize / 2);
   const float sb = e4m3_decode(scales[b]);
   auto* yb = y + r * k + j * kBlockSize;
