@@ -69,8 +69,11 @@ int run(const SelfcheckOptions& o) {
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       auto roundtrip = nvfp4::dequantize(nvfp4::quantize(x, a), dtype);
       auto tensor_ops = nvfp4::fake_quantize_torch_ops(x, a);
-      bool ok = same_bits(y, roundtrip) && same_bits(y, tensor_ops);
-      if (dev.is_cuda()) ok = ok && same_bits(y, nvfp4::fake_quantize(x.cpu(), a.cpu()));
+      std::string verdict;
+      if (!same_bits(y, roundtrip)) verdict += "NO:roundtrip ";
+      if (!same_bits(y, tensor_ops)) verdict += "NO:tensor-ops ";
+      if (dev.is_cuda() && !same_bits(y, nvfp4::fake_quantize(x.cpu(), a.cpu()))) verdict += "NO:cpu ";
+      const bool ok = verdict.empty();
       all_ok = all_ok && ok;
       auto xf = x.to(torch::kFloat64), e = y.to(torch::kFloat64) - xf;
       double rel = std::sqrt(e.pow(2).sum().item<double>() / xf.pow(2).sum().item<double>());
@@ -78,7 +81,7 @@ int run(const SelfcheckOptions& o) {
       double zeros = 100.0 * (y == 0).sum().item<int64_t>() / static_cast<double>(y.numel());
       fmt::print("{:<10} {:<6} {:>9.4f} {:>9.2f} {:>12.4f} {:>7.2f} {:>10} {:>8.2f}\n", dist,
                  dtype == torch::kFloat32 ? "fp32" : "bf16", rel, -20 * std::log10(rel), maxe, zeros,
-                 ok ? "yes" : "NO", ms);
+                 ok ? "yes" : verdict, ms);
     }
   }
   fmt::print("\n{}\n", all_ok ? "self-check passed: all implementations agree bit for bit"

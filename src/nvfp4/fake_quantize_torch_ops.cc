@@ -7,13 +7,18 @@
 namespace qad::nvfp4 {
 namespace {
 
+// 2^e as float32, exactly, for e in the normal range (pow/ldexp may go through exp2 on some devices).
+torch::Tensor exact_power_of_two(const torch::Tensor& e) {
+  return ((e.to(torch::kInt32) + 127) * (1 << 23)).view(torch::kFloat32);
+}
+
 // Rounds positive values in [2^-9, 448] to the nearest E4M3 value, ties to even.
 torch::Tensor round_to_e4m3(const torch::Tensor& s) {
-  auto subnormal = torch::round(s * 512.0) / 512.0;  // below 2^-6: steps of 2^-9
-  auto fr = torch::frexp(s);                           // s = m * 2^e, m in [0.5, 1)
+  auto subnormal = torch::round(s * 512.0) * 0.001953125;  // below 2^-6: steps of 2^-9
+  auto fr = torch::frexp(s);                                  // s = m * 2^e, m in [0.5, 1)
   auto m = std::get<0>(fr);
   auto e = std::get<1>(fr);
-  auto normal = torch::round(m * 16.0) / 16.0 * torch::pow(2.0, e.to(torch::kFloat32));
+  auto normal = torch::round(m * 16.0) * exact_power_of_two(e - 4);  // 3 mantissa bits: steps of 2^(e-4)
   return torch::where(s < 0.015625, subnormal, normal);
 }
 
@@ -34,7 +39,10 @@ torch::Tensor fake_quantize_torch_ops(const torch::Tensor& x, const torch::Tenso
   if (nb * kBlockSize != k) xf = torch::constant_pad_nd(xf, {0, nb * kBlockSize - k}, 0.0);
   auto blocks = xf.reshape({-1, nb, kBlockSize});
 
-  auto sg = global_amax.to(torch::kFloat32).reshape({}) / kScaleDenominator;
+  // Divide by a tensor, not a scalar: LibTorch's CUDA division by a host scalar multiplies by its
+  // reciprocal, which rounds differently from the true division the kernels do.
+  auto denominator = torch::full({}, kScaleDenominator, blocks.options());
+  auto sg = global_amax.to(torch::kFloat32).reshape({}) / denominator;
   auto finite = torch::isfinite(blocks).all(-1, true).logical_and(torch::isfinite(sg));
   auto block_amax = blocks.abs().amax(-1, true);
   auto s = (block_amax / (sg * 6.0)).clamp(kE4M3MinSubnormal, kE4M3Max);

@@ -12,15 +12,16 @@ using qad::testing::same_bits;
 
 constexpr int64_t kGuard = 64;  // elements after each output that no kernel may touch
 
-// Random data with huge, tiny and zero blocks.
-torch::Tensor hostile(const std::vector<int64_t>& shape, torch::Generator& gen) {
+// Random data with huge, tiny and zero blocks, within the dtype's finite range.
+torch::Tensor hostile(const std::vector<int64_t>& shape, torch::Generator& gen, torch::ScalarType dt) {
   auto x = torch::randn(shape, gen);
   auto flat = x.reshape({-1});
   const int64_t nb = flat.numel() / 16 + 1;
-  auto exps = torch::randint(-30, 30, {nb}, gen).to(torch::kFloat32);
+  const int64_t lo = dt == torch::kFloat16 ? -20 : -30, hi = dt == torch::kFloat16 ? 12 : 30;
+  auto exps = torch::randint(lo, hi, {nb}, gen).to(torch::kFloat32);
   flat.mul_(torch::pow(2.0, exps).repeat_interleave(16).narrow(0, 0, flat.numel()));
   flat.masked_fill_(torch::rand({flat.numel()}, gen) < 0.1, 0.0);
-  return x;
+  return x.to(dt);
 }
 
 // A poisoned device buffer with a guard tail; returns the view of the first `numel` elements.
@@ -52,7 +53,7 @@ TEST(Nvfp4Cuda, FakeQuantizeMatchesCpuBitForBit) {
   for (auto dt : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
     for (const auto& shape : shapes()) {
       SCOPED_TRACE(::testing::Message() << "dtype " << dt << " last dim " << shape.back());
-      auto x = hostile(shape, gen).to(dt);
+      auto x = hostile(shape, gen, dt);
       auto a = compute_amax(x);
       auto ref = fake_quantize(x, a);
       torch::Tensor storage;
@@ -60,6 +61,8 @@ TEST(Nvfp4Cuda, FakeQuantizeMatchesCpuBitForBit) {
       fake_quantize_out(x.cuda(), a.cuda(), out);
       EXPECT_TRUE(same_bits(out, ref));
       expect_guard_intact(storage, x.numel());
+      // The tensor-op formulation on the GPU too (LibTorch's CUDA ops must not round differently).
+      EXPECT_TRUE(same_bits(fake_quantize_torch_ops(x.cuda(), a.cuda()), ref));
       // A calibrated amax smaller than the data: saturation paths.
       auto small = a * 0.1;
       EXPECT_TRUE(same_bits(fake_quantize(x.cuda(), small.cuda()), fake_quantize(x, small)));
@@ -73,7 +76,7 @@ TEST(Nvfp4Cuda, QuantizeMatchesCpuByteForByte) {
   for (auto dt : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
     for (const auto& shape : shapes()) {
       SCOPED_TRACE(::testing::Message() << "dtype " << dt << " last dim " << shape.back());
-      auto x = hostile(shape, gen).to(dt);
+      auto x = hostile(shape, gen, dt);
       auto ref = quantize(x);
       torch::Tensor ps, ss;
       auto u8 = torch::TensorOptions().dtype(torch::kUInt8).device(torch::kCUDA);
@@ -97,11 +100,11 @@ TEST(Nvfp4Cuda, QuantizeMatchesCpuByteForByte) {
 TEST(Nvfp4Cuda, MisalignedAndNonContiguousInputs) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(12);
-  auto base = hostile({1, 16 * 65}, gen).to(torch::kBFloat16);
+  auto base = hostile({1, 16 * 65}, gen, torch::kBFloat16);
   auto x = base.narrow(1, 1, 16 * 64);  // 2-byte offset: not 16-byte aligned, takes the scalar path
   auto a = compute_amax(x);
   EXPECT_TRUE(same_bits(fake_quantize(x.cuda(), a.cuda()), fake_quantize(x, a)));
-  auto t = hostile({64, 48}, gen).t();  // non-contiguous
+  auto t = hostile({64, 48}, gen, torch::kFloat32).t();  // non-contiguous
   EXPECT_TRUE(same_bits(fake_quantize(t.cuda(), compute_amax(t).cuda()), fake_quantize(t, compute_amax(t))));
 }
 
@@ -109,7 +112,7 @@ TEST(Nvfp4Cuda, AmaxMatchesCpuAndPropagatesNaN) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(13);
   for (auto dt : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
-    auto x = hostile({513, 777}, gen).to(dt);
+    auto x = hostile({513, 777}, gen, dt);
     EXPECT_TRUE(same_bits(compute_amax(x.cuda()), compute_amax(x)));
     x[100][3] = std::numeric_limits<float>::quiet_NaN();
     EXPECT_TRUE(std::isnan(compute_amax(x.cuda()).item<float>()));
