@@ -45,11 +45,27 @@ int64_t grid_for(int64_t threads) { return (threads + kThreads - 1) / kThreads; 
 // |x| as float bits is ordered like the value, and NaN bits sort above +Inf, so an integer max both
 // finds the amax and propagates NaN.
 template <typename T>
+__device__ __forceinline__ uint32_t abs_bits(typename Io<T>::Raw v) {
+  return __float_as_uint(Io<T>::to_float(v)) & 0x7fffffffu;
+}
+
+// Reads 16-byte vectors for the bulk (x must be 16-byte aligned) and scalars for the tail.
+template <typename T>
 __global__ void amax_kernel(const typename Io<T>::Raw* __restrict__ x, int64_t n, unsigned* __restrict__ out) {
+  using Raw = typename Io<T>::Raw;
+  constexpr int kPer = 16 / sizeof(Raw);
   unsigned best = 0;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    best = max(best, __float_as_uint(Io<T>::to_float(x[i])) & 0x7fffffffu);
+  const int64_t nvec = n / kPer;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  for (int64_t i = tid; i < nvec; i += stride) {
+    const uint4 vec = __ldg(xv + i);
+    const Raw* e = reinterpret_cast<const Raw*>(&vec);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) best = max(best, abs_bits<T>(e[j]));
   }
+  for (int64_t i = nvec * kPer + tid; i < n; i += stride) best = max(best, abs_bits<T>(x[i]));
   for (int off = 16; off > 0; off >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, off));
   __shared__ unsigned warp_best[kThreads / 32];
   if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
@@ -59,6 +75,17 @@ __global__ void amax_kernel(const typename Io<T>::Raw* __restrict__ x, int64_t n
     for (int off = 16; off > 0; off >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, off));
     if (threadIdx.x == 0) atomicMax(out, best);
   }
+}
+
+// Scalar fallback for unaligned inputs.
+template <typename T>
+__global__ void amax_scalar_kernel(const typename Io<T>::Raw* __restrict__ x, int64_t n, unsigned* __restrict__ out) {
+  unsigned best = 0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    best = max(best, abs_bits<T>(x[i]));
+  }
+  for (int off = 16; off > 0; off >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, off));
+  if ((threadIdx.x & 31) == 0) atomicMax(out, best);
 }
 
 // ---- one block per thread (any K, any alignment) -------------------------------------------------
@@ -103,6 +130,16 @@ __global__ void block_per_thread_kernel(const typename Io<T>::Raw* __restrict__ 
   }
 }
 
+// E2M1 value of |x| / d, rounded to nearest even and saturated at 6, as a float. The same function as
+// e2m1_decode(e2m1_encode(x / d)) for finite x and d > 0, written without branches: on [0,2) the grid
+// step is 0.5, on [2,4) 1, on [4,6] 2, so scaling by 2, 1 or 1/2 makes rintf (ties to even) round onto
+// it. Where the scaled ranges meet (2 and 4) both sides give the same value, so the choice is safe.
+__device__ __forceinline__ float e2m1_round_magnitude(float a) {
+  const float up = a < 2.0f ? 2.0f : (a < 4.0f ? 1.0f : 0.5f);
+  const float down = a < 2.0f ? 0.5f : (a < 4.0f ? 1.0f : 2.0f);
+  return fminf(rintf(a * up) * down, 6.0f);
+}
+
 // ---- fast path: K % 16 == 0, 16-byte aligned ------------------------------------------------------
 template <typename T, int kMode>
 __global__ void __launch_bounds__(kThreads) grouped_kernel(const typename Io<T>::Raw* __restrict__ x,
@@ -123,27 +160,36 @@ __global__ void __launch_bounds__(kThreads) grouped_kernel(const typename Io<T>:
   const Raw* in = reinterpret_cast<const Raw*>(&in_vec);
   Raw* out = reinterpret_cast<Raw*>(&out_vec);
   float v[kPer];
-  float a = 0.0f;
-  bool finite = true;
+  // max of |x| as integer bits: the block amax and, at the same time, a finiteness test (Inf and NaN
+  // bits are the largest), one integer op per element.
+  uint32_t amax_bits = 0;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     v[i] = active ? Io<T>::to_float(in[i]) : 0.0f;
-    finite = finite && is_finite(v[i]);
-    a = fmaxf(a, fabsf(v[i]));
+    amax_bits = max(amax_bits, __float_as_uint(v[i]) & 0x7fffffffu);
   }
 #pragma unroll
-  for (int off = 1; off < kGroup; off <<= 1) {
-    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
-    finite = __shfl_xor_sync(0xffffffffu, (int)finite, off) && finite;
-  }
+  for (int off = 1; off < kGroup; off <<= 1) amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, off));
   if (!active) return;
+  const float a = __uint_as_float(amax_bits);
+  const bool finite = amax_bits < 0x7f800000u;
   const uint8_t code = block_scale_code(a, sg);
   const float sb = e4m3_decode(code);
   if (kMode == 0) {
-    const bool ok = finite && is_finite(sg);
+    const float d = sb * sg;
+    if (finite && d > 0.0f && is_finite(d)) {
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      out[i] = Io<T>::from_float(ok ? dequantize_element(quantize_element(v[i], sb, sg), sb, sg) : NAN);
+      for (int i = 0; i < kPer; ++i) {
+        const float q = copysignf(e2m1_round_magnitude(fabsf(v[i]) / d), v[i]);
+        out[i] = Io<T>::from_float((q * sb) * sg);
+      }
+    } else {
+      // Rare blocks (non-finite values, a zero or non-finite global scale): the reference rules.
+      const bool ok = finite && is_finite(sg);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        out[i] = Io<T>::from_float(ok ? dequantize_element(quantize_element(v[i], sb, sg), sb, sg) : NAN);
+      }
     }
     reinterpret_cast<uint4*>(y)[t] = out_vec;
   } else {
@@ -216,12 +262,17 @@ void amax_cuda(const torch::Tensor& x, torch::Tensor& out) {
   const int64_t n = x.numel();
   if (n == 0) return;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t grid = std::min<int64_t>(grid_for(n), sms * 8);
+  const int64_t grid = std::min<int64_t>(grid_for(n), sms * 16);
   dispatch_float_types(x.scalar_type(), "nvfp4_amax_cuda", [&](auto tag) {
     using scalar_t = decltype(tag);
-    amax_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        reinterpret_cast<const typename Io<scalar_t>::Raw*>(x.data_ptr<scalar_t>()), n,
-        reinterpret_cast<unsigned*>(out.data_ptr<float>()));
+    auto* xp = reinterpret_cast<const typename Io<scalar_t>::Raw*>(x.data_ptr<scalar_t>());
+    auto* op = reinterpret_cast<unsigned*>(out.data_ptr<float>());
+    auto stream = at::cuda::getCurrentCUDAStream();
+    if (aligned16(xp)) {
+      amax_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(xp, n, op);
+    } else {
+      amax_scalar_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(xp, n, op);
+    }
   });
   check_launch();
 }
