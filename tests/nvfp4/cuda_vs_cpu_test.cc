@@ -119,6 +119,38 @@ TEST(Nvfp4Cuda, AmaxMatchesCpuAndPropagatesNaN) {
   }
 }
 
+TEST(Nvfp4Cuda, QuotientsAtAndNearRoundingMidpointsMatchCpu) {
+  // The fused kernel divides through a reciprocal and falls back to true division near the E2M1
+  // rounding midpoints; put quotients x / (s_b s_g) exactly on and a few ulps around each midpoint,
+  // with an awkward global scale, in every block position.
+  QAD_REQUIRE_GPU();
+  const float amax = 10.0f, sg = amax / 2688.0f;
+  const float d = 128.0f * sg;  // a block whose amax is 3 gets s_b = 128 (see the spec test)
+  std::vector<float> values;
+  for (float m : {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f}) {
+    for (int k = -4; k <= 4; ++k) {
+      float x = m * d;
+      for (int j = 0; j < std::abs(k); ++j) x = std::nextafter(x, k < 0 ? 0.0f : 10.0f);
+      values.push_back(x);
+      values.push_back(-x);
+    }
+  }
+  const int64_t per_block = 15, nblocks = (static_cast<int64_t>(values.size()) + per_block - 1) / per_block;
+  auto x = torch::zeros({nblocks, 16});
+  for (int64_t b = 0; b < nblocks; ++b) {
+    x[b][b % 16] = 3.0f;  // the block amax, at a different position in each block
+    for (int64_t i = 0, j = 0; i < 16 && b * per_block + j < static_cast<int64_t>(values.size()); ++i) {
+      if (i == b % 16) continue;
+      x[b][i] = values[b * per_block + j++];
+    }
+  }
+  auto a = torch::tensor(amax).reshape({});
+  for (auto dt : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+    auto xd = x.to(dt);
+    EXPECT_TRUE(same_bits(fake_quantize(xd.cuda(), a.cuda()), fake_quantize(xd, a))) << "dtype " << dt;
+  }
+}
+
 TEST(Nvfp4Cuda, NonFiniteBlocksMatchCpu) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(14);
