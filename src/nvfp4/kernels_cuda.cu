@@ -21,20 +21,28 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T> struct Io;
+// Loads and stores in the tensor's element type; store2 converts two values in one instruction.
 template <> struct Io<float> {
   using Raw = float;
   __device__ static float to_float(float v) { return v; }
   __device__ static float from_float(float v) { return v; }
+  __device__ static void store2(float* p, float a, float b) { p[0] = a, p[1] = b; }
 };
 template <> struct Io<at::Half> {
   using Raw = __half;
   __device__ static float to_float(__half v) { return __half2float(v); }
   __device__ static __half from_float(float v) { return __float2half_rn(v); }
+  __device__ static void store2(__half* p, float a, float b) {
+    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+  }
 };
 template <> struct Io<at::BFloat16> {
   using Raw = __nv_bfloat16;
   __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  __device__ static void store2(__nv_bfloat16* p, float a, float b) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+  }
 };
 
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
@@ -134,6 +142,16 @@ __global__ void block_per_thread_kernel(const typename Io<T>::Raw* __restrict__ 
 // e2m1_decode(e2m1_encode(x / d)) for finite x and d > 0, written without branches: on [0,2) the grid
 // step is 0.5, on [2,4) 1, on [4,6] 2, so scaling by 2, 1 or 1/2 makes rintf (ties to even) round onto
 // it. Where the scaled ranges meet (2 and 4) both sides give the same value, so the choice is safe.
+// The IEEE quotient x / d from r = RN(1/d) with one FMA correction (Markstein): q0 = RN(x r) is within
+// an ulp of x/d, the remainder x - q0 d is exact in an FMA, and RN(q0 + rem r) is the correctly rounded
+// quotient when nothing underflows. Three instructions instead of a full division; the GPU test
+// QuotientMatchesIeeeDivision checks it against division on billions of pairs.
+__device__ __forceinline__ float ieee_quotient(float x, float d, float r) {
+  const float q0 = x * r;
+  const float rem = fmaf(-q0, d, x);
+  return fmaf(rem, r, q0);
+}
+
 __device__ __forceinline__ float e2m1_round_magnitude(float a) {
   const float up = a < 2.0f ? 2.0f : (a < 4.0f ? 1.0f : 0.5f);
   const float down = a < 2.0f ? 0.5f : (a < 4.0f ? 1.0f : 2.0f);
@@ -178,33 +196,15 @@ __global__ void __launch_bounds__(kThreads) grouped_kernel(const typename Io<T>:
   if (kMode == 0) {
     const float d = sb * sg;
     const float r = 1.0f / d;
-    bool exact = finite && d > 0.0f && is_finite(r);
-    if (exact) {
-      // |x| * (1/d) is within 2 ulp of the IEEE quotient |x| / d that the reference rounds. The E2M1
-      // rounding only changes value at midpoints, which the scaling puts at half-integers; if no
-      // scaled quotient lies within 2^-18 of one (the quotient's error is below 2^-21 there), both
-      // quotients round alike. Otherwise (about one block in 10^4) the block is redone with division.
-      bool near_midpoint = false;
+    if (finite && d >= 0x1p-100f && is_finite(r)) {
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const float a = fabsf(v[i]) * r;
-        const float up = a < 2.0f ? 2.0f : (a < 4.0f ? 1.0f : 0.5f);
-        const float down = a < 2.0f ? 0.5f : (a < 4.0f ? 1.0f : 2.0f);
-        const float scaled = a * up;
-        const float rounded = rintf(scaled);
-        near_midpoint |= fabsf(fabsf(scaled - rounded) - 0.5f) < 0x1p-18f;
-        const float q = copysignf(fminf(rounded * down, 6.0f), v[i]);
-        out[i] = Io<T>::from_float((q * sb) * sg);
-      }
-      if (near_midpoint) {
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-          const float q = copysignf(e2m1_round_magnitude(fabsf(v[i]) / d), v[i]);
-          out[i] = Io<T>::from_float((q * sb) * sg);
-        }
+      for (int i = 0; i < kPer; i += 2) {
+        const float y0 = (copysignf(e2m1_round_magnitude(ieee_quotient(fabsf(v[i]), d, r)), v[i]) * sb) * sg;
+        const float y1 = (copysignf(e2m1_round_magnitude(ieee_quotient(fabsf(v[i + 1]), d, r)), v[i + 1]) * sb) * sg;
+        Io<T>::store2(out + i, y0, y1);
       }
     } else {
-      // Rare blocks (non-finite values, a zero or non-finite global scale): the reference rules.
+      // Rare blocks (non-finite values, a zero, tiny or non-finite global scale): the reference rules.
       const bool ok = finite && is_finite(sg);
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
