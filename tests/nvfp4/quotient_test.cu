@@ -1,6 +1,7 @@
-// The fused CUDA kernel divides by the block's scale through a reciprocal and one FMA correction
-// (ieee_quotient in kernels_cuda.cu). Its exactness rests on a theorem; this test checks it against
-// IEEE division directly: every finite BF16 and FP16 value, plus random FP32 values, over many divisors.
+// The fused CUDA kernel multiplies by the reciprocal of the block's scale and divides only near E2M1
+// rounding midpoints (e2m1_of_quotient in kernels_cuda.cu). That is exact if x * RN(1/d) is always
+// within 2 ulp of the IEEE quotient x / d; this test checks that bound directly: every finite BF16
+// value and 2^20 random FP32 values, over 2048 divisors shaped like s_b * s_g.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -14,11 +15,6 @@
 
 namespace {
 
-__device__ __forceinline__ float ieee_quotient(float x, float d, float r) {
-  const float q0 = x * r;
-  const float rem = fmaf(-q0, d, x);
-  return fmaf(rem, r, q0);
-}
 
 __global__ void count_mismatches(const float* xs, int64_t nx, const float* ds, int64_t nd,
                                  unsigned long long* mismatches) {
@@ -32,12 +28,13 @@ __global__ void count_mismatches(const float* xs, int64_t nx, const float* ds, i
     // Quotients that round to zero or overflow are irrelevant to E2M1 rounding (far from every
     // midpoint); the kernel only relies on the quotient where it is a normal number.
     if (q < 0x1p-120f || q > 0x1p120f) continue;
-    if (__float_as_uint(ieee_quotient(x, d, 1.0f / d)) != __float_as_uint(q)) ++bad;
+    const int64_t ulps = (int64_t)__float_as_uint(x * (1.0f / d)) - (int64_t)__float_as_uint(q);
+    if (ulps > 2 || ulps < -2) ++bad;
   }
   if (bad) atomicAdd(mismatches, bad);
 }
 
-TEST(Nvfp4Cuda, QuotientMatchesIeeeDivision) {
+TEST(Nvfp4Cuda, ReciprocalQuotientWithinTwoUlps) {
   QAD_REQUIRE_GPU();
   std::mt19937_64 rng(qad::testing::test_seed());
   std::vector<float> xs;
