@@ -54,7 +54,7 @@ std::string render_heatmap(const Heatmap& h) {
   const double grid_h = cell_h * static_cast<double>(std::max<size_t>(rows, 1));
   const double bottom_y = top + grid_h;
   const double bar_h = std::max(grid_h, 60.0);  // the colour bar stays readable for one or two rows
-  const double height = std::max(bottom_y + 26 + (h.x_label.empty() ? 0 : 22) + 8, top + bar_h + 14);
+  const double height = std::max(bottom_y + 26 + (h.x_label.empty() ? 0 : 22) + 8, top + bar_h + 26);
   const bool cell_text = cell_w >= 38 && cell_h >= 14;
   auto t_of = [&](double v) { return (v - lo) / (hi - lo); };
 
@@ -132,6 +132,17 @@ std::string render_heatmap(const Heatmap& h) {
                        fmt_coord(y + kTickPx * 0.35), format_tick(v, vt.step, largest));
   }
   out += "</g>\n";
+  bool any_missing = false;
+  for (size_t r = 0; r < rows && !any_missing; ++r) {
+    for (size_t c = 0; c < cols && !any_missing; ++c) any_missing = !std::isfinite(value(r, c));
+  }
+  if (any_missing) {
+    const double y = top + bar_h + 8;
+    out += fmt::format(R"(<rect x="{}" y="{}" width="{}" height="10" fill="{}"/><text x="{}" y="{}" font-size="{}" fill="#444444">missing</text>)"
+                       "\n",
+                       fmt_coord(bar_x), fmt_coord(y), fmt_coord(bar_w), kMissing, fmt_coord(bar_x + bar_w + 5),
+                       fmt_coord(y + 9), fmt_coord(kTickPx));
+  }
   if (!h.value_label.empty()) {
     const double cx = bar_x + bar_w + 58, cy = top + bar_h / 2;
     out += fmt::format(

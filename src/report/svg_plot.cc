@@ -241,7 +241,8 @@ std::string render_line_chart(const LineChart& c) {
       if (std::isfinite(p.x)) pts.push_back(p);
     }
     std::stable_sort(pts.begin(), pts.end(), [](const Point& a, const Point& b) { return a.x < b.x; });
-    const auto colour = palette_colour(si);
+    const size_t style = s.style.value_or(si);
+    const auto colour = palette_colour(style);
     const size_t finite = static_cast<size_t>(
         std::count_if(pts.begin(), pts.end(), [&](const Point& p) { return usable(p, c.log_y); }));
     const bool markers = finite <= c.marker_max_points;
@@ -263,7 +264,7 @@ std::string render_line_chart(const LineChart& c) {
       out += fmt::format(
           R"(<polyline class="series" data-series="{}" points="{}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round" stroke-linecap="round"{}/>)"
           "\n",
-          xml_escape(s.name), points, colour, dash_for(si));
+          xml_escape(s.name), points, colour, dash_for(style));
     }
     // Markers on short series, and always on isolated points that no line would show.
     for (const auto& seg : segments) {
@@ -271,7 +272,7 @@ std::string render_line_chart(const LineChart& c) {
       for (const auto& p : seg) {
         out += fmt::format("<g class=\"marker\"><title>{}: x={}, y={}</title>{}</g>\n", xml_escape(s.name),
                            format_number(p.x, 6), format_number(p.y, 6),
-                           marker(si, L.map_x(p.x), L.map_y(p.y), colour));
+                           marker(style, L.map_x(p.x), L.map_y(p.y), colour));
       }
     }
   }
@@ -289,14 +290,15 @@ std::string render_line_chart(const LineChart& c) {
     for (size_t si = 0; si < c.series.size(); ++si) {
       const auto& s = c.series[si];
       if (s.name.empty()) continue;
-      const auto colour = palette_colour(si);
+      const size_t style = s.style.value_or(si);
+      const auto colour = palette_colour(style);
       const std::string shown = ellipsize(s.name, kLegendPx, legend_text_max(c));
       out += "<g class=\"legend-entry\">";
       if (shown != s.name) out += fmt::format("<title>{}</title>", xml_escape(s.name));
       out += fmt::format(R"(<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2"{}/>)",
                          fmt_coord(L.legend_left), fmt_coord(y), fmt_coord(L.legend_left + kLegendSwatch),
-                         fmt_coord(y), colour, dash_for(si));
-      out += marker(si, L.legend_left + kLegendSwatch / 2, y, colour);
+                         fmt_coord(y), colour, dash_for(style));
+      out += marker(style, L.legend_left + kLegendSwatch / 2, y, colour);
       out += fmt::format(R"(<text x="{}" y="{}">{}</text>)", fmt_coord(L.legend_left + kLegendSwatch + kLegendGap),
                          fmt_coord(y + kLegendPx * 0.35), xml_escape(shown));
       out += "</g>\n";

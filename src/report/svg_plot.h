@@ -16,6 +16,8 @@ struct Point {
 struct Series {
   std::string name;
   std::vector<Point> points;  // drawn in x order
+  std::optional<size_t> style;  // palette colour / marker index; default: the series' position. Lets a
+                                // run keep its colour in every chart even where other runs are absent.
 };
 
 // A dashed horizontal line across the plot, e.g. CKA = 1 or the teacher's value, labelled at its right end.
