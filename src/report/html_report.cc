@@ -238,14 +238,14 @@ h1{font-size:26px;margin:0 0 4px}
 h2{font-size:19px;margin:32px 0 10px;padding-bottom:4px;border-bottom:1px solid #ddd}
 p.meta,p.note{color:#555;margin:4px 0 12px}
 table{border-collapse:collapse;background:#fff;font-size:14px;margin:8px 0 16px;display:block;overflow-x:auto}
-th,td{padding:5px 10px;border-bottom:1px solid #e4e4e4;text-align:left;white-space:nowrap}
-th{background:#f0f0f0;font-weight:600}
+th,td{padding:5px 8px;border-bottom:1px solid #e4e4e4;text-align:left;white-space:nowrap}
+th{background:#f0f0f0;font-weight:600;white-space:normal;vertical-align:bottom;max-width:8em}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:nth-child(even){background:#f8f8f8}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:16px}
 figure{margin:0;background:#fff;border:1px solid #e4e4e4;border-radius:6px;padding:8px}
-figure.wide{margin:0 0 16px;max-width:980px}
-figure svg{display:block;width:100%;height:auto}
+figure.wide{margin:0 0 16px;width:fit-content;max-width:100%}
+figure svg{display:block;max-width:100%;height:auto}
 details{margin:6px 0}
 summary{cursor:pointer;font-weight:600}
 pre{background:#fff;border:1px solid #e4e4e4;padding:10px;overflow-x:auto;font-size:13px}

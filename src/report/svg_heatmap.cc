@@ -48,14 +48,20 @@ std::string render_heatmap(const Heatmap& h) {
   const double top = h.title.empty() ? 12 : 38;
   const double left = (h.y_label.empty() ? 10 : 32) + row_label_w + 8;
   const double bar_w = 14, bar_gap = 18, bar_labels = 52 + (h.value_label.empty() ? 0 : 20);
-  const double grid_w = std::max(40.0, h.width - left - bar_gap - bar_w - bar_labels);
-  const double cell_w = cols ? grid_w / static_cast<double>(cols) : grid_w;
+  // Cells at most 90 px wide: a run with one validation step gets a narrow strip, not a banner.
+  const double avail_w = std::max(40.0, h.width - left - bar_gap - bar_w - bar_labels);
+  const double cell_w = cols ? std::min(avail_w / static_cast<double>(cols), 90.0) : avail_w;
+  const double grid_w = cols ? cell_w * static_cast<double>(cols) : avail_w;
+  const double title_w = h.title.empty() ? 0 : left + text_width(h.title, kTitlePx, true) + 12;
+  const double width = std::min(h.width, std::max(left + grid_w + bar_gap + bar_w + bar_labels, title_w));
   const double cell_h = std::clamp(320.0 / std::max<size_t>(rows, 1), 9.0, 26.0);
   const double grid_h = cell_h * static_cast<double>(std::max<size_t>(rows, 1));
   const double bottom_y = top + grid_h;
   const double bar_h = std::max(grid_h, 60.0);  // the colour bar stays readable for one or two rows
   const double height = std::max(bottom_y + 26 + (h.x_label.empty() ? 0 : 22) + 8, top + bar_h + 26);
   const bool cell_text = cell_w >= 38 && cell_h >= 14;
+  // Cell values with fixed decimals, enough to resolve 1/50 of the colour range (3 for CKA in 0.9..1).
+  const int cell_decimals = std::clamp(-static_cast<int>(std::floor(std::log10((hi - lo) / 50))), 0, 4);
   auto t_of = [&](double v) { return (v - lo) / (hi - lo); };
 
   const std::string id = xml_escape(
@@ -64,9 +70,9 @@ std::string render_heatmap(const Heatmap& h) {
   out += fmt::format(
       R"(<svg xmlns="http://www.w3.org/2000/svg" class="qad-heatmap" id="{}" width="{}" height="{}" viewBox="0 0 {} {}" font-family="{}" role="img">)"
       "\n",
-      id, fmt_coord(h.width), fmt_coord(height), fmt_coord(h.width), fmt_coord(height), kFontFamily);
+      id, fmt_coord(width), fmt_coord(height), fmt_coord(width), fmt_coord(height), kFontFamily);
   out += fmt::format("<title>{}</title>\n", xml_escape(h.title.empty() ? "heatmap" : h.title));
-  out += fmt::format(R"(<rect width="{}" height="{}" fill="#ffffff"/>)" "\n", fmt_coord(h.width), fmt_coord(height));
+  out += fmt::format(R"(<rect width="{}" height="{}" fill="#ffffff"/>)" "\n", fmt_coord(width), fmt_coord(height));
 
   // Cells.
   out += "<g class=\"cells\">\n";
@@ -84,7 +90,7 @@ std::string render_heatmap(const Heatmap& h) {
         out += fmt::format(R"(<text x="{}" y="{}" text-anchor="middle" font-size="{}" fill="{}">{}</text>)",
                            fmt_coord(x + cell_w / 2), fmt_coord(y + cell_h / 2 + kCellTextPx * 0.35),
                            fmt_coord(kCellTextPx), luminance(colour) > 0.35 ? "#000000" : "#ffffff",
-                           format_number(v, 3));
+                           fmt::format("{:.{}f}", v, cell_decimals));
       }
       out += "\n";
     }
@@ -154,7 +160,7 @@ std::string render_heatmap(const Heatmap& h) {
   if (!h.title.empty()) {
     out += fmt::format(R"(<text class="title" x="{}" y="24" font-size="{}" font-weight="bold" fill="#111111">{}</text>)"
                        "\n",
-                       fmt_coord(left), fmt_coord(kTitlePx), xml_escape(ellipsize(h.title, kTitlePx * 1.08, h.width - left - 10)));
+                       fmt_coord(left), fmt_coord(kTitlePx), xml_escape(ellipsize(h.title, kTitlePx * 1.08, width - left - 10)));
   }
   if (!h.x_label.empty()) {
     out += fmt::format(R"(<text x="{}" y="{}" text-anchor="middle" font-size="{}" fill="#333333">{}</text>)" "\n",

@@ -124,7 +124,8 @@ ChartLayout layout_line_chart(const LineChart& c) {
   } else {
     if (xmax <= xmin) xmin -= 0.5, xmax += 0.5;
     L.x_lo = xmin, L.x_hi = xmax;
-    int target = std::clamp(static_cast<int>(L.plot_width / 90), 2, 10);
+    // About one tick per 75 px, at least 4 intervals so that short axes do not end up with two labels.
+    int target = std::clamp(static_cast<int>(L.plot_width / 75), 4, 10);
     // Fewer ticks when the labels are long (large step counts): keep ~12 px between labels.
     for (; target > 2; --target) {
       const auto ticks = labelled(nice_ticks(xmin, xmax, target), xmin, xmax);
@@ -162,6 +163,12 @@ std::string marker(size_t index, double x, double y, std::string_view colour) {
                          fmt_coord(x + r * 1.1), fmt_coord(y - r * 0.8), fmt_coord(x - r * 1.1), fmt_coord(y - r * 0.8),
                          colour);
   }
+}
+
+// Short series get a marker at every point; the legend then shows the marker too.
+bool draws_markers(const LineChart& c, const Series& s) {
+  const auto finite = std::count_if(s.points.begin(), s.points.end(), [&](const Point& p) { return usable(p, c.log_y); });
+  return static_cast<size_t>(finite) <= c.marker_max_points;
 }
 
 std::string dash_for(size_t index) { return index >= 8 ? R"( stroke-dasharray="6 3")" : ""; }
@@ -226,7 +233,8 @@ std::string render_line_chart(const LineChart& c) {
         "\n",
         fmt_coord(L.plot_left), fmt_coord(y), fmt_coord(right), fmt_coord(y));
     if (!r.label.empty()) {
-      out += fmt::format(R"(<text x="{}" y="{}" text-anchor="end" font-size="{}" fill="#555555">{}</text>)" "\n",
+      // A white halo keeps the label readable where a data line passes under it.
+      out += fmt::format(R"(<text x="{}" y="{}" text-anchor="end" font-size="{}" fill="#555555" stroke="#ffffff" stroke-width="3" paint-order="stroke">{}</text>)" "\n",
                          fmt_coord(right - 4), fmt_coord(y > L.plot_top + 14 ? y - 4 : y + 12), fmt_coord(kTickPx),
                          xml_escape(r.label));
     }
@@ -243,9 +251,7 @@ std::string render_line_chart(const LineChart& c) {
     std::stable_sort(pts.begin(), pts.end(), [](const Point& a, const Point& b) { return a.x < b.x; });
     const size_t style = s.style.value_or(si);
     const auto colour = palette_colour(style);
-    const size_t finite = static_cast<size_t>(
-        std::count_if(pts.begin(), pts.end(), [&](const Point& p) { return usable(p, c.log_y); }));
-    const bool markers = finite <= c.marker_max_points;
+    const bool markers = draws_markers(c, s);
     std::vector<std::vector<Point>> segments(1);
     for (const auto& p : pts) {
       if (usable(p, c.log_y)) {
@@ -298,7 +304,7 @@ std::string render_line_chart(const LineChart& c) {
       out += fmt::format(R"(<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2"{}/>)",
                          fmt_coord(L.legend_left), fmt_coord(y), fmt_coord(L.legend_left + kLegendSwatch),
                          fmt_coord(y), colour, dash_for(style));
-      out += marker(style, L.legend_left + kLegendSwatch / 2, y, colour);
+      if (draws_markers(c, s)) out += marker(style, L.legend_left + kLegendSwatch / 2, y, colour);
       out += fmt::format(R"(<text x="{}" y="{}">{}</text>)", fmt_coord(L.legend_left + kLegendSwatch + kLegendGap),
                          fmt_coord(y + kLegendPx * 0.35), xml_escape(shown));
       out += "</g>\n";

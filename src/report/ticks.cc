@@ -82,7 +82,13 @@ Ticks log_ticks(double lo, double hi) {
 
 std::string format_tick(double value, double step, double largest_abs) {
   if (value == 0) return "0";
-  if (std::abs(value) < 1e-4) return fmt::format("{:.0e}", value);
+  if (std::abs(value) < 1e-4) {
+    // "2e-06" -> "2e-6": the padded exponent only costs width.
+    std::string s = fmt::format("{:.0e}", value);
+    const size_t e = s.find("e-0");
+    if (e != std::string::npos) s.erase(e + 2, 1);
+    return s;
+  }
   const double spacing = step > 0 ? step : std::abs(value);
   auto decimals_for = [](double s) { return std::max(0, -static_cast<int>(std::floor(std::log10(s) + 1e-9))); };
   if (largest_abs >= 1e4) {

@@ -22,7 +22,7 @@ Ticks log_ticks(double lo, double hi);
 
 // A tick label with as many decimals as the tick spacing `step` needs (step 0 = log axis: as many as the
 // value needs); axes reaching 10^4 in k/M/G units ("20k", "1.5M"); values below 10^-4 in e-notation
-// ("1e-05"). Never "-0".
+// ("1e-5"). Never "-0".
 std::string format_tick(double value, double step, double largest_abs);
 
 // A value for tables and tooltips: up to `significant` significant digits, trailing zeros dropped;

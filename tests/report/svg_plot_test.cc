@@ -72,7 +72,8 @@ TEST(TickLabels, DecimalsFollowTheStep) {
   EXPECT_EQ(format_tick(1500000, 500000, 3e6), "1.5M");
   EXPECT_EQ(format_tick(2e9, 1e9, 5e9), "2G");
   EXPECT_EQ(format_tick(-0.0, 0.1, 1), "0");
-  EXPECT_EQ(format_tick(1e-5, 0, 1), "1e-05");
+  EXPECT_EQ(format_tick(1e-5, 0, 1), "1e-5");
+  EXPECT_EQ(format_tick(-2e-6, 0, 1), "-2e-6");
   EXPECT_EQ(format_tick(0.2, 0, 1), "0.2");  // log axis: the value's own digits
   EXPECT_EQ(format_number(0.123456, 4), "0.1235");
   EXPECT_EQ(format_number(1234.6, 4), "1235");
