@@ -187,15 +187,15 @@ class ZstdSource final : public ByteSource {
         in_ = {in_buf_.data(), got, 0};
         input_eof_ = got == 0;
       }
-      // Called with empty input too: a full output buffer can leave decoded bytes to flush.
+      // 0 = the last frame is decoded and flushed. Otherwise, with no input left, one more call may still
+      // flush decoded bytes that did not fit the output buffer; if it gives none, the file is cut short.
+      const bool no_input = input_eof_ && in_.pos == in_.size;
+      if (no_input && last_ret_ == 0) return 0;
       last_ret_ = ZSTD_decompressStream(ds_, &out, &in_);
       QAD_CHECK(!ZSTD_isError(last_ret_), "cannot decompress {}: {} (near compressed byte {})", path_.string(),
                 ZSTD_getErrorName(last_ret_), consumed_);
-      if (out.pos == 0 && input_eof_ && in_.pos == in_.size) {
-        QAD_CHECK(last_ret_ == 0, "cannot decompress {}: the zstd stream is truncated (the file ends inside a frame)",
-                  path_.string());
-        return 0;
-      }
+      QAD_CHECK(!no_input || out.pos > 0 || last_ret_ == 0,
+                "cannot decompress {}: the zstd stream is truncated (the file ends inside a frame)", path_.string());
     }
     return out.pos;
   }

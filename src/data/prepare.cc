@@ -364,7 +364,9 @@ PrepareSummary prepare_dataset(const std::vector<fs::path>& inputs, const Docume
               break;
             case Record::Kind::bad: {
               BadLine b{stats.path, item.line, item.reason, std::move(item.detail)};
-              QAD_CHECK(options.on_bad_line == OnBadLine::skip,
+              // An empty document is valid input (an empty __init__.py in the corpus): skipped and
+              // listed, but never fatal.
+              QAD_CHECK(options.on_bad_line == OnBadLine::skip || b.reason == BadLineReason::empty_document,
                         "{}; fix or remove the line, or pass --on-bad-line skip to skip bad lines", b.message());
               ++stats.skipped[std::string(reason_name(b.reason))];
               report(b);

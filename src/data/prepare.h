@@ -58,7 +58,8 @@ struct PrepareSummary {
   std::string to_text() const;  // the human-readable summary the CLI prints
 };
 
-// Throws qad::Error on unreadable input, on the first bad line with OnBadLine::error (naming file:line),
+// Throws qad::Error on unreadable input, on the first bad line with OnBadLine::error (naming file:line;
+// empty documents are always skipped and listed, never fatal),
 // and when `output` exists but is not a dataset (it is never replaced then).
 PrepareSummary prepare_dataset(const std::vector<std::filesystem::path>& inputs, const DocumentEncoder& encoder,
                                const PrepareOptions& options);

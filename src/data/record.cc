@@ -85,9 +85,12 @@ Record parse_jsonl_line(std::string_view line, const RecordFields& fields) {
       auto again = nlohmann::json::parse(line);
       (void)again;
     } catch (const nlohmann::json::parse_error& e) {
+      // nlohmann says "[json.exception.parse_error.101] parse error at line 1, column 14: <what>".
       std::string what = e.what();
-      auto colon = what.find(": ");  // drop nlohmann's "[json.exception.parse_error.101] " prefix
-      return bad(BadLineReason::invalid_json, colon == std::string::npos ? what : what.substr(colon + 2));
+      auto column = what.find("column ");
+      auto colon = what.find(": ", column == std::string::npos ? 0 : column);
+      return bad(BadLineReason::invalid_json,
+                 fmt::format("column {}: {}", e.byte, colon == std::string::npos ? what : what.substr(colon + 2)));
     }
     return bad(BadLineReason::invalid_json, "not valid JSON");
   }
