@@ -29,7 +29,8 @@ inline uint64_t data_test_seed(uint64_t fallback = 20261123) {
   return fallback;
 }
 
-// A fresh directory under the build's temp area, removed when the object goes away.
+// A fresh directory under the system temp area, removed when the object goes away (kept when
+// QAD_KEEP_TEST_DIRS is set, to look at what a test wrote).
 class ScratchDir {
  public:
   ScratchDir() {
@@ -40,6 +41,7 @@ class ScratchDir {
     fs::create_directories(path_);
   }
   ~ScratchDir() {
+    if (std::getenv("QAD_KEEP_TEST_DIRS") != nullptr) return;
     std::error_code ec;
     fs::remove_all(path_, ec);
   }

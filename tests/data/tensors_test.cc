@@ -3,6 +3,7 @@
 
 #include "data/batch_tensors.h"
 #include "gtest/gtest.h"
+#include "util/error.h"
 
 namespace qad::data {
 namespace {
