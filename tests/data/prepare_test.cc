@@ -1,6 +1,8 @@
 // prepare_dataset: counts against ../shared's published figures, chat masks against the rendered prompts
 // in tasks/arith/test.jsonl, bad lines with file:line, compressed inputs, thread-count independence and
 // an output directory that is complete or absent.
+#include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "byte_encoder.h"
@@ -143,7 +145,7 @@ TEST(Prepare, BadLinesAreReportedWithFileAndLineAndCountedByReason) {
     EXPECT_EQ(reported[i].file, input.string());
     EXPECT_EQ(reported[i].line, expect[i].first);
     EXPECT_EQ(reported[i].reason, expect[i].second) << reported[i].message();
-    EXPECT_EQ(reported[i].message().rfind(input.string() + ":" + std::to_string(expect[i].first) + ": ", 0), 0u);
+    EXPECT_EQ(reported[i].message().rfind(fmt::format("{}:{}: ", input.string(), expect[i].first), 0), 0u);
   }
   EXPECT_EQ(s.documents, 2);
   EXPECT_EQ(s.lines, 8);
@@ -170,7 +172,7 @@ TEST(Prepare, BadLinesAreReportedWithFileAndLineAndCountedByReason) {
     prepare_dataset({input}, enc, opts);
     ADD_FAILURE() << "no error";
   } catch (const qad::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(input.string() + ":2: invalid JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(fmt::format("{}:2: invalid JSON", input.string())), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(dir / "strict"));
 }
@@ -198,12 +200,12 @@ TEST(Prepare, XzZstdAndPlainInputsGiveIdenticalShardsForAnyThreadCount) {
   std::string content;
   for (int i = 0; i < 3000; ++i) {
     if (i % 5 == 0) {
-      content += nlohmann::json{{"messages", {{{"role", "user"}, {"content", "q" + std::to_string(i)}},
+      content += nlohmann::json{{"messages", {{{"role", "user"}, {"content", fmt::format("q{}", i)}},
                                               {{"role", "assistant"}, {"content", std::string(i % 37, 'a')}}}}}
                      .dump() +
                  "\n";
     } else {
-      content += nlohmann::json{{"text", "doc " + std::to_string(i) + std::string(i % 53, 'x')}}.dump() + "\n";
+      content += nlohmann::json{{"text", fmt::format("doc {}{}", i, std::string(i % 53, 'x'))}}.dump() + "\n";
     }
   }
   const auto plain = dir / "in.jsonl";
@@ -227,7 +229,7 @@ TEST(Prepare, XzZstdAndPlainInputsGiveIdenticalShardsForAnyThreadCount) {
   run(zst, 3, "zst");
   for (const char* other : {"plain3", "xz", "zst"}) {
     for (int64_t i = 0; i < shards; ++i) {
-      const std::string name = "shard-0000" + std::to_string(i) + ".bin";
+      const std::string name = fmt::format("shard-{:05}.bin", i);
       EXPECT_EQ(qad::read_file(dir / "plain1" / name), qad::read_file(dir / other / name)) << other << "/" << name;
     }
   }
@@ -236,7 +238,7 @@ TEST(Prepare, XzZstdAndPlainInputsGiveIdenticalShardsForAnyThreadCount) {
 TEST(Prepare, AFailureLeavesNoOutputAndKeepsAnOlderDataset) {
   ScratchDir dir;
   std::string content;
-  for (int i = 0; i < 500; ++i) content += "{\"text\": \"document " + std::to_string(i) + "\"}\n";
+  for (int i = 0; i < 500; ++i) content += fmt::format("{{\"text\": \"document {}\"}}\n", i);
   qad::testing::write_bytes(dir / "in.jsonl", content);
   ByteEncoder failing;
   failing.fail_at_call = 400;  // after several shards were written to the temporary directory
