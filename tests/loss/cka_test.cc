@@ -111,14 +111,14 @@ TEST(LinearCka, InvariantUnderOrthogonalRotationScalingAndTranslation) {
 
 TEST(LinearCka, IndependentFeaturesDebiasedNearZeroBiasedNot) {
   auto gen = qad::testing::seeded_generator(5);
-  const int64_t n = 200, p = 32;
+  const int64_t n = 400, p = 32;  // debiased std ~ sqrt(2) / n = 0.0035
   auto x = torch::randn({n, p}, gen, kF64), y = torch::randn({n, p}, gen, kF64);
   const double biased = linear_cka(x, y, CkaEstimator::kBiased).item<double>();
   const double debiased = linear_cka(x, y, CkaEstimator::kDebiased).item<double>();
   RecordProperty("biased", std::to_string(biased));
   RecordProperty("debiased", std::to_string(debiased));
   EXPECT_LT(std::abs(debiased), 0.02);
-  EXPECT_GT(biased, 0.1);  // about p / (n + p) for Gaussian features: the small-n bias
+  EXPECT_GT(biased, 0.05);  // about p / (n + p) = 0.074 for Gaussian features: the small-n bias
   EXPECT_GT(std::abs(biased), 5 * std::abs(debiased));
 }
 
