@@ -48,8 +48,9 @@ struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
     if (cfg.want_grad) grad = torch::zeros_like(s2);
     for (int64_t b = 0; b < rows.count; b += cfg.chunk) {
       const int64_t len = std::min(cfg.chunk, rows.count - b);
-      auto s = rows.take(s2, b, len).to(ct);
-      auto t = rows.take(t2, b, len).to(ct);
+      // always copies (FP32 / FP64 inputs included): the chunk is modified in place below
+      auto s = rows.take(s2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+      auto t = rows.take(t2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
       torch::Tensor top;
       if (cfg.top_k > 0) {
         top = std::get<1>(t.topk(cfg.top_k, 1, /*largest=*/true, /*sorted=*/false));
@@ -85,6 +86,8 @@ struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // grad_output is rounded to the logits' dtype (BF16: a loss weight like 0.3 becomes 0.30078): a constant
+    // rescale, cheaper than an FP32 pass over [tokens, vocab].
     auto grad = ctx->saved_data["grad"].toTensor();
     return {grad * grad_outputs[0].to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

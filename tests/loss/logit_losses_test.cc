@@ -80,6 +80,16 @@ TEST(KLDivergence, TemperatureScalesByTSquared) {
   EXPECT_GT(std::abs(got - reference_kl(x.s, x.t, x.mask, 1.0).item<double>()), 1e-3);
 }
 
+TEST(KLDivergence, LeavesItsInputsUntouched) {
+  auto x = random_batch(14);
+  auto s = x.s.clone(), t = x.t.clone();
+  KLOptions o;
+  o.temperature = 2.0;
+  kl_divergence(s, t, {}, o);  // FP64, every token: the chunks are views of the inputs before the copy
+  EXPECT_TRUE(qad::testing::same_bits(s, x.s));
+  EXPECT_TRUE(qad::testing::same_bits(t, x.t));
+}
+
 TEST(KLDivergence, FiniteDifferences) {
   auto x = random_batch(4, 2, 3, 7);
   for (int64_t k : {0, 3}) {
