@@ -1,0 +1,205 @@
+// Linear CKA: feature form with an analytic backward (custom autograd Function), Gram form as reference.
+// Notation (docs/losses.md): Xc, Yc centred; A = Yc^T Xc; Gx = Xc^T Xc; Gy = Yc^T Yc; s = row squared norms;
+// dps(X,Y) = ||A||^2 [- n/(n-2) <sx,sy> + |Xc|^2 |Yc|^2 / ((n-1)(n-2)) when debiased]; CKA = f / sqrt(gx gy).
+#include "loss/cka.h"
+
+#include <cmath>
+
+#include "loss/token_rows.h"
+#include "util/error.h"
+
+namespace qad::loss {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+torch::ScalarType compute_type(const torch::Tensor& x, const torch::Tensor& y) {
+  return x.scalar_type() == torch::kFloat64 || y.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+void check_pair(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est, const char* what) {
+  QAD_CHECK(x.defined() && y.defined(), "{}: undefined feature tensor", what);
+  QAD_CHECK(x.dim() == 2 && y.dim() == 2, "{}: features must be [tokens, hidden]; got x {} and y {}", what,
+            detail::shape_str(x.sizes()), detail::shape_str(y.sizes()));
+  QAD_CHECK(x.size(0) == y.size(0), "{}: x has {} rows (tokens) but y has {}; both must hold the same tokens", what,
+            x.size(0), y.size(0));
+  QAD_CHECK(x.is_floating_point() && y.is_floating_point(), "{}: features must be floating point", what);
+  QAD_CHECK(x.device() == y.device(), "{}: x and y are on different devices", what);
+  const int64_t need = est == CkaEstimator::kDebiased ? 4 : 2;
+  QAD_CHECK(x.size(0) >= need, "{}: {} CKA needs at least {} tokens, got {}", what,
+            est == CkaEstimator::kDebiased ? "debiased" : "biased", need, x.size(0));
+  QAD_CHECK(x.size(1) > 0 && y.size(1) > 0, "{}: features have an empty hidden dimension", what);
+}
+
+// Squared Frobenius norm, accumulated in FP64.
+torch::Tensor sq_norm(const torch::Tensor& m) { return m.square().sum(torch::kFloat64); }
+
+// The three unscaled dps terms of one (X, Y) pair, plus what the backward reuses.
+struct Core {
+  int64_t n = 0;
+  torch::Tensor xc, yc, mean_x, mean_y;  // compute dtype
+  torch::Tensor a, gx, gy;               // A = Yc^T Xc [p2,p1], Gx [p1,p1], Gy [p2,p2]
+  torch::Tensor f, fxx, fyy;             // FP64 0-dim: dps(X,Y), dps(X,X), dps(Y,Y)
+};
+
+Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est) {
+  torch::NoGradGuard no_grad;
+  Core c;
+  const auto ct = compute_type(x, y);
+  c.n = x.size(0);
+  auto xf = x.detach().to(ct), yf = y.detach().to(ct);
+  c.mean_x = xf.mean(0, /*keepdim=*/true);
+  c.mean_y = yf.mean(0, /*keepdim=*/true);
+  c.xc = xf - c.mean_x;
+  c.yc = yf - c.mean_y;
+  c.a = c.yc.t().mm(c.xc);
+  c.gx = c.xc.t().mm(c.xc);
+  c.gy = c.yc.t().mm(c.yc);
+  c.f = sq_norm(c.a);
+  c.fxx = sq_norm(c.gx);
+  c.fyy = sq_norm(c.gy);
+  if (est == CkaEstimator::kDebiased) {
+    const double n = static_cast<double>(c.n);
+    auto sx = c.xc.square().sum(1, false, torch::kFloat64);
+    auto sy = c.yc.square().sum(1, false, torch::kFloat64);
+    auto nx = sx.sum(), ny = sy.sum();
+    const double k1 = n / (n - 2), k2 = 1.0 / ((n - 1) * (n - 2));
+    c.f = c.f - k1 * sx.dot(sy) + k2 * nx * ny;
+    c.fxx = c.fxx - k1 * sx.dot(sx) + k2 * nx * nx;
+    c.fyy = c.fyy - k1 * sy.dot(sy) + k2 * ny * ny;
+  }
+  return c;
+}
+
+double hsic_scale(CkaEstimator est, int64_t n_rows) {
+  const double n = static_cast<double>(n_rows);
+  return est == CkaEstimator::kBiased ? 1.0 / ((n - 1) * (n - 1)) : 1.0 / (n * (n - 3));
+}
+
+struct FeatureCka : public torch::autograd::Function<FeatureCka> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
+                               CkaEstimator est, bool grad_x, bool grad_y) {
+    Core c = compute_core(x, y, est);
+    auto root = torch::sqrt(c.fxx * c.fyy);
+    auto cka = c.f / root;
+    if (grad_x || grad_y) {
+      ctx->save_for_backward({x, y});
+      ctx->saved_data["debiased"] = est == CkaEstimator::kDebiased;
+      ctx->saved_data["grad_x"] = grad_x;
+      ctx->saved_data["grad_y"] = grad_y;
+      ctx->saved_data["mean_x"] = c.mean_x;
+      ctx->saved_data["mean_y"] = c.mean_y;
+      ctx->saved_data["a"] = c.a;
+      ctx->saved_data["gx"] = grad_x ? c.gx : torch::Tensor();
+      ctx->saved_data["gy"] = grad_y ? c.gy : torch::Tensor();
+      ctx->saved_data["fxx"] = c.fxx;
+      ctx->saved_data["fyy"] = c.fyy;
+      ctx->saved_data["cka"] = cka;
+    }
+    return cka.to(c.xc.scalar_type());
+  }
+
+  // d CKA / d Yc = (2/root) Xc A^T - (2 cka / fyy) Yc Gy  [biased part]
+  //              + gamma Yc + diag(r) Yc                  [debiased corrections]
+  // then centred over rows (the centring projection's adjoint). X is symmetric with A -> A^T.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    torch::NoGradGuard no_grad;
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& y = saved[1];
+    const bool debiased = ctx->saved_data["debiased"].toBool();
+    const bool grad_x = ctx->saved_data["grad_x"].toBool();
+    const bool grad_y = ctx->saved_data["grad_y"].toBool();
+    const auto ct = compute_type(x, y);
+    auto xc = x.to(ct) - ctx->saved_data["mean_x"].toTensor();
+    auto yc = y.to(ct) - ctx->saved_data["mean_y"].toTensor();
+    auto a = ctx->saved_data["a"].toTensor();
+    auto fxx = ctx->saved_data["fxx"].toTensor();
+    auto fyy = ctx->saved_data["fyy"].toTensor();
+    auto cka = ctx->saved_data["cka"].toTensor();
+    auto go = grad_outputs[0].to(torch::kFloat64);
+    auto root = torch::sqrt(fxx * fyy);
+    auto alpha = 2.0 / root;
+    const double n = static_cast<double>(x.size(0));
+    torch::Tensor sx, sy, nx, ny;
+    if (debiased) {
+      sx = xc.square().sum(1, false, torch::kFloat64);
+      sy = yc.square().sum(1, false, torch::kFloat64);
+      nx = sx.sum();
+      ny = sy.sum();
+    }
+    // One side: own = the side differentiated (centred), other = the other side, cross = the product that maps
+    // `other` into own's columns, gram = own's Gram matrix, f_own = own's dps, s_* / n_* = row norms / sums.
+    auto side = [&](const torch::Tensor& own, const torch::Tensor& other, const torch::Tensor& cross,
+                    const torch::Tensor& gram, const torch::Tensor& f_own, const torch::Tensor& s_own,
+                    const torch::Tensor& s_other, const torch::Tensor& n_own, const torch::Tensor& n_other,
+                    const torch::Tensor& input) {
+      auto m = gram * (-2.0 * cka / f_own).to(ct);
+      if (debiased) {
+        auto gamma = 2.0 / ((n - 1) * (n - 2)) * (n_other / root - cka * n_own / f_own);
+        m.diagonal().add_(gamma.to(ct));
+      }
+      auto g = own.mm(m).addmm_(other, cross * alpha.to(ct));
+      if (debiased) {
+        auto r = (-2.0 * n / (n - 2)) * (s_other / root - cka * s_own / f_own);
+        g.add_(own * r.to(ct).unsqueeze(1));
+        g.sub_(g.mean(0, /*keepdim=*/true));
+      }
+      return g.mul_(go.to(ct)).to(input.scalar_type());
+    };
+    torch::Tensor dx, dy;
+    if (grad_y) dy = side(yc, xc, a.t(), ctx->saved_data["gy"].toTensor(), fyy, sy, sx, ny, nx, y);
+    if (grad_x) dx = side(xc, yc, a, ctx->saved_data["gx"].toTensor(), fxx, sx, sy, nx, ny, x);
+    return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+double HsicTerms::cka() const { return xy / std::sqrt(xx * yy); }
+
+torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
+  check_pair(x, y, estimator, "linear_cka");
+  const bool grad = torch::GradMode::is_enabled();
+  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad());
+}
+
+HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
+  check_pair(x, y, estimator, "hsic_terms");
+  Core c = compute_core(x, y, estimator);
+  const double s = hsic_scale(estimator, c.n);
+  auto v = torch::stack({c.f, c.fxx, c.fyy}).cpu();
+  auto acc = v.accessor<double, 1>();
+  return {acc[0] * s, acc[1] * s, acc[2] * s};
+}
+
+torch::Tensor hsic_gram(const torch::Tensor& k, const torch::Tensor& l, CkaEstimator estimator) {
+  QAD_CHECK(k.dim() == 2 && k.size(0) == k.size(1) && k.sizes() == l.sizes(),
+            "hsic_gram: kernels must be two n x n matrices, got {} and {}", detail::shape_str(k.sizes()),
+            detail::shape_str(l.sizes()));
+  const double n = static_cast<double>(k.size(0));
+  if (estimator == CkaEstimator::kBiased) {
+    auto center = [](const torch::Tensor& m) {
+      return m - m.mean(0, true) - m.mean(1, true) + m.mean();
+    };
+    return (center(k) * center(l)).sum() / ((n - 1) * (n - 1));
+  }
+  QAD_CHECK(k.size(0) >= 4, "hsic_gram: the unbiased estimator needs n >= 4, got {}", k.size(0));
+  auto off = 1 - torch::eye(k.size(0), k.options());
+  auto kt = k * off, lt = l * off;
+  auto trace = (kt * lt).sum();
+  auto sums = kt.sum() * lt.sum() / ((n - 1) * (n - 2));
+  auto cross = 2.0 / (n - 2) * kt.sum(0).dot(lt.sum(1));
+  return (trace + sums - cross) / (n * (n - 3));
+}
+
+torch::Tensor linear_cka_gram(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
+  check_pair(x, y, estimator, "linear_cka_gram");
+  const auto ct = compute_type(x, y);
+  auto xd = x.to(ct), yd = y.to(ct);
+  auto k = xd.mm(xd.t()), l = yd.mm(yd.t());
+  return hsic_gram(k, l, estimator) / torch::sqrt(hsic_gram(k, k, estimator) * hsic_gram(l, l, estimator));
+}
+
+}  // namespace qad::loss

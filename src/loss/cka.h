@@ -1,0 +1,36 @@
+// Linear CKA between two sets of token features X [n, p1] and Y [n, p2] (rows = the same tokens):
+// the feature form used for training and diagnostics, and the Gram form as the reference. Estimators
+// and their scaling are in docs/losses.md.
+#pragma once
+#include <torch/torch.h>
+
+namespace qad::loss {
+
+// kBiased: HSIC_b = tr(K H L H) / (n-1)^2. kDebiased: the unbiased HSIC of Song et al. (2012), as used by
+// Nguyen, Raghu & Kornblith (2021); needs n >= 4 and can make CKA negative.
+enum class CkaEstimator { kBiased, kDebiased };
+
+// Feature form: columns centred over the n rows, three p x p products Y^T X, X^T X, Y^T Y accumulated in FP32
+// (FP64 for FP64 inputs; BF16/FP16 are upcast), scalar reductions in FP64. Differentiable in x and y through a
+// custom backward (two matmuls per input that needs a gradient; no n x n matrix). Returns a 0-dim tensor in
+// the compute dtype. Rows that must not count are removed by the caller. Zero-variance inputs give NaN.
+torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator = CkaEstimator::kBiased);
+
+// Gram form on K = X X^T, L = Y Y^T (n x n memory): the reference for tests; differentiable by autograd.
+// Computed in FP64 for FP64 inputs, FP32 otherwise.
+torch::Tensor linear_cka_gram(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator);
+
+// The HSIC estimates behind one CKA value, as FP64 host numbers: hsic(X,Y), hsic(X,X), hsic(Y,Y) with the
+// estimator's scaling (biased: / (n-1)^2; debiased: the unbiased HSIC), so that values from batches of different
+// sizes can be averaged (minibatch CKA). CKA = xy / sqrt(xx * yy).
+struct HsicTerms {
+  double xy = 0, xx = 0, yy = 0;
+  double cka() const;
+};
+HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator);  // feature form, no grad
+
+// Gram-form HSIC of two n x n kernel matrices with the estimator's scaling (the reference for hsic_terms):
+// biased tr(K H L H) / (n-1)^2; debiased Song et al.'s formula with zeroed diagonals.
+torch::Tensor hsic_gram(const torch::Tensor& k, const torch::Tensor& l, CkaEstimator estimator);
+
+}  // namespace qad::loss

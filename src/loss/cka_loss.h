@@ -1,0 +1,42 @@
+// The CKA-QAD regulariser: lambda * mean over chosen layers of (1 - CKA(teacher_l, student_l)) on the hidden
+// states of the batch's valid tokens, with optional token subsampling and dynamic balancing against the KL.
+#pragma once
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "loss/cka.h"
+
+namespace qad::loss {
+
+using NamedHidden = std::vector<std::pair<std::string, torch::Tensor>>;
+
+struct CkaLossOptions {
+  double weight = 1.0;                          // lambda
+  CkaEstimator estimator = CkaEstimator::kBiased;
+  int64_t subsample_tokens = 0;                 // 0 = all valid tokens; else this many, drawn afresh each call
+  bool dynamic_balance = false;                 // scale the term to the KL's magnitude (needs kl_value)
+  std::vector<std::string> layers;              // empty = every layer given (in the student's order)
+  double balance_max_factor = 1e3;              // cap on the dynamic-balance factor (1 - CKA can approach 0)
+};
+
+struct CkaLossResult {
+  torch::Tensor loss;                                        // 0-dim, differentiable in the student's hidden states
+  std::vector<std::pair<std::string, double>> per_layer_cka;  // detached values, in layer order
+  double balance_factor = 1.0;                               // the factor applied (1 without dynamic balancing)
+};
+
+// teacher_hidden / student_hidden: named [B, T, H] tensors (the teacher's are detached here in any case; H may
+// differ between the two); matched by name. mask [B, T] (nonzero = token counts) or undefined. gen draws the
+// subsample (CPU generator; the default generator when null). kl_value: this step's KL, for dynamic balancing:
+//   loss = weight * f * mean_l(1 - CKA_l),  f = min(kl_value / mean_l(1 - CKA_l), balance_max_factor), detached,
+// so that with weight 1 the CKA term equals the KL in value; f = balance_max_factor when the term is <= 0.
+// One host synchronisation per call (the per-layer values).
+CkaLossResult cka_loss(const NamedHidden& teacher_hidden, const NamedHidden& student_hidden, const torch::Tensor& mask,
+                       const CkaLossOptions& options, torch::Generator* gen = nullptr,
+                       std::optional<double> kl_value = {});
+
+}  // namespace qad::loss

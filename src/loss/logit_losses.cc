@@ -1,0 +1,197 @@
+// Chunked KL and cross-entropy as custom autograd Functions: the forward walks the valid tokens in chunks,
+// computes each chunk's loss and its gradient in FP32, and keeps only the gradient (in the logits' dtype).
+#include "loss/logit_losses.h"
+
+#include <limits>
+
+#include "loss/token_rows.h"
+#include "util/error.h"
+
+namespace qad::loss {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+torch::ScalarType compute_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+// log-probabilities with -inf replaced by the lowest finite value, so that 0 * log 0 terms give 0 (not NaN)
+// in the dot products below; a -inf student log-probability under a positive teacher probability still
+// makes the KL huge, as it should.
+torch::Tensor finite_log_softmax(const torch::Tensor& z) {
+  auto l = torch::log_softmax(z, 1);
+  const double lowest = z.scalar_type() == torch::kFloat64 ? std::numeric_limits<double>::lowest()
+                                                           : std::numeric_limits<float>::lowest();
+  return l.clamp_min_(lowest);
+}
+
+struct KLConfig {
+  double temperature;
+  int64_t top_k;
+  int64_t chunk;
+  bool want_grad;
+};
+
+struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& student, const torch::Tensor& teacher,
+                               const detail::TokenRows& rows, const KLConfig& cfg) {
+    const int64_t vocab = student.size(-1);
+    auto s2 = student.reshape({-1, vocab});
+    auto t2 = teacher.reshape({-1, vocab});
+    const auto ct = compute_type(student);
+    const double T = cfg.temperature;
+    const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(rows.count, 1));
+    auto total = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(student.device()));
+    torch::Tensor grad;
+    if (cfg.want_grad) grad = torch::zeros_like(s2);
+    for (int64_t b = 0; b < rows.count; b += cfg.chunk) {
+      const int64_t len = std::min(cfg.chunk, rows.count - b);
+      // always copies (FP32 / FP64 inputs included): the chunk is modified in place below
+      auto s = rows.take(s2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+      auto t = rows.take(t2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+      torch::Tensor top;
+      if (cfg.top_k > 0) {
+        top = std::get<1>(t.topk(cfg.top_k, 1, /*largest=*/true, /*sorted=*/false));
+        t = t.gather(1, top);
+        s = s.gather(1, top);
+      }
+      if (T != 1.0) {
+        s.div_(T);
+        t.div_(T);
+      }
+      auto log_ps = finite_log_softmax(s);
+      s = torch::Tensor();
+      auto log_pt = finite_log_softmax(t);
+      t = torch::Tensor();
+      auto pt = log_pt.exp();
+      // sum_tokens sum_v pt (log pt - log ps): the difference in place, then one dot product (no further
+      // [len, V] temporary, and no cancellation between two entropy-sized sums when KL is tiny).
+      total += torch::dot(pt.reshape({-1}), log_pt.sub_(log_ps).reshape({-1})).to(torch::kFloat64);
+      log_pt = torch::Tensor();
+      if (cfg.want_grad) {
+        // d(T^2 KL)/ds = T^2 * (ps - pt) / T
+        auto g = log_ps.exp_().sub_(pt).mul_(T * inv_n);
+        if (cfg.top_k > 0) {
+          auto full = torch::zeros({len, vocab}, g.options());
+          full.scatter_(1, top, g);
+          g = full;
+        }
+        rows.put(grad, b, len, g.to(grad.scalar_type()));
+      }
+    }
+    if (cfg.want_grad) ctx->saved_data["grad"] = grad.view(student.sizes());
+    return (total * (T * T * inv_n)).to(ct);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // grad_output is rounded to the logits' dtype (BF16: a loss weight like 0.3 becomes 0.30078): a constant
+    // rescale, cheaper than an FP32 pass over [tokens, vocab].
+    auto grad = ctx->saved_data["grad"].toTensor();
+    return {grad * grad_outputs[0].to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct ChunkedCE : public torch::autograd::Function<ChunkedCE> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& labels,
+                               const detail::TokenRows& rows, int64_t chunk, bool want_grad) {
+    const int64_t vocab = logits.size(-1);
+    auto s2 = logits.reshape({-1, vocab});
+    auto l1 = labels.reshape({-1, 1});
+    const auto ct = compute_type(logits);
+    const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(rows.count, 1));
+    auto total = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(logits.device()));
+    torch::Tensor grad;
+    if (want_grad) grad = torch::zeros_like(s2);
+    for (int64_t b = 0; b < rows.count; b += chunk) {
+      const int64_t len = std::min(chunk, rows.count - b);
+      auto log_p = torch::log_softmax(rows.take(s2, b, len).to(ct), 1);
+      auto lbl = rows.take(l1, b, len);
+      total -= log_p.gather(1, lbl).sum().to(torch::kFloat64);
+      if (want_grad) {
+        auto g = log_p.exp_();
+        g.scatter_add_(1, lbl, torch::full({len, 1}, -1.0, g.options()));
+        rows.put(grad, b, len, g.mul_(inv_n).to(grad.scalar_type()));
+      }
+    }
+    if (want_grad) ctx->saved_data["grad"] = grad.view(logits.sizes());
+    return (total * inv_n).to(ct);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto grad = ctx->saved_data["grad"].toTensor();
+    return {grad * grad_outputs[0].to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+void check_logits(const torch::Tensor& logits, const char* what) {
+  QAD_CHECK(logits.defined(), "{}: logits tensor is undefined", what);
+  QAD_CHECK(logits.dim() >= 2, "{}: logits must be [..., vocab] with at least 2 dimensions, got {}", what,
+            detail::shape_str(logits.sizes()));
+  QAD_CHECK(logits.is_floating_point(), "{}: logits must be a floating-point tensor, got {}", what,
+            c10::toString(logits.scalar_type()));
+  QAD_CHECK(logits.size(-1) > 0, "{}: logits have an empty vocabulary dimension", what);
+}
+
+}  // namespace
+
+torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                            const torch::Tensor& mask, const KLOptions& options) {
+  check_logits(student_logits, "kl_divergence (student)");
+  check_logits(teacher_logits, "kl_divergence (teacher)");
+  QAD_CHECK(student_logits.sizes() == teacher_logits.sizes(),
+            "kl_divergence: student logits {} and teacher logits {} differ in shape; both models must see the "
+            "same tokens and share the vocabulary",
+            detail::shape_str(student_logits.sizes()), detail::shape_str(teacher_logits.sizes()));
+  QAD_CHECK(student_logits.device() == teacher_logits.device(),
+            "kl_divergence: student and teacher logits are on different devices");
+  QAD_CHECK(options.temperature > 0, "kl_divergence: temperature must be > 0, got {}", options.temperature);
+  QAD_CHECK(options.chunk_tokens > 0, "kl_divergence: chunk_tokens must be > 0, got {}", options.chunk_tokens);
+  QAD_CHECK(options.top_k >= 0, "kl_divergence: top_k must be >= 0 (0 = full vocabulary), got {}", options.top_k);
+  auto leading = student_logits.sizes().slice(0, student_logits.dim() - 1);
+  auto keep = detail::mask_to_keep(mask, leading, "kl_divergence");
+  if (keep.defined()) keep = keep.to(student_logits.device());
+  auto rows = detail::select_rows(keep,
+                                  student_logits.numel() / student_logits.size(-1));
+  const int64_t vocab = student_logits.size(-1);
+  KLConfig cfg{options.temperature, options.top_k >= vocab ? 0 : options.top_k, options.chunk_tokens,
+               torch::GradMode::is_enabled() && student_logits.requires_grad()};
+  return ChunkedKL::apply(student_logits, teacher_logits.detach(), rows, cfg);
+}
+
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& mask,
+                            int64_t chunk_tokens, int64_t ignore_index) {
+  check_logits(logits, "cross_entropy");
+  auto leading = logits.sizes().slice(0, logits.dim() - 1);
+  QAD_CHECK(labels.defined() && labels.sizes() == leading,
+            "cross_entropy: labels have shape {} but the logits' token dimensions are {}",
+            labels.defined() ? detail::shape_str(labels.sizes()) : std::string("(undefined)"),
+            detail::shape_str(leading));
+  QAD_CHECK(labels.scalar_type() == torch::kInt64, "cross_entropy: labels must be int64, got {}",
+            c10::toString(labels.scalar_type()));
+  QAD_CHECK(chunk_tokens > 0, "cross_entropy: chunk_tokens must be > 0, got {}", chunk_tokens);
+  auto labels_dev = labels.to(logits.device());
+  auto keep = labels_dev.reshape({-1}) != ignore_index;
+  auto mask_keep = detail::mask_to_keep(mask, leading, "cross_entropy");
+  if (mask_keep.defined()) keep = keep.logical_and(mask_keep.to(keep.device()));
+  auto rows = detail::select_rows(keep, labels.numel());
+  const int64_t vocab = logits.size(-1);
+  if (rows.count > 0) {
+    // gather with an out-of-range index would read out of bounds (or trap on the GPU): check first.
+    auto used = rows.index.defined() ? labels_dev.reshape({-1}).index_select(0, rows.index) : labels_dev.reshape({-1});
+    auto bad = (used < 0).logical_or(used >= vocab);
+    if (bad.any().item<bool>()) {
+      const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+      const int64_t flat = rows.index.defined() ? rows.index[i].item<int64_t>() : i;
+      fail("cross_entropy: label {} at token {} (flattened) is outside the vocabulary [0, {}); use {} to ignore "
+           "a token",
+           used[i].item<int64_t>(), flat, vocab, ignore_index);
+    }
+  }
+  const bool want_grad = torch::GradMode::is_enabled() && logits.requires_grad();
+  return ChunkedCE::apply(logits, labels_dev, rows, chunk_tokens, want_grad);
+}
+
+}  // namespace qad::loss

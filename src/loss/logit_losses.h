@@ -1,0 +1,34 @@
+// Token-level losses on logits for distillation and QAT: forward KL(teacher || student) with temperature
+// and an optional top-k restriction, and cross-entropy on labels. Both run over tokens in chunks so that
+// no FP32 copy of the whole [tokens, vocab] logits ever exists (docs/losses.md).
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+
+namespace qad::loss {
+
+struct KLOptions {
+  double temperature = 1.0;     // T > 0; the loss is scaled by T^2 so that gradients keep their size
+  int64_t top_k = 0;            // 0 = full vocabulary; k > 0 = teacher's top-k set, both renormalised
+  int64_t chunk_tokens = 4096;  // tokens per FP32 chunk; transient memory ~3 * chunk * vocab * 4 bytes
+};
+
+// Forward KL(softmax(t/T) || softmax(s/T)) * T^2 per token, averaged over tokens where mask != 0.
+// logits [..., V] in any float dtype (BF16 on GPU), teacher of the same shape; mask [...] (any dtype) or
+// undefined = all tokens. Computed in FP32 (FP64 for FP64 inputs). The gradient w.r.t. student_logits,
+// T * (softmax(s/T) - softmax(t/T)) / n_tokens, is computed in the forward chunk by chunk and stored in the
+// logits' dtype; backward returns it times grad_output. The teacher gets no gradient.
+// top_k > 0: S = the teacher's k largest logits per token (k is capped at V); KL between softmax(t_S/T) and
+// softmax(s_S/T), both renormalised over S; the student's logits outside S get zero gradient.
+// No valid token: returns 0 (and zero gradient).
+torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                            const torch::Tensor& mask, const KLOptions& options = {});
+
+// Token-level cross-entropy -log softmax(s)[label], averaged over tokens where mask != 0 and
+// label != ignore_index (labels already aligned with the logits: the caller shifts them). labels [...] int64.
+// Chunked like kl_divergence; gradient (softmax(s) - onehot(label)) / n_tokens. Labels outside [0, V) throw.
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& mask,
+                            int64_t chunk_tokens = 4096, int64_t ignore_index = -100);
+
+}  // namespace qad::loss
