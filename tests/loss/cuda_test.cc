@@ -16,7 +16,15 @@ using qad::testing::all_close;
 TEST(LossCuda, KlAndCrossEntropyMatchTheCpu) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(1);
-  auto s = torch::randn({3, 50, 1000}, gen) * 3, t = torch::randn({3, 50, 1000}, gen) * 3;
+  auto s = torch::randn({3, 50, 1000}, gen) * 3;
+  // Teacher logits distinct even in BF16: (1 + m/128) * 2^e for m < 128 and e in [-4, 3] are 1000 distinct
+  // values, all exact in BF16. Ties at the k-th value would let CPU and GPU pick different top-k sets.
+  auto idx = torch::arange(1000, torch::kLong);
+  auto grid = (1 + (idx % 128).to(torch::kFloat32) / 128) * torch::pow(2.0, (idx / 128 - 4).to(torch::kFloat32));
+  auto t = torch::stack({grid.index({torch::randperm(1000, gen)}), grid.index({torch::randperm(1000, gen)}),
+                         grid.index({torch::randperm(1000, gen)})})
+               .unsqueeze(1)
+               .repeat({1, 50, 1});
   auto mask = torch::rand({3, 50}, gen) > 0.2;  // stays on the CPU
   auto labels = torch::randint(0, 1000, {3, 50}, gen, torch::kLong);
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
