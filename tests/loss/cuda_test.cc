@@ -20,7 +20,7 @@ TEST(LossCuda, KlAndCrossEntropyMatchTheCpu) {
   // Teacher logits distinct even in BF16: (1 + m/128) * 2^e for m < 128 and e in [-4, 3] are 1000 distinct
   // values, all exact in BF16. Ties at the k-th value would let CPU and GPU pick different top-k sets.
   auto idx = torch::arange(1000, torch::kLong);
-  auto grid = (1 + (idx % 128).to(torch::kFloat32) / 128) * torch::pow(2.0, (idx / 128 - 4).to(torch::kFloat32));
+  auto grid = (1 + (idx % 128).to(torch::kFloat32) / 128) * torch::pow(2.0, (torch::div(idx, 128, "floor") - 4).to(torch::kFloat32));
   auto t = torch::stack({grid.index({torch::randperm(1000, gen)}), grid.index({torch::randperm(1000, gen)}),
                          grid.index({torch::randperm(1000, gen)})})
                .unsqueeze(1)
