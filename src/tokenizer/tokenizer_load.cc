@@ -3,7 +3,6 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
-#include <set>
 #include <sstream>
 
 #include "tokenizer/tokenizer_impl.h"
@@ -401,11 +400,10 @@ std::shared_ptr<Tokenizer::Impl> load_tokenizer_impl(const fs::path& dir_or_file
 
   build_post(c, j.contains("post_processor") ? j["post_processor"] : null_json, "post_processor", *impl, impl->post);
 
-  std::set<std::string> distinct;
-  for (const std::string& t : impl->model->tokens())
-    if (!t.empty()) distinct.insert(t);
-  for (const AddedToken& a : impl->added) distinct.insert(a.content);
-  impl->vocab_size = static_cast<int64_t>(distinct.size());
+  // Distinct token strings of the model vocab and the added tokens, as HF get_vocab_size(true).
+  impl->vocab_size = impl->model->size();
+  for (const auto& [content, id] : impl->added_by_content)
+    if (!impl->model->token_to_id(content)) ++impl->vocab_size;
 
   // tokenizer_config.json (BOS/EOS/pad names, chat template), then config.json ids as a fallback.
   const fs::path dir = file.parent_path();
