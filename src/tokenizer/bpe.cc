@@ -259,6 +259,10 @@ void BpeModel::merge_heap(std::vector<int32_t>& syms) const {
 
 void BpeModel::tokenize(std::string_view piece, std::vector<int32_t>& out) const {
   if (piece.empty()) return;
+  if (byte_level_ && piece.size() == 1) {  // a single byte is its own token: skip the cache
+    out.push_back(byte_ids_[static_cast<unsigned char>(piece[0])]);
+    return;
+  }
   if (ignore_merges_) {
     const int32_t* id = byte_level_ ? bytes_vocab_.find(piece) : vocab_.find(piece);
     if (id) {

@@ -64,8 +64,7 @@ class FlatStringMap {
     const uint64_t h = hash_bytes(key);
     size_t i = h & (slots_.size() - 1);
     while (slots_[i].used) {
-      if (slots_[i].hash == h && slots_[i].len == key.size() &&
-          std::memcmp(arena_.data() + slots_[i].off, key.data(), key.size()) == 0)
+      if (slots_[i].hash == h && slots_[i].len == key.size() && same_bytes(arena_.data() + slots_[i].off, key))
         return &slots_[i].value;
       i = (i + 1) & (slots_.size() - 1);
     }
@@ -79,6 +78,15 @@ class FlatStringMap {
     bool used = false;
     V value{};
   };
+  // Short keys (most pre-tokens) compare without a memcmp call.
+  static bool same_bytes(const char* a, std::string_view b) {
+    if (b.size() <= 8) {
+      for (size_t k = 0; k < b.size(); ++k)
+        if (a[k] != b[k]) return false;
+      return true;
+    }
+    return std::memcmp(a, b.data(), b.size()) == 0;
+  }
   std::string_view view(const Slot& s) const { return std::string_view(arena_).substr(s.off, s.len); }
   void rehash(size_t cap) {
     std::vector<Slot> old = std::move(slots_);
