@@ -38,7 +38,6 @@ class BpeModel {
   std::optional<int32_t> token_to_id(std::string_view token) const;
   const std::string* id_to_token(int32_t id) const;
   int64_t size() const { return static_cast<int64_t>(vocab_size_); }
-  const std::vector<std::string>& tokens() const { return id_to_token_; }
 
  private:
   void initial_symbols(std::string_view piece, std::vector<int32_t>& syms) const;

@@ -55,7 +55,9 @@ void apply_behavior(const Piece& in, const std::vector<Run>& runs, SplitBehavior
     case SplitBehavior::kIsolated:
       for (Run r : runs) splits.push_back({r.start, r.end, false});
       break;
-    case SplitBehavior::kRemoved: splits = runs; break;
+    case SplitBehavior::kRemoved:
+      for (Run r : runs) splits.push_back(r);
+      break;
     case SplitBehavior::kContiguous: {
       bool prev = false;
       for (Run r : runs) {
@@ -256,7 +258,7 @@ class PreSequence final : public PreTokenizer {
  public:
   explicit PreSequence(std::vector<std::unique_ptr<PreTokenizer>> parts) : parts_(std::move(parts)) {}
   void split(const Piece& in, std::vector<Piece>& out, PieceStore& store) const override {
-    std::vector<Piece> cur{in}, next;
+    std::vector<Piece> cur(1, in), next;
     for (const auto& p : parts_) {
       next.clear();
       for (const Piece& q : cur) p->split(q, next, store);

@@ -95,6 +95,13 @@ void Regex::CharClass::finalize() {
 
 namespace {
 
+int hex(char h) {
+  if (h >= '0' && h <= '9') return h - '0';
+  if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+  if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+  return -1;
+}
+
 class Parser {
  public:
   Parser(std::string_view pat, std::vector<Regex::CharClass>& classes) : pat_(pat), classes_(classes) {}
@@ -264,12 +271,6 @@ class Parser {
       case 'x': {
         uint32_t v = 0;
         int digits = 0;
-        auto hex = [&](char h) -> int {
-          if (h >= '0' && h <= '9') return h - '0';
-          if (h >= 'a' && h <= 'f') return h - 'a' + 10;
-          if (h >= 'A' && h <= 'F') return h - 'A' + 10;
-          return -1;
-        };
         if (eat('{')) {
           while (more() && pat_[i_] != '}') {
             int h = hex(pat_[i_++]);
@@ -289,8 +290,7 @@ class Parser {
         uint32_t v = 0;
         for (int k = 0; k < 4; ++k) {
           if (!more()) error("bad \\u escape");
-          const char h = pat_[i_++];
-          int d = (h >= '0' && h <= '9') ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+          const int d = hex(pat_[i_++]);
           if (d < 0) error("bad \\u escape");
           v = v * 16 + static_cast<uint32_t>(d);
         }

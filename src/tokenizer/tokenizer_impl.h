@@ -23,7 +23,6 @@ struct PostProcessor {
 };
 
 struct Tokenizer::Impl {
-  std::string source;  // the tokenizer.json path, for messages
   std::vector<AddedToken> added;
   std::unordered_map<int32_t, size_t> added_by_id;           // id -> index in `added`
   std::unordered_map<std::string, int32_t> added_by_content;

@@ -200,20 +200,14 @@ std::unique_ptr<Decoder> build_decoder(const Ctx& c, const json& j, const std::s
 }
 
 // Post-processors: the ids around a single sequence when add_special_tokens is true.
-void build_post(const Ctx& c, const json& j, const std::string& where, const Tokenizer::Impl& impl, PostProcessor& post) {
+void build_post(const Ctx& c, const json& j, const std::string& where, PostProcessor& post) {
   if (j.is_null()) return;
   const std::string type = get_str(c, j, "type", where);
-  auto id_of = [&](const std::string& tok) -> int32_t {
-    auto it = impl.added_by_content.find(tok);
-    if (it != impl.added_by_content.end()) return it->second;
-    if (auto id = impl.model->token_to_id(tok)) return *id;
-    c.fail(where, "special token '" + tok + "' is not in the vocabulary");
-  };
   if (type == "ByteLevel") return;  // offsets only
   if (type == "Sequence") {
     const json& arr = need(c, j, "processors", where);
     if (!arr.is_array()) c.fail(where + ".processors", "expected an array");
-    for (size_t i = 0; i < arr.size(); ++i) build_post(c, arr[i], where + ".processors[" + std::to_string(i) + "]", impl, post);
+    for (size_t i = 0; i < arr.size(); ++i) build_post(c, arr[i], where + ".processors[" + std::to_string(i) + "]", post);
     return;
   }
   if (type == "TemplateProcessing") {
@@ -245,7 +239,6 @@ void build_post(const Ctx& c, const json& j, const std::string& where, const Tok
     const json& sep = need(c, j, "sep", where);
     post.prefix.insert(post.prefix.begin(), cls.at(1).get<int32_t>());
     post.suffix.push_back(sep.at(1).get<int32_t>());
-    (void)id_of;
     return;
   }
   c.fail(where, "post_processor type '" + type +
@@ -345,7 +338,6 @@ std::shared_ptr<Tokenizer::Impl> load_tokenizer_impl(const fs::path& dir_or_file
   Ctx c{file.string()};
   if (!j.is_object()) c.fail("top level", "expected a JSON object");
   auto impl = std::make_shared<Tokenizer::Impl>();
-  impl->source = file.string();
 
   impl->model = build_model(c, need(c, j, "model", "top level"));
 
@@ -398,7 +390,7 @@ std::shared_ptr<Tokenizer::Impl> load_tokenizer_impl(const fs::path& dir_or_file
     impl->normalized_matcher = AddedTokenMatcher(norm, norm_p);
   }
 
-  build_post(c, j.contains("post_processor") ? j["post_processor"] : null_json, "post_processor", *impl, impl->post);
+  build_post(c, j.contains("post_processor") ? j["post_processor"] : null_json, "post_processor", impl->post);
 
   // Distinct token strings of the model vocab and the added tokens, as HF get_vocab_size(true).
   impl->vocab_size = impl->model->size();
