@@ -22,6 +22,7 @@ std::vector<int32_t> masked(const ChatTokens& c) {
 }
 
 TEST(Chat, ArithTestSetRendersAsDocumented) {
+  QAD_REQUIRE_SHARED();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir("qad8k"));
   ASSERT_EQ(tok.chat_family(), ChatFamily::kQwen);
   const auto rows = read_jsonl(slurp(tok_shared_dir() / "tasks" / "arith" / "test.jsonl"));
@@ -52,6 +53,7 @@ TEST(Chat, ArithTestSetRendersAsDocumented) {
 
 // shared/tasks/arith/README.md: "the rendered train set is 21.67 M tokens, of which 17.09 M are supervised".
 TEST(Chat, ArithTrainSetTokenCountsMatchTheReadme) {
+  QAD_REQUIRE_SHARED();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir("qad8k"));
   const std::string jsonl = qad::testing::read_xz(tok_shared_dir() / "tasks" / "arith" / "train.jsonl.xz");
   int64_t total = 0, supervised = 0, examples = 0, longest = 0;
@@ -78,6 +80,7 @@ TEST(Chat, ArithTrainSetTokenCountsMatchTheReadme) {
 }
 
 TEST(Chat, Qwen3MultiTurnMasksExactlyTheAssistantTurns) {
+  QAD_REQUIRE_SHARED();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir("qwen3"));
   const std::vector<ChatMessage> conv = {{"system", "You are terse."},
                                          {"user", "Hi there"},
@@ -99,6 +102,7 @@ TEST(Chat, Qwen3MultiTurnMasksExactlyTheAssistantTurns) {
 }
 
 TEST(Chat, Llama3HeadersBosAndTrim) {
+  QAD_REQUIRE_SHARED();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir("llama3_1"));
   ASSERT_EQ(tok.chat_family(), ChatFamily::kLlama3);
   const std::vector<ChatMessage> conv = {{"user", "  Hi \n"}, {"assistant", "Hello!\n"}};
@@ -118,6 +122,7 @@ TEST(Chat, Llama3HeadersBosAndTrim) {
 }
 
 TEST(Chat, TokenStraddlingThePromptBoundaryIsLearned) {
+  QAD_REQUIRE_SHARED();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir("qad8k"));
   // "assistant\n" + "\n\nx": the newlines merge into one pre-token across the boundary.
   const std::vector<ChatMessage> conv = {{"user", "q"}, {"assistant", "\n\nx"}};
@@ -132,6 +137,7 @@ TEST(Chat, TokenStraddlingThePromptBoundaryIsLearned) {
 }
 
 TEST(Chat, TokenizerWithoutChatTemplateIsAnError) {
+  QAD_REQUIRE_SHARED();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir("gpt2"));
   EXPECT_THROW(encode_chat(tok, {{"user", "hi"}}), qad::Error);
 }

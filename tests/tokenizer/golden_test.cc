@@ -25,6 +25,7 @@ std::string show(const std::vector<int32_t>& v) {
 class Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Golden, EveryTextEncodesAndDecodesExactly) {
+  QAD_REQUIRE_SHARED();
   const std::string name = GetParam();
   const Tokenizer tok = Tokenizer::load(tokenizer_dir(name));
   const auto rows = read_jsonl(slurp(tok_shared_dir() / "tokenizers" / name / "golden.jsonl"));
@@ -67,6 +68,7 @@ TEST_P(Golden, EveryTextEncodesAndDecodesExactly) {
 INSTANTIATE_TEST_SUITE_P(SharedTokenizers, Golden, ::testing::Values("qwen3", "llama3", "llama3_1", "gpt2", "qad8k"));
 
 TEST(Golden, Stories260kSentencePieceByteFallback) {
+  QAD_REQUIRE_SHARED();
   const auto dir = tok_shared_dir() / "models" / "stories260K";
   const Tokenizer tok = Tokenizer::load(dir);
   const auto golden = nlohmann::json::parse(slurp(dir / "golden_tokenizer.json"));
@@ -95,6 +97,7 @@ TEST(Golden, Stories260kSentencePieceByteFallback) {
 }
 
 TEST(Golden, GenerationsDecodeLikeTransformers) {
+  QAD_REQUIRE_SHARED();
   const auto dir = tok_shared_dir() / "models" / "stories260K";
   const Tokenizer tok = Tokenizer::load(dir);
   const auto gens = nlohmann::json::parse(slurp(dir / "golden_generate.json"))["generations"];
@@ -113,6 +116,7 @@ struct Meta {
 };
 
 TEST(Golden, VocabularySizesAndConfigTokens) {
+  QAD_REQUIRE_SHARED();
   const Meta metas[] = {
       {"qwen3", 151669, std::nullopt, 151645, 151643, ChatFamily::kQwen},
       {"llama3", 128256, 128000, 128001, std::nullopt, ChatFamily::kLlama3},

@@ -13,6 +13,7 @@ namespace qad::tokenizer {
 namespace {
 
 TEST(TokenizeJsonl, ReplacesTextByIdsAndKeepsOtherFields) {
+  QAD_REQUIRE_SHARED();
   namespace fs = std::filesystem;
   const Tokenizer tok = Tokenizer::load(qad::testing::tokenizer_dir("llama3_1"));
   const fs::path dir = fs::path(QAD_BINARY_DIR) / "test_data" / ("tokenize-" + std::to_string(getpid()));

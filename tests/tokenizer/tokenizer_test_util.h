@@ -15,10 +15,23 @@
 
 namespace qad::testing {
 
+// $QAD_SHARED_DIR, else ../shared next to the repo, else .shared/ inside it (the GPU machine's copy).
 inline std::filesystem::path tok_shared_dir() {
   if (const char* s = std::getenv("QAD_SHARED_DIR")) return s;
-  return std::filesystem::path(QAD_SOURCE_DIR).parent_path() / "shared";
+  const std::filesystem::path src(QAD_SOURCE_DIR);
+  if (!std::filesystem::exists(src.parent_path() / "shared") && std::filesystem::exists(src / ".shared"))
+    return src / ".shared";
+  return src.parent_path() / "shared";
 }
+
+// Skips (visibly, with the reason) where the shared data is not there at all, as on a bare clone; a shared
+// folder with missing or different files still fails the tests.
+#define QAD_REQUIRE_SHARED()                                                                         \
+  do {                                                                                               \
+    if (!std::filesystem::exists(::qad::testing::tok_shared_dir() / "tokenizers"))                  \
+      GTEST_SKIP() << "shared data not found at " << ::qad::testing::tok_shared_dir()               \
+                   << " (set QAD_SHARED_DIR to the shared/ folder)";                                 \
+  } while (0)
 
 // Whole stdout of a shell command; fails the test on a non-zero exit.
 inline std::string run_capture(const std::string& cmd) {

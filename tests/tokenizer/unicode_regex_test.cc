@@ -52,6 +52,7 @@ std::vector<bool> membership(const nlohmann::json& ranges) {
 }
 
 TEST(UnicodeRegex, ClassesMatchOnigurumaForEveryCodePoint) {
+  QAD_REQUIRE_SHARED();
   const struct {
     const char* key;
     const char* pattern;
@@ -72,6 +73,7 @@ TEST(UnicodeRegex, ClassesMatchOnigurumaForEveryCodePoint) {
 }
 
 TEST(UnicodeRegex, CaseInsensitiveContractionsFoldLikeOniguruma) {
+  QAD_REQUIRE_SHARED();
   for (const auto& [letter, cps] : reference()["case_insensitive_letters"].items()) {
     const Regex re("(?i:" + letter + ")");
     std::set<uint32_t> got;
@@ -82,6 +84,7 @@ TEST(UnicodeRegex, CaseInsensitiveContractionsFoldLikeOniguruma) {
 }
 
 TEST(UnicodeRegex, NfcChangesExactlyTheReferenceCodePoints) {
+  QAD_REQUIRE_SHARED();
   const auto changes = membership(reference()["nfc_changes_codepoints"]);
   int wrong = 0;
   for (uint32_t cp = 0; cp < 0x110000; ++cp) {
@@ -132,6 +135,7 @@ TEST(UnicodeRegex, SplitPatternSemantics) {
 }
 
 TEST(UnicodeRegex, InvalidUtf8IsRepairedLikeRust) {
+  QAD_REQUIRE_SHARED();
   EXPECT_EQ(utf8::lossy("a\xF0\x9F\x98" "b"), "a\xEF\xBF\xBD" "b");  // truncated 4-byte: one U+FFFD
   EXPECT_EQ(utf8::lossy("\xC0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");     // overlong: one per byte
   EXPECT_EQ(utf8::lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
@@ -159,6 +163,7 @@ namespace {
 // Random bytes and random ids never crash or read out of bounds (run under QAD_SANITIZE to check the latter);
 // encode of repaired text round-trips through decode for the byte-level tokenizer.
 TEST(UnicodeRegex, RandomInputIsSafe) {
+  QAD_REQUIRE_SHARED();
   uint64_t seed = 20261123;
   if (const char* s = std::getenv("QAD_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
   ::testing::Test::RecordProperty("seed", std::to_string(seed));
