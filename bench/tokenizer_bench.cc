@@ -5,7 +5,7 @@
 //
 //   bench_tokenizer [--shared DIR] [--tokenizer DIR] [--split valid|train] [--max-mb N] [--repeats N] [--hf]
 //                   [--threads N]
-// DIR defaults: --shared $QAD_SHARED_DIR or ../shared; --tokenizer <shared>/tokenizers/qwen3 (its .xz is
+// DIR defaults: --shared $QAD_SHARED_DIR, else ../shared, else .shared/; --tokenizer <shared>/tokenizers/qwen3 (its .xz is
 // decompressed into the build dir once).
 #include <nlohmann/json.hpp>
 #include <unistd.h>
@@ -53,6 +53,8 @@ uint64_t checksum(uint64_t h, const std::vector<int32_t>& ids) {
 int main(int argc, char** argv) {
   fs::path shared = std::getenv("QAD_SHARED_DIR") ? fs::path(std::getenv("QAD_SHARED_DIR"))
                                                   : fs::path(QAD_SOURCE_DIR).parent_path() / "shared";
+  if (!std::getenv("QAD_SHARED_DIR") && !fs::exists(shared) && fs::exists(fs::path(QAD_SOURCE_DIR) / ".shared"))
+    shared = fs::path(QAD_SOURCE_DIR) / ".shared";  // the GPU machine's copy
   fs::path tok_dir;
   std::string split = "valid";
   double max_mb = 0;
