@@ -108,6 +108,35 @@ TEST(Golden, GenerationsDecodeLikeTransformers) {
   }
 }
 
+// shared/tokenizers/qad8k/README.md: bytes per token on the held-out corpus, made with HF tokenizers:
+// prose 3.39, Python 3.67, Go 2.64 for qad8k and 4.23, 4.42, 2.91 for Qwen3 (2.9 MB of real text).
+TEST(Golden, HeldOutCorpusCompressionMatchesTheReadme) {
+  QAD_REQUIRE_SHARED();
+  const struct {
+    const char* tokenizer;
+    double prose, python, go;
+  } cases[] = {{"qad8k", 3.39, 3.67, 2.64}, {"qwen3", 4.23, 4.42, 2.91}};
+  std::vector<std::pair<std::string, std::vector<std::string>>> files;
+  for (const char* name : {"prose", "python", "go"}) {
+    std::vector<std::string> docs;
+    for (const auto& row : read_jsonl(qad::testing::read_xz(tok_shared_dir() / "corpus" / (std::string(name) + "_valid.jsonl.xz"))))
+      docs.push_back(row["text"]);
+    files.emplace_back(name, std::move(docs));
+  }
+  for (const auto& c : cases) {
+    const Tokenizer tok = Tokenizer::load(tokenizer_dir(c.tokenizer));
+    const double want[] = {c.prose, c.python, c.go};
+    for (size_t f = 0; f < files.size(); ++f) {
+      size_t bytes = 0, tokens = 0;
+      for (const auto& ids : tok.encode_batch(files[f].second, false, 2)) tokens += ids.size();
+      for (const auto& d : files[f].second) bytes += d.size();
+      const double ratio = static_cast<double>(bytes) / static_cast<double>(tokens);
+      EXPECT_NEAR(ratio, want[f], 0.005) << c.tokenizer << " " << files[f].first << ": " << bytes << " bytes, " << tokens
+                                         << " tokens";
+    }
+  }
+}
+
 struct Meta {
   const char* name;
   int64_t vocab;
