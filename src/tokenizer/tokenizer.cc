@@ -10,6 +10,7 @@
 
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/utf8.h"
+#include "tokenizer/worker_pool.h"
 
 namespace qad::tokenizer {
 
@@ -87,10 +88,7 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
       next = texts.size();
     }
   };
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < n_threads; ++t) pool.emplace_back(work);
-  work();
-  for (auto& th : pool) th.join();
+  run_on_workers(n_threads, work);
   if (error) std::rethrow_exception(error);
   return out;
 }
