@@ -25,4 +25,29 @@ constexpr bool kHasSdpa = QAD_TORCH_AT_LEAST(2, 0);
 
 inline bool cuda_available() { return torch::cuda::is_available(); }
 
+// The torch dtype that holds FP8 E4M3 bytes: Float8_e4m3fn from 2.1, raw uint8 before.
+inline torch::ScalarType float8_e4m3_type() {
+#if QAD_TORCH_AT_LEAST(2, 1)
+  return torch::kFloat8_e4m3fn;
+#else
+  return torch::kUInt8;
+#endif
+}
+
+// Fused attention softmax(q k^T / sqrt(d) + mask) v on [B, H, T, D] tensors (k/v already expanded to H
+// heads). `mask` is boolean (true = attend) or undefined; `is_causal` asks for the upper-triangular mask
+// instead. Only callable where kHasSdpa; callers keep an explicit math path for the rest.
+inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v, const torch::Tensor& mask,
+                                                  bool is_causal) {
+#if QAD_TORCH_AT_LEAST(2, 0)
+  c10::optional<torch::Tensor> m;
+  if (mask.defined()) m = mask;
+  return at::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal);
+#else
+  (void)q, (void)k, (void)v, (void)mask, (void)is_causal;
+  TORCH_CHECK(false, "scaled_dot_product_attention needs LibTorch >= 2.0");
+#endif
+}
+
 }  // namespace qad::compat
