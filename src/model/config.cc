@@ -156,6 +156,8 @@ ModelConfig parse_config(const json& j, const std::string& label) {
 }
 
 ModelConfig load_config(const std::filesystem::path& dir_or_file) {
+  QAD_CHECK(std::filesystem::exists(dir_or_file), "{}: no such model directory (expected config.json and safetensors)",
+            dir_or_file.string());
   const auto path = std::filesystem::is_directory(dir_or_file) ? dir_or_file / "config.json" : dir_or_file;
   json j;
   try {
