@@ -112,13 +112,17 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   k = apply_rotary(k.transpose(1, 2), ctx.cos, ctx.sin);
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer_, k, v);
   const int64_t n_rep = num_heads_ / num_kv_heads_;
-  k = repeat_kv(k, n_rep);
-  v = repeat_kv(v, n_rep);
   torch::Tensor out;
   if (use_sdpa(ctx, q)) {
-    out = compat::scaled_dot_product_attention(q, k, v, ctx.mask, !ctx.mask.defined() && ctx.causal && t > 1);
+    // Like transformers: native GQA only without a mask (the masked kernels do not take it), else repeat.
+    const bool gqa = compat::kSdpaHasGqa && !ctx.mask.defined() && n_rep > 1;
+    if (!gqa) {
+      k = repeat_kv(k, n_rep);
+      v = repeat_kv(v, n_rep);
+    }
+    out = compat::scaled_dot_product_attention(q, k, v, ctx.mask, !ctx.mask.defined() && ctx.causal && t > 1, gqa);
   } else {
-    out = math_attention(q, k, v, ctx);
+    out = math_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), ctx);
   }
   return o_proj(out.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_}));
 }

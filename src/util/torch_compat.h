@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <optional>
+
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
 #endif
@@ -34,18 +36,26 @@ inline torch::ScalarType float8_e4m3_type() {
 #endif
 }
 
-// Fused attention softmax(q k^T / sqrt(d) + mask) v on [B, H, T, D] tensors (k/v already expanded to H
-// heads). `mask` is boolean (true = attend) or undefined; `is_causal` asks for the upper-triangular mask
-// instead. Only callable where kHasSdpa; callers keep an explicit math path for the rest.
+// SDPA takes grouped-query k/v ([B, Hkv, S, D] with H a multiple of Hkv) natively from LibTorch 2.5.
+constexpr bool kSdpaHasGqa = QAD_TORCH_AT_LEAST(2, 5);
+
+// Fused attention softmax(q k^T / sqrt(d) + mask) v on [B, H, T, D] queries. k/v have H heads, or fewer
+// when `gqa` (only where kSdpaHasGqa). `mask` is boolean (true = attend) or undefined; `is_causal` asks for
+// the upper-triangular mask instead. Only callable where kHasSdpa; callers keep a math path for the rest.
 inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
                                                   const torch::Tensor& v, const torch::Tensor& mask,
-                                                  bool is_causal) {
-#if QAD_TORCH_AT_LEAST(2, 0)
+                                                  bool is_causal, bool gqa = false) {
+#if QAD_TORCH_AT_LEAST(2, 5)
+  std::optional<torch::Tensor> m;
+  if (mask.defined()) m = mask;
+  return at::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal, std::nullopt, gqa);
+#elif QAD_TORCH_AT_LEAST(2, 0)
+  TORCH_CHECK(!gqa, "grouped-query SDPA needs LibTorch >= 2.5");
   c10::optional<torch::Tensor> m;
   if (mask.defined()) m = mask;
   return at::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal);
 #else
-  (void)q, (void)k, (void)v, (void)mask, (void)is_causal;
+  (void)q, (void)k, (void)v, (void)mask, (void)is_causal, (void)gqa;
   TORCH_CHECK(false, "scaled_dot_product_attention needs LibTorch >= 2.0");
 #endif
 }
