@@ -28,8 +28,7 @@ def main():
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
-    config = transformers.Qwen3Config(**QWEN3_0_6B)
-    config._attn_implementation = "sdpa"
+    config = transformers.Qwen3Config(**QWEN3_0_6B, attn_implementation="sdpa")
     with torch.device("cuda"):
         model = transformers.Qwen3ForCausalLM(config).to(torch.bfloat16).eval()
     ids = torch.randint(0, config.vocab_size, (a.batch, a.seq), device="cuda")

@@ -64,8 +64,7 @@ def redraw(model, gen):
 
 def make(name, family, extra, shard, out, seed, tokens):
     cfg_cls, model_cls = CLASSES[family]
-    config = cfg_cls(**COMMON, **extra)
-    config._attn_implementation = "eager"
+    config = cfg_cls(**COMMON, **extra, attn_implementation="eager")
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()
     gen = torch.Generator().manual_seed(seed)
