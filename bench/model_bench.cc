@@ -2,7 +2,7 @@
 // at batch x seq tokens, against transformers (sdpa) measured in the same run by running
 // tools/bench_forward_hf.py. Prints tokens/s, ratio, and MFU two ways: 2 * matmul params * tokens, and
 // that plus causal attention FLOPs, over the H100 SXM dense BF16 peak (989 TFLOP/s).
-//   ./build/bench_model [--batch 8] [--seq 2048] [--iters 10] [--no-hf] [--python python3]   (repo root)
+//   ./build/bench/bench_model [--batch 8] [--seq 2048] [--iters 10] [--no-hf] [--python python3]   (repo root)
 #include <fmt/format.h>
 #include <torch/torch.h>
 

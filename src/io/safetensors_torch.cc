@@ -79,7 +79,7 @@ std::vector<TensorRef> refs(const NamedTensors& tensors, std::vector<torch::Tens
     hold.push_back(t.detach().to(torch::kCPU).contiguous());
     const auto& c = hold.back();
     out.push_back({name, from_scalar_type(c.scalar_type()), c.sizes().vec(),
-                   {static_cast<const std::byte*>(c.data_ptr()), c.numel() * c.element_size()}});
+                   {static_cast<const std::byte*>(c.data_ptr()), static_cast<std::size_t>(c.numel() * static_cast<int64_t>(c.element_size()))}});
   }
   return out;
 }

@@ -170,12 +170,9 @@ ModelConfig load_config(const std::filesystem::path& dir_or_file) {
 
 json config_json_for_save(const ModelConfig& c, const std::string& dtype) {
   json j = c.raw;
-  // Keep whichever key the file used; transformers reads both.
-  if (j.contains("torch_dtype") && !j.contains("dtype")) {
-    j["torch_dtype"] = dtype;
-  } else {
-    j["dtype"] = dtype;
-  }
+  // Update whichever keys the file has (some carry both for older loaders); transformers reads either.
+  if (j.contains("torch_dtype")) j["torch_dtype"] = dtype;
+  if (j.contains("dtype") || !j.contains("torch_dtype")) j["dtype"] = dtype;
   return j;
 }
 

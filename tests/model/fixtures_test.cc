@@ -52,18 +52,23 @@ void check_fixture(const fs::path& dir, torch::Device device, torch::ScalarType 
   std::cout << "  " << dir.filename().string() << " on " << device << ": logits rel err " << e << "\n";
 }
 
+// One source, two executables: test_model (label cpu) runs the FP32 CPU check, test_model_gpu (label gpu,
+// QAD_FIXTURES_GPU) the BF16 GPU one.
+#ifndef QAD_FIXTURES_GPU
 TEST(Fixtures, MatchTransformersInFp32OnCpu) {
   auto dirs = fixture_dirs();
   if (dirs.empty()) GTEST_SKIP() << "no fixtures in tests/fixtures/models/ (make them with tools/make_model_fixtures.py)";
   for (const auto& d : dirs) check_fixture(d, torch::kCPU, torch::kFloat32, kFp32RelTol);
 }
 
+#else
 TEST(Fixtures, MatchTransformersInBf16OnGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible";
   auto dirs = fixture_dirs();
   if (dirs.empty()) GTEST_SKIP() << "no fixtures in tests/fixtures/models/";
   for (const auto& d : dirs) check_fixture(d, torch::kCUDA, torch::kBFloat16, kBf16RelTol);
 }
+#endif
 
 }  // namespace
 }  // namespace qad::model
