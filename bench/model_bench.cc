@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
                             config.num_heads * config.head_dim / 2.0;
   auto ids = torch::randint(0, config.vocab_size, {batch, seq}, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kLong));
   std::vector<double> ms;
+  c10::InferenceMode inference;  // as the baseline's torch.inference_mode()
   for (int64_t i = 0; i < warmup + iters; ++i) {
     torch::cuda::synchronize();
     auto t0 = std::chrono::steady_clock::now();
