@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <optional>
+
 #if __has_include(<torch/version.h>)
 #include <torch/version.h>
 #endif
@@ -24,5 +26,38 @@ constexpr bool kHasFloat8 = QAD_TORCH_AT_LEAST(2, 1);
 constexpr bool kHasSdpa = QAD_TORCH_AT_LEAST(2, 0);
 
 inline bool cuda_available() { return torch::cuda::is_available(); }
+
+// The torch dtype that holds FP8 E4M3 bytes: Float8_e4m3fn from 2.1, raw uint8 before.
+inline torch::ScalarType float8_e4m3_type() {
+#if QAD_TORCH_AT_LEAST(2, 1)
+  return torch::kFloat8_e4m3fn;
+#else
+  return torch::kUInt8;
+#endif
+}
+
+// SDPA takes grouped-query k/v ([B, Hkv, S, D] with H a multiple of Hkv) natively from LibTorch 2.5.
+constexpr bool kSdpaHasGqa = QAD_TORCH_AT_LEAST(2, 5);
+
+// Fused attention softmax(q k^T / sqrt(d) + mask) v on [B, H, T, D] queries. k/v have H heads, or fewer
+// when `gqa` (only where kSdpaHasGqa). `mask` is boolean (true = attend) or undefined; `is_causal` asks for
+// the upper-triangular mask instead. Only callable where kHasSdpa; callers keep a math path for the rest.
+inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v, const torch::Tensor& mask,
+                                                  bool is_causal, bool gqa = false) {
+#if QAD_TORCH_AT_LEAST(2, 5)
+  std::optional<torch::Tensor> m;
+  if (mask.defined()) m = mask;
+  return at::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal, std::nullopt, gqa);
+#elif QAD_TORCH_AT_LEAST(2, 0)
+  TORCH_CHECK(!gqa, "grouped-query SDPA needs LibTorch >= 2.5");
+  c10::optional<torch::Tensor> m;
+  if (mask.defined()) m = mask;
+  return at::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal);
+#else
+  (void)q, (void)k, (void)v, (void)mask, (void)is_causal, (void)gqa;
+  TORCH_CHECK(false, "scaled_dot_product_attention needs LibTorch >= 2.0");
+#endif
+}
 
 }  // namespace qad::compat

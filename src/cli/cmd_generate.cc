@@ -1,0 +1,133 @@
+// `qad generate`: loads an HF checkpoint and continues one or more prompts (token ids now; text once a
+// tokenizer is wired into cli::text_codec()), greedy or sampled, printing ids/text or one JSON object.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/text_codec.h"
+#include "model/causal_lm.h"
+#include "model/generate.h"
+#include "util/error.h"
+#include "util/torch_compat.h"
+
+namespace qad::cli {
+namespace {
+
+struct GenerateArgs {
+  std::string model;
+  std::vector<std::string> prompts;
+  std::vector<std::string> prompt_ids;
+  int64_t max_new_tokens = 64;
+  bool greedy = false;
+  double temperature = 1.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::string stop_ids = "eos";
+  std::string device = "auto";
+  bool json = false;
+};
+
+std::vector<int64_t> parse_ids(const std::string& text, const std::string& option) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoll(item, &used));
+      QAD_CHECK(used == item.size(), "");
+    } catch (...) {
+      fail("{}: '{}' is not a comma-separated list of token ids (e.g. 1,403,407)", option, text);
+    }
+  }
+  return ids;
+}
+
+int run(const GenerateArgs& a) {
+  torch::Device device(torch::kCPU);
+  if (a.device == "cuda" || (a.device == "auto" && compat::cuda_available())) {
+    QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
+    device = torch::Device(torch::kCUDA);
+  } else {
+    QAD_CHECK(a.device == "cpu" || a.device == "auto", "--device must be cpu, cuda or auto, got '{}'", a.device);
+  }
+  auto& codec = text_codec();
+  std::vector<std::vector<int64_t>> prompts;
+  for (const auto& p : a.prompt_ids) prompts.push_back(parse_ids(p, "--prompt-ids"));
+  for (const auto& p : a.prompts) {
+    QAD_CHECK(static_cast<bool>(codec.encode),
+              "--prompt: text prompts need the tokenizer (not in this build); give token ids with --prompt-ids 1,2,3");
+    prompts.push_back(codec.encode(a.model, p));
+  }
+  QAD_CHECK(!prompts.empty(), "give at least one --prompt TEXT or --prompt-ids 1,2,3");
+
+  auto lm = model::CausalLM::load(a.model, device, model::CausalLM::default_dtype(device));
+  lm->eval();
+  model::GenerateOptions o;
+  o.max_new_tokens = a.max_new_tokens;
+  o.greedy = a.greedy;
+  o.temperature = a.temperature;
+  o.top_k = a.top_k;
+  o.top_p = a.top_p;
+  o.seed = a.seed;
+  if (a.stop_ids == "eos") {
+    o.stop_ids = lm->config().eos_token_ids;
+  } else if (a.stop_ids != "none") {
+    o.stop_ids = parse_ids(a.stop_ids, "--stop-ids");
+  }
+  auto r = model::generate(lm, prompts, o);
+
+  nlohmann::json out = {{"model", a.model}, {"device", device.str()}, {"greedy", a.greedy}, {"outputs", nlohmann::json::array()}};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    nlohmann::json row = {{"prompt_ids", prompts[i]}, {"new_ids", r.new_ids[i]}, {"stopped", r.stopped[i]}};
+    if (codec.decode) {
+      auto all = prompts[i];
+      all.insert(all.end(), r.new_ids[i].begin(), r.new_ids[i].end());
+      row["text"] = codec.decode(a.model, all);
+    }
+    out["outputs"].push_back(row);
+  }
+  if (a.json) {
+    fmt::print("{}\n", out.dump());
+    return 0;
+  }
+  for (const auto& row : out["outputs"]) {
+    if (row.contains("text")) fmt::print("{}\n", row["text"].get<std::string>());
+    fmt::print("ids: {}{}\n", fmt::join(row["new_ids"].get<std::vector<int64_t>>(), ","),
+               row["stopped"].get<bool>() ? "  (stopped)" : "");
+  }
+  return 0;
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  auto* cmd = app.add_subcommand("generate", "Continue prompts with an HF checkpoint (KV cache, greedy or sampled)");
+  cmd->add_option("--model", a->model, "HF model directory (config.json + safetensors)")->required();
+  cmd->add_option("--prompt", a->prompts, "prompt text (repeatable; needs the tokenizer)");
+  cmd->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids, BOS included (repeatable)");
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate per prompt")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--greedy", a->greedy, "argmax decoding instead of sampling");
+  cmd->add_option("--temperature", a->temperature, "sampling temperature (> 0)");
+  cmd->add_option("--top-k", a->top_k, "sample among the k most likely tokens (0 = all)");
+  cmd->add_option("--top-p", a->top_p, "nucleus sampling mass in (0, 1]");
+  cmd->add_option("--seed", a->seed, "sampling seed");
+  cmd->add_option("--stop-ids", a->stop_ids,
+                  "stop tokens: 'eos' (config.json's eos_token_id), 'none', or ids like 1,2 (stories260K ends "
+                  "stories with BOS = 1)");
+  cmd->add_option("--device", a->device, "cpu, cuda or auto");
+  cmd->add_flag("--json", a->json, "print one JSON object");
+  cmd->callback([a] {
+    if (int rc = run(*a); rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+QAD_REGISTER_COMMAND(500, register_generate);
+
+}  // namespace qad::cli

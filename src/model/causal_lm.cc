@@ -1,0 +1,123 @@
+// CausalLM construction and forward: positions, RoPE tables and the attention mask are computed once per
+// call and shared by every layer; layers optionally run under activation checkpointing.
+#include "model/causal_lm.h"
+
+#include "model/checkpointing.h"
+#include "util/error.h"
+#include "util/torch_format.h"
+
+namespace qad::model {
+
+DecoderStackImpl::DecoderStackImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    layer_list.emplace_back(c, l);
+    layers->push_back(layer_list.back());
+  }
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config_(c) {
+  model = register_module("model", DecoderStack(c));
+  lm_head = register_module("lm_head", Linear("lm_head", c.hidden_size, c.vocab_size, false, !c.tie_word_embeddings));
+  // Tied: one parameter, listed once (as the embedding); lm_head holds the same tensor unregistered.
+  if (c.tie_word_embeddings) lm_head->share_weight(model->embed_tokens->weight);
+}
+
+std::vector<Linear> CausalLMImpl::linears() const {
+  std::vector<Linear> out;
+  for (const auto& layer : model->layer_list) {
+    const auto& a = layer->self_attn;
+    const auto& m = layer->mlp;
+    for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj, m->gate_proj, m->up_proj, m->down_proj}) {
+      out.push_back(l);
+    }
+  }
+  out.push_back(lm_head);
+  return out;
+}
+
+namespace {
+
+// The keep-mask [B, 1, T, S]: causal over absolute positions, padding keys removed, and each query always
+// sees itself so that rows of padding stay finite (their outputs are never used).
+torch::Tensor build_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t past, int64_t t,
+                         torch::Device device) {
+  const int64_t s = past + t;
+  auto opts = torch::TensorOptions().device(device).dtype(torch::kLong);
+  auto q_pos = torch::arange(past, s, opts).unsqueeze(1);  // [T, 1]
+  auto k_pos = torch::arange(0, s, opts).unsqueeze(0);     // [1, S]
+  auto keep = (k_pos <= q_pos).unsqueeze(0).expand({batch, t, s});
+  if (attention_mask.defined()) {
+    keep = keep.logical_and(attention_mask.to(device).to(torch::kBool).unsqueeze(1));
+    keep = keep.logical_or((k_pos == q_pos).unsqueeze(0));
+  }
+  return keep.unsqueeze(1);
+}
+
+}  // namespace
+
+ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& o) {
+  QAD_CHECK(input_ids.dim() == 2 && input_ids.scalar_type() == torch::kLong,
+            "CausalLM::forward: input_ids must be int64 [batch, tokens], got {} {}", c10::toString(input_ids.scalar_type()),
+            shape_str(input_ids.sizes()));
+  const int64_t b = input_ids.size(0), t = input_ids.size(1);
+  QAD_CHECK(t > 0, "CausalLM::forward: no tokens");
+  const int64_t past = o.cache != nullptr ? o.cache->length : 0;
+  const auto& emb = model->embed_tokens->weight;
+  const auto device = emb.device();
+  const auto dtype = emb.scalar_type();
+  QAD_CHECK(!(o.checkpoint_layers && o.cache != nullptr), "activation checkpointing and a KV cache do not mix");
+  if (o.attention_mask.defined()) {
+    QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == past + t,
+              "attention_mask must be [batch, past + tokens] = [{}, {}], got {}", b, past + t, shape_str(o.attention_mask.sizes()));
+  }
+
+  torch::Tensor pos;
+  if (o.position_ids.defined()) {
+    QAD_CHECK(o.position_ids.sizes() == torch::IntArrayRef({b, t}), "position_ids must be [{}, {}], got {}", b, t,
+              shape_str(o.position_ids.sizes()));
+    pos = o.position_ids.to(device);
+  } else if (o.attention_mask.defined()) {
+    auto m = o.attention_mask.to(device).to(torch::kLong);  // HF generate: cumsum - 1, padding at 1
+    pos = (m.cumsum(-1) - 1).masked_fill(m == 0, 1).narrow(1, past, t);
+  } else {
+    pos = torch::arange(past, past + t, torch::TensorOptions().device(device).dtype(torch::kLong)).unsqueeze(0).expand({b, t});
+  }
+  if (!inv_freq_.defined() || inv_freq_.device() != device) inv_freq_ = rope_inv_freq(config_).to(device);
+  // LlamaRotaryEmbedding: freqs = inv_freq x positions in FP32, cat(freqs, freqs), cos/sin cast to the dtype.
+  auto freqs = pos.to(torch::kFloat32).unsqueeze(-1) * inv_freq_;
+  auto angles = torch::cat({freqs, freqs}, -1);
+
+  AttentionContext ctx;
+  ctx.cos = angles.cos().to(dtype);
+  ctx.sin = angles.sin().to(dtype);
+  ctx.backend = o.attention;
+  ctx.cache = o.cache;
+  if (o.attention_mask.defined() || (past > 0 && t > 1)) {
+    ctx.mask = build_mask(o.attention_mask, b, past, t, device);
+  } else {
+    ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
+  }
+
+  ForwardOutput out;
+  auto h = model->embed_tokens(input_ids.to(device));
+  for (size_t l = 0; l < model->layer_list.size(); ++l) {
+    auto& layer = model->layer_list[l];
+    h = o.checkpoint_layers && torch::GradMode::is_enabled() ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
+    if (o.return_hidden) out.hidden.emplace_back("layers." + std::to_string(l), h);
+  }
+  h = model->norm(h);
+  if (o.return_hidden) out.hidden.emplace_back("norm", h);
+  if (o.cache != nullptr) o.cache->advance(t);
+  if (o.logits_to_keep > 0 && o.logits_to_keep < t) h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  out.logits = lm_head(h);
+  return out;
+}
+
+torch::ScalarType CausalLM::default_dtype(torch::Device device) {
+  return device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+}
+
+}  // namespace qad::model

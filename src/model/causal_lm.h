@@ -1,0 +1,96 @@
+// CausalLM: a Llama / Qwen2 / Qwen3 decoder-only LM loaded from (and saved as) an HF checkpoint. The
+// module tree mirrors HF's, so named_parameters() are HF tensor names. forward() returns logits and, on
+// request, the residual stream after every decoder layer and after the final norm (for CKA).
+#pragma once
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/layers.h"
+#include "model/linear.h"
+
+namespace qad::model {
+
+struct ForwardOptions {
+  bool return_hidden = false;     // fill ForwardOutput::hidden
+  torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
+  torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
+  KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
+  bool checkpoint_layers = false; // activation checkpointing: recompute each layer in backward
+  AttentionBackend attention = AttentionBackend::kAuto;
+  int64_t logits_to_keep = 0;     // > 0: logits of the last N positions only; 0: all
+};
+
+struct ForwardOutput {
+  torch::Tensor logits;  // [B, T (or logits_to_keep), vocab], model dtype
+  // "layers.0" … "layers.{L-1}" (each decoder layer's output, the residual stream) and "norm" (after the
+  // final RMSNorm): the tensors the model computed, not copies.
+  std::vector<std::pair<std::string, torch::Tensor>> hidden;
+};
+
+// The embedding table as a module so that its parameter is "model.embed_tokens.weight".
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t vocab, int64_t dim) { weight = register_parameter("weight", torch::empty({vocab, dim})); }
+  torch::Tensor forward(const torch::Tensor& ids) { return torch::embedding(weight, ids); }
+  torch::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
+// HF's "model" submodule: embeddings, layers, final norm.
+class DecoderStackImpl : public torch::nn::Module {
+ public:
+  explicit DecoderStackImpl(const ModelConfig& c);
+  Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<DecoderLayer> layer_list;  // typed views of `layers`
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(DecoderStack);
+
+struct SaveOptions {
+  uint64_t max_shard_bytes = 5ull << 30;  // HF's default 5 GB; 0 = one file
+};
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  explicit CausalLMImpl(const ModelConfig& c);
+
+  ForwardOutput forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  // Every Linear in execution order: per layer q, k, v, o, gate, up, down; then lm_head.
+  std::vector<Linear> linears() const;
+  // HF tensor name -> parameter, exactly the tensors of an HF checkpoint of this model (lm_head.weight
+  // is absent when tied). This one table serves loading and saving.
+  std::vector<std::pair<std::string, torch::Tensor>> hf_tensors() const;
+  // Writes config.json and the safetensors (sharded above max_shard_bytes) into `dir`, atomically.
+  void save(const std::filesystem::path& dir, const SaveOptions& options = {}) const;
+
+  DecoderStack model{nullptr};
+  Linear lm_head{nullptr};
+
+ private:
+  ModelConfig config_;
+  torch::Tensor inv_freq_;  // FP32 [head_dim/2], on the model's device (refreshed lazily)
+};
+
+class CausalLM : public torch::nn::ModuleHolder<CausalLMImpl> {
+ public:
+  using torch::nn::ModuleHolder<CausalLMImpl>::ModuleHolder;
+  // Loads config.json and the weights (model.safetensors or an index + shards) from an HF directory.
+  // dtype: the parameters' dtype (kFloat32 on CPU, kBFloat16 on GPU are the usual choices).
+  static CausalLM load(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
+  // BF16 on CUDA, FP32 on CPU.
+  static torch::ScalarType default_dtype(torch::Device device);
+};
+
+// "float32", "bfloat16", "float16" <-> torch dtypes (the names config.json uses).
+std::string dtype_config_name(torch::ScalarType t);
+
+}  // namespace qad::model

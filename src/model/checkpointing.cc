@@ -1,0 +1,73 @@
+// Checkpointed decoder layer as a custom autograd Function (see checkpointing.h).
+#include "model/checkpointing.h"
+
+#include "util/error.h"
+
+namespace qad::model {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
+  // The trainable parameters come in as inputs so that the node is part of the graph even when `x`
+  // itself needs no gradient (frozen embeddings), and so that their gradients flow through this node.
+  static torch::Tensor forward(AutogradContext* actx, torch::Tensor x, DecoderLayerImpl* layer,
+                               const AttentionContext* ctx, torch::TensorList params) {
+    actx->save_for_backward({x});
+    actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+    actx->saved_data["cos"] = ctx->cos;
+    actx->saved_data["sin"] = ctx->sin;
+    actx->saved_data["has_mask"] = ctx->mask.defined();
+    if (ctx->mask.defined()) actx->saved_data["mask"] = ctx->mask;
+    actx->saved_data["causal"] = ctx->causal;
+    actx->saved_data["backend"] = static_cast<int64_t>(ctx->backend);
+    actx->saved_data["n_params"] = static_cast<int64_t>(params.size());
+    torch::NoGradGuard no_grad;
+    return layer->forward(x, *ctx);
+  }
+
+  static variable_list backward(AutogradContext* actx, variable_list grad_out) {
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(actx->saved_data["layer"].toInt());
+    AttentionContext ctx;
+    ctx.cos = actx->saved_data["cos"].toTensor();
+    ctx.sin = actx->saved_data["sin"].toTensor();
+    if (actx->saved_data["has_mask"].toBool()) ctx.mask = actx->saved_data["mask"].toTensor();
+    ctx.causal = actx->saved_data["causal"].toBool();
+    ctx.backend = static_cast<AttentionBackend>(actx->saved_data["backend"].toInt());
+    const auto n_params = actx->saved_data["n_params"].toInt();
+
+    auto x = actx->get_saved_variables()[0].detach().requires_grad_(true);
+    std::vector<torch::Tensor> params;
+    for (const auto& p : layer->parameters()) {
+      if (p.requires_grad()) params.push_back(p);
+    }
+    QAD_CHECK(static_cast<int64_t>(params.size()) == n_params,
+              "activation checkpointing: the layer's trainable parameters changed between forward and backward");
+    torch::Tensor y;
+    {
+      torch::AutoGradMode grad(true);
+      y = layer->forward(x, ctx);
+    }
+    std::vector<torch::Tensor> inputs = {x};
+    inputs.insert(inputs.end(), params.begin(), params.end());
+    auto grads = torch::autograd::grad({y}, inputs, {grad_out[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    variable_list out = {grads[0], torch::Tensor(), torch::Tensor()};
+    out.insert(out.end(), grads.begin() + 1, grads.end());
+    return out;
+  }
+};
+
+}  // namespace
+
+torch::Tensor checkpointed_layer(DecoderLayer& layer, const torch::Tensor& x, const AttentionContext& ctx) {
+  QAD_CHECK(ctx.cache == nullptr, "activation checkpointing cannot be used with a KV cache");
+  std::vector<torch::Tensor> params;
+  for (const auto& p : layer->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  return CheckpointFunction::apply(x, layer.get(), &ctx, torch::TensorList(params));
+}
+
+}  // namespace qad::model

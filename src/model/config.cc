@@ -1,0 +1,179 @@
+// config.json parsing for the supported decoder families; see docs/model.md for the key table.
+#include "model/config.h"
+
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace qad::model {
+namespace {
+
+using nlohmann::json;
+constexpr const char* kSupported =
+    "supported: LlamaForCausalLM (rope_scaling none or llama3), Qwen2ForCausalLM, Qwen3ForCausalLM; "
+    "hidden_act silu; full attention (no sliding window)";
+
+int64_t get_int(const json& j, const char* key, const std::string& label) {
+  auto it = j.find(key);
+  QAD_CHECK(it != j.end() && it->is_number_integer() && it->get<int64_t>() > 0,
+            "{}: \"{}\" must be a positive integer", label, key);
+  return it->get<int64_t>();
+}
+
+double get_double(const json& j, const char* key, double fallback, const std::string& label) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  QAD_CHECK(it->is_number(), "{}: \"{}\" must be a number", label, key);
+  return it->get<double>();
+}
+
+bool get_bool(const json& j, const char* key, bool fallback, const std::string& label) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  QAD_CHECK(it->is_boolean(), "{}: \"{}\" must be true or false", label, key);
+  return it->get<bool>();
+}
+
+std::vector<int64_t> get_ids(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return {};
+  if (it->is_number_integer()) return {it->get<int64_t>()};
+  std::vector<int64_t> out;
+  if (it->is_array()) {
+    for (const auto& v : *it) {
+      if (v.is_number_integer()) out.push_back(v.get<int64_t>());
+    }
+  }
+  return out;
+}
+
+// rope_theta and the scaling block, from either rope_parameters (5.x) or rope_theta + rope_scaling (4.x).
+void parse_rope(const json& j, ModelConfig& c, const std::string& label) {
+  json scaling;
+  if (auto rp = j.find("rope_parameters"); rp != j.end() && rp->is_object()) {
+    c.rope_theta = get_double(*rp, "rope_theta", get_double(j, "rope_theta", 10000.0, label), label);
+    scaling = *rp;
+  } else {
+    c.rope_theta = get_double(j, "rope_theta", 10000.0, label);
+    if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
+      QAD_CHECK(rs->is_object(), "{}: \"rope_scaling\" must be an object or null", label);
+      scaling = *rs;
+    }
+  }
+  if (scaling.is_null()) return;
+  std::string type = "default";
+  if (scaling.contains("rope_type")) {
+    type = scaling["rope_type"].get<std::string>();
+  } else if (scaling.contains("type")) {
+    type = scaling["type"].get<std::string>();
+  }
+  if (type == "default") return;
+  QAD_CHECK(type == "llama3", "{}: rope scaling type '{}' is not supported (supported: none/default, llama3)", label,
+            type);
+  QAD_CHECK(c.arch == Architecture::Llama, "{}: llama3 rope scaling is only supported for LlamaForCausalLM", label);
+  c.rope_scaling.type = RopeScaling::Type::kLlama3;
+  c.rope_scaling.factor = get_double(scaling, "factor", 8.0, label);
+  c.rope_scaling.low_freq_factor = get_double(scaling, "low_freq_factor", 1.0, label);
+  c.rope_scaling.high_freq_factor = get_double(scaling, "high_freq_factor", 4.0, label);
+  c.rope_scaling.original_max_position_embeddings = get_int(scaling, "original_max_position_embeddings", label);
+  QAD_CHECK(c.rope_scaling.high_freq_factor != c.rope_scaling.low_freq_factor,
+            "{}: llama3 rope scaling needs high_freq_factor != low_freq_factor", label);
+}
+
+}  // namespace
+
+ModelConfig parse_config(const json& j, const std::string& label) {
+  QAD_CHECK(j.is_object(), "{}: config must be a JSON object", label);
+  ModelConfig c;
+  c.raw = j;
+  auto archs = j.find("architectures");
+  QAD_CHECK(archs != j.end() && archs->is_array() && archs->size() == 1 && (*archs)[0].is_string(),
+            "{}: \"architectures\" must list exactly one architecture ({})", label, kSupported);
+  c.architecture_name = (*archs)[0].get<std::string>();
+  if (c.architecture_name == "LlamaForCausalLM") {
+    c.arch = Architecture::Llama;
+  } else if (c.architecture_name == "Qwen2ForCausalLM") {
+    c.arch = Architecture::Qwen2;
+  } else if (c.architecture_name == "Qwen3ForCausalLM") {
+    c.arch = Architecture::Qwen3;
+  } else {
+    fail("{}: architecture '{}' is not supported ({})", label, c.architecture_name, kSupported);
+  }
+  c.vocab_size = get_int(j, "vocab_size", label);
+  c.hidden_size = get_int(j, "hidden_size", label);
+  c.intermediate_size = get_int(j, "intermediate_size", label);
+  c.num_layers = get_int(j, "num_hidden_layers", label);
+  c.num_heads = get_int(j, "num_attention_heads", label);
+  c.num_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
+                       ? get_int(j, "num_key_value_heads", label)
+                       : c.num_heads;
+  QAD_CHECK(c.num_heads % c.num_kv_heads == 0,
+            "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", label, c.num_heads,
+            c.num_kv_heads);
+  if (j.contains("head_dim") && !j["head_dim"].is_null()) {
+    c.head_dim = get_int(j, "head_dim", label);
+  } else {
+    QAD_CHECK(c.hidden_size % c.num_heads == 0, "{}: hidden_size {} is not a multiple of num_attention_heads {}",
+              label, c.hidden_size, c.num_heads);
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  QAD_CHECK(c.head_dim % 2 == 0, "{}: head_dim {} must be even for RoPE", label, c.head_dim);
+  c.max_position_embeddings = j.contains("max_position_embeddings") ? get_int(j, "max_position_embeddings", label) : 0;
+  c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, label);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, label);
+
+  const std::string act = j.value("hidden_act", std::string("silu"));
+  QAD_CHECK(act == "silu", "{}: hidden_act '{}' is not supported ({})", label, act, kSupported);
+  QAD_CHECK(!get_bool(j, "use_sliding_window", false, label),
+            "{}: use_sliding_window is true; sliding-window attention is not supported ({})", label, kSupported);
+  if (auto lt = j.find("layer_types"); lt != j.end() && lt->is_array()) {
+    for (const auto& t : *lt) {
+      QAD_CHECK(t == "full_attention", "{}: layer type {} is not supported ({})", label, t.dump(), kSupported);
+    }
+  }
+  const bool attention_bias = get_bool(j, "attention_bias", false, label);
+  switch (c.arch) {
+    case Architecture::Llama:
+      c.qkv_bias = c.o_bias = attention_bias;
+      c.mlp_bias = get_bool(j, "mlp_bias", false, label);
+      break;
+    case Architecture::Qwen2:
+      c.qkv_bias = true;  // Qwen2Attention hard-codes bias on q/k/v and none on o
+      break;
+    case Architecture::Qwen3:
+      c.qkv_bias = c.o_bias = attention_bias;
+      c.qk_norm = true;
+      break;
+  }
+  parse_rope(j, c, label);
+  if (j.contains("dtype") && j["dtype"].is_string()) {
+    c.dtype = j["dtype"].get<std::string>();
+  } else if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) {
+    c.dtype = j["torch_dtype"].get<std::string>();
+  }
+  c.eos_token_ids = get_ids(j, "eos_token_id");
+  if (auto b = get_ids(j, "bos_token_id"); !b.empty()) c.bos_token_id = b[0];
+  return c;
+}
+
+ModelConfig load_config(const std::filesystem::path& dir_or_file) {
+  QAD_CHECK(std::filesystem::exists(dir_or_file), "{}: no such model directory (expected config.json and safetensors)",
+            dir_or_file.string());
+  const auto path = std::filesystem::is_directory(dir_or_file) ? dir_or_file / "config.json" : dir_or_file;
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    fail("{}: not valid JSON ({})", path.string(), std::string(e.what()).substr(0, 160));
+  }
+  return parse_config(j, path.string());
+}
+
+json config_json_for_save(const ModelConfig& c, const std::string& dtype) {
+  json j = c.raw;
+  // Update whichever keys the file has (some carry both for older loaders); transformers reads either.
+  if (j.contains("torch_dtype")) j["torch_dtype"] = dtype;
+  if (j.contains("dtype") || !j.contains("torch_dtype")) j["dtype"] = dtype;
+  return j;
+}
+
+}  // namespace qad::model

@@ -1,0 +1,69 @@
+// The decoder's building blocks, each a torch module named like its HF counterpart so that parameter
+// paths equal HF tensor names: RMSNorm, rotary embedding, attention (math or fused SDPA), SwiGLU MLP and
+// the decoder layer. Numerics follow transformers' modeling_llama / qwen2 / qwen3 operation for operation.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/linear.h"
+
+namespace qad::model {
+
+// kAuto: fused SDPA on CUDA with LibTorch >= 2.0, the math path elsewhere (exact on CPU in FP32).
+enum class AttentionBackend { kAuto, kMath, kSdpa };
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Inverse RoPE frequencies [head_dim/2] in FP32, with llama3 scaling applied when configured.
+torch::Tensor rope_inv_freq(const ModelConfig& c);
+
+// What every layer's attention needs for one forward pass.
+struct AttentionContext {
+  torch::Tensor cos, sin;  // [B, T, head_dim], model dtype
+  torch::Tensor mask;      // bool [B, 1, T, S] (true = attend) or undefined
+  bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
+  AttentionBackend backend = AttentionBackend::kAuto;
+  KVCache* cache = nullptr;
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
+
+ private:
+  int64_t layer_, num_heads_, num_kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  MLPImpl(const ModelConfig& c, const std::string& prefix);
+  torch::Tensor forward(const torch::Tensor& x);
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& c, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+}  // namespace qad::model

@@ -1,0 +1,88 @@
+// HF checkpoint <-> CausalLM: one table (hf_tensors) names every tensor of the checkpoint and the parameter
+// it fills; loading and saving both walk it, so they cannot disagree.
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "io/safetensors_torch.h"
+#include "model/causal_lm.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/torch_format.h"
+
+namespace qad::model {
+namespace fs = std::filesystem;
+
+std::string dtype_config_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: fail("model dtype {} is not supported (float32, bfloat16, float16)", c10::toString(t));
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> CausalLMImpl::hf_tensors() const {
+  // The module tree mirrors HF's, so the registered parameter paths are the HF names; lm_head's weight is
+  // registered only when untied.
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::ScalarType dtype) {
+  dtype_config_name(dtype);  // validates
+  auto config = load_config(dir);
+  CausalLM lm(config);
+  auto ckpt = io::Checkpoint::open(dir);
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, param] : lm->hf_tensors()) {
+    const auto* entry = ckpt.find(name);
+    if (entry == nullptr) {
+      missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    auto src = io::to_tensor(*entry);
+    QAD_CHECK(src.sizes() == param.sizes(), "{}: tensor '{}' has shape {} but config.json implies {}", dir.string(),
+              name, shape_str(src.sizes()), shape_str(param.sizes()));
+    QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight", dir.string(), name,
+              c10::toString(src.scalar_type()));
+    // Zero-copy when the file already has the wanted dtype on CPU (the view keeps the mapping alive).
+    param.set_data(src.to(device, dtype));
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + missing[i];
+    fail("{}: {} tensor(s) missing from the checkpoint: {}{}", dir.string(), missing.size(), list,
+         missing.size() > 5 ? ", ..." : "");
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& name : ckpt.names()) {
+    if (used.count(name)) continue;
+    // transformers ignores these too: a duplicate tied head, and RoPE tables older exports stored.
+    if (config.tie_word_embeddings && name == "lm_head.weight") continue;
+    if (name.ends_with("rotary_emb.inv_freq")) continue;
+    unexpected.push_back(name);
+  }
+  if (!unexpected.empty()) {
+    fail("{}: {} tensor(s) in the checkpoint do not belong to a {} with this config: {}{}", dir.string(),
+         unexpected.size(), config.architecture_name, unexpected.front(), unexpected.size() > 1 ? ", ..." : "");
+  }
+  // Parameters the checkpoint does not hold (none today) still follow the requested device and dtype.
+  lm->to(device, dtype);
+  return lm;
+}
+
+void CausalLMImpl::save(const fs::path& dir, const SaveOptions& options) const {
+  const auto tensors = hf_tensors();
+  const auto dtype = model->embed_tokens->weight.scalar_type();
+  const auto config = config_json_for_save(config_, dtype_config_name(dtype));
+  write_directory_atomic(dir, [&](const fs::path& tmp) {
+    write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    io::write_tensors_checkpoint(tmp, tensors, {.max_shard_bytes = options.max_shard_bytes});
+  });
+}
+
+}  // namespace qad::model
