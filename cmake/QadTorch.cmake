@@ -14,11 +14,10 @@ if(NOT Torch_DIR)
   endif()
 endif()
 
-# Torch's own CUDA setup reads TORCH_CUDA_ARCH_LIST; without it, it probes the local GPU (none on CI).
-set(QAD_CUDA_ARCHS "90a" CACHE STRING "CUDA architectures for the qad kernels")
-if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
-  set(ENV{TORCH_CUDA_ARCH_LIST} "9.0a")
-endif()
+# LibTorch's CUDA setup ignores CMAKE_CUDA_ARCHITECTURES and adds -gencode flags to CMAKE_CUDA_FLAGS from
+# TORCH_CUDA_ARCH_LIST (without it, it probes the local GPU). So the architectures are named there:
+# sm_90a (Hopper) always, sm_100a (Blackwell) when nvcc knows it. Override with TORCH_CUDA_ARCH_LIST.
+set(QAD_CUDA_ARCH_LIST "" CACHE STRING "TORCH_CUDA_ARCH_LIST for the qad kernels (default: 9.0a[;10.0a])")
 
 # A CUDA LibTorch ships libc10_cuda next to libtorch; decide before find_package(Torch) so that the CUDA
 # language is enabled first (Torch's config expects it for CUDA builds).
@@ -33,27 +32,29 @@ if(QAD_ENABLE_CUDA AND _qad_torch_lib_hint)
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    if(NOT CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES ${QAD_CUDA_ARCHS})
-    endif()
+    set(CMAKE_CUDA_ARCHITECTURES OFF)  # LibTorch's -gencode flags decide (see above)
     # Share LibTorch's libcudart rather than linking a second, static copy.
     set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)
     set(CMAKE_CUDA_STANDARD 20)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
-    if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.8 AND NOT "100a" IN_LIST CMAKE_CUDA_ARCHITECTURES)
-      list(APPEND CMAKE_CUDA_ARCHITECTURES 100a)
+    if(QAD_CUDA_ARCH_LIST)
+      set(ENV{TORCH_CUDA_ARCH_LIST} "${QAD_CUDA_ARCH_LIST}")
+    elseif(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+      if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.8)
+        set(ENV{TORCH_CUDA_ARCH_LIST} "9.0a;10.0a")
+      else()
+        set(ENV{TORCH_CUDA_ARCH_LIST} "9.0a")
+      endif()
     endif()
+    message(STATUS "qad: CUDA kernels for TORCH_CUDA_ARCH_LIST=$ENV{TORCH_CUDA_ARCH_LIST}")
     set(QAD_HAS_CUDA ON)
   endif()
 endif()
 
 find_package(Torch REQUIRED)
-# Torch's config appends its own -gencode flags and warnings to CMAKE_CUDA_FLAGS; our kernels name their
-# architectures through CMAKE_CUDA_ARCHITECTURES instead.
 if(QAD_HAS_CUDA)
   find_package(CUDAToolkit REQUIRED)
-  string(REGEX REPLACE "-gencode[ =][^ ]+" "" CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS}")
 endif()
 
 # The CUDA headers (cuda_fp4.h, cuda_fp8.h) are the oracle for E2M1/E4M3 in the CPU tests; they are

@@ -11,7 +11,6 @@ mkdir -p "$out"
 steps=${*:-build gpu-tests cpu-tests bench selfcheck}
 jobs=$(nproc)
 [ -d .shared ] && export QAD_SHARED_DIR=$PWD/.shared
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 status=0
 has() { [[ " $steps " == *" $1"* ]]; }
 
@@ -27,6 +26,8 @@ if has build; then
     grep -E "error|Error" "$out/build.log" | head -40; exit 1
   fi
   echo "build: ok"
+  # The kernels must carry Hopper machine code, not only PTX for a default architecture.
+  cuobjdump -lelf build-gpu/src/nvfp4/CMakeFiles/qad_nvfp4.dir/kernels_cuda.cu.o 2>/dev/null | tr '\n' ' '; echo
 fi
 if has gpu-tests; then
   (cd build-gpu && ctest -L gpu --output-on-failure --timeout 900) >"$out/ctest-gpu.log" 2>&1 || status=1
