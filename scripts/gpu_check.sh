@@ -20,7 +20,7 @@ has() { [[ " $steps " == *" $1"* ]]; }
 
 if has build; then
   gen=""; command -v ninja >/dev/null && gen="-G Ninja"
-  cmake -S . -B build-gpu $gen -DCMAKE_BUILD_TYPE=Release >"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
+  cmake -S . -B build-gpu $gen -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=ON -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
   grep -E "qad [0-9]|CUDA kernels" "$out/cmake.log"
   if ! cmake --build build-gpu -j "$jobs" >"$out/build.log" 2>&1; then
     grep -E "error|Error" "$out/build.log" | head -40; exit 1
