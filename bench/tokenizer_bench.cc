@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
     const fs::path src = shared / "tokenizers" / "qwen3";
     tok_dir = src;
     if (!fs::exists(src / "tokenizer.json")) {
-      tok_dir = fs::path(QAD_BINARY_DIR) / "bench_data" / "qwen3";
+      tok_dir = fs::path(QAD_BINARY_DIR) / "bench_tokenizer_files" / "qwen3";
       if (!fs::exists(tok_dir / "tokenizer.json")) {
         fs::create_directories(tok_dir);
         int rc;
