@@ -44,7 +44,8 @@ std::string quote(const fs::path& p) { return "'" + p.string() + "'"; }
 
 uint64_t checksum(uint64_t h, const std::vector<int32_t>& ids) {
   constexpr uint64_t kMod = (uint64_t{1} << 61) - 1;
-  for (int32_t id : ids) h = (h * 1000003 + static_cast<uint64_t>(id) + 1) % kMod;
+  // 128-bit product: h * 1000003 overflows 64 bits (the Python side has big integers).
+  for (int32_t id : ids) h = static_cast<uint64_t>((static_cast<unsigned __int128>(h) * 1000003 + id + 1) % kMod);
   return h;
 }
 
