@@ -95,6 +95,27 @@ def make(name, family, extra, shard, out, seed, tokens):
     # Cross-check the hooks against output_hidden_states for every layer but the last (which is normed there).
     for n in range(config.num_hidden_layers - 1):
         assert torch.equal(ref[f"hidden.layers.{n}"], res.hidden_states[n + 1]), n
+    # transformers' own BF16 error on the GPU against this FP32 reference: the yardstick for qad's BF16
+    # check (tests/model/fixtures_test.cc allows 1.5x it). Same metric as the test: max |diff| / max(1, max |ref|).
+    if torch.cuda.is_available():
+        m16 = model_cls(config).eval()
+        m16.load_state_dict(model.state_dict())
+        m16.set_attn_implementation("sdpa")
+        m16 = m16.to("cuda", torch.bfloat16)
+        cap16 = {}
+        hooks = [layer.register_forward_hook(
+            lambda m, i, o, n=n: cap16.__setitem__(n, (o[0] if isinstance(o, tuple) else o).detach().float().cpu()))
+            for n, layer in enumerate(m16.model.layers)]
+        with torch.no_grad():
+            r16 = m16(input_ids=ids.cuda(), output_hidden_states=True, use_cache=False)
+        for h in hooks:
+            h.remove()
+        def rel(got, want):
+            return ((got.double() - want.double()).abs().max() / max(1.0, want.abs().max().item())).reshape(())
+        ref["hf_bf16_rel_err.logits"] = rel(r16.logits.float().cpu(), ref["logits"])
+        ref["hf_bf16_rel_err.norm"] = rel(r16.hidden_states[-1].float().cpu(), ref["hidden.norm"])
+        for n, t in cap16.items():
+            ref[f"hf_bf16_rel_err.layers.{n}"] = rel(t, ref[f"hidden.layers.{n}"])
     meta = {"transformers": transformers.__version__, "torch": torch.__version__, "seed": str(seed),
             "attn_implementation": "eager", "dtype": "float32", "device": "cpu"}
     save_file(ref, os.path.join(d, "reference.safetensors"), metadata=meta)
