@@ -111,7 +111,7 @@ def make(name, family, extra, shard, out, seed, tokens):
         for h in hooks:
             h.remove()
         def rel(got, want):
-            return ((got.double() - want.double()).abs().max() / max(1.0, want.abs().max().item())).reshape(())
+            return ((got.double() - want.double()).abs().max() / max(1.0, want.abs().max().item())).reshape(()).float()
         ref["hf_bf16_rel_err.logits"] = rel(r16.logits.float().cpu(), ref["logits"])
         ref["hf_bf16_rel_err.norm"] = rel(r16.hidden_states[-1].float().cpu(), ref["hidden.norm"])
         for n, t in cap16.items():
