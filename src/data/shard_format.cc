@@ -18,7 +18,8 @@ void ShardWriter::add(std::span<const int32_t> ids, std::span<const uint8_t> los
   QAD_CHECK(loss_mask.empty() || loss_mask.size() == ids.size(), "loss mask has {} entries for {} tokens",
             loss_mask.size(), ids.size());
   const uint64_t first = tokens_.size();
-  tokens_.reserve(first + ids.size());
+  // No exact reserve here: reserving first + n on every document defeats the vector's geometric growth
+  // and made preparing a dataset quadratic (a reallocation and full copy per document).
   mask_.resize((first + ids.size() + 7) / 8, 0);
   for (size_t i = 0; i < ids.size(); ++i) {
     tokens_.push_back(static_cast<uint32_t>(ids[i]));
