@@ -98,10 +98,11 @@ TEST(Calibrate, MaxAmaxesMatchActivationsAndWeights) {
   auto ref = model::CausalLM::load(dir, torch::kCPU, torch::kFloat32);
   // Capture inputs with a recording hook that quantizes nothing.
   struct Recorder : model::LinearQuantHook {
-    float amax = 0;
+    float amax = 0, amax_with_padding = 0;
     torch::Tensor mask;
     torch::Tensor input(const torch::Tensor& x) override {
       auto a = x.abs().amax(-1);
+      amax_with_padding = std::max(amax_with_padding, a.max().item<float>());
       if (mask.defined()) a = a * mask.to(a.dtype());
       amax = std::max(amax, a.max().item<float>());
       return x;
@@ -109,7 +110,7 @@ TEST(Calibrate, MaxAmaxesMatchActivationsAndWeights) {
     torch::Tensor weight(const torch::Tensor& w) override { return w; }
   };
   std::map<std::string, std::shared_ptr<Recorder>> rec;
-  for (const auto& l : ref->linears()) l->quant = rec[l->name()] = std::make_shared<Recorder>();
+  for (auto l : ref->linears()) l->quant = rec[l->name()] = std::make_shared<Recorder>();
   auto source = random_batches(ref->config().vocab_size, 3, 3, 16, 11, /*with_padding=*/true);
   source([&](const torch::Tensor& ids, const torch::Tensor& mask) {
     for (auto& [n, r] : rec) r->mask = mask;
@@ -140,19 +141,9 @@ TEST(Calibrate, MaxAmaxesMatchActivationsAndWeights) {
     ++checked;
   }
   EXPECT_EQ(checked, 14);
-  // Padding matters here: without the mask the amax of some layer is larger.
-  auto nomask = model::CausalLM::load(dir, torch::kCPU, torch::kFloat32);
-  quant::apply_nvfp4(nomask, {});
-  quant::calibrate(nomask, [&](const quant::BatchSink& sink) {
-    source([&](const torch::Tensor& ids, const torch::Tensor&) { sink(ids, {}); });
-  }, {});
+  // Padding matters here: counting the padded rows would raise some amax.
   bool any_larger = false;
-  auto a = lm->linears(), b = nomask->linears();
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!nvfp4_hook(a[i])) continue;
-    EXPECT_LE(nvfp4_hook(a[i])->input_amax.item<float>(), nvfp4_hook(b[i])->input_amax.item<float>());
-    any_larger |= nvfp4_hook(a[i])->input_amax.item<float>() < nvfp4_hook(b[i])->input_amax.item<float>();
-  }
+  for (const auto& [n, r] : rec) any_larger |= r->amax_with_padding > r->amax;
   EXPECT_TRUE(any_larger) << "the padded rows should have raised some amax";
 }
 
