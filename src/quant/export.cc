@@ -21,6 +21,8 @@ namespace qad::quant {
 namespace fs = std::filesystem;
 namespace {
 
+constexpr uint64_t kShardBytes = 5ull << 30;
+
 // Tensors to write plus the CPU copies their bytes live in.
 class TensorList {
  public:
@@ -32,6 +34,11 @@ class TensorList {
                      std::span<const std::byte>(static_cast<const std::byte*>(c.data_ptr()), c.nbytes())});
   }
   const std::vector<io::TensorRef>& refs() const { return refs_; }
+  uint64_t bytes() const {
+    uint64_t n = 0;
+    for (const auto& r : refs_) n += r.bytes.size();
+    return n;
+  }
 
  private:
   std::vector<torch::Tensor> keep_;
@@ -132,7 +139,8 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
     }
   }
   write_directory_atomic(out_dir, [&](const fs::path& tmp) {
-    io::write_checkpoint(tmp, out.refs(), {.max_shard_bytes = 5ull << 30});
+    // One model.safetensors up to HF's 5 GB shard size, shards plus an index above it.
+    io::write_checkpoint(tmp, out.refs(), {.max_shard_bytes = out.bytes() > kShardBytes ? kShardBytes : 0});
     for (const auto& c : companions) fs::copy_file(c, tmp / c.filename());
     write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
     // Written last: its presence marks a complete export.
