@@ -141,7 +141,11 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
   write_directory_atomic(out_dir, [&](const fs::path& tmp) {
     // One model.safetensors up to HF's 5 GB shard size, shards plus an index above it.
     io::write_checkpoint(tmp, out.refs(), {.max_shard_bytes = out.bytes() > kShardBytes ? kShardBytes : 0});
-    for (const auto& c : companions) fs::copy_file(c, tmp / c.filename());
+    for (const auto& c : companions) {
+      fs::copy_file(c, tmp / c.filename());
+      // Sources may be read-only (a shared model store); the export is the user's to edit.
+      fs::permissions(tmp / c.filename(), fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
+    }
     write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
     // Written last: its presence marks a complete export.
     write_file_atomic(tmp / "hf_quant_config.json", hf_quant.dump(2) + "\n");
