@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "util/remove_tree.h"
 #include "byte_encoder.h"
 #include "data/line_reader.h"
 #include "data/loader.h"
@@ -79,6 +80,6 @@ int main(int argc, char** argv) {
                fmt::format("loader {}, T=1024 B=16", mode == qad::data::PackMode::pack ? "pack" : "pad"), sec,
                cells / sec / 1e6, sec / copy_s, steps);
   }
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
   return 0;
 }

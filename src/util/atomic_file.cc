@@ -1,3 +1,4 @@
+#include "util/remove_tree.h"
 #include "util/atomic_file.h"
 
 #include <fcntl.h>
@@ -85,11 +86,11 @@ void write_directory_atomic(const fs::path& dir, const std::function<void(const 
       fs::rename(old, dir, restore);
     }
     QAD_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), dir.string(), ec.message());
-    if (!old.empty()) fs::remove_all(old, ec);
+    if (!old.empty()) ::qad::remove_tree(old, ec);
     fsync_path(dir.parent_path().empty() ? fs::path(".") : dir.parent_path(), true);
   } catch (...) {
     std::error_code ignored;
-    fs::remove_all(tmp, ignored);
+    ::qad::remove_tree(tmp, ignored);
     throw;
   }
 }

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <string>
 
+#include "util/remove_tree.h"
 #include "util/atomic_file.h"
 
 extern char** environ;
@@ -37,13 +38,13 @@ class ScratchDir {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "suite";
     path_ = fs::temp_directory_path() / ("qad-data-test-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(path_);
+    ::qad::remove_tree(path_);
     fs::create_directories(path_);
   }
   ~ScratchDir() {
     if (std::getenv("QAD_KEEP_TEST_DIRS") != nullptr) return;
     std::error_code ec;
-    fs::remove_all(path_, ec);
+    ::qad::remove_tree(path_, ec);
   }
   const fs::path& path() const { return path_; }
   fs::path operator/(const std::string& name) const { return path_ / name; }

@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 
+#include "util/remove_tree.h"
 #include "byte_encoder.h"
 #include "data/loader.h"
 #include "data/prepare.h"
@@ -22,7 +23,7 @@ class LoaderTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new fs::path(fs::temp_directory_path() / ("qad-loader-test-" + std::to_string(::getpid())));
-    fs::remove_all(*dir_);
+    ::qad::remove_tree(*dir_);
     fs::create_directories(*dir_);
     std::mt19937_64 rng(qad::testing::data_test_seed());
     docs_ = new std::vector<std::vector<int32_t>>;
@@ -69,7 +70,7 @@ class LoaderTest : public ::testing::Test {
     prepare_dataset({*dir_ / "in.jsonl"}, enc, o);
   }
   static void TearDownTestSuite() {
-    fs::remove_all(*dir_);
+    ::qad::remove_tree(*dir_);
     delete dir_;
     delete docs_;
     delete masks_;
@@ -289,7 +290,7 @@ TEST_F(LoaderTest, RestoreRejectsADifferentConfigurationByName) {
 
 TEST_F(LoaderTest, DamagedShardsAreRejectedWithAMessage) {
   const fs::path copy = *dir_ / "damaged";
-  fs::remove_all(copy);
+  ::qad::remove_tree(copy);
   fs::copy(ds(), copy);
   const fs::path shard = copy / "shard-00000.bin";
   const std::string bytes = qad::read_file(shard);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
+#include "util/remove_tree.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
 #include "util/atomic_file.h"
@@ -24,10 +25,10 @@ struct TempDir {
   TempDir() {
     static int n = 0;
     path = fs::temp_directory_path() / ("qad_io_test_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    fs::remove_all(path);
+    ::qad::remove_tree(path);
     fs::create_directories(path);
   }
-  ~TempDir() { fs::remove_all(path); }
+  ~TempDir() { ::qad::remove_tree(path); }
 };
 
 // Runs `f`, expects a qad::Error whose single-line message contains every one of `parts`.

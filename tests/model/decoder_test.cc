@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
@@ -157,7 +158,7 @@ TEST(Decoder, SaveLoadRoundTripIsBitwiseShardedOrNot) {
         EXPECT_TRUE(qad::testing::same_bits(a[i].second, b[i].second)) << a[i].first;
       }
       EXPECT_EQ(back->config().raw, lm->config().raw);
-      fs::remove_all(dir);
+      ::qad::remove_tree(dir);
     }
   }
 }
@@ -178,7 +179,7 @@ TEST(Decoder, LoadErrorsNameTheTensor) {
               std::string::npos)
         << e.what();
   }
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
 }
 
 TEST(Qwen3Teacher, LoadsTheRealShardedBf16CheckpointAndPredictsText) {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 
+#include "util/remove_tree.h"
 #include "io/safetensors_torch.h"
 #include "io/safetensors_writer.h"
 #include "quant/linear_quant.h"
@@ -22,7 +23,7 @@ namespace fs = std::filesystem;
 
 fs::path scratch(const std::string& name) {
   auto p = fs::temp_directory_path() / fmt::format("qad_quant_{}_{}", ::getpid(), name);
-  fs::remove_all(p);
+  ::qad::remove_tree(p);
   return p;
 }
 
@@ -77,7 +78,7 @@ TEST_P(RoundTrip, ImportedLogitsAreBitIdentical) {
     EXPECT_TRUE(fs::exists(out / "generation_config.json"));
     EXPECT_FALSE(fs::exists(out / "golden_logits.safetensors"));
   }
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, RoundTrip,
@@ -99,7 +100,7 @@ TEST(Export, WeightsBeyondTheFixedAmax) {
   auto out = scratch("moved");
   quant::export_nvfp4(lm, out, dir);
   EXPECT_TRUE(same_bits(quant::load_nvfp4(out, torch::kCPU, torch::kFloat32)->forward(ids).logits, want));
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
 }
 
 TEST(Export, FailedExportLeavesNothing) {
@@ -174,7 +175,7 @@ class BadImport : public ::testing::Test {
     good_ = scratch("good");
     quant::export_nvfp4(quantized_fixture(src_), good_, src_);
   }
-  void TearDown() override { fs::remove_all(good_); }
+  void TearDown() override { ::qad::remove_tree(good_); }
 
   // A copy of the good export with its tensors edited.
   fs::path edited(const std::string& name, const std::function<void(RawTensors&)>& edit) {
@@ -205,17 +206,17 @@ TEST_F(BadImport, NotNvfp4) {
   j["quantization"]["group_size"] = 32;
   write_file_atomic(dir / "hf_quant_config.json", j.dump());
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {"group_size must be 16"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
 }
 
 TEST_F(BadImport, MissingScales) {
   const std::string p = "model.layers.1.mlp.up_proj";
   auto dir = edited("noscale", [&](RawTensors& t) { t.erase(p + ".input_scale"); });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".input_scale", "missing"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   dir = edited("noblock", [&](RawTensors& t) { t.erase(p + ".weight_scale"); });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p, "weight_scale"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
 }
 
 TEST_F(BadImport, WrongShapesAndDtypes) {
@@ -225,22 +226,22 @@ TEST_F(BadImport, WrongShapesAndDtypes) {
   });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); },
                           {p + ".weight_scale", "[64, 4]"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   dir = edited("u8scale", [&](RawTensors& t) { t[p + ".weight_scale"].dtype = io::DType::U8; });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); },
                           {p + ".weight_scale", "F8_E4M3"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   dir = edited("packed", [&](RawTensors& t) { t[p + ".weight"] = raw(torch::zeros({64, 64})); });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".weight", "U8"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   dir = edited("scale2", [&](RawTensors& t) { t[p + ".weight_scale_2"] = raw(torch::ones({2})); });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".weight_scale_2", "scalar"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   dir = edited("nan", [&](RawTensors& t) {
     t[p + ".input_scale"] = raw(torch::full({}, std::numeric_limits<float>::quiet_NaN()));
   });
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".input_scale"});
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
 }
 
 // K not divisible by 16 in an imported file: stories260K's down_proj (K = 172) presented as quantized.
@@ -257,7 +258,7 @@ TEST(BadImportStories, InputSizeNotMultipleOf16) {
   write_raw(out, t);
   expect_error_containing([&] { quant::load_nvfp4(out, torch::kCPU, torch::kFloat32); },
                           {p + ".weight", "172", "not a multiple of 16"});
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <map>
 
+#include "util/remove_tree.h"
 #include "io/safetensors.h"
 #include "quant/quantize_model.h"
 #include "quant_test_util.h"
@@ -51,7 +52,7 @@ TEST(QuantGpu, RoundTripBf16MatchesCpu) {
       if (n.ends_with(".input_scale")) continue;
       EXPECT_TRUE(b == c.at(n)) << dir << ": " << n;
     }
-    fs::remove_all(base);
+    ::qad::remove_tree(base);
   }
 }
 

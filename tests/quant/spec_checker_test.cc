@@ -11,6 +11,7 @@
 #include <set>
 #include <unistd.h>
 
+#include "util/remove_tree.h"
 #include "io/safetensors.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
@@ -152,7 +153,7 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   const auto dir = quant_model_dirs()[static_cast<size_t>(GetParam())];
   auto lm = quantized_fixture(dir);
   auto out = fs::temp_directory_path() / fmt::format("qad_spec_{}_{}", ::getpid(), dir.filename().string());
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
   quant::export_nvfp4(lm, out, dir);
   auto files = read_raw(out);
   auto source = read_raw(dir);
@@ -262,7 +263,7 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   EXPECT_EQ(qc["config_groups"]["group_0"]["targets"], nlohmann::json::array({"Linear"}));
   EXPECT_EQ(qc["ignore"], q["exclude_modules"]);
   EXPECT_EQ(cfg["architectures"], read_json(dir / "config.json")["architectures"]);
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Range(0, 5));

@@ -9,6 +9,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "util/remove_tree.h"
 #include "report/cka_output.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -73,7 +74,7 @@ TEST(CkaOutput, TableHasPerModelMeans) {
 
 TEST(CkaOutput, PlotHasOneLinePerModelAndTheTeacherReference) {
   const auto d = fs::temp_directory_path() / ("qad_report_cka_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
   fs::create_directories(d);
   std::vector<ModelCkaResult> results;
   for (std::string name : {"PTQ", "QAD", "CKA-QAD"}) {
@@ -97,7 +98,7 @@ TEST(CkaOutput, PlotHasOneLinePerModelAndTheTeacherReference) {
   EXPECT_TRUE(axis_label);
   EXPECT_TRUE(reference);
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1);
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 TEST(CkaOutput, ShortLayerLabelsAndFormatNames) {

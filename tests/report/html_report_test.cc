@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <set>
 
+#include "util/remove_tree.h"
 #include "report/html_report.h"
 #include "report/ticks.h"
 #include "util/atomic_file.h"
@@ -97,7 +98,7 @@ TEST(HtmlReport, WarningsAndHostileNamesAreEscaped) {
 
 TEST(HtmlReport, WrittenAtomically) {
   const auto d = fs::temp_directory_path() / ("qad_report_html_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
   fs::create_directories(d);
   const auto runs = fixture_runs();
   write_html_report(d / "report.html", runs, {});
@@ -105,7 +106,7 @@ TEST(HtmlReport, WrittenAtomically) {
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1);  // no temporary left
   EXPECT_THROW(write_html_report(d / "no/such/dir/report.html", runs, {}), qad::Error);
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1);
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "util/remove_tree.h"
 #include "report/run_reader.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -25,7 +26,7 @@ bool has_warning(const RunData& r, const std::string& needle) {
 
 fs::path fresh_dir(const std::string& name) {
   auto d = fs::temp_directory_path() / ("qad_report_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
   fs::create_directories(d);
   return d;
 }
@@ -99,7 +100,7 @@ TEST(RunReader, SyntheticEdgeCases) {
   EXPECT_TRUE(has_warning(r, f + ":7: \"step\" is missing or not a non-negative integer"));
   EXPECT_TRUE(has_warning(r, f + ":8: \"cka\" is not an object"));
   EXPECT_TRUE(has_warning(r, "run.json: missing"));
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 TEST(RunReader, DirectoriesThatAreNotRunsAreErrors) {
@@ -115,7 +116,7 @@ TEST(RunReader, DirectoriesThatAreNotRunsAreErrors) {
   qad::write_file_atomic(d / "run.json", "[\"not an object\"");
   const RunData r = read_run(d);
   EXPECT_TRUE(has_warning(r, "run.json: not a JSON object"));
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 TEST(RunReader, NaturalOrder) {

@@ -6,6 +6,7 @@
 
 #include <fstream>
 
+#include "util/remove_tree.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer_test_util.h"
 
@@ -41,7 +42,7 @@ Tokenizer load_json(const json& j) {
   fs::create_directories(dir);
   std::ofstream(dir / "tokenizer.json") << j.dump();
   Tokenizer t = Tokenizer::load(dir / "tokenizer.json");
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   return t;
 }
 

@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "util/remove_tree.h"
 #include "tokenizer/tokenize_jsonl.h"
 #include "tokenizer_test_util.h"
 #include "util/error.h"
@@ -49,7 +50,7 @@ TEST(TokenizeJsonl, ReplacesTextByIdsAndKeepsOtherFields) {
     EXPECT_NE(std::string(e.what()).find("bad.jsonl:2"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(dir / "bad_out.jsonl")) << "a failed run must not leave a partial output";
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
 }
 
 }  // namespace

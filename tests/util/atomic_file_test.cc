@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "util/remove_tree.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -11,7 +12,7 @@ namespace fs = std::filesystem;
 
 fs::path fresh_dir(const std::string& name) {
   auto d = fs::temp_directory_path() / ("qad_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
   fs::create_directories(d);
   return d;
 }
@@ -24,7 +25,7 @@ TEST(AtomicFile, WritesAndReplaces) {
   qad::write_file_atomic(d / "a.txt", "second");
   EXPECT_EQ(qad::read_file(d / "a.txt"), "second");
   EXPECT_EQ(entries(d), 1u);  // no temporary left behind
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 TEST(AtomicFile, FailureKeepsOldFileAndLeavesNoTemporary) {
@@ -38,7 +39,7 @@ TEST(AtomicFile, FailureKeepsOldFileAndLeavesNoTemporary) {
                qad::Error);
   EXPECT_EQ(qad::read_file(d / "a.txt"), "good");
   EXPECT_EQ(entries(d), 1u);
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 TEST(AtomicFile, DirectoryAppearsWholeOrNotAtAll) {
@@ -58,7 +59,7 @@ TEST(AtomicFile, DirectoryAppearsWholeOrNotAtAll) {
   EXPECT_FALSE(fs::exists(out / "x"));
   EXPECT_EQ(qad::read_file(out / "y"), "3");
   EXPECT_EQ(entries(d), 1u);
-  fs::remove_all(d);
+  ::qad::remove_tree(d);
 }
 
 TEST(AtomicFile, ReadingMissingFileNamesIt) {
