@@ -34,9 +34,9 @@ CkaEvalResult layer_cka(model::CausalLM& teacher, const std::vector<NamedModel>&
   QAD_CHECK(!models.empty(), "qad cka: give at least one --model");
   QAD_CHECK(o.batch_size >= 1 && o.seq_len >= 1, "--batch-size and --seq-len must be >= 1");
   for (const auto& m : models) {
-    QAD_CHECK(m.lm->config().num_layers == teacher->config().num_layers,
+    QAD_CHECK((*m.lm)->config().num_layers == teacher->config().num_layers,
               "model {} has {} decoder layers, the teacher {}: per-layer CKA matches layers by index", m.label,
-              m.lm->config().num_layers, teacher->config().num_layers);
+              (*m.lm)->config().num_layers, teacher->config().num_layers);
   }
   torch::NoGradGuard no_grad;
   const auto device = teacher->lm_head->weight.device();
@@ -73,7 +73,7 @@ CkaEvalResult layer_cka(model::CausalLM& teacher, const std::vector<NamedModel>&
     // Right padding with plain causal attention: real positions never see the padding after them.
     auto t_out = teacher->forward(ids, fo);
     for (size_t m = 0; m < models.size(); ++m) {
-      auto m_out = (*models[m].lm)->forward(ids.to(models[m].lm->lm_head->weight.device()), fo);
+      auto m_out = (*models[m].lm)->forward(ids.to((*models[m].lm)->lm_head->weight.device()), fo);
       for (const auto& [name, th] : t_out.hidden) {
         if (!wanted(name, o)) continue;
         auto it = std::find_if(m_out.hidden.begin(), m_out.hidden.end(), [&](const auto& p) { return p.first == name; });

@@ -66,9 +66,9 @@ LmMetrics evaluate_lm(model::CausalLM& model, model::CausalLM* teacher, const To
                       const LmEvalOptions& o) {
   QAD_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, got {}", o.batch_size);
   if (teacher != nullptr) {
-    QAD_CHECK(teacher->config().vocab_size == model->config().vocab_size,
+    QAD_CHECK((*teacher)->config().vocab_size == model->config().vocab_size,
               "teacher and model vocabularies differ ({} vs {} tokens): KL and agreement need the same tokenizer",
-              teacher->config().vocab_size, model->config().vocab_size);
+              (*teacher)->config().vocab_size, model->config().vocab_size);
   }
   const int64_t max_pos = model->config().max_position_embeddings;
   if (max_pos > 0 && o.seq_len > max_pos) {
@@ -94,8 +94,8 @@ LmMetrics evaluate_lm(model::CausalLM& model, model::CausalLM* teacher, const To
       auto logits = scored_rows(model->forward(batch.input_ids).logits, batch.rows);
       nll += nll_sum(logits, batch.targets, o.chunk_rows);
       if (teacher != nullptr) {
-        auto t_logits = scored_rows((*teacher)->forward(batch.input_ids.to(teacher->lm_head->weight.device())).logits,
-                                    batch.rows.to(teacher->lm_head->weight.device()))
+        auto t_logits = scored_rows((*teacher)->forward(batch.input_ids.to((*teacher)->lm_head->weight.device())).logits,
+                                    batch.rows.to((*teacher)->lm_head->weight.device()))
                             .to(device);
         teacher_nll += nll_sum(t_logits, batch.targets, o.chunk_rows);
         loss::KLOptions ko;
