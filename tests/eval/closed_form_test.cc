@@ -1,4 +1,4 @@
-// Closed-form checks on a hand-built decoder that is exactly a bigram model: attention and MLP outputs are
+// Closed-form checks on a hand-built FP32 decoder that is exactly a bigram model: attention and MLP outputs are
 // zero (o_proj = down_proj = 0), so the final hidden state is RMSNorm(embedding(x)) and the logits are
 // W[:, x] * factor. Perplexity, KL(teacher||model), top-1 agreement and multiple-choice log-likelihoods then
 // have exact values computed here in FP64 from the weights alone.
@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/test_util.h"
@@ -23,7 +24,7 @@ using qad::model::CausalLM;
 namespace {
 
 constexpr int64_t kVocab = 8;
-constexpr double kTol = 1e-5;  // FP32 RMSNorm inside an otherwise FP64 model
+constexpr double kTol = 1e-5;  // the model computes in FP32; the references in FP64
 
 // A bigram decoder: embedding = identity (hidden = vocab = 8), all norms 1, attention/MLP zeroed, lm_head
 // random. Saved as an HF checkpoint and loaded back through load_any_model in FP64.
@@ -57,9 +58,8 @@ Bigram make_bigram(uint64_t salt, const fs::path& dir) {
   }
   lm->save(dir);
   Bigram b;
-  b.lm = qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat64);
-  // RMSNorm of a one-hot row e_x: e_x / sqrt(1/H + eps); logits[b] = W[b, x] * that. (The model computes
-  // RMSNorm in FP32, as transformers does, so its logits carry ~1e-7 relative error: kTol below.)
+  b.lm = qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32);
+  // RMSNorm of a one-hot row e_x: e_x / sqrt(1/H + eps); logits[b] = W[b, x] * that, here in FP64.
   const double factor = 1.0 / std::sqrt(1.0 / kVocab + 1e-6);
   auto logits = b.lm->lm_head->weight.detach().to(torch::kFloat64).t() * factor;  // [x, b]
   b.logp = torch::log_softmax(logits, 1);
