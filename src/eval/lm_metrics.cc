@@ -57,7 +57,7 @@ double nll_sum(const torch::Tensor& logits, const torch::Tensor& targets, int64_
   for (int64_t b = 0; b < logits.size(0); b += chunk_rows) {
     const int64_t n = std::min(chunk_rows, logits.size(0) - b);
     auto lp = torch::log_softmax(logits.narrow(0, b, n).to(compute), -1);
-    sum -= lp.gather(1, targets.narrow(0, b, n).unsqueeze(1)).sum().to(torch::kFloat64).item<double>();
+    sum -= lp.gather(1, targets.narrow(0, b, n).unsqueeze(1)).to(torch::kFloat64).sum().item<double>();
   }
   return sum;
 }

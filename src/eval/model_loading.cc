@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/dynamic_fake_quant.h"
+#include "quant/quantize_model.h"
 #include "util/error.h"
 
 namespace qad::eval {
@@ -37,7 +38,9 @@ bool is_nvfp4_quant_config(const nlohmann::json& j) {
 
 CheckpointKind detect_checkpoint(const fs::path& dir) {
   if (!fs::is_directory(dir)) return CheckpointKind::kUnknown;
-  if (is_nvfp4_quant_config(read_json_or_null(dir / "hf_quant_config.json"))) return CheckpointKind::kNvfp4Export;
+  if (is_nvfp4_quant_config(read_json_or_null(dir / "hf_quant_config.json")) || quant::is_nvfp4_checkpoint(dir)) {
+    return CheckpointKind::kNvfp4Export;
+  }
   auto config = read_json_or_null(dir / "config.json");
   if (config.is_object() && config.contains("quantization_config") &&
       is_nvfp4_quant_config(config["quantization_config"])) {
@@ -60,10 +63,12 @@ model::CausalLM load_any_model(const fs::path& dir, torch::Device device, torch:
       lm->eval();
       return lm;
     }
-    case CheckpointKind::kNvfp4Export:
-      fail("model {}: an NVFP4 export (hf_quant_config.json / quantization_config quant_algo NVFP4); this build "
-           "cannot read NVFP4 exports yet (quant::load_nvfp4 is not merged). Evaluate the BF16 checkpoint with "
-           "fq:DIR for a dynamic fake-quantized stand-in", dir.string());
+    case CheckpointKind::kNvfp4Export: {
+      // Dequantized weights (exact) and input fake quantization with the stored input scales (docs/quant.md).
+      auto lm = quant::load_nvfp4(dir, device, dtype);
+      lm->eval();
+      return lm;
+    }
     case CheckpointKind::kTrainingCheckpoint:
       fail("model {}: a qad training checkpoint; evaluating training checkpoints directly is not supported yet. "
            "Export it to an HF directory first (config.json + safetensors) and evaluate that", dir.string());

@@ -1,6 +1,6 @@
-// Loading any model qad can evaluate through one function: HF checkpoints (BF16/FP32 safetensors) today;
-// NVFP4 exports and training checkpoints are recognised and refused with a clear message until their
-// readers land (docs/eval.md "Models"). Also the `--model` spec syntax "[LABEL=][fq:]DIR".
+// Loading any model qad can evaluate through one function: HF checkpoints (BF16/FP32 safetensors) and
+// NVFP4 exports (quant::load_nvfp4); training checkpoints are recognised and refused with a clear message
+// until the trainer's format is fixed (docs/eval.md "Models"). Also the `--model` spec "[LABEL=][fq:]DIR".
 #pragma once
 #include <torch/torch.h>
 

@@ -18,6 +18,7 @@
 #include "eval/task_eval.h"
 #include "eval/token_stream.h"
 #include "io/safetensors_torch.h"
+#include "quant/quantize_model.h"
 #include "report/cka_output.h"
 #include "tokenizer/tokenizer.h"
 
@@ -107,6 +108,39 @@ TEST(Stories260k, PerplexityFromTransformersGoldenLogits) {
     std::cout << name << ": perplexity qad " << m.perplexity << ", from transformers' logits " << want << "\n";
     EXPECT_NEAR(m.perplexity, want, 1e-5 * want) << name;
   }
+}
+
+TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
+  // PTQ of stories260K with src/quant (max calibration on the held-out stories), exported in the ModelOpt
+  // layout, then read back through load_any_model: the export must compute what the in-memory quantized
+  // model computes (quant: "bit-identical logits"), so perplexity, KL and agreement against it are exact.
+  auto tok = qad::tokenizer::Tokenizer::load(stories());
+  qad::eval::StreamOptions so;
+  auto stream = qad::eval::read_token_stream({heldout()}, &tok, so);
+  auto lm = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  qad::quant::QuantConfig cfg;
+  cfg.calib_samples = 4;
+  qad::quant::apply_nvfp4(lm, cfg);
+  auto ids = torch::tensor(std::vector<int64_t>(stream.ids.begin(), stream.ids.begin() + 512), torch::kInt64)
+                 .reshape({4, 128});
+  qad::quant::calibrate(lm, [&](const qad::quant::BatchSink& sink) { sink(ids, torch::Tensor()); }, cfg);
+  const fs::path out = temp_path("nvfp4");
+  qad::quant::export_nvfp4(lm, out, stories());
+  EXPECT_EQ(qad::eval::detect_checkpoint(out), qad::eval::CheckpointKind::kNvfp4Export);
+  auto back = qad::eval::load_any_model(out, torch::kCPU, torch::kFloat32);
+  qad::eval::LmEvalOptions o;
+  o.progress = false;
+  auto mine = qad::eval::evaluate_lm(lm, nullptr, stream, o);
+  auto theirs = qad::eval::evaluate_lm(back, &lm, stream, o);
+  EXPECT_EQ(theirs.perplexity, mine.perplexity);
+  EXPECT_EQ(*theirs.kl, 0.0);
+  EXPECT_EQ(*theirs.top1_agreement, 1.0);
+  auto bf = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto fp32 = qad::eval::evaluate_lm(bf, nullptr, stream, o);
+  std::cout << "stories260K held-out perplexity: FP32 " << fp32.perplexity << ", NVFP4 PTQ export " << theirs.perplexity
+            << "\n";
+  EXPECT_GT(theirs.perplexity, fp32.perplexity);  // 4 bits cost something
+  fs::remove_all(out);
 }
 
 TEST(EvalCommand, JsonObjectSchemaAndSelfTeacher) {
