@@ -253,6 +253,23 @@ TEST(CkaCommand, TeacherAgainstItselfIsOneAndFakeQuantIsBelow) {
   fs::remove(*o.plot);
 }
 
+TEST(ArithTask, QuestionThroughTheChatTemplateEqualsTheRenderedPrompt) {
+  // test.jsonl gives both the rendered "prompt" and the raw "question": the model's chat template
+  // (encode_chat with the generation prompt) must produce exactly the prompt's tokens.
+  auto tasks = qad::eval::read_task_file(qad::testing::shared_dir() / "tasks/arith/test.jsonl");
+  auto tok = qad::tokenizer::Tokenizer::load(teacher16m());
+  std::ifstream in(qad::testing::shared_dir() / "tasks/arith/test.jsonl");
+  std::string line;
+  for (size_t i = 0; i < 50 && std::getline(in, line); ++i) {
+    auto j = json::parse(line);
+    qad::eval::TaskItem chat;
+    chat.messages.push_back({"user", j["question"].get<std::string>()});
+    const auto& rendered = tasks.items[i];
+    ASSERT_TRUE(rendered.prompt.has_value());
+    EXPECT_EQ(qad::eval::encode_context(chat, tok), qad::eval::encode_context(rendered, tok)) << rendered.id;
+  }
+}
+
 TEST(ArithTask, TeacherGenerationsMatchTransformersGoldens) {
   // The first 8 test questions: our batched, left-padded, KV-cached greedy generation in FP32 on CPU
   // against transformers' BF16 GPU generations (the task README's CPU FP32 reference reproduces all of
