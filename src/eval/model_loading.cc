@@ -7,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/dynamic_fake_quant.h"
+#include "io/safetensors_torch.h"
 #include "quant/quantize_model.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace qad::eval {
@@ -25,6 +27,11 @@ nlohmann::json read_json_or_null(const fs::path& file) {
   }
 }
 
+std::string_view strip_newline(std::string_view s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.remove_suffix(1);
+  return s;
+}
+
 bool is_nvfp4_quant_config(const nlohmann::json& j) {
   if (!j.is_object()) return false;
   auto algo_is_nvfp4 = [](const nlohmann::json& o) {
@@ -32,6 +39,33 @@ bool is_nvfp4_quant_config(const nlohmann::json& j) {
            o["quant_algo"].get<std::string>() == "NVFP4";
   };
   return algo_is_nvfp4(j) || (j.contains("quantization") && algo_is_nvfp4(j["quantization"]));
+}
+
+// The student of a training checkpoint: model/ (an HF directory) plus, for a quantized student, its quantizer
+// state (every amax, restored as the trainer restores it, not re-calibrated).
+model::CausalLM load_training_checkpoint(fs::path dir, torch::Device device, torch::ScalarType dtype) {
+  if (!fs::exists(dir / "trainer_state.json") && fs::exists(dir / "checkpoints" / "latest")) {
+    const auto name = std::string(strip_newline(read_file(dir / "checkpoints" / "latest")));
+    QAD_CHECK(!name.empty() && name.find('/') == std::string::npos, "{}: checkpoints/latest does not name a "
+              "checkpoint directory", dir.string());
+    dir = dir / "checkpoints" / name;
+  }
+  QAD_CHECK(fs::exists(dir / "model" / "config.json"), "training checkpoint {} has no model/config.json (the student "
+            "as an HF directory); is it complete?", dir.string());
+  auto lm = model::CausalLM::load(dir / "model", device, dtype);
+  auto meta = read_json_or_null(dir / "quantizer.json");
+  const bool quantized = !meta.is_object() || meta.value("quantized", true);
+  if (quantized && fs::exists(dir / "quantizer.safetensors")) {
+    quant::QuantConfig qc;
+    auto state = read_json_or_null(dir / "trainer_state.json");
+    if (state.is_object() && state.contains("config") && state["config"].contains("quant") &&
+        state["config"]["quant"].contains("quantize_inputs")) {
+      qc.quantize_inputs = state["config"]["quant"]["quantize_inputs"].get<bool>();
+    }
+    quant::load_quantizer_state(lm, io::read_tensors(dir / "quantizer.safetensors"), qc);
+  }
+  lm->eval();
+  return lm;
 }
 
 }  // namespace
@@ -47,9 +81,10 @@ CheckpointKind detect_checkpoint(const fs::path& dir) {
     return CheckpointKind::kNvfp4Export;
   }
   if (fs::exists(dir / "config.json")) return CheckpointKind::kHuggingFace;
-  // A qad training checkpoint (the trainer's format is not fixed yet): optimizer/trainer state files.
-  for (const char* marker : {"trainer_state.json", "optimizer.safetensors", "train_state.json", "checkpoint.json"}) {
-    if (fs::exists(dir / marker)) return CheckpointKind::kTrainingCheckpoint;
+  // A qad training checkpoint (docs/train.md: checkpoints/step-N/{model/, quantizer.*, trainer_state.json}),
+  // or a run directory whose checkpoints/latest names one.
+  if (fs::exists(dir / "trainer_state.json") || fs::exists(dir / "checkpoints" / "latest")) {
+    return CheckpointKind::kTrainingCheckpoint;
   }
   return CheckpointKind::kUnknown;
 }
@@ -70,12 +105,12 @@ model::CausalLM load_any_model(const fs::path& dir, torch::Device device, torch:
       return lm;
     }
     case CheckpointKind::kTrainingCheckpoint:
-      fail("model {}: a qad training checkpoint; evaluating training checkpoints directly is not supported yet. "
-           "Export it to an HF directory first (config.json + safetensors) and evaluate that", dir.string());
+      return load_training_checkpoint(dir, device, dtype);
     case CheckpointKind::kUnknown:
       break;
   }
-  fail("model {}: no config.json; not an HF checkpoint, an NVFP4 export or a training checkpoint", dir.string());
+  fail("model {}: no config.json, trainer_state.json or checkpoints/latest; not an HF checkpoint, an NVFP4 export, a "
+       "training checkpoint or a run directory", dir.string());
 }
 
 ModelSpec parse_model_spec(const std::string& spec) {

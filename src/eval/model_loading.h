@@ -1,6 +1,6 @@
-// Loading any model qad can evaluate through one function: HF checkpoints (BF16/FP32 safetensors) and
-// NVFP4 exports (quant::load_nvfp4); training checkpoints are recognised and refused with a clear message
-// until the trainer's format is fixed (docs/eval.md "Models"). Also the `--model` spec "[LABEL=][fq:]DIR".
+// Loading any model qad can evaluate through one function: HF checkpoints (BF16/FP32 safetensors), NVFP4
+// exports (quant::load_nvfp4) and qad training checkpoints (model/ + quantizer state, or a run directory's
+// latest) (docs/eval.md "Models"). Also the `--model` spec "[LABEL=][fq:]DIR".
 #pragma once
 #include <torch/torch.h>
 

@@ -193,7 +193,7 @@ TEST(ModelLoading, UnreadableFormatsSayWhatTheyAre) {
   expect_error("no config.json");
   std::ofstream(dir / "trainer_state.json") << "{}";
   EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kTrainingCheckpoint);
-  expect_error("training checkpoint");
+  expect_error("no model/config.json");  // a training checkpoint without its student
   std::ofstream(dir / "hf_quant_config.json") << R"({"quantization": {"quant_algo": "NVFP4", "group_size": 16}})";
   EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kNvfp4Export);
   EXPECT_THROW(qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32), qad::Error);  // no config, no weights

@@ -141,6 +141,25 @@ TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
             << "\n";
   EXPECT_GT(theirs.perplexity, fp32.perplexity);  // 4 bits cost something
   fs::remove_all(out);
+
+  // The trainer's checkpoint layout (docs/train.md): a run directory whose checkpoints/latest names
+  // step-N/ with model/ (HF), quantizer.safetensors (every amax) and trainer_state.json.
+  const fs::path run = temp_path("run");
+  const fs::path step = run / "checkpoints" / "step-00000007";
+  fs::create_directories(step);
+  lm->save(step / "model");
+  qad::io::write_tensors(step / "quantizer.safetensors", qad::quant::quantizer_state(lm));
+  std::ofstream(step / "quantizer.json") << R"({"quantized": true})";
+  std::ofstream(step / "trainer_state.json") << R"({"step": 7, "config": {"quant": {"quantize_inputs": true}}})";
+  std::ofstream(run / "checkpoints" / "latest") << "step-00000007\n";
+  for (const fs::path& dir : {run, step}) {
+    EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kTrainingCheckpoint) << dir;
+    auto ckpt = qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32);
+    auto c = qad::eval::evaluate_lm(ckpt, &lm, stream, o);
+    EXPECT_EQ(c.perplexity, mine.perplexity) << dir;
+    EXPECT_EQ(*c.kl, 0.0) << dir;
+  }
+  fs::remove_all(run);
 }
 
 TEST(EvalCommand, JsonObjectSchemaAndSelfTeacher) {
