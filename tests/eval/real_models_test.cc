@@ -13,6 +13,7 @@
 
 #include "common/test_util.h"
 #include "eval/eval_command.h"
+#include "eval/layer_cka.h"
 #include "eval/lm_metrics.h"
 #include "eval/model_loading.h"
 #include "eval/task_eval.h"
@@ -270,6 +271,71 @@ TEST(CkaCommand, TeacherAgainstItselfIsOneAndFakeQuantIsBelow) {
   EXPECT_NE(ss.str().find("<svg"), std::string::npos);
   EXPECT_NE(ss.str().find("PTQ"), std::string::npos);
   fs::remove(*o.plot);
+}
+
+TEST(CkaCommand, RotatedAndScaledTeacherHasCkaOne) {
+  // A copy of stories260K whose residual stream is s * h * Q for a random orthogonal Q and s = 4: input-side
+  // norm weights folded into the next Linears (W' = W diag(w) Q, norm weight 1), output-side Linears and the
+  // embedding rotated and scaled (o' = s Q^T o, down' = s Q^T down, E' = s E Q). RMSNorm is rotation- and
+  // (up to eps) scale-invariant, so every layer's hidden state is exactly the teacher's rotated and scaled:
+  // linear CKA must be 1 for all four estimators, end to end through layer_cka.
+  auto teacher = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto rotated = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  const int64_t h = teacher->config().hidden_size;
+  auto gen = qad::testing::seeded_generator(7);
+  auto q = std::get<0>(torch::linalg_qr(torch::randn({h, h}, gen, torch::kFloat64)))
+               .to(torch::kFloat32);
+  const double s = 4.0;
+  {
+    torch::NoGradGuard g;
+    std::map<std::string, torch::Tensor> p;
+    for (auto& [name, t] : rotated->hf_tensors()) p[name] = t;
+    p.at("model.embed_tokens.weight").copy_(s * p.at("model.embed_tokens.weight").matmul(q));
+    for (int64_t l = 0; l < teacher->config().num_layers; ++l) {
+      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      auto fold = [&](const std::string& norm, const std::vector<std::string>& linears) {
+        auto w = p.at(pre + norm + ".weight").clone();
+        for (const auto& lin : linears) {
+          auto& W = p.at(pre + lin + ".weight");
+          W.copy_((W * w.unsqueeze(0)).matmul(q));
+        }
+        p.at(pre + norm + ".weight").fill_(1.0);
+      };
+      fold("input_layernorm", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"});
+      fold("post_attention_layernorm", {"mlp.gate_proj", "mlp.up_proj"});
+      for (const char* out : {"self_attn.o_proj", "mlp.down_proj"}) {
+        auto& W = p.at(pre + out + ".weight");
+        W.copy_(s * q.t().matmul(W));
+      }
+    }
+  }
+  auto tok = qad::tokenizer::Tokenizer::load(stories());
+  qad::eval::StreamOptions so;
+  so.doc_end.reset();
+  auto stream = qad::eval::read_token_stream({heldout()}, &tok, so);
+  qad::eval::CkaEvalOptions o;
+  o.seq_len = 128;
+  o.batch_size = 2;
+  o.progress = false;
+  auto r = qad::eval::layer_cka(teacher, {{"rotated", &rotated}}, stream, o);
+  ASSERT_EQ(r.models[0].layers.size(), 5u);
+  for (const auto& l : r.models[0].layers) {
+    EXPECT_NEAR(l.biased, 1.0, 1e-4) << l.layer;
+    EXPECT_NEAR(l.debiased, 1.0, 1e-4) << l.layer;
+    EXPECT_NEAR(l.minibatch_biased, 1.0, 1e-4) << l.layer;
+    EXPECT_NEAR(l.minibatch_debiased, 1.0, 1e-4) << l.layer;
+  }
+  // The transformation really changed the features: they are not the teacher's.
+  {
+    torch::NoGradGuard g;
+    auto ids = torch::tensor(std::vector<int64_t>(stream.ids.begin(), stream.ids.begin() + 16)).unsqueeze(0);
+    qad::model::ForwardOptions fo;
+    fo.return_hidden = true;
+    auto a = teacher->forward(ids, fo).hidden[2].second;
+    auto b = rotated->forward(ids, fo).hidden[2].second;
+    EXPECT_GT((a - b).abs().max().item<double>(), 1.0);
+    EXPECT_LT((b - s * a.matmul(q)).abs().max().item<double>(), 1e-3 * s * a.abs().max().item<double>());
+  }
 }
 
 TEST(ArithTask, QuestionThroughTheChatTemplateEqualsTheRenderedPrompt) {
