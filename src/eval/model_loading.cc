@@ -54,12 +54,13 @@ model::CausalLM load_training_checkpoint(fs::path dir, torch::Device device, tor
             "as an HF directory); is it complete?", dir.string());
   auto lm = model::CausalLM::load(dir / "model", device, dtype);
   auto meta = read_json_or_null(dir / "quantizer.json");
-  const bool quantized = !meta.is_object() || meta.value("quantized", true);
+  const bool quantized = !meta.is_object() || !meta.contains("quantized") || !meta["quantized"].is_boolean() ||
+                         meta["quantized"].get<bool>();
   if (quantized && fs::exists(dir / "quantizer.safetensors")) {
     quant::QuantConfig qc;
     auto state = read_json_or_null(dir / "trainer_state.json");
     if (state.is_object() && state.contains("config") && state["config"].contains("quant") &&
-        state["config"]["quant"].contains("quantize_inputs")) {
+        state["config"]["quant"].contains("quantize_inputs") && state["config"]["quant"]["quantize_inputs"].is_boolean()) {
       qc.quantize_inputs = state["config"]["quant"]["quantize_inputs"].get<bool>();
     }
     quant::load_quantizer_state(lm, io::read_tensors(dir / "quantizer.safetensors"), qc);
