@@ -32,15 +32,6 @@ std::string_view strip_newline(std::string_view s) {
   return s;
 }
 
-bool is_nvfp4_quant_config(const nlohmann::json& j) {
-  if (!j.is_object()) return false;
-  auto algo_is_nvfp4 = [](const nlohmann::json& o) {
-    return o.is_object() && o.contains("quant_algo") && o["quant_algo"].is_string() &&
-           o["quant_algo"].get<std::string>() == "NVFP4";
-  };
-  return algo_is_nvfp4(j) || (j.contains("quantization") && algo_is_nvfp4(j["quantization"]));
-}
-
 // The student of a training checkpoint: model/ (an HF directory) plus, for a quantized student, its quantizer
 // state (every amax, restored as the trainer restores it, not re-calibrated).
 model::CausalLM load_training_checkpoint(fs::path dir, torch::Device device, torch::ScalarType dtype) {
@@ -73,14 +64,8 @@ model::CausalLM load_training_checkpoint(fs::path dir, torch::Device device, tor
 
 CheckpointKind detect_checkpoint(const fs::path& dir) {
   if (!fs::is_directory(dir)) return CheckpointKind::kUnknown;
-  if (is_nvfp4_quant_config(read_json_or_null(dir / "hf_quant_config.json")) || quant::is_nvfp4_checkpoint(dir)) {
-    return CheckpointKind::kNvfp4Export;
-  }
-  auto config = read_json_or_null(dir / "config.json");
-  if (config.is_object() && config.contains("quantization_config") &&
-      is_nvfp4_quant_config(config["quantization_config"])) {
-    return CheckpointKind::kNvfp4Export;
-  }
+  // hf_quant_config.json, or config.json's modelopt quantization_config, with quant_algo NVFP4.
+  if (quant::is_nvfp4_checkpoint(dir)) return CheckpointKind::kNvfp4Export;
   if (fs::exists(dir / "config.json")) return CheckpointKind::kHuggingFace;
   // A qad training checkpoint (docs/train.md: checkpoints/step-N/{model/, quantizer.*, trainer_state.json}),
   // or a run directory whose checkpoints/latest names one.
