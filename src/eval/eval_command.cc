@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -265,7 +266,8 @@ CkaEvalResult run_cka(const CkaCommandOptions& o, std::ostream& out) {
   std::optional<tokenizer::Tokenizer> tok;
   if (needs_tokenizer(o.data)) tok = load_tokenizer(o.tokenizer, {teacher_spec.dir});
   auto stream = read_token_stream(o.data, tok ? &*tok : nullptr,
-                                  stream_options(o.bos, o.doc_end, o.tokens > 0 ? o.tokens - 1 : 0, tok ? &*tok : nullptr));
+                                  stream_options(o.bos, o.doc_end, o.tokens > 0 ? std::max<int64_t>(o.tokens - 1, 1) : 0,
+                                                 tok ? &*tok : nullptr));
   auto teacher = load_model_spec(teacher_spec, device, dtype);
   std::vector<model::CausalLM> models;
   std::vector<NamedModel> named;
