@@ -1,0 +1,60 @@
+// `qad eval`: perplexity (and with a teacher KL and top-1 agreement) on text, and generative / multiple-
+// choice task accuracy; argument parsing only, the work is eval::run_eval (docs/eval.md).
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "eval/answer_extraction.h"
+#include "eval/eval_command.h"
+
+namespace qad::cli {
+namespace {
+
+void register_eval(CLI::App& app) {
+  auto o = std::make_shared<eval::EvalCommandOptions>();
+  auto json = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("eval", "Perplexity, KL(teacher||model), top-1 agreement and task accuracy");
+  cmd->add_option("--model", o->model, "model: HF checkpoint directory; LABEL=DIR names it; fq:DIR = dynamic NVFP4 "
+                  "fake quantization of it")->required();
+  cmd->add_option("--teacher", o->teacher, "teacher checkpoint: adds KL(teacher||model) and top-1 agreement");
+  cmd->add_option("--data", o->data, "perplexity text: .jsonl ({\"text\"}/{\"messages\"}) or .txt, optionally .xz/.zst, "
+                  "or a dataset directory from qad data prepare");
+  cmd->add_option("--tasks", o->tasks, "task .jsonl: {prompt|question|messages, answer} or {..., choices, label}");
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer directory (default: the model's)");
+  cmd->add_option("--max-tokens", o->max_tokens, "perplexity: score at most N tokens (0 = all)")->capture_default_str();
+  cmd->add_option("--seq-len", o->seq_len, "perplexity window: targets per window")->capture_default_str();
+  cmd->add_option("--batch-size", o->batch_size, "perplexity: windows per forward")->capture_default_str();
+  cmd->add_option("--task-batch-size", o->task_batch_size, "tasks: prompts per batched generation")->capture_default_str();
+  cmd->add_option("--max-new-tokens", o->max_new_tokens, "tasks: generation limit")->capture_default_str();
+  cmd->add_option("--max-items", o->max_items, "tasks: only the first N items (0 = all)")->capture_default_str();
+  cmd->add_option("--bos", o->bos, "raw text documents: auto (tokenizer template, e.g. Llama's BOS) or never")
+      ->capture_default_str();
+  cmd->add_option("--doc-end", o->doc_end, "raw text documents end with: eos, none, a token ('<|endoftext|>') or an id")
+      ->capture_default_str();
+  cmd->add_option("--answer-rule", o->answer_rule,
+                  "generative answer extraction: after-think, last-number, hashes, boxed, full")->capture_default_str();
+  cmd->add_option("--mc-norm", o->mc_norm, "multiple choice: compare sum, token (mean) or byte log-likelihoods")
+      ->capture_default_str();
+  cmd->add_option("--stop-ids", o->stop_ids, "generation stop ids, e.g. 8191 (default: the chat end token)");
+  cmd->add_option("--group-field", o->group_field, "per-group accuracy by this task field")->capture_default_str();
+  cmd->add_option("--on-bad-line", o->skip_bad_lines, "task lines that do not parse: error or skip")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, bool>{{"error", false}, {"skip", true}}))
+      ->capture_default_str();
+  cmd->add_option("--predictions", o->predictions, "write one JSON line per task item (generation, prediction)");
+  cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "auto (BF16 on CUDA, FP32 on CPU), float32, bfloat16, float16")
+      ->capture_default_str();
+  cmd->add_flag("--json", *json, "print the metrics as one JSON object on stdout");
+  cmd->callback([o, json] {
+    auto m = eval::run_eval(*o);
+    if (*json) {
+      fmt::print("{}\n", m.dump());
+    } else {
+      fmt::print("{}", eval::format_eval_text(m));
+    }
+  });
+}
+
+QAD_REGISTER_COMMAND(600, register_eval);
+
+}  // namespace
+}  // namespace qad::cli

@@ -1,0 +1,291 @@
+// run_eval / run_cka: the bodies of `qad eval` and `qad cka` (docs/eval.md).
+#include "eval/eval_command.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "eval/lm_metrics.h"
+#include "eval/model_loading.h"
+#include "eval/task_eval.h"
+#include "eval/token_stream.h"
+#include "tokenizer/tokenizer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/torch_compat.h"
+
+namespace qad::eval {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// The tokenizer for data and tasks: --tokenizer, else the first of the given model directories that has one.
+tokenizer::Tokenizer load_tokenizer(const std::string& explicit_dir, const std::vector<fs::path>& candidates) {
+  if (!explicit_dir.empty()) return tokenizer::Tokenizer::load(explicit_dir);
+  for (const auto& d : candidates) {
+    if (fs::exists(d / "tokenizer.json")) return tokenizer::Tokenizer::load(d);
+  }
+  fail("no tokenizer.json in {}: give --tokenizer DIR", candidates.empty() ? "" : candidates.front().string());
+}
+
+StreamOptions stream_options(const std::string& bos, const std::string& doc_end, int64_t max_tokens,
+                             const tokenizer::Tokenizer* tok) {
+  StreamOptions so;
+  QAD_CHECK(bos == "auto" || bos == "never", "--bos must be auto or never, got '{}'", bos);
+  so.bos = bos == "auto" ? BosMode::kAuto : BosMode::kNever;
+  if (tok != nullptr) so.doc_end = resolve_doc_end(doc_end, *tok);
+  so.max_tokens = max_tokens;
+  return so;
+}
+
+bool needs_tokenizer(const std::vector<fs::path>& data) {
+  for (const auto& p : data) {
+    if (!fs::is_directory(p)) return true;
+  }
+  return false;
+}
+
+std::vector<int64_t> parse_id_list(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    QAD_CHECK(used == item.size() && v >= 0, "--stop-ids '{}': not a comma-separated list of token ids", text);
+    ids.push_back(v);
+  }
+  return ids;
+}
+
+json tally_json(const Tally& t) { return {{"n", t.n}, {"correct", t.correct}, {"accuracy", t.accuracy()}}; }
+
+json data_json(const TokenStream& s, const std::vector<fs::path>& paths, const LmMetrics& m, int64_t seq_len) {
+  json p = json::array();
+  for (const auto& x : paths) p.push_back(x.string());
+  return {{"paths", p},
+          {"documents", s.documents},
+          {"stream_tokens", m.stream_tokens},
+          {"scored_tokens", m.scored_tokens},
+          {"windows", m.windows},
+          {"seq_len", seq_len},
+          {"truncated", s.truncated},
+          {"skipped_lines", s.skipped.size()}};
+}
+
+void write_predictions(const fs::path& path, const TaskResults& r) {
+  std::string out;
+  for (const auto& ir : r.items) {
+    json j = {{"id", ir.item->id}, {"line", ir.item->line}, {"correct", ir.correct}, {"prediction", ir.prediction}};
+    if (!ir.item->group.empty()) j["group"] = ir.item->group;
+    if (ir.item->kind == TaskItem::Kind::kGenerative) {
+      j["answer"] = ir.item->answer;
+      j["generation"] = ir.generation;
+      j["new_tokens"] = ir.new_tokens;
+      j["stopped"] = ir.stopped;
+    } else {
+      j["label"] = ir.item->label;
+      j["chosen"] = ir.chosen;
+      j["choice_logprobs"] = ir.choice_logprobs;
+      j["choice_tokens"] = ir.choice_tokens;
+    }
+    out += j.dump() + "\n";
+  }
+  write_file_atomic(path, out);
+}
+
+}  // namespace
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda") {
+    QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
+    return torch::Device(torch::kCUDA);
+  }
+  QAD_CHECK(name == "auto", "--device must be cpu, cuda or auto, got '{}'", name);
+  return compat::cuda_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+}
+
+torch::ScalarType resolve_dtype(const std::string& name, torch::Device device) {
+  if (name == "auto") return model::CausalLM::default_dtype(device);
+  if (name == "float32") return torch::kFloat32;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16") return torch::kFloat16;
+  fail("--dtype must be auto, float32, bfloat16 or float16, got '{}'", name);
+}
+
+json run_eval(const EvalCommandOptions& o) {
+  QAD_CHECK(!o.data.empty() || !o.tasks.empty(), "qad eval: give --data (perplexity) and/or --tasks");
+  const auto start = std::chrono::steady_clock::now();
+  const auto device = resolve_device(o.device);
+  const auto dtype = resolve_dtype(o.dtype, device);
+  const auto spec = parse_model_spec(o.model);
+  std::optional<ModelSpec> teacher_spec;
+  if (!o.teacher.empty()) teacher_spec = parse_model_spec(o.teacher);
+  // Read the inputs before loading weights, so that a bad task line fails fast.
+  std::optional<TaskFile> tasks;
+  if (!o.tasks.empty()) {
+    TaskFileOptions to;
+    to.group_field = o.group_field;
+    to.skip_bad_lines = o.skip_bad_lines;
+    tasks = read_task_file(o.tasks, to);
+    if (o.max_items > 0 && static_cast<int64_t>(tasks->items.size()) > o.max_items) tasks->items.resize(static_cast<size_t>(o.max_items));
+  }
+  std::optional<tokenizer::Tokenizer> tok;
+  if (tasks || needs_tokenizer(o.data)) {
+    std::vector<fs::path> dirs{spec.dir};
+    if (teacher_spec) dirs.push_back(teacher_spec->dir);
+    tok = load_tokenizer(o.tokenizer, dirs);
+  }
+
+  json out = {{"model", spec.label}, {"model_dir", spec.dir.string()}, {"fake_quant", spec.fake_quant},
+              {"teacher", teacher_spec ? json(teacher_spec->dir.string()) : json(nullptr)},
+              {"device", device.str()}, {"dtype", model::dtype_config_name(dtype)}};
+  auto lm = load_model_spec(spec, device, dtype);
+  if (!o.data.empty()) {
+    auto stream = read_token_stream(o.data, tok ? &*tok : nullptr,
+                                    stream_options(o.bos, o.doc_end, o.max_tokens, tok ? &*tok : nullptr));
+    for (size_t i = 0; i < stream.skipped.size() && i < 20; ++i) fmt::print(stderr, "skipped {}\n", stream.skipped[i]);
+    std::optional<model::CausalLM> teacher;
+    if (teacher_spec) teacher = load_model_spec(*teacher_spec, device, dtype);
+    LmEvalOptions lo;
+    lo.seq_len = o.seq_len;
+    lo.batch_size = o.batch_size;
+    lo.progress = o.progress;
+    auto m = evaluate_lm(lm, teacher ? &*teacher : nullptr, stream, lo);
+    out["data"] = data_json(stream, o.data, m, o.seq_len);
+    out["data"]["bos"] = o.bos;
+    out["data"]["doc_end"] = o.doc_end;
+    out["nll"] = m.nll;
+    out["perplexity"] = m.perplexity;
+    if (teacher) {
+      out["teacher_nll"] = *m.teacher_nll;
+      out["teacher_perplexity"] = *m.teacher_perplexity;
+      out["kl"] = *m.kl;
+      out["top1_agreement"] = *m.top1_agreement;
+    }
+    out["lm_seconds"] = m.seconds;
+  }
+  if (tasks) {
+    TaskEvalOptions to;
+    to.rule = parse_answer_rule(o.answer_rule);
+    to.max_new_tokens = o.max_new_tokens;
+    to.batch_size = o.task_batch_size;
+    to.mc_norm = parse_mc_norm(o.mc_norm);
+    to.stop_ids = parse_id_list(o.stop_ids);
+    to.progress = o.progress;
+    auto r = evaluate_tasks(lm, *tok, *tasks, to);
+    json groups = json::object();
+    for (const auto& [g, t] : r.by_group) groups[g] = tally_json(t);
+    json bad = json::array();
+    for (const auto& b : tasks->bad_lines) bad.push_back(b);
+    out["tasks"] = {{"path", o.tasks.string()},
+                    {"items", r.all.n},
+                    {"correct", r.all.correct},
+                    {"accuracy", r.all.accuracy()},
+                    {"generative", tally_json(r.generative)},
+                    {"multiple_choice", tally_json(r.multiple_choice)},
+                    {"by_group", groups},
+                    {"group_field", o.group_field},
+                    {"answer_rule", std::string(answer_rule_name(to.rule))},
+                    {"mc_norm", o.mc_norm},
+                    {"max_new_tokens", o.max_new_tokens},
+                    {"stop_ids", r.stop_ids},
+                    {"generated_tokens", r.generated_tokens},
+                    {"skipped_lines", bad},
+                    {"seconds", r.seconds},
+                    {"tokens_per_second", r.seconds > 0 ? static_cast<double>(r.generated_tokens) / r.seconds : 0.0}};
+    if (!o.predictions.empty()) write_predictions(o.predictions, r);
+  }
+  out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+std::string format_eval_text(const json& m) {
+  std::string s = fmt::format("model      {}{}\n", m["model"].get<std::string>(),
+                              m["teacher"].is_null() ? "" : fmt::format("   teacher {}", m["teacher"].get<std::string>()));
+  if (m.contains("perplexity")) {
+    const auto& d = m["data"];
+    s += fmt::format("data       {} documents, {} tokens, {} scored in {} windows of {}{}\n", d["documents"].get<int64_t>(),
+                     d["stream_tokens"].get<int64_t>(), d["scored_tokens"].get<int64_t>(), d["windows"].get<int64_t>(),
+                     d["seq_len"].get<int64_t>(), d["truncated"].get<bool>() ? " (truncated at --max-tokens)" : "");
+    s += fmt::format("perplexity {:.6g}   (nll {:.6f} nats/token)\n", m["perplexity"].get<double>(), m["nll"].get<double>());
+    if (m.contains("kl")) {
+      s += fmt::format("teacher    perplexity {:.6g}\n", m["teacher_perplexity"].get<double>());
+      s += fmt::format("KL(teacher||model) {:.6g} nats/token   top-1 agreement {:.2f}%\n", m["kl"].get<double>(),
+                       100 * m["top1_agreement"].get<double>());
+    }
+  }
+  if (m.contains("tasks")) {
+    const auto& t = m["tasks"];
+    s += fmt::format("tasks      {}: {}/{} correct = {:.2f}%  (answer rule {}, {} generated tokens, {:.1f} tok/s)\n",
+                     t["path"].get<std::string>(), t["correct"].get<int64_t>(), t["items"].get<int64_t>(),
+                     100 * t["accuracy"].get<double>(), t["answer_rule"].get<std::string>(),
+                     t["generated_tokens"].get<int64_t>(), t["tokens_per_second"].get<double>());
+    for (const char* kind : {"generative", "multiple_choice"}) {
+      if (t[kind]["n"].get<int64_t>() > 0) {
+        s += fmt::format("  {:<16} {}/{} = {:.2f}%\n", kind, t[kind]["correct"].get<int64_t>(), t[kind]["n"].get<int64_t>(),
+                         100 * t[kind]["accuracy"].get<double>());
+      }
+    }
+    for (const auto& [g, v] : t["by_group"].items()) {
+      s += fmt::format("  {}={:<12} {}/{} = {:.2f}%\n", t["group_field"].get<std::string>(), g, v["correct"].get<int64_t>(),
+                       v["n"].get<int64_t>(), 100 * v["accuracy"].get<double>());
+    }
+  }
+  return s;
+}
+
+CkaEvalResult run_cka(const CkaCommandOptions& o, std::ostream& out) {
+  QAD_CHECK(!o.teacher.empty(), "qad cka: give --teacher DIR");
+  QAD_CHECK(!o.models.empty(), "qad cka: give at least one --model DIR");
+  QAD_CHECK(!o.data.empty(), "qad cka: give --data");
+  const auto format = report::parse_cka_format(o.format);
+  report::CkaVariant variant = report::CkaVariant::kBiased;
+  if (o.plot_variant == "debiased") variant = report::CkaVariant::kDebiased;
+  else if (o.plot_variant == "minibatch-biased") variant = report::CkaVariant::kMinibatchBiased;
+  else if (o.plot_variant == "minibatch-debiased") variant = report::CkaVariant::kMinibatchDebiased;
+  else QAD_CHECK(o.plot_variant == "biased", "--plot-variant must be biased, debiased, minibatch-biased or "
+                 "minibatch-debiased, got '{}'", o.plot_variant);
+  const auto device = resolve_device(o.device);
+  const auto dtype = resolve_dtype(o.dtype, device);
+  const auto teacher_spec = parse_model_spec(o.teacher);
+  std::vector<ModelSpec> specs;
+  for (const auto& m : o.models) specs.push_back(parse_model_spec(m));
+
+  std::optional<tokenizer::Tokenizer> tok;
+  if (needs_tokenizer(o.data)) tok = load_tokenizer(o.tokenizer, {teacher_spec.dir});
+  auto stream = read_token_stream(o.data, tok ? &*tok : nullptr,
+                                  stream_options(o.bos, o.doc_end, o.tokens > 0 ? std::max<int64_t>(o.tokens - 1, 1) : 0,
+                                                 tok ? &*tok : nullptr));
+  auto teacher = load_model_spec(teacher_spec, device, dtype);
+  std::vector<model::CausalLM> models;
+  std::vector<NamedModel> named;
+  models.reserve(specs.size());
+  for (const auto& s : specs) models.push_back(load_model_spec(s, device, dtype));
+  for (size_t i = 0; i < specs.size(); ++i) named.push_back({specs[i].label, &models[i]});
+  CkaEvalOptions co;
+  co.seq_len = o.seq_len;
+  co.batch_size = o.batch_size;
+  co.include_norm = o.include_norm;
+  co.progress = o.progress;
+  auto r = layer_cka(teacher, named, stream, co);
+  report::write_cka_outputs(r.models, format, o.plot, out, variant);
+  if (o.progress) {
+    fmt::print(stderr, "cka: {} tokens per layer in {} batches of up to {} x {} tokens, {:.1f} s\n", r.tokens,
+               r.batches, o.batch_size, o.seq_len, r.seconds);
+  }
+  return r;
+}
+
+}  // namespace qad::eval
