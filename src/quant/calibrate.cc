@@ -1,0 +1,204 @@
+// PTQ calibration: static input amaxes from the model's own activations on calibration batches (max), weight
+// global amaxes from the weights (max, or ModelOpt's MSE multiplier sweep), shared across fused groups.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <map>
+
+#include "nvfp4/quantize.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace qad::quant {
+namespace {
+
+struct Hooked {
+  model::Linear linear;
+  NvFp4LinearQuant* hook;
+};
+
+std::vector<Hooked> hooked(const model::CausalLM& lm) {
+  std::vector<Hooked> out;
+  for (const auto& l : lm->linears()) {
+    if (auto* h = nvfp4_hook(l)) out.push_back({l, h});
+  }
+  return out;
+}
+
+// Ends calibration mode on every hook, also when the forward throws.
+struct CalibrationScope {
+  std::vector<Hooked>& hooks;
+  explicit CalibrationScope(std::vector<Hooked>& h, const std::shared_ptr<torch::Tensor>& mask) : hooks(h) {
+    for (auto& x : hooks) {
+      x.hook->calibrating = true;
+      x.hook->calib_amax = torch::Tensor();
+      x.hook->calib_mask = mask;
+    }
+  }
+  ~CalibrationScope() {
+    for (auto& x : hooks) {
+      x.hook->calibrating = false;
+      x.hook->calib_mask.reset();
+    }
+  }
+};
+
+// ModelOpt's MseCalibrator candidates: initial amax x linspace(0.25, 4.0, ceil(3.75 / 0.1) + 1); plus 1.0 itself,
+// so that MSE is never worse than max calibration on the weights.
+std::vector<float> mse_multipliers() {
+  const double start = 0.25, stop = 4.0, step = 0.1;
+  const int n = static_cast<int>(std::ceil((stop - start) / step)) + 1;
+  std::vector<float> m;
+  for (int i = 0; i < n; ++i) m.push_back(static_cast<float>(start + (stop - start) * i / (n - 1)));
+  m.push_back(1.0f);
+  return m;
+}
+
+// The shared weight amax of a group of weights minimising the summed squared fake-quantization error.
+torch::Tensor mse_weight_amax(const std::vector<torch::Tensor>& weights, const torch::Tensor& initial) {
+  const float a0 = initial.item<float>();
+  if (!(a0 > 0.0f)) return initial;
+  float best_amax = a0;
+  double best_err = INFINITY;
+  for (float m : mse_multipliers()) {
+    const float a = a0 * m;
+    auto amax = torch::full({}, a, torch::TensorOptions().dtype(torch::kFloat32).device(weights[0].device()));
+    double err = 0;
+    for (const auto& w : weights) {
+      auto d = nvfp4::fake_quantize(w, amax).to(torch::kFloat64) - w.to(torch::kFloat64);
+      err += d.pow(2).sum().item<double>();
+    }
+    if (err < best_err || (err == best_err && m == 1.0f)) best_err = err, best_amax = a;
+  }
+  return torch::full({}, best_amax, torch::kFloat32);
+}
+
+}  // namespace
+
+void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg) {
+  auto hooks = hooked(lm);
+  QAD_CHECK(!hooks.empty(), "calibrate: the model has no NVFP4-quantized Linear (call quant::apply_nvfp4 first)");
+  QAD_CHECK(cfg.calib_samples > 0, "calibrate: calib_samples must be positive, got {}", cfg.calib_samples);
+  const auto device = lm->model->embed_tokens->weight.device();
+  // lm_head's input is every position's hidden state; only skip computing all logits when lm_head is not quantized.
+  const bool head_hooked = nvfp4_hook(lm->lm_head) != nullptr;
+
+  auto mask_slot = std::make_shared<torch::Tensor>();
+  int64_t seen = 0;
+  {
+    CalibrationScope scope(hooks, mask_slot);
+    torch::NoGradGuard no_grad;
+    Progress progress("calibrate", cfg.calib_samples, "samples");
+    for_each_batch([&](const torch::Tensor& input_ids, const torch::Tensor& mask) {
+      if (seen >= cfg.calib_samples) return;
+      QAD_CHECK(input_ids.dim() == 2, "calibrate: input_ids must be [batch, tokens], got {} dims", input_ids.dim());
+      const int64_t take = std::min<int64_t>(input_ids.size(0), cfg.calib_samples - seen);
+      auto ids = input_ids.narrow(0, 0, take).to(device, torch::kLong);
+      model::ForwardOptions o;
+      if (mask.defined()) {
+        QAD_CHECK(mask.sizes() == input_ids.sizes(), "calibrate: mask must have the shape of input_ids");
+        *mask_slot = mask.narrow(0, 0, take).to(device).to(torch::kBool);
+        o.attention_mask = mask_slot->to(torch::kLong);
+      } else {
+        *mask_slot = torch::Tensor();
+      }
+      if (!head_hooked) o.logits_to_keep = 1;
+      lm->forward(ids, o);
+      seen += take;
+      progress.advance(take);
+    });
+    progress.finish();
+    for (auto& x : hooks) {
+      QAD_CHECK(x.hook->calib_amax.defined(), "calibrate: {} saw no input (is it used by the forward?)",
+                x.hook->module());
+      auto a = x.hook->calib_amax.cpu();
+      QAD_CHECK(std::isfinite(a.item<float>()), "calibrate: {} saw a non-finite input (amax {}); the model or the "
+                "calibration data produce NaN/Inf", x.hook->module(), a.item<float>());
+      x.hook->input_amax = a;
+    }
+  }
+  QAD_CHECK(seen > 0, "calibrate: the calibration data gave no samples");
+  if (seen < cfg.calib_samples) {
+    fmt::print(stderr, "qad: warning: calibration used {} samples, fewer than the {} asked for\n", seen,
+               cfg.calib_samples);
+  }
+
+  // Fused groups and weights. Ungrouped modules are groups of one.
+  torch::NoGradGuard no_grad;
+  std::map<std::string, std::vector<Hooked*>> groups;
+  for (auto& x : hooks) {
+    auto g = fused_group(x.hook->module());
+    groups[g.empty() ? x.hook->module() : g].push_back(&x);
+  }
+  for (auto& [g, members] : groups) {
+    torch::Tensor in_amax, w_amax;
+    std::vector<torch::Tensor> weights;
+    for (auto* x : members) {
+      auto w = x->linear->weight.detach();
+      auto wa = nvfp4::compute_amax(w).cpu();
+      QAD_CHECK(std::isfinite(wa.item<float>()), "calibrate: {}.weight has NaN or Inf", x->hook->module());
+      w_amax = w_amax.defined() ? torch::maximum(w_amax, wa) : wa;
+      in_amax = in_amax.defined() ? torch::maximum(in_amax, x->hook->input_amax) : x->hook->input_amax;
+      weights.push_back(w);
+    }
+    if (cfg.method == CalibMethod::kMse) w_amax = mse_weight_amax(weights, w_amax);
+    for (auto* x : members) {
+      x->hook->input_amax = in_amax.clone();
+      x->hook->weight_amax = w_amax.clone();
+    }
+  }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::CausalLM& lm) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& x : hooked(lm)) {
+    const auto& m = x.hook->module();
+    if (x.hook->input_amax.defined()) out.emplace_back(m + ".input_quantizer._amax", x.hook->input_amax.cpu().clone());
+    if (x.hook->weight_amax.defined()) {
+      out.emplace_back(m + ".weight_quantizer._amax", x.hook->weight_amax.cpu().clone());
+    }
+  }
+  return out;
+}
+
+void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::string, torch::Tensor>>& state,
+                          const QuantConfig& cfg) {
+  static const std::string kIn = ".input_quantizer._amax", kW = ".weight_quantizer._amax";
+  std::map<std::string, model::Linear> by_name;
+  for (const auto& l : lm->linears()) by_name.emplace(l->name(), l);
+  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> amaxes;  // module -> (input, weight)
+  for (const auto& [name, t] : state) {
+    const bool is_in = name.ends_with(kIn), is_w = name.ends_with(kW);
+    QAD_CHECK(is_in || is_w, "quantizer state: '{}' is not '<module>{}' or '<module>{}'", name, kIn, kW);
+    const auto module = name.substr(0, name.size() - (is_in ? kIn.size() : kW.size()));
+    QAD_CHECK(by_name.count(module), "quantizer state: '{}' names no Linear of this model", name);
+    QAD_CHECK(t.numel() == 1 && t.is_floating_point(), "quantizer state: '{}' must be one float, got {} elements",
+              name, t.numel());
+    auto v = t.detach().reshape({}).to(torch::kCPU, torch::kFloat32).clone();
+    QAD_CHECK(std::isfinite(v.item<float>()) && v.item<float>() >= 0, "quantizer state: '{}' = {} is not a valid amax",
+              name, v.item<float>());
+    (is_in ? amaxes[module].first : amaxes[module].second) = v;
+  }
+  for (const auto& l : lm->linears()) {
+    auto it = amaxes.find(l->name());
+    if (it == amaxes.end()) {
+      if (nvfp4_hook(l) != nullptr) l->quant.reset();
+      continue;
+    }
+    QAD_CHECK(it->second.second.defined(), "quantizer state: {} has an input amax but no '{}{}'", l->name(),
+              l->name(), kW);
+    auto hook = std::make_shared<NvFp4LinearQuant>(l->name());
+    hook->input_amax = it->second.first;
+    hook->weight_amax = it->second.second;
+    hook->ste = cfg.ste;
+    hook->quantize_inputs = cfg.quantize_inputs && hook->input_amax.defined();
+    for (const auto& ov : cfg.overrides) {
+      if (ov.quantize_inputs && glob_match(ov.pattern, l->name())) hook->quantize_inputs = *ov.quantize_inputs;
+    }
+    l->quant = hook;
+  }
+}
+
+}  // namespace qad::quant

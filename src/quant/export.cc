@@ -1,0 +1,143 @@
+// export_nvfp4: the ModelOpt "unified HF" NVFP4 checkpoint (../shared/docs/NVFP4.md) written atomically: packed
+// weights and scales for every quantized Linear, other tensors unchanged, hf_quant_config.json, config.json with
+// quantization_config, tokenizer files. The weight is quantized with the hook's stored amax, so the file decodes
+// to exactly what the fake-quantized model computes with.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors_torch.h"
+#include "nvfp4/quantize.h"
+#include "nvfp4/scales.h"
+#include "quant/export_json.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace qad::quant {
+namespace fs = std::filesystem;
+namespace {
+
+// Tensors to write plus the CPU copies their bytes live in.
+class TensorList {
+ public:
+  void add(const std::string& name, const torch::Tensor& t, std::optional<io::DType> dtype = {}) {
+    auto c = t.detach().to(torch::kCPU).contiguous();
+    keep_.push_back(c);
+    std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
+    refs_.push_back({name, dtype ? *dtype : io::from_scalar_type(c.scalar_type()), shape,
+                     std::span<const std::byte>(static_cast<const std::byte*>(c.data_ptr()), c.nbytes())});
+  }
+  const std::vector<io::TensorRef>& refs() const { return refs_; }
+
+ private:
+  std::vector<torch::Tensor> keep_;
+  std::vector<io::TensorRef> refs_;
+};
+
+// Files that travel with a model but are not weights or its config: tokenizer, generation and chat settings.
+bool is_companion_file(const std::string& name) {
+  static const char* const kNames[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                       "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                                       "generation_config.json", "chat_template.jinja", "chat_template.json",
+                                       "LICENSE"};
+  for (const char* n : kNames) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
+float scalar(const torch::Tensor& t) { return t.detach().cpu().to(torch::kFloat32).reshape({}).item<float>(); }
+
+}  // namespace
+
+void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::path& source_dir) {
+  std::error_code ec;
+  if (!source_dir.empty() && fs::exists(out_dir, ec) && fs::exists(source_dir, ec)) {
+    QAD_CHECK(!fs::equivalent(out_dir, source_dir, ec), "export: --out {} is the source model directory; choose "
+              "another directory", out_dir.string());
+  }
+  if (fs::exists(out_dir, ec)) {
+    QAD_CHECK(fs::is_directory(out_dir, ec), "export: {} exists and is not a directory", out_dir.string());
+    const bool empty = fs::directory_iterator(out_dir, ec) == fs::directory_iterator();
+    QAD_CHECK(empty || fs::exists(out_dir / "hf_quant_config.json", ec),
+              "export: {} exists and is not an NVFP4 export (no hf_quant_config.json); remove it or choose a new "
+              "directory", out_dir.string());
+  }
+
+  // Every quantized module must be exportable as the engines read it.
+  std::map<std::string, NvFp4LinearQuant*> hooks;
+  std::map<std::string, std::pair<float, float>> group_scales;  // group -> (input amax, weight amax)
+  for (const auto& l : lm->linears()) {
+    auto* h = nvfp4_hook(l);
+    if (h == nullptr) continue;
+    const auto& m = l->name();
+    QAD_CHECK(l->in_features() % 16 == 0, "export: {} has input size {}, not a multiple of 16; NVFP4 engines cannot "
+              "load it (apply_nvfp4 leaves such Linears unquantized)", m, l->in_features());
+    QAD_CHECK(h->quantize_inputs, "export: {} does not quantize its inputs; the NVFP4 format is W4A4 (drop "
+              "quantize_inputs: false to export)", m);
+    QAD_CHECK(h->input_amax.defined() && h->weight_amax.defined(), "export: {} is not calibrated (run "
+              "quant::calibrate or load a quantizer state first)", m);
+    const float ia = scalar(h->input_amax), wa = scalar(h->weight_amax);
+    QAD_CHECK(std::isfinite(ia) && std::isfinite(wa) && ia >= 0 && wa >= 0, "export: {} has amaxes input {} weight {}; "
+              "they must be finite", m, ia, wa);
+    if (auto g = fused_group(m); !g.empty()) {
+      auto [it, fresh] = group_scales.emplace(g, std::make_pair(ia, wa));
+      QAD_CHECK(fresh || (it->second.first == ia && it->second.second == wa),
+                "export: fused group {} has different scales across its modules ({}: input amax {} weight amax {} vs "
+                "{} {}); engines need them shared: run quant::calibrate", g, m, ia, wa, it->second.first,
+                it->second.second);
+    }
+    hooks[m] = h;
+  }
+  QAD_CHECK(!hooks.empty(), "export: the model has no NVFP4-quantized Linear (call quant::apply_nvfp4 and "
+            "quant::calibrate first)");
+
+  TensorList out;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, t] : lm->hf_tensors()) {
+    const std::string module = name.ends_with(".weight") ? name.substr(0, name.size() - 7) : std::string();
+    auto it = hooks.find(module);
+    if (it == hooks.end()) {
+      out.add(name, t);
+      continue;
+    }
+    auto* h = it->second;
+    QAD_CHECK(torch::isfinite(t).all().item<bool>(), "export: tensor '{}' has NaN or Inf; refusing to write it",
+              name);
+    auto q = nvfp4::quantize(t.detach(), h->weight_amax.to(t.device(), torch::kFloat32).reshape({}));
+    out.add(module + ".weight", q.packed, io::DType::U8);
+    out.add(module + ".weight_scale", q.block_scales, io::DType::F8_E4M3);
+    out.add(module + ".weight_scale_2", q.global_scale.reshape({}), io::DType::F32);
+    const float in_scale = nvfp4::global_decode_scale(scalar(h->input_amax));
+    out.add(module + ".input_scale", torch::full({}, in_scale, torch::kFloat32), io::DType::F32);
+  }
+
+  const auto exclude = unquantized_modules(lm);
+  const auto dtype = lm->model->embed_tokens->weight.scalar_type();
+  auto config = model::config_json_for_save(lm->config(), model::dtype_config_name(dtype));
+  config["quantization_config"] = config_quantization_json(exclude);
+  const auto hf_quant = hf_quant_config_json(exclude);
+
+  std::vector<fs::path> companions;
+  if (!source_dir.empty()) {
+    for (const auto& e : fs::directory_iterator(source_dir)) {
+      if (e.is_regular_file() && is_companion_file(e.path().filename().string())) companions.push_back(e.path());
+    }
+    if (companions.empty()) {
+      fmt::print(stderr, "qad: warning: {} has no tokenizer files; the export has none either\n", source_dir.string());
+    }
+  }
+  write_directory_atomic(out_dir, [&](const fs::path& tmp) {
+    io::write_checkpoint(tmp, out.refs(), {.max_shard_bytes = 5ull << 30});
+    for (const auto& c : companions) fs::copy_file(c, tmp / c.filename());
+    write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    // Written last: its presence marks a complete export.
+    write_file_atomic(tmp / "hf_quant_config.json", hf_quant.dump(2) + "\n");
+  });
+}
+
+}  // namespace qad::quant

@@ -1,0 +1,209 @@
+// load_nvfp4: an NVFP4 checkpoint in the ModelOpt unified layout (ours or ModelOpt's) as a runnable CausalLM:
+// weights dequantized exactly (the values the engine multiplies with), inputs fake-quantized with the stored
+// static input_scale. Every malformed tensor is reported with its file and name.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "io/safetensors_torch.h"
+#include "nvfp4/quantize.h"
+#include "quant/export_json.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/torch_format.h"
+
+namespace qad::quant {
+namespace fs = std::filesystem;
+namespace {
+
+// The quantization section ({"quant_algo", "group_size", "kv_cache_quant_algo", "exclude_modules"}) from
+// hf_quant_config.json, or else from config.json's quantization_config; null when neither names one.
+nlohmann::json quant_section(const fs::path& dir, std::string* source) {
+  std::error_code ec;
+  const auto hf = dir / "hf_quant_config.json";
+  if (fs::exists(hf, ec)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(hf));
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: not valid JSON ({})", hf.string(), e.what());
+    }
+    QAD_CHECK(j.is_object() && j.contains("quantization") && j["quantization"].is_object(),
+              "{}: has no \"quantization\" object", hf.string());
+    if (source) *source = hf.string();
+    return j["quantization"];
+  }
+  const auto cfg = dir / "config.json";
+  if (!fs::exists(cfg, ec)) return nullptr;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(cfg));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON ({})", cfg.string(), e.what());
+  }
+  if (!j.is_object() || !j.contains("quantization_config") || !j["quantization_config"].is_object()) return nullptr;
+  const auto& q = j["quantization_config"];
+  if (q.value("quant_method", std::string()) != "modelopt") return nullptr;
+  nlohmann::json s = {{"quant_algo", q.value("quant_algo", std::string())},
+                      {"exclude_modules", q.value("ignore", nlohmann::json::array())}};
+  if (q.contains("group_size")) {
+    s["group_size"] = q["group_size"];
+  } else if (q.contains("config_groups")) {
+    s["group_size"] = q["config_groups"].value("group_0", nlohmann::json::object())
+                          .value("weights", nlohmann::json::object())
+                          .value("group_size", nlohmann::json());
+  }
+  s["kv_cache_quant_algo"] = q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null() ? "set" : nullptr;
+  if (source) *source = cfg.string() + " (quantization_config)";
+  return s;
+}
+
+struct Loaded {
+  torch::Tensor tensor;
+  io::DType dtype;
+  std::string where;  // "<file>: tensor '<name>'"
+};
+
+Loaded fetch(const io::Checkpoint& ckpt, const std::string& name, const fs::path& dir) {
+  const auto* e = ckpt.find(name);
+  QAD_CHECK(e != nullptr, "{}: tensor '{}' is missing (an NVFP4 Linear needs .weight, .weight_scale, "
+            ".weight_scale_2 and .input_scale)", dir.string(), name);
+  return {io::to_tensor(*e), e->info->dtype, fmt::format("{}: tensor '{}'", e->file->path().string(), name)};
+}
+
+float scalar_f32(const Loaded& t) {
+  QAD_CHECK(t.dtype == io::DType::F32, "{} must be F32, got {}", t.where, io::dtype_name(t.dtype));
+  QAD_CHECK(t.tensor.numel() == 1, "{} must be a scalar, got shape {}", t.where, shape_str(t.tensor.sizes()));
+  const float v = t.tensor.reshape({}).item<float>();
+  QAD_CHECK(std::isfinite(v) && v >= 0.0f, "{} = {} is not a finite non-negative scale", t.where, v);
+  return v;
+}
+
+}  // namespace
+
+bool is_nvfp4_checkpoint(const fs::path& dir) {
+  try {
+    auto s = quant_section(dir, nullptr);
+    return s.is_object() && s.value("quant_algo", std::string()) == "NVFP4";
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::ScalarType dtype) {
+  model::dtype_config_name(dtype);  // validates
+  std::error_code ec;
+  QAD_CHECK(fs::is_directory(dir, ec), "{}: not a directory (an NVFP4 checkpoint is a directory)", dir.string());
+  std::string source;
+  const auto section = quant_section(dir, &source);
+  QAD_CHECK(section.is_object(), "{}: not an NVFP4 checkpoint (no hf_quant_config.json and no modelopt "
+            "quantization_config in config.json); load it as a plain HF model", dir.string());
+  const auto algo = section.value("quant_algo", std::string());
+  QAD_CHECK(algo == "NVFP4", "{}: quant_algo is '{}', not NVFP4; only NVFP4 checkpoints are supported", source, algo);
+  QAD_CHECK(section.contains("group_size") && section["group_size"].is_number_integer() &&
+                section["group_size"].get<int64_t>() == kGroupSize,
+            "{}: group_size must be 16 for NVFP4, got {}", source,
+            section.contains("group_size") ? section["group_size"].dump() : "nothing");
+  QAD_CHECK(!section.contains("kv_cache_quant_algo") || section["kv_cache_quant_algo"].is_null(),
+            "{}: kv_cache_quant_algo {} is not supported (qad runs the KV cache in high precision)", source,
+            section.value("kv_cache_quant_algo", nlohmann::json()).dump());
+
+  auto config = model::load_config(dir);
+  model::CausalLM lm(config);
+  auto ckpt = io::Checkpoint::open(dir);
+  std::set<std::string> used;
+  torch::NoGradGuard no_grad;
+
+  // Quantized Linears: the checkpoint has <p>.weight_scale.
+  std::set<std::string> quantized_weights;
+  for (const auto& l : lm->linears()) {
+    const auto& p = l->name();
+    if (ckpt.find(p + ".weight_scale") == nullptr) {
+      QAD_CHECK(ckpt.find(p + ".input_scale") == nullptr && ckpt.find(p + ".weight_scale_2") == nullptr,
+                "{}: '{}' has NVFP4 scales but no '{}.weight_scale'", dir.string(), p, p);
+      continue;
+    }
+    QAD_CHECK(!(p == "lm_head" && config.tie_word_embeddings), "{}: lm_head is quantized but tied to the embeddings "
+              "in config.json; untie it (tie_word_embeddings: false) or export it unquantized", dir.string());
+    const int64_t out = l->out_features(), in = l->in_features();
+    auto w = fetch(ckpt, p + ".weight", dir), ws = fetch(ckpt, p + ".weight_scale", dir),
+         ws2 = fetch(ckpt, p + ".weight_scale_2", dir), is = fetch(ckpt, p + ".input_scale", dir);
+    QAD_CHECK(in % kGroupSize == 0, "{}: the Linear's input size {} (config.json) is not a multiple of 16; NVFP4 "
+              "cannot hold it", w.where, in);
+    QAD_CHECK(w.dtype == io::DType::U8, "{} must be U8 (packed E2M1), got {}", w.where, io::dtype_name(w.dtype));
+    QAD_CHECK(w.tensor.dim() == 2 && w.tensor.size(0) == out && w.tensor.size(1) == in / 2,
+              "{} has shape {} but a packed [{}, {}] (= [out, in/2]) was expected", w.where,
+              shape_str(w.tensor.sizes()), out, in / 2);
+    QAD_CHECK(ws.dtype == io::DType::F8_E4M3, "{} must be F8_E4M3, got {}", ws.where, io::dtype_name(ws.dtype));
+    QAD_CHECK(ws.tensor.dim() == 2 && ws.tensor.size(0) == out && ws.tensor.size(1) == in / kGroupSize,
+              "{} has shape {} but [{}, {}] (= [out, in/16]) was expected", ws.where, shape_str(ws.tensor.sizes()),
+              out, in / kGroupSize);
+    const float sg_w = scalar_f32(ws2), sg_in = scalar_f32(is);
+    auto scales = ws.tensor.scalar_type() == torch::kUInt8 ? ws.tensor : ws.tensor.view(torch::kUInt8);
+    nvfp4::QuantizedTensor q{w.tensor.to(device), scales.to(device),
+                             torch::full({}, sg_w, torch::TensorOptions().dtype(torch::kFloat32).device(device)), in};
+    l->weight.set_data(nvfp4::dequantize(q, dtype));
+    quantized_weights.insert(p + ".weight");
+    for (const auto* suffix : {".weight", ".weight_scale", ".weight_scale_2", ".input_scale"}) used.insert(p + suffix);
+
+    auto hook = std::make_shared<NvFp4LinearQuant>(p);
+    hook->quantize_weights = false;  // already the NVFP4 values; see quantize_model.h
+    hook->weight_amax = torch::full({}, amax_for_scale(sg_w, ws2.where), torch::kFloat32);
+    hook->input_amax = torch::full({}, amax_for_scale(sg_in, is.where), torch::kFloat32);
+    l->quant = hook;
+  }
+
+  // Everything else exactly as CausalLM::load does it.
+  std::vector<std::string> missing;
+  for (auto& [name, param] : lm->hf_tensors()) {
+    if (quantized_weights.count(name)) continue;
+    const auto* entry = ckpt.find(name);
+    if (entry == nullptr) {
+      missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    auto src = io::to_tensor(*entry);
+    QAD_CHECK(src.sizes() == param.sizes(), "{}: tensor '{}' has shape {} but config.json implies {}",
+              entry->file->path().string(), name, shape_str(src.sizes()), shape_str(param.sizes()));
+    QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight (is its module missing "
+              "'{}_scale'?)", entry->file->path().string(), name, c10::toString(src.scalar_type()), name);
+    param.set_data(src.to(device, dtype));
+  }
+  QAD_CHECK(missing.empty(), "{}: {} tensor(s) missing from the checkpoint, first '{}'", dir.string(), missing.size(),
+            missing.empty() ? "" : missing.front());
+  for (const auto& name : ckpt.names()) {
+    if (used.count(name)) continue;
+    if (config.tie_word_embeddings && name == "lm_head.weight") continue;
+    if (name.ends_with("rotary_emb.inv_freq")) continue;
+    fail("{}: tensor '{}' does not belong to a {} with this config", dir.string(), name, config.architecture_name);
+  }
+
+  // Engines give a fused group one input_scale and weight_scale_2 (vLLM takes the max); say so when they differ.
+  std::map<std::string, std::pair<float, float>> groups;
+  for (const auto& l : lm->linears()) {
+    auto* h = nvfp4_hook(l);
+    if (h == nullptr) continue;
+    auto g = fused_group(l->name());
+    if (g.empty()) continue;
+    const std::pair<float, float> s{h->input_amax.item<float>(), h->weight_amax.item<float>()};
+    auto [it, fresh] = groups.emplace(g, s);
+    if (!fresh && it->second != s) {
+      fmt::print(stderr, "qad: warning: {}: fused group {} does not share input_scale / weight_scale_2 across its "
+                 "modules; engines will use the max, so they compute differently from this import\n", dir.string(), g);
+    }
+  }
+  lm->to(device, dtype);
+  return lm;
+}
+
+model::CausalLM load_any(const fs::path& dir, torch::Device device, torch::ScalarType dtype) {
+  if (is_nvfp4_checkpoint(dir)) return load_nvfp4(dir, device, dtype);
+  return model::CausalLM::load(dir, device, dtype);
+}
+
+}  // namespace qad::quant

@@ -1,0 +1,91 @@
+// The NVFP4 fake-quant hook of one Linear, fused-group naming, and the amax that reproduces a stored scale.
+#include "quant/linear_quant.h"
+
+#include <fnmatch.h>
+
+#include <cmath>
+#include <fmt/format.h>
+
+#include "nvfp4/quantize.h"
+#include "nvfp4/scales.h"
+#include "util/error.h"
+
+namespace qad::quant {
+
+torch::Tensor NvFp4LinearQuant::on_device(torch::Tensor& t, const torch::Device& d) {
+  // Hooks are not registered modules, so lm->to(device) does not move their amaxes: follow the tensor.
+  if (t.device() != d) t = t.to(d);
+  return t;
+}
+
+torch::Tensor NvFp4LinearQuant::input(const torch::Tensor& x) {
+  if (calibrating) {
+    torch::NoGradGuard no_grad;
+    torch::Tensor a;
+    const torch::Tensor* mask = calib_mask ? calib_mask.get() : nullptr;
+    if (mask != nullptr && mask->defined() && x.dim() == 3 && x.size(0) == mask->size(0) &&
+        x.size(1) == mask->size(1)) {
+      // Padding rows are real computations on pad embeddings; they must not set the static scale.
+      auto row_amax = x.detach().abs().amax(-1).to(torch::kFloat32);
+      a = row_amax.masked_fill(mask->to(x.device()).logical_not(), 0.0f).max();
+    } else {
+      a = nvfp4::compute_amax(x.detach());
+    }
+    calib_amax = calib_amax.defined() ? torch::maximum(calib_amax, a) : a;
+    return x;
+  }
+  if (!quantize_inputs) return x;
+  QAD_CHECK(input_amax.defined(), "{}: the input quantizer is not calibrated (run quant::calibrate, or load a "
+            "quantizer state, before the forward)", module_);
+  return nvfp4::fake_quantize_ste(x, on_device(input_amax, x.device()), ste);
+}
+
+torch::Tensor NvFp4LinearQuant::weight(const torch::Tensor& w) {
+  if (calibrating || !quantize_weights) return w;
+  QAD_CHECK(weight_amax.defined(), "{}: the weight quantizer has no amax (apply_nvfp4 sets it)", module_);
+  return nvfp4::fake_quantize_ste(w, on_device(weight_amax, w.device()), ste);
+}
+
+NvFp4LinearQuant* nvfp4_hook(const model::Linear& l) {
+  return dynamic_cast<NvFp4LinearQuant*>(l->quant.get());
+}
+
+std::string fused_group(const std::string& module) {
+  const auto dot = module.rfind('.');
+  if (dot == std::string::npos) return {};
+  const std::string prefix = module.substr(0, dot), leaf = module.substr(dot + 1);
+  if (leaf == "q_proj" || leaf == "k_proj" || leaf == "v_proj") return prefix + ".qkv";
+  if (leaf == "gate_proj" || leaf == "up_proj") return prefix + ".gate_up";
+  return {};
+}
+
+bool glob_match(const std::string& pattern, const std::string& name) {
+  return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;  // no FNM_PATHNAME: '*' also matches '.'
+}
+
+float amax_for_scale(float scale, const std::string& what) {
+  QAD_CHECK(std::isfinite(scale) && scale >= 0.0f, "{}: scale {} is not a finite non-negative number", what, scale);
+  // A = scale * 2688 is usually exact; the division's rounding can make A / 2688 land one ulp away, so look
+  // at the neighbours. Every scale written as fl(A / 2688) (ModelOpt, qad) has such an A.
+  const float a0 = scale * nvfp4::kScaleDenominator;
+  float best = a0;
+  float best_err = std::fabs(nvfp4::global_decode_scale(a0) - scale);
+  float lo = a0, hi = a0;
+  for (int i = 0; i < 8 && best_err != 0.0f; ++i) {
+    lo = std::nextafter(lo, 0.0f);
+    hi = std::nextafter(hi, INFINITY);
+    for (float c : {lo, hi}) {
+      const float e = std::fabs(nvfp4::global_decode_scale(c) - scale);
+      if (e < best_err) best = c, best_err = e;
+    }
+  }
+  if (best_err != 0.0f) {
+    fmt::print(stderr,
+               "qad: warning: {}: scale {:.9g} is not A/2688 for any float32 A; using the nearest ({:.9g}); "
+               "activations may differ from the engine's in the last bit\n",
+               what, scale, nvfp4::global_decode_scale(best));
+  }
+  return best;
+}
+
+}  // namespace qad::quant

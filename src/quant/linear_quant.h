@@ -1,0 +1,58 @@
+// NvFp4LinearQuant: the NVFP4 fake-quant hook one quantized model::Linear carries. Weight and input are
+// fake-quantized with FIXED global amaxes (calibrated once) and dynamic block scales; during calibration the
+// hook passes tensors through unchanged and records the input amax instead. Deterministic (activation
+// checkpointing re-runs it).
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+#include "model/causal_lm.h"
+#include "model/linear.h"
+#include "nvfp4/fake_quantize_autograd.h"
+
+namespace qad::quant {
+
+class NvFp4LinearQuant : public model::LinearQuantHook {
+ public:
+  explicit NvFp4LinearQuant(std::string module) : module_(std::move(module)) {}
+
+  torch::Tensor input(const torch::Tensor& x) override;
+  torch::Tensor weight(const torch::Tensor& w) override;
+
+  const std::string& module() const { return module_; }
+
+  // Float32 scalars (any device; moved to the tensor's device on use). Undefined = not calibrated.
+  torch::Tensor input_amax;
+  torch::Tensor weight_amax;
+  bool quantize_inputs = true;
+  bool quantize_weights = true;  // false for imported checkpoints, whose weights already are NVFP4 values
+  nvfp4::StraightThrough ste = nvfp4::StraightThrough::kIdentity;
+
+  // Calibration: while on, input() records max |x| (over rows where `calib_mask` is set, when it matches x's
+  // leading dims) into calib_amax and nothing is quantized.
+  bool calibrating = false;
+  torch::Tensor calib_amax;
+  std::shared_ptr<torch::Tensor> calib_mask;  // shared by all hooks of a model during calibration
+
+ private:
+  static torch::Tensor on_device(torch::Tensor& t, const torch::Device& d);
+  std::string module_;
+};
+
+// The hook of `l`, or nullptr when it has none or one of another kind.
+NvFp4LinearQuant* nvfp4_hook(const model::Linear& l);
+
+// The fused group a module belongs to: "<layer>.self_attn.qkv" for q/k/v_proj, "<layer>.mlp.gate_up" for
+// gate/up_proj; empty for modules engines do not fuse.
+std::string fused_group(const std::string& module);
+
+// fnmatch glob over a module name ('*' matches dots too, as Python's fnmatch that ModelOpt and vLLM use).
+bool glob_match(const std::string& pattern, const std::string& name);
+
+// A float32 amax A whose decode scale A / 2688 (computed as the kernels do) is exactly `scale`: the amax that
+// reproduces a checkpoint's stored weight_scale_2 / input_scale. Throws naming `what` when none exists.
+float amax_for_scale(float scale, const std::string& what);
+
+}  // namespace qad::quant

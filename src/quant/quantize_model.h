@@ -1,0 +1,88 @@
+// NVFP4 quantization of a whole CausalLM: which Linears (QuantConfig), fake-quant hooks (apply_nvfp4),
+// PTQ calibration (max / MSE), quantizer state for training checkpoints, and the ModelOpt "unified HF"
+// export and its import. Semantics and file layout: docs/quant.md (contract: ../shared/docs/NVFP4.md).
+#pragma once
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/causal_lm.h"
+#include "nvfp4/fake_quantize_autograd.h"
+
+namespace qad::quant {
+
+enum class CalibMethod { kMax, kMse };
+
+// A per-module override: the last override whose glob matches a module name wins over include/exclude.
+struct ModuleOverride {
+  std::string pattern;                   // fnmatch glob over the HF module name
+  std::optional<bool> quantize;          // true: quantize even if excluded; false: leave in high precision
+  std::optional<bool> quantize_inputs;   // per-module activation fake quant
+};
+
+struct QuantConfig {                       // which Linears, and how (docs/quant.md)
+  std::vector<std::string> include = {"*"};            // fnmatch globs over HF module names (model::Linear::name())
+  std::vector<std::string> exclude = {"lm_head", "*embed_tokens*", "*norm*", "*router*", "*.gate"};  // ModelOpt's default disabled list semantics
+  nvfp4::StraightThrough ste = nvfp4::StraightThrough::kIdentity;
+  CalibMethod method = CalibMethod::kMax;
+  int64_t calib_samples = 512;
+  bool quantize_inputs = true;             // activations fake-quantized with the calibrated static amax
+  std::vector<ModuleOverride> overrides;   // per-module overrides, applied in order
+};
+
+// Reads the `quant:` section of a run config (keys as the struct's fields; `method: max|mse`,
+// `ste: identity|clipped`, `overrides: [{pattern, quantize, quantize_inputs}]`). Unknown keys throw.
+QuantConfig quant_config_from_yaml(const YAML::Node& node);
+CalibMethod parse_calib_method(const std::string& s);        // "max" | "mse"
+nvfp4::StraightThrough parse_ste(const std::string& s);      // "identity" | "clipped"
+
+// Installs NVFP4 fake-quant hooks (model::LinearQuantHook) on every matching Linear whose input size is a multiple
+// of 16 (others are left unquantized, warned about, and listed); returns the quantized module names.
+// A fused group (q/k/v; gate/up) is quantized all or not at all (engines fuse them). The weight global amax is
+// set from the weights at once (max over the fused group); inputs need calibrate() before the first forward.
+std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg);
+
+// The batches calibrate() reads: for_each_batch(sink) calls sink(input_ids [B,T] int64, mask) per batch; mask is
+// [B,T] (1/true = real token) or undefined (all real).
+using BatchSink = std::function<void(const torch::Tensor& input_ids, const torch::Tensor& mask)>;
+using BatchSource = std::function<void(const BatchSink&)>;
+
+// Calibration: runs the model on batches (callback gives batches of input_ids [B,T] int64 plus optional mask),
+// collects input amax per quantized Linear (max, or MSE search for the weight scale as ModelOpt's mse calibrator),
+// sets weight amax from the weights, then makes fused groups (q/k/v; gate/up) share input amax and weight global
+// scale (max over the group). Shows progress. After this the global amaxes are fixed (training keeps them fixed).
+// Rows beyond cfg.calib_samples are ignored. Padding positions (mask 0) do not count towards the input amax.
+void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg);
+
+// Quantizer state (all amaxes, names) for training checkpoints; load restores hooks+amaxes onto a model.
+// Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU).
+std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::CausalLM& lm);
+// The modules named in `state` get hooks (others lose theirs); cfg gives ste and quantize_inputs.
+void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::string, torch::Tensor>>& state,
+                          const QuantConfig& cfg);
+
+// Names of the Linears that carry an NVFP4 hook / that do not (these go to exclude_modules on export).
+std::vector<std::string> quantized_modules(const model::CausalLM& lm);
+std::vector<std::string> unquantized_modules(const model::CausalLM& lm);
+
+// Export in the ModelOpt unified HF layout, atomically (nothing complete-looking on failure), tokenizer files copied.
+// The weight is quantized with the hook's stored (fixed, calibrated) weight amax, so the file decodes to exactly
+// the weights the fake-quantized model computes with, also after training moved the weights.
+void export_nvfp4(const model::CausalLM& lm, const std::filesystem::path& out_dir, const std::filesystem::path& source_dir /*config, tokenizer files*/);
+
+// Import an NVFP4 checkpoint (ours or a ModelOpt export): dequantized weights (exact), input fake quant with the stored input_scale.
+// The hooks keep weight amax = weight_scale_2 * 2688 in their state but do not re-quantize the (already NVFP4)
+// weights; enable_weight_fake_quant() switches that on to train from an imported checkpoint.
+model::CausalLM load_nvfp4(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
+bool is_nvfp4_checkpoint(const std::filesystem::path& dir);
+// Loads either kind: NVFP4 checkpoints through load_nvfp4, plain HF ones through CausalLM::load.
+model::CausalLM load_any(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
+void enable_weight_fake_quant(model::CausalLM& lm, bool on = true);
+
+}  // namespace qad::quant
