@@ -72,7 +72,7 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
     co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
     // CKA over the real input tokens (prompt and answer alike), not only the supervised ones.
     auto r = loss::cka_loss(t_out.hidden, s_out.hidden, fo.attention_mask, co, gen,
-                            v.kl ? std::optional<double>(*v.kl) : std::nullopt);
+                            v.kl);
     double term = 0;
     for (const auto& [n, c] : r.per_layer_cka) term += (1 - c) / static_cast<double>(r.per_layer_cka.size());
     v.cka_term = term;

@@ -11,18 +11,13 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
-#if __has_include("quant/quantize_model.h")
-#include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
-#define QAD_TRAIN_HAS_QUANT 1
-#endif
 
 namespace qad::train {
 namespace fs = std::filesystem;
 
 bool method_quantizes(Method m) { return m != Method::kPretrain; }
 
-#ifdef QAD_TRAIN_HAS_QUANT
 namespace {
 quant::QuantConfig quant_config(const TrainConfig& cfg) {
   YAML::Node node = YAML::Load(cfg.quant.options.dump());
@@ -31,7 +26,6 @@ quant::QuantConfig quant_config(const TrainConfig& cfg) {
   return qc;
 }
 }  // namespace
-#endif
 
 Student build_student(const TrainConfig& cfg, torch::Device device, torch::ScalarType dtype, const CalibSource& calib,
                       bool calibrate) {
@@ -40,7 +34,6 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
     s.lm = model::CausalLM::load(cfg.run.teacher, device, dtype);
     return s;
   }
-#ifdef QAD_TRAIN_HAS_QUANT
   const auto qc = quant_config(cfg);
   if (!cfg.quant.student.empty()) {
     s.lm = quant::load_nvfp4(cfg.quant.student, device, dtype);
@@ -52,11 +45,17 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
   }
   s.quantized = true;
   s.quantized_modules = quant::quantized_modules(s.lm);
-#else
-  (void)calib, (void)calibrate;
-  fmt::print(stderr, "qad: warning: this build has no quantization library; the student is NOT quantized\n");
-  s.lm = model::CausalLM::load(cfg.run.teacher, device, dtype);
-#endif
+  return s;
+}
+
+Student quantize_student(model::CausalLM lm, const TrainConfig& cfg, const CalibSource& calib) {
+  Student s;
+  s.lm = std::move(lm);
+  const auto qc = quant_config(cfg);
+  quant::apply_nvfp4(s.lm, qc);
+  quant::calibrate(s.lm, calib, qc);
+  s.quantized = true;
+  s.quantized_modules = quant::quantized_modules(s.lm);
   return s;
 }
 
@@ -64,20 +63,14 @@ QuantizerSnapshot quantizer_state(const Student& s) {
   QuantizerSnapshot q;
   q.meta["quantized"] = s.quantized;
   q.meta["modules"] = s.quantized_modules;
-#ifdef QAD_TRAIN_HAS_QUANT
   if (s.quantized) q.tensors = quant::quantizer_state(s.lm);
-#endif
   return q;
 }
 
 void load_quantizer_state(Student& s, const TrainConfig& cfg, const QuantizerSnapshot& snap) {
   if (!s.quantized) return;
-#ifdef QAD_TRAIN_HAS_QUANT
   quant::load_quantizer_state(s.lm, snap.tensors, quant_config(cfg));
   s.quantized_modules = quant::quantized_modules(s.lm);
-#else
-  (void)cfg, (void)snap;
-#endif
 }
 
 namespace {
@@ -92,14 +85,10 @@ std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, b
   std::vector<fs::path> out;
   const fs::path root = fs::path(cfg.run.out) / "export";
   fs::create_directories(root);
-#ifdef QAD_TRAIN_HAS_QUANT
   if (nvfp4 && s.quantized) {
     quant::export_nvfp4(s.lm, root / "nvfp4", cfg.run.teacher);
     out.push_back(root / "nvfp4");
   }
-#else
-  (void)nvfp4;
-#endif
   if (!s.quantized) {
     s.lm->save(root / "hf");
     copy_tokenizer_files(cfg.run.teacher, root / "hf");
@@ -129,9 +118,7 @@ std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, b
 
 model::CausalLM load_run_student(const fs::path& run_dir, torch::Device device, torch::ScalarType dtype) {
   const auto dir = run_dir / "export";
-#ifdef QAD_TRAIN_HAS_QUANT
   if (fs::exists(dir / "nvfp4")) return quant::load_nvfp4(dir / "nvfp4", device, dtype);
-#endif
   QAD_CHECK(fs::exists(dir / "hf" / "config.json"), "{}: no exported student (export/nvfp4 or export/hf)",
             run_dir.string());
   return model::CausalLM::load(dir / "hf", device, dtype);

@@ -35,6 +35,9 @@ bool method_quantizes(Method m);
 Student build_student(const TrainConfig& cfg, torch::Device device, torch::ScalarType dtype, const CalibSource& calib,
                       bool calibrate = true);
 
+// Installs NVFP4 on an in-memory model (e.g. a random one in the benchmarks) and calibrates it on `calib`.
+Student quantize_student(model::CausalLM lm, const TrainConfig& cfg, const CalibSource& calib);
+
 QuantizerSnapshot quantizer_state(const Student& s);
 void load_quantizer_state(Student& s, const TrainConfig& cfg, const QuantizerSnapshot& snap);
 
