@@ -10,6 +10,7 @@
 #include "cli/text_codec.h"
 #include "model/causal_lm.h"
 #include "model/generate.h"
+#include "quant/quantize_model.h"
 #include "util/error.h"
 #include "util/torch_compat.h"
 
@@ -66,7 +67,8 @@ int run(const GenerateArgs& a) {
   }
   QAD_CHECK(!prompts.empty(), "give at least one --prompt TEXT or --prompt-ids 1,2,3");
 
-  auto lm = model::CausalLM::load(a.model, device, model::CausalLM::default_dtype(device));
+  // NVFP4 exports (qad quantize, ModelOpt) load dequantized with input fake quant, as the engines compute.
+  auto lm = quant::load_any(a.model, device, model::CausalLM::default_dtype(device));
   lm->eval();
   model::GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
@@ -109,7 +111,7 @@ int run(const GenerateArgs& a) {
 void register_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   auto* cmd = app.add_subcommand("generate", "Continue prompts with an HF checkpoint (KV cache, greedy or sampled)");
-  cmd->add_option("--model", a->model, "HF model directory (config.json + safetensors)")->required();
+  cmd->add_option("--model", a->model, "HF model directory (config.json + safetensors), or an NVFP4 export")->required();
   cmd->add_option("--prompt", a->prompts, "prompt text (repeatable; needs the tokenizer)");
   cmd->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids, BOS included (repeatable)");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate per prompt")->check(CLI::NonNegativeNumber);

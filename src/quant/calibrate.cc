@@ -21,7 +21,7 @@ struct Hooked {
 
 std::vector<Hooked> hooked(const model::CausalLM& lm) {
   std::vector<Hooked> out;
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     if (auto* h = nvfp4_hook(l)) out.push_back({l, h});
   }
   return out;
@@ -181,7 +181,7 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
               name, v.item<float>());
     (is_in ? amaxes[module].first : amaxes[module].second) = v;
   }
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     auto it = amaxes.find(l->name());
     if (it == amaxes.end()) {
       if (nvfp4_hook(l) != nullptr) l->quant.reset();

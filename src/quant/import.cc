@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -57,7 +58,8 @@ nlohmann::json quant_section(const fs::path& dir, std::string* source) {
                           .value("weights", nlohmann::json::object())
                           .value("group_size", nlohmann::json());
   }
-  s["kv_cache_quant_algo"] = q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null() ? "set" : nullptr;
+  s["kv_cache_quant_algo"] = nlohmann::json();
+  if (q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null()) s["kv_cache_quant_algo"] = q["kv_cache_scheme"];
   if (source) *source = cfg.string() + " (quantization_config)";
   return s;
 }
@@ -120,7 +122,7 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
 
   // Quantized Linears: the checkpoint has <p>.weight_scale.
   std::set<std::string> quantized_weights;
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     const auto& p = l->name();
     if (ckpt.find(p + ".weight_scale") == nullptr) {
       QAD_CHECK(ckpt.find(p + ".input_scale") == nullptr && ckpt.find(p + ".weight_scale_2") == nullptr,
@@ -185,7 +187,7 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
 
   // Engines give a fused group one input_scale and weight_scale_2 (vLLM takes the max); say so when they differ.
   std::map<std::string, std::pair<float, float>> groups;
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     auto* h = nvfp4_hook(l);
     if (h == nullptr) continue;
     auto g = fused_group(l->name());

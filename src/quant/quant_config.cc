@@ -114,7 +114,7 @@ QuantConfig quant_config_from_yaml(const YAML::Node& node) {
 std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg) {
   const auto linears = lm->linears();
   std::map<std::string, Decision> chosen;  // module -> decision, only the selected ones
-  for (const auto& l : linears) {
+  for (auto l : linears) {
     const auto& name = l->name();
     auto d = decide(cfg, name);
     if (!d.quantize) continue;
@@ -131,7 +131,7 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
   }
   // Engines fuse q/k/v and gate/up into one GEMM: a group is quantized whole or not at all.
   std::map<std::string, std::vector<std::string>> groups;
-  for (const auto& l : linears) {
+  for (auto l : linears) {
     if (auto g = fused_group(l->name()); !g.empty()) groups[g].push_back(l->name());
   }
   for (const auto& [g, members] : groups) {
@@ -146,7 +146,7 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
   torch::NoGradGuard no_grad;
   std::vector<std::string> names;
   std::map<std::string, torch::Tensor> group_amax;
-  for (const auto& l : linears) {
+  for (auto l : linears) {
     auto it = chosen.find(l->name());
     if (it == chosen.end()) {
       if (nvfp4_hook(l) != nullptr) l->quant.reset();
@@ -163,7 +163,7 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
     l->quant = hook;
     names.push_back(l->name());
   }
-  for (const auto& l : linears) {
+  for (auto l : linears) {
     auto* h = nvfp4_hook(l);
     if (h == nullptr) continue;
     if (auto g = fused_group(l->name()); !g.empty()) h->weight_amax = group_amax.at(g).clone();
@@ -173,7 +173,7 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
 
 std::vector<std::string> quantized_modules(const model::CausalLM& lm) {
   std::vector<std::string> out;
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     if (nvfp4_hook(l) != nullptr) out.push_back(l->name());
   }
   return out;
@@ -181,14 +181,14 @@ std::vector<std::string> quantized_modules(const model::CausalLM& lm) {
 
 std::vector<std::string> unquantized_modules(const model::CausalLM& lm) {
   std::vector<std::string> out;
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     if (nvfp4_hook(l) == nullptr) out.push_back(l->name());
   }
   return out;
 }
 
 void enable_weight_fake_quant(model::CausalLM& lm, bool on) {
-  for (const auto& l : lm->linears()) {
+  for (auto l : lm->linears()) {
     if (auto* h = nvfp4_hook(l)) h->quantize_weights = on;
   }
 }

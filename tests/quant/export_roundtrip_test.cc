@@ -1,0 +1,264 @@
+// Export -> import: the imported NVFP4 checkpoint computes bit-identical logits to the fake-quantized model it
+// was exported from (FP32 on every fixture and stories260K, BF16 on one), the export is atomic, and bad
+// checkpoints are refused with the file and tensor named.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+
+#include "io/safetensors_torch.h"
+#include "io/safetensors_writer.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+#include "quant_test_util.h"
+#include "util/atomic_file.h"
+
+namespace qad::testing {
+namespace {
+namespace fs = std::filesystem;
+
+fs::path scratch(const std::string& name) {
+  auto p = fs::temp_directory_path() / fmt::format("qad_quant_{}_{}", ::getpid(), name);
+  fs::remove_all(p);
+  return p;
+}
+
+void expect_error_containing(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected qad::Error";
+  } catch (const Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << " / " << p;
+  }
+}
+
+class RoundTrip : public ::testing::TestWithParam<std::tuple<int, torch::ScalarType>> {};
+
+TEST_P(RoundTrip, ImportedLogitsAreBitIdentical) {
+  const auto dir = quant_model_dirs()[std::get<0>(GetParam())];
+  const auto dtype = std::get<1>(GetParam());
+  auto lm = quantized_fixture(dir, dtype);
+  const int64_t vocab = lm->config().vocab_size;
+  auto ids = torch::randint(vocab, {2, 33}, seeded_generator(17), torch::kLong);
+  ids[0][0] = 1;
+  auto mask = torch::ones({2, 33}, torch::kLong);
+  mask[1].narrow(0, 0, 5).fill_(0);
+  model::ForwardOptions o;
+  o.attention_mask = mask;
+  auto want = lm->forward(ids, o).logits;
+
+  auto out = scratch(dir.filename().string() + "_" + model::dtype_config_name(dtype));
+  quant::export_nvfp4(lm, out, dir);
+  ASSERT_TRUE(quant::is_nvfp4_checkpoint(out));
+  EXPECT_FALSE(quant::is_nvfp4_checkpoint(dir));
+  auto back = quant::load_nvfp4(out, torch::kCPU, dtype);
+  EXPECT_EQ(quant::quantized_modules(back), quant::quantized_modules(lm));
+  auto got = back->forward(ids, o).logits;
+  EXPECT_TRUE(same_bits(got, want)) << dir;
+  // The weights themselves equal the fake-quantized ones.
+  auto la = lm->linears(), lb = back->linears();
+  for (size_t i = 0; i < la.size(); ++i) {
+    auto* h = quant::nvfp4_hook(la[i]);
+    auto w = h ? h->weight(la[i]->weight) : la[i]->weight;
+    EXPECT_TRUE(same_bits(lb[i]->weight, w)) << la[i]->name();
+  }
+  // And the quantizer state of the import reproduces the stored scales.
+  auto sa = quant::quantizer_state(lm), sb = quant::quantizer_state(back);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) {
+    EXPECT_EQ(sa[i].first, sb[i].first);
+    EXPECT_EQ(sa[i].second.item<float>() / 2688.0f, sb[i].second.item<float>() / 2688.0f) << sa[i].first;
+  }
+  if (dir.filename() == "stories260K") {
+    EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
+    EXPECT_TRUE(fs::exists(out / "generation_config.json"));
+    EXPECT_FALSE(fs::exists(out / "golden_logits.safetensors"));
+  }
+  fs::remove_all(out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, RoundTrip,
+                         ::testing::Values(std::make_tuple(0, torch::kFloat32), std::make_tuple(1, torch::kFloat32),
+                                           std::make_tuple(2, torch::kFloat32), std::make_tuple(3, torch::kFloat32),
+                                           std::make_tuple(4, torch::kFloat32), std::make_tuple(0, torch::kBFloat16),
+                                           std::make_tuple(4, torch::kBFloat16)));
+
+// Training moves the weights past the calibrated amax: the export still decodes to what the model computes.
+TEST(Export, WeightsBeyondTheFixedAmax) {
+  const auto dir = source_dir() / "tests/fixtures/models/llama3_rope_gqa_untied";
+  auto lm = quantized_fixture(dir);
+  {
+    torch::NoGradGuard g;
+    for (const auto& l : lm->linears()) l->weight.mul_(1.7).add_(0.01);
+  }
+  auto ids = torch::randint(256, {1, 20}, seeded_generator(3), torch::kLong);
+  auto want = lm->forward(ids).logits;
+  auto out = scratch("moved");
+  quant::export_nvfp4(lm, out, dir);
+  EXPECT_TRUE(same_bits(quant::load_nvfp4(out, torch::kCPU, torch::kFloat32)->forward(ids).logits, want));
+  fs::remove_all(out);
+}
+
+TEST(Export, FailedExportLeavesNothing) {
+  const auto dir = source_dir() / "tests/fixtures/models/llama3_rope_gqa_untied";
+  auto lm = quantized_fixture(dir);
+  auto out = scratch("failed");
+  {
+    torch::NoGradGuard g;
+    lm->linears()[3]->weight[0][0] = std::numeric_limits<float>::quiet_NaN();
+  }
+  expect_error_containing([&] { quant::export_nvfp4(lm, out, dir); }, {"model.layers.0.self_attn.o_proj.weight", "NaN"});
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(out.parent_path())) {
+    EXPECT_EQ(e.path().filename().string().find(out.filename().string() + ".tmp"), std::string::npos) << e.path();
+  }
+  // Uncalibrated models and non-export targets are refused too.
+  auto raw = model::CausalLM::load(dir, torch::kCPU, torch::kFloat32);
+  expect_error_containing([&] { quant::export_nvfp4(raw, out, dir); }, {"no NVFP4-quantized Linear"});
+  expect_error_containing([&] { quant::export_nvfp4(quantized_fixture(dir), dir.parent_path(), dir); },
+                          {"not an NVFP4 export"});
+}
+
+// ---- import of bad checkpoints --------------------------------------------------------------------------------
+
+// A checkpoint's tensors as raw bytes with their safetensors dtypes (FP8 stays F8_E4M3 on every LibTorch).
+struct RawTensor {
+  io::DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+using RawTensors = std::map<std::string, RawTensor>;
+
+RawTensors read_raw(const fs::path& dir) {
+  auto ckpt = io::Checkpoint::open(dir);
+  RawTensors out;
+  for (const auto& n : ckpt.names()) {
+    const auto& e = ckpt.at(n);
+    auto b = e.file->bytes(*e.info);
+    RawTensor r{e.info->dtype, e.info->shape, std::vector<uint8_t>(b.size())};
+    std::memcpy(r.bytes.data(), b.data(), b.size());
+    out.emplace(n, std::move(r));
+  }
+  return out;
+}
+
+RawTensor raw(const torch::Tensor& t, std::optional<io::DType> dtype = {}) {
+  auto c = t.contiguous();
+  RawTensor r{dtype ? *dtype : io::from_scalar_type(c.scalar_type()),
+              std::vector<int64_t>(c.sizes().begin(), c.sizes().end()), std::vector<uint8_t>(c.nbytes())};
+  std::memcpy(r.bytes.data(), c.data_ptr(), c.nbytes());
+  return r;
+}
+
+// Replaces the checkpoint files of `dir` by one model.safetensors holding `t`.
+void write_raw(const fs::path& dir, const RawTensors& t) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto f = e.path().filename().string();
+    if (f.ends_with(".safetensors") || f.ends_with(".safetensors.index.json")) fs::remove(e.path());
+  }
+  std::vector<io::TensorRef> refs;
+  for (const auto& [n, r] : t) {
+    refs.push_back({n, r.dtype, r.shape, std::span<const std::byte>(reinterpret_cast<const std::byte*>(r.bytes.data()),
+                                                                      r.bytes.size())});
+  }
+  io::write_safetensors(dir / "model.safetensors", refs);
+}
+
+class BadImport : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src_ = source_dir() / "tests/fixtures/models/llama3_rope_gqa_untied";
+    good_ = scratch("good");
+    quant::export_nvfp4(quantized_fixture(src_), good_, src_);
+  }
+  void TearDown() override { fs::remove_all(good_); }
+
+  // A copy of the good export with its tensors edited.
+  fs::path edited(const std::string& name, const std::function<void(RawTensors&)>& edit) {
+    auto dir = scratch(name);
+    fs::create_directories(dir);
+    for (const auto& e : fs::directory_iterator(good_)) fs::copy_file(e.path(), dir / e.path().filename());
+    auto t = read_raw(good_);
+    edit(t);
+    write_raw(dir, t);
+    return dir;
+  }
+
+  fs::path src_, good_;
+};
+
+TEST_F(BadImport, NotNvfp4) {
+  expect_error_containing([&] { quant::load_nvfp4(src_, torch::kCPU, torch::kFloat32); },
+                          {src_.string(), "not an NVFP4 checkpoint"});
+  expect_error_containing([&] { quant::load_nvfp4(src_ / "config.json", torch::kCPU, torch::kFloat32); },
+                          {"not a directory"});
+  auto dir = edited("fp8", [](RawTensors&) {});
+  auto j = read_json(dir / "hf_quant_config.json");
+  j["quantization"]["quant_algo"] = "FP8";
+  write_file_atomic(dir / "hf_quant_config.json", j.dump());
+  EXPECT_FALSE(quant::is_nvfp4_checkpoint(dir));
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {"FP8", "not NVFP4"});
+  j["quantization"]["quant_algo"] = "NVFP4";
+  j["quantization"]["group_size"] = 32;
+  write_file_atomic(dir / "hf_quant_config.json", j.dump());
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {"group_size must be 16"});
+  fs::remove_all(dir);
+}
+
+TEST_F(BadImport, MissingScales) {
+  const std::string p = "model.layers.1.mlp.up_proj";
+  auto dir = edited("noscale", [&](RawTensors& t) { t.erase(p + ".input_scale"); });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".input_scale", "missing"});
+  fs::remove_all(dir);
+  dir = edited("noblock", [&](RawTensors& t) { t.erase(p + ".weight_scale"); });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p, "weight_scale"});
+  fs::remove_all(dir);
+}
+
+TEST_F(BadImport, WrongShapesAndDtypes) {
+  const std::string p = "model.layers.0.self_attn.q_proj";
+  auto dir = edited("shape", [&](RawTensors& t) {
+    t[p + ".weight_scale"] = raw(torch::zeros({64, 3}, torch::kUInt8), io::DType::F8_E4M3);
+  });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); },
+                          {p + ".weight_scale", "[64, 4]"});
+  fs::remove_all(dir);
+  dir = edited("u8scale", [&](RawTensors& t) { t[p + ".weight_scale"].dtype = io::DType::U8; });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); },
+                          {p + ".weight_scale", "F8_E4M3"});
+  fs::remove_all(dir);
+  dir = edited("packed", [&](RawTensors& t) { t[p + ".weight"] = raw(torch::zeros({64, 64})); });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".weight", "U8"});
+  fs::remove_all(dir);
+  dir = edited("scale2", [&](RawTensors& t) { t[p + ".weight_scale_2"] = raw(torch::ones({2})); });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".weight_scale_2", "scalar"});
+  fs::remove_all(dir);
+  dir = edited("nan", [&](RawTensors& t) {
+    t[p + ".input_scale"] = raw(torch::full({}, std::numeric_limits<float>::quiet_NaN()));
+  });
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {p + ".input_scale"});
+  fs::remove_all(dir);
+}
+
+// K not divisible by 16 in an imported file: stories260K's down_proj (K = 172) presented as quantized.
+TEST(BadImportStories, InputSizeNotMultipleOf16) {
+  const auto src = shared_dir() / "models/stories260K";
+  auto out = scratch("k172");
+  quant::export_nvfp4(quantized_fixture(src), out, src);
+  auto t = read_raw(out);
+  const std::string p = "model.layers.2.mlp.down_proj";
+  t[p + ".weight"] = raw(torch::zeros({64, 86}, torch::kUInt8));
+  t[p + ".weight_scale"] = raw(torch::zeros({64, 11}, torch::kUInt8), io::DType::F8_E4M3);
+  t[p + ".weight_scale_2"] = raw(torch::ones({}));
+  t[p + ".input_scale"] = raw(torch::ones({}));
+  write_raw(out, t);
+  expect_error_containing([&] { quant::load_nvfp4(out, torch::kCPU, torch::kFloat32); },
+                          {p + ".weight", "172", "not a multiple of 16"});
+  fs::remove_all(out);
+}
+
+}  // namespace
+}  // namespace qad::testing

@@ -1,0 +1,282 @@
+// A checker written from ../shared/docs/NVFP4.md alone: it does not call qad's NVFP4 code. It has its own E2M1
+// table, E4M3 decoder and round-to-nearest-even encoders (by exhaustive search over the codes), re-derives every
+// scale and code of the exported checkpoint from the original weights and the calibrated amaxes, decodes every
+// tensor and compares with the fake-quantized weights the model computes with, bit for bit. It also checks
+// shapes, dtypes, nibble order, shared scales of fused groups, and the JSON fields vLLM requires.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+#include <unistd.h>
+
+#include "io/safetensors.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+#include "quant_test_util.h"
+
+namespace qad::testing {
+namespace {
+namespace fs = std::filesystem;
+
+// ---- the spec, from scratch ------------------------------------------------------------------------------------
+namespace spec {
+
+constexpr float kE2M1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+
+float e2m1_decode(uint8_t code) { return (code & 8) ? -kE2M1[code & 7] : kE2M1[code & 7]; }
+
+// E4M3 (fn): 1 sign, 4 exponent (bias 7), 3 mantissa bits; exponent 0 = subnormal m/8 * 2^-6; 0x7F/0xFF = NaN.
+float e4m3_decode(uint8_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  float v;
+  if (e == 15 && m == 7) return NAN;
+  v = e == 0 ? std::ldexp(static_cast<float>(m) / 8.0f, -6) : std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+// Nearest positive E4M3 code to s (s in [2^-9, 448]), ties to the even code.
+uint8_t e4m3_rne(float s) {
+  uint8_t best = 0;
+  double best_d = INFINITY;
+  for (int c = 0; c <= 0x7E; ++c) {
+    const double d = std::fabs(static_cast<double>(s) - e4m3_decode(static_cast<uint8_t>(c)));
+    if (d < best_d || (d == best_d && c % 2 == 0)) best = static_cast<uint8_t>(c), best_d = d;
+  }
+  return best;
+}
+
+// Nearest E2M1 code (sign kept, also for values that round to 0), ties to the even index, saturating at 6.
+uint8_t e2m1_rne(float v) {
+  const float a = std::fabs(v);
+  uint8_t best = 0;
+  double best_d = INFINITY;
+  for (int i = 0; i < 8; ++i) {
+    const double d = std::fabs(static_cast<double>(a) - kE2M1[i]);
+    if (d < best_d || (d == best_d && i % 2 == 0)) best = static_cast<uint8_t>(i), best_d = d;
+  }
+  return static_cast<uint8_t>((std::signbit(v) ? 8 : 0) | best);
+}
+
+struct Encoded {
+  std::vector<uint8_t> packed, scales;
+  float global_scale;
+};
+
+// The export rule of NVFP4.md for a row-major [rows, k] float matrix and a per-tensor amax.
+Encoded encode(const float* x, int64_t rows, int64_t k, float amax) {
+  Encoded e;
+  e.global_scale = amax / (6.0f * 448.0f);
+  e.packed.assign(static_cast<size_t>(rows * k / 2), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < k / 16; ++b) {
+      const float* xb = x + r * k + b * 16;
+      float ab = 0;
+      for (int i = 0; i < 16; ++i) ab = std::max(ab, std::fabs(xb[i]));
+      uint8_t sc;
+      if (ab == 0.0f) {
+        sc = e4m3_rne(1.0f);
+      } else {
+        float s = ab / (6.0f * e.global_scale);
+        s = std::min(std::max(s, std::ldexp(1.0f, -9)), 448.0f);
+        sc = e4m3_rne(s);
+      }
+      e.scales.push_back(sc);
+      const float sb = e4m3_decode(sc);
+      for (int i = 0; i < 16; ++i) {
+        const float q = xb[i] == 0.0f ? xb[i] : xb[i] / (sb * e.global_scale);
+        const uint8_t code = e2m1_rne(q);
+        const int64_t col = b * 16 + i;
+        e.packed[static_cast<size_t>(r * (k / 2) + col / 2)] |= static_cast<uint8_t>(col % 2 == 0 ? code : code << 4);
+      }
+    }
+  }
+  return e;
+}
+
+// Decodes [rows, k]: element 2i from the LOW nibble of byte i, 2i+1 from the high nibble.
+std::vector<float> decode(const uint8_t* packed, const uint8_t* scales, float global_scale, int64_t rows, int64_t k) {
+  std::vector<float> out(static_cast<size_t>(rows * k));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < k; ++c) {
+      const uint8_t byte = packed[r * (k / 2) + c / 2];
+      const uint8_t code = c % 2 == 0 ? (byte & 0x0F) : (byte >> 4);
+      const float sb = e4m3_decode(scales[r * (k / 16) + c / 16]);
+      out[static_cast<size_t>(r * k + c)] = (e2m1_decode(code) * sb) * global_scale;
+    }
+  }
+  return out;
+}
+
+}  // namespace spec
+
+// ---- reading the export with the plain safetensors reader (bytes, dtype names, shapes) -------------------------
+
+struct Raw {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+  float f32() const {
+    EXPECT_EQ(bytes.size(), 4u);
+    float v;
+    std::memcpy(&v, bytes.data(), 4);
+    return v;
+  }
+};
+
+std::map<std::string, Raw> read_raw(const fs::path& dir) {
+  auto ckpt = io::Checkpoint::open(dir);
+  std::map<std::string, Raw> out;
+  for (const auto& n : ckpt.names()) {
+    const auto& e = ckpt.at(n);
+    auto b = e.file->bytes(*e.info);
+    Raw r{std::string(io::dtype_name(e.info->dtype)), e.info->shape, {}};
+    r.bytes.resize(b.size());
+    std::memcpy(r.bytes.data(), b.data(), b.size());
+    out.emplace(n, std::move(r));
+  }
+  return out;
+}
+
+std::vector<float> as_floats(const torch::Tensor& t) {
+  auto c = t.detach().to(torch::kFloat32).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+bool same_float_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
+
+class SpecChecker : public ::testing::TestWithParam<int> {};
+
+TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
+  const auto dir = quant_model_dirs()[static_cast<size_t>(GetParam())];
+  auto lm = quantized_fixture(dir);
+  auto out = fs::temp_directory_path() / fmt::format("qad_spec_{}_{}", ::getpid(), dir.filename().string());
+  fs::remove_all(out);
+  quant::export_nvfp4(lm, out, dir);
+  auto files = read_raw(out);
+  auto source = read_raw(dir);
+
+  // Per-group maxima of the weights' amax, computed here.
+  std::map<std::string, float> group_w;
+  auto group_of = [](const std::string& m) {
+    auto g = quant::fused_group(m);
+    return g.empty() ? m : g;
+  };
+  for (const auto& l : lm->linears()) {
+    if (!quant::nvfp4_hook(l)) continue;
+    float a = 0;
+    for (float v : as_floats(l->weight)) a = std::max(a, std::fabs(v));
+    group_w[group_of(l->name())] = std::max(group_w[group_of(l->name())], a);
+  }
+
+  std::map<std::string, std::pair<float, float>> group_scales;
+  std::set<std::string> seen;
+  int quantized = 0;
+  for (const auto& l : lm->linears()) {
+    const auto& p = l->name();
+    auto* h = quant::nvfp4_hook(l);
+    if (!h) {
+      if (files.count(p + ".weight")) {
+        EXPECT_EQ(files.at(p + ".weight").dtype, "F32") << p;
+        EXPECT_FALSE(files.count(p + ".weight_scale")) << p;
+      }
+      continue;
+    }
+    ++quantized;
+    const int64_t n = l->out_features(), k = l->in_features();
+    ASSERT_EQ(k % 16, 0);
+    const auto& w = files.at(p + ".weight");
+    const auto& ws = files.at(p + ".weight_scale");
+    const auto& ws2 = files.at(p + ".weight_scale_2");
+    const auto& is = files.at(p + ".input_scale");
+    for (const auto* s : {".weight", ".weight_scale", ".weight_scale_2", ".input_scale"}) seen.insert(p + s);
+    EXPECT_EQ(w.dtype, "U8");
+    EXPECT_EQ(w.shape, (std::vector<int64_t>{n, k / 2}));
+    EXPECT_EQ(ws.dtype, "F8_E4M3");
+    EXPECT_EQ(ws.shape, (std::vector<int64_t>{n, k / 16}));
+    EXPECT_EQ(ws2.dtype, "F32");
+    EXPECT_TRUE(ws2.shape.empty());
+    EXPECT_EQ(is.dtype, "F32");
+    EXPECT_TRUE(is.shape.empty());
+
+    // Scales: weight_scale_2 = (group max of weight amax) / 2688; input_scale = calibrated amax / 2688.
+    EXPECT_TRUE(same_float_bits(ws2.f32(), group_w.at(group_of(p)) / 2688.0f)) << p;
+    EXPECT_TRUE(same_float_bits(is.f32(), h->input_amax.item<float>() / 2688.0f)) << p;
+    auto [it, fresh] = group_scales.emplace(group_of(p), std::make_pair(ws2.f32(), is.f32()));
+    if (!fresh) {
+      EXPECT_TRUE(same_float_bits(it->second.first, ws2.f32())) << "weight_scale_2 not shared in " << group_of(p);
+      EXPECT_TRUE(same_float_bits(it->second.second, is.f32())) << "input_scale not shared in " << group_of(p);
+    }
+
+    // Codes and block scales re-derived from the original weights.
+    auto x = as_floats(l->weight);
+    auto enc = spec::encode(x.data(), n, k, group_w.at(group_of(p)));
+    EXPECT_EQ(enc.scales, ws.bytes) << p << ": block scales";
+    EXPECT_EQ(enc.packed, w.bytes) << p << ": packed codes";
+    // Nibble order, spelled out on the first byte.
+    EXPECT_EQ(w.bytes[0] & 0x0F, spec::e2m1_rne(x[0] / (spec::e4m3_decode(ws.bytes[0]) * ws2.f32()))) << p;
+    EXPECT_EQ(w.bytes[0] >> 4, spec::e2m1_rne(x[1] / (spec::e4m3_decode(ws.bytes[0]) * ws2.f32()))) << p;
+
+    // Decoded file == the fake-quantized weights the model computes with.
+    auto dec = spec::decode(w.bytes.data(), ws.bytes.data(), ws2.f32(), n, k);
+    auto fq = as_floats(h->weight(l->weight));
+    ASSERT_EQ(dec.size(), fq.size());
+    int64_t bad = 0;
+    for (size_t i = 0; i < dec.size(); ++i) bad += !same_float_bits(dec[i], fq[i]);
+    EXPECT_EQ(bad, 0) << p << ": decoded weights differ from the fake-quantized ones";
+  }
+  EXPECT_GT(quantized, 0);
+
+  // Every other tensor is the source's, byte for byte.
+  for (const auto& [name, raw] : files) {
+    if (seen.count(name)) continue;
+    ASSERT_TRUE(source.count(name)) << "unexpected tensor " << name;
+    EXPECT_EQ(raw.dtype, source.at(name).dtype) << name;
+    EXPECT_EQ(raw.bytes, source.at(name).bytes) << name;
+  }
+
+  // JSON fields vLLM requires.
+  auto hq = read_json(out / "hf_quant_config.json");
+  ASSERT_TRUE(hq.contains("producer") && hq["producer"].contains("name") && hq["producer"].contains("version"));
+  const auto& q = hq["quantization"];
+  EXPECT_EQ(q["quant_algo"], "NVFP4");
+  ASSERT_TRUE(q.contains("kv_cache_quant_algo"));
+  EXPECT_TRUE(q["kv_cache_quant_algo"].is_null());
+  EXPECT_EQ(q["group_size"], 16);
+  ASSERT_TRUE(q["exclude_modules"].is_array());
+  std::vector<std::string> excluded = q["exclude_modules"];
+  std::vector<std::string> expected;
+  for (const auto& l : lm->linears()) {
+    if (!quant::nvfp4_hook(l)) expected.push_back(l->name());
+  }
+  EXPECT_EQ(excluded, expected);
+  EXPECT_NE(std::find(excluded.begin(), excluded.end(), "lm_head"), excluded.end());
+  auto cfg = read_json(out / "config.json");
+  const auto& qc = cfg["quantization_config"];
+  EXPECT_EQ(qc["quant_method"], "modelopt");
+  EXPECT_EQ(qc["quant_algo"], "NVFP4");
+  const nlohmann::json fp4 = {{"dynamic", false}, {"num_bits", 4}, {"type", "float"}, {"group_size", 16}};
+  EXPECT_EQ(qc["config_groups"]["group_0"]["weights"], fp4);
+  EXPECT_EQ(qc["config_groups"]["group_0"]["input_activations"], fp4);
+  EXPECT_EQ(qc["config_groups"]["group_0"]["targets"], nlohmann::json::array({"Linear"}));
+  EXPECT_EQ(qc["ignore"], q["exclude_modules"]);
+  EXPECT_EQ(cfg["architectures"], read_json(dir / "config.json")["architectures"]);
+  fs::remove_all(out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Range(0, 5));
+
+TEST(SpecTables, SelfCheck) {
+  // The checker's own codecs against values in NVFP4.md.
+  EXPECT_EQ(spec::e4m3_decode(0x38), 1.0f);
+  EXPECT_EQ(spec::e4m3_decode(0x7E), 448.0f);
+  EXPECT_EQ(spec::e4m3_decode(0x01), std::ldexp(1.0f, -9));
+  const std::pair<float, int> ties[] = {{0.25f, 0}, {0.75f, 2}, {1.25f, 2}, {1.75f, 4}, {2.5f, 4}, {3.5f, 6},
+                                        {5.0f, 6},  {5.01f, 7}, {7.0f, 7}};
+  for (auto [v, idx] : ties) EXPECT_EQ(spec::e2m1_rne(v), idx) << v;
+  EXPECT_EQ(spec::e2m1_rne(-0.1f), 8);
+}
+
+}  // namespace
+}  // namespace qad::testing
