@@ -77,6 +77,10 @@ train::TrainConfig assemble(const DistillArgs& a) {
   for (const auto& s : a.sets) train::merge_into(patch, train::parse_override(s));
   patch["method"] = method;
   cfg.merge_json(patch, "command line");
+  if (cfg.method == train::Method::kPtq && cfg.run.steps != 0) {
+    fmt::print("ptq: calibration only; --steps {} is ignored\n", cfg.run.steps);
+    cfg.run.steps = 0;
+  }
   return cfg;
 }
 

@@ -220,6 +220,7 @@ void TrainConfig::validate() const {
             run.checkpoint_every >= 0 && run.keep_checkpoints >= 1 && run.max_bad_steps >= 1,
         "run.steps >= 0, run.log_every >= 1, run.valid_every/valid_batches/checkpoint_every >= 0, "
         "run.keep_checkpoints >= 1, run.max_bad_steps >= 1");
+  check(method != Method::kPtq || run.steps == 0, "ptq trains nothing: run.steps must be 0");
   check(quant.calib_batches >= 1, "quant.calib_batches must be >= 1");
   check(dist.world_size >= 1 && dist.rank >= 0 && dist.rank < dist.world_size, "rank must be in [0, world_size)");
 }

@@ -3,7 +3,9 @@
 
 #include <sys/resource.h>
 
-#if __has_include(<c10/cuda/CUDACachingAllocator.h>)
+// QAD_HAS_CUDA comes from qad_nvfp4 (a CUDA LibTorch); Debian's CPU LibTorch ships the c10/cuda headers without
+// the CUDA runtime headers, so __has_include cannot decide this.
+#ifdef QAD_HAS_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #define QAD_TRAIN_HAS_CUDA_STATS 1
 #endif

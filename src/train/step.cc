@@ -47,18 +47,20 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
   LossParts p;
   auto& v = p.values;
   v.tokens = batch.loss_mask.sum().item<int64_t>();
-  torch::Tensor total = torch::zeros({}, s_out.logits.options().dtype(torch::kFloat32));
+  // The loss is summed in FP32 (FP64 for FP64 models, which the tests use).
+  const auto acc = s_out.logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::Tensor total = torch::zeros({}, s_out.logits.options().dtype(acc));
   torch::Tensor kl;
   if (loss.kl_weight > 0) {
     loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.kl_top_k, .chunk_tokens = loss.chunk_tokens};
     kl = loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
     v.kl = kl.item<double>();
-    total = total + loss.kl_weight * kl.to(torch::kFloat32);
+    total = total + loss.kl_weight * kl.to(acc);
   }
   if (loss.ce_weight > 0) {
     auto ce = loss::cross_entropy(s_out.logits, batch.targets, batch.loss_mask, loss.chunk_tokens);
     v.ce = ce.item<double>();
-    total = total + loss.ce_weight * ce.to(torch::kFloat32);
+    total = total + loss.ce_weight * ce.to(acc);
   } else if (loss.log_ce) {
     torch::NoGradGuard ng;
     v.ce = loss::cross_entropy(s_out.logits.detach(), batch.targets, batch.loss_mask, loss.chunk_tokens).item<double>();
@@ -77,7 +79,7 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
     for (const auto& [n, c] : r.per_layer_cka) term += (1 - c) / static_cast<double>(r.per_layer_cka.size());
     v.cka_term = term;
     v.cka = r.per_layer_cka;
-    total = total + r.loss.to(torch::kFloat32);
+    total = total + r.loss.to(acc);
   }
   v.loss = total.item<double>();
   p.total = total;

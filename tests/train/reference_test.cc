@@ -28,9 +28,14 @@ TEST_P(ReferenceTest, StepMatchesPyTorch) {
   const std::string method = GetParam();
   const bool cka = method == "cka_qad";
 
-  auto teacher = model::CausalLM::load(qad::testing::source_dir() / kModel, torch::kCPU, torch::kFloat64);
+  auto load64 = [] {
+    auto m = model::CausalLM::load(qad::testing::source_dir() / kModel, torch::kCPU, torch::kFloat32);
+    m->to(torch::kFloat64);
+    return m;
+  };
+  auto teacher = load64();
   auto load_student = [&] {
-    auto s = model::CausalLM::load(qad::testing::source_dir() / kModel, torch::kCPU, torch::kFloat64);
+    auto s = load64();
     NamedTensors w;
     for (const auto& [n, t] : ref) {
       if (n.rfind("student.", 0) == 0) w.emplace_back(n.substr(8), t);

@@ -23,7 +23,12 @@ using qad::testing::source_dir;
 
 const char* kFixture = "tests/fixtures/models/qwen3_qknorm_headdim_tied";
 
-model::CausalLM load64() { return model::CausalLM::load(source_dir() / kFixture, torch::kCPU, torch::kFloat64); }
+// CausalLM::load takes the checkpoint dtypes (FP32/BF16/FP16); the FP64 copy is made in memory.
+model::CausalLM load64() {
+  auto m = model::CausalLM::load(source_dir() / kFixture, torch::kCPU, torch::kFloat32);
+  m->to(torch::kFloat64);
+  return m;
+}
 
 // The student: the teacher's weights plus seeded noise, so that KL and 1 - CKA are far from 0.
 model::CausalLM perturbed_student(uint64_t salt) {
@@ -253,8 +258,11 @@ TEST(ScheduleTest, WarmupThenCosineAndLinearClosedForm) {
 }
 
 TEST(CheckpointTest, RoundTripIsBitwise) {
+  // FP32, as a CPU run checkpoints it (an HF checkpoint holds FP32 / BF16 / FP16).
   auto student = perturbed_student(9);
+  student->to(torch::kFloat32);
   auto teacher = load64();
+  teacher->to(torch::kFloat32);
   auto b = make_batch({16, 16}, 16, teacher->config().vocab_size, 10);
   auto cfg = config(1.0, 0.0, 0.0);
   AdamW opt(student->hf_tensors(), cfg.optim);
@@ -282,6 +290,7 @@ TEST(CheckpointTest, RoundTripIsBitwise) {
   ASSERT_EQ(c.quant.tensors.size(), 1u);
   EXPECT_TRUE(qad::testing::same_bits(c.quant.tensors[0].second, q.tensors[0].second));
   auto fresh = load64();
+  fresh->to(torch::kFloat32);
   load_model_tensors(fresh, c.model, "test");
   AdamW opt2(fresh->hf_tensors(), cfg.optim);
   opt2.load_state(c.optimizer, c.state.adam_steps);
