@@ -33,7 +33,7 @@ struct Size {
 };
 
 Size size_preset(const std::string& name) {
-  if (name == "tiny") return {64, 3, 4, 2, 192, 256, 16, 700, 150, 200, 20000, 3e-3, 5e-4, 2};
+  if (name == "tiny") return {64, 3, 4, 2, 192, 256, 16, 400, 40, 200, 20000, 3e-3, 5e-4, 2};
   if (name == "small") return {256, 6, 8, 4, 768, 512, 32, 3000, 600, 1000, 200000, 1e-3, 1e-4, 3};
   fail("--size must be tiny or small, got '{}'", name);
 }
