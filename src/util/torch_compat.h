@@ -61,3 +61,11 @@ inline torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const 
 }
 
 }  // namespace qad::compat
+
+namespace qad::compat {
+
+// TF32 for FP32 matrix products on CUDA (cuBLAS): the trainer turns it on for the CKA products (the model
+// itself computes in BF16). A no-op on CPU.
+inline void set_tf32_matmul(bool on) { at::globalContext().setAllowTF32CuBLAS(on); }
+
+}  // namespace qad::compat

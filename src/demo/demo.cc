@@ -1,0 +1,233 @@
+// The demo pipeline (see demo.h): task → teacher → PTQ / QAT / QAD / CKA-QAD → evaluation table.
+#include "demo/demo.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "demo/arith_task.h"
+#include "demo/byte_tokenizer.h"
+#include "model/causal_lm.h"
+#include "model/config.h"
+#include "model/generate.h"
+#include "report/table.h"
+#include "tokenizer/tokenizer.h"
+#include "train/student.h"
+#include "train/trainer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace qad::demo {
+namespace fs = std::filesystem;
+namespace {
+
+struct Size {
+  int64_t hidden, layers, heads, kv_heads, intermediate, seq_len, batch, teacher_steps, student_steps, test, train_docs;
+  double teacher_lr, student_lr;
+  int max_digits;
+};
+
+Size size_preset(const std::string& name) {
+  if (name == "tiny") return {64, 3, 4, 2, 192, 256, 16, 400, 40, 200, 20000, 3e-3, 5e-4, 2};
+  if (name == "small") return {256, 6, 8, 4, 768, 512, 32, 3000, 600, 1000, 200000, 1e-3, 1e-4, 3};
+  fail("--size must be tiny or small, got '{}'", name);
+}
+
+void write_task(const fs::path& file, uint64_t seed, int64_t first, int64_t n, const ArithOptions& ao) {
+  std::string text;
+  for (int64_t i = first; i < first + n; ++i) {
+    auto e = make_example(seed, i, ao);
+    nlohmann::json j = {{"messages", {{{"role", "user"}, {"content", e.question}},
+                                      {{"role", "assistant"}, {"content", e.reasoning}}}}};
+    text += j.dump() + "\n";
+  }
+  write_file_atomic(file, text);
+}
+
+// A randomly initialised Qwen3 (normal(0, 0.02) weights, unit norms) saved as an HF checkpoint with the tokenizer.
+void write_initial_model(const fs::path& dir, const Size& s, uint64_t seed) {
+  nlohmann::json c = {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"vocab_size", kByteVocab},
+                      {"hidden_size", s.hidden}, {"intermediate_size", s.intermediate},
+                      {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+                      {"num_key_value_heads", s.kv_heads}, {"head_dim", s.hidden / s.heads},
+                      {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", true}, {"attention_bias", false}, {"hidden_act", "silu"},
+                      {"torch_dtype", "float32"}, {"bos_token_id", nullptr}, {"eos_token_id", kImEnd},
+                      {"pad_token_id", kEndOfText}};
+  auto cfg = model::parse_config(c, "demo config");
+  model::CausalLM lm(cfg);
+  torch::manual_seed(seed);
+  {
+    torch::NoGradGuard ng;
+    for (auto& [name, p] : lm->hf_tensors()) {
+      auto t = p;
+      if (name.find("norm") != std::string::npos) {
+        t.fill_(1.0);
+      } else {
+        t.normal_(0.0, 0.02);
+      }
+    }
+  }
+  lm->save(dir);
+  write_byte_tokenizer(dir);
+}
+
+struct Eval {
+  double accuracy = 0;
+  nlohmann::json final_metrics;
+};
+
+double task_accuracy(model::CausalLM& lm, const tokenizer::Tokenizer& tok, uint64_t seed, int64_t first, int64_t n,
+                     const ArithOptions& ao) {
+  torch::NoGradGuard ng;
+  lm->eval();
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<std::string> answers;
+  for (int64_t i = first; i < first + n; ++i) {
+    auto e = make_example(seed, i, ao);
+    auto ids = tok.encode(chat_prompt(e.question), false);
+    prompts.emplace_back(ids.begin(), ids.end());
+    answers.push_back(e.answer);
+  }
+  model::GenerateOptions go;
+  go.max_new_tokens = ao.max_digits <= 2 ? 128 : 200;
+  go.greedy = true;
+  go.stop_ids = {kImEnd};
+  go.pad_id = kEndOfText;
+  int64_t correct = 0;
+  const size_t chunk = 256;
+  for (size_t b = 0; b < prompts.size(); b += chunk) {
+    std::vector<std::vector<int64_t>> part(prompts.begin() + static_cast<int64_t>(b),
+                                           prompts.begin() + static_cast<int64_t>(std::min(prompts.size(), b + chunk)));
+    auto r = model::generate(lm, part, go);
+    for (size_t i = 0; i < part.size(); ++i) {
+      std::vector<int32_t> ids(r.new_ids[i].begin(), r.new_ids[i].end());
+      if (extract_answer(tok.decode(ids, false)) == answers[b + i]) ++correct;
+    }
+  }
+  return static_cast<double>(correct) / static_cast<double>(n);
+}
+
+std::string fmt_opt(const nlohmann::json& j, const char* key, const char* f) {
+  if (!j.contains(key) || j[key].is_null()) return "-";
+  return fmt::format(fmt::runtime(f), j[key].get<double>());
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const Size s = size_preset(o.size);
+  const int64_t teacher_steps = o.teacher_steps >= 0 ? o.teacher_steps : s.teacher_steps;
+  const int64_t student_steps = o.student_steps >= 0 ? o.student_steps : s.student_steps;
+  const int64_t n_test = o.test_examples >= 0 ? o.test_examples : s.test;
+  const ArithOptions ao{.max_digits = s.max_digits};
+  QAD_CHECK(!fs::exists(o.out / "comparison.md"), "{} already holds a finished demo; pass another --out or delete it",
+            o.out.string());
+  fs::create_directories(o.out);
+  const auto device = train::resolve_device(o.device);
+  const auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  };
+
+  // 1. The task: train / valid chats and held-out test questions (disjoint index ranges of one stream).
+  fmt::print("== 1/4 task: {} training chats, addition and subtraction with worked steps ({} digits max)\n",
+             s.train_docs, s.max_digits);
+  const int64_t n_valid = std::max<int64_t>(s.train_docs / 40, 200);
+  write_task(o.out / "task_train.jsonl", o.seed, 0, s.train_docs, ao);
+  write_task(o.out / "task_valid.jsonl", o.seed, s.train_docs, n_valid, ao);
+  const int64_t test_first = s.train_docs + n_valid;
+  write_initial_model(o.out / "init", s, o.seed);
+
+  auto base = [&](train::Method m, const fs::path& out, const fs::path& teacher, int64_t steps, double lr) {
+    auto c = train::defaults_for(m);
+    c.run.teacher = teacher.string();
+    c.run.out = out.string();
+    c.run.device = o.device;
+    c.run.steps = steps;
+    c.run.valid_every = 0;
+    c.run.valid_batches = 8;
+    c.run.checkpoint_every = 0;
+    c.run.log_every = std::max<int64_t>(1, steps / 10);
+    c.run.seed = o.seed;
+    c.data.path = (o.out / "task_train.jsonl").string();
+    c.data.valid_path = (o.out / "task_valid.jsonl").string();
+    c.data.seq_len = s.seq_len;
+    c.data.batch_size = s.batch;
+    c.data.seed = o.seed;
+    c.optim.lr = lr;
+    c.quant.calib_batches = 4;
+    c.loss.cka_subsample_tokens = 1024;
+    return c;
+  };
+
+  // 2. The teacher: plain cross-entropy training with qad itself, saved as an HF checkpoint.
+  fmt::print("\n== 2/4 teacher: Qwen3 {}x{} trained {} steps with cross-entropy (no quantization)\n", s.layers,
+             s.hidden, teacher_steps);
+  auto tc = base(train::Method::kPretrain, o.out / "teacher", o.out / "init", teacher_steps, s.teacher_lr);
+  tc.run.export_bf16 = false;
+  tc.optim.weight_decay = 0.01;
+  train::run_training(tc, false);
+  const fs::path teacher = o.out / "teacher" / "export" / "hf";
+
+  // 3. The students, same data and budget each.
+  fmt::print("\n== 3/4 students: PTQ, QAT, QAD, CKA-QAD ({} steps each)\n", student_steps);
+  struct Job {
+    std::string label;
+    train::Method method;
+  };
+  const std::vector<Job> jobs = {{"PTQ", train::Method::kPtq}, {"QAT", train::Method::kQat},
+                                 {"QAD", train::Method::kQad}, {"CKA-QAD", train::Method::kCkaQad}};
+  for (const auto& j : jobs) {
+    fmt::print("\n-- {}\n", j.label);
+    auto c = base(j.method, o.out / train::method_name(j.method), teacher,
+                  j.method == train::Method::kPtq ? 0 : student_steps, s.student_lr);
+    train::run_training(c, false);
+  }
+
+  // 4. Evaluation: task accuracy by greedy generation; KL / ppl / CKA from each run's final validation.
+  fmt::print("\n== 4/4 evaluation: {} held-out questions, greedy decoding\n", n_test);
+  const auto tok = tokenizer::Tokenizer::load(teacher);
+  const auto dtype = model::CausalLM::default_dtype(device);
+  report::Table table;
+  table.columns = {"method", "accuracy", "KL", "ppl", "agreement", "mean CKA"};
+  std::vector<std::string> layers;
+  {
+    auto t = model::CausalLM::load(teacher, device, dtype);
+    const double acc = task_accuracy(t, tok, o.seed, test_first, n_test, ao);
+    auto fm = nlohmann::json::parse(read_file(o.out / "teacher" / "final_metrics.json"));
+    for (int64_t l = 0; l < t->config().num_layers; ++l) layers.push_back(fmt::format("layers.{}", l));
+    for (const auto& l : layers) table.columns.push_back(l);
+    std::vector<std::string> row = {"teacher (FP32)", fmt::format("{:.3f}", acc), "0", fmt_opt(fm, "ppl", "{:.4f}"),
+                                    "1", "1"};
+    for (size_t l = 0; l < layers.size(); ++l) row.push_back("1");
+    table.rows.push_back(row);
+  }
+  for (const auto& j : jobs) {
+    const fs::path run = o.out / train::method_name(j.method);
+    auto lm = train::load_run_student(run, device, dtype);
+    const double acc = task_accuracy(lm, tok, o.seed, test_first, n_test, ao);
+    auto fm = nlohmann::json::parse(read_file(run / "final_metrics.json"));
+    std::vector<std::string> row = {j.label, fmt::format("{:.3f}", acc), fmt_opt(fm, "kl", "{:.5f}"),
+                                    fmt_opt(fm, "ppl", "{:.4f}"), fmt_opt(fm, "agreement", "{:.4f}"),
+                                    fmt_opt(fm, "mean_cka", "{:.5f}")};
+    for (const auto& l : layers) row.push_back(fm.contains("cka") ? fmt_opt(fm["cka"], l.c_str(), "{:.5f}") : "-");
+    table.rows.push_back(row);
+  }
+  const std::string text = report::to_text(table);
+  fmt::print("\n{}\n", text);
+  fmt::print("KL = KL(teacher || student) in nats/token and ppl on {}; CKA = linear CKA of each decoder layer's output "
+             "against the teacher's (1 = same geometry). {:.0f} s in all.\n", (o.out / "task_valid.jsonl").string(),
+             elapsed());
+  fmt::print("HTML report: qad report {0}/teacher {0}/ptq {0}/qat {0}/qad {0}/cka-qad --out {0}/report.html\n",
+             o.out.string());
+  write_file_atomic(o.out / "comparison.md", report::to_markdown(table));
+  return 0;
+}
+
+}  // namespace qad::demo

@@ -1,0 +1,322 @@
+// TrainConfig <-> JSON through one field list per section (so to_json, merge and the unknown-key check can
+// never disagree), recipe YAML → JSON, and "section.key=value" overrides.
+#include "train/config.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <set>
+
+#include "util/error.h"
+
+namespace qad::train {
+namespace {
+
+// Calls f(name, member) for every field of a section; the same list serves reading and writing.
+template <typename F> void fields(LossConfig& c, F&& f) {
+  f("kl", c.kl_weight); f("ce", c.ce_weight); f("cka", c.cka_weight); f("temperature", c.temperature);
+  f("top_k", c.kl_top_k); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
+  f("cka_subsample_tokens", c.cka_subsample_tokens); f("cka_dynamic_balance", c.cka_dynamic_balance);
+  f("cka_layers", c.cka_layers); f("cka_tf32", c.cka_tf32); f("log_ce", c.log_ce);
+}
+template <typename F> void fields(OptimConfig& c, F&& f) {
+  f("lr", c.lr); f("min_lr_ratio", c.min_lr_ratio); f("schedule", c.schedule);
+  f("warmup_fraction", c.warmup_fraction); f("warmup_steps", c.warmup_steps); f("weight_decay", c.weight_decay);
+  f("beta1", c.beta1); f("beta2", c.beta2); f("eps", c.eps); f("grad_clip", c.grad_clip);
+  f("grad_accum", c.grad_accum);
+}
+template <typename F> void fields(DataConfig& c, F&& f) {
+  f("path", c.path); f("valid_path", c.valid_path); f("seq_len", c.seq_len); f("batch_size", c.batch_size);
+  f("mode", c.mode); f("valid_fraction", c.valid_fraction); f("seed", c.seed);
+}
+template <typename F> void fields(QuantConfig& c, F&& f) {
+  f("calib_batches", c.calib_batches); f("student", c.student); f("options", c.options);
+}
+template <typename F> void fields(RunConfig& c, F&& f) {
+  f("teacher", c.teacher); f("out", c.out); f("name", c.name); f("device", c.device); f("steps", c.steps);
+  f("log_every", c.log_every); f("valid_every", c.valid_every); f("valid_batches", c.valid_batches);
+  f("checkpoint_every", c.checkpoint_every); f("keep_checkpoints", c.keep_checkpoints);
+  f("max_bad_steps", c.max_bad_steps); f("seed", c.seed); f("activation_checkpointing", c.activation_checkpointing);
+  f("export_bf16", c.export_bf16); f("export_nvfp4", c.export_nvfp4);
+}
+template <typename F> void fields(DebugConfig& c, F&& f) {
+  f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step);
+}
+
+template <typename S> nlohmann::json section_to_json(const S& s) {
+  nlohmann::json j = nlohmann::json::object();
+  fields(const_cast<S&>(s), [&](const char* k, auto& v) { j[k] = v; });
+  return j;
+}
+
+template <typename S> void section_merge(S& s, const nlohmann::json& j, const std::string& where) {
+  QAD_CHECK(j.is_object(), "{}: expected a mapping of settings, got {}", where, j.dump());
+  std::set<std::string> known;
+  fields(s, [&](const char* k, auto& v) {
+    known.insert(k);
+    auto it = j.find(k);
+    if (it == j.end()) return;
+    using T = std::decay_t<decltype(v)>;
+    try {
+      if constexpr (std::is_same_v<T, nlohmann::json>) {
+        merge_into(v, *it);
+      } else if constexpr (std::is_same_v<T, double>) {
+        QAD_CHECK(it->is_number(), "not a number");
+        v = it->template get<double>();
+      } else if constexpr (std::is_same_v<T, std::string>) {
+        v = it->is_string() ? it->template get<std::string>() : it->dump();
+      } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+        v.clear();
+        if (it->is_string()) {  // "layers.0,layers.3" from the command line
+          std::string s = it->template get<std::string>();
+          size_t b = 0;
+          while (b <= s.size() && !s.empty()) {
+            size_t e = s.find(',', b);
+            if (e == std::string::npos) e = s.size();
+            if (e > b) v.push_back(s.substr(b, e - b));
+            b = e + 1;
+          }
+        } else {
+          for (const auto& x : *it) v.push_back(x.is_string() ? x.template get<std::string>() : x.dump());
+        }
+      } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+        v.clear();
+        if (it->is_number_integer()) {
+          v.push_back(it->template get<int64_t>());
+        } else {
+          for (const auto& x : *it) v.push_back(x.template get<int64_t>());
+        }
+      } else if constexpr (std::is_same_v<T, bool>) {
+        QAD_CHECK(it->is_boolean(), "not true/false");
+        v = it->template get<bool>();
+      } else {  // integers
+        QAD_CHECK(it->is_number_integer() || (it->is_number_float() && std::floor(it->template get<double>()) ==
+                                                                             it->template get<double>()),
+                  "not an integer");
+        v = static_cast<T>(it->template get<double>());
+        if (it->is_number_integer()) v = it->template get<T>();
+      }
+    } catch (const std::exception& e) {
+      fail("{}.{}: bad value {} ({})", where, k, it->dump(), e.what());
+    }
+  });
+  for (const auto& [k, v] : j.items()) {
+    if (!known.count(k)) {
+      std::string list;
+      for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
+      fail("{}: unknown setting '{}' (known: {})", where, k, list);
+    }
+  }
+}
+
+nlohmann::json yaml_to_json(const YAML::Node& n, const std::string& where) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      return nullptr;
+    case YAML::NodeType::Sequence: {
+      auto a = nlohmann::json::array();
+      for (const auto& x : n) a.push_back(yaml_to_json(x, where));
+      return a;
+    }
+    case YAML::NodeType::Map: {
+      auto o = nlohmann::json::object();
+      for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second, where);
+      return o;
+    }
+    case YAML::NodeType::Scalar:
+      break;
+  }
+  const std::string s = n.Scalar();
+  if (n.Tag() == "!") return s;  // quoted
+  return parse_override("x=" + s).at("x");
+}
+
+}  // namespace
+
+std::string method_name(Method m) {
+  switch (m) {
+    case Method::kPtq: return "ptq";
+    case Method::kQat: return "qat";
+    case Method::kQad: return "qad";
+    case Method::kCkaQad: return "cka-qad";
+    case Method::kPretrain: return "pretrain";
+  }
+  return "?";
+}
+
+Method parse_method(const std::string& s) {
+  for (Method m : {Method::kPtq, Method::kQat, Method::kQad, Method::kCkaQad, Method::kPretrain}) {
+    if (s == method_name(m)) return m;
+  }
+  if (s == "cka_qad") return Method::kCkaQad;
+  fail("unknown method '{}': use ptq, qat, qad, cka-qad or pretrain", s);
+}
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j;
+  j["method"] = method_name(method);
+  j["loss"] = section_to_json(loss);
+  j["optim"] = section_to_json(optim);
+  j["data"] = section_to_json(data);
+  j["quant"] = section_to_json(quant);
+  j["run"] = section_to_json(run);
+  j["debug"] = section_to_json(debug);
+  return j;
+}
+
+void TrainConfig::merge_json(const nlohmann::json& j, const std::string& label) {
+  QAD_CHECK(j.is_object(), "{}: expected a mapping at the top level", label);
+  for (const auto& [k, v] : j.items()) {
+    const std::string where = label + ": " + k;
+    if (k == "method") {
+      method = parse_method(v.get<std::string>());
+    } else if (k == "loss") {
+      section_merge(loss, v, where);
+    } else if (k == "optim") {
+      section_merge(optim, v, where);
+    } else if (k == "data") {
+      section_merge(data, v, where);
+    } else if (k == "quant") {
+      section_merge(quant, v, where);
+    } else if (k == "run") {
+      section_merge(run, v, where);
+    } else if (k == "debug") {
+      section_merge(debug, v, where);
+    } else {
+      fail("{}: unknown section '{}' (known: method, loss, optim, data, quant, run)", label, k);
+    }
+  }
+}
+
+void TrainConfig::validate() const {
+  auto check = [](bool ok, const std::string& what) { QAD_CHECK(ok, "configuration: {}", what); };
+  check(loss.kl_weight >= 0 && loss.ce_weight >= 0 && loss.cka_weight >= 0, "loss weights must be >= 0");
+  check(method == Method::kPtq || loss.kl_weight + loss.ce_weight > 0 || loss.cka_weight > 0,
+        "every loss weight is 0: set loss.kl, loss.ce or loss.cka");
+  check(method != Method::kPretrain || (loss.kl_weight == 0 && loss.cka_weight == 0),
+        "pretrain has no teacher: only loss.ce may be non-zero");
+  check(loss.temperature > 0, "loss.temperature must be > 0");
+  check(loss.kl_top_k >= 0 && loss.chunk_tokens > 0 && loss.cka_subsample_tokens >= 0,
+        "loss.top_k, loss.cka_subsample_tokens must be >= 0 and loss.chunk_tokens > 0");
+  check(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",
+        "loss.cka_estimator must be biased or debiased, got '" + loss.cka_estimator + "'");
+  check(optim.lr >= 0 && optim.min_lr_ratio >= 0 && optim.min_lr_ratio <= 1, "optim.lr >= 0, optim.min_lr_ratio in [0, 1]");
+  check(optim.schedule == "cosine" || optim.schedule == "linear" || optim.schedule == "constant",
+        "optim.schedule must be cosine, linear or constant, got '" + optim.schedule + "'");
+  check(optim.warmup_fraction >= 0 && optim.warmup_fraction <= 1, "optim.warmup_fraction must be in [0, 1]");
+  check(optim.grad_accum >= 1, "optim.grad_accum must be >= 1");
+  check(optim.grad_clip >= 0 && optim.weight_decay >= 0, "optim.grad_clip and optim.weight_decay must be >= 0");
+  check(optim.beta1 >= 0 && optim.beta1 < 1 && optim.beta2 >= 0 && optim.beta2 < 1 && optim.eps > 0,
+        "optim.beta1/beta2 in [0, 1), optim.eps > 0");
+  check(data.seq_len >= 2 && data.batch_size >= 1, "data.seq_len >= 2 and data.batch_size >= 1");
+  check(data.mode == "pack" || data.mode == "pad", "data.mode must be pack or pad");
+  check(data.valid_fraction >= 0 && data.valid_fraction < 1, "data.valid_fraction must be in [0, 1)");
+  check(!run.teacher.empty(), "no teacher: pass --teacher DIR (run.teacher)");
+  check(!run.out.empty(), "no run directory: pass --out DIR (run.out)");
+  check(method == Method::kPtq || !data.path.empty(), "no data: pass --data PATH (data.path)");
+  check(run.steps >= 0 && run.log_every >= 1 && run.valid_every >= 0 && run.valid_batches >= 0 &&
+            run.checkpoint_every >= 0 && run.keep_checkpoints >= 1 && run.max_bad_steps >= 1,
+        "run.steps >= 0, run.log_every >= 1, run.valid_every/valid_batches/checkpoint_every >= 0, "
+        "run.keep_checkpoints >= 1, run.max_bad_steps >= 1");
+  check(method != Method::kPtq || run.steps == 0, "ptq trains nothing: run.steps must be 0");
+  check(quant.calib_batches >= 1, "quant.calib_batches must be >= 1");
+  check(dist.world_size >= 1 && dist.rank >= 0 && dist.rank < dist.world_size, "rank must be in [0, world_size)");
+}
+
+TrainConfig defaults_for(Method m) {
+  TrainConfig c;
+  c.method = m;
+  switch (m) {
+    case Method::kPtq:
+    case Method::kQad:
+      break;
+    case Method::kCkaQad:
+      c.loss.cka_weight = 0.1;
+      break;
+    case Method::kQat:
+    case Method::kPretrain:
+      c.loss.kl_weight = 0;
+      c.loss.ce_weight = 1;
+      break;
+  }
+  if (m == Method::kPtq) c.run.steps = 0;
+  return c;
+}
+
+nlohmann::json load_recipe(const std::filesystem::path& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path.string());
+  } catch (const YAML::Exception& e) {
+    fail("{}: cannot read the recipe: {}", path.string(), e.what());
+  }
+  auto j = yaml_to_json(root, path.string());
+  if (j.is_null()) return nlohmann::json::object();
+  QAD_CHECK(j.is_object(), "{}: a recipe is a mapping of sections (method, loss, optim, data, quant, run)",
+            path.string());
+  return j;
+}
+
+nlohmann::json parse_override(const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  QAD_CHECK(eq != std::string::npos && eq > 0, "--set expects section.key=value, got '{}'", assignment);
+  const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  nlohmann::json v;
+  if (value == "true" || value == "false") {
+    v = value == "true";
+  } else if (value == "null" || value == "~" || value.empty()) {
+    v = nullptr;
+  } else if (value.front() == '[' || value.front() == '{') {
+    v = nlohmann::json::parse(value, nullptr, false);
+    if (v.is_discarded()) v = value;
+  } else {
+    char* end = nullptr;
+    const long long i = std::strtoll(value.c_str(), &end, 10);
+    if (end && *end == '\0') {
+      v = static_cast<int64_t>(i);
+    } else {
+      const double d = std::strtod(value.c_str(), &end);
+      v = (end && *end == '\0') ? nlohmann::json(d) : nlohmann::json(value);
+    }
+  }
+  // "a.b.c" → {"a":{"b":{"c":v}}}
+  nlohmann::json out = v;
+  std::string k = key;
+  for (;;) {
+    const auto dot = k.rfind('.');
+    const std::string leaf = dot == std::string::npos ? k : k.substr(dot + 1);
+    out = nlohmann::json{{leaf, out}};
+    if (dot == std::string::npos) break;
+    k = k.substr(0, dot);
+  }
+  return out;
+}
+
+void merge_into(nlohmann::json& base, const nlohmann::json& patch) {
+  if (base.is_object() && patch.is_object()) {
+    for (const auto& [k, v] : patch.items()) {
+      if (base.contains(k)) {
+        merge_into(base[k], v);
+      } else {
+        base[k] = v;
+      }
+    }
+  } else {
+    base = patch;
+  }
+}
+
+std::string describe(const TrainConfig& c) {
+  auto j = c.to_json();
+  std::string s = fmt::format("method: {}\n", j["method"].get<std::string>());
+  for (const char* sec : {"loss", "optim", "data", "quant", "run"}) {
+    std::string line;
+    for (const auto& [k, v] : j[sec].items()) line += fmt::format(" {}={}", k, v.dump());
+    s += fmt::format("{}:{}\n", sec, line);
+  }
+  return s;
+}
+
+}  // namespace qad::train

@@ -1,0 +1,119 @@
+// TrainConfig: everything one `qad distill` run needs, in small per-component structs. Built from defaults,
+// then a recipe YAML (recipes/*.yaml), then command-line overrides; stored as run.json's "config" so that a
+// resumed run can check it continues the same job. Torch-free.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace qad::train {
+
+// What is trained and against what. pretrain: plain cross-entropy training of an unquantized model (the
+// demo's teacher); ptq: calibrate only, no training steps.
+enum class Method { kPtq, kQat, kQad, kCkaQad, kPretrain };
+std::string method_name(Method m);  // "ptq", "qat", "qad", "cka-qad", "pretrain" (run.json's names)
+Method parse_method(const std::string& s);
+
+struct LossConfig {
+  double kl_weight = 1.0;       // forward KL(teacher || student)
+  double ce_weight = 0.0;       // cross-entropy on the data's labels (QAT)
+  double cka_weight = 0.0;      // lambda of the CKA term (0 = off)
+  double temperature = 1.0;     // KL temperature (loss scaled by T^2)
+  int64_t kl_top_k = 0;         // 0 = full vocabulary
+  int64_t chunk_tokens = 4096;  // tokens per FP32 chunk of the KL / CE
+  std::string cka_estimator = "biased";  // biased | debiased
+  int64_t cka_subsample_tokens = 1024;   // random valid tokens per micro-batch for the CKA term; 0 = all
+  bool cka_dynamic_balance = false;      // scale the CKA term to the KL's magnitude
+  std::vector<std::string> cka_layers;   // empty = every decoder layer's output ("layers.N")
+  bool cka_tf32 = true;                  // TF32 for FP32 matmuls on CUDA (the CKA products; the model is BF16)
+  bool log_ce = true;                    // compute CE (no gradient) for the log even when its weight is 0
+};
+
+struct OptimConfig {
+  double lr = 1e-5;             // peak learning rate
+  double min_lr_ratio = 0.0;    // final lr = lr * min_lr_ratio
+  std::string schedule = "cosine";  // cosine | linear | constant (after warmup)
+  double warmup_fraction = 0.05;    // of the total steps (used when warmup_steps < 0)
+  int64_t warmup_steps = -1;
+  double weight_decay = 0.0;    // AdamW, on tensors with >= 2 dims (not norms, not biases)
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double grad_clip = 1.0;       // max global L2 norm; 0 = off
+  int64_t grad_accum = 1;       // micro-batches per optimizer step
+};
+
+struct DataConfig {
+  std::string path;             // prepared dataset dir, or .jsonl/.txt (optionally .xz/.zst) prepared on the fly
+  std::string valid_path;       // optional held-out dataset/file; else the dataset's validation split
+  int64_t seq_len = 512;
+  int64_t batch_size = 8;       // rows per micro-batch per rank
+  std::string mode = "pack";    // pack | pad
+  double valid_fraction = 0.02; // validation split when no valid_path (applied by the loader)
+  uint64_t seed = 0;            // shuffle seed
+};
+
+struct QuantConfig {
+  int64_t calib_batches = 16;   // PTQ calibration batches (train split)
+  std::string student;          // optional NVFP4 checkpoint dir to start from instead of PTQ
+  nlohmann::json options = nlohmann::json::object();  // passed to quant::QuantConfig (student.cc)
+};
+
+struct RunConfig {
+  std::string teacher;          // HF dir (the BF16 model; also the student's initial weights)
+  std::string out;              // run directory
+  std::string name;             // run.json "name"; default = the out dir's name
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  int64_t steps = 1000;         // optimizer steps
+  int64_t log_every = 1;
+  int64_t valid_every = 100;    // 0 = only at the start and the end
+  int64_t valid_batches = 16;
+  int64_t checkpoint_every = 500;  // 0 = final only
+  int64_t keep_checkpoints = 2;
+  int64_t max_bad_steps = 10;   // stop after this many consecutive non-finite steps
+  uint64_t seed = 0;            // CKA subsampling and anything else random in the step
+  bool activation_checkpointing = false;
+  bool export_bf16 = false;
+  bool export_nvfp4 = true;
+};
+
+// Fault injection for tests (hidden flags): never set in recipes.
+struct DebugConfig {
+  std::vector<int64_t> nan_at_steps;  // multiply the loss by NaN at these optimizer steps
+  int64_t kill_at_step = -1;          // raise SIGKILL right after this step's update (before its checkpoint)
+};
+
+struct DistConfig {  // set by the launcher, not by recipes
+  int rank = 0, world_size = 1;
+};
+
+struct TrainConfig {
+  Method method = Method::kQad;
+  LossConfig loss;
+  OptimConfig optim;
+  DataConfig data;
+  QuantConfig quant;
+  RunConfig run;
+  DebugConfig debug;
+  DistConfig dist;
+
+  nlohmann::json to_json() const;  // every field (the "config" of run.json), without dist
+  // Reads a (partial) object over the current values; unknown keys throw naming `label` and the key.
+  void merge_json(const nlohmann::json& j, const std::string& label);
+  void validate() const;  // throws qad::Error naming the offending setting
+};
+
+// The defaults a method implies before any recipe (loss weights).
+TrainConfig defaults_for(Method m);
+// Reads a recipe YAML file as JSON (nested maps → objects; scalars → bool / integer / float / string;
+// quoted scalars stay strings).
+nlohmann::json load_recipe(const std::filesystem::path& path);
+// "section.key=value" → a JSON patch {"section":{"key":value}}; the value is parsed like a YAML scalar.
+nlohmann::json parse_override(const std::string& assignment);
+// Deep-merges `patch` into `base` (objects recursively, everything else replaced).
+void merge_into(nlohmann::json& base, const nlohmann::json& patch);
+
+// The human-readable effective configuration (printed at start).
+std::string describe(const TrainConfig& c);
+
+}  // namespace qad::train

@@ -1,0 +1,27 @@
+// Training data for a run: a prepared token dataset directory is used as is; a .jsonl / .txt file (optionally
+// .xz / .zst) is prepared on the fly into RUN_DIR/data/<label> with the teacher's tokenizer (once: a resumed run
+// reuses it). Also builds the train and validation loaders from the configuration.
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "data/loader.h"
+#include "train/config.h"
+
+namespace qad::train {
+
+std::filesystem::path resolve_dataset(const std::string& path, const std::filesystem::path& tokenizer_dir,
+                                      const std::filesystem::path& run_dir, const std::string& label,
+                                      double valid_fraction);
+
+struct Loaders {
+  std::unique_ptr<data::Loader> train;
+  std::unique_ptr<data::Loader> valid;  // null when there is no held-out data
+  std::unique_ptr<data::Loader> calib;  // the train split with another seed (PTQ calibration)
+};
+
+// The teacher's tokenizer (when its directory has one) must have encoded the data: checked by fingerprint.
+Loaders make_loaders(const TrainConfig& cfg);
+
+}  // namespace qad::train

@@ -1,0 +1,57 @@
+// metrics.jsonl writer and the progress line (see metrics.h).
+#include "train/metrics.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace qad::train {
+
+nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+nlohmann::json layer_object(const std::vector<std::pair<std::string, double>>& per_layer) {
+  nlohmann::json o = nlohmann::json::object();
+  for (const auto& [k, v] : per_layer) o[k] = finite_or_null(v);
+  return o;
+}
+
+MetricsLog::MetricsLog(const std::filesystem::path& path) {
+  if (path.empty()) return;
+  f_ = std::fopen(path.c_str(), "ab");
+  QAD_CHECK(f_ != nullptr, "{}: cannot open the metrics log for appending", path.string());
+}
+
+MetricsLog::~MetricsLog() {
+  if (f_) std::fclose(f_);
+}
+
+void MetricsLog::write(const nlohmann::json& record) {
+  if (!f_) return;
+  const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::fwrite(line.data(), 1, line.size(), f_);
+  std::fflush(f_);
+}
+
+namespace {
+std::string rate(double x) {
+  if (x >= 1e6) return fmt::format("{:.2f}M", x / 1e6);
+  if (x >= 1e3) return fmt::format("{:.1f}k", x / 1e3);
+  return fmt::format("{:.0f}", x);
+}
+}  // namespace
+
+std::string format_step_line(const StepLine& s) {
+  std::string out = fmt::format("step {}/{} | loss {:.5g}", s.step, s.total, s.loss);
+  if (s.kl) out += fmt::format(" kl {:.5g}", *s.kl);
+  if (s.ce) out += fmt::format(" ce {:.4g}", *s.ce);
+  if (s.cka_term) out += fmt::format(" 1-cka {:.4g}", *s.cka_term);
+  out += fmt::format(" | lr {:.3g} | gnorm {:.3g} | {} tok/s", s.lr, s.grad_norm, rate(s.tokens_per_s));
+  if (s.eta_s >= 0) out += " | ETA " + Progress::format_duration(s.eta_s);
+  if (s.skipped) out += " | SKIPPED (non-finite loss or gradient)";
+  return out;
+}
+
+}  // namespace qad::train

@@ -1,0 +1,108 @@
+// AdamW with FP32 master weights (see optimizer.h).
+#include "train/optimizer.h"
+
+#include <cmath>
+#include <map>
+
+#include "util/error.h"
+#include "util/torch_format.h"
+
+namespace qad::train {
+
+AdamW::AdamW(NamedTensors params, const OptimConfig& options) : params_(std::move(params)), options_(options) {
+  torch::NoGradGuard ng;
+  for (auto& [name, p] : params_) {
+    p.set_requires_grad(true);
+    Slot s;
+    s.name = name;
+    s.param = p;
+    // BF16/FP16 parameters get an FP32 master copy; FP32 (and FP64, for tests) parameters are their own master.
+    const bool low = p.scalar_type() == torch::kBFloat16 || p.scalar_type() == torch::kHalf;
+    const auto master_dtype = low ? torch::kFloat32 : p.scalar_type();
+    s.master = low ? p.detach().to(master_dtype).clone() : p;
+    s.exp_avg = torch::zeros(p.sizes(), p.options().dtype(master_dtype));
+    s.exp_avg_sq = torch::zeros(p.sizes(), p.options().dtype(master_dtype));
+    s.decay = p.dim() >= 2;  // no decay on norms and biases (HF Trainer's rule)
+    slots_.push_back(std::move(s));
+  }
+}
+
+double AdamW::grad_norm() const {
+  torch::NoGradGuard ng;
+  std::vector<torch::Tensor> sq;
+  for (const auto& s : slots_) {
+    const auto& g = s.param.grad();
+    if (g.defined()) sq.push_back(g.to(torch::kFloat32).pow(2).sum().to(torch::kFloat64));
+  }
+  if (sq.empty()) return 0.0;
+  return std::sqrt(torch::stack(sq).sum().item<double>());
+}
+
+void AdamW::scale_grads(double factor) {
+  torch::NoGradGuard ng;
+  for (auto& s : slots_) {
+    auto g = s.param.grad();
+    if (g.defined()) g.mul_(factor);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& s : slots_) {
+    s.param.mutable_grad().reset();
+  }
+}
+
+void AdamW::step(double lr) {
+  torch::NoGradGuard ng;
+  ++t_;
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t_));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t_));
+  const double step_size = lr / bc1;
+  const double bc2_sqrt = std::sqrt(bc2);
+  for (auto& s : slots_) {
+    const auto& g0 = s.param.grad();
+    if (!g0.defined()) continue;
+    const auto g = g0.to(s.master.scalar_type());
+    if (s.decay && options_.weight_decay != 0) s.master.mul_(1.0 - lr * options_.weight_decay);
+    s.exp_avg.mul_(b1).add_(g, 1.0 - b1);
+    s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
+    const auto denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).add_(options_.eps);
+    s.master.addcdiv_(s.exp_avg, denom, -step_size);
+    if (!s.master.is_same(s.param)) s.param.copy_(s.master);
+  }
+}
+
+NamedTensors AdamW::state() const {
+  NamedTensors out;
+  for (const auto& s : slots_) {
+    if (!s.master.is_same(s.param)) out.emplace_back("master." + s.name, s.master);
+    out.emplace_back("exp_avg." + s.name, s.exp_avg);
+    out.emplace_back("exp_avg_sq." + s.name, s.exp_avg_sq);
+  }
+  return out;
+}
+
+void AdamW::load_state(const NamedTensors& state, int64_t steps) {
+  torch::NoGradGuard ng;
+  std::map<std::string, torch::Tensor> by_name(state.begin(), state.end());
+  auto take = [&](const std::string& key, torch::Tensor& dst) {
+    auto it = by_name.find(key);
+    QAD_CHECK(it != by_name.end(), "optimizer state: tensor '{}' is missing (the checkpoint was written for another "
+              "model or by another optimizer)", key);
+    QAD_CHECK(it->second.sizes() == dst.sizes(), "optimizer state: '{}' has shape {}, the model needs {}", key,
+              shape_str(it->second.sizes()), shape_str(dst.sizes()));
+    dst.copy_(it->second);
+  };
+  for (auto& s : slots_) {
+    if (!s.master.is_same(s.param)) {
+      take("master." + s.name, s.master);
+      s.param.copy_(s.master);
+    }
+    take("exp_avg." + s.name, s.exp_avg);
+    take("exp_avg_sq." + s.name, s.exp_avg_sq);
+  }
+  t_ = steps;
+}
+
+}  // namespace qad::train

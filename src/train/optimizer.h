@@ -1,0 +1,54 @@
+// AdamW with FP32 master weights: the model may compute in BF16, the update happens on an FP32 copy that is
+// then rounded into the model (on CPU the model is FP32 and the master is the parameter itself; FP64
+// parameters, used by tests, keep FP64 state). The
+// update is PyTorch's AdamW (decoupled weight decay, bias-corrected moments); its state is a flat list of
+// named tensors so checkpoints store it as safetensors.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "train/config.h"
+
+namespace qad::train {
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+class AdamW {
+ public:
+  // params: the trainable tensors by name (the model's hf_tensors()); they get requires_grad.
+  AdamW(NamedTensors params, const OptimConfig& options);
+
+  // Global L2 norm of all gradients (FP32 per tensor, summed in FP64); missing gradients count as 0.
+  // One host synchronisation.
+  double grad_norm() const;
+  // Multiplies every gradient by `factor` (clipping).
+  void scale_grads(double factor);
+  // One update with learning rate `lr` from the current gradients; increments steps().
+  void step(double lr);
+  void zero_grad();
+
+  int64_t steps() const { return t_; }
+  const NamedTensors& params() const { return params_; }
+
+  // "master.<name>" (only where the model is not FP32), "exp_avg.<name>", "exp_avg_sq.<name>".
+  NamedTensors state() const;
+  // Restores moments, master weights (and rounds them into the model) and the step count; throws naming the
+  // first tensor that is missing or has another shape.
+  void load_state(const NamedTensors& state, int64_t steps);
+
+ private:
+  struct Slot {
+    std::string name;
+    torch::Tensor param, master, exp_avg, exp_avg_sq;  // master aliases param when the param is FP32
+    bool decay = false;
+  };
+  NamedTensors params_;
+  std::vector<Slot> slots_;
+  OptimConfig options_;
+  int64_t t_ = 0;
+};
+
+}  // namespace qad::train

@@ -1,0 +1,66 @@
+// One training step: the teacher's forward (no gradient), the student's forward, the weighted loss
+// (KL + CE + CKA term), backward over k micro-batches, the gradient reduction, the non-finite check,
+// clipping and the AdamW update.
+#pragma once
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/batch_tensors.h"
+#include "model/causal_lm.h"
+#include "train/config.h"
+#include "train/optimizer.h"
+
+namespace qad::train {
+
+// Loss values of one batch (or the token-weighted mean over the micro-batches of a step).
+struct LossValues {
+  double loss = 0;                 // what was minimised
+  std::optional<double> kl, ce;    // nats per token; unset where not computed
+  std::optional<double> cka_term;  // mean over layers of (1 - CKA), before lambda
+  std::vector<std::pair<std::string, double>> cka;  // per layer
+  int64_t tokens = 0;              // loss tokens (mask != 0)
+};
+
+struct LossParts {
+  torch::Tensor total;  // 0-dim, differentiable in the student's parameters
+  LossValues values;
+};
+
+// Teacher may be null when no term needs it (QAT, pretrain). `gen` draws the CKA subsample.
+// The batch's attention_mask is passed to the models only when it has padding.
+LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, const data::BatchTensors& batch,
+                         const LossConfig& loss, bool activation_checkpointing, torch::Generator* gen);
+
+struct StepOptions {
+  double lr = 0;
+  const TrainConfig* config = nullptr;
+  uint64_t rng_seed = 0;   // the step's generator seed (the CKA subsample of micro-batch i uses rng_seed + i)
+  bool inject_nan = false; // test hook: poison this step's loss
+};
+
+struct StepResult {
+  LossValues values;
+  double grad_norm = 0;     // before clipping
+  bool skipped = false;     // non-finite loss or gradient: no update was made
+};
+
+// Forward and backward of the k micro-batches into the parameters' .grad (accumulated; zero them first), each
+// micro-batch's loss weighted by its share of the step's loss tokens. Returns the weighted loss values.
+LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teacher,
+                                const std::vector<data::BatchTensors>& micro_batches, const TrainConfig& config,
+                                uint64_t rng_seed, bool inject_nan = false);
+
+// micro_batches: the k micro-batches of this optimizer step (already on the device). Each micro-batch's loss
+// is weighted by its share of the step's loss tokens, so k micro-batches give the same KL / CE gradient as
+// one batch holding all of them (the CKA term is computed per micro-batch: minibatch CKA).
+StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
+                      const std::vector<data::BatchTensors>& micro_batches, AdamW& optimizer, const StepOptions& o);
+
+// Names of the decoder-layer outputs ("layers.0" … ) the CKA term uses by default.
+std::vector<std::string> default_cka_layers(const model::ModelConfig& c);
+
+}  // namespace qad::train

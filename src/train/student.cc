@@ -1,0 +1,127 @@
+// The student and every call into the quantization library (see student.h).
+#include "train/student.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <map>
+
+#include "io/safetensors_torch.h"
+#include "model/config.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+#include "quant/quantize_model.h"
+
+namespace qad::train {
+namespace fs = std::filesystem;
+
+bool method_quantizes(Method m) { return m != Method::kPretrain; }
+
+namespace {
+quant::QuantConfig quant_config(const TrainConfig& cfg) {
+  YAML::Node node = YAML::Load(cfg.quant.options.dump());
+  auto qc = quant::quant_config_from_yaml(node);
+  if (!cfg.quant.options.contains("calib_samples")) qc.calib_samples = cfg.quant.calib_batches * cfg.data.batch_size;
+  return qc;
+}
+}  // namespace
+
+Student build_student(const TrainConfig& cfg, torch::Device device, torch::ScalarType dtype, const CalibSource& calib,
+                      bool calibrate) {
+  Student s;
+  if (!method_quantizes(cfg.method)) {
+    s.lm = model::CausalLM::load(cfg.run.teacher, device, dtype);
+    return s;
+  }
+  const auto qc = quant_config(cfg);
+  if (!cfg.quant.student.empty()) {
+    s.lm = quant::load_nvfp4(cfg.quant.student, device, dtype);
+    quant::enable_weight_fake_quant(s.lm, true);
+  } else {
+    s.lm = model::CausalLM::load(cfg.run.teacher, device, dtype);
+    quant::apply_nvfp4(s.lm, qc);
+    if (calibrate) quant::calibrate(s.lm, calib, qc);
+  }
+  s.quantized = true;
+  s.quantized_modules = quant::quantized_modules(s.lm);
+  return s;
+}
+
+Student quantize_student(model::CausalLM lm, const TrainConfig& cfg, const CalibSource& calib) {
+  Student s;
+  s.lm = std::move(lm);
+  const auto qc = quant_config(cfg);
+  quant::apply_nvfp4(s.lm, qc);
+  quant::calibrate(s.lm, calib, qc);
+  s.quantized = true;
+  s.quantized_modules = quant::quantized_modules(s.lm);
+  return s;
+}
+
+QuantizerSnapshot quantizer_state(const Student& s) {
+  QuantizerSnapshot q;
+  q.meta["quantized"] = s.quantized;
+  q.meta["modules"] = s.quantized_modules;
+  if (s.quantized) q.tensors = quant::quantizer_state(s.lm);
+  return q;
+}
+
+void load_quantizer_state(Student& s, const TrainConfig& cfg, const QuantizerSnapshot& snap) {
+  if (!s.quantized) return;
+  quant::load_quantizer_state(s.lm, snap.tensors, quant_config(cfg));
+  s.quantized_modules = quant::quantized_modules(s.lm);
+}
+
+namespace {
+void copy_tokenizer_files(const fs::path& from, const fs::path& to) {
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}) {
+    if (fs::exists(from / f)) fs::copy_file(from / f, to / f, fs::copy_options::overwrite_existing);
+  }
+}
+}  // namespace
+
+std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, bool nvfp4, bool bf16) {
+  std::vector<fs::path> out;
+  const fs::path root = fs::path(cfg.run.out) / "export";
+  fs::create_directories(root);
+  if (nvfp4 && s.quantized) {
+    quant::export_nvfp4(s.lm, root / "nvfp4", cfg.run.teacher);
+    out.push_back(root / "nvfp4");
+  }
+  if (!s.quantized) {
+    s.lm->save(root / "hf");
+    copy_tokenizer_files(cfg.run.teacher, root / "hf");
+    out.push_back(root / "hf");
+  }
+  if (bf16) {
+    torch::NoGradGuard ng;
+    io::NamedTensors tensors;
+    std::map<std::string, model::Linear> by_weight;
+    for (const auto& l : s.lm->linears()) by_weight.emplace(l->name() + ".weight", l);
+    for (const auto& [name, t] : s.lm->hf_tensors()) {
+      auto w = t;
+      auto it = by_weight.find(name);
+      if (it != by_weight.end() && it->second->quant) w = it->second->quant->weight(t);
+      tensors.emplace_back(name, w.to(torch::kCPU, torch::kBFloat16).contiguous());
+    }
+    const auto config = model::config_json_for_save(s.lm->config(), "bfloat16");
+    write_directory_atomic(root / "bf16", [&](const fs::path& tmp) {
+      write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+      io::write_tensors_checkpoint(tmp, tensors);
+      copy_tokenizer_files(cfg.run.teacher, tmp);
+    });
+    out.push_back(root / "bf16");
+  }
+  return out;
+}
+
+model::CausalLM load_run_student(const fs::path& run_dir, torch::Device device, torch::ScalarType dtype) {
+  const auto dir = run_dir / "export";
+  if (fs::exists(dir / "nvfp4")) return quant::load_nvfp4(dir / "nvfp4", device, dtype);
+  QAD_CHECK(fs::exists(dir / "hf" / "config.json"), "{}: no exported student (export/nvfp4 or export/hf)",
+            run_dir.string());
+  return model::CausalLM::load(dir / "hf", device, dtype);
+}
+
+}  // namespace qad::train

@@ -1,0 +1,259 @@
+// The training loop (see trainer.h).
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cmath>
+
+#include "data/batch_tensors.h"
+#include "train/checkpoint.h"
+#include "train/data_source.h"
+#include "train/distributed.h"
+#include "train/memory.h"
+#include "train/metrics.h"
+#include "train/schedule.h"
+#include "train/step.h"
+#include "train/student.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/torch_compat.h"
+
+namespace qad::train {
+namespace fs = std::filesystem;
+namespace {
+
+uint64_t mix(uint64_t x) {  // SplitMix64 finaliser: per-step seeds that do not collide across steps
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// The first key whose value differs between two configs ("optim.lr: 1e-05 vs 2e-05"), ignoring debug.
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "") {
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [k, v] : a.items()) {
+      if (path.empty() && k == "debug") continue;
+      const std::string p = path.empty() ? k : path + "." + k;
+      if (!b.contains(k)) return p + " is missing from the saved config";
+      auto d = first_difference(v, b[k], p);
+      if (!d.empty()) return d;
+    }
+    return "";
+  }
+  return a == b ? "" : fmt::format("{}: {} now vs {} in the saved run", path, a.dump(), b.dump());
+}
+
+nlohmann::json valid_record(int64_t step, const ValidResult& v) {
+  nlohmann::json j = {{"type", "valid"}, {"step", step}, {"ce", finite_or_null(v.ce)}, {"ppl", finite_or_null(v.ppl)},
+                      {"tokens_evaluated", v.tokens}};
+  if (v.kl) j["kl"] = finite_or_null(*v.kl);
+  if (v.agreement) j["agreement"] = *v.agreement;
+  if (v.mean_cka) j["mean_cka"] = finite_or_null(*v.mean_cka);
+  if (!v.cka.empty()) j["cka"] = layer_object(v.cka);
+  return j;
+}
+
+std::string valid_line(int64_t step, const ValidResult& v) {
+  std::string s = fmt::format("valid @ step {}: ppl {:.4g}", step, v.ppl);
+  if (v.kl) s += fmt::format(" | kl {:.5g}", *v.kl);
+  if (v.agreement) s += fmt::format(" | top-1 agreement {:.4f}", *v.agreement);
+  if (v.mean_cka) s += fmt::format(" | mean CKA {:.5f}", *v.mean_cka);
+  return s;
+}
+
+}  // namespace
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "auto") return compat::cuda_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  torch::Device d(name);
+  QAD_CHECK(!d.is_cuda() || compat::cuda_available(), "--device {}: no CUDA device is available", name);
+  return d;
+}
+
+RunSummary run_training(const TrainConfig& cfg, bool resume) {
+  cfg.validate();
+  const fs::path run_dir(cfg.run.out);
+  const bool writer = is_writer(cfg.dist);
+  const auto device = resolve_device(cfg.run.device);
+  const auto dtype = model::CausalLM::default_dtype(device);
+  torch::manual_seed(cfg.run.seed);
+  if (device.is_cuda()) compat::set_tf32_matmul(cfg.loss.cka_tf32);
+
+  // --- the run directory and its configuration
+  fs::create_directories(run_dir);
+  const auto config_json = cfg.to_json();
+  const auto run_json_path = run_dir / "run.json";
+  const auto ckpt = resume ? latest_checkpoint(run_dir) : std::nullopt;
+  if (resume) {
+    QAD_CHECK(fs::exists(run_json_path), "--resume: {} has no run.json; start the run without --resume", run_dir.string());
+    auto saved = nlohmann::json::parse(read_file(run_json_path));
+    auto diff = first_difference(config_json, saved.at("config"));
+    QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
+              "command line, or start a new run in another --out directory", diff);
+  } else {
+    QAD_CHECK(!fs::exists(run_dir / "metrics.jsonl") && !latest_checkpoint(run_dir), "{} already holds a run; pass "
+              "--resume to continue it or choose another --out", run_dir.string());
+  }
+  const std::string name = cfg.run.name.empty() ? fs::absolute(run_dir).lexically_normal().filename().string() : cfg.run.name;
+  if (writer) {
+    write_file_atomic(run_json_path,
+                      nlohmann::json{{"name", name}, {"method", method_name(cfg.method)}, {"config", config_json}}.dump(2) + "\n");
+  }
+  fmt::print("qad distill: {} → {} on {}\n{}", cfg.run.teacher, run_dir.string(), device.str(), describe(cfg));
+
+  // --- data, models, optimizer
+  auto loaders = make_loaders(cfg);
+  const bool need_teacher = cfg.method != Method::kPretrain;
+  model::CausalLM teacher{nullptr};
+  if (need_teacher) {
+    teacher = model::CausalLM::load(cfg.run.teacher, device, dtype);
+    teacher->eval();
+    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  }
+  CalibSource calib = [&](const CalibSink& sink) {
+    for (int64_t i = 0; i < cfg.quant.calib_batches; ++i) {
+      auto b = data::to_tensors(loaders.calib->next(), device);
+      sink(b.input_ids, b.attention_mask.all().item<bool>() ? torch::Tensor() : b.attention_mask);
+    }
+  };
+  Student student = build_student(cfg, device, dtype, calib, /*calibrate=*/!ckpt);
+  student.lm->train();
+  AdamW optimizer(student.lm->hf_tensors(), cfg.optim);
+  const auto schedule = Schedule::from_config(cfg.optim, cfg.run.steps);
+
+  TrainerState st;
+  st.config = config_json;
+  st.rng = {{"seed", cfg.run.seed}, {"scheme", "splitmix64(seed ^ step) + micro-batch index, a fresh CPU generator per micro-batch"}};
+  if (ckpt) {
+    auto c = load_checkpoint(*ckpt);
+    load_quantizer_state(student, cfg, c.quant);
+    load_model_tensors(student.lm, c.model, (*ckpt / "model").string());
+    optimizer.load_state(c.optimizer, c.state.adam_steps);
+    loaders.train->restore(data::LoaderState::from_json(c.state.loader));
+    st = c.state;
+    st.config = config_json;
+    fmt::print("resumed from {} (step {})\n", ckpt->string(), st.step);
+  } else if (resume) {
+    fmt::print("--resume: no checkpoint in {} yet; starting from the beginning\n", run_dir.string());
+  }
+
+  MetricsLog metrics(writer ? run_dir / "metrics.jsonl" : fs::path());
+  model::CausalLM* teacher_ptr = need_teacher ? &teacher : nullptr;
+  auto run_validation = [&](int64_t step) -> std::optional<ValidResult> {
+    if (!loaders.valid) return std::nullopt;
+    auto v = validate(student.lm, teacher_ptr, *loaders.valid, cfg.run.valid_batches, cfg.loss.cka_layers, device,
+                      cfg.loss.chunk_tokens);
+    metrics.write(valid_record(step, v));
+    fmt::print("{}\n", valid_line(step, v));
+    return v;
+  };
+  auto checkpoint = [&]() {
+    st.loader = loaders.train->state().to_json();
+    st.adam_steps = optimizer.steps();
+    if (writer) save_checkpoint(run_dir, st, student.lm, optimizer, quantizer_state(student), cfg.run.keep_checkpoints);
+  };
+
+  std::optional<ValidResult> last_valid;
+  int64_t last_valid_step = -1, last_ckpt_step = ckpt ? st.step : -1;
+  if (!ckpt) {
+    last_valid = run_validation(0);
+    last_valid_step = 0;
+  }
+
+  // --- the loop
+  using clock = std::chrono::steady_clock;
+  const int64_t start_step = st.step;
+  const auto loop_start = clock::now();
+  for (int64_t step = st.step; step < cfg.run.steps; ++step) {
+    const auto t0 = clock::now();
+    std::vector<data::BatchTensors> micro;
+    for (int64_t i = 0; i < cfg.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders.train->next(), device));
+    const bool poison = std::find(cfg.debug.nan_at_steps.begin(), cfg.debug.nan_at_steps.end(), step + 1) !=
+                        cfg.debug.nan_at_steps.end();
+    const double lr = schedule.lr(step);
+    auto r = train_step(student.lm, teacher_ptr, micro, optimizer,
+                        {.lr = lr, .config = &cfg, .rng_seed = mix(cfg.run.seed ^ static_cast<uint64_t>(step)) & 0xffffffffffffull,
+                         .inject_nan = poison});
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    st.step = step + 1;
+    st.elapsed_s += dt;
+    const int64_t step_tokens = r.values.tokens * cfg.dist.world_size;
+    if (!r.skipped) st.tokens += step_tokens;
+    st.bad_streak = r.skipped ? st.bad_streak + 1 : 0;
+
+    const double done = static_cast<double>(st.step - start_step);
+    const double avg = std::chrono::duration<double>(clock::now() - loop_start).count() / done;
+    const auto& v = r.values;
+    nlohmann::json rec = {{"type", "train"}, {"step", st.step}, {"tokens", st.tokens}, {"loss", finite_or_null(v.loss)},
+                          {"lr", lr}, {"grad_norm", finite_or_null(r.grad_norm)},
+                          {"tokens_per_s", static_cast<double>(step_tokens) / dt},
+                          {"peak_mem_gb", peak_memory_gb(device)}};
+    if (v.kl) rec["kl"] = finite_or_null(*v.kl);
+    if (v.ce) rec["ce"] = finite_or_null(*v.ce);
+    if (v.cka_term) rec["cka_loss"] = finite_or_null(*v.cka_term);
+    if (!v.cka.empty()) rec["cka"] = layer_object(v.cka);
+    if (r.skipped) rec["skipped"] = true;
+    metrics.write(rec);
+    if (r.skipped || st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps) {
+      fmt::print("{}\n", format_step_line({.step = st.step, .total = cfg.run.steps, .loss = v.loss, .lr = lr,
+                                           .grad_norm = r.grad_norm, .tokens_per_s = static_cast<double>(step_tokens) / dt,
+                                           .eta_s = avg * static_cast<double>(cfg.run.steps - st.step), .kl = v.kl,
+                                           .ce = v.ce, .cka_term = v.cka_term, .skipped = r.skipped}));
+      std::fflush(stdout);
+    }
+    if (r.skipped) {
+      fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped "
+                 "({} in a row, the limit is {})\n", st.step, v.loss, r.grad_norm, st.bad_streak, cfg.run.max_bad_steps);
+      if (st.bad_streak >= cfg.run.max_bad_steps) {
+        const auto good = latest_checkpoint(run_dir);
+        fail("stopped after {} consecutive steps with a non-finite loss or gradient (steps {}-{}); the last good "
+             "checkpoint is {}. Lower optim.lr, check the data, or raise run.max_bad_steps",
+             st.bad_streak, st.step - st.bad_streak + 1, st.step,
+             good ? good->string() : std::string("(none written yet)"));
+      }
+      continue;  // no validation or checkpoint on a skipped step: the last checkpoint stays the last good one
+    }
+    if (cfg.debug.kill_at_step == st.step) std::raise(SIGKILL);  // test hook: die like a preempted job
+    if (cfg.run.valid_every > 0 && st.step % cfg.run.valid_every == 0) {
+      last_valid = run_validation(st.step);
+      last_valid_step = st.step;
+    }
+    if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0 && st.step < cfg.run.steps) {
+      checkpoint();
+      last_ckpt_step = st.step;
+    }
+  }
+
+  // --- the end: final validation, checkpoint, exports, final metrics
+  RunSummary summary;
+  summary.run_dir = run_dir;
+  summary.steps = st.step;
+  summary.tokens = st.tokens;
+  summary.train_seconds = st.elapsed_s;
+  if (last_valid_step != st.step) last_valid = run_validation(st.step);
+  summary.final_valid = last_valid;
+  if (st.step > 0 && last_ckpt_step != st.step) checkpoint();
+  if (writer) {
+    for (const auto& dir : export_student(student, cfg, cfg.run.export_nvfp4, cfg.run.export_bf16)) {
+      fmt::print("exported {}\n", dir.string());
+    }
+    nlohmann::json fm = {{"steps", st.step}, {"tokens", st.tokens}, {"train_seconds", st.elapsed_s}};
+    if (last_valid) {
+      fm["ppl"] = finite_or_null(last_valid->ppl);
+      fm["ce"] = finite_or_null(last_valid->ce);
+      if (last_valid->kl) fm["kl"] = finite_or_null(*last_valid->kl);
+      if (last_valid->agreement) fm["agreement"] = *last_valid->agreement;
+      if (last_valid->mean_cka) fm["mean_cka"] = finite_or_null(*last_valid->mean_cka);
+      if (!last_valid->cka.empty()) fm["cka"] = layer_object(last_valid->cka);
+    }
+    write_file_atomic(run_dir / "final_metrics.json", fm.dump(2) + "\n");
+  }
+  return summary;
+}
+
+}  // namespace qad::train

@@ -1,0 +1,73 @@
+// Validation pass (see validate.h).
+#include "train/validate.h"
+
+#include <cmath>
+
+#include "data/batch_tensors.h"
+#include "loss/cka_accumulator.h"
+#include "loss/logit_losses.h"
+#include "train/step.h"
+
+namespace qad::train {
+
+ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::Loader& loader, int64_t max_batches,
+                     const std::vector<std::string>& cka_layers, torch::Device device, int64_t chunk_tokens) {
+  torch::NoGradGuard ng;
+  const bool was_training = student->is_training();
+  student->eval();
+  const auto layers = cka_layers.empty() ? default_cka_layers(student->config()) : cka_layers;
+  data::LoaderState start = loader.state();
+  start.epoch = 0;
+  start.step = 0;
+  loader.restore(start);
+
+  ValidResult r;
+  double kl_sum = 0, ce_sum = 0, agree_sum = 0;
+  loss::CkaAccumulator cka(/*full=*/false);
+  const int64_t n = std::min<int64_t>(max_batches, loader.steps_per_epoch());
+  for (int64_t i = 0; i < n; ++i) {
+    auto b = data::to_tensors(loader.next(), device);
+    model::ForwardOptions fo;
+    fo.return_hidden = teacher != nullptr;
+    if (!b.attention_mask.all().item<bool>()) fo.attention_mask = b.attention_mask;
+    auto s = student->forward(b.input_ids, fo);
+    const int64_t tokens = b.loss_mask.sum().item<int64_t>();
+    if (tokens == 0) continue;
+    r.tokens += tokens;
+    ++r.batches;
+    ce_sum += loss::cross_entropy(s.logits, b.targets, b.loss_mask, chunk_tokens).item<double>() * tokens;
+    if (teacher) {
+      auto t = (*teacher)->forward(b.input_ids, fo);
+      loss::KLOptions ko;
+      ko.chunk_tokens = chunk_tokens;
+      kl_sum += loss::kl_divergence(s.logits, t.logits, b.loss_mask, ko).item<double>() * tokens;
+      auto same = (s.logits.argmax(-1) == t.logits.argmax(-1)).to(torch::kFloat32) * b.loss_mask;
+      agree_sum += same.sum().item<double>();
+      for (const auto& name : layers) {
+        const torch::Tensor *th = nullptr, *sh = nullptr;
+        for (const auto& [k, v] : t.hidden) if (k == name) th = &v;
+        for (const auto& [k, v] : s.hidden) if (k == name) sh = &v;
+        if (th && sh) cka.add(name, *th, *sh, fo.attention_mask);
+      }
+    }
+  }
+  if (r.tokens > 0) {
+    const double nt = static_cast<double>(r.tokens);
+    r.ce = ce_sum / nt;
+    r.ppl = std::exp(r.ce);
+    if (teacher) {
+      r.kl = kl_sum / nt;
+      r.agreement = agree_sum / nt;
+      double sum = 0;
+      for (const auto& l : cka.result()) {
+        r.cka.emplace_back(l.layer, l.minibatch_biased);
+        sum += l.minibatch_biased;
+      }
+      if (!r.cka.empty()) r.mean_cka = sum / static_cast<double>(r.cka.size());
+    }
+  }
+  if (was_training) student->train();
+  return r;
+}
+
+}  // namespace qad::train

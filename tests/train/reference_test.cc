@@ -1,0 +1,84 @@
+// The C++ QAD and CKA-QAD step against PyTorch + transformers (tools/train_reference.py, FP64): same weights,
+// same batch → same loss, per-layer CKA, gradients and AdamW-updated weights. Skips when the reference file has
+// not been generated (it needs transformers: run the tool on the GPU machine, command in its docstring).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "common/test_util.h"
+#include "data/batch_tensors.h"
+#include "io/safetensors_torch.h"
+#include "train/checkpoint.h"
+#include "train/step.h"
+
+namespace qad::train {
+namespace {
+
+const char* kReference = "tests/fixtures/train/reference.safetensors";
+const char* kModel = "tests/fixtures/models/qwen3_qknorm_headdim_tied";
+
+class ReferenceTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ReferenceTest, StepMatchesPyTorch) {
+  const auto file = qad::testing::source_dir() / kReference;
+  if (!std::filesystem::exists(file)) GTEST_SKIP() << file << " not generated (python3 tools/train_reference.py)";
+  std::map<std::string, torch::Tensor> ref;
+  for (auto& [n, t] : io::read_tensors(file)) ref[n] = t;
+  const std::string method = GetParam();
+  const bool cka = method == "cka_qad";
+
+  auto load64 = [] {
+    auto m = model::CausalLM::load(qad::testing::source_dir() / kModel, torch::kCPU, torch::kFloat32);
+    m->to(torch::kFloat64);
+    return m;
+  };
+  auto teacher = load64();
+  auto load_student = [&] {
+    auto s = load64();
+    NamedTensors w;
+    for (const auto& [n, t] : ref) {
+      if (n.rfind("student.", 0) == 0) w.emplace_back(n.substr(8), t);
+    }
+    load_model_tensors(s, w, file.string());
+    return s;
+  };
+  data::BatchTensors b;
+  b.input_ids = ref.at("batch.input_ids").to(torch::kLong);
+  b.targets = ref.at("batch.targets").to(torch::kLong);
+  b.loss_mask = ref.at("batch.loss_mask").to(torch::kFloat32);
+  b.attention_mask = ref.at("batch.attention_mask").to(torch::kBool);
+  TrainConfig cfg;
+  cfg.loss.kl_weight = 1;
+  cfg.loss.cka_weight = cka ? 0.3 : 0.0;
+  cfg.loss.cka_subsample_tokens = 0;
+  cfg.loss.log_ce = false;
+  cfg.optim.weight_decay = 0.1;
+  cfg.optim.grad_clip = 1.0;
+
+  auto student = load_student();
+  for (auto& [n, p] : student->hf_tensors()) p.set_requires_grad(true);
+  auto v = accumulate_gradients(student, &teacher, {b}, cfg, 0);
+  const double ref_loss = ref.at(method + ".loss").item<double>();
+  EXPECT_NEAR(v.loss, ref_loss, 1e-10 * std::abs(ref_loss));
+  EXPECT_NEAR(*v.kl, ref.at(method + ".kl").item<double>(), 1e-10 * std::abs(ref_loss));
+  for (const auto& [layer, c] : v.cka) EXPECT_NEAR(c, ref.at(method + ".cka." + layer).item<double>(), 1e-10) << layer;
+  for (auto& [n, p] : student->hf_tensors()) {
+    const auto& g = ref.at(method + ".grad." + n);
+    const double scale = g.abs().max().item<double>() + 1e-30;
+    EXPECT_LE((p.grad() - g).abs().max().item<double>(), 1e-8 * scale) << n;
+  }
+
+  auto fresh = load_student();
+  AdamW opt(fresh->hf_tensors(), cfg.optim);
+  auto r = train_step(fresh, &teacher, {b}, opt, {.lr = 1e-3, .config = &cfg});
+  ASSERT_FALSE(r.skipped);
+  for (auto& [n, p] : fresh->hf_tensors()) {
+    EXPECT_LE((p.detach() - ref.at(method + ".updated." + n)).abs().max().item<double>(), 1e-9) << n;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, ReferenceTest, ::testing::Values("qad", "cka_qad"));
+
+}  // namespace
+}  // namespace qad::train

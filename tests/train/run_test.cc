@@ -1,0 +1,198 @@
+// End-to-end runs of the `qad distill` binary on stories260K (CPU, a few seconds each): a run killed with
+// SIGKILL mid-way and resumed logs exactly (bitwise) the losses of an uninterrupted run; non-finite steps are
+// skipped, and too many in a row stop the run with a clear message and the last good checkpoint intact;
+// metrics.jsonl / run.json / final_metrics.json read back with report::read_run.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "report/run_reader.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path source_dir() { return QAD_SOURCE_DIR; }
+fs::path shared_dir() {
+  if (const char* s = std::getenv("QAD_SHARED_DIR")) return s;
+  return source_dir().parent_path() / "shared";
+}
+
+class RunTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("qad_run_test_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    // Short generated stories in TinyStories' style (the teacher's domain), seeded.
+    std::mt19937 rng(1234);
+    const std::vector<std::string> names = {"Lily", "Tom", "Sue", "Ben", "Mia", "Max"};
+    const std::vector<std::string> things = {"ball", "cat", "tree", "cake", "boat", "dog", "flower"};
+    const std::vector<std::string> feel = {"happy", "sad", "tired", "excited", "scared"};
+    std::ofstream f(root_ / "stories.jsonl");
+    for (int d = 0; d < 240; ++d) {
+      auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
+      std::string a = pick(names), b = pick(names), t = pick(things);
+      std::string text = "Once upon a time, there was a little girl named " + a + ". " + a + " had a big " + t +
+                         ". One day, " + a + " saw " + b + " in the park. " + b + " was " + pick(feel) + ". " + a +
+                         " said, \\\"Do you want to play with my " + t + "?\\\" " + b + " smiled and they played all day.";
+      f << "{\"text\": \"" << text << "\"}\n";
+    }
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  // Runs the qad binary; returns the raw wait status. stdout+stderr go to `log`.
+  static int run_qad(const std::vector<std::string>& args, const fs::path& log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      FILE* out = std::freopen(log.c_str(), "w", stdout);
+      (void)out;
+      dup2(fileno(stdout), fileno(stderr));
+      std::vector<char*> argv;
+      std::string bin = QAD_BINARY;
+      argv.push_back(bin.data());
+      std::vector<std::string> copy = args;
+      for (auto& a : copy) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
+  }
+
+  static std::vector<std::string> base_args(const fs::path& out) {
+    return {"distill", "--method", "cka-qad", "--teacher", (shared_dir() / "models/stories260K").string(),
+            "--data", (root_ / "stories.jsonl").string(), "--out", out.string(), "--device", "cpu",
+            "--ce", "0.5", "--cka", "0.5", "--cka-subsample", "48", "--steps", "9", "--batch-size", "4",
+            "--seq-len", "32", "--lr", "2e-3", "--warmup", "0.2", "--valid-every", "4", "--valid-batches", "2",
+            "--checkpoint-every", "3", "--calib-batches", "2", "--set", "data.valid_fraction=0.1"};
+  }
+
+  // step -> the loss of the LAST train line with that step (a resumed run re-logs steps).
+  static std::map<int64_t, double> losses(const fs::path& run) {
+    std::map<int64_t, double> out;
+    std::ifstream f(run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j["loss"].is_null() ? NAN : j["loss"].get<double>();
+    }
+    return out;
+  }
+
+  static std::string slurp(const fs::path& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+
+  static inline fs::path root_;
+};
+
+TEST_F(RunTest, SigkillMidRunThenResumeGivesTheSameLosses) {
+  const auto a = root_ / "uninterrupted", b = root_ / "killed";
+  int st = run_qad(base_args(a), root_ / "a.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "a.log");
+
+  auto killed_args = base_args(b);
+  killed_args.insert(killed_args.end(), {"--debug-kill-at-step", "5"});  // after step 5's update; last checkpoint: 3
+  st = run_qad(killed_args, root_ / "b1.log");
+  ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << slurp(root_ / "b1.log");
+  EXPECT_TRUE(fs::exists(b / "checkpoints/step-00000003/trainer_state.json"));
+  EXPECT_FALSE(fs::exists(b / "final_metrics.json"));
+
+  auto resume_args = base_args(b);
+  resume_args.push_back("--resume");
+  st = run_qad(resume_args, root_ / "b2.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "b2.log");
+  EXPECT_NE(slurp(root_ / "b2.log").find("resumed from"), std::string::npos);
+
+  auto la = losses(a), lb = losses(b);
+  ASSERT_EQ(la.size(), 9u);
+  ASSERT_EQ(lb.size(), 9u);
+  for (const auto& [step, loss] : la) {
+    EXPECT_EQ(loss, lb.at(step)) << "step " << step << " (bitwise equality on CPU)";
+  }
+  // The KL really moved: the losses are not a constant.
+  EXPECT_NE(la.at(1), la.at(9));
+  auto fa = nlohmann::json::parse(slurp(a / "final_metrics.json"));
+  auto fb = nlohmann::json::parse(slurp(b / "final_metrics.json"));
+  EXPECT_EQ(fa["kl"], fb["kl"]);
+  EXPECT_EQ(fa["mean_cka"], fb["mean_cka"]);
+
+  // A changed configuration is refused on resume, naming the setting.
+  auto changed = base_args(b);
+  *std::find(changed.begin(), changed.end(), "2e-3") = "1e-3";  // the --lr value
+  changed.push_back("--resume");
+  st = run_qad(changed, root_ / "b3.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+  EXPECT_NE(slurp(root_ / "b3.log").find("optim.lr"), std::string::npos) << slurp(root_ / "b3.log");
+
+  // The report reader takes the run as it is: every step once (the re-logged steps 4 and 5 and validation at 4
+  // replaced, which it notes), nothing else to warn about.
+  auto run = qad::report::read_run(b);
+  EXPECT_EQ(run.method, "cka-qad");
+  ASSERT_EQ(run.warnings.size(), 1u);
+  EXPECT_NE(run.warnings[0].find("3 step(s) were logged more than once"), std::string::npos) << run.warnings[0];
+  EXPECT_TRUE(qad::report::read_run(a).warnings.empty());
+  ASSERT_EQ(run.train.size(), 9u);
+  EXPECT_GE(run.valid.size(), 3u);  // steps 0, 4, 8 (and 9)
+  const auto& last = run.train.back();
+  for (const char* k : {"loss", "kl", "ce", "cka_loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gb", "tokens"}) {
+    EXPECT_TRUE(last.get(k).has_value()) << k;
+  }
+  EXPECT_EQ(last.cka.size(), 5u);  // stories260K has 5 decoder layers
+  EXPECT_TRUE(run.valid.front().get("kl").has_value());
+  EXPECT_TRUE(run.valid.front().get("mean_cka").has_value());
+  EXPECT_TRUE(run.valid.front().get("agreement").has_value());
+  ASSERT_NE(run.final_metric("kl"), nullptr);
+}
+
+TEST_F(RunTest, NonFiniteStepsAreSkippedAndTooManyStopTheRun) {
+  // One poisoned step: skipped with a warning, the run goes on and finishes.
+  const auto one = root_ / "one_nan";
+  auto args = base_args(one);
+  args.insert(args.end(), {"--debug-nan-at-steps", "2"});
+  int st = run_qad(args, root_ / "n1.log");
+  const auto log1 = slurp(root_ / "n1.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << log1;
+  EXPECT_NE(log1.find("step 2: non-finite loss"), std::string::npos) << log1;
+  std::ifstream f(one / "metrics.jsonl");
+  std::string line;
+  int skipped = 0;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("skipped", false)) {
+      ++skipped;
+      EXPECT_EQ(j["step"], 2);
+      EXPECT_TRUE(j["loss"].is_null());
+    }
+  }
+  EXPECT_EQ(skipped, 1);
+
+  // Three in a row with a limit of three: stop, name the last good checkpoint, export nothing.
+  const auto many = root_ / "many_nan";
+  args = base_args(many);
+  args.insert(args.end(), {"--debug-nan-at-steps", "5,6,7", "--max-bad-steps", "3"});
+  st = run_qad(args, root_ / "n2.log");
+  const auto log2 = slurp(root_ / "n2.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << log2;
+  EXPECT_NE(log2.find("stopped after 3 consecutive steps with a non-finite loss or gradient (steps 5-7)"),
+            std::string::npos) << log2;
+  EXPECT_NE(log2.find("step-00000003"), std::string::npos) << log2;
+  EXPECT_TRUE(fs::exists(many / "checkpoints/step-00000003/model/config.json"));
+  EXPECT_FALSE(fs::exists(many / "final_metrics.json"));
+}
+
+}  // namespace
