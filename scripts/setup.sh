@@ -27,5 +27,5 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j "$jobs"
 
 if [ $run -eq 1 ]; then
-  exec "$build/qad" demo
+  exec "$build/qad" selfcheck
 fi

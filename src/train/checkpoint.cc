@@ -1,4 +1,5 @@
 // Training checkpoints (see checkpoint.h).
+#include "util/remove_tree.h"
 #include "train/checkpoint.h"
 
 #include <fmt/format.h>
@@ -62,7 +63,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state, con
   }
   std::sort(all.begin(), all.end());
   for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) {
-    if (all[i] != dir) fs::remove_all(all[i]);
+    if (all[i] != dir) ::qad::remove_tree(all[i]);
   }
   return dir;
 }

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "eval/lm_metrics.h"
 #include "eval/model_loading.h"
@@ -87,8 +88,8 @@ class ClosedForm : public ::testing::Test {
   static void TearDownTestSuite() {
     delete student_;
     delete teacher_;
-    fs::remove_all(temp_dir("student"));
-    fs::remove_all(temp_dir("teacher"));
+    ::qad::remove_tree(temp_dir("student"));
+    ::qad::remove_tree(temp_dir("teacher"));
   }
   static Bigram* student_;
   static Bigram* teacher_;
@@ -197,7 +198,7 @@ TEST(ModelLoading, UnreadableFormatsSayWhatTheyAre) {
   std::ofstream(dir / "hf_quant_config.json") << R"({"quantization": {"quant_algo": "NVFP4", "group_size": 16}})";
   EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kNvfp4Export);
   EXPECT_THROW(qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32), qad::Error);  // no config, no weights
-  fs::remove_all(dir);
+  ::qad::remove_tree(dir);
   EXPECT_THROW(qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32), qad::Error);
 }
 

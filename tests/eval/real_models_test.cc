@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "eval/eval_command.h"
 #include "eval/layer_cka.h"
@@ -141,7 +142,7 @@ TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
   std::cout << "stories260K held-out perplexity: FP32 " << fp32.perplexity << ", NVFP4 PTQ export " << theirs.perplexity
             << "\n";
   EXPECT_GT(theirs.perplexity, fp32.perplexity);  // 4 bits cost something
-  fs::remove_all(out);
+  ::qad::remove_tree(out);
 
   // The trainer's checkpoint layout (docs/train.md): a run directory whose checkpoints/latest names
   // step-N/ with model/ (HF), quantizer.safetensors (every amax) and trainer_state.json.
@@ -160,7 +161,7 @@ TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
     EXPECT_EQ(c.perplexity, mine.perplexity) << dir;
     EXPECT_EQ(*c.kl, 0.0) << dir;
   }
-  fs::remove_all(run);
+  ::qad::remove_tree(run);
 }
 
 TEST(EvalCommand, JsonObjectSchemaAndSelfTeacher) {

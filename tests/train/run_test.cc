@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "util/remove_tree.h"
 #include "report/run_reader.h"
 
 namespace fs = std::filesystem;
@@ -32,7 +33,7 @@ class RunTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = fs::temp_directory_path() / ("qad_run_test_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
+    ::qad::remove_tree(root_);
     fs::create_directories(root_);
     // Short generated stories in TinyStories' style (the teacher's domain), seeded.
     std::mt19937 rng(1234);
@@ -49,7 +50,7 @@ class RunTest : public ::testing::Test {
       f << "{\"text\": \"" << text << "\"}\n";
     }
   }
-  static void TearDownTestSuite() { fs::remove_all(root_); }
+  static void TearDownTestSuite() { ::qad::remove_tree(root_); }
 
   // Runs the qad binary; returns the raw wait status. stdout+stderr go to `log`.
   static int run_qad(const std::vector<std::string>& args, const fs::path& log) {

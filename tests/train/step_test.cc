@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "loss/cka.h"
@@ -276,7 +277,7 @@ TEST(CheckpointTest, RoundTripIsBitwise) {
   q.tensors = {{"model.layers.0.mlp.up_proj.input_quantizer._amax", torch::tensor(3.5f)}};
   q.meta = {{"quantized", true}};
   const auto dir = std::filesystem::temp_directory_path() / ("qad_ckpt_test_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ::qad::remove_tree(dir);
   auto written = save_checkpoint(dir, st, student, opt, q, 1);
   st.step = 3;
   auto second = save_checkpoint(dir, st, student, opt, q, 1);  // keep = 1 removes the first
@@ -306,7 +307,7 @@ TEST(CheckpointTest, RoundTripIsBitwise) {
   for (size_t i = 0; i < student->hf_tensors().size(); ++i) {
     EXPECT_TRUE(qad::testing::same_bits(fresh->hf_tensors()[i].second, student->hf_tensors()[i].second));
   }
-  std::filesystem::remove_all(dir);
+  ::qad::remove_tree(dir);
 }
 
 }  // namespace
