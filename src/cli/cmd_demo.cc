@@ -10,7 +10,7 @@ namespace {
 void register_demo(CLI::App& app) {
   auto o = std::make_shared<demo::DemoOptions>();
   auto* cmd = app.add_subcommand("demo", "Train a tiny teacher on a generated arithmetic task, then compare PTQ, QAT, "
-                                         "QAD and CKA-QAD on it (no downloads; ~5 min on 2 CPU cores)");
+                                         "QAD and CKA-QAD on it (no downloads)");
   auto* out = cmd->add_option("--out", o->out, "output directory");
   out->default_str("qad-demo");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");
