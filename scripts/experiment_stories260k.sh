@@ -2,7 +2,8 @@
 # The CPU acceptance experiment of the trainer (docs/train.md): on stories260K, PTQ vs QAD vs CKA-QAD with the
 # same data and budget. Data: stories sampled from the teacher itself (in-domain text, no downloads).
 # Prints held-out KL to the teacher, perplexity, top-1 agreement, mean and per-layer CKA for each method.
-#   bash scripts/experiment_stories260k.sh [OUT_DIR]        (repo root; STEPS, LR, LAMBDA, SEED override)
+#   bash scripts/experiment_stories260k.sh [OUT_DIR]        (repo root; STEPS, LR, LAMBDA, SEED, DEVICE override)
+# Then the per-layer CKA plot of the three students: PLOT=docs/images/cka_stories260k.svg (default OUT_DIR/cka.svg).
 set -euo pipefail
 QAD=${QAD:-./build/qad}
 OUT=${1:-runs/stories260k}
@@ -10,7 +11,8 @@ STEPS=${STEPS:-300}
 LR=${LR:-1e-3}
 LAMBDA=${LAMBDA:-1.0}
 SEED=${SEED:-0}
-T=${TEACHER:-../shared/models/stories260K}
+DEVICE=${DEVICE:-cpu}
+T=${TEACHER:-${QAD_SHARED_DIR:-../shared}/models/stories260K}
 mkdir -p "$OUT"
 
 sample() {  # sample N stories from the teacher (BOS prompt, temperature 1, stop at BOS/EOS) into a jsonl
@@ -18,7 +20,7 @@ sample() {  # sample N stories from the teacher (BOS prompt, temperature 1, stop
   [ -s "$file" ] && return
   local args=()
   for _ in $(seq "$n"); do args+=(--prompt-ids 1); done
-  "$QAD" generate --model "$T" "${args[@]}" --max-new-tokens 256 --stop-ids 1,2 --seed "$seed" --device cpu --json |
+  "$QAD" generate --model "$T" "${args[@]}" --max-new-tokens 256 --stop-ids 1,2 --seed "$seed" --device "$DEVICE" --json |
     python3 -c 'import json,sys
 for o in json.load(sys.stdin)["outputs"]:
     t=o["text"].replace("<s>","").replace("</s>","").strip()
@@ -28,7 +30,7 @@ for o in json.load(sys.stdin)["outputs"]:
 sample 1500 1 "$OUT/train.jsonl"
 sample 200 2 "$OUT/valid.jsonl"
 
-common=(--teacher "$T" --data "$OUT/train.jsonl" --valid-data "$OUT/valid.jsonl" --device cpu
+common=(--teacher "$T" --data "$OUT/train.jsonl" --valid-data "$OUT/valid.jsonl" --device "$DEVICE"
         --batch-size 16 --seq-len 128 --steps "$STEPS" --lr "$LR" --valid-every 50 --valid-batches 16
         --checkpoint-every 0 --calib-batches 8 --seed "$SEED" --data-seed "$SEED" --log-every 25)
 for m in ptq qad cka-qad; do
@@ -38,6 +40,11 @@ for m in ptq qad cka-qad; do
   [ "$m" = cka-qad ] && extra=(--cka "$LAMBDA" --cka-subsample 0)
   "$QAD" distill --method "$m" "${common[@]}" "${extra[@]}" --out "$OUT/$m"
 done
+
+# Per-layer CKA against the teacher on the held-out stories (FP32), one line per student.
+"$QAD" cka --teacher "$T" --model PTQ="$OUT/ptq/export/nvfp4" --model QAD="$OUT/qad/export/nvfp4" \
+  --model CKA-QAD="$OUT/cka-qad/export/nvfp4" --data "$OUT/valid.jsonl" --tokens 0 --seq-len 128 --device "$DEVICE" \
+  --dtype float32 --plot "${PLOT:-$OUT/cka.svg}" | tee "$OUT/cka.txt"
 
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib

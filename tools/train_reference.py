@@ -58,7 +58,7 @@ def main():
     teacher = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float64, attn_implementation="eager").eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student0 = copy.deepcopy(teacher)
+    student0 = copy.deepcopy(teacher)  # frozen like the teacher; each method's copy is unfrozen below
     with torch.no_grad():
         for _, p in student0.named_parameters():
             p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.05 * (p.std() + 1e-3))
@@ -88,6 +88,8 @@ def main():
 
     for method, lam in (("qad", 0.0), ("cka_qad", LAMBDA)):
         student = copy.deepcopy(student0).train()
+        for p in student.parameters():  # the copy inherits the frozen teacher's requires_grad=False
+            p.requires_grad_(True)
         s_store, s_hooks = layer_outputs(student)
         s_logits = student(input_ids=input_ids, attention_mask=attn).logits
         for h in s_hooks:

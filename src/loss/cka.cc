@@ -32,42 +32,61 @@ void check_pair(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est
   QAD_CHECK(x.size(1) > 0 && y.size(1) > 0, "{}: features have an empty hidden dimension", what);
 }
 
-// Squared Frobenius norm, accumulated in FP64.
-torch::Tensor sq_norm(const torch::Tensor& m) { return m.square().sum(torch::kFloat64); }
+// Squared Frobenius norm of each [.., r, c] matrix of a [L, r, c] batch, accumulated in FP64: [L].
+torch::Tensor sq_norms(const torch::Tensor& m) { return m.square().sum({1, 2}, false, torch::kFloat64); }
 
-// The three unscaled dps terms of one (X, Y) pair, plus what the backward reuses.
+// Per-layer FP64 scalars [L] as [L, 1, 1] in the compute dtype, to scale a batch of matrices.
+torch::Tensor per_layer(const torch::Tensor& v, torch::ScalarType ct) { return v.to(ct).view({-1, 1, 1}); }
+
+// Which products to form. Feature form: A = Yc^T Xc [p2,p1], Gx [p1,p1], Gy [p2,p2]; Gram form: K = Xc Xc^T,
+// L = Yc Yc^T [n,n]. Both give |A|^2 = <K,L>, |Gx|^2 = |K|^2, |Gy|^2 = |L|^2; the Gram form is cheaper (and
+// needs less memory) when there are fewer tokens than features, e.g. 1024 sampled tokens of a 2048-wide model.
+bool use_gram_form(int64_t n, int64_t p1, int64_t p2) { return n * (p1 + p2) < p1 * p2 + p1 * p1 + p2 * p2; }
+
+// The three unscaled dps terms of L (X, Y) pairs at once, plus what the backward reuses.
 struct Core {
   int64_t n = 0;
-  torch::Tensor xc, yc, mean_x, mean_y;  // compute dtype
-  torch::Tensor a, gx, gy;               // A = Yc^T Xc [p2,p1], Gx [p1,p1], Gy [p2,p2]
-  torch::Tensor f, fxx, fyy;             // FP64 0-dim: dps(X,Y), dps(X,X), dps(Y,Y)
+  bool gram = false;
+  torch::Tensor xc, yc, mean_x, mean_y;  // compute dtype, [L, n, p] and [L, 1, p]
+  torch::Tensor a, gx, gy;               // feature form: A = Yc^T Xc [L,p2,p1], Gx [L,p1,p1], Gy [L,p2,p2]
+  torch::Tensor k, l;                    // Gram form: K = Xc Xc^T, L = Yc Yc^T [L,n,n]
+  torch::Tensor f, fxx, fyy;             // FP64 [L]: dps(X,Y), dps(X,X), dps(Y,Y)
 };
 
 Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est) {
   torch::NoGradGuard no_grad;
   Core c;
   const auto ct = compute_type(x, y);
-  c.n = x.size(0);
+  c.n = x.size(1);
+  c.gram = use_gram_form(c.n, x.size(2), y.size(2));
   auto xf = x.detach().to(ct), yf = y.detach().to(ct);
-  c.mean_x = xf.mean(0, /*keepdim=*/true);
-  c.mean_y = yf.mean(0, /*keepdim=*/true);
+  c.mean_x = xf.mean(1, /*keepdim=*/true);
+  c.mean_y = yf.mean(1, /*keepdim=*/true);
   c.xc = xf - c.mean_x;
   c.yc = yf - c.mean_y;
-  c.a = c.yc.t().mm(c.xc);
-  c.gx = c.xc.t().mm(c.xc);
-  c.gy = c.yc.t().mm(c.yc);
-  c.f = sq_norm(c.a);
-  c.fxx = sq_norm(c.gx);
-  c.fyy = sq_norm(c.gy);
+  if (c.gram) {
+    c.k = c.xc.bmm(c.xc.transpose(1, 2));
+    c.l = c.yc.bmm(c.yc.transpose(1, 2));
+    c.f = (c.k * c.l).sum({1, 2}, false, torch::kFloat64);
+    c.fxx = sq_norms(c.k);
+    c.fyy = sq_norms(c.l);
+  } else {
+    c.a = c.yc.transpose(1, 2).bmm(c.xc);
+    c.gx = c.xc.transpose(1, 2).bmm(c.xc);
+    c.gy = c.yc.transpose(1, 2).bmm(c.yc);
+    c.f = sq_norms(c.a);
+    c.fxx = sq_norms(c.gx);
+    c.fyy = sq_norms(c.gy);
+  }
   if (est == CkaEstimator::kDebiased) {
     const double n = static_cast<double>(c.n);
-    auto sx = c.xc.square().sum(1, false, torch::kFloat64);
-    auto sy = c.yc.square().sum(1, false, torch::kFloat64);
-    auto nx = sx.sum(), ny = sy.sum();
+    auto sx = c.xc.square().sum(2, false, torch::kFloat64);  // [L, n]
+    auto sy = c.yc.square().sum(2, false, torch::kFloat64);
+    auto nx = sx.sum(1), ny = sy.sum(1);
     const double k1 = n / (n - 2), k2 = 1.0 / ((n - 1) * (n - 2));
-    c.f = c.f - k1 * sx.dot(sy) + k2 * nx * ny;
-    c.fxx = c.fxx - k1 * sx.dot(sx) + k2 * nx * nx;
-    c.fyy = c.fyy - k1 * sy.dot(sy) + k2 * ny * ny;
+    c.f = c.f - k1 * (sx * sy).sum(1) + k2 * nx * ny;
+    c.fxx = c.fxx - k1 * sx.square().sum(1) + k2 * nx * nx;
+    c.fyy = c.fyy - k1 * sy.square().sum(1) + k2 * ny * ny;
   }
   return c;
 }
@@ -77,6 +96,7 @@ double hsic_scale(CkaEstimator est, int64_t n_rows) {
   return est == CkaEstimator::kBiased ? 1.0 / ((n - 1) * (n - 1)) : 1.0 / (n * (n - 3));
 }
 
+// Batched over layers: x [L, n, p1], y [L, n, p2] -> CKA [L].
 struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
                                CkaEstimator est, bool grad_x, bool grad_y) {
@@ -86,13 +106,17 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     if (grad_x || grad_y) {
       ctx->save_for_backward({x, y});
       ctx->saved_data["debiased"] = est == CkaEstimator::kDebiased;
+      ctx->saved_data["gram"] = c.gram;
       ctx->saved_data["grad_x"] = grad_x;
       ctx->saved_data["grad_y"] = grad_y;
       ctx->saved_data["mean_x"] = c.mean_x;
       ctx->saved_data["mean_y"] = c.mean_y;
+      // Only what the requested gradients read: the teacher side's own Gram matrix is not kept.
       ctx->saved_data["a"] = c.a;
       ctx->saved_data["gx"] = grad_x ? c.gx : torch::Tensor();
       ctx->saved_data["gy"] = grad_y ? c.gy : torch::Tensor();
+      ctx->saved_data["k"] = c.k;
+      ctx->saved_data["l"] = c.l;
       ctx->saved_data["fxx"] = c.fxx;
       ctx->saved_data["fyy"] = c.fyy;
       ctx->saved_data["cka"] = cka;
@@ -102,55 +126,64 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
 
   // d CKA / d Yc = (2/root) Xc A^T - (2 cka / fyy) Yc Gy  [biased part]
   //              + gamma Yc + diag(r) Yc                  [debiased corrections]
-  // then centred over rows (the centring projection's adjoint). X is symmetric with A -> A^T.
+  // then centred over rows (the centring projection's adjoint). X is symmetric with A -> A^T. In the Gram form
+  // the biased part is ((2/root) K - (2 cka / fyy) L) Yc, since Xc A^T = K Yc and Yc Gy = L Yc.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     torch::NoGradGuard no_grad;
     auto saved = ctx->get_saved_variables();
     const auto& x = saved[0];
     const auto& y = saved[1];
     const bool debiased = ctx->saved_data["debiased"].toBool();
+    const bool gram = ctx->saved_data["gram"].toBool();
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_y = ctx->saved_data["grad_y"].toBool();
     const auto ct = compute_type(x, y);
     auto xc = x.to(ct) - ctx->saved_data["mean_x"].toTensor();
     auto yc = y.to(ct) - ctx->saved_data["mean_y"].toTensor();
-    auto a = ctx->saved_data["a"].toTensor();
     auto fxx = ctx->saved_data["fxx"].toTensor();
     auto fyy = ctx->saved_data["fyy"].toTensor();
     auto cka = ctx->saved_data["cka"].toTensor();
     auto go = grad_outputs[0].to(torch::kFloat64);
     auto root = torch::sqrt(fxx * fyy);
     auto alpha = 2.0 / root;
-    const double n = static_cast<double>(x.size(0));
+    const double n = static_cast<double>(x.size(1));
     torch::Tensor sx, sy, nx, ny;
     if (debiased) {
-      sx = xc.square().sum(1, false, torch::kFloat64);
-      sy = yc.square().sum(1, false, torch::kFloat64);
-      nx = sx.sum();
-      ny = sy.sum();
+      sx = xc.square().sum(2, false, torch::kFloat64);
+      sy = yc.square().sum(2, false, torch::kFloat64);
+      nx = sx.sum(1);
+      ny = sy.sum(1);
     }
-    // One side: own = the side differentiated (centred), other = the other side, cross = the product that maps
-    // `other` into own's columns, gram = own's Gram matrix, f_own = own's dps, s_* / n_* = row norms / sums.
-    auto side = [&](const torch::Tensor& own, const torch::Tensor& other, const torch::Tensor& cross,
-                    const torch::Tensor& gram, const torch::Tensor& f_own, const torch::Tensor& s_own,
-                    const torch::Tensor& s_other, const torch::Tensor& n_own, const torch::Tensor& n_other,
-                    const torch::Tensor& input) {
-      auto m = gram * (-2.0 * cka / f_own).to(ct);
-      if (debiased) {
-        auto gamma = 2.0 / ((n - 1) * (n - 2)) * (n_other / root - cka * n_own / f_own);
-        m.diagonal().add_(gamma.to(ct));
+    // One side: own = the side differentiated (centred), other = the other side, f_own = own's dps,
+    // s_* / n_* = row norms / sums; own_gram / cross = the feature-form matrices (own's Gram matrix, the product
+    // mapping `other` into own's columns), or own_kernel / other_kernel = the Gram-form n x n kernels.
+    auto side = [&](const torch::Tensor& own, const torch::Tensor& other, const torch::Tensor& own_gram,
+                    const torch::Tensor& cross, const torch::Tensor& own_kernel, const torch::Tensor& other_kernel,
+                    const torch::Tensor& f_own, const torch::Tensor& s_own, const torch::Tensor& s_other,
+                    const torch::Tensor& n_own, const torch::Tensor& n_other, const torch::Tensor& input) {
+      auto beta = per_layer(-2.0 * cka / f_own, ct);
+      torch::Tensor g;
+      if (gram) {
+        g = (own_kernel * beta).add_(other_kernel * per_layer(alpha, ct)).bmm(own);
+      } else {
+        g = own.bmm(own_gram * beta).baddbmm_(other, cross * per_layer(alpha, ct));
       }
-      auto g = own.mm(m).addmm_(other, cross * alpha.to(ct));
       if (debiased) {
-        auto r = (-2.0 * n / (n - 2)) * (s_other / root - cka * s_own / f_own);
-        g.add_(own * r.to(ct).unsqueeze(1));
-        g.sub_(g.mean(0, /*keepdim=*/true));
+        auto gamma = 2.0 / ((n - 1) * (n - 2)) * (n_other / root - cka * n_own / f_own);                 // [L]
+        auto r = (-2.0 * n / (n - 2)) * (s_other / root.unsqueeze(1) - (cka / f_own).unsqueeze(1) * s_own);  // [L,n]
+        g.add_(own * (r + gamma.unsqueeze(1)).to(ct).unsqueeze(2));
+        g.sub_(g.mean(1, /*keepdim=*/true));
       }
-      return g.mul_(go.to(ct)).to(input.scalar_type());
+      return g.mul_(per_layer(go, ct)).to(input.scalar_type());
     };
+    auto a = ctx->saved_data["a"].toTensor();
+    auto k = ctx->saved_data["k"].toTensor();
+    auto l = ctx->saved_data["l"].toTensor();
     torch::Tensor dx, dy;
-    if (grad_y) dy = side(yc, xc, a.t(), ctx->saved_data["gy"].toTensor(), fyy, sy, sx, ny, nx, y);
-    if (grad_x) dx = side(xc, yc, a, ctx->saved_data["gx"].toTensor(), fxx, sx, sy, nx, ny, x);
+    if (grad_y) {
+      dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l, k, fyy, sy, sx, ny, nx, y);
+    }
+    if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k, l, fxx, sx, sy, nx, ny, x);
     return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -162,14 +195,27 @@ double HsicTerms::cka() const { return xy / std::sqrt(xx * yy); }
 torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
   check_pair(x, y, estimator, "linear_cka");
   const bool grad = torch::GradMode::is_enabled();
+  return FeatureCka::apply(x.unsqueeze(0), y.unsqueeze(0), estimator, grad && x.requires_grad(),
+                           grad && y.requires_grad())
+      .squeeze(0);
+}
+
+torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
+  QAD_CHECK(x.defined() && y.defined() && x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0),
+            "linear_cka_batched: features must be [layers, tokens, hidden] with the same number of layers; got x {} "
+            "and y {}",
+            detail::shape_str(x.defined() ? x.sizes() : at::IntArrayRef{}),
+            detail::shape_str(y.defined() ? y.sizes() : at::IntArrayRef{}));
+  check_pair(x[0], y[0], estimator, "linear_cka_batched");
+  const bool grad = torch::GradMode::is_enabled();
   return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad());
 }
 
 HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
   check_pair(x, y, estimator, "hsic_terms");
-  Core c = compute_core(x, y, estimator);
+  Core c = compute_core(x.unsqueeze(0), y.unsqueeze(0), estimator);
   const double s = hsic_scale(estimator, c.n);
-  auto v = torch::stack({c.f, c.fxx, c.fyy}).cpu();
+  auto v = torch::cat({c.f, c.fxx, c.fyy}).cpu();
   auto acc = v.accessor<double, 1>();
   return {acc[0] * s, acc[1] * s, acc[2] * s};
 }

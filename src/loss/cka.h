@@ -16,6 +16,13 @@ enum class CkaEstimator { kBiased, kDebiased };
 // the compute dtype. Rows that must not count are removed by the caller. Zero-variance inputs give NaN.
 torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator = CkaEstimator::kBiased);
 
+// Many pairs at once (e.g. every decoder layer): x [L, n, p1], y [L, n, p2] -> [L], the same values as L calls of
+// linear_cka, in one set of batched products (a handful of kernels instead of L times as many). When n is
+// smaller than the features it works on the n x n Gram matrices instead of the p x p products (cheaper then;
+// same result up to rounding).
+torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y,
+                                 CkaEstimator estimator = CkaEstimator::kBiased);
+
 // Gram form on K = X X^T, L = Y Y^T (n x n memory): the reference for tests; differentiable by autograd.
 // Computed in FP64 for FP64 inputs, FP32 otherwise.
 torch::Tensor linear_cka_gram(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator);

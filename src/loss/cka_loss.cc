@@ -1,4 +1,4 @@
-// cka_loss: selects the valid (optionally subsampled) token rows once, then one feature-form CKA per layer.
+// cka_loss: selects the valid (optionally subsampled) token rows once, then one batched CKA over all layers.
 #include "loss/cka_loss.h"
 
 #include <algorithm>
@@ -27,43 +27,12 @@ std::string layer_names(const NamedHidden& hidden) {
 
 }  // namespace
 
-CkaLossResult cka_loss(const NamedHidden& teacher_hidden, const NamedHidden& student_hidden, const torch::Tensor& mask,
-                       const CkaLossOptions& options, torch::Generator* gen, std::optional<double> kl_value) {
+CkaTokens select_cka_tokens(const torch::Tensor& mask, int64_t batch, int64_t tokens, const CkaLossOptions& options,
+                            torch::Generator* gen, torch::Device device) {
   QAD_CHECK(options.subsample_tokens >= 0, "cka_loss: subsample_tokens must be >= 0 (0 = all), got {}",
             options.subsample_tokens);
-  QAD_CHECK(!options.dynamic_balance || kl_value.has_value(),
-            "cka_loss: dynamic balancing needs this step's KL value (pass kl_value)");
-  QAD_CHECK(options.balance_max_factor > 0, "cka_loss: balance_max_factor must be > 0, got {}",
-            options.balance_max_factor);
-  std::vector<std::string> layers = options.layers;
-  if (layers.empty()) {
-    for (const auto& [n, t] : student_hidden) layers.push_back(n);
-  }
-  QAD_CHECK(!layers.empty(), "cka_loss: no layers to compare (the student produced no hidden states)");
-
-  // Resolve and check all layers before computing anything.
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs;
-  for (const auto& name : layers) {
-    const torch::Tensor* t = find_layer(teacher_hidden, name);
-    const torch::Tensor* s = find_layer(student_hidden, name);
-    QAD_CHECK(t != nullptr, "cka_loss: layer '{}' is missing from the teacher's hidden states (have: {})", name,
-              layer_names(teacher_hidden));
-    QAD_CHECK(s != nullptr, "cka_loss: layer '{}' is missing from the student's hidden states (have: {})", name,
-              layer_names(student_hidden));
-    QAD_CHECK(t->dim() == 3 && s->dim() == 3 && t->size(0) == s->size(0) && t->size(1) == s->size(1),
-              "cka_loss: layer '{}': teacher {} and student {} must both be [batch, tokens, hidden] over the same "
-              "tokens",
-              name, detail::shape_str(t->sizes()), detail::shape_str(s->sizes()));
-    QAD_CHECK(pairs.empty() || (t->size(0) == pairs[0].first.size(0) && t->size(1) == pairs[0].first.size(1)),
-              "cka_loss: layer '{}' has {} tokens where the first layer has {}", name,
-              detail::shape_str(t->sizes().slice(0, 2)), detail::shape_str(pairs[0].first.sizes().slice(0, 2)));
-    pairs.emplace_back(t->detach(), *s);
-  }
-  const auto& first = pairs[0].second;
-  const auto device = first.device();
-  const int64_t n_rows = first.size(0) * first.size(1);
-
-  auto keep = detail::mask_to_keep(mask, first.sizes().slice(0, 2), "cka_loss");
+  const int64_t n_rows = batch * tokens;
+  auto keep = detail::mask_to_keep(mask, {batch, tokens}, "cka_loss");
   if (keep.defined()) keep = keep.to(device);
   auto rows = detail::select_rows(keep, n_rows);
   if (options.subsample_tokens > 0 && options.subsample_tokens < rows.count) {
@@ -75,14 +44,66 @@ CkaLossResult cka_loss(const NamedHidden& teacher_hidden, const NamedHidden& stu
   const int64_t need = options.estimator == CkaEstimator::kDebiased ? 4 : 2;
   QAD_CHECK(rows.count >= need, "cka_loss: only {} valid tokens in this batch; CKA needs at least {}", rows.count,
             need);
+  return {rows.index, rows.count};
+}
 
-  std::vector<torch::Tensor> ckas;
-  for (auto& [t, s] : pairs) {
-    auto x = rows.take(t.reshape({n_rows, t.size(2)}), 0, rows.count);
-    auto y = rows.take(s.reshape({n_rows, s.size(2)}), 0, rows.count);
-    ckas.push_back(linear_cka(x, y, options.estimator));
+CkaLossResult cka_loss(const NamedHidden& teacher_hidden, const NamedHidden& student_hidden, const torch::Tensor& mask,
+                       const CkaLossOptions& options, torch::Generator* gen, std::optional<double> kl_value) {
+  QAD_CHECK(!student_hidden.empty(), "cka_loss: no layers to compare (the student produced no hidden states)");
+  const auto& first = student_hidden.front().second;
+  QAD_CHECK(first.dim() == 3, "cka_loss: hidden states must be [batch, tokens, hidden], got {} for '{}'",
+            detail::shape_str(first.sizes()), student_hidden.front().first);
+  auto tokens = select_cka_tokens(mask, first.size(0), first.size(1), options, gen, first.device());
+  detail::TokenRows rows{tokens.index, tokens.count};
+  auto take = [&](const NamedHidden& hidden) {
+    NamedHidden out;
+    for (const auto& [n, t] : hidden) {
+      out.emplace_back(n, t.dim() == 3 ? rows.take(t.reshape({-1, t.size(2)}), 0, rows.count) : t);
+    }
+    return out;
+  };
+  return cka_loss_on_tokens(take(teacher_hidden), take(student_hidden), options, kl_value);
+}
+
+CkaLossResult cka_loss_on_tokens(const NamedHidden& teacher_rows, const NamedHidden& student_rows,
+                                 const CkaLossOptions& options, std::optional<double> kl_value) {
+  QAD_CHECK(!options.dynamic_balance || kl_value.has_value(),
+            "cka_loss: dynamic balancing needs this step's KL value (pass kl_value)");
+  QAD_CHECK(options.balance_max_factor > 0, "cka_loss: balance_max_factor must be > 0, got {}",
+            options.balance_max_factor);
+  std::vector<std::string> layers = options.layers;
+  if (layers.empty()) {
+    for (const auto& [n, t] : student_rows) layers.push_back(n);
   }
-  auto stacked = torch::stack(ckas);
+  QAD_CHECK(!layers.empty(), "cka_loss: no layers to compare (the student produced no hidden states)");
+
+  // Resolve and check all layers before computing anything. [B, T, H] (every token) is read as [B*T, H].
+  auto rows_of = [](const torch::Tensor& t) { return t.dim() == 3 ? t.reshape({-1, t.size(2)}) : t; };
+  std::vector<torch::Tensor> xs, ys;
+  for (const auto& name : layers) {
+    const torch::Tensor* t = find_layer(teacher_rows, name);
+    const torch::Tensor* s = find_layer(student_rows, name);
+    QAD_CHECK(t != nullptr, "cka_loss: layer '{}' is missing from the teacher's hidden states (have: {})", name,
+              layer_names(teacher_rows));
+    QAD_CHECK(s != nullptr, "cka_loss: layer '{}' is missing from the student's hidden states (have: {})", name,
+              layer_names(student_rows));
+    auto x = rows_of(t->detach()), y = rows_of(*s);
+    QAD_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
+              "cka_loss: layer '{}': teacher {} and student {} must hold the same tokens", name,
+              detail::shape_str(t->sizes()), detail::shape_str(s->sizes()));
+    QAD_CHECK(xs.empty() || (x.size(0) == xs[0].size(0) && x.size(1) == xs[0].size(1) && y.size(1) == ys[0].size(1)),
+              "cka_loss: layer '{}' has teacher {} / student {} rows x features where the first layer has {} / {}",
+              name, detail::shape_str(x.sizes()), detail::shape_str(y.sizes()), detail::shape_str(xs[0].sizes()),
+              detail::shape_str(ys[0].sizes()));
+    xs.push_back(x);
+    ys.push_back(y);
+  }
+  const int64_t need = options.estimator == CkaEstimator::kDebiased ? 4 : 2;
+  QAD_CHECK(xs[0].size(0) >= need, "cka_loss: only {} valid tokens in this batch; CKA needs at least {}",
+            xs[0].size(0), need);
+
+  // One batched CKA over all layers: a few large kernels instead of a dozen small ones per layer.
+  auto stacked = linear_cka_batched(torch::stack(xs), torch::stack(ys), options.estimator);
   auto term = (1 - stacked).mean();
   auto host = stacked.detach().to(torch::kCPU, torch::kFloat64);
 

@@ -29,6 +29,21 @@ struct CkaLossResult {
   double balance_factor = 1.0;                               // the factor applied (1 without dynamic balancing)
 };
 
+// Which tokens the CKA term sees this step: the rows of the flattened [B*T] batch with mask != 0 (mask [B, T] or
+// undefined = all), then `subsample_tokens` of them drawn from gen (sorted). index is int64 on `device`, or
+// undefined when every row counts. The trainer passes index to the model forward (ForwardOptions::hidden_rows)
+// so that only these rows of each layer are kept. Throws when fewer than the estimator's minimum remain.
+struct CkaTokens {
+  torch::Tensor index;
+  int64_t count = 0;
+};
+CkaTokens select_cka_tokens(const torch::Tensor& mask, int64_t batch, int64_t tokens, const CkaLossOptions& options,
+                            torch::Generator* gen, torch::Device device);
+
+// The loss on hidden states already reduced to the chosen tokens: named [n, H] (or [B, T, H] = every token).
+CkaLossResult cka_loss_on_tokens(const NamedHidden& teacher_rows, const NamedHidden& student_rows,
+                                 const CkaLossOptions& options, std::optional<double> kl_value = {});
+
 // teacher_hidden / student_hidden: named [B, T, H] tensors (the teacher's are detached here in any case; H may
 // differ between the two); matched by name. mask [B, T] (nonzero = token counts) or undefined. gen draws the
 // subsample (CPU generator; the default generator when null). kl_value: this step's KL, for dynamic balancing:

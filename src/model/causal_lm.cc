@@ -102,14 +102,20 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   }
 
   ForwardOutput out;
+  auto keep_hidden = [&](std::string name, const torch::Tensor& x) {
+    if (!o.return_hidden) return;
+    out.hidden.emplace_back(std::move(name), o.hidden_rows.defined()
+                                                 ? x.reshape({-1, x.size(-1)}).index_select(0, o.hidden_rows.to(device))
+                                                 : x);
+  };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->layer_list.size(); ++l) {
     auto& layer = model->layer_list[l];
     h = o.checkpoint_layers && torch::GradMode::is_enabled() ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
-    if (o.return_hidden) out.hidden.emplace_back("layers." + std::to_string(l), h);
+    keep_hidden("layers." + std::to_string(l), h);
   }
   h = model->norm(h);
-  if (o.return_hidden) out.hidden.emplace_back("norm", h);
+  keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
   if (o.logits_to_keep > 0 && o.logits_to_keep < t) h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
   out.logits = lm_head(h);

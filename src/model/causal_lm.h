@@ -18,6 +18,8 @@ namespace qad::model {
 
 struct ForwardOptions {
   bool return_hidden = false;     // fill ForwardOutput::hidden
+  torch::Tensor hidden_rows;      // int64 [n]: keep only these rows of each flattened [B*T, H] hidden state
+                                  // (the CKA term's tokens; the teacher then holds n rows per layer, not B*T)
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
@@ -29,7 +31,7 @@ struct ForwardOptions {
 struct ForwardOutput {
   torch::Tensor logits;  // [B, T (or logits_to_keep), vocab], model dtype
   // "layers.0" … "layers.{L-1}" (each decoder layer's output, the residual stream) and "norm" (after the
-  // final RMSNorm): the tensors the model computed, not copies.
+  // final RMSNorm): the tensors the model computed, not copies; [n, H] gathers when hidden_rows is given.
   std::vector<std::pair<std::string, torch::Tensor>> hidden;
 };
 

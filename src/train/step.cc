@@ -34,6 +34,19 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
   model::ForwardOptions fo;
   fo.return_hidden = want_cka;
   if (has_padding(batch)) fo.attention_mask = batch.attention_mask;
+  loss::CkaLossOptions co;
+  if (want_cka) {
+    co.weight = loss.cka_weight;
+    co.estimator = loss.cka_estimator == "debiased" ? loss::CkaEstimator::kDebiased : loss::CkaEstimator::kBiased;
+    co.subsample_tokens = loss.cka_subsample_tokens;
+    co.dynamic_balance = loss.cka_dynamic_balance;
+    co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
+    // CKA over the real input tokens (prompt and answer alike), not only the supervised ones. Chosen before the
+    // forwards so that both models keep only these rows of each layer's output.
+    const auto& ids = batch.input_ids;
+    fo.hidden_rows = loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
+                                             student->parameters().front().device()).index;
+  }
 
   model::ForwardOutput t_out;
   if (need_teacher) {
@@ -66,15 +79,7 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
     v.ce = loss::cross_entropy(s_out.logits.detach(), batch.targets, batch.loss_mask, loss.chunk_tokens).item<double>();
   }
   if (want_cka) {
-    loss::CkaLossOptions co;
-    co.weight = loss.cka_weight;
-    co.estimator = loss.cka_estimator == "debiased" ? loss::CkaEstimator::kDebiased : loss::CkaEstimator::kBiased;
-    co.subsample_tokens = loss.cka_subsample_tokens;
-    co.dynamic_balance = loss.cka_dynamic_balance;
-    co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
-    // CKA over the real input tokens (prompt and answer alike), not only the supervised ones.
-    auto r = loss::cka_loss(t_out.hidden, s_out.hidden, fo.attention_mask, co, gen,
-                            v.kl);
+    auto r = loss::cka_loss_on_tokens(t_out.hidden, s_out.hidden, co, v.kl);
     double term = 0;
     for (const auto& [n, c] : r.per_layer_cka) term += (1 - c) / static_cast<double>(r.per_layer_cka.size());
     v.cka_term = term;

@@ -136,6 +136,57 @@ TEST(LinearCka, GradientsMatchCentralDifferences) {
   }
 }
 
+TEST(LinearCka, GradientsMatchCentralDifferencesWithFewerTokensThanFeatures) {
+  // n = 7 < p: linear_cka works on the n x n kernels (the Gram-form path of the analytic backward).
+  auto [x0, y0] = correlated(16, 7, 11, 9, 1.5);
+  for (auto est : kBoth) {
+    auto x = x0.clone().requires_grad_(true), y = y0.clone().requires_grad_(true);
+    (1.5 * linear_cka(x, y, est)).backward();
+    auto gx = qad::testing::numerical_gradient([&](const torch::Tensor& v) { return 1.5 * linear_cka(v, y0, est); }, x0);
+    auto gy = qad::testing::numerical_gradient([&](const torch::Tensor& v) { return 1.5 * linear_cka(x0, v, est); }, y0);
+    EXPECT_TRUE(all_close(x.grad(), gx, 1e-6, 1e-9)) << name(est) << " d/dx";
+    EXPECT_TRUE(all_close(y.grad(), gy, 1e-6, 1e-9)) << name(est) << " d/dy";
+    EXPECT_GT(y.grad().abs().max().item<double>(), 1e-4);
+  }
+}
+
+TEST(LinearCkaBatched, EqualsOneCallPerLayerInValueAndGradient) {
+  struct Shape {
+    int64_t n, p1, p2;
+  };
+  // Both regimes: more tokens than features (p x p products) and fewer (n x n kernels).
+  for (auto [n, p1, p2] : {Shape{30, 6, 5}, Shape{9, 14, 12}}) {
+    std::vector<torch::Tensor> xs, ys;
+    for (int64_t l = 0; l < 4; ++l) {
+      auto [x, y] = correlated(100 + l * 7 + n, n, p1, p2, 0.3 + 0.4 * l);
+      xs.push_back(x);
+      ys.push_back(y);
+    }
+    for (auto est : kBoth) {
+      auto xb = torch::stack(xs).requires_grad_(true), yb = torch::stack(ys).requires_grad_(true);
+      auto weights = torch::tensor({0.5, -1.0, 2.0, 1.5}, kF64);
+      auto batched = linear_cka_batched(xb, yb, est);
+      ASSERT_EQ(batched.sizes(), (std::vector<int64_t>{4}));
+      (batched * weights).sum().backward();
+      for (int64_t l = 0; l < 4; ++l) {
+        auto x = xs[l].clone().requires_grad_(true), y = ys[l].clone().requires_grad_(true);
+        auto one = linear_cka(x, y, est);
+        (one * weights[l]).backward();
+        EXPECT_NEAR(batched[l].item<double>(), one.item<double>(), 1e-12) << name(est) << " layer " << l << " n=" << n;
+        EXPECT_NEAR(one.item<double>(), linear_cka_gram(xs[l], ys[l], est).item<double>(), 1e-10) << name(est);
+        EXPECT_TRUE(all_close(xb.grad()[l], x.grad(), 1e-10, 1e-13)) << name(est) << " d/dx layer " << l;
+        EXPECT_TRUE(all_close(yb.grad()[l], y.grad(), 1e-10, 1e-13)) << name(est) << " d/dy layer " << l;
+      }
+    }
+  }
+}
+
+TEST(LinearCkaBatched, RejectsMismatchedLayers) {
+  auto x = torch::randn({3, 8, 4}, kF64), y = torch::randn({2, 8, 4}, kF64);
+  EXPECT_THROW(linear_cka_batched(x, y), qad::Error);
+  EXPECT_THROW(linear_cka_batched(x[0], y[0]), qad::Error);
+}
+
 TEST(LinearCka, GradientsMatchAutogradThroughTheGramForm) {
   auto [x0, y0] = correlated(7, 24, 6, 5, 1.0);
   for (auto est : kBoth) {
