@@ -90,6 +90,18 @@ int wait_for(pid_t pid, double limit_s, bool* hung = nullptr) {
 
 bool exited_ok(int st) { return WIFEXITED(st) && WEXITSTATUS(st) == 0; }
 
+// Sets `--flag value` in a command line, replacing the value when the flag is already there (CLI11 refuses
+// a flag given twice).
+void set_flag(std::vector<std::string>& a, const std::string& flag, const std::string& value) {
+  for (size_t i = 0; i + 1 < a.size(); ++i) {
+    if (a[i] == flag) {
+      a[i + 1] = value;
+      return;
+    }
+  }
+  a.insert(a.end(), {flag, value});
+}
+
 class DistRunTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -246,8 +258,9 @@ TEST_F(DistRunTest, AKilledRankStopsTheOtherWithAClearError) {
   // Launched torchrun-style (no local launcher to stop rank 0): rank 1 dies after step 2's update.
   const auto out = root_ / "killed_rank";
   auto a = args(out, 2, 1, 40);
-  a.insert(a.end(), {"--checkpoint-every", "1", "--debug-kill-at-step", "2", "--debug-kill-rank", "1",
-                     "--dist-timeout", "5"});
+  set_flag(a, "--checkpoint-every", "1");
+  set_flag(a, "--dist-timeout", "5");
+  a.insert(a.end(), {"--debug-kill-at-step", "2", "--debug-kill-rank", "1"});
   const std::string port = std::to_string(free_port());
   std::vector<pid_t> pids;
   for (int r = 0; r < 2; ++r) {
