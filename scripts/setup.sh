@@ -8,7 +8,7 @@ if [ "${1:-}" = "--run" ]; then run=1; shift; fi
 build=${1:-build}
 
 packages=(cmake g++ make libtorch-dev nlohmann-json3-dev libcli11-dev libfmt-dev libyaml-cpp-dev
-          libgtest-dev libgmock-dev libbenchmark-dev libzstd-dev xz-utils)
+          libgtest-dev libgmock-dev libbenchmark-dev libzstd-dev xz-utils libgloo-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

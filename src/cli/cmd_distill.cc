@@ -9,7 +9,10 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "dist/launch_env.h"
+#include "dist/local_launcher.h"
 #include "train/config.h"
+#include "train/distributed.h"
 #include "train/trainer.h"
 #include "util/error.h"
 
@@ -21,6 +24,10 @@ struct DistillArgs {
   std::vector<std::string> sets;
   std::vector<std::pair<std::string, std::string>> values;  // (config key, value) of flags given
   bool resume = false, print_only = false;
+  int nproc_per_node = 0;  // > 0: start that many local ranks (docs/dist.md)
+  double dist_timeout = 600, bucket_mb = 25;
+  int zero = 1;
+  std::string kill_rank;
 };
 
 // --flag VALUE → key=VALUE, for the options a user changes most; everything else through --set.
@@ -104,6 +111,14 @@ void register_distill(CLI::App& app) {
   auto kill_step = std::make_shared<std::string>();
   cmd->add_option("--debug-nan-at-steps", *nan_steps)->group("");  // test hooks, hidden from --help
   cmd->add_option("--debug-kill-at-step", *kill_step)->group("");
+  cmd->add_option("--debug-kill-rank", a->kill_rank)->group("");
+  cmd->add_option("--nproc-per-node", a->nproc_per_node, "start N data-parallel ranks on this machine (one per GPU; "
+                  "Gloo on CPU); without it the ranks come from RANK/WORLD_SIZE/... or SLURM (docs/dist.md)");
+  cmd->add_option("--dist-timeout", a->dist_timeout, "seconds a rank waits for the others (rendezvous, collectives) "
+                  "before the run fails")->capture_default_str();
+  cmd->add_option("--zero", a->zero, "1: shard FP32 master weights and AdamW moments over the ranks (ZeRO-1); 0: "
+                  "every rank holds them")->capture_default_str();
+  cmd->add_option("--bucket-mb", a->bucket_mb, "gradient all-reduce bucket size in MB")->capture_default_str();
   cmd->callback([=] {
     for (size_t i = 0; i < values->size(); ++i) {
       if ((*values)[i].first->count()) a->values.emplace_back((*values)[i].second, (*storage)[i]);
@@ -113,14 +128,45 @@ void register_distill(CLI::App& app) {
     }
     if (!nan_steps->empty()) a->values.emplace_back("debug.nan_at_steps", "[" + *nan_steps + "]");
     if (!kill_step->empty()) a->values.emplace_back("debug.kill_at_step", *kill_step);
+    if (!a->kill_rank.empty()) a->values.emplace_back("debug.kill_rank", a->kill_rank);
     auto cfg = assemble(*a);
     if (a->print_only) {
       fmt::print("{}", train::describe(cfg));
       return;
     }
+    const auto env = dist::parse_launch_env(dist::process_env());
+    if (a->nproc_per_node > 0 && env.source == "none") {
+      // The launcher: the same command line for every rank, without --nproc-per-node.
+      dist::LocalLaunch l;
+      l.nproc = a->nproc_per_node;
+      const auto& argv = launch_argv();
+      for (size_t i = 1; i < argv.size(); ++i) {
+        const std::string& s = argv[i];
+        if (s == "--nproc-per-node") {
+          ++i;
+          continue;
+        }
+        if (s.rfind("--nproc-per-node=", 0) == 0) continue;
+        l.args.push_back(s);
+      }
+      dist::launch_local(l);
+      return;
+    }
+    QAD_CHECK(a->dist_timeout > 0, "--dist-timeout {}: must be positive", a->dist_timeout);
+    QAD_CHECK(a->bucket_mb > 0, "--bucket-mb {}: must be positive", a->bucket_mb);
+    cfg.dist.rank = env.rank;
+    cfg.dist.world_size = env.world_size;
+    cfg.dist.local_rank = env.local_rank;
+    cfg.dist.master_addr = env.master_addr;
+    cfg.dist.master_port = env.master_port;
+    cfg.dist.timeout_s = a->dist_timeout;
+    cfg.dist.zero = a->zero != 0;
+    cfg.dist.bucket_mb = a->bucket_mb;
     auto summary = train::run_training(cfg, a->resume);
-    fmt::print("done: {} steps, {} tokens in {:.1f} s; run directory {}\n", summary.steps, summary.tokens,
-               summary.train_seconds, summary.run_dir.string());
+    if (train::is_writer(cfg.dist)) {
+      fmt::print("done: {} steps, {} tokens in {:.1f} s; run directory {}\n", summary.steps, summary.tokens,
+                 summary.train_seconds, summary.run_dir.string());
+    }
   });
 }
 

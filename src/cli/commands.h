@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace qad::cli {
@@ -18,6 +19,12 @@ struct CommandEntry {
 inline std::vector<CommandEntry>& command_registry() {
   static std::vector<CommandEntry> entries;
   return entries;
+}
+
+// The process's command line as main() received it (the local launcher re-runs it for each rank).
+inline std::vector<std::string>& launch_argv() {
+  static std::vector<std::string> argv;
+  return argv;
 }
 
 struct CommandRegistrar {

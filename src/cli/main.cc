@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   CLI::App app{"qad: NVFP4 quantization-aware distillation (QAD, CKA-QAD, QAT, PTQ) for Hugging Face LLMs"};
   app.set_version_flag("--version", std::string("qad ") + QAD_VERSION);
   app.require_subcommand(1);
+  qad::cli::launch_argv().assign(argv, argv + argc);
   auto entries = qad::cli::command_registry();
   std::stable_sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.order < b.order; });
   for (auto& e : entries) e.fn(app);

@@ -215,7 +215,18 @@ void Loader::restore(const LoaderState& s) {
   QAD_CHECK(s.seed == options_.seed, "cannot resume: the saved loader state has seed {} but this loader has seed {}",
             s.seed, options_.seed);
   const auto mine = config();
+  // The position is a step of batch_size x world_size rows: a state taken with another split of the same
+  // global batch over ranks (2 ranks x 4 rows, then 1 rank x 8) continues exactly.
+  const auto global = [](const nlohmann::json& c) {
+    return c.value("batch_size", int64_t{0}) * c.value("world_size", int64_t{1});
+  };
+  QAD_CHECK(global(s.config) == global(mine),
+            "cannot resume: the saved loader state has a global batch of {} rows (batch_size {} x world_size {}) but "
+            "this loader has {} ({} x {}); keep batch_size x world_size the same when changing the number of ranks",
+            global(s.config), s.config.value("batch_size", int64_t{0}), s.config.value("world_size", int64_t{1}),
+            global(mine), options_.batch_size, options_.world_size);
   for (const auto& [key, value] : mine.items()) {
+    if (key == "batch_size" || key == "world_size") continue;
     QAD_CHECK(s.config.contains(key) && s.config.at(key) == value,
               "cannot resume: the saved loader state has {} = {} but this loader has {}; resume with the same data "
               "settings and dataset",

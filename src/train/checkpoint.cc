@@ -42,14 +42,14 @@ TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string&
 }
 
 fs::path save_checkpoint(const fs::path& run_dir, const TrainerState& state, const model::CausalLM& student,
-                         const AdamW& optimizer, const QuantizerSnapshot& quant, int64_t keep) {
+                         const NamedTensors& optimizer_state, const QuantizerSnapshot& quant, int64_t keep) {
   const fs::path root = run_dir / "checkpoints";
   fs::create_directories(root);
   const std::string name = fmt::format("step-{:08d}", state.step);
   const fs::path dir = root / name;
   write_directory_atomic(dir, [&](const fs::path& tmp) {
     student->save(tmp / "model", {.max_shard_bytes = 0});
-    io::write_tensors(tmp / "optimizer.safetensors", optimizer.state());
+    io::write_tensors(tmp / "optimizer.safetensors", optimizer_state);
     if (!quant.tensors.empty()) io::write_tensors(tmp / "quantizer.safetensors", quant.tensors);
     write_file_atomic(tmp / "quantizer.json", quant.meta.dump(2) + "\n");
     write_file_atomic(tmp / "trainer_state.json", state.to_json().dump(2) + "\n");

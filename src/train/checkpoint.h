@@ -33,9 +33,10 @@ struct QuantizerSnapshot {  // what student.h's quantizer_state returns
 };
 
 // Writes checkpoints/step-<state.step>/ and points `latest` at it; keeps the newest `keep` directories.
+// optimizer_state: Optimizer::state() (gathered on rank 0 when sharded).
 // Returns the directory written.
 std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, const TrainerState& state,
-                                      const model::CausalLM& student, const AdamW& optimizer,
+                                      const model::CausalLM& student, const NamedTensors& optimizer_state,
                                       const QuantizerSnapshot& quant, int64_t keep);
 
 // The newest complete checkpoint of a run (from `latest`, else the highest step directory), if any.

@@ -41,7 +41,7 @@ template <typename F> void fields(RunConfig& c, F&& f) {
   f("export_bf16", c.export_bf16); f("export_nvfp4", c.export_nvfp4);
 }
 template <typename F> void fields(DebugConfig& c, F&& f) {
-  f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step);
+  f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
 }
 
 template <typename S> nlohmann::json section_to_json(const S& s) {
@@ -217,8 +217,8 @@ void TrainConfig::validate() const {
   check(!run.out.empty(), "no run directory: pass --out DIR (run.out)");
   check(method == Method::kPtq || !data.path.empty(), "no data: pass --data PATH (data.path)");
   check(run.steps >= 0 && run.log_every >= 1 && run.valid_every >= 0 && run.valid_batches >= 0 &&
-            run.checkpoint_every >= 0 && run.keep_checkpoints >= 1 && run.max_bad_steps >= 1,
-        "run.steps >= 0, run.log_every >= 1, run.valid_every/valid_batches/checkpoint_every >= 0, "
+            run.checkpoint_every >= -1 && run.keep_checkpoints >= 1 && run.max_bad_steps >= 1,
+        "run.steps >= 0, run.log_every >= 1, run.valid_every/valid_batches >= 0, run.checkpoint_every >= -1, "
         "run.keep_checkpoints >= 1, run.max_bad_steps >= 1");
   check(method != Method::kPtq || run.steps == 0, "ptq trains nothing: run.steps must be 0");
   check(quant.calib_batches >= 1, "quant.calib_batches must be >= 1");

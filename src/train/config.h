@@ -68,7 +68,7 @@ struct RunConfig {
   int64_t log_every = 1;
   int64_t valid_every = 100;    // 0 = only at the start and the end
   int64_t valid_batches = 16;
-  int64_t checkpoint_every = 500;  // 0 = final only
+  int64_t checkpoint_every = 500;  // 0 = final only; -1 = none at all (benchmarks)
   int64_t keep_checkpoints = 2;
   int64_t max_bad_steps = 10;   // stop after this many consecutive non-finite steps
   uint64_t seed = 0;            // CKA subsampling and anything else random in the step
@@ -81,10 +81,17 @@ struct RunConfig {
 struct DebugConfig {
   std::vector<int64_t> nan_at_steps;  // multiply the loss by NaN at these optimizer steps
   int64_t kill_at_step = -1;          // raise SIGKILL right after this step's update (before its checkpoint)
+  int kill_rank = -1;                 // only this rank raises it (-1: every rank)
 };
 
-struct DistConfig {  // set by the launcher, not by recipes
+struct DistConfig {  // set by the launcher and --dist-* flags, not by recipes (docs/dist.md)
   int rank = 0, world_size = 1;
+  int local_rank = 0;                 // cuda:local_rank
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  double timeout_s = 600;             // a collective or the rendezvous waiting longer fails the run
+  bool zero = true;                   // ZeRO-1: shard master weights and moments over the ranks
+  double bucket_mb = 25;              // gradient all-reduce bucket size
 };
 
 struct TrainConfig {

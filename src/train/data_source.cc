@@ -58,11 +58,17 @@ Loaders make_loaders(const TrainConfig& cfg) {
   l.train = std::make_unique<data::Loader>(train_ds, o);
   QAD_CHECK(l.train->steps_per_epoch() > 0, "{}: the training split has fewer than one batch ({} x {} tokens); use "
             "more data or a smaller data.batch_size / data.seq_len", train_dir.string(), d.batch_size, d.seq_len);
-  auto co = o;
+  // Calibration and validation see the same rows on every rank, the rows a one-process run of the same global
+  // batch sees (each rank computes them all: the quantizer's scales and the figures agree across ranks).
+  auto whole = o;
+  whole.rank = 0;
+  whole.world_size = 1;
+  whole.batch_size = d.batch_size * cfg.dist.world_size;
+  auto co = whole;
   co.seed = d.seed + 0x9e3779b97f4a7c15ull;
   l.calib = std::make_unique<data::Loader>(train_ds, co);
 
-  auto vo = o;
+  auto vo = whole;
   vo.shuffle = false;
   if (separate_valid) {
     const auto valid_dir = resolve_dataset(d.valid_path, teacher, run_dir, "valid", 0.0);

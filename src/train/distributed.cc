@@ -1,14 +1,73 @@
-// Gradient reduction across data-parallel ranks: nothing to do with one rank.
+// Data-parallel glue between the trainer and src/dist (see distributed.h).
 #include "train/distributed.h"
 
+#include <fmt/format.h>
+
+#include "train/sharded_adamw.h"
+#include "train/step.h"
 #include "util/error.h"
 
 namespace qad::train {
 
-void reduce_gradients(AdamW& optimizer, const DistConfig& dist) {
-  (void)optimizer;
-  QAD_CHECK(dist.world_size == 1, "data-parallel training (world_size {}) is not implemented yet; run one process",
-            dist.world_size);
+DataParallel::DataParallel(const DistConfig& dist, torch::Device device) : dist_(dist) {
+  dist::LaunchEnv env;
+  env.rank = dist.rank;
+  env.world_size = dist.world_size;
+  env.local_rank = dist.local_rank;
+  env.master_addr = dist.master_addr;
+  env.master_port = dist.master_port;
+  comm_ = dist::Communicator::connect(env, device, dist.timeout_s);
+}
+
+DataParallel::~DataParallel() = default;
+
+std::unique_ptr<Optimizer> DataParallel::make_optimizer(const NamedTensors& params, const OptimConfig& options) {
+  QAD_CHECK(!reducer_, "DataParallel::make_optimizer called twice");
+  std::vector<torch::Tensor> ts;
+  for (const auto& [n, p] : params) {
+    p.set_requires_grad(true);
+    ts.push_back(p);
+  }
+  reducer_ = std::make_unique<dist::GradReducer>(ts, static_cast<int64_t>(dist_.bucket_mb * 1024 * 1024), *comm_);
+  if (dist_.zero) return std::make_unique<ShardedAdamW>(params, options, *comm_, *reducer_);
+  return std::make_unique<AdamW>(params, options);
+}
+
+int64_t DataParallel::sum_tokens(int64_t local) {
+  auto t = torch::full({1}, static_cast<double>(local), torch::TensorOptions().dtype(torch::kFloat64).device(comm_->device()));
+  comm_->allreduce_sum(t, "token count all-reduce");
+  return static_cast<int64_t>(std::llround(t.item<double>()));
+}
+
+void DataParallel::begin_step() {
+  QAD_CHECK(reducer_, "DataParallel: make_optimizer first");
+  reducer_->attach_grads();
+}
+
+LossValues DataParallel::reduce_values(const LossValues& local, int64_t global_tokens) {
+  const double share = static_cast<double>(local.tokens) / static_cast<double>(std::max<int64_t>(global_tokens, 1));
+  // [loss, kl, ce, cka_term, cka per layer...]; absent values are absent on every rank (same configuration).
+  std::vector<double> v = {local.loss, local.kl.value_or(0), local.ce.value_or(0), local.cka_term.value_or(0)};
+  for (const auto& [n, x] : local.cka) v.push_back(x);
+  auto t = torch::tensor(v, torch::kFloat64) * share;
+  t = t.to(comm_->device());
+  comm_->allreduce_sum(t, "loss metrics all-reduce");
+  t = t.cpu();
+  const auto* a = t.data_ptr<double>();
+  LossValues out = local;
+  out.loss = a[0];
+  if (out.kl) out.kl = a[1];
+  if (out.ce) out.ce = a[2];
+  if (out.cka_term) out.cka_term = a[3];
+  for (size_t i = 0; i < out.cka.size(); ++i) out.cka[i].second = a[4 + i];
+  out.tokens = global_tokens;
+  return out;
+}
+
+double DataParallel::max_over_ranks(double v) {
+  auto t = torch::full({1}, v, torch::TensorOptions().dtype(torch::kFloat64).device(comm_->device()));
+  comm_->allreduce_max(t, "metrics all-reduce (max)");
+  return t.item<double>();
 }
 
 }  // namespace qad::train

@@ -52,23 +52,28 @@ void AdamW::zero_grad() {
   }
 }
 
+void adam_update_(torch::Tensor& master, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq, const torch::Tensor& g,
+                  double lr, const OptimConfig& o, int64_t t) {
+  const double b1 = o.beta1, b2 = o.beta2;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t));
+  const double step_size = lr / bc1;
+  const double bc2_sqrt = std::sqrt(bc2);
+  exp_avg.mul_(b1).add_(g, 1.0 - b1);
+  exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
+  const auto denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(o.eps);
+  master.addcdiv_(exp_avg, denom, -step_size);
+}
+
 void AdamW::step(double lr) {
   torch::NoGradGuard ng;
   ++t_;
-  const double b1 = options_.beta1, b2 = options_.beta2;
-  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(t_));
-  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(t_));
-  const double step_size = lr / bc1;
-  const double bc2_sqrt = std::sqrt(bc2);
   for (auto& s : slots_) {
     const auto& g0 = s.param.grad();
     if (!g0.defined()) continue;
     const auto g = g0.to(s.master.scalar_type());
     if (s.decay && options_.weight_decay != 0) s.master.mul_(1.0 - lr * options_.weight_decay);
-    s.exp_avg.mul_(b1).add_(g, 1.0 - b1);
-    s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
-    const auto denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).add_(options_.eps);
-    s.master.addcdiv_(s.exp_avg, denom, -step_size);
+    adam_update_(s.master, s.exp_avg, s.exp_avg_sq, g, lr, options_, t_);
     if (!s.master.is_same(s.param)) s.param.copy_(s.master);
   }
 }

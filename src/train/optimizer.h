@@ -16,28 +16,50 @@ namespace qad::train {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
-class AdamW {
+// What the training step needs from an optimizer: AdamW here (one process or plain data parallel, every rank
+// holding all the state) and ShardedAdamW (train/sharded_adamw.h, ZeRO-1). In data parallel each call is made
+// by every rank; grad_norm, step and state may be collectives.
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  virtual double grad_norm() const = 0;
+  virtual void scale_grads(double factor) = 0;
+  virtual void step(double lr) = 0;
+  virtual void zero_grad() = 0;
+  virtual int64_t steps() const = 0;
+  // The whole state by name, in AdamW's naming on every implementation (so a checkpoint resumes on any
+  // number of ranks). Sharded implementations return it on rank 0 only (empty elsewhere).
+  virtual NamedTensors state() const = 0;
+  virtual void load_state(const NamedTensors& state, int64_t steps) = 0;
+};
+
+// PyTorch's AdamW update of one tensor's master weights and moments at step t (weight decay is applied by
+// the caller, before): shared by AdamW and ShardedAdamW so both do bit-identical arithmetic.
+void adam_update_(torch::Tensor& master, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq, const torch::Tensor& g,
+                  double lr, const OptimConfig& o, int64_t t);
+
+class AdamW : public Optimizer {
  public:
   // params: the trainable tensors by name (the model's hf_tensors()); they get requires_grad.
   AdamW(NamedTensors params, const OptimConfig& options);
 
   // Global L2 norm of all gradients (FP32 per tensor, summed in FP64); missing gradients count as 0.
   // One host synchronisation.
-  double grad_norm() const;
+  double grad_norm() const override;
   // Multiplies every gradient by `factor` (clipping).
-  void scale_grads(double factor);
+  void scale_grads(double factor) override;
   // One update with learning rate `lr` from the current gradients; increments steps().
-  void step(double lr);
-  void zero_grad();
+  void step(double lr) override;
+  void zero_grad() override;
 
-  int64_t steps() const { return t_; }
+  int64_t steps() const override { return t_; }
   const NamedTensors& params() const { return params_; }
 
   // "master.<name>" (only where the model is not FP32), "exp_avg.<name>", "exp_avg_sq.<name>".
-  NamedTensors state() const;
+  NamedTensors state() const override;
   // Restores moments, master weights (and rounds them into the model) and the step count; throws naming the
   // first tensor that is missing or has another shape.
-  void load_state(const NamedTensors& state, int64_t steps);
+  void load_state(const NamedTensors& state, int64_t steps) override;
 
  private:
   struct Slot {

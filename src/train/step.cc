@@ -93,10 +93,13 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
 
 LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teacher,
                                 const std::vector<data::BatchTensors>& micro_batches, const TrainConfig& c,
-                                uint64_t rng_seed, bool inject_nan) {
+                                uint64_t rng_seed, bool inject_nan, int64_t global_tokens,
+                                const std::function<void()>& before_last_backward) {
   int64_t total_tokens = 0;
   for (const auto& b : micro_batches) total_tokens += b.loss_mask.sum().item<int64_t>();
   const double denom = static_cast<double>(std::max<int64_t>(total_tokens, 1));
+  const bool parallel = global_tokens > 0;
+  const double global_denom = static_cast<double>(std::max<int64_t>(global_tokens, 1));
   const double poison = inject_nan ? std::numeric_limits<double>::quiet_NaN() : 1.0;
   LossValues acc;
   acc.tokens = total_tokens;
@@ -104,7 +107,10 @@ LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teach
     auto gen = torch::make_generator<at::CPUGeneratorImpl>(rng_seed + i);
     auto parts = compute_losses(student, teacher, micro_batches[i], c.loss, c.run.activation_checkpointing, &gen);
     const double w = micro_batches.size() == 1 ? 1.0 : static_cast<double>(parts.values.tokens) / denom;
-    (parts.total * (w * poison)).backward();
+    // Data parallel: the gradient is weighted by the micro-batch's share of the global tokens instead.
+    const double gw = parallel ? static_cast<double>(parts.values.tokens) / global_denom : w;
+    if (before_last_backward && i + 1 == micro_batches.size()) before_last_backward();
+    (parts.total * (gw * poison)).backward();
     const auto& pv = parts.values;
     acc.loss += w * pv.loss * poison;
     auto add = [&](std::optional<double>& dst, const std::optional<double>& x) {
@@ -122,13 +128,24 @@ LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teach
 }
 
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
-                      const std::vector<data::BatchTensors>& micro_batches, AdamW& optimizer, const StepOptions& o) {
+                      const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer, const StepOptions& o) {
   QAD_CHECK(o.config != nullptr && !micro_batches.empty(), "train_step: no config or no micro-batches");
   const TrainConfig& c = *o.config;
   StepResult r;
   optimizer.zero_grad();
-  r.values = accumulate_gradients(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
-  reduce_gradients(optimizer, c.dist);
+  if (DataParallel* dp = o.parallel) {
+    int64_t local = 0;
+    for (const auto& b : micro_batches) local += b.loss_mask.sum().item<int64_t>();
+    const int64_t global = dp->sum_tokens(local);
+    dp->begin_step();
+    auto values = accumulate_gradients(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan,
+                                       std::max<int64_t>(global, 1), [dp] { dp->before_last_backward(); });
+    dp->finish_gradients();
+    // A non-finite loss on any rank makes the reduced loss (and gradient) non-finite on all: they skip together.
+    r.values = dp->reduce_values(values, global);
+  } else {
+    r.values = accumulate_gradients(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
+  }
   r.grad_norm = optimizer.grad_norm();
   if (!std::isfinite(r.values.loss) || !std::isfinite(r.grad_norm)) {
     r.skipped = true;

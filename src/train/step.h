@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -15,6 +16,8 @@
 #include "train/optimizer.h"
 
 namespace qad::train {
+
+class DataParallel;
 
 // Loss values of one batch (or the token-weighted mean over the micro-batches of a step).
 struct LossValues {
@@ -40,6 +43,7 @@ struct StepOptions {
   const TrainConfig* config = nullptr;
   uint64_t rng_seed = 0;   // the step's generator seed (the CKA subsample of micro-batch i uses rng_seed + i)
   bool inject_nan = false; // test hook: poison this step's loss
+  DataParallel* parallel = nullptr;  // data parallel over several ranks; null for one process
 };
 
 struct StepResult {
@@ -50,15 +54,20 @@ struct StepResult {
 
 // Forward and backward of the k micro-batches into the parameters' .grad (accumulated; zero them first), each
 // micro-batch's loss weighted by its share of the step's loss tokens. Returns the weighted loss values.
+// Data parallel: `global_tokens` (> 0) is the step's loss tokens over all ranks, the denominator of the weights
+// (so that the sum over ranks is the global batch's gradient), and `before_last_backward` runs before the last
+// micro-batch's backward (the gradient buckets' all-reduce overlaps it). The returned values stay weighted by
+// this rank's own tokens.
 LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teacher,
                                 const std::vector<data::BatchTensors>& micro_batches, const TrainConfig& config,
-                                uint64_t rng_seed, bool inject_nan = false);
+                                uint64_t rng_seed, bool inject_nan = false, int64_t global_tokens = 0,
+                                const std::function<void()>& before_last_backward = nullptr);
 
 // micro_batches: the k micro-batches of this optimizer step (already on the device). Each micro-batch's loss
 // is weighted by its share of the step's loss tokens, so k micro-batches give the same KL / CE gradient as
 // one batch holding all of them (the CKA term is computed per micro-batch: minibatch CKA).
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
-                      const std::vector<data::BatchTensors>& micro_batches, AdamW& optimizer, const StepOptions& o);
+                      const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer, const StepOptions& o);
 
 // Names of the decoder-layer outputs ("layers.0" … ) the CKA term uses by default.
 std::vector<std::string> default_cka_layers(const model::ModelConfig& c);

@@ -22,7 +22,10 @@ namespace {
 quant::QuantConfig quant_config(const TrainConfig& cfg) {
   YAML::Node node = YAML::Load(cfg.quant.options.dump());
   auto qc = quant::quant_config_from_yaml(node);
-  if (!cfg.quant.options.contains("calib_samples")) qc.calib_samples = cfg.quant.calib_batches * cfg.data.batch_size;
+  // The calibration loader reads the global batch (batch_size x world_size rows) on every rank (data_source.cc).
+  if (!cfg.quant.options.contains("calib_samples")) {
+    qc.calib_samples = cfg.quant.calib_batches * cfg.data.batch_size * cfg.dist.world_size;
+  }
   return qc;
 }
 }  // namespace

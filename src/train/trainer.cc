@@ -78,7 +78,12 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   cfg.validate();
   const fs::path run_dir(cfg.run.out);
   const bool writer = is_writer(cfg.dist);
-  const auto device = resolve_device(cfg.run.device);
+  const bool parallel = cfg.dist.world_size > 1;
+  // Data parallel on CUDA: rank i computes on cuda:LOCAL_RANK (unless --device names a GPU explicitly).
+  const auto device = resolve_device(parallel && (cfg.run.device == "auto" || cfg.run.device == "cuda") &&
+                                             compat::cuda_available()
+                                         ? fmt::format("cuda:{}", cfg.dist.local_rank)
+                                         : cfg.run.device);
   const auto dtype = model::CausalLM::default_dtype(device);
   torch::manual_seed(cfg.run.seed);
   if (device.is_cuda()) compat::set_tf32_matmul(cfg.loss.cka_tf32);
@@ -91,7 +96,14 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   if (resume) {
     QAD_CHECK(fs::exists(run_json_path), "--resume: {} has no run.json; start the run without --resume", run_dir.string());
     auto saved = nlohmann::json::parse(read_file(run_json_path));
-    auto diff = first_difference(config_json, saved.at("config"));
+    // Another number of ranks with the same global batch (batch_size x world_size) continues the same run.
+    auto saved_config = saved.at("config");
+    const int64_t saved_world = saved.value("world_size", int64_t{1});
+    if (saved_config.contains("data") && saved_config["data"].value("batch_size", int64_t{0}) * saved_world ==
+                                             cfg.data.batch_size * cfg.dist.world_size) {
+      saved_config["data"]["batch_size"] = cfg.data.batch_size;
+    }
+    auto diff = first_difference(config_json, saved_config);
     QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
               "command line, or start a new run in another --out directory", diff);
   } else {
@@ -101,12 +113,26 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   const std::string name = cfg.run.name.empty() ? fs::absolute(run_dir).lexically_normal().filename().string() : cfg.run.name;
   if (writer) {
     write_file_atomic(run_json_path,
-                      nlohmann::json{{"name", name}, {"method", method_name(cfg.method)}, {"config", config_json}}.dump(2) + "\n");
+                      nlohmann::json{{"name", name}, {"method", method_name(cfg.method)}, {"world_size", cfg.dist.world_size},
+                                     {"config", config_json}}.dump(2) + "\n");
   }
-  fmt::print("qad distill: {} → {} on {}\n{}", cfg.run.teacher, run_dir.string(), device.str(), describe(cfg));
+  if (writer) fmt::print("qad distill: {} → {} on {}\n{}", cfg.run.teacher, run_dir.string(), device.str(), describe(cfg));
+  // Join the other ranks first: a missing rank fails here, before minutes of model loading.
+  std::unique_ptr<DataParallel> dp;
+  if (parallel) {
+    dp = std::make_unique<DataParallel>(cfg.dist, device);
+    if (writer) {
+      fmt::print("data parallel: {} ranks over {}, ZeRO-1 {}, {} MB gradient buckets, global batch {} x {} rows\n",
+                 cfg.dist.world_size, dp->comm().backend(), cfg.dist.zero ? "on" : "off", cfg.dist.bucket_mb,
+                 cfg.dist.world_size, cfg.data.batch_size);
+    }
+  }
 
   // --- data, models, optimizer
+  // Rank 0 prepares a .jsonl / .txt dataset on the fly; the others wait and then open what it wrote.
+  if (dp && !writer) dp->barrier("waiting for rank 0 to prepare the data");
   auto loaders = make_loaders(cfg);
+  if (dp && writer) dp->barrier("waiting for rank 0 to prepare the data");
   const bool need_teacher = cfg.method != Method::kPretrain;
   model::CausalLM teacher{nullptr};
   if (need_teacher) {
@@ -122,7 +148,9 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   };
   Student student = build_student(cfg, device, dtype, calib, /*calibrate=*/!ckpt);
   student.lm->train();
-  AdamW optimizer(student.lm->hf_tensors(), cfg.optim);
+  std::unique_ptr<Optimizer> optimizer_ptr = dp ? dp->make_optimizer(student.lm->hf_tensors(), cfg.optim)
+                                                : std::make_unique<AdamW>(student.lm->hf_tensors(), cfg.optim);
+  Optimizer& optimizer = *optimizer_ptr;
   const auto schedule = Schedule::from_config(cfg.optim, cfg.run.steps);
 
   TrainerState st;
@@ -136,7 +164,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     loaders.train->restore(data::LoaderState::from_json(c.state.loader));
     st = c.state;
     st.config = config_json;
-    fmt::print("resumed from {} (step {})\n", ckpt->string(), st.step);
+    if (writer) fmt::print("resumed from {} (step {})\n", ckpt->string(), st.step);
   } else if (resume) {
     fmt::print("--resume: no checkpoint in {} yet; starting from the beginning\n", run_dir.string());
   }
@@ -148,13 +176,14 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     auto v = validate(student.lm, teacher_ptr, *loaders.valid, cfg.run.valid_batches, cfg.loss.cka_layers, device,
                       cfg.loss.chunk_tokens);
     metrics.write(valid_record(step, v));
-    fmt::print("{}\n", valid_line(step, v));
+    if (writer) fmt::print("{}\n", valid_line(step, v));
     return v;
   };
   auto checkpoint = [&]() {
     st.loader = loaders.train->state().to_json();
     st.adam_steps = optimizer.steps();
-    if (writer) save_checkpoint(run_dir, st, student.lm, optimizer, quantizer_state(student), cfg.run.keep_checkpoints);
+    const auto opt_state = optimizer.state();  // a collective when sharded: every rank takes part
+    if (writer) save_checkpoint(run_dir, st, student.lm, opt_state, quantizer_state(student), cfg.run.keep_checkpoints);
   };
 
   std::optional<ValidResult> last_valid;
@@ -177,12 +206,12 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     const double lr = schedule.lr(step);
     auto r = train_step(student.lm, teacher_ptr, micro, optimizer,
                         {.lr = lr, .config = &cfg, .rng_seed = mix(cfg.run.seed ^ static_cast<uint64_t>(step)) & 0xffffffffffffull,
-                         .inject_nan = poison});
+                         .inject_nan = poison, .parallel = dp.get()});
     if (device.is_cuda()) torch::cuda::synchronize();
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     st.step = step + 1;
     st.elapsed_s += dt;
-    const int64_t step_tokens = r.values.tokens * cfg.dist.world_size;
+    const int64_t step_tokens = r.values.tokens;  // over all ranks (reduced in train_step)
     if (!r.skipped) st.tokens += step_tokens;
     st.bad_streak = r.skipped ? st.bad_streak + 1 : 0;
 
@@ -199,7 +228,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     if (!v.cka.empty()) rec["cka"] = layer_object(v.cka);
     if (r.skipped) rec["skipped"] = true;
     metrics.write(rec);
-    if (r.skipped || st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps) {
+    if (writer && (r.skipped || st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps)) {
       fmt::print("{}\n", format_step_line({.step = st.step, .total = cfg.run.steps, .loss = v.loss, .lr = lr,
                                            .grad_norm = r.grad_norm, .tokens_per_s = static_cast<double>(step_tokens) / dt,
                                            .eta_s = avg * static_cast<double>(cfg.run.steps - st.step), .kl = v.kl,
@@ -207,8 +236,10 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
       std::fflush(stdout);
     }
     if (r.skipped) {
-      fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped "
-                 "({} in a row, the limit is {})\n", st.step, v.loss, r.grad_norm, st.bad_streak, cfg.run.max_bad_steps);
+      if (writer) {
+        fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped "
+                   "({} in a row, the limit is {})\n", st.step, v.loss, r.grad_norm, st.bad_streak, cfg.run.max_bad_steps);
+      }
       if (st.bad_streak >= cfg.run.max_bad_steps) {
         const auto good = latest_checkpoint(run_dir);
         fail("stopped after {} consecutive steps with a non-finite loss or gradient (steps {}-{}); the last good "
@@ -218,7 +249,9 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
       }
       continue;  // no validation or checkpoint on a skipped step: the last checkpoint stays the last good one
     }
-    if (cfg.debug.kill_at_step == st.step) std::raise(SIGKILL);  // test hook: die like a preempted job
+    if (cfg.debug.kill_at_step == st.step && (cfg.debug.kill_rank < 0 || cfg.debug.kill_rank == cfg.dist.rank)) {
+      std::raise(SIGKILL);  // test hook: die like a preempted job
+    }
     if (cfg.run.valid_every > 0 && st.step % cfg.run.valid_every == 0) {
       last_valid = run_validation(st.step);
       last_valid_step = st.step;
@@ -237,7 +270,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   summary.train_seconds = st.elapsed_s;
   if (last_valid_step != st.step) last_valid = run_validation(st.step);
   summary.final_valid = last_valid;
-  if (st.step > 0 && last_ckpt_step != st.step) checkpoint();
+  if (st.step > 0 && last_ckpt_step != st.step && cfg.run.checkpoint_every >= 0) checkpoint();
   if (writer) {
     for (const auto& dir : export_student(student, cfg, cfg.run.export_nvfp4, cfg.run.export_bf16)) {
       fmt::print("exported {}\n", dir.string());

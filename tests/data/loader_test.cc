@@ -320,5 +320,32 @@ TEST_F(LoaderTest, DamagedShardsAreRejectedWithAMessage) {
   EXPECT_NO_THROW(TokenDataset{copy});
 }
 
+// A state taken on 2 ranks x 2 rows continues exactly on 1 rank x 4 rows: the same global rows, interleaved
+// (rank r holds rows r, r + 2 of each global step). Another global batch is refused by name.
+TEST_F(LoaderTest, RestoreAcrossWorldSizesKeepsTheGlobalBatch) {
+  auto two = opts(PackMode::pack, 1, 0, 2);
+  two.batch_size = 2;
+  auto two1 = two;
+  two1.rank = 1;
+  Loader r0(ds(), two), r1(ds(), two1);
+  r0.next();
+  r1.next();
+  auto one = opts(PackMode::pack, 1);
+  one.batch_size = 4;
+  Loader a(ds(), one);
+  a.restore(r1.state());
+  const auto x = r0.next(), y = r1.next(), b = a.next();
+  EXPECT_EQ(b.sample_ids, std::vector<int64_t>({x.sample_ids[0], y.sample_ids[0], x.sample_ids[1], y.sample_ids[1]}));
+  one.batch_size = 3;
+  Loader c(ds(), one);
+  try {
+    c.restore(r0.state());
+    ADD_FAILURE() << "no error";
+  } catch (const qad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("global batch of 4 rows"), std::string::npos) << e.what();
+  }
+}
+
+
 }  // namespace
 }  // namespace qad::data

@@ -278,9 +278,9 @@ TEST(CheckpointTest, RoundTripIsBitwise) {
   q.meta = {{"quantized", true}};
   const auto dir = std::filesystem::temp_directory_path() / ("qad_ckpt_test_" + std::to_string(::getpid()));
   ::qad::remove_tree(dir);
-  auto written = save_checkpoint(dir, st, student, opt, q, 1);
+  auto written = save_checkpoint(dir, st, student, opt.state(), q, 1);
   st.step = 3;
-  auto second = save_checkpoint(dir, st, student, opt, q, 1);  // keep = 1 removes the first
+  auto second = save_checkpoint(dir, st, student, opt.state(), q, 1);  // keep = 1 removes the first
   EXPECT_FALSE(std::filesystem::exists(written));
   ASSERT_EQ(latest_checkpoint(dir), second);
 

@@ -1,0 +1,43 @@
+// The LibTorch-version differences of c10d, in one place (the c10d counterpart of util/torch_compat.h, kept
+// apart so that only src/dist/ pulls in the c10d and Gloo/NCCL headers). In 1.13 ProcessGroupGloo and
+// ProcessGroupNCCL derive from c10d::ProcessGroup; from 2.0 they are c10d::Backend subclasses with the same
+// collective methods. Which backends exist is decided by CMake (src/dist/CMakeLists.txt): QAD_HAVE_GLOO where
+// Gloo's headers are found, QAD_HAVE_NCCL in CUDA builds.
+#pragma once
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+#include "util/torch_compat.h"
+
+#if QAD_TORCH_AT_LEAST(2, 0)
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#else
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#endif
+#if QAD_HAVE_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#if QAD_HAVE_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace qad::dist::compat {
+
+#if QAD_TORCH_AT_LEAST(2, 0)
+using BackendBase = c10d::Backend;
+#else
+using BackendBase = c10d::ProcessGroup;
+#endif
+
+// Releases a backend's communicators before it is destroyed (LibTorch >= 2.4 warns otherwise for NCCL).
+inline void shutdown(BackendBase& b) {
+#if QAD_HAVE_NCCL && QAD_TORCH_AT_LEAST(2, 4)
+  if (auto* nccl = dynamic_cast<c10d::ProcessGroupNCCL*>(&b)) nccl->shutdown();
+#else
+  (void)b;
+#endif
+}
+
+}  // namespace qad::dist::compat

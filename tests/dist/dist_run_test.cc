@@ -1,0 +1,298 @@
+// Data-parallel runs of the qad binary on stories260K over Gloo (CPU, FP32, a few seconds each):
+// - 2 ranks x 2 rows give the loss curve of 1 rank x 4 rows (the same global batch), with ZeRO-1 and without;
+// - a checkpoint written by 2 ranks resumes on 1 rank and the other way round, on the same trajectory;
+// - a rank killed with SIGKILL stops the other within --dist-timeout with a clear error, and the last
+//   checkpoint stays loadable; the local launcher names the dead rank and its signal.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "io/safetensors_torch.h"
+#include "util/remove_tree.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path shared_dir() {
+  if (const char* s = std::getenv("QAD_SHARED_DIR")) return s;
+  return fs::path(QAD_SOURCE_DIR).parent_path() / "shared";
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+int free_port() {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+// Starts the qad binary with extra environment variables; stdout+stderr go to `log`.
+pid_t spawn(const std::vector<std::string>& args, const fs::path& log, const std::map<std::string, std::string>& env) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+    FILE* out = std::freopen(log.c_str(), "w", stdout);
+    (void)out;
+    dup2(fileno(stdout), fileno(stderr));
+    std::vector<std::string> copy = args;
+    std::string bin = QAD_BINARY;
+    std::vector<char*> argv{bin.data()};
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for a child; a child still running after `limit_s` is killed (a hang guard, not a timing check) and
+// the status says so.
+int wait_for(pid_t pid, double limit_s, bool* hung = nullptr) {
+  const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      if (hung) *hung = true;
+      return status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return status;
+}
+
+bool exited_ok(int st) { return WIFEXITED(st) && WEXITSTATUS(st) == 0; }
+
+// Sets `--flag value` in a command line, replacing the value when the flag is already there (CLI11 refuses
+// a flag given twice).
+void set_flag(std::vector<std::string>& a, const std::string& flag, const std::string& value) {
+  for (size_t i = 0; i + 1 < a.size(); ++i) {
+    if (a[i] == flag) {
+      a[i + 1] = value;
+      return;
+    }
+  }
+  a.insert(a.end(), {flag, value});
+}
+
+class DistRunTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ::setenv("OMP_NUM_THREADS", "1", 1);  // two ranks share the CI machine's cores
+    root_ = fs::temp_directory_path() / ("qad_dist_test_" + std::to_string(::getpid()));
+    ::qad::remove_tree(root_);
+    fs::create_directories(root_);
+    std::mt19937 rng(99);
+    const std::vector<std::string> names = {"Lily", "Tom", "Sue", "Ben", "Mia", "Max"};
+    const std::vector<std::string> things = {"ball", "cat", "tree", "cake", "boat", "dog", "flower"};
+    std::ofstream f(root_ / "stories.jsonl");
+    for (int d = 0; d < 160; ++d) {
+      auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
+      std::string a = pick(names), b = pick(names), t = pick(things);
+      f << "{\"text\": \"Once upon a time, " << a << " had a big " << t << ". One day, " << a << " saw " << b
+        << " in the park. " << b << " smiled and they played with the " << t << " all day.\"}\n";
+    }
+    f.close();
+    const int st = wait_for(spawn({"data", "prepare", "--tokenizer", model().string(), "--input",
+                                   (root_ / "stories.jsonl").string(), "--output", data().string(),
+                                   "--valid-fraction", "0.1"}, root_ / "prepare.log", {}), 120);
+    ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "prepare.log");
+  }
+  static void TearDownTestSuite() { ::qad::remove_tree(root_); }
+
+  static fs::path model() { return shared_dir() / "models/stories260K"; }
+  static fs::path data() { return root_ / "data"; }
+
+  // A QAD run of `steps` steps with `rows` rows per rank; `nproc` > 1 uses the local launcher.
+  static std::vector<std::string> args(const fs::path& out, int rows, int nproc, int steps = 6) {
+    std::vector<std::string> a = {"distill", "--method", "qad", "--teacher", model().string(), "--data",
+                                  data().string(), "--out", out.string(), "--device", "cpu", "--steps",
+                                  std::to_string(steps), "--batch-size", std::to_string(rows), "--seq-len", "32",
+                                  "--lr", "3e-3", "--warmup", "0.2", "--valid-every", "0", "--valid-batches", "1",
+                                  "--checkpoint-every", "3", "--calib-batches", "2", "--dist-timeout", "20",
+                                  "--set", "run.export_nvfp4=false", "--set", "data.valid_fraction=0.2"};
+    if (nproc > 1) a.insert(a.end(), {"--nproc-per-node", std::to_string(nproc)});
+    return a;
+  }
+
+  static int run(const std::vector<std::string>& a, const fs::path& log) { return wait_for(spawn(a, log, {}), 300); }
+
+  // step -> the last logged value of `key` for that step.
+  static std::map<int64_t, double> curve(const fs::path& run, const std::string& key = "loss") {
+    std::map<int64_t, double> out;
+    std::ifstream f(run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j[key].is_null() ? NAN : j[key].get<double>();
+    }
+    return out;
+  }
+
+  // FP32 on CPU: 4 rows in one forward vs 2 + 2 in two processes round differently; a few ulps per step
+  // through 6 Adam steps stay far below this.
+  static void expect_close(const std::map<int64_t, double>& ref, const std::map<int64_t, double>& got,
+                           const std::string& what, int64_t from = 1, double rel = 2e-4) {
+    for (const auto& [step, v] : ref) {
+      if (step < from) continue;
+      ASSERT_TRUE(got.count(step)) << what << ": step " << step << " missing";
+      EXPECT_NEAR(got.at(step), v, rel * std::abs(v) + 1e-7) << what << " at step " << step;
+    }
+  }
+
+  // The reference: 1 rank x 4 rows (computed once).
+  static const fs::path& reference() {
+    static const fs::path ref = [] {
+      const auto out = root_ / "ref_1x4";
+      const int st = run(args(out, 4, 1), root_ / "ref.log");
+      EXPECT_TRUE(exited_ok(st)) << slurp(root_ / "ref.log");
+      return out;
+    }();
+    return ref;
+  }
+
+  static inline fs::path root_;
+};
+
+TEST_F(DistRunTest, TwoRanksMatchOneRankAtTheSameGlobalBatchWithAndWithoutZero) {
+  const auto ref = curve(reference());
+  ASSERT_EQ(ref.size(), 6u);
+  EXPECT_GT(std::abs(ref.at(1) - ref.at(6)), 1e-3);  // the loss really moves
+
+  const auto zero = root_ / "zero_2x2", plain = root_ / "plain_2x2";
+  int st = run(args(zero, 2, 2), root_ / "zero.log");
+  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "zero.log");
+  auto no_zero = args(plain, 2, 2);
+  no_zero.insert(no_zero.end(), {"--zero", "0"});
+  st = run(no_zero, root_ / "plain.log");
+  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "plain.log");
+
+  expect_close(ref, curve(zero), "2 ranks ZeRO-1 vs 1 rank: loss");
+  expect_close(ref, curve(plain), "2 ranks unsharded vs 1 rank: loss");
+  expect_close(curve(reference(), "grad_norm"), curve(zero, "grad_norm"), "grad norm", 1, 1e-3);
+  expect_close(curve(plain), curve(zero), "ZeRO-1 vs unsharded: loss", 1, 2e-5);
+  EXPECT_EQ(curve(reference(), "tokens"), curve(zero, "tokens"));  // tokens counted over both ranks
+
+  // Only rank 0 prints progress; the log says what ran.
+  const auto log = slurp(root_ / "zero.log");
+  EXPECT_NE(log.find("data parallel: 2 ranks over gloo, ZeRO-1 on"), std::string::npos) << log;
+  size_t n = 0;
+  for (size_t at = 0; (at = log.find("qad distill:", at)) != std::string::npos; ++at) ++n;
+  EXPECT_EQ(n, 1u) << log;
+  // The checkpoint holds the whole optimizer state (gathered), named as a one-process run names it.
+  auto s2 = qad::io::read_tensors(zero / "checkpoints/step-00000003/optimizer.safetensors");
+  auto s1 = qad::io::read_tensors(reference() / "checkpoints/step-00000003/optimizer.safetensors");
+  ASSERT_EQ(s1.size(), s2.size());
+  for (size_t i = 0; i < s1.size(); ++i) {
+    EXPECT_EQ(s1[i].first, s2[i].first);
+    EXPECT_EQ(s1[i].second.sizes(), s2[i].second.sizes()) << s1[i].first;
+    EXPECT_TRUE(torch::allclose(s1[i].second, s2[i].second, 1e-3, 1e-8)) << s1[i].first;
+  }
+}
+
+TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
+  const auto ref = curve(reference());
+  // 2 ranks killed after step 4 (last checkpoint: step 3), resumed on 1 rank x 4 rows.
+  const auto a = root_ / "two_then_one";
+  auto killed = args(a, 2, 2);
+  killed.insert(killed.end(), {"--debug-kill-at-step", "4"});
+  int st = run(killed, root_ / "a1.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << slurp(root_ / "a1.log");
+  EXPECT_NE(slurp(root_ / "a1.log").find("was killed by signal 9"), std::string::npos) << slurp(root_ / "a1.log");
+  ASSERT_TRUE(fs::exists(a / "checkpoints/step-00000003/trainer_state.json"));
+  auto resume = args(a, 4, 1);
+  resume.push_back("--resume");
+  st = run(resume, root_ / "a2.log");
+  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "a2.log");
+  expect_close(ref, curve(a), "2 ranks then 1: loss");
+
+  // 1 rank x 4 rows killed after step 4, resumed on 2 ranks x 2 rows.
+  const auto b = root_ / "one_then_two";
+  auto killed1 = args(b, 4, 1);
+  killed1.insert(killed1.end(), {"--debug-kill-at-step", "4"});
+  st = run(killed1, root_ / "b1.log");
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << slurp(root_ / "b1.log");
+  auto resume2 = args(b, 2, 2);
+  resume2.push_back("--resume");
+  st = run(resume2, root_ / "b2.log");
+  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "b2.log");
+  EXPECT_NE(slurp(root_ / "b2.log").find("resumed from"), std::string::npos);
+  expect_close(ref, curve(b), "1 rank then 2: loss");
+
+  // Another global batch is refused, naming it.
+  auto other = args(b, 4, 2);
+  other.push_back("--resume");
+  st = run(other, root_ / "b3.log");
+  EXPECT_FALSE(exited_ok(st));
+  EXPECT_NE(slurp(root_ / "b3.log").find("data.batch_size"), std::string::npos) << slurp(root_ / "b3.log");
+}
+
+TEST_F(DistRunTest, AKilledRankStopsTheOtherWithAClearError) {
+  // Launched torchrun-style (no local launcher to stop rank 0): rank 1 dies after step 2's update.
+  const auto out = root_ / "killed_rank";
+  auto a = args(out, 2, 1, 40);
+  set_flag(a, "--checkpoint-every", "1");
+  set_flag(a, "--dist-timeout", "5");
+  a.insert(a.end(), {"--debug-kill-at-step", "2", "--debug-kill-rank", "1"});
+  const std::string port = std::to_string(free_port());
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r) {
+    pids.push_back(spawn(a, root_ / ("rank" + std::to_string(r) + ".log"),
+                         {{"RANK", std::to_string(r)}, {"LOCAL_RANK", std::to_string(r)}, {"WORLD_SIZE", "2"},
+                          {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}));
+  }
+  bool hung = false;
+  const int st1 = wait_for(pids[1], 120);
+  const int st0 = wait_for(pids[0], 60, &hung);
+  EXPECT_TRUE(WIFSIGNALED(st1) && WTERMSIG(st1) == SIGKILL);
+  EXPECT_FALSE(hung) << "rank 0 did not stop after rank 1 died";
+  EXPECT_TRUE(WIFEXITED(st0) && WEXITSTATUS(st0) == 1);
+  const auto log0 = slurp(root_ / "rank0.log");
+  EXPECT_NE(log0.find("qad: error: rank 0/2:"), std::string::npos) << log0;
+  EXPECT_NE(log0.find("Another rank has probably died"), std::string::npos) << log0;
+  // The last checkpoint is complete and loads.
+  const auto latest = slurp(out / "checkpoints/latest");
+  ASSERT_FALSE(latest.empty());
+  const auto dir = out / "checkpoints" / latest.substr(0, latest.find('\n'));
+  EXPECT_TRUE(fs::exists(dir / "trainer_state.json"));
+  EXPECT_FALSE(qad::io::read_tensors(dir / "optimizer.safetensors").empty());
+  EXPECT_FALSE(fs::exists(out / "final_metrics.json"));
+
+  // Through the local launcher: it names the dead rank and stops the other.
+  const auto out2 = root_ / "killed_rank_launcher";
+  auto b = args(out2, 2, 2, 40);
+  b.insert(b.end(), {"--debug-kill-at-step", "2", "--debug-kill-rank", "1"});
+  const int st = run(b, root_ / "launcher.log");
+  const auto log = slurp(root_ / "launcher.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << log;
+  EXPECT_NE(log.find("rank 1 of 2 was killed by signal 9"), std::string::npos) << log;
+}
+
+}  // namespace
