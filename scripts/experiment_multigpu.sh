@@ -12,13 +12,14 @@ OUT=${1:-${OUT:-runs/multigpu}}
 STEPS=${STEPS:-30}
 BATCH=${BATCH:-16}   # global rows per step: 1 rank x 16, or 2 ranks x 8
 SEQ=${SEQ:-2048}
-TOK=../shared/models/qwen3-16m-teacher
+SHARED=${QAD_SHARED_DIR:-../shared}
+TOK=$SHARED/models/qwen3-16m-teacher
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 
 [ -f "$OUT/teacher/config.json" ] || "$MAKE_MODEL" --shape qwen3-1.7b --out "$OUT/teacher" --tokenizer-from "$TOK"
 [ -f "$OUT/data/index.json" ] || "$QAD" data prepare --tokenizer "$TOK" --output "$OUT/data" \
-  --input ../shared/corpus/prose_train.jsonl.xz --valid-fraction 0.01
+  --input $SHARED/corpus/prose_train.jsonl.xz --valid-fraction 0.01
 
 common=(distill --method qad --teacher "$OUT/teacher" --data "$OUT/data" --steps "$STEPS" --seq-len "$SEQ"
         --lr 1e-5 --warmup 0.1 --valid-every 0 --valid-batches 1 --calib-batches 2 --log-every 5

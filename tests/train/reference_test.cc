@@ -59,14 +59,17 @@ TEST_P(ReferenceTest, StepMatchesPyTorch) {
   auto student = load_student();
   for (auto& [n, p] : student->hf_tensors()) p.set_requires_grad(true);
   auto v = accumulate_gradients(student, &teacher, {b}, cfg, 0);
+  // Tolerances: transformers' Qwen3RMSNorm computes in FP32 even in an FP64 model (hidden.to(float32)), so the
+  // reference carries FP32 rounding (~1e-7 relative) at every norm; qad's FP64 model does not. Measured: loss
+  // 1.7e-8 relative, gradients <= 1e-6 of each tensor's largest entry.
   const double ref_loss = ref.at(method + ".loss").item<double>();
-  EXPECT_NEAR(v.loss, ref_loss, 1e-10 * std::abs(ref_loss));
-  EXPECT_NEAR(*v.kl, ref.at(method + ".kl").item<double>(), 1e-10 * std::abs(ref_loss));
-  for (const auto& [layer, c] : v.cka) EXPECT_NEAR(c, ref.at(method + ".cka." + layer).item<double>(), 1e-10) << layer;
+  EXPECT_NEAR(v.loss, ref_loss, 1e-6 * std::abs(ref_loss));
+  EXPECT_NEAR(*v.kl, ref.at(method + ".kl").item<double>(), 1e-6 * std::abs(ref_loss));
+  for (const auto& [layer, c] : v.cka) EXPECT_NEAR(c, ref.at(method + ".cka." + layer).item<double>(), 1e-7) << layer;
   for (auto& [n, p] : student->hf_tensors()) {
     const auto& g = ref.at(method + ".grad." + n);
     const double scale = g.abs().max().item<double>() + 1e-30;
-    EXPECT_LE((p.grad() - g).abs().max().item<double>(), 1e-8 * scale) << n;
+    EXPECT_LE((p.grad() - g).abs().max().item<double>(), 1e-5 * scale) << n;
   }
 
   auto fresh = load_student();
