@@ -32,7 +32,9 @@ run() {  # name, then extra flags
   "$QAD" "${common[@]}" --out "$OUT/$name" "$@" 2>&1 | tee "$OUT/$name.log" | grep -E "^step|data parallel|error" || true
   echo "$name: $((SECONDS - t0)) s wall"
 }
-run one_rank  --batch-size "$BATCH" --device cuda:0
+# One H200 cannot hold 16 x 2048 rows of a 1.7B QAD step: the 1-rank run takes the same global batch as two
+# micro-batches of 8 (gradient accumulation), the per-GPU micro-batch of the 2-rank runs.
+run one_rank  --batch-size $((BATCH / 2)) --grad-accum 2 --device cuda:0
 run two_ranks --batch-size $((BATCH / 2)) --nproc-per-node 2
 run two_ranks_nozero --batch-size $((BATCH / 2)) --nproc-per-node 2 --zero 0
 

@@ -109,10 +109,10 @@ def main():
                 terms.append(1 - c)
             loss = loss + lam * torch.stack(terms).mean()
         loss.backward()
-        out[f"{method}.loss"] = loss.detach().reshape(1)
-        out[f"{method}.kl"] = kl.detach().reshape(1)
+        out[f"{method}.loss"] = loss.detach().clone().reshape(1)  # QAD: loss is kl itself
+        out[f"{method}.kl"] = kl.detach().clone().reshape(1)
         for name, c in ckas.items():
-            out[f"{method}.cka.{name}"] = c.detach().reshape(1)
+            out[f"{method}.cka.{name}"] = c.detach().clone().reshape(1)
         for n, p in student.named_parameters():
             out[f"{method}.grad.{n}"] = p.grad.detach().clone().contiguous()
         decay = [p for p in student.parameters() if p.dim() >= 2]
