@@ -104,7 +104,7 @@ double task_accuracy(model::CausalLM& lm, const tokenizer::Tokenizer& tok, uint6
     answers.push_back(e.answer);
   }
   model::GenerateOptions go;
-  go.max_new_tokens = 24 + 16 * ao.max_digits;  // the worked steps are ~14 tokens a digit
+  go.max_new_tokens = 32 + 16 * ao.max_digits;  // ~14 tokens a digit line, ~20 around them
   go.greedy = true;
   go.stop_ids = {kImEnd};
   go.pad_id = kEndOfText;
