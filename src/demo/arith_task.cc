@@ -44,7 +44,7 @@ ArithExample make_example(uint64_t seed, int64_t index, const ArithOptions& o) {
   e.question = fmt::format(fmt::runtime(sub ? kSub[phrasing] : kAdd[phrasing]), a, b);
   const size_t width = std::max(std::to_string(a).size(), std::to_string(b).size());
   const std::string pa = pad(a, width), pb = pad(b, width);
-  std::string steps = fmt::format("<think>\n{} {} {}\n", pa, op, pb);
+  std::string steps = fmt::format("<think>\n{}{}{}\n", pa, op, pb);
   std::string result;
   int carry = 0;
   for (size_t k = 0; k < width; ++k) {
@@ -52,27 +52,27 @@ ArithExample make_example(uint64_t seed, int64_t index, const ArithOptions& o) {
     if (!sub) {
       const int sum = da + db + carry;
       result.insert(result.begin(), static_cast<char>('0' + sum % 10));
-      steps += fmt::format("{} + {} + {} = {}, write {} carry {}, result {}\n", da, db, carry, sum, sum % 10, sum / 10,
+      steps += fmt::format("{}+{}+{}={} write {} carry {} result {}\n", da, db, carry, sum, sum % 10, sum / 10,
                            result);
       carry = sum / 10;
     } else {
       int d = da - db - carry;
       const int nb = d < 0 ? 1 : 0;
-      steps += fmt::format("{} - {} - {} = {}, ", da, db, carry, d);
+      steps += fmt::format("{}-{}-{}={} ", da, db, carry, d);
       if (nb) d += 10;
       result.insert(result.begin(), static_cast<char>('0' + d));
-      steps += fmt::format("write {} borrow {}, result {}\n", d, nb, result);
+      steps += fmt::format("write {} borrow {} result {}\n", d, nb, result);
       carry = nb;
     }
   }
   if (!sub && carry) {
     result.insert(result.begin(), static_cast<char>('0' + carry));
-    steps += fmt::format("carry {}, result {}\n", carry, result);
+    steps += fmt::format("carry {} result {}\n", carry, result);
   }
   if (result.size() > 1 && result[0] == '0') {
     const auto nz = result.find_first_not_of('0');
     result = nz == std::string::npos ? "0" : result.substr(nz);
-    steps += fmt::format("drop leading zeros, result {}\n", result);
+    steps += fmt::format("drop leading zeros result {}\n", result);
   }
   e.answer = std::to_string(sub ? a - b : a + b);
   e.reasoning = steps + "</think>\n" + e.answer;

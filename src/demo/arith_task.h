@@ -1,5 +1,6 @@
 // The demo's reasoning task: addition and subtraction with worked, digit-by-digit steps, in chat form, in the
-// style of ../shared/tasks/arith (the same step lines, smaller numbers). Generated from a seed, no files.
+// style of ../shared/tasks/arith (the same steps, written compactly so that a CPU trains on them quickly: no
+// spaces around the digits' operators, no commas). Generated from a seed, no files.
 // Torch-free.
 #pragma once
 #include <cstdint>
@@ -10,7 +11,7 @@ namespace qad::demo {
 
 struct ArithExample {
   std::string question;  // "What is 47 + 38?"
-  std::string reasoning; // "<think>\n47 + 38\n7 + 8 + 0 = 15, write 5 carry 1, result 5\n...</think>\n85"
+  std::string reasoning; // "<think>\n47+38\n7+8+0=15 write 5 carry 1 result 5\n...</think>\n85"
   std::string answer;    // "85"
 };
 

@@ -12,7 +12,7 @@ namespace qad::demo {
 struct DemoOptions {
   std::filesystem::path out = "qad-demo";
   std::string device = "auto";
-  std::string size = "tiny";      // tiny: ~5 min on 2 CPU cores; small: a bigger model and budget for a GPU
+  std::string size = "tiny";      // tiny: ~5 min on 2 CPU cores; small: a bigger model and budget for a GPU; smoke: tests
   int64_t teacher_steps = -1;     // -1 = the size's default
   int64_t student_steps = -1;
   int64_t test_examples = -1;
