@@ -8,7 +8,8 @@ if [ "${1:-}" = "--run" ]; then run=1; shift; fi
 build=${1:-build}
 
 packages=(cmake g++ make libtorch-dev nlohmann-json3-dev libcli11-dev libfmt-dev libyaml-cpp-dev
-          libgtest-dev libgmock-dev libbenchmark-dev libzstd-dev xz-utils libgloo-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev libzstd-dev xz-utils libgloo-dev
+          libopenblas0-pthread)  # Debian's LibTorch calls libblas.so.3: OpenBLAS instead of the ~8x slower reference BLAS
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,5 +28,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j "$jobs"
 
 if [ $run -eq 1 ]; then
+  # The default job: generated task -> tiny teacher -> PTQ / QAT / QAD / CKA-QAD -> comparison table (~2-3 min on
+  # 2 CPU cores), then the NVFP4 numerics self-check.
+  "$build/qad" demo --out qad-demo
   exec "$build/qad" selfcheck
 fi

@@ -76,8 +76,14 @@ TEST_P(ReferenceTest, StepMatchesPyTorch) {
   AdamW opt(fresh->hf_tensors(), cfg.optim);
   auto r = train_step(fresh, &teacher, {b}, opt, {.lr = 1e-3, .config = &cfg});
   ASSERT_FALSE(r.skipped);
+  // AdamW's first step moves each weight by about lr * g / (|g| + eps): where |g| is near eps the FP32-norm
+  // difference above can change that ratio, elsewhere the update is insensitive to it.
   for (auto& [n, p] : fresh->hf_tensors()) {
-    EXPECT_LE((p.detach() - ref.at(method + ".updated." + n)).abs().max().item<double>(), 1e-9) << n;
+    auto diff = (p.detach() - ref.at(method + ".updated." + n)).abs();
+    auto robust = ref.at(method + ".grad." + n).abs() > 1e-5;
+    EXPECT_LE(diff.masked_select(robust).max().item<double>(), 1e-8) << n;
+    EXPECT_LE(diff.max().item<double>(), 2e-3) << n;  // never more than the step bound 2 lr
+    EXPECT_GT(robust.to(torch::kFloat64).mean().item<double>(), 0.5) << n;  // the tight check covers most weights
   }
 }
 
