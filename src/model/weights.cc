@@ -1,10 +1,13 @@
 // HF checkpoint <-> CausalLM: one table (hf_tensors) names every tensor of the checkpoint and the parameter
 // it fills; loading and saving both walk it, so they cannot disagree.
+#include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
+#include "model/weights.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/torch_format.h"
@@ -29,15 +32,14 @@ std::vector<std::pair<std::string, torch::Tensor>> CausalLMImpl::hf_tensors() co
   return out;
 }
 
-CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::ScalarType dtype) {
-  dtype_config_name(dtype);  // validates
-  auto config = load_config(dir);
-  CausalLM lm(config);
-  auto ckpt = io::Checkpoint::open(dir);
+void load_hf_tensors(CausalLM& lm, const io::Checkpoint& ckpt, const fs::path& dir, torch::Device device,
+                     torch::ScalarType dtype, const std::set<std::string>& handled) {
+  const auto& config = lm->config();
   std::set<std::string> used;
   std::vector<std::string> missing;
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : lm->hf_tensors()) {
+    if (handled.count(name)) continue;
     const auto* entry = ckpt.find(name);
     if (entry == nullptr) {
       missing.push_back(name);
@@ -47,8 +49,9 @@ CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::Scalar
     auto src = io::to_tensor(*entry);
     QAD_CHECK(src.sizes() == param.sizes(), "{}: tensor '{}' has shape {} but config.json implies {}", dir.string(),
               name, shape_str(src.sizes()), shape_str(param.sizes()));
-    QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight", dir.string(), name,
-              c10::toString(src.scalar_type()));
+    QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight{}", dir.string(), name,
+              c10::toString(src.scalar_type()),
+              src.scalar_type() == torch::kUInt8 ? fmt::format(" (packed NVFP4 needs '{}_scale')", name) : "");
     // Zero-copy when the file already has the wanted dtype on CPU (the view keeps the mapping alive).
     param.set_data(src.to(device, dtype));
   }
@@ -60,7 +63,7 @@ CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::Scalar
   }
   std::vector<std::string> unexpected;
   for (const auto& name : ckpt.names()) {
-    if (used.count(name)) continue;
+    if (used.count(name) || handled.count(name)) continue;
     // transformers ignores these too: a duplicate tied head, and RoPE tables older exports stored.
     if (config.tie_word_embeddings && name == "lm_head.weight") continue;
     if (name.ends_with("rotary_emb.inv_freq")) continue;
@@ -70,6 +73,12 @@ CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::Scalar
     fail("{}: {} tensor(s) in the checkpoint do not belong to a {} with this config: {}{}", dir.string(),
          unexpected.size(), config.architecture_name, unexpected.front(), unexpected.size() > 1 ? ", ..." : "");
   }
+}
+
+CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::ScalarType dtype) {
+  dtype_config_name(dtype);  // validates
+  CausalLM lm(load_config(dir));
+  load_hf_tensors(lm, io::Checkpoint::open(dir), dir, device, dtype);
   // Parameters the checkpoint does not hold (none today) still follow the requested device and dtype.
   lm->to(device, dtype);
   return lm;

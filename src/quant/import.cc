@@ -9,6 +9,7 @@
 #include <set>
 
 #include "io/safetensors_torch.h"
+#include "model/weights.h"
 #include "nvfp4/quantize.h"
 #include "quant/export_json.h"
 #include "quant/linear_quant.h"
@@ -117,11 +118,10 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
   auto config = model::load_config(dir);
   model::CausalLM lm(config);
   auto ckpt = io::Checkpoint::open(dir);
-  std::set<std::string> used;
+  std::set<std::string> used;  // the NVFP4 tensors read here (load_hf_tensors loads the rest)
   torch::NoGradGuard no_grad;
 
   // Quantized Linears: the checkpoint has <p>.weight_scale.
-  std::set<std::string> quantized_weights;
   for (auto l : lm->linears()) {
     const auto& p = l->name();
     if (ckpt.find(p + ".weight_scale") == nullptr) {
@@ -149,7 +149,6 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
     nvfp4::QuantizedTensor q{w.tensor.to(device), scales.to(device),
                              torch::full({}, sg_w, torch::TensorOptions().dtype(torch::kFloat32).device(device)), in};
     l->weight.set_data(nvfp4::dequantize(q, dtype));
-    quantized_weights.insert(p + ".weight");
     for (const auto* suffix : {".weight", ".weight_scale", ".weight_scale_2", ".input_scale"}) used.insert(p + suffix);
 
     auto hook = std::make_shared<NvFp4LinearQuant>(p);
@@ -160,30 +159,7 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
   }
 
   // Everything else exactly as CausalLM::load does it.
-  std::vector<std::string> missing;
-  for (auto& [name, param] : lm->hf_tensors()) {
-    if (quantized_weights.count(name)) continue;
-    const auto* entry = ckpt.find(name);
-    if (entry == nullptr) {
-      missing.push_back(name);
-      continue;
-    }
-    used.insert(name);
-    auto src = io::to_tensor(*entry);
-    QAD_CHECK(src.sizes() == param.sizes(), "{}: tensor '{}' has shape {} but config.json implies {}",
-              entry->file->path().string(), name, shape_str(src.sizes()), shape_str(param.sizes()));
-    QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight (is its module missing "
-              "'{}_scale'?)", entry->file->path().string(), name, c10::toString(src.scalar_type()), name);
-    param.set_data(src.to(device, dtype));
-  }
-  QAD_CHECK(missing.empty(), "{}: {} tensor(s) missing from the checkpoint, first '{}'", dir.string(), missing.size(),
-            missing.empty() ? "" : missing.front());
-  for (const auto& name : ckpt.names()) {
-    if (used.count(name)) continue;
-    if (config.tie_word_embeddings && name == "lm_head.weight") continue;
-    if (name.ends_with("rotary_emb.inv_freq")) continue;
-    fail("{}: tensor '{}' does not belong to a {} with this config", dir.string(), name, config.architecture_name);
-  }
+  model::load_hf_tensors(lm, ckpt, dir, device, dtype, /*handled=*/used);
 
   // Engines give a fused group one input_scale and weight_scale_2 (vLLM takes the max); say so when they differ.
   std::map<std::string, std::pair<float, float>> groups;
@@ -201,11 +177,6 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
   }
   lm->to(device, dtype);
   return lm;
-}
-
-model::CausalLM load_any(const fs::path& dir, torch::Device device, torch::ScalarType dtype) {
-  if (is_nvfp4_checkpoint(dir)) return load_nvfp4(dir, device, dtype);
-  return model::CausalLM::load(dir, device, dtype);
 }
 
 }  // namespace qad::quant

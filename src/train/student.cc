@@ -2,10 +2,10 @@
 #include "train/student.h"
 
 #include <fmt/format.h>
-#include <yaml-cpp/yaml.h>
 
 #include <map>
 
+#include "checkpoint/load.h"
 #include "io/safetensors_torch.h"
 #include "model/config.h"
 #include "util/atomic_file.h"
@@ -20,10 +20,9 @@ bool method_quantizes(Method m) { return m != Method::kPretrain; }
 
 namespace {
 quant::QuantConfig quant_config(const TrainConfig& cfg) {
-  YAML::Node node = YAML::Load(cfg.quant.options.dump());
-  auto qc = quant::quant_config_from_yaml(node);
+  auto qc = cfg.quant.options;
   // The calibration loader reads the global batch (batch_size x world_size rows) on every rank (data_source.cc).
-  if (!cfg.quant.options.contains("calib_samples")) {
+  if (qc.calib_samples == 0) {
     qc.calib_samples = cfg.quant.calib_batches * cfg.data.batch_size * cfg.dist.world_size;
   }
   return qc;
@@ -34,15 +33,14 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
                       bool calibrate) {
   Student s;
   if (!method_quantizes(cfg.method)) {
-    s.lm = model::CausalLM::load(cfg.run.teacher, device, dtype);
+    s.lm = checkpoint::load_model(cfg.run.teacher, device, dtype);
     return s;
   }
   const auto qc = quant_config(cfg);
-  if (!cfg.quant.student.empty()) {
-    s.lm = quant::load_nvfp4(cfg.quant.student, device, dtype);
-    quant::enable_weight_fake_quant(s.lm, true);
+  s.lm = checkpoint::load_model(cfg.quant.student.empty() ? cfg.run.teacher : cfg.quant.student, device, dtype);
+  if (!cfg.quant.student.empty() && !quant::quantized_modules(s.lm).empty()) {
+    quant::enable_weight_fake_quant(s.lm, true);  // an NVFP4 export's weights are trained from here on
   } else {
-    s.lm = model::CausalLM::load(cfg.run.teacher, device, dtype);
     quant::apply_nvfp4(s.lm, qc);
     if (calibrate) quant::calibrate(s.lm, calib, qc);
   }
@@ -62,15 +60,15 @@ Student quantize_student(model::CausalLM lm, const TrainConfig& cfg, const Calib
   return s;
 }
 
-QuantizerSnapshot quantizer_state(const Student& s) {
-  QuantizerSnapshot q;
+checkpoint::QuantizerSnapshot quantizer_state(const Student& s) {
+  checkpoint::QuantizerSnapshot q;
   q.meta["quantized"] = s.quantized;
   q.meta["modules"] = s.quantized_modules;
   if (s.quantized) q.tensors = quant::quantizer_state(s.lm);
   return q;
 }
 
-void load_quantizer_state(Student& s, const TrainConfig& cfg, const QuantizerSnapshot& snap) {
+void load_quantizer_state(Student& s, const TrainConfig& cfg, const checkpoint::QuantizerSnapshot& snap) {
   if (!s.quantized) return;
   quant::load_quantizer_state(s.lm, snap.tensors, quant_config(cfg));
   s.quantized_modules = quant::quantized_modules(s.lm);
@@ -87,14 +85,15 @@ void copy_tokenizer_files(const fs::path& from, const fs::path& to) {
 std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, bool nvfp4, bool bf16) {
   std::vector<fs::path> out;
   const fs::path root = fs::path(cfg.run.out) / "export";
+  const fs::path source = checkpoint::model_dir(cfg.run.teacher);  // config.json and tokenizer files
   fs::create_directories(root);
   if (nvfp4 && s.quantized) {
-    quant::export_nvfp4(s.lm, root / "nvfp4", cfg.run.teacher);
+    quant::export_nvfp4(s.lm, root / "nvfp4", source);
     out.push_back(root / "nvfp4");
   }
   if (!s.quantized) {
     s.lm->save(root / "hf");
-    copy_tokenizer_files(cfg.run.teacher, root / "hf");
+    copy_tokenizer_files(source, root / "hf");
     out.push_back(root / "hf");
   }
   if (bf16) {
@@ -112,19 +111,11 @@ std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, b
     write_directory_atomic(root / "bf16", [&](const fs::path& tmp) {
       write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
       io::write_tensors_checkpoint(tmp, tensors);
-      copy_tokenizer_files(cfg.run.teacher, tmp);
+      copy_tokenizer_files(source, tmp);
     });
     out.push_back(root / "bf16");
   }
   return out;
-}
-
-model::CausalLM load_run_student(const fs::path& run_dir, torch::Device device, torch::ScalarType dtype) {
-  const auto dir = run_dir / "export";
-  if (fs::exists(dir / "nvfp4")) return quant::load_nvfp4(dir / "nvfp4", device, dtype);
-  QAD_CHECK(fs::exists(dir / "hf" / "config.json"), "{}: no exported student (export/nvfp4 or export/hf)",
-            run_dir.string());
-  return model::CausalLM::load(dir / "hf", device, dtype);
 }
 
 }  // namespace qad::train

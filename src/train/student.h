@@ -1,6 +1,7 @@
 // The student: the one file that talks to the quantization library. PTQ = the teacher's weights with NVFP4
-// fake quantization on every eligible Linear, calibrated on training batches; or a given NVFP4 checkpoint;
-// or (method pretrain) the plain unquantized model. Also the student's quantizer state for checkpoints and
+// fake quantization on every eligible Linear, calibrated on training batches; or a given checkpoint
+// (quant.student: an NVFP4 export or a quantized training checkpoint keeps its quantization; any other kind is
+// quantized and calibrated like the teacher); or (method pretrain) the plain unquantized model. Also the student's quantizer state for checkpoints and
 // the final exports (NVFP4, optional BF16).
 #pragma once
 #include <torch/torch.h>
@@ -11,7 +12,7 @@
 #include <vector>
 
 #include "model/causal_lm.h"
-#include "train/checkpoint.h"
+#include "checkpoint/training_checkpoint.h"
 #include "train/config.h"
 
 namespace qad::train {
@@ -38,17 +39,13 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
 // Installs NVFP4 on an in-memory model (e.g. a random one in the benchmarks) and calibrates it on `calib`.
 Student quantize_student(model::CausalLM lm, const TrainConfig& cfg, const CalibSource& calib);
 
-QuantizerSnapshot quantizer_state(const Student& s);
-void load_quantizer_state(Student& s, const TrainConfig& cfg, const QuantizerSnapshot& snap);
+checkpoint::QuantizerSnapshot quantizer_state(const Student& s);
+void load_quantizer_state(Student& s, const TrainConfig& cfg, const checkpoint::QuantizerSnapshot& snap);
 
 // RUN_DIR/export/nvfp4 (the ModelOpt layout, when quantized), RUN_DIR/export/hf (an unquantized student:
 // the model as trained, in its compute dtype) and, with bf16, RUN_DIR/export/bf16: an HF checkpoint of the
 // weights the student computes with (NVFP4-rounded where quantized) in BF16. Tokenizer files are copied.
 // Returns the directories written.
 std::vector<std::filesystem::path> export_student(const Student& s, const TrainConfig& cfg, bool nvfp4, bool bf16);
-
-// The exported student of a finished run, ready to evaluate: export/nvfp4 (fake-quantized as in training) or
-// export/hf.
-model::CausalLM load_run_student(const std::filesystem::path& run_dir, torch::Device device, torch::ScalarType dtype);
 
 }  // namespace qad::train

@@ -13,7 +13,7 @@
 #include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "eval/lm_metrics.h"
-#include "eval/model_loading.h"
+#include "checkpoint/load.h"
 #include "eval/task_eval.h"
 #include "eval/token_stream.h"
 #include "model/config.h"
@@ -28,7 +28,7 @@ constexpr int64_t kVocab = 8;
 constexpr double kTol = 1e-5;  // the model computes in FP32; the references in FP64
 
 // A bigram decoder: embedding = identity (hidden = vocab = 8), all norms 1, attention/MLP zeroed, lm_head
-// random. Saved as an HF checkpoint and loaded back through load_any_model in FP64.
+// random. Saved as an HF checkpoint and loaded back through checkpoint::load_model in FP64.
 struct Bigram {
   CausalLM lm{nullptr};
   torch::Tensor logp;  // FP64 [V, V]: logp[a][b] = log p(next = b | current = a)
@@ -59,7 +59,7 @@ Bigram make_bigram(uint64_t salt, const fs::path& dir) {
   }
   lm->save(dir);
   Bigram b;
-  b.lm = qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32);
+  b.lm = qad::checkpoint::load_model(dir, torch::kCPU, torch::kFloat32);
   // RMSNorm of a one-hot row e_x: e_x / sqrt(1/H + eps); logits[b] = W[b, x] * that, here in FP64.
   const double factor = 1.0 / std::sqrt(1.0 / kVocab + 1e-6);
   auto logits = b.lm->lm_head->weight.detach().to(torch::kFloat64).t() * factor;  // [x, b]
@@ -185,7 +185,7 @@ TEST(ModelLoading, UnreadableFormatsSayWhatTheyAre) {
   fs::create_directories(dir);
   auto expect_error = [&](const std::string& needle) {
     try {
-      qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32);
+      qad::checkpoint::load_model(dir, torch::kCPU, torch::kFloat32);
       ADD_FAILURE() << "no error for " << needle;
     } catch (const qad::Error& e) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -193,13 +193,13 @@ TEST(ModelLoading, UnreadableFormatsSayWhatTheyAre) {
   };
   expect_error("no config.json");
   std::ofstream(dir / "trainer_state.json") << "{}";
-  EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kTrainingCheckpoint);
+  EXPECT_EQ(qad::checkpoint::detect(dir), qad::checkpoint::Kind::kTrainingCheckpoint);
   expect_error("no model/config.json");  // a training checkpoint without its student
   std::ofstream(dir / "hf_quant_config.json") << R"({"quantization": {"quant_algo": "NVFP4", "group_size": 16}})";
-  EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kNvfp4Export);
-  EXPECT_THROW(qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32), qad::Error);  // no config, no weights
+  EXPECT_EQ(qad::checkpoint::detect(dir), qad::checkpoint::Kind::kNvfp4Export);
+  EXPECT_THROW(qad::checkpoint::load_model(dir, torch::kCPU, torch::kFloat32), qad::Error);  // no config, no weights
   ::qad::remove_tree(dir);
-  EXPECT_THROW(qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32), qad::Error);
+  EXPECT_THROW(qad::checkpoint::load_model(dir, torch::kCPU, torch::kFloat32), qad::Error);
 }
 
 TEST(ModelSpec, LabelsAndFakeQuantPrefix) {

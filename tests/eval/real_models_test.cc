@@ -16,7 +16,7 @@
 #include "eval/eval_command.h"
 #include "eval/layer_cka.h"
 #include "eval/lm_metrics.h"
-#include "eval/model_loading.h"
+#include "checkpoint/load.h"
 #include "eval/task_eval.h"
 #include "eval/token_stream.h"
 #include "io/safetensors_torch.h"
@@ -58,7 +58,7 @@ TEST(Stories260k, PerplexityMatchesTransformers) {
   EXPECT_EQ(std::vector<int64_t>(stream.ids.begin(), stream.ids.end()), ref["stream_ids"].get<std::vector<int64_t>>());
   EXPECT_EQ(stream.documents, ref["documents"].get<int64_t>());
 
-  auto lm = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto lm = qad::checkpoint::load_model(stories(), torch::kCPU, torch::kFloat32);
   qad::eval::LmEvalOptions o;
   o.seq_len = ref["seq_len"].get<int64_t>();
   o.progress = false;
@@ -79,7 +79,7 @@ TEST(Stories260k, PerplexityFromTransformersGoldenLogits) {
   // sees exactly the contexts transformers saw. The text also goes through read_token_stream (BOS auto).
   auto golden = qad::io::read_tensors(stories() / "golden_logits.safetensors");
   std::map<std::string, torch::Tensor> g(golden.begin(), golden.end());
-  auto lm = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto lm = qad::checkpoint::load_model(stories(), torch::kCPU, torch::kFloat32);
   auto tok = qad::tokenizer::Tokenizer::load(stories());
   for (const std::string name : {"bytes_digits_newline", "bos_greedy200"}) {
     auto ids = g.at(name + ".input_ids").to(torch::kInt64);
@@ -114,12 +114,12 @@ TEST(Stories260k, PerplexityFromTransformersGoldenLogits) {
 
 TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
   // PTQ of stories260K with src/quant (max calibration on the held-out stories), exported in the ModelOpt
-  // layout, then read back through load_any_model: the export must compute what the in-memory quantized
+  // layout, then read back through checkpoint::load_model: the export must compute what the in-memory quantized
   // model computes (quant: "bit-identical logits"), so perplexity, KL and agreement against it are exact.
   auto tok = qad::tokenizer::Tokenizer::load(stories());
   qad::eval::StreamOptions so;
   auto stream = qad::eval::read_token_stream({heldout()}, &tok, so);
-  auto lm = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto lm = qad::checkpoint::load_model(stories(), torch::kCPU, torch::kFloat32);
   qad::quant::QuantConfig cfg;
   cfg.calib_samples = 4;
   qad::quant::apply_nvfp4(lm, cfg);
@@ -128,8 +128,8 @@ TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
   qad::quant::calibrate(lm, [&](const qad::quant::BatchSink& sink) { sink(ids, torch::Tensor()); }, cfg);
   const fs::path out = temp_path("nvfp4");
   qad::quant::export_nvfp4(lm, out, stories());
-  EXPECT_EQ(qad::eval::detect_checkpoint(out), qad::eval::CheckpointKind::kNvfp4Export);
-  auto back = qad::eval::load_any_model(out, torch::kCPU, torch::kFloat32);
+  EXPECT_EQ(qad::checkpoint::detect(out), qad::checkpoint::Kind::kNvfp4Export);
+  auto back = qad::checkpoint::load_model(out, torch::kCPU, torch::kFloat32);
   qad::eval::LmEvalOptions o;
   o.progress = false;
   auto mine = qad::eval::evaluate_lm(lm, nullptr, stream, o);
@@ -137,7 +137,7 @@ TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
   EXPECT_EQ(theirs.perplexity, mine.perplexity);
   EXPECT_EQ(*theirs.kl, 0.0);
   EXPECT_EQ(*theirs.top1_agreement, 1.0);
-  auto bf = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto bf = qad::checkpoint::load_model(stories(), torch::kCPU, torch::kFloat32);
   auto fp32 = qad::eval::evaluate_lm(bf, nullptr, stream, o);
   std::cout << "stories260K held-out perplexity: FP32 " << fp32.perplexity << ", NVFP4 PTQ export " << theirs.perplexity
             << "\n";
@@ -155,8 +155,8 @@ TEST(ModelLoading, Nvfp4ExportEvaluatesLikeTheQuantizedModel) {
   std::ofstream(step / "trainer_state.json") << R"({"step": 7, "config": {"quant": {"quantize_inputs": true}}})";
   std::ofstream(run / "checkpoints" / "latest") << "step-00000007\n";
   for (const fs::path& dir : {run, step}) {
-    EXPECT_EQ(qad::eval::detect_checkpoint(dir), qad::eval::CheckpointKind::kTrainingCheckpoint) << dir;
-    auto ckpt = qad::eval::load_any_model(dir, torch::kCPU, torch::kFloat32);
+    EXPECT_EQ(qad::checkpoint::detect(dir), qad::checkpoint::Kind::kTrainingCheckpoint) << dir;
+    auto ckpt = qad::checkpoint::load_model(dir, torch::kCPU, torch::kFloat32);
     auto c = qad::eval::evaluate_lm(ckpt, &lm, stream, o);
     EXPECT_EQ(c.perplexity, mine.perplexity) << dir;
     EXPECT_EQ(*c.kl, 0.0) << dir;
@@ -280,8 +280,8 @@ TEST(CkaCommand, RotatedAndScaledTeacherHasCkaOne) {
   // embedding rotated and scaled (o' = s Q^T o, down' = s Q^T down, E' = s E Q). RMSNorm is rotation- and
   // (up to eps) scale-invariant, so every layer's hidden state is exactly the teacher's rotated and scaled:
   // linear CKA must be 1 for all four estimators, end to end through layer_cka.
-  auto teacher = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
-  auto rotated = qad::eval::load_any_model(stories(), torch::kCPU, torch::kFloat32);
+  auto teacher = qad::checkpoint::load_model(stories(), torch::kCPU, torch::kFloat32);
+  auto rotated = qad::checkpoint::load_model(stories(), torch::kCPU, torch::kFloat32);
   const int64_t h = teacher->config().hidden_size;
   auto gen = qad::testing::seeded_generator(7);
   auto q = std::get<0>(torch::linalg_qr(torch::randn({h, h}, gen, torch::kFloat64)))
@@ -364,7 +364,7 @@ TEST(ArithTask, TeacherGenerationsMatchTransformersGoldens) {
   qad::eval::TaskFile tasks = qad::eval::read_task_file(qad::testing::shared_dir() / "tasks/arith/test.jsonl");
   tasks.items.resize(8);
   auto tok = qad::tokenizer::Tokenizer::load(teacher16m());
-  auto lm = qad::eval::load_any_model(teacher16m(), torch::kCPU, torch::kFloat32);
+  auto lm = qad::checkpoint::load_model(teacher16m(), torch::kCPU, torch::kFloat32);
   qad::eval::TaskEvalOptions o;
   o.batch_size = 8;
   o.progress = false;

@@ -9,7 +9,7 @@
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "io/safetensors_torch.h"
-#include "train/checkpoint.h"
+#include "checkpoint/training_checkpoint.h"
 #include "train/step.h"
 
 namespace qad::train {
@@ -49,8 +49,8 @@ TEST_P(ReferenceTest, StepMatchesPyTorch) {
   b.loss_mask = ref.at("batch.loss_mask").to(torch::kFloat32);
   b.attention_mask = ref.at("batch.attention_mask").to(torch::kBool);
   TrainConfig cfg;
-  cfg.loss.kl_weight = 1;
-  cfg.loss.cka_weight = cka ? 0.3 : 0.0;
+  cfg.loss.kl = 1;
+  cfg.loss.cka = cka ? 0.3 : 0.0;
   cfg.loss.cka_subsample_tokens = 0;
   cfg.loss.log_ce = false;
   cfg.optim.weight_decay = 0.1;

@@ -11,7 +11,7 @@
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "loss/cka.h"
-#include "train/checkpoint.h"
+#include "checkpoint/training_checkpoint.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #include "train/step.h"
@@ -61,9 +61,9 @@ data::BatchTensors make_batch(const std::vector<int64_t>& lens, int64_t t, int64
 
 TrainConfig config(double kl, double ce, double cka) {
   TrainConfig c;
-  c.loss.kl_weight = kl;
-  c.loss.ce_weight = ce;
-  c.loss.cka_weight = cka;
+  c.loss.kl = kl;
+  c.loss.ce = ce;
+  c.loss.cka = cka;
   c.loss.cka_subsample_tokens = 0;  // all tokens: the reference below has no sampling
   c.loss.log_ce = false;
   return c;
@@ -268,6 +268,7 @@ TEST(CheckpointTest, RoundTripIsBitwise) {
   auto cfg = config(1.0, 0.0, 0.0);
   AdamW opt(student->hf_tensors(), cfg.optim);
   for (int i = 0; i < 2; ++i) train_step(student, &teacher, {b}, opt, {.lr = 1e-3, .config = &cfg});
+  using namespace qad::checkpoint;
   TrainerState st;
   st.step = 2;
   st.tokens = 64;

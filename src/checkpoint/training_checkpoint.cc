@@ -1,19 +1,28 @@
-// Training checkpoints (see checkpoint.h).
-#include "util/remove_tree.h"
-#include "train/checkpoint.h"
+// Training checkpoints: writer and readers (see training_checkpoint.h).
+#include "checkpoint/training_checkpoint.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <map>
 
-#include "io/safetensors_torch.h"
+#include "quant/quantize_model.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/remove_tree.h"
 #include "util/torch_format.h"
 
-namespace qad::train {
+namespace qad::checkpoint {
 namespace fs = std::filesystem;
+namespace {
+
+nlohmann::json read_json_or_null(const fs::path& file) {
+  if (!fs::exists(file)) return nullptr;
+  auto j = nlohmann::json::parse(read_file(file), nullptr, false);
+  return j.is_discarded() ? nlohmann::json(nullptr) : j;  // the loader that owns the file reports it properly
+}
+
+}  // namespace
 
 nlohmann::json TrainerState::to_json() const {
   return {{"format", "qad-train-checkpoint"}, {"version", 1}, {"step", step}, {"tokens", tokens},
@@ -100,6 +109,39 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
   return c;
 }
 
+fs::path resolve_training_checkpoint(const fs::path& dir) {
+  if (fs::exists(dir / "trainer_state.json")) return dir;
+  QAD_CHECK(fs::exists(dir / "checkpoints" / "latest"), "{}: neither a training checkpoint (trainer_state.json) nor "
+            "a run directory (checkpoints/latest)", dir.string());
+  auto name = read_file(dir / "checkpoints" / "latest");
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
+  QAD_CHECK(!name.empty() && name.find('/') == std::string::npos, "{}: checkpoints/latest does not name a "
+            "checkpoint directory", dir.string());
+  return dir / "checkpoints" / name;
+}
+
+model::CausalLM load_training_student(const fs::path& path, torch::Device device, torch::ScalarType dtype) {
+  const fs::path dir = resolve_training_checkpoint(path);
+  QAD_CHECK(fs::exists(dir / "model" / "config.json"), "training checkpoint {} has no model/config.json (the student "
+            "as an HF directory); is it complete?", dir.string());
+  auto lm = model::CausalLM::load(dir / "model", device, dtype);
+  const auto meta = read_json_or_null(dir / "quantizer.json");
+  const bool quantized = !meta.is_object() || !meta.contains("quantized") || !meta["quantized"].is_boolean() ||
+                         meta["quantized"].get<bool>();
+  if (quantized && fs::exists(dir / "quantizer.safetensors")) {
+    // The run's own quantization settings (quantize_inputs, ste) decide how the restored hooks compute.
+    quant::QuantConfig qc;
+    const auto state = read_json_or_null(dir / "trainer_state.json");
+    if (state.is_object() && state.contains("config") && state["config"].contains("quant") &&
+        state["config"]["quant"].contains("options")) {
+      qc = quant::quant_config_from_json(state["config"]["quant"]["options"], (dir / "trainer_state.json").string());
+    }
+    quant::load_quantizer_state(lm, io::read_tensors(dir / "quantizer.safetensors"), qc);
+  }
+  lm->eval();
+  return lm;
+}
+
 void load_model_tensors(model::CausalLM& lm, const NamedTensors& tensors, const std::string& label) {
   torch::NoGradGuard ng;
   std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
@@ -113,4 +155,4 @@ void load_model_tensors(model::CausalLM& lm, const NamedTensors& tensors, const 
   }
 }
 
-}  // namespace qad::train
+}  // namespace qad::checkpoint
