@@ -79,18 +79,6 @@ ArithExample make_example(uint64_t seed, int64_t index, const ArithOptions& o) {
   return e;
 }
 
-std::string extract_answer(const std::string& generated) {
-  std::string t = generated;
-  const auto end = t.find("<|im_end|>");
-  if (end != std::string::npos) t = t.substr(0, end);
-  const auto think = t.rfind("</think>");
-  if (think != std::string::npos) t = t.substr(think + 8);
-  const auto b = t.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  const auto e = t.find_last_not_of(" \t\r\n");
-  return t.substr(b, e - b + 1);
-}
-
 std::string chat_prompt(const std::string& question) {
   return "<|im_start|>user\n" + question + "<|im_end|>\n<|im_start|>assistant\n";
 }

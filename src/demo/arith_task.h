@@ -23,10 +23,6 @@ struct ArithOptions {
 // Deterministic for (seed, index): example i of a stream.
 ArithExample make_example(uint64_t seed, int64_t index, const ArithOptions& o = {});
 
-// The answer the model gave: the text after the last "</think>" (or all of it), cut at the first "<|im_end|>",
-// surrounding whitespace stripped (../shared/tasks/arith/README.md's rule).
-std::string extract_answer(const std::string& generated);
-
 // ChatML text of the prompt up to and including "<|im_start|>assistant\n".
 std::string chat_prompt(const std::string& question);
 

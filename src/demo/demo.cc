@@ -10,15 +10,16 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/load.h"
 #include "demo/arith_task.h"
 #include "demo/demo_tokenizer.h"
+#include "eval/task_eval.h"
 #include "model/causal_lm.h"
 #include "model/config.h"
-#include "model/generate.h"
+#include "model/device.h"
 #include "report/table.h"
 #include "tokenizer/tokenizer.h"
 #include "train/data_source.h"
-#include "train/student.h"
 #include "train/trainer.h"
 #include "util/atomic_file.h"
 #include "util/blas_check.h"
@@ -91,35 +92,26 @@ struct Eval {
   nlohmann::json final_metrics;
 };
 
+// Accuracy on held-out questions exactly as `qad eval --tasks` measures it (eval::evaluate_tasks: greedy
+// decoding to <|im_end|>, the after-think answer rule of ../shared/tasks/arith, exact match).
 double task_accuracy(model::CausalLM& lm, const tokenizer::Tokenizer& tok, uint64_t seed, int64_t first, int64_t n,
                      const ArithOptions& ao) {
-  torch::NoGradGuard ng;
-  lm->eval();
-  std::vector<std::vector<int64_t>> prompts;
-  std::vector<std::string> answers;
+  eval::TaskFile tasks;
   for (int64_t i = first; i < first + n; ++i) {
     auto e = make_example(seed, i, ao);
-    auto ids = tok.encode(chat_prompt(e.question), false);
-    prompts.emplace_back(ids.begin(), ids.end());
-    answers.push_back(e.answer);
+    eval::TaskItem item;
+    item.id = fmt::format("arith-{}", i);
+    item.prompt = chat_prompt(e.question);
+    item.answer = e.answer;
+    tasks.items.push_back(std::move(item));
   }
-  model::GenerateOptions go;
-  go.max_new_tokens = 32 + 16 * ao.max_digits;  // ~14 tokens a digit line, ~20 around them
-  go.greedy = true;
-  go.stop_ids = {kImEnd};
-  go.pad_id = kEndOfText;
-  int64_t correct = 0;
-  const size_t chunk = 256;
-  for (size_t b = 0; b < prompts.size(); b += chunk) {
-    std::vector<std::vector<int64_t>> part(prompts.begin() + static_cast<int64_t>(b),
-                                           prompts.begin() + static_cast<int64_t>(std::min(prompts.size(), b + chunk)));
-    auto r = model::generate(lm, part, go);
-    for (size_t i = 0; i < part.size(); ++i) {
-      std::vector<int32_t> ids(r.new_ids[i].begin(), r.new_ids[i].end());
-      if (extract_answer(tok.decode(ids, false)) == answers[b + i]) ++correct;
-    }
-  }
-  return static_cast<double>(correct) / static_cast<double>(n);
+  eval::TaskEvalOptions o;
+  o.rule = eval::AnswerRule::kAfterThink;
+  o.max_new_tokens = 32 + 16 * ao.max_digits;  // ~14 tokens a digit line, ~20 around them
+  o.batch_size = 256;
+  o.stop_ids = {kImEnd};
+  o.progress = false;
+  return eval::evaluate_tasks(lm, tok, tasks, o).all.accuracy();
 }
 
 std::string fmt_opt(const nlohmann::json& j, const char* key, const char* f) {
@@ -163,7 +155,7 @@ int run_demo(const DemoOptions& o) {
   QAD_CHECK(!fs::exists(o.out / "comparison.md"), "{} already holds a finished demo; pass another --out or delete it",
             o.out.string());
   fs::create_directories(o.out);
-  const auto device = train::resolve_device(o.device);
+  const auto device = model::parse_device(o.device);
   const auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   };
@@ -254,7 +246,7 @@ int run_demo(const DemoOptions& o) {
   nlohmann::ordered_json results = nlohmann::ordered_json::array();
   Progress progress("evaluate", static_cast<int64_t>(jobs.size()) + 1, "models");
   {
-    auto t = model::CausalLM::load(teacher, device, dtype);
+    auto t = checkpoint::load_model(teacher, device, dtype);
     const double acc = task_accuracy(t, tok, o.seed, test_first, n_test, ao);
     auto fm = nlohmann::json::parse(read_file(o.out / "teacher" / "final_metrics.json"));
     for (int64_t l = 0; l < t->config().num_layers; ++l) layers.push_back(fmt::format("layers.{}", l));
@@ -268,7 +260,7 @@ int run_demo(const DemoOptions& o) {
   }
   for (const auto& j : jobs) {
     const fs::path run = o.out / train::method_name(j.method);
-    auto lm = train::load_run_student(run, device, dtype);
+    auto lm = checkpoint::load_model(run / "export" / "nvfp4", device, dtype);  // what an engine would serve
     const double acc = task_accuracy(lm, tok, o.seed, test_first, n_test, ao);
     auto fm = nlohmann::json::parse(read_file(run / "final_metrics.json"));
     std::vector<std::string> row = {j.label, fmt::format("{:.3f}", acc), fmt_opt(fm, "kl", "{:.5f}"),

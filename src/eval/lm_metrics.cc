@@ -7,7 +7,7 @@
 #include <chrono>
 #include <cmath>
 
-#include "loss/logit_losses.h"
+#include "loss/token_metrics.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -51,17 +51,6 @@ torch::Tensor scored_rows(const torch::Tensor& logits, const torch::Tensor& rows
 
 }  // namespace
 
-double nll_sum(const torch::Tensor& logits, const torch::Tensor& targets, int64_t chunk_rows) {
-  const auto compute = logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  double sum = 0;
-  for (int64_t b = 0; b < logits.size(0); b += chunk_rows) {
-    const int64_t n = std::min(chunk_rows, logits.size(0) - b);
-    auto lp = torch::log_softmax(logits.narrow(0, b, n).to(compute), -1);
-    sum -= lp.gather(1, targets.narrow(0, b, n).unsqueeze(1)).to(torch::kFloat64).sum().item<double>();
-  }
-  return sum;
-}
-
 LmMetrics evaluate_lm(model::CausalLM& model, model::CausalLM* teacher, const TokenStream& stream,
                       const LmEvalOptions& o) {
   QAD_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, got {}", o.batch_size);
@@ -81,34 +70,27 @@ LmMetrics evaluate_lm(model::CausalLM& model, model::CausalLM* teacher, const To
   LmMetrics m;
   m.windows = static_cast<int64_t>(windows.size());
   m.stream_tokens = static_cast<int64_t>(stream.ids.size());
-  double nll = 0, teacher_nll = 0, kl = 0;
-  int64_t agree = 0;
+  loss::TokenMetricSums sums;
   const auto start = std::chrono::steady_clock::now();
   std::optional<Progress> progress;
   if (o.progress) progress.emplace(teacher != nullptr ? "perplexity+KL" : "perplexity", m.windows, "windows");
   for (size_t first = 0; first < windows.size(); first += static_cast<size_t>(o.batch_size)) {
     const size_t count = std::min(static_cast<size_t>(o.batch_size), windows.size() - first);
     auto batch = make_batch(stream, windows, first, count, device);
-    const int64_t n = batch.targets.size(0);
-    if (n > 0) {
+    if (batch.targets.size(0) > 0) {
       auto logits = scored_rows(model->forward(batch.input_ids).logits, batch.rows);
-      nll += nll_sum(logits, batch.targets, o.chunk_rows);
+      torch::Tensor t_logits;
       if (teacher != nullptr) {
-        auto t_logits = scored_rows((*teacher)->forward(batch.input_ids.to((*teacher)->lm_head->weight.device())).logits,
-                                    batch.rows.to((*teacher)->lm_head->weight.device()))
-                            .to(device);
-        teacher_nll += nll_sum(t_logits, batch.targets, o.chunk_rows);
-        loss::KLOptions ko;
-        ko.chunk_tokens = o.chunk_rows;
-        kl += loss::kl_divergence(logits, t_logits, torch::Tensor(), ko).to(torch::kFloat64).item<double>() *
-              static_cast<double>(n);
-        agree += logits.argmax(-1).eq(t_logits.argmax(-1)).sum().item<int64_t>();
+        const auto t_device = (*teacher)->lm_head->weight.device();
+        t_logits = scored_rows((*teacher)->forward(batch.input_ids.to(t_device)).logits, batch.rows.to(t_device))
+                       .to(device);
       }
-      m.scored_tokens += n;
+      sums.add(logits, batch.targets, t_logits, o.chunk_rows, /*score_teacher=*/true);
     }
+    m.scored_tokens = sums.tokens;
     if (progress) {
       progress->advance(static_cast<int64_t>(count),
-                       m.scored_tokens > 0 ? fmt::format("ppl {:.4f}", std::exp(nll / static_cast<double>(m.scored_tokens)))
+                       m.scored_tokens > 0 ? fmt::format("ppl {:.4f}", std::exp(sums.nll / static_cast<double>(m.scored_tokens)))
                                            : std::string());
     }
   }
@@ -117,13 +99,13 @@ LmMetrics evaluate_lm(model::CausalLM& model, model::CausalLM* teacher, const To
   QAD_CHECK(m.scored_tokens > 0, "no scored tokens in the data ({} tokens; chat data scores assistant tokens only)",
             m.stream_tokens);
   const double n = static_cast<double>(m.scored_tokens);
-  m.nll = nll / n;
+  m.nll = sums.nll / n;
   m.perplexity = std::exp(m.nll);
   if (teacher != nullptr) {
-    m.teacher_nll = teacher_nll / n;
+    m.teacher_nll = sums.teacher_nll / n;
     m.teacher_perplexity = std::exp(*m.teacher_nll);
-    m.kl = kl / n;
-    m.top1_agreement = static_cast<double>(agree) / n;
+    m.kl = sums.kl / n;
+    m.top1_agreement = static_cast<double>(sums.agree) / n;
   }
   return m;
 }

@@ -1,6 +1,7 @@
 // Teacher-forced metrics over a token stream: perplexity of the model and, with a teacher,
 // KL(teacher || model) and top-1 agreement, all averaged over the same scored target tokens.
-// Definitions: docs/eval.md "Perplexity, KL and agreement".
+// Definitions: docs/eval.md "Perplexity, KL and agreement". The sums come from loss/token_metrics.h, which the
+// trainer's validation uses too.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -33,9 +34,5 @@ struct LmMetrics {
 // Runs model (and teacher) over make_windows(stream, seq_len) in batches; no gradients.
 LmMetrics evaluate_lm(model::CausalLM& model, model::CausalLM* teacher, const TokenStream& stream,
                       const LmEvalOptions& options);
-
-// Row-wise sums over rows of logits [n, V] against targets [n] (int64), in FP64: -log softmax at the
-// target, summed. Chunked, FP32 softmax (FP64 for FP64 logits).
-double nll_sum(const torch::Tensor& logits, const torch::Tensor& targets, int64_t chunk_rows = 2048);
 
 }  // namespace qad::eval

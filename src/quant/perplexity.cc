@@ -1,8 +1,10 @@
-// heldout_nll: summed next-token negative log-likelihood over documents, in FP64.
+// heldout_nll: summed next-token negative log-likelihood over documents, in FP64 (loss/token_metrics.h's nll_sum,
+// the one `qad eval` and the trainer's validation use).
 #include "quant/perplexity.h"
 
 #include <cmath>
 
+#include "loss/token_metrics.h"
 #include "util/error.h"
 
 namespace qad::quant {
@@ -21,10 +23,8 @@ NllResult heldout_nll(model::CausalLM& lm, const std::vector<std::vector<int64_t
       auto ids = torch::tensor(std::vector<int64_t>(doc.begin() + start, doc.begin() + start + n), torch::kLong)
                      .to(device)
                      .unsqueeze(0);
-      auto logits = lm->forward(ids).logits.to(torch::kFloat64)[0];  // [n, V]
-      auto logp = torch::log_softmax(logits.narrow(0, 0, n - 1), -1);
-      auto target = ids[0].narrow(0, 1, n - 1).unsqueeze(1);
-      r.nll_sum -= logp.gather(1, target).sum().item<double>();
+      auto logits = lm->forward(ids).logits.to(torch::kFloat64)[0];  // [n, V]; FP64 log-softmax
+      r.nll_sum += loss::nll_sum(logits.narrow(0, 0, n - 1), ids[0].narrow(0, 1, n - 1), n);
       r.tokens += n - 1;
     }
   }

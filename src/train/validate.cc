@@ -1,11 +1,12 @@
-// Validation pass (see validate.h).
+// Validation pass (see validate.h). CE / perplexity, KL and agreement are loss/token_metrics.h's sums, the
+// ones `qad eval` reports.
 #include "train/validate.h"
 
 #include <cmath>
 
 #include "data/batch_tensors.h"
 #include "loss/cka_accumulator.h"
-#include "loss/logit_losses.h"
+#include "loss/token_metrics.h"
 #include "train/step.h"
 
 namespace qad::train {
@@ -22,7 +23,7 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
   loader.restore(start);
 
   ValidResult r;
-  double kl_sum = 0, ce_sum = 0, agree_sum = 0;
+  loss::TokenMetricSums sums;
   loss::CkaAccumulator cka(/*full=*/false);
   const int64_t n = std::min<int64_t>(max_batches, loader.steps_per_epoch());
   for (int64_t i = 0; i < n; ++i) {
@@ -31,18 +32,15 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
     fo.return_hidden = teacher != nullptr;
     if (!b.attention_mask.all().item<bool>()) fo.attention_mask = b.attention_mask;
     auto s = student->forward(b.input_ids, fo);
-    const int64_t tokens = b.loss_mask.sum().item<int64_t>();
-    if (tokens == 0) continue;
-    r.tokens += tokens;
+    const auto scored = loss::scored_rows(s.logits, b.targets, b.loss_mask);
+    if (scored.rows.size(0) == 0) continue;
     ++r.batches;
-    ce_sum += loss::cross_entropy(s.logits, b.targets, b.loss_mask, chunk_tokens).item<double>() * tokens;
-    if (teacher) {
+    if (!teacher) {
+      sums.add(scored.logits, scored.targets, torch::Tensor(), chunk_tokens);
+    } else {
       auto t = (*teacher)->forward(b.input_ids, fo);
-      loss::KLOptions ko;
-      ko.chunk_tokens = chunk_tokens;
-      kl_sum += loss::kl_divergence(s.logits, t.logits, b.loss_mask, ko).item<double>() * tokens;
-      auto same = (s.logits.argmax(-1) == t.logits.argmax(-1)).to(torch::kFloat32) * b.loss_mask;
-      agree_sum += same.sum().item<double>();
+      const auto t_logits = t.logits.reshape({-1, t.logits.size(-1)}).index_select(0, scored.rows);
+      sums.add(scored.logits, scored.targets, t_logits, chunk_tokens);
       for (const auto& name : layers) {
         const torch::Tensor *th = nullptr, *sh = nullptr;
         for (const auto& [k, v] : t.hidden) if (k == name) th = &v;
@@ -51,13 +49,14 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
       }
     }
   }
+  r.tokens = sums.tokens;
   if (r.tokens > 0) {
     const double nt = static_cast<double>(r.tokens);
-    r.ce = ce_sum / nt;
+    r.ce = sums.nll / nt;
     r.ppl = std::exp(r.ce);
     if (teacher) {
-      r.kl = kl_sum / nt;
-      r.agreement = agree_sum / nt;
+      r.kl = sums.kl / nt;
+      r.agreement = static_cast<double>(sums.agree) / nt;
       double sum = 0;
       for (const auto& l : cka.result()) {
         r.cka.emplace_back(l.layer, l.minibatch_biased);

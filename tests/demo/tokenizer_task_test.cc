@@ -9,6 +9,7 @@
 #include <string>
 
 #include "demo/arith_task.h"
+#include "eval/answer_extraction.h"
 #include "demo/demo_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 #include "util/remove_tree.h"
@@ -84,7 +85,8 @@ TEST(DemoArith, WorkedStepsAndAnswersAreRight) {
     ASSERT_LE(a, 99);
     ASSERT_LE(b, 99);
     EXPECT_EQ(e.answer, std::to_string(sub ? a - b : a + b)) << e.question;
-    EXPECT_EQ(qad::demo::extract_answer(e.reasoning + "<|im_end|>"), e.answer);
+    // The generation up to the stop token, read by the answer rule `qad eval` and the demo use.
+    EXPECT_EQ(qad::eval::extract_answer(e.reasoning, qad::eval::AnswerRule::kAfterThink), e.answer);
     // Each digit line: d1 op d2 op carry = value, write value mod 10, carry / borrow out.
     std::string last_result;  // of the digit lines
     for (auto it = std::sregex_iterator(e.reasoning.begin(), e.reasoning.end(), step); it != std::sregex_iterator();
