@@ -54,4 +54,47 @@ std::string format_step_line(const StepLine& s) {
   return out;
 }
 
+nlohmann::json step_record(const StepLine& s) {
+  nlohmann::json rec = {{"type", "train"}, {"step", s.step}, {"tokens", s.tokens}, {"loss", finite_or_null(s.loss)},
+                        {"lr", s.lr}, {"grad_norm", finite_or_null(s.grad_norm)}, {"tokens_per_s", s.tokens_per_s},
+                        {"peak_mem_gb", s.peak_mem_gb}};
+  if (s.kl) rec["kl"] = finite_or_null(*s.kl);
+  if (s.ce) rec["ce"] = finite_or_null(*s.ce);
+  if (s.cka_term) rec["cka_loss"] = finite_or_null(*s.cka_term);
+  if (!s.cka.empty()) rec["cka"] = layer_object(s.cka);
+  if (s.skipped) rec["skipped"] = true;
+  return rec;
+}
+
+nlohmann::json valid_record(int64_t step, const ValidResult& v) {
+  nlohmann::json j = {{"type", "valid"}, {"step", step}, {"ce", finite_or_null(v.ce)}, {"ppl", finite_or_null(v.ppl)},
+                      {"tokens_evaluated", v.tokens}};
+  if (v.kl) j["kl"] = finite_or_null(*v.kl);
+  if (v.agreement) j["agreement"] = *v.agreement;
+  if (v.mean_cka) j["mean_cka"] = finite_or_null(*v.mean_cka);
+  if (!v.cka.empty()) j["cka"] = layer_object(v.cka);
+  return j;
+}
+
+std::string valid_line(int64_t step, const ValidResult& v) {
+  std::string s = fmt::format("valid @ step {}: ppl {:.4g}", step, v.ppl);
+  if (v.kl) s += fmt::format(" | kl {:.5g}", *v.kl);
+  if (v.agreement) s += fmt::format(" | top-1 agreement {:.4f}", *v.agreement);
+  if (v.mean_cka) s += fmt::format(" | mean CKA {:.5f}", *v.mean_cka);
+  return s;
+}
+
+nlohmann::json final_metrics(int64_t steps, int64_t tokens, double train_seconds, const std::optional<ValidResult>& v) {
+  nlohmann::json fm = {{"steps", steps}, {"tokens", tokens}, {"train_seconds", train_seconds}};
+  if (v) {
+    fm["ppl"] = finite_or_null(v->ppl);
+    fm["ce"] = finite_or_null(v->ce);
+    if (v->kl) fm["kl"] = finite_or_null(*v->kl);
+    if (v->agreement) fm["agreement"] = *v->agreement;
+    if (v->mean_cka) fm["mean_cka"] = finite_or_null(*v->mean_cka);
+    if (!v->cka.empty()) fm["cka"] = layer_object(v->cka);
+  }
+  return fm;
+}
+
 }  // namespace qad::train

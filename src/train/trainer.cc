@@ -1,4 +1,4 @@
-// The training loop (see trainer.h).
+// The trainer's phases (see trainer.h).
 #include "train/trainer.h"
 
 #include <fmt/format.h>
@@ -6,17 +6,13 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
-#include <cmath>
 
+#include "checkpoint/load.h"
 #include "data/batch_tensors.h"
-#include "train/checkpoint.h"
-#include "train/data_source.h"
+#include "model/device.h"
 #include "train/distributed.h"
 #include "train/memory.h"
-#include "train/metrics.h"
-#include "train/schedule.h"
-#include "train/step.h"
-#include "train/student.h"
+#include "train/validate.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/torch_compat.h"
@@ -24,6 +20,8 @@
 namespace qad::train {
 namespace fs = std::filesystem;
 namespace {
+
+using clock = std::chrono::steady_clock;
 
 uint64_t mix(uint64_t x) {  // SplitMix64 finaliser: per-step seeds that do not collide across steps
   x += 0x9e3779b97f4a7c15ull;
@@ -47,246 +45,239 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
   return a == b ? "" : fmt::format("{}: {} now vs {} in the saved run", path, a.dump(), b.dump());
 }
 
-nlohmann::json valid_record(int64_t step, const ValidResult& v) {
-  nlohmann::json j = {{"type", "valid"}, {"step", step}, {"ce", finite_or_null(v.ce)}, {"ppl", finite_or_null(v.ppl)},
-                      {"tokens_evaluated", v.tokens}};
-  if (v.kl) j["kl"] = finite_or_null(*v.kl);
-  if (v.agreement) j["agreement"] = *v.agreement;
-  if (v.mean_cka) j["mean_cka"] = finite_or_null(*v.mean_cka);
-  if (!v.cka.empty()) j["cka"] = layer_object(v.cka);
-  return j;
-}
-
-std::string valid_line(int64_t step, const ValidResult& v) {
-  std::string s = fmt::format("valid @ step {}: ppl {:.4g}", step, v.ppl);
-  if (v.kl) s += fmt::format(" | kl {:.5g}", *v.kl);
-  if (v.agreement) s += fmt::format(" | top-1 agreement {:.4f}", *v.agreement);
-  if (v.mean_cka) s += fmt::format(" | mean CKA {:.5f}", *v.mean_cka);
-  return s;
+// Data parallel on CUDA: rank i computes on cuda:LOCAL_RANK (unless --device names a GPU explicitly).
+torch::Device training_device(const TrainConfig& cfg) {
+  const bool per_rank_gpu = cfg.dist.world_size > 1 && (cfg.run.device == "auto" || cfg.run.device == "cuda") &&
+                            compat::cuda_available();
+  return model::parse_device(per_rank_gpu ? fmt::format("cuda:{}", cfg.dist.local_rank) : cfg.run.device);
 }
 
 }  // namespace
 
-torch::Device resolve_device(const std::string& name) {
-  if (name == "auto") return compat::cuda_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-  torch::Device d(name);
-  QAD_CHECK(!d.is_cuda() || compat::cuda_available(), "--device {}: no CUDA device is available", name);
-  return d;
+RunSummary run_training(const TrainConfig& cfg, bool resume) { return Trainer(cfg, resume).run(); }
+
+Trainer::Trainer(const TrainConfig& cfg, bool resume)
+    : cfg_(cfg), resume_(resume), run_dir_(cfg.run.out), writer_(is_writer(cfg.dist)) {}
+
+Trainer::~Trainer() = default;
+
+RunSummary Trainer::run() {
+  setup();
+  loop();
+  return finish();
 }
 
-RunSummary run_training(const TrainConfig& cfg, bool resume) {
-  cfg.validate();
-  const fs::path run_dir(cfg.run.out);
-  const bool writer = is_writer(cfg.dist);
-  const bool parallel = cfg.dist.world_size > 1;
-  // Data parallel on CUDA: rank i computes on cuda:LOCAL_RANK (unless --device names a GPU explicitly).
-  const auto device = resolve_device(parallel && (cfg.run.device == "auto" || cfg.run.device == "cuda") &&
-                                             compat::cuda_available()
-                                         ? fmt::format("cuda:{}", cfg.dist.local_rank)
-                                         : cfg.run.device);
-  const auto dtype = model::CausalLM::default_dtype(device);
-  torch::manual_seed(cfg.run.seed);
-  if (device.is_cuda()) compat::set_tf32_matmul(cfg.loss.cka_tf32);
+// --- setup
 
-  // --- the run directory and its configuration
-  fs::create_directories(run_dir);
-  const auto config_json = cfg.to_json();
-  const auto run_json_path = run_dir / "run.json";
-  const auto ckpt = resume ? latest_checkpoint(run_dir) : std::nullopt;
-  if (resume) {
-    QAD_CHECK(fs::exists(run_json_path), "--resume: {} has no run.json; start the run without --resume", run_dir.string());
+void Trainer::setup() {
+  cfg_.validate();
+  device_ = training_device(cfg_);
+  dtype_ = model::CausalLM::default_dtype(device_);
+  torch::manual_seed(cfg_.run.seed);
+  if (device_.is_cuda()) compat::set_tf32_matmul(cfg_.loss.cka_tf32);
+  open_run_dir();
+  join_ranks();
+  load_models();
+  state_.config = config_json_;
+  state_.rng = {{"seed", cfg_.run.seed},
+                {"scheme", "splitmix64(seed ^ step) + micro-batch index, a fresh CPU generator per micro-batch"}};
+  if (resume_from_) {
+    restore(*resume_from_);
+  } else if (resume_) {
+    fmt::print("--resume: no checkpoint in {} yet; starting from the beginning\n", run_dir_.string());
+  }
+  metrics_ = std::make_unique<MetricsLog>(writer_ ? run_dir_ / "metrics.jsonl" : fs::path());
+  last_checkpoint_step_ = resume_from_ ? state_.step : -1;
+  if (!resume_from_) {
+    last_valid_ = validate_now();
+    last_valid_step_ = 0;
+  }
+}
+
+void Trainer::open_run_dir() {
+  fs::create_directories(run_dir_);
+  config_json_ = cfg_.to_json();
+  const auto run_json_path = run_dir_ / "run.json";
+  if (resume_) {
+    resume_from_ = checkpoint::latest_checkpoint(run_dir_);
+    QAD_CHECK(fs::exists(run_json_path), "--resume: {} has no run.json; start the run without --resume",
+              run_dir_.string());
     auto saved = nlohmann::json::parse(read_file(run_json_path));
     // Another number of ranks with the same global batch (batch_size x world_size) continues the same run.
     auto saved_config = saved.at("config");
     const int64_t saved_world = saved.value("world_size", int64_t{1});
     if (saved_config.contains("data") && saved_config["data"].value("batch_size", int64_t{0}) * saved_world ==
-                                             cfg.data.batch_size * cfg.dist.world_size) {
-      saved_config["data"]["batch_size"] = cfg.data.batch_size;
+                                             cfg_.data.batch_size * cfg_.dist.world_size) {
+      saved_config["data"]["batch_size"] = cfg_.data.batch_size;
     }
-    auto diff = first_difference(config_json, saved_config);
+    auto diff = first_difference(config_json_, saved_config);
     QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
               "command line, or start a new run in another --out directory", diff);
   } else {
-    QAD_CHECK(!fs::exists(run_dir / "metrics.jsonl") && !latest_checkpoint(run_dir), "{} already holds a run; pass "
-              "--resume to continue it or choose another --out", run_dir.string());
+    QAD_CHECK(!fs::exists(run_dir_ / "metrics.jsonl") && !checkpoint::latest_checkpoint(run_dir_),
+              "{} already holds a run; pass --resume to continue it or choose another --out", run_dir_.string());
   }
-  const std::string name = cfg.run.name.empty() ? fs::absolute(run_dir).lexically_normal().filename().string() : cfg.run.name;
-  if (writer) {
-    write_file_atomic(run_json_path,
-                      nlohmann::json{{"name", name}, {"method", method_name(cfg.method)}, {"world_size", cfg.dist.world_size},
-                                     {"config", config_json}}.dump(2) + "\n");
-  }
-  if (writer) fmt::print("qad distill: {} → {} on {}\n{}", cfg.run.teacher, run_dir.string(), device.str(), describe(cfg));
-  // Join the other ranks first: a missing rank fails here, before minutes of model loading.
-  std::unique_ptr<DataParallel> dp;
-  if (parallel) {
-    dp = std::make_unique<DataParallel>(cfg.dist, device);
-    if (writer) {
-      fmt::print("data parallel: {} ranks over {}, ZeRO-1 {}, {} MB gradient buckets, global batch {} x {} rows\n",
-                 cfg.dist.world_size, dp->comm().backend(), cfg.dist.zero ? "on" : "off", cfg.dist.bucket_mb,
-                 cfg.dist.world_size, cfg.data.batch_size);
-    }
-  }
+  const std::string name =
+      cfg_.run.name.empty() ? fs::absolute(run_dir_).lexically_normal().filename().string() : cfg_.run.name;
+  if (!writer_) return;
+  write_file_atomic(run_json_path, nlohmann::json{{"name", name}, {"method", method_name(cfg_.method)},
+                                                  {"world_size", cfg_.dist.world_size}, {"config", config_json_}}
+                                           .dump(2) + "\n");
+  fmt::print("qad distill: {} → {} on {}\n{}", cfg_.run.teacher, run_dir_.string(), device_.str(), describe(cfg_));
+}
 
-  // --- data, models, optimizer
+// Joins the other ranks first: a missing rank fails here, before minutes of model loading.
+void Trainer::join_ranks() {
+  if (cfg_.dist.world_size <= 1) return;
+  dp_ = std::make_unique<DataParallel>(cfg_.dist, device_);
+  if (writer_) {
+    fmt::print("data parallel: {} ranks over {}, ZeRO-1 {}, {} MB gradient buckets, global batch {} x {} rows\n",
+               cfg_.dist.world_size, dp_->comm().backend(), cfg_.dist.zero ? "on" : "off", cfg_.dist.bucket_mb,
+               cfg_.dist.world_size, cfg_.data.batch_size);
+  }
+}
+
+void Trainer::load_models() {
   // Rank 0 prepares a .jsonl / .txt dataset on the fly; the others wait and then open what it wrote.
-  if (dp && !writer) dp->barrier("waiting for rank 0 to prepare the data");
-  auto loaders = make_loaders(cfg);
-  if (dp && writer) dp->barrier("waiting for rank 0 to prepare the data");
-  const bool need_teacher = cfg.method != Method::kPretrain;
-  model::CausalLM teacher{nullptr};
-  if (need_teacher) {
-    teacher = model::CausalLM::load(cfg.run.teacher, device, dtype);
-    teacher->eval();
-    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  if (dp_ && !writer_) dp_->barrier("waiting for rank 0 to prepare the data");
+  loaders_ = make_loaders(cfg_);
+  if (dp_ && writer_) dp_->barrier("waiting for rank 0 to prepare the data");
+  if (cfg_.method != Method::kPretrain) {
+    teacher_ = checkpoint::load_model(cfg_.run.teacher, device_, dtype_);
+    for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
   }
   CalibSource calib = [&](const CalibSink& sink) {
-    for (int64_t i = 0; i < cfg.quant.calib_batches; ++i) {
-      auto b = data::to_tensors(loaders.calib->next(), device);
+    for (int64_t i = 0; i < cfg_.quant.calib_batches; ++i) {
+      auto b = data::to_tensors(loaders_.calib->next(), device_);
       sink(b.input_ids, b.attention_mask.all().item<bool>() ? torch::Tensor() : b.attention_mask);
     }
   };
-  Student student = build_student(cfg, device, dtype, calib, /*calibrate=*/!ckpt);
-  student.lm->train();
-  std::unique_ptr<Optimizer> optimizer_ptr = dp ? dp->make_optimizer(student.lm->hf_tensors(), cfg.optim)
-                                                : std::make_unique<AdamW>(student.lm->hf_tensors(), cfg.optim);
-  Optimizer& optimizer = *optimizer_ptr;
-  const auto schedule = Schedule::from_config(cfg.optim, cfg.run.steps);
+  student_ = build_student(cfg_, device_, dtype_, calib, /*calibrate=*/!resume_from_);
+  student_.lm->train();
+  optimizer_ = dp_ ? dp_->make_optimizer(student_.lm->hf_tensors(), cfg_.optim)
+                   : std::make_unique<AdamW>(student_.lm->hf_tensors(), cfg_.optim);
+  schedule_ = Schedule::from_config(cfg_.optim, cfg_.run.steps);
+}
 
-  TrainerState st;
-  st.config = config_json;
-  st.rng = {{"seed", cfg.run.seed}, {"scheme", "splitmix64(seed ^ step) + micro-batch index, a fresh CPU generator per micro-batch"}};
-  if (ckpt) {
-    auto c = load_checkpoint(*ckpt);
-    load_quantizer_state(student, cfg, c.quant);
-    load_model_tensors(student.lm, c.model, (*ckpt / "model").string());
-    optimizer.load_state(c.optimizer, c.state.adam_steps);
-    loaders.train->restore(data::LoaderState::from_json(c.state.loader));
-    st = c.state;
-    st.config = config_json;
-    if (writer) fmt::print("resumed from {} (step {})\n", ckpt->string(), st.step);
-  } else if (resume) {
-    fmt::print("--resume: no checkpoint in {} yet; starting from the beginning\n", run_dir.string());
-  }
+void Trainer::restore(const fs::path& dir) {
+  auto c = checkpoint::load_checkpoint(dir);
+  load_quantizer_state(student_, cfg_, c.quant);
+  checkpoint::load_model_tensors(student_.lm, c.model, (dir / "model").string());
+  optimizer_->load_state(c.optimizer, c.state.adam_steps);
+  loaders_.train->restore(data::LoaderState::from_json(c.state.loader));
+  state_ = c.state;
+  state_.config = config_json_;
+  if (writer_) fmt::print("resumed from {} (step {})\n", dir.string(), state_.step);
+}
 
-  MetricsLog metrics(writer ? run_dir / "metrics.jsonl" : fs::path());
-  model::CausalLM* teacher_ptr = need_teacher ? &teacher : nullptr;
-  auto run_validation = [&](int64_t step) -> std::optional<ValidResult> {
-    if (!loaders.valid) return std::nullopt;
-    auto v = validate(student.lm, teacher_ptr, *loaders.valid, cfg.run.valid_batches, cfg.loss.cka_layers, device,
-                      cfg.loss.chunk_tokens);
-    metrics.write(valid_record(step, v));
-    if (writer) fmt::print("{}\n", valid_line(step, v));
-    return v;
-  };
-  auto checkpoint = [&]() {
-    st.loader = loaders.train->state().to_json();
-    st.adam_steps = optimizer.steps();
-    const auto opt_state = optimizer.state();  // a collective when sharded: every rank takes part
-    if (writer) save_checkpoint(run_dir, st, student.lm, opt_state, quantizer_state(student), cfg.run.keep_checkpoints);
-  };
+// --- the loop
 
-  std::optional<ValidResult> last_valid;
-  int64_t last_valid_step = -1, last_ckpt_step = ckpt ? st.step : -1;
-  if (!ckpt) {
-    last_valid = run_validation(0);
-    last_valid_step = 0;
-  }
-
-  // --- the loop
-  using clock = std::chrono::steady_clock;
-  const int64_t start_step = st.step;
+void Trainer::loop() {
+  const int64_t start_step = state_.step;
   const auto loop_start = clock::now();
-  for (int64_t step = st.step; step < cfg.run.steps; ++step) {
+  for (int64_t step_index = state_.step; step_index < cfg_.run.steps; ++step_index) {
     const auto t0 = clock::now();
-    std::vector<data::BatchTensors> micro;
-    for (int64_t i = 0; i < cfg.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders.train->next(), device));
-    const bool poison = std::find(cfg.debug.nan_at_steps.begin(), cfg.debug.nan_at_steps.end(), step + 1) !=
-                        cfg.debug.nan_at_steps.end();
-    const double lr = schedule.lr(step);
-    auto r = train_step(student.lm, teacher_ptr, micro, optimizer,
-                        {.lr = lr, .config = &cfg, .rng_seed = mix(cfg.run.seed ^ static_cast<uint64_t>(step)) & 0xffffffffffffull,
-                         .inject_nan = poison, .parallel = dp.get()});
-    if (device.is_cuda()) torch::cuda::synchronize();
+    const double lr = schedule_.lr(step_index);
+    const auto r = step(step_index, lr);
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    st.step = step + 1;
-    st.elapsed_s += dt;
-    const int64_t step_tokens = r.values.tokens;  // over all ranks (reduced in train_step)
-    if (!r.skipped) st.tokens += step_tokens;
-    st.bad_streak = r.skipped ? st.bad_streak + 1 : 0;
-
-    const double done = static_cast<double>(st.step - start_step);
-    const double avg = std::chrono::duration<double>(clock::now() - loop_start).count() / done;
-    const auto& v = r.values;
-    nlohmann::json rec = {{"type", "train"}, {"step", st.step}, {"tokens", st.tokens}, {"loss", finite_or_null(v.loss)},
-                          {"lr", lr}, {"grad_norm", finite_or_null(r.grad_norm)},
-                          {"tokens_per_s", static_cast<double>(step_tokens) / dt},
-                          {"peak_mem_gb", peak_memory_gb(device)}};
-    if (v.kl) rec["kl"] = finite_or_null(*v.kl);
-    if (v.ce) rec["ce"] = finite_or_null(*v.ce);
-    if (v.cka_term) rec["cka_loss"] = finite_or_null(*v.cka_term);
-    if (!v.cka.empty()) rec["cka"] = layer_object(v.cka);
-    if (r.skipped) rec["skipped"] = true;
-    metrics.write(rec);
-    if (writer && (r.skipped || st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps)) {
-      fmt::print("{}\n", format_step_line({.step = st.step, .total = cfg.run.steps, .loss = v.loss, .lr = lr,
-                                           .grad_norm = r.grad_norm, .tokens_per_s = static_cast<double>(step_tokens) / dt,
-                                           .eta_s = avg * static_cast<double>(cfg.run.steps - st.step), .kl = v.kl,
-                                           .ce = v.ce, .cka_term = v.cka_term, .skipped = r.skipped}));
-      std::fflush(stdout);
-    }
+    state_.step = step_index + 1;
+    state_.elapsed_s += dt;
+    if (!r.skipped) state_.tokens += r.values.tokens;  // over all ranks (reduced in train_step)
+    state_.bad_streak = r.skipped ? state_.bad_streak + 1 : 0;
+    log_step(r, lr, dt, start_step, std::chrono::duration<double>(clock::now() - loop_start).count());
     if (r.skipped) {
-      if (writer) {
-        fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped "
-                   "({} in a row, the limit is {})\n", st.step, v.loss, r.grad_norm, st.bad_streak, cfg.run.max_bad_steps);
-      }
-      if (st.bad_streak >= cfg.run.max_bad_steps) {
-        const auto good = latest_checkpoint(run_dir);
-        fail("stopped after {} consecutive steps with a non-finite loss or gradient (steps {}-{}); the last good "
-             "checkpoint is {}. Lower optim.lr, check the data, or raise run.max_bad_steps",
-             st.bad_streak, st.step - st.bad_streak + 1, st.step,
-             good ? good->string() : std::string("(none written yet)"));
-      }
+      stop_if_too_many_bad_steps(r);
       continue;  // no validation or checkpoint on a skipped step: the last checkpoint stays the last good one
     }
-    if (cfg.debug.kill_at_step == st.step && (cfg.debug.kill_rank < 0 || cfg.debug.kill_rank == cfg.dist.rank)) {
+    if (cfg_.debug.kill_at_step == state_.step && (cfg_.debug.kill_rank < 0 || cfg_.debug.kill_rank == cfg_.dist.rank)) {
       std::raise(SIGKILL);  // test hook: die like a preempted job
     }
-    if (cfg.run.valid_every > 0 && st.step % cfg.run.valid_every == 0) {
-      last_valid = run_validation(st.step);
-      last_valid_step = st.step;
+    if (cfg_.run.valid_every > 0 && state_.step % cfg_.run.valid_every == 0) {
+      last_valid_ = validate_now();
+      last_valid_step_ = state_.step;
     }
-    if (cfg.run.checkpoint_every > 0 && st.step % cfg.run.checkpoint_every == 0 && st.step < cfg.run.steps) {
-      checkpoint();
-      last_ckpt_step = st.step;
+    if (cfg_.run.checkpoint_every > 0 && state_.step % cfg_.run.checkpoint_every == 0 && state_.step < cfg_.run.steps) {
+      save_checkpoint_now();
     }
   }
+}
 
-  // --- the end: final validation, checkpoint, exports, final metrics
-  RunSummary summary;
-  summary.run_dir = run_dir;
-  summary.steps = st.step;
-  summary.tokens = st.tokens;
-  summary.train_seconds = st.elapsed_s;
-  if (last_valid_step != st.step) last_valid = run_validation(st.step);
-  summary.final_valid = last_valid;
-  if (st.step > 0 && last_ckpt_step != st.step && cfg.run.checkpoint_every >= 0) checkpoint();
-  if (writer) {
-    for (const auto& dir : export_student(student, cfg, cfg.run.export_nvfp4, cfg.run.export_bf16)) {
+StepResult Trainer::step(int64_t step_index, double lr) {
+  std::vector<data::BatchTensors> micro;
+  for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders_.train->next(), device_));
+  const auto& nan_steps = cfg_.debug.nan_at_steps;
+  const bool poison = std::find(nan_steps.begin(), nan_steps.end(), step_index + 1) != nan_steps.end();
+  auto r = train_step(student_.lm, cfg_.method != Method::kPretrain ? &teacher_ : nullptr, micro, *optimizer_,
+                      {.lr = lr, .config = &cfg_,
+                       .rng_seed = mix(cfg_.run.seed ^ static_cast<uint64_t>(step_index)) & 0xffffffffffffull,
+                       .inject_nan = poison, .parallel = dp_.get()});
+  if (device_.is_cuda()) torch::cuda::synchronize();
+  return r;
+}
+
+void Trainer::log_step(const StepResult& r, double lr, double seconds, int64_t start_step, double loop_seconds) {
+  const auto& v = r.values;
+  const double avg = loop_seconds / static_cast<double>(state_.step - start_step);
+  const StepLine line{.step = state_.step, .total = cfg_.run.steps, .loss = v.loss, .lr = lr,
+                      .grad_norm = r.grad_norm, .tokens_per_s = static_cast<double>(v.tokens) / seconds,
+                      .eta_s = avg * static_cast<double>(cfg_.run.steps - state_.step), .kl = v.kl, .ce = v.ce,
+                      .cka_term = v.cka_term, .skipped = r.skipped, .tokens = state_.tokens,
+                      .peak_mem_gb = peak_memory_gb(device_), .cka = v.cka};
+  metrics_->write(step_record(line));
+  if (writer_ && (r.skipped || state_.step % cfg_.run.log_every == 0 || state_.step == cfg_.run.steps)) {
+    fmt::print("{}\n", format_step_line(line));
+    std::fflush(stdout);
+  }
+}
+
+void Trainer::stop_if_too_many_bad_steps(const StepResult& r) {
+  if (writer_) {
+    fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped "
+               "({} in a row, the limit is {})\n", state_.step, r.values.loss, r.grad_norm, state_.bad_streak,
+               cfg_.run.max_bad_steps);
+  }
+  if (state_.bad_streak < cfg_.run.max_bad_steps) return;
+  const auto good = checkpoint::latest_checkpoint(run_dir_);
+  fail("stopped after {} consecutive steps with a non-finite loss or gradient (steps {}-{}); the last good "
+       "checkpoint is {}. Lower optim.lr, check the data, or raise run.max_bad_steps",
+       state_.bad_streak, state_.step - state_.bad_streak + 1, state_.step,
+       good ? good->string() : std::string("(none written yet)"));
+}
+
+std::optional<ValidResult> Trainer::validate_now() {
+  if (!loaders_.valid) return std::nullopt;
+  auto v = validate(student_.lm, cfg_.method != Method::kPretrain ? &teacher_ : nullptr, *loaders_.valid,
+                    cfg_.run.valid_batches, cfg_.loss.cka_layers, device_, cfg_.loss.chunk_tokens);
+  metrics_->write(valid_record(state_.step, v));
+  if (writer_) fmt::print("{}\n", valid_line(state_.step, v));
+  return v;
+}
+
+void Trainer::save_checkpoint_now() {
+  state_.loader = loaders_.train->state().to_json();
+  state_.adam_steps = optimizer_->steps();
+  const auto opt_state = optimizer_->state();  // a collective when sharded: every rank takes part
+  if (writer_) {
+    checkpoint::save_checkpoint(run_dir_, state_, student_.lm, opt_state, quantizer_state(student_),
+                                cfg_.run.keep_checkpoints);
+  }
+  last_checkpoint_step_ = state_.step;
+}
+
+// --- the end: final validation, checkpoint, exports, final metrics
+
+RunSummary Trainer::finish() {
+  if (last_valid_step_ != state_.step) last_valid_ = validate_now();
+  if (state_.step > 0 && last_checkpoint_step_ != state_.step && cfg_.run.checkpoint_every >= 0) save_checkpoint_now();
+  if (writer_) {
+    for (const auto& dir : export_student(student_, cfg_, cfg_.run.export_nvfp4, cfg_.run.export_bf16)) {
       fmt::print("exported {}\n", dir.string());
     }
-    nlohmann::json fm = {{"steps", st.step}, {"tokens", st.tokens}, {"train_seconds", st.elapsed_s}};
-    if (last_valid) {
-      fm["ppl"] = finite_or_null(last_valid->ppl);
-      fm["ce"] = finite_or_null(last_valid->ce);
-      if (last_valid->kl) fm["kl"] = finite_or_null(*last_valid->kl);
-      if (last_valid->agreement) fm["agreement"] = *last_valid->agreement;
-      if (last_valid->mean_cka) fm["mean_cka"] = finite_or_null(*last_valid->mean_cka);
-      if (!last_valid->cka.empty()) fm["cka"] = layer_object(last_valid->cka);
-    }
-    write_file_atomic(run_dir / "final_metrics.json", fm.dump(2) + "\n");
+    const auto fm = final_metrics(state_.step, state_.tokens, state_.elapsed_s, last_valid_);
+    write_file_atomic(run_dir_ / "final_metrics.json", fm.dump(2) + "\n");
   }
-  return summary;
+  return {.run_dir = run_dir_, .steps = state_.step, .tokens = state_.tokens, .final_valid = last_valid_,
+          .train_seconds = state_.elapsed_s};
 }
 
 }  // namespace qad::train

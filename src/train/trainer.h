@@ -1,13 +1,24 @@
-// The trainer loop, torchtitan style: load → loop {step, log, validate, checkpoint} → export. Components live in
-// their own files (config, data_source, student, step, optimizer, schedule, validate, checkpoint, metrics).
+// The trainer, torchtitan style: setup (run directory, ranks, data, models, optimizer, resume) → loop {step,
+// log, validate, checkpoint} → finish (final validation and checkpoint, exports, final metrics). Each phase is
+// one short method; the components live in their own files (config, data_source, student, step, optimizer,
+// schedule, validate, metrics, distributed, checkpoint/training_checkpoint).
 #pragma once
 #include <filesystem>
+#include <memory>
 #include <optional>
 
+#include "checkpoint/training_checkpoint.h"
 #include "train/config.h"
-#include "train/validate.h"
+#include "train/data_source.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+#include "train/step.h"
+#include "train/student.h"
 
 namespace qad::train {
+
+class DataParallel;
 
 struct RunSummary {
   std::filesystem::path run_dir;
@@ -18,9 +29,52 @@ struct RunSummary {
 
 // Runs (or with resume, continues from RUN_DIR's latest checkpoint) the job `cfg` describes. A resumed run must
 // have the same configuration as the one saved in RUN_DIR/run.json (the first difference is named).
+// = Trainer(cfg, resume).run().
 RunSummary run_training(const TrainConfig& cfg, bool resume);
 
-// The device cfg.run.device names ("auto": CUDA when available).
-torch::Device resolve_device(const std::string& name);
+class Trainer {
+ public:
+  Trainer(const TrainConfig& cfg, bool resume);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  RunSummary run();  // setup(); loop(); return finish();
+  void setup();
+  void loop();
+  RunSummary finish();
+
+ private:
+  // setup
+  void open_run_dir();  // checks a resumed configuration against run.json, or that --out is free; writes run.json
+  void join_ranks();
+  void load_models();   // data loaders, teacher, student (calibrated, or restored below), optimizer
+  void restore(const std::filesystem::path& checkpoint_dir);
+  // loop
+  StepResult step(int64_t step, double lr);
+  void log_step(const StepResult& r, double lr, double seconds, int64_t start_step, double loop_seconds);
+  void stop_if_too_many_bad_steps(const StepResult& r);
+  std::optional<ValidResult> validate_now();
+  void save_checkpoint_now();
+
+  const TrainConfig cfg_;
+  const bool resume_;
+  const std::filesystem::path run_dir_;
+  const bool writer_;
+  torch::Device device_{torch::kCPU};
+  torch::ScalarType dtype_ = torch::kFloat32;
+  nlohmann::json config_json_;
+  std::optional<std::filesystem::path> resume_from_;  // the checkpoint a resumed run continues from
+  std::unique_ptr<DataParallel> dp_;
+  Loaders loaders_;
+  model::CausalLM teacher_{nullptr};
+  Student student_;
+  std::unique_ptr<Optimizer> optimizer_;
+  Schedule schedule_;
+  std::unique_ptr<MetricsLog> metrics_;
+  checkpoint::TrainerState state_;
+  std::optional<ValidResult> last_valid_;
+  int64_t last_valid_step_ = -1, last_checkpoint_step_ = -1;
+};
 
 }  // namespace qad::train

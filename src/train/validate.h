@@ -11,17 +11,9 @@
 
 #include "data/loader.h"
 #include "model/causal_lm.h"
+#include "train/metrics.h"
 
 namespace qad::train {
-
-struct ValidResult {
-  std::optional<double> kl;         // nats per loss token; unset without a teacher
-  double ce = 0, ppl = 0;           // on the data's labels
-  std::optional<double> agreement;  // fraction of loss tokens where both argmaxes agree
-  std::optional<double> mean_cka;   // mean over layers
-  std::vector<std::pair<std::string, double>> cka;
-  int64_t tokens = 0, batches = 0;
-};
 
 // Reads up to `max_batches` batches from a fresh pass of `loader` (restarted at its first batch, so every
 // validation sees the same tokens). teacher may be null. cka_layers empty = every decoder layer.
