@@ -144,8 +144,8 @@ int main(int argc, char** argv) {
                "time x", "mem x");
     Measured base;
     for (const auto& v : variants) {
-      cfg.loss.kl_weight = 1;
-      cfg.loss.cka_weight = v.cka;
+      cfg.loss.kl = 1;
+      cfg.loss.cka = v.cka;
       cfg.loss.cka_subsample_tokens = v.subsample;
       qad::compat::set_tf32_matmul(v.tf32);
       std::vector<double> ms;

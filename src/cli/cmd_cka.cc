@@ -14,9 +14,10 @@ void register_cka(CLI::App& app) {
   auto csv = std::make_shared<bool>(false);
   auto plot = std::make_shared<std::string>();
   auto* cmd = app.add_subcommand("cka", "Per-layer CKA of models' hidden states against a teacher's");
-  cmd->add_option("--teacher", o->teacher, "reference checkpoint (HF directory)")->required();
-  cmd->add_option("--model", o->models, "model to compare (repeatable): DIR, LABEL=DIR, fq:DIR (dynamic NVFP4 fake "
-                  "quantization)")->required();
+  cmd->footer("Examples:\n  qad cka --teacher ../shared/models/qwen3-16m-teacher --model PTQ=runs/ptq/export/nvfp4 --model QAD=runs/qad --data ../shared/corpus/prose_valid.jsonl.xz --plot cka.svg");  // each one is run by tests/usage
+  cmd->add_option("--teacher", o->teacher, "reference checkpoint (HF directory, or any kind --model takes)")->required();
+  cmd->add_option("--model", o->models, "model to compare (repeatable): DIR (an HF checkpoint, NVFP4 export, training "
+                  "checkpoint or run directory), LABEL=DIR, fq:DIR (dynamic NVFP4 fake quantization)")->required();
   cmd->add_option("--data", o->data, "text (.jsonl/.txt, optionally .xz/.zst) or a prepared dataset directory")
       ->required();
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer directory (default: the teacher's)");

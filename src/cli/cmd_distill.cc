@@ -32,11 +32,12 @@ struct DistillArgs {
 
 // --flag VALUE → key=VALUE, for the options a user changes most; everything else through --set.
 const std::vector<std::array<const char*, 3>> kValueFlags = {
-    {"--teacher", "run.teacher", "teacher: an HF model directory (BF16 or FP32)"},
+    {"--teacher", "run.teacher", "teacher: an HF model directory (BF16 or FP32), or any checkpoint qad loads (docs/eval.md)"},
     {"--data", "data.path", "training data: a prepared dataset dir, or .jsonl/.txt (.xz/.zst) prepared with the teacher's tokenizer"},
     {"--valid-data", "data.valid_path", "held-out data (same forms); default: data.valid_fraction of --data"},
     {"--out", "run.out", "run directory (metrics.jsonl, run.json, checkpoints/, export/)"},
-    {"--student", "quant.student", "start from this NVFP4 checkpoint instead of PTQ-calibrating the teacher"},
+    {"--student", "quant.student", "start from this checkpoint instead of PTQ-calibrating the teacher: an NVFP4 export "
+                                  "or a training checkpoint / run directory keeps its quantization"},
     {"--steps", "run.steps", "optimizer steps"},
     {"--lr", "optim.lr", "peak learning rate"},
     {"--schedule", "optim.schedule", "cosine | linear | constant"},
@@ -95,6 +96,7 @@ void register_distill(CLI::App& app) {
   auto a = std::make_shared<DistillArgs>();
   auto* cmd = app.add_subcommand("distill", "Quantization-aware distillation of a teacher into an NVFP4 student "
                                             "(QAD, CKA-QAD, QAT, PTQ)");
+  cmd->footer("Examples:\n  qad distill --config recipes/qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad\n  qad distill --config recipes/cka_qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/cka --steps 2000 --set loss.top_k=1024\n  qad distill --method ptq --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq --set quant.options.method=mse");  // each one is run by tests/usage
   cmd->add_option("--config", a->recipe, "recipe YAML (recipes/qad.yaml, recipes/cka_qad.yaml, recipes/qat.yaml)");
   cmd->add_option("--method", a->method, "ptq | qat | qad | cka-qad | pretrain (default: the recipe's, else qad)");
   auto values = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
@@ -104,7 +106,7 @@ void register_distill(CLI::App& app) {
   }
   auto bools = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
   for (const auto& f : kBoolFlags) bools->emplace_back(cmd->add_flag(f[0], f[2]), f[1]);
-  cmd->add_option("--set", a->sets, "any setting as section.key=value (e.g. --set loss.kl_top_k=1024); repeatable");
+  cmd->add_option("--set", a->sets, "any setting as section.key=value (e.g. --set loss.top_k=1024); repeatable");
   cmd->add_flag("--resume", a->resume, "continue the run in --out from its latest checkpoint (same configuration)");
   cmd->add_flag("--print-config", a->print_only, "print the effective configuration and exit");
   auto nan_steps = std::make_shared<std::string>();

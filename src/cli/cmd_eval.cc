@@ -13,8 +13,9 @@ void register_eval(CLI::App& app) {
   auto o = std::make_shared<eval::EvalCommandOptions>();
   auto json = std::make_shared<bool>(false);
   auto* cmd = app.add_subcommand("eval", "Perplexity, KL(teacher||model), top-1 agreement and task accuracy");
-  cmd->add_option("--model", o->model, "model: HF checkpoint directory; LABEL=DIR names it; fq:DIR = dynamic NVFP4 "
-                  "fake quantization of it")->required();
+  cmd->footer("Examples:\n  qad eval --model runs/qad --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_valid.jsonl.xz --json\n  qad eval --model ../shared/models/qwen3-16m-teacher --tasks ../shared/tasks/arith/test.jsonl --max-items 100");  // each one is run by tests/usage
+  cmd->add_option("--model", o->model, "model: an HF checkpoint, NVFP4 export, training checkpoint or run directory; "
+                  "LABEL=DIR names it; fq:DIR = dynamic NVFP4 fake quantization of it")->required();
   cmd->add_option("--teacher", o->teacher, "teacher checkpoint: adds KL(teacher||model) and top-1 agreement");
   cmd->add_option("--data", o->data, "perplexity text: .jsonl ({\"text\"}/{\"messages\"}) or .txt, optionally .xz/.zst, "
                   "or a dataset directory from qad data prepare");

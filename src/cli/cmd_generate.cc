@@ -6,16 +6,18 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "checkpoint/load.h"
 #include "cli/commands.h"
 #include "cli/text_codec.h"
 #include "model/causal_lm.h"
+#include "model/device.h"
 #include "model/generate.h"
-#include "quant/quantize_model.h"
 #include "util/error.h"
-#include "util/torch_compat.h"
 
 namespace qad::cli {
 namespace {
+
+namespace fs = std::filesystem;
 
 struct GenerateArgs {
   std::string model;
@@ -50,26 +52,21 @@ std::vector<int64_t> parse_ids(const std::string& text, const std::string& optio
 }
 
 int run(const GenerateArgs& a) {
-  torch::Device device(torch::kCPU);
-  if (a.device == "cuda" || (a.device == "auto" && compat::cuda_available())) {
-    QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
-    device = torch::Device(torch::kCUDA);
-  } else {
-    QAD_CHECK(a.device == "cpu" || a.device == "auto", "--device must be cpu, cuda or auto, got '{}'", a.device);
-  }
+  const auto device = model::parse_device(a.device);
   auto& codec = text_codec();
+  const auto tokenizer_dir = checkpoint::tokenizer_dir(a.model);
   std::vector<std::vector<int64_t>> prompts;
   for (const auto& p : a.prompt_ids) prompts.push_back(parse_ids(p, "--prompt-ids"));
   for (const auto& p : a.prompts) {
     QAD_CHECK(static_cast<bool>(codec.encode),
               "--prompt: text prompts need the tokenizer (not in this build); give token ids with --prompt-ids 1,2,3");
-    prompts.push_back(codec.encode(a.model, p));
+    prompts.push_back(codec.encode(tokenizer_dir, p));
   }
   QAD_CHECK(!prompts.empty(), "give at least one --prompt TEXT or --prompt-ids 1,2,3");
 
-  // NVFP4 exports (qad quantize, ModelOpt) load dequantized with input fake quant, as the engines compute.
-  auto lm = quant::load_any(a.model, device, model::CausalLM::default_dtype(device));
-  lm->eval();
+  // Any checkpoint kind: NVFP4 exports (qad quantize, ModelOpt) load dequantized with input fake quant, as the
+  // engines compute; a training checkpoint or run directory with its fake-quant hooks (its latest checkpoint).
+  auto lm = checkpoint::load_model(a.model, device, model::CausalLM::default_dtype(device));
   model::GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.greedy = a.greedy;
@@ -87,10 +84,10 @@ int run(const GenerateArgs& a) {
   nlohmann::json out = {{"model", a.model}, {"device", device.str()}, {"greedy", a.greedy}, {"outputs", nlohmann::json::array()}};
   for (size_t i = 0; i < prompts.size(); ++i) {
     nlohmann::json row = {{"prompt_ids", prompts[i]}, {"new_ids", r.new_ids[i]}, {"stopped", r.stopped[i]}};
-    if (codec.decode) {
+    if (codec.decode && fs::exists(tokenizer_dir / "tokenizer.json")) {
       auto all = prompts[i];
       all.insert(all.end(), r.new_ids[i].begin(), r.new_ids[i].end());
-      row["text"] = codec.decode(a.model, all);
+      row["text"] = codec.decode(tokenizer_dir, all);
     }
     out["outputs"].push_back(row);
   }
@@ -110,8 +107,10 @@ int run(const GenerateArgs& a) {
 
 void register_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  auto* cmd = app.add_subcommand("generate", "Continue prompts with an HF checkpoint (KV cache, greedy or sampled)");
-  cmd->add_option("--model", a->model, "HF model directory (config.json + safetensors), or an NVFP4 export")->required();
+  auto* cmd = app.add_subcommand("generate", "Continue prompts with any checkpoint (KV cache, greedy or sampled)");
+  cmd->footer("Examples:\n  qad generate --model ../shared/models/stories260K --prompt-ids 1,403 --max-new-tokens 20 --greedy\n  qad generate --model runs/qad --prompt \"Once upon a time\" --max-new-tokens 40 --greedy");  // each one is run by tests/usage
+  cmd->add_option("--model", a->model, "model: an HF checkpoint directory, an NVFP4 export, a training checkpoint or a run directory (its latest "
+                  "checkpoint)")->required();
   cmd->add_option("--prompt", a->prompts, "prompt text (repeatable; needs the tokenizer)");
   cmd->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids, BOS included (repeatable)");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate per prompt")->check(CLI::NonNegativeNumber);

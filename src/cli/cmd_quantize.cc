@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "checkpoint/load.h"
 #include "cli/commands.h"
 #include "data/batch_tensors.h"
 #include "data/dataset.h"
@@ -13,9 +14,10 @@
 #include "data/loader.h"
 #include "data/record.h"
 #include "model/causal_lm.h"
+#include "model/device.h"
 #include "quant/quantize_model.h"
+#include "train/config.h"
 #include "util/error.h"
-#include "util/torch_compat.h"
 
 namespace qad::cli {
 namespace {
@@ -99,34 +101,19 @@ quant::BatchSource text_batches(const QuantizeArgs& a, const model::ModelConfig&
   };
 }
 
-torch::ScalarType parse_dtype(const std::string& name, const model::ModelConfig& config) {
-  const std::string n = name == "auto" ? config.dtype : name;
-  if (n == "float32") return torch::kFloat32;
-  if (n == "bfloat16") return torch::kBFloat16;
-  if (n == "float16") return torch::kFloat16;
-  fail("--dtype '{}' is not one of auto, float32, bfloat16, float16", n);
-}
-
 int run(const QuantizeArgs& a) {
-  torch::Device device(torch::kCPU);
-  if (a.device == "cuda" || (a.device == "auto" && compat::cuda_available())) {
-    QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
-    device = torch::Device(torch::kCUDA);
-  } else {
-    QAD_CHECK(a.device == "cpu" || a.device == "auto", "--device must be cpu, cuda or auto, got '{}'", a.device);
-  }
+  const auto device = model::parse_device(a.device);
   QAD_CHECK(fs::exists(a.calib_data), "--calib-data {}: no such file or directory", a.calib_data);
-  QAD_CHECK(!quant::is_nvfp4_checkpoint(a.model), "--model {} is already an NVFP4 checkpoint", a.model);
+  // PTQ starts from high-precision weights: an HF checkpoint (an unquantized run's is RUN/export/hf).
+  const auto kind = checkpoint::detect(a.model);
+  QAD_CHECK(kind != checkpoint::Kind::kNvfp4Export, "--model {} is already an NVFP4 checkpoint", a.model);
+  QAD_CHECK(kind != checkpoint::Kind::kTrainingCheckpoint, "--model {} is a training checkpoint; its NVFP4 export is "
+            "RUN/export/nvfp4 (an unquantized run's model is RUN/export/hf, which qad quantize takes)", a.model);
 
   quant::QuantConfig cfg;
   if (!a.config.empty()) {
-    YAML::Node root;
-    try {
-      root = YAML::LoadFile(a.config);
-    } catch (const YAML::Exception& e) {
-      fail("--config {}: {}", a.config, e.what());
-    }
-    cfg = quant::quant_config_from_yaml(root["quant"] ? root["quant"] : root);
+    const auto root = train::load_recipe(a.config);  // YAML as JSON, read like a distill recipe
+    cfg = quant::quant_config_from_json(root.contains("quant") ? root["quant"] : root, a.config + ": quant");
   }
   cfg.method = quant::parse_calib_method(a.method);
   cfg.calib_samples = a.calib_samples;
@@ -134,7 +121,8 @@ int run(const QuantizeArgs& a) {
   cfg.exclude.insert(cfg.exclude.end(), a.exclude.begin(), a.exclude.end());
 
   const auto config = model::load_config(a.model);
-  auto lm = model::CausalLM::load(a.model, device, parse_dtype(a.dtype, config));
+  // auto = the checkpoint's own dtype (config.json).
+  auto lm = model::CausalLM::load(a.model, device, model::parse_dtype(a.dtype == "auto" ? config.dtype : a.dtype, torch::kFloat32));
   lm->eval();
   auto names = quant::apply_nvfp4(lm, cfg);
   QAD_CHECK(!names.empty(), "no Linear matches the quantization config (include {}, exclude {})",
@@ -153,6 +141,7 @@ int run(const QuantizeArgs& a) {
 void register_quantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   auto* cmd = app.add_subcommand("quantize", "PTQ: calibrate an HF checkpoint and export it as NVFP4 (ModelOpt layout)");
+  cmd->footer("Examples:\n  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4 --method mse");  // each one is run by tests/usage
   cmd->add_option("--model", a->model, "HF model directory (config.json, safetensors, tokenizer)")->required();
   cmd->add_option("--calib-data", a->calib_data,
                   "calibration data: a token dataset directory (qad data prepare) or a .jsonl / .txt file, optionally "

@@ -7,9 +7,9 @@
 #include <cmath>
 
 #include "cli/commands.h"
+#include "model/device.h"
 #include "nvfp4/quantize.h"
 #include "util/error.h"
-#include "util/torch_compat.h"
 
 namespace qad::cli {
 namespace {
@@ -44,13 +44,9 @@ bool same_bits(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 int run(const SelfcheckOptions& o) {
-  torch::Device dev(torch::kCPU);
-  if (o.device == "cuda" || (o.device == "auto" && compat::cuda_available() && nvfp4::has_cuda_kernels())) {
-    QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
-    dev = torch::Device(torch::kCUDA);
-  } else {
-    QAD_CHECK(o.device == "cpu" || o.device == "auto", "--device must be cpu, cuda or auto, got '{}'", o.device);
-  }
+  // auto: CUDA only when this build also has the CUDA kernels to check.
+  const auto dev = o.device == "auto" && !nvfp4::has_cuda_kernels() ? torch::Device(torch::kCPU)
+                                                                    : model::parse_device(o.device);
   fmt::print("qad selfcheck: NVFP4 (E2M1 elements, E4M3 scales per 16, FP32 global scale) on {} x {} tensors, "
              "seed {}, device {}\n\n",
              o.rows, o.cols, o.seed, dev.str());
@@ -94,6 +90,7 @@ int run(const SelfcheckOptions& o) {
 void register_selfcheck(CLI::App& app) {
   auto opts = std::make_shared<SelfcheckOptions>();
   auto* cmd = app.add_subcommand("selfcheck", "Quantize random tensors to NVFP4 and print the error table");
+  cmd->footer("Examples:\n  qad selfcheck --rows 256 --cols 4096 --device cpu");  // each one is run by tests/usage
   cmd->add_option("--rows", opts->rows, "rows of each test tensor")->check(CLI::PositiveNumber);
   cmd->add_option("--cols", opts->cols, "columns (the quantized dimension)")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", opts->seed, "random seed");

@@ -8,10 +8,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "checkpoint/load.h"
 #include "eval/lm_metrics.h"
-#include "eval/model_loading.h"
+#include "eval/model_spec.h"
 #include "eval/task_eval.h"
 #include "eval/token_stream.h"
+#include "model/device.h"
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -27,7 +29,8 @@ using nlohmann::json;
 tokenizer::Tokenizer load_tokenizer(const std::string& explicit_dir, const std::vector<fs::path>& candidates) {
   if (!explicit_dir.empty()) return tokenizer::Tokenizer::load(explicit_dir);
   for (const auto& d : candidates) {
-    if (fs::exists(d / "tokenizer.json")) return tokenizer::Tokenizer::load(d);
+    const auto dir = checkpoint::tokenizer_dir(d);  // a training checkpoint: its teacher's tokenizer
+    if (fs::exists(dir / "tokenizer.json")) return tokenizer::Tokenizer::load(dir);
   }
   fail("no tokenizer.json in {}: give --tokenizer DIR", candidates.empty() ? "" : candidates.front().string());
 }
@@ -106,29 +109,11 @@ void write_predictions(const fs::path& path, const TaskResults& r) {
 
 }  // namespace
 
-torch::Device resolve_device(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda") {
-    QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
-    return torch::Device(torch::kCUDA);
-  }
-  QAD_CHECK(name == "auto", "--device must be cpu, cuda or auto, got '{}'", name);
-  return compat::cuda_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-}
-
-torch::ScalarType resolve_dtype(const std::string& name, torch::Device device) {
-  if (name == "auto") return model::CausalLM::default_dtype(device);
-  if (name == "float32") return torch::kFloat32;
-  if (name == "bfloat16") return torch::kBFloat16;
-  if (name == "float16") return torch::kFloat16;
-  fail("--dtype must be auto, float32, bfloat16 or float16, got '{}'", name);
-}
-
 json run_eval(const EvalCommandOptions& o) {
   QAD_CHECK(!o.data.empty() || !o.tasks.empty(), "qad eval: give --data (perplexity) and/or --tasks");
   const auto start = std::chrono::steady_clock::now();
-  const auto device = resolve_device(o.device);
-  const auto dtype = resolve_dtype(o.dtype, device);
+  const auto device = model::parse_device(o.device);
+  const auto dtype = model::parse_dtype(o.dtype, model::CausalLM::default_dtype(device));
   const auto spec = parse_model_spec(o.model);
   std::optional<ModelSpec> teacher_spec;
   if (!o.teacher.empty()) teacher_spec = parse_model_spec(o.teacher);
@@ -257,8 +242,8 @@ CkaEvalResult run_cka(const CkaCommandOptions& o, std::ostream& out) {
   else if (o.plot_variant == "minibatch-debiased") variant = report::CkaVariant::kMinibatchDebiased;
   else QAD_CHECK(o.plot_variant == "biased", "--plot-variant must be biased, debiased, minibatch-biased or "
                  "minibatch-debiased, got '{}'", o.plot_variant);
-  const auto device = resolve_device(o.device);
-  const auto dtype = resolve_dtype(o.dtype, device);
+  const auto device = model::parse_device(o.device);
+  const auto dtype = model::parse_dtype(o.dtype, model::CausalLM::default_dtype(device));
   const auto teacher_spec = parse_model_spec(o.teacher);
   std::vector<ModelSpec> specs;
   for (const auto& m : o.models) specs.push_back(parse_model_spec(m));

@@ -13,11 +13,6 @@
 
 namespace qad::eval {
 
-// "auto" (CUDA when visible), "cpu", "cuda" -> a device; dtype "auto" (BF16 on CUDA, FP32 on CPU),
-// "float32", "bfloat16", "float16".
-torch::Device resolve_device(const std::string& name);
-torch::ScalarType resolve_dtype(const std::string& name, torch::Device device);
-
 struct EvalCommandOptions {
   std::string model;  // [LABEL=][fq:]DIR
   std::string teacher;  // optional

@@ -1,4 +1,4 @@
-// QuantConfig: reading it from YAML, deciding which Linears it selects, and installing the hooks.
+// QuantConfig: reading it (util/config_fields.h), deciding which Linears it selects, and installing the hooks.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -8,6 +8,7 @@
 #include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
+#include "util/config_fields.h"
 #include "util/error.h"
 
 namespace qad::quant {
@@ -18,14 +19,6 @@ bool any_match(const std::vector<std::string>& patterns, const std::string& name
     if (glob_match(p, name)) return true;
   }
   return false;
-}
-
-std::vector<std::string> string_list(const YAML::Node& n, const std::string& key) {
-  QAD_CHECK(n.IsSequence() || n.IsScalar(), "quant.{}: expected a list of globs", key);
-  if (n.IsScalar()) return {n.as<std::string>()};
-  std::vector<std::string> out;
-  for (const auto& item : n) out.push_back(item.as<std::string>());
-  return out;
 }
 
 struct Decision {
@@ -59,55 +52,37 @@ nvfp4::StraightThrough parse_ste(const std::string& s) {
   fail("straight-through estimator '{}' is not one of identity, clipped", s);
 }
 
-QuantConfig quant_config_from_yaml(const YAML::Node& node) {
-  QuantConfig c;
-  if (!node || node.IsNull()) return c;
-  QAD_CHECK(node.IsMap(), "quant: expected a mapping (include, exclude, ste, method, calib_samples, "
-            "quantize_inputs, overrides)");
-  try {
-    for (const auto& kv : node) {
-      const auto key = kv.first.as<std::string>();
-      const auto& v = kv.second;
-      if (key == "include") {
-        c.include = string_list(v, key);
-      } else if (key == "exclude") {
-        c.exclude = string_list(v, key);
-      } else if (key == "ste") {
-        c.ste = parse_ste(v.as<std::string>());
-      } else if (key == "method") {
-        c.method = parse_calib_method(v.as<std::string>());
-      } else if (key == "calib_samples") {
-        c.calib_samples = v.as<int64_t>();
-        QAD_CHECK(c.calib_samples > 0, "quant.calib_samples must be positive, got {}", c.calib_samples);
-      } else if (key == "quantize_inputs") {
-        c.quantize_inputs = v.as<bool>();
-      } else if (key == "overrides") {
-        QAD_CHECK(v.IsSequence(), "quant.overrides: expected a list of {{pattern, quantize, quantize_inputs}}");
-        for (const auto& o : v) {
-          QAD_CHECK(o.IsMap() && o["pattern"], "quant.overrides: every entry needs a 'pattern'");
-          ModuleOverride mo;
-          for (const auto& okv : o) {
-            const auto ok = okv.first.as<std::string>();
-            if (ok == "pattern") {
-              mo.pattern = okv.second.as<std::string>();
-            } else if (ok == "quantize") {
-              mo.quantize = okv.second.as<bool>();
-            } else if (ok == "quantize_inputs") {
-              mo.quantize_inputs = okv.second.as<bool>();
-            } else {
-              fail("quant.overrides: unknown key '{}' (pattern, quantize, quantize_inputs)", ok);
-            }
-          }
-          c.overrides.push_back(std::move(mo));
-        }
-      } else {
-        fail("quant: unknown key '{}' (include, exclude, ste, method, calib_samples, quantize_inputs, overrides)",
-             key);
-      }
+void to_json(nlohmann::json& j, CalibMethod m) { j = m == CalibMethod::kMse ? "mse" : "max"; }
+void from_json(const nlohmann::json& j, CalibMethod& m) { m = parse_calib_method(j.get<std::string>()); }
+
+void to_json(nlohmann::json& j, const ModuleOverride& o) {
+  j = {{"pattern", o.pattern}};
+  if (o.quantize) j["quantize"] = *o.quantize;
+  if (o.quantize_inputs) j["quantize_inputs"] = *o.quantize_inputs;
+}
+
+void from_json(const nlohmann::json& j, ModuleOverride& o) {
+  QAD_CHECK(j.is_object() && j.contains("pattern"), "every override is {{pattern, quantize, quantize_inputs}} with "
+            "a 'pattern'");
+  o = {};
+  for (const auto& [k, v] : j.items()) {
+    if (k == "pattern") {
+      o.pattern = v.get<std::string>();
+    } else if (k == "quantize") {
+      o.quantize = v.get<bool>();
+    } else if (k == "quantize_inputs") {
+      o.quantize_inputs = v.get<bool>();
+    } else {
+      fail("unknown override key '{}' (pattern, quantize, quantize_inputs)", k);
     }
-  } catch (const YAML::Exception& e) {
-    fail("quant: {}", e.what());
   }
+}
+
+QuantConfig quant_config_from_json(const nlohmann::json& j, const std::string& where) {
+  QuantConfig c;
+  if (j.is_null()) return c;
+  config::merge_json(c, j, where);
+  QAD_CHECK(c.calib_samples >= 0, "{}.calib_samples must be >= 0, got {}", where, c.calib_samples);
   return c;
 }
 
@@ -194,3 +169,8 @@ void enable_weight_fake_quant(model::CausalLM& lm, bool on) {
 }
 
 }  // namespace qad::quant
+
+namespace qad::nvfp4 {
+void to_json(nlohmann::json& j, StraightThrough s) { j = s == StraightThrough::kClipped ? "clipped" : "identity"; }
+void from_json(const nlohmann::json& j, StraightThrough& s) { s = quant::parse_ste(j.get<std::string>()); }
+}  // namespace qad::nvfp4

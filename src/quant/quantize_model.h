@@ -3,10 +3,10 @@
 // export and its import. Semantics and file layout: docs/quant.md (contract: ../shared/docs/NVFP4.md).
 #pragma once
 #include <torch/torch.h>
-#include <yaml-cpp/yaml.h>
 
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
@@ -26,21 +26,34 @@ struct ModuleOverride {
   std::optional<bool> quantize_inputs;   // per-module activation fake quant
 };
 
+// Member names are the configuration keys (docs/quant.md); `fields` below lists them once.
 struct QuantConfig {                       // which Linears, and how (docs/quant.md)
   std::vector<std::string> include = {"*"};            // fnmatch globs over HF module names (model::Linear::name())
   std::vector<std::string> exclude = {"lm_head", "*embed_tokens*", "*norm*", "*router*", "*.gate"};  // ModelOpt's default disabled list semantics
   nvfp4::StraightThrough ste = nvfp4::StraightThrough::kIdentity;
   CalibMethod method = CalibMethod::kMax;
-  int64_t calib_samples = 512;
+  int64_t calib_samples = 512;            // 0 in a training run: calib_batches x batch_size x world_size rows
   bool quantize_inputs = true;             // activations fake-quantized with the calibrated static amax
   std::vector<ModuleOverride> overrides;   // per-module overrides, applied in order
 };
 
-// Reads the `quant:` section of a run config (keys as the struct's fields; `method: max|mse`,
-// `ste: identity|clipped`, `overrides: [{pattern, quantize, quantize_inputs}]`). Unknown keys throw.
-QuantConfig quant_config_from_yaml(const YAML::Node& node);
+// The settings list (util/config_fields.h): key = member name.
+template <typename F> void fields(QuantConfig& c, F&& f) {
+  f("include", c.include); f("exclude", c.exclude); f("ste", c.ste); f("method", c.method);
+  f("calib_samples", c.calib_samples); f("quantize_inputs", c.quantize_inputs); f("overrides", c.overrides);
+}
+
+// Reads a quantization config (the `quant:` section of `qad quantize --config`, a run's `quant.options`) over
+// the defaults: `method: max|mse`, `ste: identity|clipped`, `overrides: [{pattern, quantize, quantize_inputs}]`.
+// Unknown keys and bad values throw naming `where` and the key. null = the defaults.
+QuantConfig quant_config_from_json(const nlohmann::json& j, const std::string& where = "quant");
 CalibMethod parse_calib_method(const std::string& s);        // "max" | "mse"
 nvfp4::StraightThrough parse_ste(const std::string& s);      // "identity" | "clipped"
+// JSON forms of the enums (their names above) and of an override, for the settings list.
+void to_json(nlohmann::json& j, CalibMethod m);
+void from_json(const nlohmann::json& j, CalibMethod& m);
+void to_json(nlohmann::json& j, const ModuleOverride& o);
+void from_json(const nlohmann::json& j, ModuleOverride& o);
 
 // Installs NVFP4 fake-quant hooks (model::LinearQuantHook) on every matching Linear whose input size is a multiple
 // of 16 (others are left unquantized, warned about, and listed); returns the quantized module names.
@@ -81,8 +94,11 @@ void export_nvfp4(const model::CausalLM& lm, const std::filesystem::path& out_di
 // weights; enable_weight_fake_quant() switches that on to train from an imported checkpoint.
 model::CausalLM load_nvfp4(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
 bool is_nvfp4_checkpoint(const std::filesystem::path& dir);
-// Loads either kind: NVFP4 checkpoints through load_nvfp4, plain HF ones through CausalLM::load.
-model::CausalLM load_any(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
 void enable_weight_fake_quant(model::CausalLM& lm, bool on = true);
 
 }  // namespace qad::quant
+
+namespace qad::nvfp4 {  // found by argument-dependent lookup from the settings list
+void to_json(nlohmann::json& j, StraightThrough s);
+void from_json(const nlohmann::json& j, StraightThrough& s);
+}  // namespace qad::nvfp4

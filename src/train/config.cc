@@ -1,5 +1,5 @@
-// TrainConfig <-> JSON through one field list per section (so to_json, merge and the unknown-key check can
-// never disagree), recipe YAML → JSON, and "section.key=value" overrides.
+// TrainConfig <-> JSON through one settings list per section (util/config_fields.h: to_json, merge and the
+// unknown-key check can never disagree), recipe YAML → JSON, and "section.key=value" overrides.
 #include "train/config.h"
 
 #include <fmt/format.h>
@@ -8,15 +8,16 @@
 #include <cmath>
 #include <set>
 
+#include "model/device.h"
 #include "util/error.h"
 
 namespace qad::train {
-namespace {
 
-// Calls f(name, member) for every field of a section; the same list serves reading and writing.
+// Calls f(key, member) for every setting of a section; key = member name. Outside the anonymous namespace so
+// that argument-dependent lookup finds them from util/config_fields.h.
 template <typename F> void fields(LossConfig& c, F&& f) {
-  f("kl", c.kl_weight); f("ce", c.ce_weight); f("cka", c.cka_weight); f("temperature", c.temperature);
-  f("top_k", c.kl_top_k); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
+  f("kl", c.kl); f("ce", c.ce); f("cka", c.cka); f("temperature", c.temperature);
+  f("top_k", c.top_k); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
   f("cka_subsample_tokens", c.cka_subsample_tokens); f("cka_dynamic_balance", c.cka_dynamic_balance);
   f("cka_layers", c.cka_layers); f("cka_tf32", c.cka_tf32); f("log_ce", c.log_ce);
 }
@@ -44,71 +45,7 @@ template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
 }
 
-template <typename S> nlohmann::json section_to_json(const S& s) {
-  nlohmann::json j = nlohmann::json::object();
-  fields(const_cast<S&>(s), [&](const char* k, auto& v) { j[k] = v; });
-  return j;
-}
-
-template <typename S> void section_merge(S& s, const nlohmann::json& j, const std::string& where) {
-  QAD_CHECK(j.is_object(), "{}: expected a mapping of settings, got {}", where, j.dump());
-  std::set<std::string> known;
-  fields(s, [&](const char* k, auto& v) {
-    known.insert(k);
-    auto it = j.find(k);
-    if (it == j.end()) return;
-    using T = std::decay_t<decltype(v)>;
-    try {
-      if constexpr (std::is_same_v<T, nlohmann::json>) {
-        merge_into(v, *it);
-      } else if constexpr (std::is_same_v<T, double>) {
-        QAD_CHECK(it->is_number(), "not a number");
-        v = it->template get<double>();
-      } else if constexpr (std::is_same_v<T, std::string>) {
-        v = it->is_string() ? it->template get<std::string>() : it->dump();
-      } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
-        v.clear();
-        if (it->is_string()) {  // "layers.0,layers.3" from the command line
-          std::string s = it->template get<std::string>();
-          size_t b = 0;
-          while (b <= s.size() && !s.empty()) {
-            size_t e = s.find(',', b);
-            if (e == std::string::npos) e = s.size();
-            if (e > b) v.push_back(s.substr(b, e - b));
-            b = e + 1;
-          }
-        } else {
-          for (const auto& x : *it) v.push_back(x.is_string() ? x.template get<std::string>() : x.dump());
-        }
-      } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-        v.clear();
-        if (it->is_number_integer()) {
-          v.push_back(it->template get<int64_t>());
-        } else {
-          for (const auto& x : *it) v.push_back(x.template get<int64_t>());
-        }
-      } else if constexpr (std::is_same_v<T, bool>) {
-        QAD_CHECK(it->is_boolean(), "not true/false");
-        v = it->template get<bool>();
-      } else {  // integers
-        QAD_CHECK(it->is_number_integer() || (it->is_number_float() && std::floor(it->template get<double>()) ==
-                                                                             it->template get<double>()),
-                  "not an integer");
-        v = static_cast<T>(it->template get<double>());
-        if (it->is_number_integer()) v = it->template get<T>();
-      }
-    } catch (const std::exception& e) {
-      fail("{}.{}: bad value {} ({})", where, k, it->dump(), e.what());
-    }
-  });
-  for (const auto& [k, v] : j.items()) {
-    if (!known.count(k)) {
-      std::string list;
-      for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
-      fail("{}: unknown setting '{}' (known: {})", where, k, list);
-    }
-  }
-}
+namespace {
 
 nlohmann::json yaml_to_json(const YAML::Node& n, const std::string& where) {
   switch (n.Type()) {
@@ -157,12 +94,12 @@ Method parse_method(const std::string& s) {
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
   j["method"] = method_name(method);
-  j["loss"] = section_to_json(loss);
-  j["optim"] = section_to_json(optim);
-  j["data"] = section_to_json(data);
-  j["quant"] = section_to_json(quant);
-  j["run"] = section_to_json(run);
-  j["debug"] = section_to_json(debug);
+  j["loss"] = config::to_json(loss);
+  j["optim"] = config::to_json(optim);
+  j["data"] = config::to_json(data);
+  j["quant"] = config::to_json(quant);
+  j["run"] = config::to_json(run);
+  j["debug"] = config::to_json(debug);
   return j;
 }
 
@@ -173,17 +110,17 @@ void TrainConfig::merge_json(const nlohmann::json& j, const std::string& label) 
     if (k == "method") {
       method = parse_method(v.get<std::string>());
     } else if (k == "loss") {
-      section_merge(loss, v, where);
+      config::merge_json(loss, v, where);
     } else if (k == "optim") {
-      section_merge(optim, v, where);
+      config::merge_json(optim, v, where);
     } else if (k == "data") {
-      section_merge(data, v, where);
+      config::merge_json(data, v, where);
     } else if (k == "quant") {
-      section_merge(quant, v, where);
+      config::merge_json(quant, v, where);
     } else if (k == "run") {
-      section_merge(run, v, where);
+      config::merge_json(run, v, where);
     } else if (k == "debug") {
-      section_merge(debug, v, where);
+      config::merge_json(debug, v, where);
     } else {
       fail("{}: unknown section '{}' (known: method, loss, optim, data, quant, run)", label, k);
     }
@@ -192,13 +129,13 @@ void TrainConfig::merge_json(const nlohmann::json& j, const std::string& label) 
 
 void TrainConfig::validate() const {
   auto check = [](bool ok, const std::string& what) { QAD_CHECK(ok, "configuration: {}", what); };
-  check(loss.kl_weight >= 0 && loss.ce_weight >= 0 && loss.cka_weight >= 0, "loss weights must be >= 0");
-  check(method == Method::kPtq || loss.kl_weight + loss.ce_weight > 0 || loss.cka_weight > 0,
+  check(loss.kl >= 0 && loss.ce >= 0 && loss.cka >= 0, "loss weights must be >= 0");
+  check(method == Method::kPtq || loss.kl + loss.ce > 0 || loss.cka > 0,
         "every loss weight is 0: set loss.kl, loss.ce or loss.cka");
-  check(method != Method::kPretrain || (loss.kl_weight == 0 && loss.cka_weight == 0),
+  check(method != Method::kPretrain || (loss.kl == 0 && loss.cka == 0),
         "pretrain has no teacher: only loss.ce may be non-zero");
   check(loss.temperature > 0, "loss.temperature must be > 0");
-  check(loss.kl_top_k >= 0 && loss.chunk_tokens > 0 && loss.cka_subsample_tokens >= 0,
+  check(loss.top_k >= 0 && loss.chunk_tokens > 0 && loss.cka_subsample_tokens >= 0,
         "loss.top_k, loss.cka_subsample_tokens must be >= 0 and loss.chunk_tokens > 0");
   check(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",
         "loss.cka_estimator must be biased or debiased, got '" + loss.cka_estimator + "'");
@@ -213,6 +150,8 @@ void TrainConfig::validate() const {
   check(data.seq_len >= 2 && data.batch_size >= 1, "data.seq_len >= 2 and data.batch_size >= 1");
   check(data.mode == "pack" || data.mode == "pad", "data.mode must be pack or pad");
   check(data.valid_fraction >= 0 && data.valid_fraction < 1, "data.valid_fraction must be in [0, 1)");
+  QAD_CHECK(model::is_device_name(run.device), "--device {}: unknown device; choose auto, cpu, cuda or cuda:N "
+            "(run.device)", run.device);
   check(!run.teacher.empty(), "no teacher: pass --teacher DIR (run.teacher)");
   check(!run.out.empty(), "no run directory: pass --out DIR (run.out)");
   check(method == Method::kPtq || !data.path.empty(), "no data: pass --data PATH (data.path)");
@@ -233,12 +172,12 @@ TrainConfig defaults_for(Method m) {
     case Method::kQad:
       break;
     case Method::kCkaQad:
-      c.loss.cka_weight = 0.1;
+      c.loss.cka = 0.1;
       break;
     case Method::kQat:
     case Method::kPretrain:
-      c.loss.kl_weight = 0;
-      c.loss.ce_weight = 1;
+      c.loss.kl = 0;
+      c.loss.ce = 1;
       break;
   }
   if (m == Method::kPtq) c.run.steps = 0;
@@ -292,20 +231,6 @@ nlohmann::json parse_override(const std::string& assignment) {
     k = k.substr(0, dot);
   }
   return out;
-}
-
-void merge_into(nlohmann::json& base, const nlohmann::json& patch) {
-  if (base.is_object() && patch.is_object()) {
-    for (const auto& [k, v] : patch.items()) {
-      if (base.contains(k)) {
-        merge_into(base[k], v);
-      } else {
-        base[k] = v;
-      }
-    }
-  } else {
-    base = patch;
-  }
 }
 
 std::string describe(const TrainConfig& c) {

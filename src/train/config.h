@@ -1,6 +1,7 @@
 // TrainConfig: everything one `qad distill` run needs, in small per-component structs. Built from defaults,
 // then a recipe YAML (recipes/*.yaml), then command-line overrides; stored as run.json's "config" so that a
-// resumed run can check it continues the same job. Torch-free.
+// resumed run can check it continues the same job. Every section lists its settings once (`fields` in
+// config.cc, util/config_fields.h); member names are the configuration keys.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -8,7 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "quant/quantize_model.h"
+#include "util/config_fields.h"
+
 namespace qad::train {
+
+using config::merge_into;  // deep-merges a JSON patch (util/config_fields.h)
 
 // What is trained and against what. pretrain: plain cross-entropy training of an unquantized model (the
 // demo's teacher); ptq: calibrate only, no training steps.
@@ -17,11 +23,11 @@ std::string method_name(Method m);  // "ptq", "qat", "qad", "cka-qad", "pretrain
 Method parse_method(const std::string& s);
 
 struct LossConfig {
-  double kl_weight = 1.0;       // forward KL(teacher || student)
-  double ce_weight = 0.0;       // cross-entropy on the data's labels (QAT)
-  double cka_weight = 0.0;      // lambda of the CKA term (0 = off)
+  double kl = 1.0;              // weight of the forward KL(teacher || student)
+  double ce = 0.0;              // weight of the cross-entropy on the data's labels (QAT)
+  double cka = 0.0;             // lambda of the CKA term (0 = off)
   double temperature = 1.0;     // KL temperature (loss scaled by T^2)
-  int64_t kl_top_k = 0;         // 0 = full vocabulary
+  int64_t top_k = 0;            // top-k KL; 0 = full vocabulary
   int64_t chunk_tokens = 4096;  // tokens per FP32 chunk of the KL / CE
   std::string cka_estimator = "biased";  // biased | debiased
   int64_t cka_subsample_tokens = 1024;   // random valid tokens per micro-batch for the CKA term; 0 = all
@@ -56,7 +62,8 @@ struct DataConfig {
 struct QuantConfig {
   int64_t calib_batches = 16;   // PTQ calibration batches (train split)
   std::string student;          // optional NVFP4 checkpoint dir to start from instead of PTQ
-  nlohmann::json options = nlohmann::json::object();  // passed to quant::QuantConfig (student.cc)
+  // Which Linears and how (docs/quant.md); calib_samples 0 = calib_batches x batch_size x world_size rows.
+  quant::QuantConfig options = {.calib_samples = 0};
 };
 
 struct RunConfig {
@@ -117,8 +124,6 @@ TrainConfig defaults_for(Method m);
 nlohmann::json load_recipe(const std::filesystem::path& path);
 // "section.key=value" → a JSON patch {"section":{"key":value}}; the value is parsed like a YAML scalar.
 nlohmann::json parse_override(const std::string& assignment);
-// Deep-merges `patch` into `base` (objects recursively, everything else replaced).
-void merge_into(nlohmann::json& base, const nlohmann::json& patch);
 
 // The human-readable effective configuration (printed at start).
 std::string describe(const TrainConfig& c);

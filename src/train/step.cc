@@ -28,15 +28,15 @@ std::vector<std::string> default_cka_layers(const model::ModelConfig& c) {
 
 LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, const data::BatchTensors& batch,
                          const LossConfig& loss, bool activation_checkpointing, torch::Generator* gen) {
-  const bool want_cka = loss.cka_weight > 0;
-  const bool need_teacher = loss.kl_weight > 0 || want_cka;
+  const bool want_cka = loss.cka > 0;
+  const bool need_teacher = loss.kl > 0 || want_cka;
   QAD_CHECK(!need_teacher || teacher != nullptr, "the KL and CKA terms need a teacher model");
   model::ForwardOptions fo;
   fo.return_hidden = want_cka;
   if (has_padding(batch)) fo.attention_mask = batch.attention_mask;
   loss::CkaLossOptions co;
   if (want_cka) {
-    co.weight = loss.cka_weight;
+    co.weight = loss.cka;
     co.estimator = loss.cka_estimator == "debiased" ? loss::CkaEstimator::kDebiased : loss::CkaEstimator::kBiased;
     co.subsample_tokens = loss.cka_subsample_tokens;
     co.dynamic_balance = loss.cka_dynamic_balance;
@@ -64,16 +64,16 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
   const auto acc = s_out.logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   torch::Tensor total = torch::zeros({}, s_out.logits.options().dtype(acc));
   torch::Tensor kl;
-  if (loss.kl_weight > 0) {
-    loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.kl_top_k, .chunk_tokens = loss.chunk_tokens};
+  if (loss.kl > 0) {
+    loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.top_k, .chunk_tokens = loss.chunk_tokens};
     kl = loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
     v.kl = kl.item<double>();
-    total = total + loss.kl_weight * kl.to(acc);
+    total = total + loss.kl * kl.to(acc);
   }
-  if (loss.ce_weight > 0) {
+  if (loss.ce > 0) {
     auto ce = loss::cross_entropy(s_out.logits, batch.targets, batch.loss_mask, loss.chunk_tokens);
     v.ce = ce.item<double>();
-    total = total + loss.ce_weight * ce.to(acc);
+    total = total + loss.ce * ce.to(acc);
   } else if (loss.log_ce) {
     torch::NoGradGuard ng;
     v.ce = loss::cross_entropy(s_out.logits.detach(), batch.targets, batch.loss_mask, loss.chunk_tokens).item<double>();

@@ -9,6 +9,7 @@
 #include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
+#include "util/config_fields.h"
 #include "quant_test_util.h"
 
 namespace qad::testing {
@@ -56,17 +57,11 @@ TEST(QuantConfig, GlobsOverridesAndFusedGroups) {
   EXPECT_EQ(quant::apply_nvfp4(lm, {}).size(), 3u * 7u);
 }
 
-TEST(QuantConfig, Yaml) {
-  auto c = quant::quant_config_from_yaml(YAML::Load(R"(
-include: ["model.layers.*"]
-exclude: ["*down_proj"]
-ste: clipped
-method: mse
-calib_samples: 64
-quantize_inputs: false
-overrides:
-  - {pattern: "model.layers.0.*", quantize: false}
-)"));
+TEST(QuantConfig, FromJson) {
+  auto c = quant::quant_config_from_json(nlohmann::json::parse(R"({
+    "include": ["model.layers.*"], "exclude": ["*down_proj"], "ste": "clipped", "method": "mse",
+    "calib_samples": 64, "quantize_inputs": false, "overrides": [{"pattern": "model.layers.0.*", "quantize": false}]
+  })"));
   EXPECT_EQ(c.include, std::vector<std::string>{"model.layers.*"});
   EXPECT_EQ(c.exclude, std::vector<std::string>{"*down_proj"});
   EXPECT_EQ(c.ste, nvfp4::StraightThrough::kClipped);
@@ -75,9 +70,14 @@ overrides:
   EXPECT_FALSE(c.quantize_inputs);
   ASSERT_EQ(c.overrides.size(), 1u);
   EXPECT_EQ(*c.overrides[0].quantize, false);
-  EXPECT_THROW(quant::quant_config_from_yaml(YAML::Load("metod: max")), Error);
-  EXPECT_THROW(quant::quant_config_from_yaml(YAML::Load("method: minmax")), Error);
-  EXPECT_THROW(quant::quant_config_from_yaml(YAML::Load("calib_samples: 0")), Error);
+  EXPECT_THROW(quant::quant_config_from_json({{"metod", "max"}}), Error);
+  EXPECT_THROW(quant::quant_config_from_json({{"method", "minmax"}}), Error);
+  EXPECT_THROW(quant::quant_config_from_json({{"calib_samples", -1}}), Error);
+  EXPECT_THROW(quant::quant_config_from_json({{"overrides", {{{"quantize", false}}}}}), Error);  // no pattern
+  // The settings list writes what it reads: a round trip keeps every value.
+  const auto back = quant::quant_config_from_json(config::to_json(c));
+  EXPECT_EQ(config::to_json(back), config::to_json(c));
+  EXPECT_EQ(config::to_json(c)["ste"], "clipped");
 }
 
 TEST(Calibrate, UncalibratedForwardFailsClearly) {
