@@ -110,7 +110,9 @@ void register_data(CLI::App& app) {
   prep->callback([pa] { run_prepare(*pa); });
 
   auto ia = std::make_shared<InspectArgs>();
+  prep->footer("Examples:\n  qad data prepare --tokenizer ../shared/models/qwen3-16m-teacher --input ../shared/corpus/prose_train.jsonl.xz --output data/prose --valid-fraction 0.02");  // run by tests/usage
   auto* insp = data->add_subcommand("inspect", "Print a dataset's summary and its first documents' ids and masks");
+  insp->footer("Examples:\n  qad data inspect data/prose --docs 2");  // run by tests/usage
   insp->add_option("dir", ia->dir, "dataset directory")->required();
   insp->add_option("--docs", ia->docs, "documents to show");
   insp->add_option("--tokens", ia->tokens, "tokens to show per document");

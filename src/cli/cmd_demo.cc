@@ -11,6 +11,7 @@ void register_demo(CLI::App& app) {
   auto o = std::make_shared<demo::DemoOptions>();
   auto* cmd = app.add_subcommand("demo", "Train a tiny teacher on a generated arithmetic task, then compare PTQ, QAT, "
                                          "QAD and CKA-QAD on it (no downloads)");
+  cmd->footer("Examples:\n  qad demo\n  qad demo --size small --device cuda --out qad-demo-gpu");  // each one is run by tests/usage
   auto* out = cmd->add_option("--out", o->out, "output directory");
   out->default_str("qad-demo");
   cmd->add_option("--device", o->device, "auto | cpu | cuda");

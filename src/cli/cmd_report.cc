@@ -45,6 +45,7 @@ void run_report(const ReportCliOptions& o) {
 void register_report(CLI::App& app) {
   auto opts = std::make_shared<ReportCliOptions>();
   auto* cmd = app.add_subcommand("report", "Compare training runs in one self-contained HTML file");
+  cmd->footer("Examples:\n  qad report runs/ptq runs/qad runs/cka --out report.html --title \"QAD vs CKA-QAD\"");  // each one is run by tests/usage
   cmd->add_option("run_dirs", opts->run_dirs, "run directories (metrics.jsonl, run.json, final_metrics.json)")
       ->required()
       ->check(CLI::ExistingDirectory);

@@ -30,6 +30,7 @@ void run(const TokenizeOptions& o) {
 void register_tokenize(CLI::App& app) {
   auto opts = std::make_shared<TokenizeOptions>();
   auto* cmd = app.add_subcommand("tokenize", "Encode {\"text\"} JSON Lines to {\"ids\"} with a tokenizer.json (HF-exact ids)");
+  cmd->footer("Examples:\n  qad tokenize --tokenizer ../shared/models/qwen3-16m-teacher --input in.jsonl --output ids.jsonl");  // each one is run by tests/usage
   cmd->add_option("--tokenizer", opts->tokenizer, "folder with tokenizer.json (+ tokenizer_config.json), or the file")
       ->required();
   cmd->add_option("--input", opts->input, "input .jsonl, one {\"text\": ...} object per line")->required();

@@ -158,6 +158,23 @@ TEST_F(RunTest, SigkillMidRunThenResumeGivesTheSameLosses) {
   EXPECT_TRUE(run.valid.front().get("mean_cka").has_value());
   EXPECT_TRUE(run.valid.front().get("agreement").has_value());
   ASSERT_NE(run.final_metric("kl"), nullptr);
+
+  // The run directory is a model for every command (checkpoint::load_model): `qad generate --model RUN_DIR`
+  // continues with the latest checkpoint's student, exactly as naming that checkpoint does.
+  const std::vector<std::string> gen = {"--prompt-ids", "1,403", "--max-new-tokens", "6", "--greedy", "--json",
+                                        "--device", "cpu"};
+  auto generate = [&](const fs::path& model, const fs::path& log) {
+    std::vector<std::string> args = {"generate", "--model", model.string()};
+    args.insert(args.end(), gen.begin(), gen.end());
+    const int status = run_qad(args, log);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+    const auto text = slurp(log);
+    const auto j = nlohmann::json::parse(text.substr(text.find('{')));
+    return j["outputs"][0]["new_ids"];
+  };
+  const auto from_run = generate(a, root_ / "g1.log");
+  EXPECT_EQ(from_run.size(), 6u);
+  EXPECT_EQ(from_run, generate(a / "checkpoints" / "step-00000009", root_ / "g2.log"));
 }
 
 TEST_F(RunTest, NonFiniteStepsAreSkippedAndTooManyStopTheRun) {
