@@ -13,13 +13,13 @@
 
 #include "util/torch_compat.h"
 
-#if QAD_TORCH_AT_LEAST(2, 0)
+#if QAD_TORCH_AT_LEAST(2, 0) && !defined(QAD_BENCH_NO_KINETO)
 #include <torch/csrc/autograd/profiler_kineto.h>
 #endif
 
 namespace qad::bench {
 
-#if QAD_TORCH_AT_LEAST(2, 0)
+#if QAD_TORCH_AT_LEAST(2, 0) && !defined(QAD_BENCH_NO_KINETO)
 
 bool kernel_profiler_available() { return true; }
 
