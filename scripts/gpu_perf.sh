@@ -48,8 +48,7 @@ fi
 if has bench; then
   models=$(arg bench); models=${models:-0.6b,1.7b}
   variants=$(arg variants); variants=${variants:-qad,recipe}
-  prof=""; build-gpu/bench_train --help 2>&1 | grep -q profile && prof="--profile $out/profile.txt"
-  build-gpu/bench_train --models "$models" --variants "$variants" $prof 2>&1 | tee "$out/bench_train.txt" || status=1
+  build-gpu/bench_train --models "$models" --variants "$variants" --profile "$out/profile.txt" 2>&1 | tee "$out/bench_train.txt" || status=1
   echo "bench done $(elapsed)"
 fi
 size=$(du -sm .inductor-cache | cut -f1)
