@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
   int64_t batch = 4, seq = 2048, iters = 8, warmup = 3;
   bool ckpt = false;
   std::string python = "python3", profile_path;
+  int64_t torch_timeout_s = 420;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -130,13 +132,15 @@ int main(int argc, char** argv) {
     else if (a == "--no-torch") torch_modes.clear();
     else if (a == "--python") python = next();
     else if (a == "--profile") profile_path = next();
+    else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
       fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--ckpt] "
                  "[--variants qad,cka-fp32,cka-tf32,cka-2048,recipe,cka-512] [--torch eager,compile | --no-torch] "
-                 "[--python PY] [--profile FILE]\n");
+                 "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
   }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
   if (iters < 1 || warmup < 1) {
     fmt::print(stderr, "bench_train: --iters and --warmup must be at least 1\n");
     return 2;
@@ -276,8 +280,12 @@ int main(int argc, char** argv) {
       TorchRun r;
       r.mode = mode;
       r.label = mode == "compile" ? "PyTorch torch.compile" : "PyTorch eager + Triton FQ";
-      const auto cmd = fmt::format("{} tools/bench_train_torch.py --model {} --mode {} --iters {} --warmup {} "
-                                   "--load {} --json 2>&1", python, name, mode, iters, warmup, dump.string());
+      // A time limit: torch.compile of a whole model can take minutes, and a stuck child must not hang the bench.
+      const auto cmd = fmt::format("timeout {} {} tools/bench_train_torch.py --model {} --mode {} --iters {} --warmup {} "
+                                   "--load {} --json 2>&1", torch_timeout_s, python, name, mode, iters, warmup,
+                                   dump.string());
+      fmt::print("running the PyTorch baseline ({}) ...\n", r.label);
+      const auto t_start = std::chrono::steady_clock::now();
       const auto text = run_capture(cmd);
       const auto brace = text.rfind("\n{");
       try {
@@ -292,6 +300,8 @@ int main(int argc, char** argv) {
       } catch (const std::exception&) {
         r.error = text.size() > 1500 ? text.substr(text.size() - 1500) : text;
       }
+      fmt::print("  ... {} in {:.0f} s\n", r.m ? "done" : "failed",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
       runs.push_back(r);
     }
     if (!torch_modes.empty()) {
