@@ -22,7 +22,7 @@ mkdir -p .inductor-cache
   python3 -c 'import torch, transformers, triton; print("torch", torch.__version__, "transformers", transformers.__version__, "triton", triton.__version__)'; } | tee "$out/device.txt"
 
 targets="bench_train"
-has tests && targets="$targets test_train test_loss test_quant"
+has tests && targets="$targets test_train test_train_cuda test_loss test_loss_cuda test_quant"
 gen=""; command -v ninja >/dev/null && gen="-G Ninja"
 tests_flag=OFF; has tests && tests_flag=ON
 cmake -S . -B build-gpu $gen -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=$tests_flag -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
@@ -41,7 +41,7 @@ fi
 echo "build: ok $(elapsed)"
 
 if has tests; then
-  (cd build-gpu && ctest -R "^(Train|Step|Reference|Loss|KL|CE|Chunk|Fused|Adam|Optim|Quant|WeightCache)" --output-on-failure --timeout 600 -j 4) >"$out/ctest.log" 2>&1 || status=1
+  (cd build-gpu && ctest -R "Fused|FastStep|WeightCache|StepTest|ReferenceTest|AdamWTest|CheckpointTest|LossCuda|LogitLoss|KL|CrossEntropy" --output-on-failure --timeout 600 -j 4) >"$out/ctest.log" 2>&1 || status=1
   grep -E "tests passed|tests failed|Failed|\*\*\*|Skipped|Not Run" "$out/ctest.log" | tail -30
   echo "tests done $(elapsed)"
 fi

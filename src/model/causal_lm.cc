@@ -118,6 +118,10 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
   if (o.logits_to_keep > 0 && o.logits_to_keep < t) h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  if (o.skip_logits) {
+    out.final_hidden = h;
+    return out;
+  }
   out.logits = lm_head(h);
   return out;
 }

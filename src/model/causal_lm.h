@@ -26,10 +26,12 @@ struct ForwardOptions {
   bool checkpoint_layers = false; // activation checkpointing: recompute each layer in backward
   AttentionBackend attention = AttentionBackend::kAuto;
   int64_t logits_to_keep = 0;     // > 0: logits of the last N positions only; 0: all
+  bool skip_logits = false;       // no lm_head: ForwardOutput::final_hidden instead (the fused head losses take it)
 };
 
 struct ForwardOutput {
-  torch::Tensor logits;  // [B, T (or logits_to_keep), vocab], model dtype
+  torch::Tensor logits;  // [B, T (or logits_to_keep), vocab], model dtype; undefined with skip_logits
+  torch::Tensor final_hidden;  // [B, T, H] after the final norm; only with skip_logits
   // "layers.0" … "layers.{L-1}" (each decoder layer's output, the residual stream) and "norm" (after the
   // final RMSNorm): the tensors the model computed, not copies; [n, H] gathers when hidden_rows is given.
   std::vector<std::pair<std::string, torch::Tensor>> hidden;
