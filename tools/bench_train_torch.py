@@ -65,19 +65,29 @@ try:
     import triton
     import triton.language as tl
 
+    # IEEE-rounded divisions as the CUDA kernels (scales.h); older Triton lacks div_rn and gets plain division.
+    _PRECISE = hasattr(tl.math, "div_rn")
+
     @triton.jit
-    def _fake_quant_kernel(x_ptr, y_ptr, amax_ptr, n_blocks, BLOCKS: tl.constexpr):
+    def _div(a, b, PRECISE: tl.constexpr):
+        if PRECISE:
+            return tl.math.div_rn(a, b)
+        else:
+            return a / b
+
+    @triton.jit
+    def _fake_quant_kernel(x_ptr, y_ptr, amax_ptr, n_blocks, BLOCKS: tl.constexpr, PRECISE: tl.constexpr):
         b = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
         offs = b[:, None] * 16 + tl.arange(0, 16)[None, :]
         inside = b[:, None] < n_blocks
         x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        sg = tl.math.div_rn(tl.load(amax_ptr), 2688.0)
+        sg = _div(tl.load(amax_ptr), 2688.0, PRECISE)
         bmax = tl.max(tl.abs(x), axis=1)
-        s = tl.math.div_rn(bmax, 6.0 * sg)
+        s = _div(bmax, 6.0 * sg, PRECISE)
         s = tl.minimum(tl.maximum(s, 0.001953125), 448.0)
         sb = tl.where(bmax == 0.0, 1.0, s.to(tl.float8e4nv).to(tl.float32))
         denom = sb * sg
-        q = tl.math.div_rn(x, denom[:, None])
+        q = _div(x, denom[:, None], PRECISE)
         a = tl.abs(q)
         r = tl.where(a <= 0.25, 0.0, tl.where(a < 0.75, 0.5, tl.where(a <= 1.25, 1.0, tl.where(
             a < 1.75, 1.5, tl.where(a <= 2.5, 2.0, tl.where(a < 3.5, 3.0, tl.where(a <= 5.0, 4.0, 6.0)))))))
@@ -90,7 +100,7 @@ try:
         y = torch.empty_like(x)
         n_blocks = x.numel() // 16
         blocks = 64
-        _fake_quant_kernel[(triton.cdiv(n_blocks, blocks),)](x, y, amax, n_blocks, BLOCKS=blocks)
+        _fake_quant_kernel[(triton.cdiv(n_blocks, blocks),)](x, y, amax, n_blocks, BLOCKS=blocks, PRECISE=_PRECISE)
         return y
 except ImportError:  # pragma: no cover - the GPU machine has triton
     triton = None
