@@ -31,6 +31,26 @@ void reference_one(const AdamWTensors& t, const AdamWScalars& s, float scale) {
   }
 }
 
+// The CUDA kernel's summation order, so that both give the same bits: 256 lanes each sum a strided slice, lanes
+// combine as a shuffle tree within each warp of 32 (lane i += lane i + off, off = 16 ... 1), then the 8 warp sums
+// in order.
+float chunk_square_sum(const float* x, int64_t n) {
+  constexpr int kLanes = 256, kWarp = 32;
+  float lane[kLanes] = {};
+  for (int t = 0; t < kLanes; ++t) {
+    for (int64_t i = t; i < n; i += kLanes) lane[t] += x[i] * x[i];
+  }
+  float total = 0.0f;
+  for (int w = 0; w < kLanes / kWarp; ++w) {
+    float* v = lane + w * kWarp;
+    for (int off = kWarp / 2; off > 0; off /= 2) {
+      for (int i = 0; i + off < kWarp; ++i) v[i] += v[i + off];
+    }
+    total += v[0];
+  }
+  return total;
+}
+
 }  // namespace
 
 AdamWScalars adamw_scalars(double lr, const OptimConfig& o, int64_t t) {
@@ -114,9 +134,7 @@ torch::Tensor grad_square_sum_reference(const std::vector<torch::Tensor>& grads)
     const float* x = g.data_ptr<float>();
     for (int64_t b = 0; b < g.numel(); b += kNormChunk) {
       const int64_t e = std::min(g.numel(), b + kNormChunk);
-      float acc = 0.0f;
-      for (int64_t i = b; i < e; ++i) acc += x[i] * x[i];
-      partials.push_back(acc);
+      partials.push_back(chunk_square_sum(x + b, e - b));
     }
   }
   double total = 0;
