@@ -2,7 +2,9 @@
 # On the GPU machine, in one call: build only what the step-performance work needs (python3's CUDA LibTorch), run
 # its CUDA and CPU tests, then bench_train against PyTorch (eager + Triton, torch.compile) with a per-kernel profile.
 # Logs go to $OUT (the device tool's result folder) or ./out. Usage:
-#   scripts/gpu_perf.sh [tests] [bench[=0.6b,1.7b]] [variants=qad,recipe]     (default: tests bench)
+#   scripts/gpu_perf.sh [tests] [bench[=0.6b,1.7b]] [variants=qad,recipe] [torch=eager,compile|none]
+#   (default: tests bench). One call is limited to 10 minutes: the build takes ~2 min (~3.5 with tests), each
+#   model ~1 min for qad and eager, and torch.compile's first compile 2-3 min per model.
 # A carried .inductor-cache/ (ignored) warms torch.compile; the cache this run leaves is packed into $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +50,9 @@ fi
 if has bench; then
   models=$(arg bench); models=${models:-0.6b,1.7b}
   variants=$(arg variants); variants=${variants:-qad,recipe}
-  build-gpu/bench_train --models "$models" --variants "$variants" --profile "$out/profile.txt" 2>&1 | tee "$out/bench_train.txt" || status=1
+  modes=$(arg torch); modes=${modes:-eager,compile}
+  torch_flag="--torch $modes"; [ "$modes" = none ] && torch_flag="--no-torch"
+  build-gpu/bench_train --models "$models" --variants "$variants" $torch_flag --profile "$out/profile.txt" 2>&1 | tee "$out/bench_train.txt" || status=1
   echo "bench done $(elapsed)"
 fi
 size=$(du -sm .inductor-cache | cut -f1)
