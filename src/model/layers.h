@@ -34,12 +34,18 @@ struct AttentionContext {
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;
   KVCache* cache = nullptr;
+  bool fused = false;  // CUDA: the fused kernels of src/fused where they apply (see use_fused_kernels)
 };
+
+// Whether a layer runs its norms, SwiGLU and RoPE through the fused CUDA kernels (src/fused) for input x:
+// asked for (ctx.fused), x on CUDA with a build that has the kernels, and a hidden size they take.
+bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x);
 
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // input_quantized: x already went through the shared input quantization of q/k/v (see DecoderLayer).
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, bool input_quantized = false);
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
 
@@ -51,7 +57,9 @@ TORCH_MODULE(Attention);
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const ModelConfig& c, const std::string& prefix);
-  torch::Tensor forward(const torch::Tensor& x);
+  // input_quantized: x already went through gate/up's shared input quantization; fuse: SwiGLU (with
+  // down_proj's input quantization) as one CUDA kernel.
+  torch::Tensor forward(const torch::Tensor& x, bool input_quantized = false, bool fuse = false);
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
