@@ -200,7 +200,7 @@ void rms_norm_backward_cuda(const torch::Tensor& grad_y, const torch::Tensor& gr
     });
   });
   check_launch();
-  if (grad_w.defined()) at::sum_out(grad_w, partial, {0});
+  if (grad_w.defined()) grad_w.copy_(partial.sum(0));
 }
 
 }  // namespace qad::fused::kernels

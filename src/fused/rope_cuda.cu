@@ -259,7 +259,7 @@ void rope_backward_cuda(const torch::Tensor& grad_out, const torch::Tensor& x, c
     });
   });
   check_launch();
-  if (partial.defined()) at::sum_out(grad_w, partial, {0});
+  if (partial.defined()) grad_w.copy_(partial.sum(0));
 }
 
 }  // namespace qad::fused::kernels

@@ -38,6 +38,12 @@ inline torch::Tensor rms_norm_ops(const torch::Tensor& h, const torch::Tensor& w
   return w * f.to(h.scalar_type());
 }
 
+// silu in float, rounded to the dtype: what ATen's CUDA kernel (and LibTorch 2's CPU kernel) computes for 16-bit
+// inputs. LibTorch 1.13's CPU kernel chains bfloat16 ops instead (each rounded), so the CPU tests spell it out.
+inline torch::Tensor silu_ops(const torch::Tensor& x) {
+  return torch::silu(x.to(torch::kFloat32)).to(x.scalar_type());
+}
+
 inline torch::Tensor rotate_half(const torch::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
