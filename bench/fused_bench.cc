@@ -181,7 +181,7 @@ void layer_row(const Shape& s, int64_t tokens) {
   ctx.sin = angles.sin().to(torch::kBFloat16);
   auto gy = torch::randn({b, t, s.hidden}, opts());
   auto step = [&](bool fused) {
-    ctx.fused = fused;
+    ctx.fused = fused ? qad::model::FusedKernels::kAuto : qad::model::FusedKernels::kOff;
     auto y = layer->forward(x, ctx);
     torch::autograd::grad({y}, {x}, {gy});
   };

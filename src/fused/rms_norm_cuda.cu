@@ -1,8 +1,8 @@
 // CUDA kernels of the fused RMSNorm (+ residual add, + NVFP4 fake quantization of the output) and its
 // backward; the reference is rms_norm_cpu.cc. Forward: one CTA per row, each thread holds kVecs 16-byte
 // vectors of the row in registers; the sum of squares is one deterministic CTA reduction; a 16-element
-// NVFP4 block is held by kGroup neighbouring lanes, which reduce its amax with shuffles. Backward: a grid of
-// a few CTAs per SM walks the rows; the weight gradient is accumulated per thread (it owns fixed columns)
+// NVFP4 block is held by kGroup neighbouring lanes, which reduce its amax with shuffles. Backward: a grid of up
+// to 8 CTAs per SM walks the rows; the weight gradient is accumulated per thread (it owns fixed columns)
 // and written as one partial row per CTA, summed afterwards.
 #include <c10/cuda/CUDAGuard.h>
 
@@ -187,7 +187,7 @@ void rms_norm_backward_cuda(const torch::Tensor& grad_y, const torch::Tensor& gr
     if (grad_w.defined()) grad_w.zero_();
     return;
   }
-  const int64_t grid = std::min<int64_t>(rows, 4 * sm_count());
+  const int64_t grid = std::min<int64_t>(rows, 8 * sm_count());  // enough warps in flight to hide latency
   torch::Tensor partial;
   if (grad_w.defined()) partial = torch::empty({grid, k}, h.options().dtype(torch::kFloat32));
   nvfp4::dispatch_float_types(h.scalar_type(), "fused::rms_norm_backward_cuda", [&](auto tag) {

@@ -108,7 +108,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   ctx.sin = angles.sin().to(dtype);
   ctx.backend = o.attention;
   ctx.cache = o.cache;
-  ctx.fused = o.fused_kernels && fused_kernels_allowed_by_environment();
+  ctx.fused = fused_kernels_allowed_by_environment() ? o.fused_kernels : FusedKernels::kOff;
   if (o.attention_mask.defined() || (past > 0 && t > 1)) {
     ctx.mask = build_mask(o.attention_mask, b, past, t, device);
   } else {

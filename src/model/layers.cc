@@ -113,10 +113,19 @@ fused::OutputQuant output_quant(const std::optional<FusedInputQuant>& q) {
   return {q->amax, q->clipped_ste};
 }
 
+// Whether a fused op whose CUDA kernel takes tensors passing `cuda_supports` runs for t (see FusedKernels).
+bool fused_applies(FusedKernels mode, const torch::Tensor& t, bool (*cuda_supports)(const torch::Tensor&)) {
+  if (mode == FusedKernels::kOff) return false;
+  if (t.is_cuda()) return nvfp4::has_cuda_kernels() && cuda_supports(t);
+  const auto dt = t.scalar_type();
+  return mode == FusedKernels::kAlways && t.is_cpu() &&
+         (dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16);
+}
+
 }  // namespace
 
 bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x) {
-  return ctx.fused && x.is_cuda() && nvfp4::has_cuda_kernels() && fused::rms_norm_cuda_supports(x);
+  return fused_applies(ctx.fused, x, fused::rms_norm_cuda_supports);
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer)
@@ -137,7 +146,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   auto q = project(q_proj).view({b, t, num_heads_, head_dim_});
   auto k = project(k_proj).view({b, t, num_kv_heads_, head_dim_});
   auto v = project(v_proj).view({b, t, num_kv_heads_, head_dim_}).transpose(1, 2);
-  if (ctx.fused && q.is_cuda() && fused::rope_cuda_supports(q)) {
+  if (fused_applies(ctx.fused, q, fused::rope_cuda_supports)) {
     // q/k norm (Qwen3) and RoPE in one kernel each, written as [B, H, T, D].
     q = fused::rope(q, q_norm ? q_norm->weight : torch::Tensor(), q_norm ? q_norm->eps : 0.0, ctx.cos, ctx.sin);
     k = fused::rope(k, k_norm ? k_norm->weight : torch::Tensor(), k_norm ? k_norm->eps : 0.0, ctx.cos, ctx.sin);
@@ -172,10 +181,10 @@ MLPImpl::MLPImpl(const ModelConfig& c, const std::string& prefix) {
   down_proj = register_module("down_proj", Linear(prefix + ".down_proj", c.intermediate_size, c.hidden_size, c.mlp_bias));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x, bool input_quantized, bool fuse) {
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, bool input_quantized, FusedKernels fuse) {
   auto project = [&](Linear& l) { return input_quantized ? l->forward_prequantized(x) : l(x); };
   auto gate = project(gate_proj), up = project(up_proj);
-  if (!fuse || !gate.is_cuda() || !fused::swiglu_cuda_supports(gate)) return down_proj(torch::silu(gate) * up);
+  if (!fused_applies(fuse, gate, fused::swiglu_cuda_supports)) return down_proj(torch::silu(gate) * up);
   auto down_q = down_proj->fused_input(gate.device());
   if (!down_q) return down_proj(fused::swiglu(gate, up));
   return down_proj->forward_prequantized(fused::swiglu(gate, up, output_quant(down_q)));
@@ -204,7 +213,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionC
   auto mlp_q = shared_input_quant({m.gate_proj.get(), m.up_proj.get()}, x.device());
   auto [h, mlp_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
                                          output_quant(mlp_q));
-  return h + m.forward(mlp_in, mlp_q.has_value(), /*fuse=*/true);
+  return h + m.forward(mlp_in, mlp_q.has_value(), ctx.fused);
 }
 
 }  // namespace qad::model

@@ -15,6 +15,11 @@ namespace qad::model {
 // kAuto: fused SDPA on CUDA with LibTorch >= 2.0, the math path elsewhere (exact on CPU in FP32).
 enum class AttentionBackend { kAuto, kMath, kSdpa };
 
+// Where the fused kernels of src/fused (norms with the next Linears' input quantization, SwiGLU, q/k-norm + RoPE)
+// replace the unfused ops: kAuto on CUDA where the kernels take the shapes; kOff nowhere; kAlways also on the CPU
+// (float32/16-bit), through their reference loops: slow, for testing the wiring where there is no GPU.
+enum class FusedKernels { kOff, kAuto, kAlways };
+
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
@@ -34,11 +39,10 @@ struct AttentionContext {
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;
   KVCache* cache = nullptr;
-  bool fused = false;  // CUDA: the fused kernels of src/fused where they apply (see use_fused_kernels)
+  FusedKernels fused = FusedKernels::kOff;
 };
 
-// Whether a layer runs its norms, SwiGLU and RoPE through the fused CUDA kernels (src/fused) for input x:
-// asked for (ctx.fused), x on CUDA with a build that has the kernels, and a hidden size they take.
+// Whether a layer runs its norms through the fused kernels (src/fused) for input x (see FusedKernels).
 bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x);
 
 class AttentionImpl : public torch::nn::Module {
@@ -59,7 +63,7 @@ class MLPImpl : public torch::nn::Module {
   MLPImpl(const ModelConfig& c, const std::string& prefix);
   // input_quantized: x already went through gate/up's shared input quantization; fuse: SwiGLU (with
   // down_proj's input quantization) as one CUDA kernel.
-  torch::Tensor forward(const torch::Tensor& x, bool input_quantized = false, bool fuse = false);
+  torch::Tensor forward(const torch::Tensor& x, bool input_quantized = false, FusedKernels fuse = FusedKernels::kOff);
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);

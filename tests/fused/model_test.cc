@@ -1,8 +1,9 @@
-// The decoder with the fused kernels (the default on CUDA) against the same decoder with them switched off
-// (ForwardOptions::fused_kernels = false: the unfused ops), on tiny random Qwen3 and Llama models in BF16 with
-// NVFP4 fake quantization calibrated: the fused path must actually replace the Linears' own input quantization,
-// and give the same logits and gradients within the tolerance of an FP32 reduction order (the RMSNorm rstd) seen
-// through FP4 rounding. Skips where there is no GPU.
+// The decoder with the fused kernels against the same decoder with them switched off (FusedKernels::kOff: the
+// unfused ops), on tiny random Qwen3 and Llama models with NVFP4 fake quantization calibrated: the fused path must
+// actually replace the Linears' own input quantization, and give the same logits and gradients within the
+// tolerance of an FP32 reduction order (the RMSNorm rstd) seen through FP4 rounding. Built twice: test_fused_model
+// (cpu: FP32, FusedKernels::kAlways, the reference loops) and test_fused_model_gpu (gpu: BF16, the CUDA kernels;
+// skips where there is no GPU).
 #include <gtest/gtest.h>
 
 #include "common/test_util.h"
@@ -15,6 +16,20 @@ namespace qad::model {
 namespace {
 
 using nlohmann::json;
+
+#ifdef QAD_FUSED_MODEL_GPU
+constexpr bool kGpu = true;
+#else
+constexpr bool kGpu = false;
+#endif
+const torch::Device kDevice = kGpu ? torch::kCUDA : torch::kCPU;
+const torch::ScalarType kDtype = kGpu ? torch::kBFloat16 : torch::kFloat32;
+const FusedKernels kFused = kGpu ? FusedKernels::kAuto : FusedKernels::kAlways;
+
+#define REQUIRE_DEVICE()      \
+  do {                        \
+    if (kGpu) QAD_REQUIRE_GPU(); \
+  } while (0)
 
 json tiny_config(const std::string& arch) {
   // head_dim 64, hidden 256: sizes the kernels take (multiples of 16; head_dim/2 a power-of-two of vectors).
@@ -35,7 +50,7 @@ CausalLM random_model(const json& j, uint64_t salt) {
       p.copy_(name.ends_with("norm.weight") ? 1 + 0.1 * r : 0.1 * r);
     }
   }
-  lm->to(torch::kCUDA, torch::kBFloat16);
+  lm->to(kDevice, kDtype);
   return lm;
 }
 
@@ -86,15 +101,15 @@ std::vector<torch::Tensor> grads_of(CausalLM& lm) {
 class FusedModel : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(FusedModel, SameLogitsAndGradientsAsTheUnfusedOps) {
-  QAD_REQUIRE_GPU();
+  REQUIRE_DEVICE();
   auto gen = qad::testing::seeded_generator(32);
   auto ids = torch::randint(0, 128, {2, 48}, gen);
   auto q = quantized_model(GetParam(), ids);
-  auto targets = torch::randint(0, 128, {2 * 48}, gen).cuda();
+  auto targets = torch::randint(0, 128, {2 * 48}, gen).to(kDevice);
 
   auto run = [&](bool fused, bool checkpoint) {
     ForwardOptions o;
-    o.fused_kernels = fused;
+    o.fused_kernels = fused ? kFused : FusedKernels::kOff;
     o.checkpoint_layers = checkpoint;
     for (auto& h : q.hooks) h->calls = 0;
     auto logits = q.lm->forward(ids, o).logits;
@@ -110,7 +125,7 @@ TEST_P(FusedModel, SameLogitsAndGradientsAsTheUnfusedOps) {
   auto [logits, grads, calls] = run(true, false);
   EXPECT_GT(ref_calls, 0);
   EXPECT_EQ(calls, 0) << "the fused norms and SwiGLU should have quantized every q/k/v/gate/up/down input";
-  // BF16 logits through two layers of FP4 activations: an rstd one ulp apart can move an activation by one FP4
+  // Logits through two layers of FP4 activations: an rstd one ulp apart can move an activation by one FP4
   // step; the tolerance is far below what a wrong kernel gives (an unquantized or unnormalised path: > 0.3).
   EXPECT_LE(fused::testing::normalised_error(logits, ref_logits), 0.05);
   for (size_t i = 0; i < grads.size(); ++i) {
@@ -126,15 +141,17 @@ TEST_P(FusedModel, SameLogitsAndGradientsAsTheUnfusedOps) {
 }
 
 TEST_P(FusedModel, UnquantizedTeacherForwardMatches) {
-  QAD_REQUIRE_GPU();
+  REQUIRE_DEVICE();
   auto gen = qad::testing::seeded_generator(33);
   auto lm = random_model(tiny_config(GetParam()), 34);
   auto ids = torch::randint(0, 128, {3, 40}, gen);
   torch::NoGradGuard no_grad;
   ForwardOptions off;
-  off.fused_kernels = false;
+  off.fused_kernels = FusedKernels::kOff;
   auto ref = lm->forward(ids, off).logits;
-  auto out = lm->forward(ids).logits;
+  ForwardOptions on;
+  on.fused_kernels = kFused;
+  auto out = lm->forward(ids, on).logits;
   EXPECT_LE(fused::testing::normalised_error(out, ref), 1e-2);
 }
 
