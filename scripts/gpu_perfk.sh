@@ -20,7 +20,7 @@ has() { [[ " $steps " == *" $1 "* ]]; }
   python3 -c 'import torch; print("torch", torch.__version__)'; } | tee "$out/device.txt"
 
 gpu_tests="test_fused_cuda test_fused_model_gpu test_model_gpu test_quant_gpu test_nvfp4_cuda test_nvfp4_quotient"
-targets="$gpu_tests test_fused test_nvfp4_implementations test_model test_quant test_train bench_fused"
+targets="$gpu_tests test_fused test_fused_model test_nvfp4_implementations test_model test_quant test_train bench_fused"
 if has build; then
   gen=""; command -v ninja >/dev/null && gen="-G Ninja"
   cmake -S . -B build-gpu $gen -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=ON -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
@@ -40,7 +40,7 @@ if has tests; then
   done
 fi
 if has cpu-tests; then
-  for t in test_fused test_nvfp4_implementations test_model test_quant test_train; do
+  for t in test_fused test_fused_model test_nvfp4_implementations test_model test_quant test_train; do
     build-gpu/$t --gtest_color=no >"$out/$t.log" 2>&1 || status=1
     echo "$t: $(grep -E '^\[  (PASSED|FAILED)|tests ran' "$out/$t.log" | tr '\n' ' ')"
     grep -E "^\[  FAILED" "$out/$t.log" | head -10
