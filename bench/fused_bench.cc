@@ -180,10 +180,12 @@ void layer_row(const Shape& s, int64_t tokens) {
   ctx.cos = angles.cos().to(torch::kBFloat16);
   ctx.sin = angles.sin().to(torch::kBFloat16);
   auto gy = torch::randn({b, t, s.hidden}, opts());
+  std::vector<torch::Tensor> inputs = {x};  // the input and every weight, as a training step differentiates
+  for (auto& p : layer->parameters()) inputs.push_back(p);
   auto step = [&](bool fused) {
     ctx.fused = fused ? qad::model::FusedKernels::kAuto : qad::model::FusedKernels::kOff;
     auto y = layer->forward(x, ctx);
-    torch::autograd::grad({y}, {x}, {gy});
+    torch::autograd::grad({y}, inputs, {gy});
   };
   const double f = time_ms([&] { step(true); }, 2, 10), u = time_ms([&] { step(false); }, 2, 10);
   fmt::print("{:<34} {:>9.3f} {:>9} {:>9} {:>9.3f} {:>8.2f}x\n", "decoder layer fwd+bwd (W4A4 fq)", f, "", "", u, u / f);
