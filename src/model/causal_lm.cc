@@ -2,6 +2,10 @@
 // call and shared by every layer; layers optionally run under activation checkpointing.
 #include "model/causal_lm.h"
 
+#include <cstdlib>
+#include <string>
+
+#include "fused/autograd.h"
 #include "model/checkpointing.h"
 #include "util/error.h"
 #include "util/torch_format.h"
@@ -56,6 +60,15 @@ torch::Tensor build_mask(const torch::Tensor& attention_mask, int64_t batch, int
   return keep.unsqueeze(1);
 }
 
+// QAD_FUSED_KERNELS=0 turns the fused kernels off for a whole process (A/B measurements, debugging).
+bool fused_kernels_allowed_by_environment() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("QAD_FUSED_KERNELS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return allowed;
+}
+
 }  // namespace
 
 ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& o) {
@@ -95,6 +108,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   ctx.sin = angles.sin().to(dtype);
   ctx.backend = o.attention;
   ctx.cache = o.cache;
+  ctx.fused = fused_kernels_allowed_by_environment() ? o.fused_kernels : FusedKernels::kOff;
   if (o.attention_mask.defined() || (past > 0 && t > 1)) {
     ctx.mask = build_mask(o.attention_mask, b, past, t, device);
   } else {
@@ -114,7 +128,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
     h = o.checkpoint_layers && torch::GradMode::is_enabled() ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
     keep_hidden("layers." + std::to_string(l), h);
   }
-  h = model->norm(h);
+  h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
   if (o.logits_to_keep > 0 && o.logits_to_keep < t) h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);

@@ -26,6 +26,10 @@ struct ForwardOptions {
   bool checkpoint_layers = false; // activation checkpointing: recompute each layer in backward
   AttentionBackend attention = AttentionBackend::kAuto;
   int64_t logits_to_keep = 0;     // > 0: logits of the last N positions only; 0: all
+  // RMSNorm (+ residual add, + the NVFP4 input quantization of the Linears it feeds), SwiGLU (+ down_proj's) and
+  // q/k-norm + RoPE as fused kernels (src/fused), on CUDA by default (FusedKernels). The environment's
+  // QAD_FUSED_KERNELS=0 turns them off for the whole process.
+  FusedKernels fused_kernels = FusedKernels::kAuto;
   bool skip_logits = false;       // no lm_head: ForwardOutput::final_hidden instead (the fused head losses take it)
 };
 

@@ -15,6 +15,11 @@ namespace qad::model {
 // kAuto: fused SDPA on CUDA with LibTorch >= 2.0, the math path elsewhere (exact on CPU in FP32).
 enum class AttentionBackend { kAuto, kMath, kSdpa };
 
+// Where the fused kernels of src/fused (norms with the next Linears' input quantization, SwiGLU, q/k-norm + RoPE)
+// replace the unfused ops: kAuto on CUDA where the kernels take the shapes; kOff nowhere; kAlways also on the CPU
+// (float32/16-bit), through their reference loops: slow, for testing the wiring where there is no GPU.
+enum class FusedKernels { kOff, kAuto, kAlways };
+
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
@@ -34,12 +39,17 @@ struct AttentionContext {
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;
   KVCache* cache = nullptr;
+  FusedKernels fused = FusedKernels::kOff;
 };
+
+// Whether a layer runs its norms through the fused kernels (src/fused) for input x (see FusedKernels).
+bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x);
 
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // input_quantized: x already went through the shared input quantization of q/k/v (see DecoderLayer).
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, bool input_quantized = false);
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
 
@@ -51,7 +61,9 @@ TORCH_MODULE(Attention);
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const ModelConfig& c, const std::string& prefix);
-  torch::Tensor forward(const torch::Tensor& x);
+  // input_quantized: x already went through gate/up's shared input quantization; fuse: SwiGLU (with
+  // down_proj's input quantization) as one CUDA kernel.
+  torch::Tensor forward(const torch::Tensor& x, bool input_quantized = false, FusedKernels fuse = FusedKernels::kOff);
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);

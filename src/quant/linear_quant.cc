@@ -81,6 +81,20 @@ torch::Tensor NvFp4LinearQuant::cached_weight(const torch::Tensor& w) {
   return c.value;
 }
 
+std::optional<model::FusedInputQuant> NvFp4LinearQuant::fused_input(const torch::Device& device) {
+  if (calibrating) return std::nullopt;
+  if (!quantize_inputs) return model::FusedInputQuant{};
+  QAD_CHECK(input_amax.defined(), "{}: the input quantizer is not calibrated (run quant::calibrate, or load a "
+            "quantizer state, before the forward)", module_);
+  if (!input_amax.is_same(amax_seen_) || input_amax._version() != amax_seen_version_) {
+    amax_seen_value_ = input_amax.item<float>();  // a CPU tensor after calibration or loading: no device sync
+  }
+  on_device(input_amax, device);
+  amax_seen_ = input_amax;  // the device copy holds the same value
+  amax_seen_version_ = input_amax._version();
+  return model::FusedInputQuant{input_amax, amax_seen_value_, ste == nvfp4::StraightThrough::kClipped};
+}
+
 torch::Tensor NvFp4LinearQuant::weight(const torch::Tensor& w) {
   if (calibrating || !quantize_weights) return w;
   QAD_CHECK(weight_amax.defined(), "{}: the weight quantizer has no amax (apply_nvfp4 sets it)", module_);

@@ -21,6 +21,9 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
 
   torch::Tensor input(const torch::Tensor& x) override;
   torch::Tensor weight(const torch::Tensor& w) override;
+  // Fixed once calibrated: the identity without input quantization, the static fake quantization otherwise;
+  // nullopt while calibrating.
+  std::optional<model::FusedInputQuant> fused_input(const torch::Device& device) override;
 
   const std::string& module() const { return module_; }
 
@@ -54,6 +57,11 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
     int64_t amax_version = -1;
     torch::Tensor value;  // detached
   } cache_;
+  // input_amax's value on the host, read once per tensor and version (in-place changes bump the version), so
+  // fused_input() does not synchronise with the device on every call.
+  torch::Tensor amax_seen_;
+  int64_t amax_seen_version_ = -1;
+  float amax_seen_value_ = 0.0f;
 };
 
 // The hook of `l`, or nullptr when it has none or one of another kind.
