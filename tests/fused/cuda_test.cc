@@ -155,7 +155,14 @@ TEST(FusedCuda, SwigluMatchesUnfusedOpsBitForBitAndReference) {
         // Same float formula as ATen's CUDA silu (expf), so the same bits as the unfused GPU ops.
         auto unfused = quantize_ste(torch::silu(gc) * uc, qc);
         EXPECT_TRUE(same_bits(y, unfused));
-        EXPECT_LE(mismatch_fraction(y, ref), 0.005);  // CPU reference: glibc's exp
+        // CPU reference: glibc's exp, which differs from CUDA's expf in the last bits. In FP32 without a quantizer
+        // every such ulp shows (measured on the H200: 6-12% of elements), so compare by relative error there;
+        // rounding to BF16/FP16 or to the FP4 grid absorbs them.
+        if (dt == torch::kFloat32 && mode == 0) {
+          EXPECT_LE(max_relative_error(y, ref), 1e-6);
+        } else {
+          EXPECT_LE(mismatch_fraction(y, ref), 0.005);
+        }
 
         (unfused.to(torch::kFloat64) * gy.cuda().to(torch::kFloat64)).sum().backward();
         torch::Tensor ggs, gus;
