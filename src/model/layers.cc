@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "model/moe_block.h"
 #include "util/error.h"
 #include "util/torch_compat.h"
 
@@ -140,12 +141,17 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   self_attn = register_module("self_attn", Attention(c, prefix + ".self_attn", layer));
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-  mlp = register_module("mlp", MLP(c, prefix + ".mlp"));
+  if (c.is_moe_layer(layer)) {
+    moe = register_module("mlp", std::make_shared<MoeBlockImpl>(c, prefix + ".mlp", layer));
+  } else {
+    mlp = register_module("mlp", MLP(c, prefix + ".mlp"));
+  }
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
   auto h = x + self_attn(input_layernorm(x), ctx);
-  return h + mlp(post_attention_layernorm(h));
+  auto normed = post_attention_layernorm(h);
+  return h + (moe ? moe->forward(normed, ctx) : mlp(normed));
 }
 
 }  // namespace qad::model

@@ -29,6 +29,7 @@ struct LossConfig {
   std::vector<std::string> cka_layers;   // empty = every decoder layer's output ("layers.N")
   bool cka_tf32 = true;                  // TF32 for FP32 matmuls on CUDA (the CKA products; the model is BF16)
   bool log_ce = true;                    // compute CE (no gradient) for the log even when its weight is 0
+  double router_balance_weight = 0.0;    // MoE load-balancing loss (Switch / transformers' aux loss); 0 = off
 };
 
 struct OptimConfig {
@@ -41,6 +42,7 @@ struct OptimConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double grad_clip = 1.0;       // max global L2 norm; 0 = off
   int64_t grad_accum = 1;       // micro-batches per optimizer step
+  bool freeze_routers = false;  // MoE: keep the routers ("mlp.gate") at the teacher's weights
 };
 
 struct DataConfig {

@@ -9,6 +9,7 @@
 #include "loss/cka_loss.h"
 #include "loss/logit_losses.h"
 #include "train/distributed.h"
+#include "train/moe_training.h"
 #include "util/error.h"
 
 namespace qad::train {
@@ -55,6 +56,7 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
   }
   model::ForwardOptions so = fo;
   so.checkpoint_layers = activation_checkpointing;
+  so.return_router_logits = loss.router_balance_weight > 0;
   auto s_out = student->forward(batch.input_ids, so);
 
   LossParts p;
@@ -85,6 +87,11 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
     v.cka_term = term;
     v.cka = r.per_layer_cka;
     total = total + r.loss.to(acc);
+  }
+  if (loss.router_balance_weight > 0) {
+    auto balance = router_balance_loss(student, s_out);
+    v.router_balance = balance.item<double>();
+    total = total + loss.router_balance_weight * balance.to(acc);
   }
   v.loss = total.item<double>();
   p.total = total;
@@ -118,6 +125,7 @@ LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teach
     };
     add(acc.kl, pv.kl);
     add(acc.ce, pv.ce);
+    add(acc.router_balance, pv.router_balance);
     add(acc.cka_term, pv.cka_term);
     if (acc.cka.empty()) {
       for (const auto& [n, x] : pv.cka) acc.cka.emplace_back(n, 0.0);

@@ -24,6 +24,7 @@ struct LossValues {
   double loss = 0;                 // what was minimised
   std::optional<double> kl, ce;    // nats per token; unset where not computed
   std::optional<double> cka_term;  // mean over layers of (1 - CKA), before lambda
+  std::optional<double> router_balance;  // MoE load-balancing loss, before its weight (when on)
   std::vector<std::pair<std::string, double>> cka;  // per layer
   int64_t tokens = 0;              // loss tokens (mask != 0)
 };
