@@ -61,7 +61,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, const AttentionConte
   auto out_rows = outs.empty() ? torch::zeros({0, hidden}, x.options()) : torch::cat(outs, 0);
   // transformers: expert output x routing weight in the model dtype, then the per-token sum.
   out_rows = out_rows * weights.reshape({-1}).index_select(0, d.slot_of_row).unsqueeze(1);
-  return combine_by_token(out_rows, d).view(x.sizes());
+  return combine_by_token(out_rows, d).reshape(x.sizes());
 }
 
 }  // namespace qad::model

@@ -3,6 +3,10 @@
 // load-balancing loss, expert dispatch versus a loop over tokens, the fused on-disk expert layout, config
 // keys and the one-line errors for unsupported MoE options. (Logits and every layer's hidden state are
 // checked for all fixtures, these included, by fixtures_test.cc.)
+#include <unistd.h>
+
+#include <algorithm>
+
 #include "common/test_util.h"
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"

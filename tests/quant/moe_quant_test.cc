@@ -1,12 +1,18 @@
 // NVFP4 on Qwen3-MoE: which modules the default config quantizes (every expert projection, never a router),
 // and how calibration reaches every expert under both rules of quant.moe_calibration.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
 
 #include "model/moe_block.h"
 #include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "quant_test_util.h"
+#include "util/error.h"
 
 namespace qad::testing {
 namespace {
