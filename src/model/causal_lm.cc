@@ -7,6 +7,7 @@
 
 #include "fused/autograd.h"
 #include "model/checkpointing.h"
+#include "model/moe_block.h"
 #include "util/error.h"
 #include "util/torch_format.h"
 
@@ -33,9 +34,15 @@ std::vector<Linear> CausalLMImpl::linears() const {
   std::vector<Linear> out;
   for (const auto& layer : model->layer_list) {
     const auto& a = layer->self_attn;
-    const auto& m = layer->mlp;
-    for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj, m->gate_proj, m->up_proj, m->down_proj}) {
-      out.push_back(l);
+    for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj}) out.push_back(l);
+    if (layer->moe) {
+      out.push_back(layer->moe->gate);
+      for (const auto& e : layer->moe->expert_list) {
+        for (const auto& l : {e->gate_proj, e->up_proj, e->down_proj}) out.push_back(l);
+      }
+    } else {
+      const auto& m = layer->mlp;
+      for (const auto& l : {m->gate_proj, m->up_proj, m->down_proj}) out.push_back(l);
     }
   }
   out.push_back(lm_head);
@@ -109,6 +116,10 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   ctx.backend = o.attention;
   ctx.cache = o.cache;
   ctx.fused = fused_kernels_allowed_by_environment() ? o.fused_kernels : FusedKernels::kOff;
+  if (o.attention_mask.defined()) ctx.token_mask = o.attention_mask.narrow(1, past, t).to(device);
+  std::vector<std::pair<int64_t, torch::Tensor>> router_logits;
+  if (o.return_router_logits) ctx.router_logits = &router_logits;
+  ctx.calibrate_all_experts = o.calibrate_all_experts;
   if (o.attention_mask.defined() || (past > 0 && t > 1)) {
     ctx.mask = build_mask(o.attention_mask, b, past, t, device);
   } else {
@@ -137,6 +148,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
     return out;
   }
   out.logits = lm_head(h);
+  for (auto& [layer, logits] : router_logits) out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
   return out;
 }
 

@@ -31,6 +31,8 @@ struct ForwardOptions {
   // QAD_FUSED_KERNELS=0 turns them off for the whole process.
   FusedKernels fused_kernels = FusedKernels::kAuto;
   bool skip_logits = false;       // no lm_head: ForwardOutput::final_hidden instead (the fused head losses take it)
+  bool return_router_logits = false;   // fill ForwardOutput::router_logits (MoE models)
+  bool calibrate_all_experts = false;  // MoE calibration: every expert also runs on every token (moe_block.h)
 };
 
 struct ForwardOutput {
@@ -39,6 +41,9 @@ struct ForwardOutput {
   // "layers.0" … "layers.{L-1}" (each decoder layer's output, the residual stream) and "norm" (after the
   // final RMSNorm): the tensors the model computed, not copies; [n, H] gathers when hidden_rows is given.
   std::vector<std::pair<std::string, torch::Tensor>> hidden;
+  // MoE models with return_router_logits: "layers.N" -> the router logits [B*T, num_experts] of each sparse
+  // layer, model dtype, differentiable (without grad under activation checkpointing).
+  std::vector<std::pair<std::string, torch::Tensor>> router_logits;
 };
 
 // The embedding table as a module so that its parameter is "model.embed_tokens.weight".
@@ -72,7 +77,8 @@ class CausalLMImpl : public torch::nn::Module {
   ForwardOutput forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
-  // Every Linear in execution order: per layer q, k, v, o, gate, up, down; then lm_head.
+  // Every Linear in execution order: per layer q, k, v, o, then gate, up, down (dense) or the router
+  // "mlp.gate" and each expert's gate, up, down (sparse); then lm_head.
   std::vector<Linear> linears() const;
   // HF tensor name -> parameter, exactly the tensors of an HF checkpoint of this model (lm_head.weight
   // is absent when tied). This one table serves loading and saving.

@@ -9,6 +9,7 @@
 #include "fused/rope.h"
 #include "fused/swiglu.h"
 #include "nvfp4/quantize.h"
+#include "model/moe_block.h"
 #include "util/error.h"
 #include "util/torch_compat.h"
 
@@ -195,13 +196,18 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   self_attn = register_module("self_attn", Attention(c, prefix + ".self_attn", layer));
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-  mlp = register_module("mlp", MLP(c, prefix + ".mlp"));
+  if (c.is_moe_layer(layer)) {
+    moe = register_module("mlp", std::make_shared<MoeBlockImpl>(c, prefix + ".mlp", layer));
+  } else {
+    mlp = register_module("mlp", MLP(c, prefix + ".mlp"));
+  }
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
   if (!use_fused_kernels(ctx, x)) {
     auto h = x + self_attn(input_layernorm(x), ctx);
-    return h + mlp(post_attention_layernorm(h));
+    auto normed = post_attention_layernorm(h);
+    return h + (moe ? moe->forward(normed, ctx) : mlp(normed));
   }
   // Each norm also applies the input quantizer its readers share, so they skip their own; the residual add
   // before the second norm is part of its kernel.
@@ -209,6 +215,12 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionC
   auto attn_q = shared_input_quant({attn.q_proj.get(), attn.k_proj.get(), attn.v_proj.get()}, x.device());
   auto normed = fused::rms_norm(x, input_layernorm->weight, input_layernorm->eps, output_quant(attn_q));
   auto attn_out = attn.forward(normed, ctx, attn_q.has_value());
+  if (moe) {
+    // Experts quantize their own inputs (each has its own input scale): the norm output stays unquantized.
+    auto [h, moe_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
+                                           output_quant(std::nullopt));
+    return h + moe->forward(moe_in, ctx);
+  }
   auto& m = *mlp;
   auto mlp_q = shared_input_quant({m.gate_proj.get(), m.up_proj.get()}, x.device());
   auto [h, mlp_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,

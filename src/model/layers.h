@@ -4,7 +4,10 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "model/config.h"
 #include "model/kv_cache.h"
@@ -40,6 +43,10 @@ struct AttentionContext {
   AttentionBackend backend = AttentionBackend::kAuto;
   KVCache* cache = nullptr;
   FusedKernels fused = FusedKernels::kOff;
+  // Read by MoE blocks (moe_block.h):
+  torch::Tensor token_mask;  // [B, T] for this call's tokens, 1 = real; undefined = all real
+  std::vector<std::pair<int64_t, torch::Tensor>>* router_logits = nullptr;  // (layer, [B*T, E]) appended
+  bool calibrate_all_experts = false;  // run every expert on every token (calibration only)
 };
 
 // Whether a layer runs its norms through the fused kernels (src/fused) for input x (see FusedKernels).
@@ -68,13 +75,16 @@ class MLPImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MLP);
 
+class MoeBlockImpl;  // moe_block.h
+
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& c, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
-  MLP mlp{nullptr};
+  MLP mlp{nullptr};                   // dense layers
+  std::shared_ptr<MoeBlockImpl> moe;  // sparse layers (config.is_moe_layer), registered as "mlp" instead
 };
 TORCH_MODULE(DecoderLayer);
 

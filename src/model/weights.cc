@@ -5,6 +5,7 @@
 
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
+#include "model/expert_layout.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/torch_format.h"
@@ -39,12 +40,16 @@ CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::Scalar
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : lm->hf_tensors()) {
     const auto* entry = ckpt.find(name);
-    if (entry == nullptr) {
+    torch::Tensor src;
+    if (entry != nullptr) {
+      used.insert(name);
+      src = io::to_tensor(*entry);
+    } else if (std::string stacked; (src = stacked_expert_weight(ckpt, name, &stacked)).defined()) {
+      used.insert(stacked);  // experts stored stacked (expert_layout.h)
+    } else {
       missing.push_back(name);
       continue;
     }
-    used.insert(name);
-    auto src = io::to_tensor(*entry);
     QAD_CHECK(src.sizes() == param.sizes(), "{}: tensor '{}' has shape {} but config.json implies {}", dir.string(),
               name, shape_str(src.sizes()), shape_str(param.sizes()));
     QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight", dir.string(), name,

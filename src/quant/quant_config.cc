@@ -81,6 +81,11 @@ QuantConfig quant_config_from_yaml(const YAML::Node& node) {
         QAD_CHECK(c.calib_samples > 0, "quant.calib_samples must be positive, got {}", c.calib_samples);
       } else if (key == "quantize_inputs") {
         c.quantize_inputs = v.as<bool>();
+      } else if (key == "moe_calibration") {
+        const auto m = v.as<std::string>();
+        QAD_CHECK(m == "all_experts" || m == "routed", "quant.moe_calibration: '{}' is not one of all_experts, routed",
+                  m);
+        c.moe_calibration = m == "routed" ? MoeCalibration::kRouted : MoeCalibration::kAllExperts;
       } else if (key == "overrides") {
         QAD_CHECK(v.IsSequence(), "quant.overrides: expected a list of {{pattern, quantize, quantize_inputs}}");
         for (const auto& o : v) {
@@ -101,8 +106,8 @@ QuantConfig quant_config_from_yaml(const YAML::Node& node) {
           c.overrides.push_back(std::move(mo));
         }
       } else {
-        fail("quant: unknown key '{}' (include, exclude, ste, method, calib_samples, quantize_inputs, overrides)",
-             key);
+        fail("quant: unknown key '{}' (include, exclude, ste, method, calib_samples, quantize_inputs, overrides, "
+             "moe_calibration)", key);
       }
     }
   } catch (const YAML::Exception& e) {

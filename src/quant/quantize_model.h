@@ -19,6 +19,14 @@ namespace qad::quant {
 
 enum class CalibMethod { kMax, kMse };
 
+// How calibration reaches the experts of MoE layers (docs/quant.md, "Mixture of experts").
+enum class MoeCalibration {
+  kAllExperts,  // ModelOpt's rule: during calibration every expert also runs on every token, so each expert's
+                // input amax comes from all calibration tokens (the default)
+  kRouted,      // experts see only the tokens routed to them; an expert that saw none gets, per projection,
+                // the max input amax of the same layer's other experts (reported)
+};
+
 // A per-module override: the last override whose glob matches a module name wins over include/exclude.
 struct ModuleOverride {
   std::string pattern;                   // fnmatch glob over the HF module name
@@ -34,6 +42,14 @@ struct QuantConfig {                       // which Linears, and how (docs/quant
   int64_t calib_samples = 512;
   bool quantize_inputs = true;             // activations fake-quantized with the calibrated static amax
   std::vector<ModuleOverride> overrides;   // per-module overrides, applied in order
+  MoeCalibration moe_calibration = MoeCalibration::kAllExperts;
+};
+
+// What calibration did with MoE experts: the expert projections that saw no calibration token (kRouted only)
+// and the amax each was given instead, "<module>: <amax> (max over N other experts)".
+struct CalibrationReport {
+  std::vector<std::string> experts_without_tokens;
+  std::vector<std::string> fallback_notes;
 };
 
 // Reads the `quant:` section of a run config (keys as the struct's fields; `method: max|mse`,
@@ -58,7 +74,9 @@ using BatchSource = std::function<void(const BatchSink&)>;
 // sets weight amax from the weights, then makes fused groups (q/k/v; gate/up) share input amax and weight global
 // scale (max over the group). Shows progress. After this the global amaxes are fixed (training keeps them fixed).
 // Rows beyond cfg.calib_samples are ignored. Padding positions (mask 0) do not count towards the input amax.
-void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg);
+// MoE experts: see MoeCalibration; `report` (optional) receives what was done for experts without tokens.
+void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg,
+               CalibrationReport* report = nullptr);
 
 // Quantizer state (all amaxes, names) for training checkpoints; load restores hooks+amaxes onto a model.
 // Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU).

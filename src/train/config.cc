@@ -19,12 +19,13 @@ template <typename F> void fields(LossConfig& c, F&& f) {
   f("top_k", c.kl_top_k); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
   f("cka_subsample_tokens", c.cka_subsample_tokens); f("cka_dynamic_balance", c.cka_dynamic_balance);
   f("cka_layers", c.cka_layers); f("cka_tf32", c.cka_tf32); f("log_ce", c.log_ce);
+  f("router_balance", c.router_balance_weight);
 }
 template <typename F> void fields(OptimConfig& c, F&& f) {
   f("lr", c.lr); f("min_lr_ratio", c.min_lr_ratio); f("schedule", c.schedule);
   f("warmup_fraction", c.warmup_fraction); f("warmup_steps", c.warmup_steps); f("weight_decay", c.weight_decay);
   f("beta1", c.beta1); f("beta2", c.beta2); f("eps", c.eps); f("grad_clip", c.grad_clip);
-  f("grad_accum", c.grad_accum);
+  f("grad_accum", c.grad_accum); f("freeze_routers", c.freeze_routers);
 }
 template <typename F> void fields(DataConfig& c, F&& f) {
   f("path", c.path); f("valid_path", c.valid_path); f("seq_len", c.seq_len); f("batch_size", c.batch_size);
@@ -198,6 +199,10 @@ void TrainConfig::validate() const {
   check(method != Method::kPretrain || (loss.kl_weight == 0 && loss.cka_weight == 0),
         "pretrain has no teacher: only loss.ce may be non-zero");
   check(loss.temperature > 0, "loss.temperature must be > 0");
+  check(loss.router_balance_weight >= 0, "loss.router_balance must be >= 0");
+  check(loss.router_balance_weight == 0 || !run.activation_checkpointing,
+        "loss.router_balance needs the router logits' gradient, which activation checkpointing drops: set "
+        "run.activation_checkpointing false or loss.router_balance 0");
   check(loss.kl_top_k >= 0 && loss.chunk_tokens > 0 && loss.cka_subsample_tokens >= 0,
         "loss.top_k, loss.cka_subsample_tokens must be >= 0 and loss.chunk_tokens > 0");
   check(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",

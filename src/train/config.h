@@ -31,6 +31,7 @@ struct LossConfig {
   bool log_ce = true;                    // compute CE (no gradient) for the log even when its weight is 0
   int fused_head = -1;                   // lm_head + KL/CE fused over token chunks (loss/fused_head_losses.h):
                                          // -1 where the model is on CUDA, 1 always (tests), 0 never; not a YAML key
+  double router_balance_weight = 0.0;    // MoE load-balancing loss (Switch / transformers' aux loss); 0 = off
 };
 
 struct OptimConfig {
@@ -43,6 +44,7 @@ struct OptimConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double grad_clip = 1.0;       // max global L2 norm; 0 = off
   int64_t grad_accum = 1;       // micro-batches per optimizer step
+  bool freeze_routers = false;  // MoE: keep the routers ("mlp.gate") at the teacher's weights
 };
 
 struct DataConfig {

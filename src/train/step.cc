@@ -12,6 +12,7 @@
 #include "loss/fused_head_losses.h"
 #include "loss/logit_losses.h"
 #include "train/distributed.h"
+#include "train/moe_training.h"
 #include "util/error.h"
 
 namespace qad::train {
@@ -100,6 +101,7 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
   }
   model::ForwardOptions so = fo;
   so.checkpoint_layers = activation_checkpointing;
+  so.return_router_logits = loss.router_balance_weight > 0;
   auto s_out = student->forward(batch.input_ids, so);
 
   DeviceParts p;
@@ -153,6 +155,11 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     v.cka_term = (1 - r.per_layer).mean();
     total = total + r.loss.to(acc);
   }
+  if (loss.router_balance_weight > 0) {
+    auto balance = router_balance_loss(student, s_out);
+    v.router_balance = f64(balance);
+    total = total + loss.router_balance_weight * balance.to(acc);
+  }
   v.loss = f64(total);
   p.total = total;
   return p;
@@ -171,11 +178,11 @@ LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tenso
   std::vector<torch::Tensor> parts;
   // One transfer: every defined value flattened into one FP64 vector on the device, then copied.
   torch::Device device = torch::kCPU;
-  for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.tokens, &v.cka}) {
+  for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.router_balance, &v.tokens, &v.cka}) {
     if (t->defined()) device = t->device();
   }
   auto flat = [&](const torch::Tensor& t) { return t.detach().to(device, torch::kFloat64).reshape({-1}); };
-  for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.tokens, &v.cka}) {
+  for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.router_balance, &v.tokens, &v.cka}) {
     if (t->defined()) parts.push_back(flat(*t));
   }
   for (const auto& t : extra) parts.push_back(flat(t));
@@ -188,6 +195,7 @@ LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tenso
   if (v.kl.defined()) out.kl = h[i++];
   if (v.ce.defined()) out.ce = h[i++];
   if (v.cka_term.defined()) out.cka_term = h[i++];
+  if (v.router_balance.defined()) out.router_balance = h[i++];
   if (v.tokens.defined()) out.tokens = static_cast<int64_t>(std::llround(h[i++]));
   if (v.cka.defined()) {
     for (int64_t l = 0; l < v.cka.numel(); ++l) {
@@ -251,6 +259,7 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
     acc.kl = add_weighted(acc.kl, pv.kl, w);
     acc.ce = add_weighted(acc.ce, pv.ce, w);
     acc.cka_term = add_weighted(acc.cka_term, pv.cka_term, w);
+    acc.router_balance = add_weighted(acc.router_balance, pv.router_balance, w);
     acc.cka = add_weighted(acc.cka, pv.cka, w);
     if (acc.cka_layers.empty()) acc.cka_layers = pv.cka_layers;
   }

@@ -24,6 +24,7 @@ struct LossValues {
   double loss = 0;                 // what was minimised
   std::optional<double> kl, ce;    // nats per token; unset where not computed
   std::optional<double> cka_term;  // mean over layers of (1 - CKA), before lambda
+  std::optional<double> router_balance;  // MoE load-balancing loss, before its weight (when on)
   std::vector<std::pair<std::string, double>> cka;  // per layer
   int64_t tokens = 0;              // loss tokens (mask != 0)
 };
@@ -36,7 +37,7 @@ struct LossParts {
 // LossValues while they are still on the device: FP64 0-dim tensors (undefined where not computed) and the
 // per-layer CKA [layers]. read_values brings them (and any `extra` 0-dim tensors) to the host in one transfer.
 struct DeviceLossValues {
-  torch::Tensor loss, kl, ce, cka_term, tokens, cka;
+  torch::Tensor loss, kl, ce, cka_term, router_balance, tokens, cka;
   std::vector<std::string> cka_layers;
 };
 LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tensor>& extra = {},

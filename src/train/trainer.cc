@@ -14,6 +14,7 @@
 #include "train/distributed.h"
 #include "train/memory.h"
 #include "train/metrics.h"
+#include "train/moe_training.h"
 #include "train/schedule.h"
 #include "train/step.h"
 #include "train/student.h"
@@ -54,6 +55,8 @@ nlohmann::json valid_record(int64_t step, const ValidResult& v) {
   if (v.agreement) j["agreement"] = *v.agreement;
   if (v.mean_cka) j["mean_cka"] = finite_or_null(*v.mean_cka);
   if (!v.cka.empty()) j["cka"] = layer_object(v.cka);
+  if (v.mean_router_agreement) j["router_agreement"] = *v.mean_router_agreement;
+  if (!v.router_agreement.empty()) j["router_agreement_layers"] = layer_object(v.router_agreement);
   return j;
 }
 
@@ -62,6 +65,7 @@ std::string valid_line(int64_t step, const ValidResult& v) {
   if (v.kl) s += fmt::format(" | kl {:.5g}", *v.kl);
   if (v.agreement) s += fmt::format(" | top-1 agreement {:.4f}", *v.agreement);
   if (v.mean_cka) s += fmt::format(" | mean CKA {:.5f}", *v.mean_cka);
+  if (v.mean_router_agreement) s += fmt::format(" | router top-k overlap {:.4f}", *v.mean_router_agreement);
   return s;
 }
 
@@ -148,8 +152,9 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   };
   Student student = build_student(cfg, device, dtype, calib, /*calibrate=*/!ckpt);
   student.lm->train();
-  std::unique_ptr<Optimizer> optimizer_ptr = dp ? dp->make_optimizer(student.lm->hf_tensors(), cfg.optim)
-                                                : std::make_unique<AdamW>(student.lm->hf_tensors(), cfg.optim);
+  const auto trainable = trainable_tensors(student.lm, cfg.optim.freeze_routers);
+  std::unique_ptr<Optimizer> optimizer_ptr = dp ? dp->make_optimizer(trainable, cfg.optim)
+                                                : std::make_unique<AdamW>(trainable, cfg.optim);
   Optimizer& optimizer = *optimizer_ptr;
   const auto schedule = Schedule::from_config(cfg.optim, cfg.run.steps);
 
@@ -226,6 +231,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     if (v.ce) rec["ce"] = finite_or_null(*v.ce);
     if (v.cka_term) rec["cka_loss"] = finite_or_null(*v.cka_term);
     if (!v.cka.empty()) rec["cka"] = layer_object(v.cka);
+    if (v.router_balance) rec["router_balance"] = finite_or_null(*v.router_balance);
     if (r.skipped) rec["skipped"] = true;
     metrics.write(rec);
     if (writer && (r.skipped || st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps)) {

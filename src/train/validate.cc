@@ -6,6 +6,7 @@
 #include "data/batch_tensors.h"
 #include "loss/cka_accumulator.h"
 #include "loss/logit_losses.h"
+#include "train/moe_training.h"
 #include "train/step.h"
 
 namespace qad::train {
@@ -24,11 +25,14 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
   ValidResult r;
   double kl_sum = 0, ce_sum = 0, agree_sum = 0;
   loss::CkaAccumulator cka(/*full=*/false);
+  RouterAgreement routers;
+  const bool moe = teacher != nullptr && is_moe(student) && is_moe(*teacher);
   const int64_t n = std::min<int64_t>(max_batches, loader.steps_per_epoch());
   for (int64_t i = 0; i < n; ++i) {
     auto b = data::to_tensors(loader.next(), device);
     model::ForwardOptions fo;
     fo.return_hidden = teacher != nullptr;
+    fo.return_router_logits = moe;
     if (!b.attention_mask.all().item<bool>()) fo.attention_mask = b.attention_mask;
     auto s = student->forward(b.input_ids, fo);
     const int64_t tokens = b.loss_mask.sum().item<int64_t>();
@@ -43,6 +47,7 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
       kl_sum += loss::kl_divergence(s.logits, t.logits, b.loss_mask, ko).item<double>() * tokens;
       auto same = (s.logits.argmax(-1) == t.logits.argmax(-1)).to(torch::kFloat32) * b.loss_mask;
       agree_sum += same.sum().item<double>();
+      if (moe) routers.add(s, t, student->config().moe->top_k, b.loss_mask > 0);
       for (const auto& name : layers) {
         const torch::Tensor *th = nullptr, *sh = nullptr;
         for (const auto& [k, v] : t.hidden) if (k == name) th = &v;
@@ -64,6 +69,8 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
         sum += l.minibatch_biased;
       }
       if (!r.cka.empty()) r.mean_cka = sum / static_cast<double>(r.cka.size());
+      r.router_agreement = routers.per_layer();
+      r.mean_router_agreement = routers.mean();
     }
   }
   if (was_training) student->train();

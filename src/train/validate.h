@@ -20,6 +20,9 @@ struct ValidResult {
   std::optional<double> agreement;  // fraction of loss tokens where both argmaxes agree
   std::optional<double> mean_cka;   // mean over layers
   std::vector<std::pair<std::string, double>> cka;
+  // MoE with a teacher: per MoE layer, the mean over loss tokens of |student top-k ∩ teacher top-k| / k.
+  std::optional<double> mean_router_agreement;
+  std::vector<std::pair<std::string, double>> router_agreement;
   int64_t tokens = 0, batches = 0;
 };
 
