@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/utf8.h"
+#include "util/message.h"
 
 namespace qad::data {
 namespace {
@@ -14,7 +15,7 @@ Record bad(BadLineReason reason, std::string detail) {
   Record r;
   r.kind = Record::Kind::bad;
   r.reason = reason;
-  r.detail = std::move(detail);
+  r.detail = clip_for_message(detail);  // parser messages quote the input: a 50 MB line stays one short line
   return r;
 }
 

@@ -7,6 +7,7 @@
 
 #include "data/line_reader.h"
 #include "util/error.h"
+#include "util/message.h"
 
 namespace qad::eval {
 namespace {
@@ -35,7 +36,7 @@ std::optional<std::string> parse_task_line(std::string_view line, const TaskFile
   try {
     j = json::parse(line);
   } catch (const json::parse_error& e) {
-    return fmt::format("invalid JSON: {}", e.what());
+    return fmt::format("invalid JSON: {}", clip_for_message(e.what()));
   }
   if (!j.is_object()) return std::string("not a JSON object");
 
