@@ -92,6 +92,10 @@ Record parse_jsonl_line(std::string_view line, const RecordFields& fields) {
       auto colon = what.find(": ", column == std::string::npos ? 0 : column);
       return bad(BadLineReason::invalid_json,
                  fmt::format("column {}: {}", e.byte, colon == std::string::npos ? what : what.substr(colon + 2)));
+    } catch (const nlohmann::json::exception& e) {  // e.g. out_of_range for a number like 1e309 (found by fuzzing)
+      std::string what = e.what();
+      const auto bracket = what.find("] ");
+      return bad(BadLineReason::invalid_json, bracket == std::string::npos ? what : what.substr(bracket + 2));
     }
     return bad(BadLineReason::invalid_json, "not valid JSON");
   }

@@ -221,9 +221,6 @@ RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& 
   using clock = std::chrono::steady_clock;
   const int64_t start_step = st.step;
   const auto loop_start = clock::now();
-  QAD_CHECK(!GracefulStop::requested() || st.step > 0, "stopped by {} before the first training step; nothing was "
-            "trained", GracefulStop::name(GracefulStop::requested()));
-  if (claim) claim->started();
   int stop_signal = 0;
   for (int64_t step = st.step; step < cfg.run.steps; ++step) {
     // A signal stops the run between steps (all ranks at the same step: the flag is reduced over them).
@@ -242,6 +239,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& 
     if (device.is_cuda()) torch::cuda::synchronize();
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     st.step = step + 1;
+    if (claim) claim->started();  // a step ran: from now on a failure keeps the run directory
     st.elapsed_s += dt;
     const int64_t step_tokens = r.values.tokens;  // over all ranks (reduced in train_step)
     if (!r.skipped) st.tokens += step_tokens;
@@ -304,11 +302,15 @@ RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& 
   summary.tokens = st.tokens;
   summary.train_seconds = st.elapsed_s;
   if (stop_signal != 0) {  // stopped early: a checkpoint to resume from, no final validation or export
+    QAD_CHECK(st.step > 0, "stopped by {} before the first training step; nothing was trained",
+              GracefulStop::name(stop_signal));
+    if (claim) claim->started();
     if (last_ckpt_step != st.step) checkpoint();
     summary.stopped_by_signal = stop_signal;
     summary.checkpoint = latest_checkpoint(run_dir).value_or(fs::path());
     return summary;
   }
+  if (claim) claim->started();
   if (last_valid_step != st.step) last_valid = run_validation(st.step);
   summary.final_valid = last_valid;
   if (st.step > 0 && last_ckpt_step != st.step && cfg.run.checkpoint_every >= 0) checkpoint();

@@ -3,6 +3,7 @@
 // find and remove the ones whose process is gone.
 #pragma once
 #include <filesystem>
+#include <string>
 #include <vector>
 
 namespace qad {

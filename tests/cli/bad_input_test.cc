@@ -192,6 +192,19 @@ TEST_F(BadInputTest, GenerateFromIdsNeedsNoTokenizerAndWarnsBeyondTheContext) {
       << o.log.substr(0, 3000);
 }
 
+TEST_F(BadInputTest, TooLittleDataNamesSettingsThatExist) {
+  const auto o = qad(distill(root_ / "too_little", {"--batch-size", "100000"}));
+  EXPECT_TRUE(is_user_error(o, {"fewer than one", "smaller batch size"}));
+  EXPECT_EQ(o.log.find("drop_last"), std::string::npos) << "a setting qad distill does not have: " << o.log;
+}
+
+TEST_F(BadInputTest, DistillWarnsBeyondTheTeachersContext) {
+  const auto o = qad(distill(root_ / "long_context", {"--method", "ptq", "--steps", "0", "--seq-len", "600"}));
+  ASSERT_TRUE(o.exited(0)) << o.describe();
+  EXPECT_NE(o.log.find("--seq-len (600 positions) is longer than " + stories260k().string() +
+                       "'s max_position_embeddings (512)"), std::string::npos) << o.log;
+}
+
 TEST_F(BadInputTest, DistillRefusesAForeignDirectoryAndAFailedStartLeavesNothing) {
   const auto foreign = root_ / "foreign";
   fs::create_directories(foreign);

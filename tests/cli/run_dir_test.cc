@@ -37,8 +37,9 @@ class RunDirTest : public ::testing::Test {
     std::map<int64_t, double> out;
     std::istringstream in(slurp(run / "metrics.jsonl"));
     for (std::string line; std::getline(in, line);) {
-      auto j = nlohmann::json::parse(line);
-      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+      auto j = nlohmann::json::parse(line, nullptr, false);  // the last line may be half-written while a run goes
+      if (j.is_discarded() || !j.is_object() || j.value("type", "") != "train") continue;
+      out[j["step"].get<int64_t>()] = j["loss"].is_number() ? j["loss"].get<double>() : NAN;
     }
     return out;
   }

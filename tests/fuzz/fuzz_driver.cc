@@ -152,7 +152,7 @@ std::string mutate(const std::vector<std::string>& seeds, std::mt19937_64& rng) 
   auto j = nlohmann::json::parse(s, nullptr, false);
   if (!j.is_discarded() && rng() % 4 != 0) {
     for (uint64_t i = 0, n = 1 + rng() % 3; i < n; ++i) mutate_json(j, rng);
-    s = j.dump();
+    s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     if (rng() % 4 == 0) mutate_bytes(s, rng);
     return s;
   }
