@@ -9,6 +9,7 @@
 #include "data/document_encoder.h"
 #include "data/prepare.h"
 #include "util/error.h"
+#include "util/output_check.h"
 
 namespace qad::cli {
 namespace {
@@ -38,6 +39,7 @@ void run_prepare(const PrepareArgs& a) {
   o.split_seed = a.split_seed;
   o.threads = a.threads;
   o.shard_tokens = a.shard_tokens;
+  check_output_writable(a.output, "--output");
   auto encoder = data::make_tokenizer_encoder(a.tokenizer);
   std::vector<std::filesystem::path> inputs(a.inputs.begin(), a.inputs.end());
   auto summary = data::prepare_dataset(inputs, *encoder, o);

@@ -2,7 +2,9 @@
 // configuration is the method's defaults, then --config recipe.yaml, then the flags below, then --set.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <utility>
@@ -15,6 +17,7 @@
 #include "train/distributed.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/signals.h"
 
 namespace qad::cli {
 namespace {
@@ -71,6 +74,17 @@ const std::vector<std::array<const char*, 3>> kBoolFlags = {
     {"--cka-dynamic-balance", "loss.cka_dynamic_balance", "scale the CKA term to the KL's magnitude"},
 };
 
+// One argument as a POSIX shell reads it back (for the resume command line printed after a stop).
+std::string shell_quote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
+                        std::string::npos) {
+    return s;
+  }
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 train::TrainConfig assemble(const DistillArgs& a) {
   nlohmann::json recipe = nlohmann::json::object();
   if (!a.recipe.empty()) recipe = train::load_recipe(a.recipe);
@@ -112,6 +126,8 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--debug-nan-at-steps", *nan_steps)->group("");  // test hooks, hidden from --help
   cmd->add_option("--debug-kill-at-step", *kill_step)->group("");
   cmd->add_option("--debug-kill-rank", a->kill_rank)->group("");
+  auto signal_steps = std::make_shared<std::string>();
+  cmd->add_option("--debug-signal-at-steps", *signal_steps)->group("");
   cmd->add_option("--nproc-per-node", a->nproc_per_node, "start N data-parallel ranks on this machine (one per GPU; "
                   "Gloo on CPU); without it the ranks come from RANK/WORLD_SIZE/... or SLURM (docs/dist.md)");
   cmd->add_option("--dist-timeout", a->dist_timeout, "seconds a rank waits for the others (rendezvous, collectives) "
@@ -129,11 +145,17 @@ void register_distill(CLI::App& app) {
     if (!nan_steps->empty()) a->values.emplace_back("debug.nan_at_steps", "[" + *nan_steps + "]");
     if (!kill_step->empty()) a->values.emplace_back("debug.kill_at_step", *kill_step);
     if (!a->kill_rank.empty()) a->values.emplace_back("debug.kill_rank", a->kill_rank);
+    if (!signal_steps->empty()) a->values.emplace_back("debug.signal_at_steps", "[" + *signal_steps + "]");
     auto cfg = assemble(*a);
     if (a->print_only) {
       fmt::print("{}", train::describe(cfg));
       return;
     }
+    QAD_CHECK(std::isfinite(a->dist_timeout) && a->dist_timeout > 0, "--dist-timeout {}: must be a positive number of "
+              "seconds", a->dist_timeout);
+    QAD_CHECK(std::isfinite(a->bucket_mb) && a->bucket_mb > 0, "--bucket-mb {}: must be a positive number",
+              a->bucket_mb);
+    cfg.validate();  // before anything runs, and before the launcher starts ranks that would each refuse it
     const auto env = dist::parse_launch_env(dist::process_env());
     if (a->nproc_per_node > 0 && env.source == "none") {
       // The launcher: the same command line for every rank, without --nproc-per-node.
@@ -152,8 +174,6 @@ void register_distill(CLI::App& app) {
       dist::launch_local(l);
       return;
     }
-    QAD_CHECK(a->dist_timeout > 0, "--dist-timeout {}: must be positive", a->dist_timeout);
-    QAD_CHECK(a->bucket_mb > 0, "--bucket-mb {}: must be positive", a->bucket_mb);
     cfg.dist.rank = env.rank;
     cfg.dist.world_size = env.world_size;
     cfg.dist.local_rank = env.local_rank;
@@ -162,7 +182,19 @@ void register_distill(CLI::App& app) {
     cfg.dist.timeout_s = a->dist_timeout;
     cfg.dist.zero = a->zero != 0;
     cfg.dist.bucket_mb = a->bucket_mb;
-    auto summary = train::run_training(cfg, a->resume);
+    std::string command;
+    for (const auto& arg : launch_argv()) command += (command.empty() ? "" : " ") + shell_quote(arg);
+    auto summary = train::run_training(cfg, a->resume, command);
+    if (summary.stopped_by_signal != 0) {
+      if (train::is_writer(cfg.dist)) {
+        const bool has_resume = std::find(launch_argv().begin(), launch_argv().end(), "--resume") != launch_argv().end();
+        fmt::print(stderr, "qad: stopped by {} after step {} of {}; checkpoint {}\nqad: to continue, run the same "
+                   "command with --resume:\n  {}{}\n", GracefulStop::name(summary.stopped_by_signal), summary.steps,
+                   cfg.run.steps, summary.checkpoint.empty() ? std::string("(none)") : summary.checkpoint.string(),
+                   command, has_resume ? "" : " --resume");
+      }
+      throw CLI::RuntimeError(128 + summary.stopped_by_signal);  // the shell's convention for "ended by signal N"
+    }
     if (train::is_writer(cfg.dist)) {
       fmt::print("done: {} steps, {} tokens in {:.1f} s; run directory {}\n", summary.steps, summary.tokens,
                  summary.train_seconds, summary.run_dir.string());

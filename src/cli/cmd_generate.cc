@@ -3,12 +3,16 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "cli/text_codec.h"
 #include "model/causal_lm.h"
+#include "model/context_length.h"
 #include "model/generate.h"
 #include "quant/quantize_model.h"
 #include "util/error.h"
@@ -50,6 +54,11 @@ std::vector<int64_t> parse_ids(const std::string& text, const std::string& optio
 }
 
 int run(const GenerateArgs& a) {
+  // Numbers first, before minutes of loading (nan and inf pass the parser).
+  QAD_CHECK(std::isfinite(a.temperature) && a.temperature > 0, "--temperature {}: must be a finite number > 0 (use "
+            "--greedy for argmax decoding)", a.temperature);
+  QAD_CHECK(std::isfinite(a.top_p) && a.top_p > 0 && a.top_p <= 1, "--top-p {}: must be in (0, 1]", a.top_p);
+  QAD_CHECK(a.top_k >= 0, "--top-k {}: must be >= 0 (0 = all tokens)", a.top_k);
   torch::Device device(torch::kCPU);
   if (a.device == "cuda" || (a.device == "auto" && compat::cuda_available())) {
     QAD_CHECK(compat::cuda_available(), "--device cuda: no CUDA device is visible");
@@ -82,12 +91,17 @@ int run(const GenerateArgs& a) {
   } else if (a.stop_ids != "none") {
     o.stop_ids = parse_ids(a.stop_ids, "--stop-ids");
   }
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  model::warn_beyond_context(lm->config(), static_cast<int64_t>(longest) + a.max_new_tokens,
+                             "the longest prompt plus --max-new-tokens", a.model);
   auto r = model::generate(lm, prompts, o);
+  const bool has_tokenizer = std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json");
 
   nlohmann::json out = {{"model", a.model}, {"device", device.str()}, {"greedy", a.greedy}, {"outputs", nlohmann::json::array()}};
   for (size_t i = 0; i < prompts.size(); ++i) {
     nlohmann::json row = {{"prompt_ids", prompts[i]}, {"new_ids", r.new_ids[i]}, {"stopped", r.stopped[i]}};
-    if (codec.decode) {
+    if (codec.decode && has_tokenizer) {  // --prompt-ids needs no tokenizer: ids are printed either way
       auto all = prompts[i];
       all.insert(all.end(), r.new_ids[i].begin(), r.new_ids[i].end());
       row["text"] = codec.decode(a.model, all);

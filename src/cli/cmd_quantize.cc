@@ -15,6 +15,7 @@
 #include "model/causal_lm.h"
 #include "quant/quantize_model.h"
 #include "util/error.h"
+#include "util/output_check.h"
 #include "util/torch_compat.h"
 
 namespace qad::cli {
@@ -116,6 +117,7 @@ int run(const QuantizeArgs& a) {
     QAD_CHECK(a.device == "cpu" || a.device == "auto", "--device must be cpu, cuda or auto, got '{}'", a.device);
   }
   QAD_CHECK(fs::exists(a.calib_data), "--calib-data {}: no such file or directory", a.calib_data);
+  check_output_writable(a.out, "--out");  // before an hour of calibration, not after
   QAD_CHECK(!quant::is_nvfp4_checkpoint(a.model), "--model {} is already an NVFP4 checkpoint", a.model);
 
   quant::QuantConfig cfg;

@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "tokenizer/tokenize_jsonl.h"
+#include "util/output_check.h"
 
 namespace qad::cli {
 namespace {
@@ -18,6 +20,7 @@ struct TokenizeOptions {
 
 void run(const TokenizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
+  check_output_writable(std::filesystem::path(o.output).parent_path(), "--output");
   const auto tok = tokenizer::Tokenizer::load(o.tokenizer);
   const auto stats = tokenizer::tokenize_jsonl(tok, o.input, o.output, o.add_special_tokens, o.threads);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

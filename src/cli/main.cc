@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <string>
 
 #include "cli/commands.h"
 #include "qad/version.h"
@@ -21,6 +23,12 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const qad::Error& e) {
     std::fprintf(stderr, "qad: error: %s\n", e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the user gave cannot be created, written or read (read-only disk, permissions, disk full).
+    const std::string where = e.path1().empty() ? std::string("a file") : e.path1().string();
+    std::fprintf(stderr, "qad: error: %s: %s; check that the path is right, writable and its disk has space\n",
+                 where.c_str(), e.code().message().c_str());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qad: internal error: %s\n", e.what());

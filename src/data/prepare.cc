@@ -410,6 +410,15 @@ PrepareSummary prepare_dataset(const std::vector<fs::path>& inputs, const Docume
       for (const auto& [reason, n] : in.skipped) summary.skipped_by_reason[reason] += n;
     }
     summary.shards = static_cast<int64_t>(shards.size());
+    // A dataset without documents is no dataset: every later step would fail on it, less clearly.
+    if (summary.documents == 0) {
+      std::string reasons;
+      for (const auto& [reason, n] : summary.skipped_by_reason) reasons += fmt::format(", {} {}", n, reason);
+      fail("{}: no documents: {} line(s) read, {} blank, {} skipped{}; nothing was written. Check the input (JSON "
+           "Lines with a \"{}\" or \"{}\" field, or .txt)", inputs.size() == 1 ? inputs[0].string() : "the inputs",
+           summary.lines, summary.blank_lines, summary.skipped_lines, reasons, options.fields.text_field,
+           options.fields.messages_field);
+    }
 
     std::string skipped_text;
     for (const auto& b : bad_lines) {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -68,6 +69,15 @@ std::vector<int64_t> parse_id_list(const std::string& text) {
   return ids;
 }
 
+// A model argument that names no directory fails first, before the tokenizer search would report it as
+// "no tokenizer.json".
+void check_model_dir(const std::string& spec_text, const char* flag) {
+  const auto spec = parse_model_spec(spec_text);
+  std::error_code ec;
+  QAD_CHECK(fs::is_directory(spec.dir, ec), "{} {}: no such directory; give an HF checkpoint directory (config.json "
+            "and safetensors), an NVFP4 export, or a qad run directory", flag, spec.dir.string());
+}
+
 json tally_json(const Tally& t) { return {{"n", t.n}, {"correct", t.correct}, {"accuracy", t.accuracy()}}; }
 
 json data_json(const TokenStream& s, const std::vector<fs::path>& paths, const LmMetrics& m, int64_t seq_len) {
@@ -126,6 +136,8 @@ torch::ScalarType resolve_dtype(const std::string& name, torch::Device device) {
 
 json run_eval(const EvalCommandOptions& o) {
   QAD_CHECK(!o.data.empty() || !o.tasks.empty(), "qad eval: give --data (perplexity) and/or --tasks");
+  check_model_dir(o.model, "--model");
+  if (!o.teacher.empty()) check_model_dir(o.teacher, "--teacher");
   const auto start = std::chrono::steady_clock::now();
   const auto device = resolve_device(o.device);
   const auto dtype = resolve_dtype(o.dtype, device);
@@ -163,6 +175,13 @@ json run_eval(const EvalCommandOptions& o) {
     lo.batch_size = o.batch_size;
     lo.progress = o.progress;
     auto m = evaluate_lm(lm, teacher ? &*teacher : nullptr, stream, lo);
+    // NaN propagates into every mean (and makes argmax agree on nothing): a wrong figure must not look like one.
+    QAD_CHECK(std::isfinite(m.nll), "model {}: its log-likelihood on the data is not finite (nll = {}); its logits "
+              "hold NaN or Inf (activations overflow in {}: try --dtype float32)", spec.label, m.nll,
+              model::dtype_config_name(dtype));
+    QAD_CHECK(!m.teacher_nll || (std::isfinite(*m.teacher_nll) && m.kl && std::isfinite(*m.kl)), "teacher {}: its "
+              "log-likelihood or the KL is not finite; its logits hold NaN or Inf (activations overflow in {}: try "
+              "--dtype float32)", teacher_spec ? teacher_spec->label : "", model::dtype_config_name(dtype));
     out["data"] = data_json(stream, o.data, m, o.seq_len);
     out["data"]["bos"] = o.bos;
     out["data"]["doc_end"] = o.doc_end;
@@ -250,6 +269,8 @@ CkaEvalResult run_cka(const CkaCommandOptions& o, std::ostream& out) {
   QAD_CHECK(!o.teacher.empty(), "qad cka: give --teacher DIR");
   QAD_CHECK(!o.models.empty(), "qad cka: give at least one --model DIR");
   QAD_CHECK(!o.data.empty(), "qad cka: give --data");
+  check_model_dir(o.teacher, "--teacher");
+  for (const auto& m : o.models) check_model_dir(m, "--model");
   const auto format = report::parse_cka_format(o.format);
   report::CkaVariant variant = report::CkaVariant::kBiased;
   if (o.plot_variant == "debiased") variant = report::CkaVariant::kDebiased;

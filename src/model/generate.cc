@@ -4,12 +4,16 @@
 #include <algorithm>
 #include <limits>
 
+#include "model/finite_check.h"
 #include "util/error.h"
 
 namespace qad::model {
 
 torch::Tensor select_next_tokens(const torch::Tensor& logits, const GenerateOptions& o, torch::Generator& gen) {
   auto l = logits.to(torch::kCPU, torch::kFloat32);
+  // NaN logits would make argmax return token 0 forever and multinomial throw: stop with the cause instead.
+  QAD_CHECK(all_finite(l), "generate: the model's logits hold NaN or Inf values; its weights or activations overflow "
+            "(in {}); check the checkpoint with qad eval", c10::toString(logits.scalar_type()));
   if (o.greedy) return l.argmax(-1);
   QAD_CHECK(o.temperature > 0, "temperature must be > 0 for sampling (use greedy instead of 0), got {}", o.temperature);
   QAD_CHECK(o.top_p > 0 && o.top_p <= 1, "top_p must be in (0, 1], got {}", o.top_p);

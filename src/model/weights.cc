@@ -6,6 +6,7 @@
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
 #include "model/expert_layout.h"
+#include "model/finite_check.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/torch_format.h"
@@ -56,6 +57,9 @@ CausalLM CausalLM::load(const fs::path& dir, torch::Device device, torch::Scalar
               c10::toString(src.scalar_type()));
     // Zero-copy when the file already has the wanted dtype on CPU (the view keeps the mapping alive).
     param.set_data(src.to(device, dtype));
+    QAD_CHECK(all_finite(param), "{}: tensor '{}' holds NaN or Inf values (as {}); the checkpoint is damaged or was "
+              "saved from a diverged run: use an earlier checkpoint or re-export it", dir.string(), name,
+              dtype_config_name(dtype));
   }
   if (!missing.empty()) {
     std::string list;

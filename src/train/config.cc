@@ -6,7 +6,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+#include <limits>
 #include <set>
+#include <type_traits>
 
 #include "util/error.h"
 
@@ -43,6 +45,7 @@ template <typename F> void fields(RunConfig& c, F&& f) {
 }
 template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
+  f("signal_at_steps", c.signal_at_steps);
 }
 
 template <typename S> nlohmann::json section_to_json(const S& s) {
@@ -95,7 +98,13 @@ template <typename S> void section_merge(S& s, const nlohmann::json& j, const st
         QAD_CHECK(it->is_number_integer() || (it->is_number_float() && std::floor(it->template get<double>()) ==
                                                                              it->template get<double>()),
                   "not an integer");
-        v = static_cast<T>(it->template get<double>());
+        const double d = it->template get<double>();
+        QAD_CHECK(std::is_signed_v<T> || d >= 0, "must be >= 0");
+        // Beyond the type's range the conversion is undefined; 2^63 itself is not representable.
+        QAD_CHECK(std::isfinite(d) && d >= static_cast<double>(std::numeric_limits<T>::min()) &&
+                      d < static_cast<double>(std::numeric_limits<T>::max()),
+                  "out of range");
+        v = static_cast<T>(d);
         if (it->is_number_integer()) v = it->template get<T>();
       }
     } catch (const std::exception& e) {
@@ -191,43 +200,75 @@ void TrainConfig::merge_json(const nlohmann::json& j, const std::string& label) 
   }
 }
 
+namespace {
+
+// One rule per setting: the message names the setting, its value and the allowed range, and nothing else.
+struct Checker {
+  template <typename T> void range(const char* name, T v, T lo, T hi, const char* rule) const {
+    if constexpr (std::is_floating_point_v<T>) {
+      QAD_CHECK(std::isfinite(v), "configuration: {} = {} is not a finite number; {}", name, v, rule);
+    }
+    QAD_CHECK(v >= lo && v <= hi, "configuration: {} = {}: {}", name, v, rule);
+  }
+  void that(bool ok, const std::string& what) const { QAD_CHECK(ok, "configuration: {}", what); }
+};
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
+
+}  // namespace
+
 void TrainConfig::validate() const {
-  auto check = [](bool ok, const std::string& what) { QAD_CHECK(ok, "configuration: {}", what); };
-  check(loss.kl_weight >= 0 && loss.ce_weight >= 0 && loss.cka_weight >= 0, "loss weights must be >= 0");
-  check(method == Method::kPtq || loss.kl_weight + loss.ce_weight > 0 || loss.cka_weight > 0,
-        "every loss weight is 0: set loss.kl, loss.ce or loss.cka");
-  check(method != Method::kPretrain || (loss.kl_weight == 0 && loss.cka_weight == 0),
-        "pretrain has no teacher: only loss.ce may be non-zero");
-  check(loss.temperature > 0, "loss.temperature must be > 0");
-  check(loss.router_balance_weight >= 0, "loss.router_balance must be >= 0");
-  check(loss.router_balance_weight == 0 || !run.activation_checkpointing,
-        "loss.router_balance needs the router logits' gradient, which activation checkpointing drops: set "
-        "run.activation_checkpointing false or loss.router_balance 0");
-  check(loss.kl_top_k >= 0 && loss.chunk_tokens > 0 && loss.cka_subsample_tokens >= 0,
-        "loss.top_k, loss.cka_subsample_tokens must be >= 0 and loss.chunk_tokens > 0");
-  check(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",
-        "loss.cka_estimator must be biased or debiased, got '" + loss.cka_estimator + "'");
-  check(optim.lr >= 0 && optim.min_lr_ratio >= 0 && optim.min_lr_ratio <= 1, "optim.lr >= 0, optim.min_lr_ratio in [0, 1]");
-  check(optim.schedule == "cosine" || optim.schedule == "linear" || optim.schedule == "constant",
-        "optim.schedule must be cosine, linear or constant, got '" + optim.schedule + "'");
-  check(optim.warmup_fraction >= 0 && optim.warmup_fraction <= 1, "optim.warmup_fraction must be in [0, 1]");
-  check(optim.grad_accum >= 1, "optim.grad_accum must be >= 1");
-  check(optim.grad_clip >= 0 && optim.weight_decay >= 0, "optim.grad_clip and optim.weight_decay must be >= 0");
-  check(optim.beta1 >= 0 && optim.beta1 < 1 && optim.beta2 >= 0 && optim.beta2 < 1 && optim.eps > 0,
-        "optim.beta1/beta2 in [0, 1), optim.eps > 0");
-  check(data.seq_len >= 2 && data.batch_size >= 1, "data.seq_len >= 2 and data.batch_size >= 1");
-  check(data.mode == "pack" || data.mode == "pad", "data.mode must be pack or pad");
-  check(data.valid_fraction >= 0 && data.valid_fraction < 1, "data.valid_fraction must be in [0, 1)");
-  check(!run.teacher.empty(), "no teacher: pass --teacher DIR (run.teacher)");
-  check(!run.out.empty(), "no run directory: pass --out DIR (run.out)");
-  check(method == Method::kPtq || !data.path.empty(), "no data: pass --data PATH (data.path)");
-  check(run.steps >= 0 && run.log_every >= 1 && run.valid_every >= 0 && run.valid_batches >= 0 &&
-            run.checkpoint_every >= -1 && run.keep_checkpoints >= 1 && run.max_bad_steps >= 1,
-        "run.steps >= 0, run.log_every >= 1, run.valid_every/valid_batches >= 0, run.checkpoint_every >= -1, "
-        "run.keep_checkpoints >= 1, run.max_bad_steps >= 1");
-  check(method != Method::kPtq || run.steps == 0, "ptq trains nothing: run.steps must be 0");
-  check(quant.calib_batches >= 1, "quant.calib_batches must be >= 1");
-  check(dist.world_size >= 1 && dist.rank >= 0 && dist.rank < dist.world_size, "rank must be in [0, world_size)");
+  const Checker c;
+  c.range("loss.kl", loss.kl_weight, 0.0, kInf, "must be >= 0");
+  c.range("loss.ce", loss.ce_weight, 0.0, kInf, "must be >= 0");
+  c.range("loss.cka", loss.cka_weight, 0.0, kInf, "must be >= 0");
+  c.that(method == Method::kPtq || loss.kl_weight + loss.ce_weight > 0 || loss.cka_weight > 0,
+         "every loss weight is 0: set loss.kl, loss.ce or loss.cka");
+  c.that(method != Method::kPretrain || (loss.kl_weight == 0 && loss.cka_weight == 0),
+         "pretrain has no teacher: only loss.ce may be non-zero");
+  c.range("loss.temperature", loss.temperature, std::numeric_limits<double>::min(), kInf, "must be > 0");
+  c.range("loss.router_balance", loss.router_balance_weight, 0.0, kInf, "must be >= 0 (0 = off)");
+  c.that(loss.router_balance_weight == 0 || !run.activation_checkpointing,
+         "loss.router_balance needs the router logits' gradient, which activation checkpointing drops: set "
+         "run.activation_checkpointing false or loss.router_balance 0");
+  c.range<int64_t>("loss.top_k", loss.kl_top_k, 0, kMaxInt, "must be >= 0 (0 = full vocabulary)");
+  c.range<int64_t>("loss.chunk_tokens", loss.chunk_tokens, 1, kMaxInt, "must be >= 1");
+  c.range<int64_t>("loss.cka_subsample_tokens", loss.cka_subsample_tokens, 0, kMaxInt, "must be >= 0 (0 = all)");
+  c.that(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",
+         "loss.cka_estimator must be biased or debiased, got '" + loss.cka_estimator + "'");
+  c.range("optim.lr", optim.lr, 0.0, kInf, "must be >= 0");
+  c.range("optim.min_lr_ratio", optim.min_lr_ratio, 0.0, 1.0, "must be in [0, 1]");
+  c.that(optim.schedule == "cosine" || optim.schedule == "linear" || optim.schedule == "constant",
+         "optim.schedule must be cosine, linear or constant, got '" + optim.schedule + "'");
+  c.range("optim.warmup_fraction", optim.warmup_fraction, 0.0, 1.0, "must be in [0, 1]");
+  c.range<int64_t>("optim.warmup_steps", optim.warmup_steps, -1, kMaxInt, "must be >= 0 (-1 = use warmup_fraction)");
+  c.range<int64_t>("optim.grad_accum", optim.grad_accum, 1, kMaxInt, "must be >= 1");
+  c.range("optim.grad_clip", optim.grad_clip, 0.0, kInf, "must be >= 0 (0 = off)");
+  c.range("optim.weight_decay", optim.weight_decay, 0.0, kInf, "must be >= 0");
+  c.range("optim.beta1", optim.beta1, 0.0, std::nextafter(1.0, 0.0), "must be in [0, 1)");
+  c.range("optim.beta2", optim.beta2, 0.0, std::nextafter(1.0, 0.0), "must be in [0, 1)");
+  c.range("optim.eps", optim.eps, std::numeric_limits<double>::min(), kInf, "must be > 0");
+  c.range<int64_t>("data.seq_len", data.seq_len, 2, kMaxInt, "must be >= 2");
+  c.range<int64_t>("data.batch_size", data.batch_size, 1, kMaxInt, "must be >= 1");
+  c.that(data.mode == "pack" || data.mode == "pad", "data.mode must be pack or pad, got '" + data.mode + "'");
+  c.range("data.valid_fraction", data.valid_fraction, 0.0, std::nextafter(1.0, 0.0), "must be in [0, 1)");
+  c.that(!run.teacher.empty(), "no teacher: pass --teacher DIR (run.teacher)");
+  c.that(!run.out.empty(), "no run directory: pass --out DIR (run.out)");
+  c.that(method == Method::kPtq || !data.path.empty(), "no data: pass --data PATH (data.path)");
+  c.range<int64_t>("run.steps", run.steps, 0, kMaxInt, "must be >= 0");
+  c.range<int64_t>("run.log_every", run.log_every, 1, kMaxInt, "must be >= 1");
+  c.range<int64_t>("run.valid_every", run.valid_every, 0, kMaxInt, "must be >= 0 (0 = at the start and the end only)");
+  c.range<int64_t>("run.valid_batches", run.valid_batches, 0, kMaxInt, "must be >= 0");
+  c.range<int64_t>("run.checkpoint_every", run.checkpoint_every, -1, kMaxInt,
+                   "must be >= -1 (0 = final only, -1 = none)");
+  c.range<int64_t>("run.keep_checkpoints", run.keep_checkpoints, 1, kMaxInt, "must be >= 1");
+  c.range<int64_t>("run.max_bad_steps", run.max_bad_steps, 1, kMaxInt, "must be >= 1");
+  c.that(method != Method::kPtq || run.steps == 0, "ptq trains nothing: run.steps must be 0");
+  c.range<int64_t>("quant.calib_batches", quant.calib_batches, 1, kMaxInt, "must be >= 1");
+  c.that(dist.world_size >= 1 && dist.rank >= 0 && dist.rank < dist.world_size, "rank must be in [0, world_size)");
+  c.range("--dist-timeout", dist.timeout_s, std::numeric_limits<double>::min(), kInf, "must be > 0 seconds");
+  c.range("--bucket-mb", dist.bucket_mb, std::numeric_limits<double>::min(), kInf, "must be > 0");
 }
 
 TrainConfig defaults_for(Method m) {

@@ -86,6 +86,7 @@ struct DebugConfig {
   std::vector<int64_t> nan_at_steps;  // multiply the loss by NaN at these optimizer steps
   int64_t kill_at_step = -1;          // raise SIGKILL right after this step's update (before its checkpoint)
   int kill_rank = -1;                 // only this rank raises it (-1: every rank)
+  std::vector<int64_t> signal_at_steps;  // raise SIGTERM right after these steps (a step listed twice: twice)
 };
 
 struct DistConfig {  // set by the launcher and --dist-* flags, not by recipes (docs/dist.md)

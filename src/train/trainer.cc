@@ -9,17 +9,22 @@
 #include <cmath>
 
 #include "data/batch_tensors.h"
+#include "model/context_length.h"
+#include "model/finite_check.h"
 #include "train/checkpoint.h"
 #include "train/data_source.h"
 #include "train/distributed.h"
 #include "train/memory.h"
 #include "train/metrics.h"
 #include "train/moe_training.h"
+#include "train/run_directory.h"
+#include "train/run_paths.h"
 #include "train/schedule.h"
 #include "train/step.h"
 #include "train/student.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/signals.h"
 #include "util/torch_compat.h"
 
 namespace qad::train {
@@ -73,12 +78,19 @@ std::string valid_line(int64_t step, const ValidResult& v) {
 
 torch::Device resolve_device(const std::string& name) {
   if (name == "auto") return compat::cuda_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-  torch::Device d(name);
+  std::optional<torch::Device> parsed;
+  try {
+    parsed.emplace(name);
+  } catch (const std::exception&) {  // c10::Error with a LibTorch trace: a user mistake, not an internal error
+  }
+  QAD_CHECK(parsed && (parsed->is_cpu() || parsed->is_cuda()), "--device {}: not a device qad runs on; use auto, cpu, "
+            "cuda or cuda:N", name);
+  const torch::Device d = *parsed;
   QAD_CHECK(!d.is_cuda() || compat::cuda_available(), "--device {}: no CUDA device is available", name);
   return d;
 }
 
-RunSummary run_training(const TrainConfig& cfg, bool resume) {
+RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& command) {
   cfg.validate();
   const fs::path run_dir(cfg.run.out);
   const bool writer = is_writer(cfg.dist);
@@ -93,6 +105,10 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   if (device.is_cuda()) compat::set_tf32_matmul(cfg.loss.cka_tf32);
 
   // --- the run directory and its configuration
+  // Rank 0 alone writes the run directory: it claims it (lock, stale temporaries; a failed start is undone).
+  std::optional<RunDirectory> claim;
+  if (writer) claim.emplace(run_dir, resume, command);
+  const GracefulStop graceful_stop;  // SIGINT / SIGTERM: stop at the next step boundary with a checkpoint
   fs::create_directories(run_dir);
   const auto config_json = cfg.to_json();
   const auto run_json_path = run_dir / "run.json";
@@ -102,6 +118,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     auto saved = nlohmann::json::parse(read_file(run_json_path));
     // Another number of ranks with the same global batch (batch_size x world_size) continues the same run.
     auto saved_config = saved.at("config");
+    reconcile_paths(cfg, saved_config, saved.value("paths", nlohmann::json::object()));
     const int64_t saved_world = saved.value("world_size", int64_t{1});
     if (saved_config.contains("data") && saved_config["data"].value("batch_size", int64_t{0}) * saved_world ==
                                              cfg.data.batch_size * cfg.dist.world_size) {
@@ -118,7 +135,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   if (writer) {
     write_file_atomic(run_json_path,
                       nlohmann::json{{"name", name}, {"method", method_name(cfg.method)}, {"world_size", cfg.dist.world_size},
-                                     {"config", config_json}}.dump(2) + "\n");
+                                     {"config", config_json}, {"paths", describe_paths(cfg)}}.dump(2) + "\n");
   }
   if (writer) fmt::print("qad distill: {} → {} on {}\n{}", cfg.run.teacher, run_dir.string(), device.str(), describe(cfg));
   // Join the other ranks first: a missing rank fails here, before minutes of model loading.
@@ -143,6 +160,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     teacher = model::CausalLM::load(cfg.run.teacher, device, dtype);
     teacher->eval();
     for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+    if (writer) model::warn_beyond_context(teacher->config(), cfg.data.seq_len, "--seq-len", cfg.run.teacher);
   }
   CalibSource calib = [&](const CalibSink& sink) {
     for (int64_t i = 0; i < cfg.quant.calib_batches; ++i) {
@@ -185,6 +203,12 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     return v;
   };
   auto checkpoint = [&]() {
+    // Every rank checks (the weights are replicated), so that all stop together before the collective below.
+    if (auto bad = model::first_non_finite(student.lm->hf_tensors())) {
+      const auto good = latest_checkpoint(run_dir);
+      fail("step {}: the student's tensor '{}' holds NaN or Inf values, so no checkpoint was written (the last good "
+           "one is {}); lower optim.lr or check the data", st.step, *bad, good ? good->string() : std::string("none"));
+    }
     st.loader = loaders.train->state().to_json();
     st.adam_steps = optimizer.steps();
     const auto opt_state = optimizer.state();  // a collective when sharded: every rank takes part
@@ -202,7 +226,12 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   using clock = std::chrono::steady_clock;
   const int64_t start_step = st.step;
   const auto loop_start = clock::now();
+  int stop_signal = 0;
   for (int64_t step = st.step; step < cfg.run.steps; ++step) {
+    // A signal stops the run between steps (all ranks at the same step: the flag is reduced over them).
+    stop_signal = GracefulStop::requested();
+    if (dp) stop_signal = static_cast<int>(dp->max_over_ranks(static_cast<double>(stop_signal)));
+    if (stop_signal != 0) break;
     const auto t0 = clock::now();
     std::vector<data::BatchTensors> micro;
     for (int64_t i = 0; i < cfg.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders.train->next(), device));
@@ -215,6 +244,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     if (device.is_cuda()) torch::cuda::synchronize();
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     st.step = step + 1;
+    if (claim) claim->started();  // a step ran: from now on a failure keeps the run directory
     st.elapsed_s += dt;
     const int64_t step_tokens = r.values.tokens;  // over all ranks (reduced in train_step)
     if (!r.skipped) st.tokens += step_tokens;
@@ -258,6 +288,9 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     if (cfg.debug.kill_at_step == st.step && (cfg.debug.kill_rank < 0 || cfg.debug.kill_rank == cfg.dist.rank)) {
       std::raise(SIGKILL);  // test hook: die like a preempted job
     }
+    for (const int64_t s : cfg.debug.signal_at_steps) {
+      if (s == st.step) std::raise(SIGTERM);  // test hook: a stop request (twice: a second one) after this step
+    }
     if (cfg.run.valid_every > 0 && st.step % cfg.run.valid_every == 0) {
       last_valid = run_validation(st.step);
       last_valid_step = st.step;
@@ -274,6 +307,16 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
   summary.steps = st.step;
   summary.tokens = st.tokens;
   summary.train_seconds = st.elapsed_s;
+  if (stop_signal != 0) {  // stopped early: a checkpoint to resume from, no final validation or export
+    QAD_CHECK(st.step > 0, "stopped by {} before the first training step; nothing was trained",
+              GracefulStop::name(stop_signal));
+    if (claim) claim->started();
+    if (last_ckpt_step != st.step) checkpoint();
+    summary.stopped_by_signal = stop_signal;
+    summary.checkpoint = latest_checkpoint(run_dir).value_or(fs::path());
+    return summary;
+  }
+  if (claim) claim->started();
   if (last_valid_step != st.step) last_valid = run_validation(st.step);
   summary.final_valid = last_valid;
   if (st.step > 0 && last_ckpt_step != st.step && cfg.run.checkpoint_every >= 0) checkpoint();
@@ -292,6 +335,7 @@ RunSummary run_training(const TrainConfig& cfg, bool resume) {
     }
     write_file_atomic(run_dir / "final_metrics.json", fm.dump(2) + "\n");
   }
+  if (claim) claim->remove_stale_temporaries();
   return summary;
 }
 
