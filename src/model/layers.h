@@ -33,7 +33,7 @@ struct AttentionContext {
   torch::Tensor mask;      // bool [B, 1, T, S] (true = attend) or undefined
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;
-  KVCache* cache = nullptr;
+  KVStore* cache = nullptr;
 };
 
 class AttentionImpl : public torch::nn::Module {
