@@ -4,8 +4,10 @@
 #include "model/batched_generate.h"
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 
+#include "model/decode_graph.h"
 #include "model/device_memory.h"
 #include "model/slot_kv_cache.h"
 #include "util/error.h"
@@ -32,6 +34,7 @@ class Engine {
     capacity_ = longest + o.max_new_tokens + o.check_every;
     slots_ = plan_slots(lm->config(), device_, w.scalar_type(), static_cast<int64_t>(requests.size()), capacity_, o);
     cache_.emplace(lm->config(), slots_, capacity_, device_, w.scalar_type());
+    graphs_ = std::make_unique<DecodeGraphs>(o.cuda_graphs && device_.is_cuda());
     auto lo = torch::TensorOptions().device(device_).dtype(torch::kLong);
     cur_ = torch::zeros({slots_}, lo);
     pos_ = torch::zeros({slots_}, lo);
@@ -137,25 +140,30 @@ class Engine {
       if (slot_request_[static_cast<size_t>(s)] >= 0) longest = std::max(longest, host_pos_[static_cast<size_t>(s)]);
     }
     const int64_t span = std::min(capacity_, (longest + 1 + kSpanBucket - 1) / kSpanBucket * kSpanBucket);
-    auto lo = torch::TensorOptions().device(device_).dtype(torch::kLong);
-    ForwardOptions fo;
-    fo.kv_store = &*cache_;
-    fo.position_ids = pos_.view({slots_, 1});
-    // Slot s sees its cached positions 0..pos[s] (pos[s] is the token written now) and nothing else.
-    fo.attention_keep = torch::arange(span, lo).view({1, 1, 1, span}) <= pos_.view({slots_, 1, 1, 1});
-    fo.attention = o_.attention;
-    cache_->begin_decode(pos_, span);
-    auto logits = lm_->forward(cur_.view({slots_, 1}), fo).logits.select(1, 0);
-    auto next = select_tokens(logits, o_.sampling, keys_, ngen_);
-    auto active = done_.logical_not();
-    auto at = ngen_.clamp_max(o_.max_new_tokens - 1).unsqueeze(1);
-    out_.scatter_(1, at, torch::where(active, next, out_.gather(1, at).squeeze(1)).unsqueeze(1));
-    ngen_ = ngen_ + active.to(torch::kLong);
-    done_ = done_.logical_or(active.logical_and(is_stop(next).logical_or(ngen_ >= o_.max_new_tokens)));
-    cur_ = next;
-    pos_ = (pos_ + 1).clamp_max(capacity_ - 1);
+    // Device work only, in place on the slot tensors: a CUDA graph can record and replay it.
+    graphs_->run(span, [this, span] {
+      auto lo = torch::TensorOptions().device(device_).dtype(torch::kLong);
+      ForwardOptions fo;
+      fo.kv_store = &*cache_;
+      fo.position_ids = pos_.view({slots_, 1});
+      // Slot s sees its cached positions 0..pos[s] (pos[s] is the token written now) and nothing else.
+      fo.attention_keep = torch::arange(span, lo).view({1, 1, 1, span}) <= pos_.view({slots_, 1, 1, 1});
+      fo.attention = o_.attention;
+      cache_->begin_decode(pos_, span);
+      auto logits = lm_->forward(cur_.view({slots_, 1}), fo).logits.select(1, 0);
+      auto next = select_tokens(logits, o_.sampling, keys_, ngen_);
+      auto active = done_.logical_not();
+      auto at = ngen_.clamp_max(o_.max_new_tokens - 1).unsqueeze(1);
+      out_.scatter_(1, at, torch::where(active, next, out_.gather(1, at).squeeze(1)).unsqueeze(1));
+      ngen_.add_(active.to(torch::kLong));
+      done_.logical_or_(active.logical_and(is_stop(next).logical_or(ngen_ >= o_.max_new_tokens)));
+      cur_.copy_(next);
+      pos_.add_(1).clamp_max_(capacity_ - 1);
+    });
     for (auto& p : host_pos_) p = std::min(p + 1, capacity_ - 1);
     ++stats_.decode_steps;
+    stats_.graph_replays = graphs_->replays();
+    stats_.graph_failure = graphs_->failure();
   }
 
   // The one host sync of a check: finished flags and counts; then the finished rows' tokens.
@@ -199,6 +207,7 @@ class Engine {
     slot_request_ = std::move(req);
     host_pos_ = std::move(pos);
     slots_ = static_cast<int64_t>(busy.size());
+    graphs_->clear();  // they read the old tensors
     ++stats_.compactions;
   }
 
@@ -211,6 +220,7 @@ class Engine {
   int64_t capacity_ = 0, slots_ = 0, finished_ = 0;
   size_t next_ = 0;
   std::optional<SlotKVCache> cache_;
+  std::unique_ptr<DecodeGraphs> graphs_;
   torch::Tensor cur_, pos_, ngen_, keys_, out_, done_, stop_;
   std::vector<int64_t> slot_request_, host_pos_;  // per slot: the request it holds (-1: free), its position
 };

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "model/causal_lm.h"
@@ -31,6 +32,7 @@ struct BatchedGenerateOptions {
   int64_t check_every = 8;          // decode steps between the host's looks at finished sequences
   int64_t prefill_tokens = 8192;    // prompt tokens (padded) per prefill forward
   AttentionBackend attention = AttentionBackend::kAuto;
+  bool cuda_graphs = true;  // CUDA: replay each decode step from a graph per attention-span bucket
   std::function<void(int64_t done, int64_t total)> on_progress;  // after each batch of finished sequences
 };
 
@@ -43,6 +45,8 @@ struct GenerateStats {
   int64_t slots = 0, capacity = 0;  // the KV cache: sequences x tokens per sequence
   int64_t decode_steps = 0, prefill_forwards = 0, compactions = 0;
   double kv_cache_gb = 0;
+  int64_t graph_replays = 0;  // decode steps replayed from CUDA graphs
+  std::string graph_failure;  // why graphs were switched off ("" = they were not)
 };
 
 // Outputs in request order.
