@@ -39,6 +39,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--rel-tol", o->rel_tol, "tasks: numeric/math check relative tolerance")->capture_default_str();
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tasks: generation limit")->capture_default_str();
   cmd->add_option("--max-items", o->max_items, "tasks: only the first N items (0 = all)")->capture_default_str();
+  cmd->add_option("--ppl-mode", o->ppl_mode, "perplexity: packed (one stream, windows across documents, as in "
+                  "training) or rolling (each raw text document alone in rolling windows, as lm-eval; adds word and "
+                  "byte perplexity)")->capture_default_str();
   cmd->add_option("--bos", o->bos, "raw text documents: auto (tokenizer template, e.g. Llama's BOS) or never")
       ->capture_default_str();
   cmd->add_option("--doc-end", o->doc_end, "raw text documents end with: eos, none, a token ('<|endoftext|>') or an id")

@@ -10,6 +10,7 @@
 
 #include "eval/lm_metrics.h"
 #include "eval/model_loading.h"
+#include "eval/rolling_perplexity.h"
 #include "eval/task_eval.h"
 #include "eval/token_stream.h"
 #include "tokenizer/tokenizer.h"
@@ -167,10 +168,38 @@ json run_eval(const EvalCommandOptions& o) {
               {"teacher", teacher_spec ? json(teacher_spec->dir.string()) : json(nullptr)},
               {"device", device.str()}, {"dtype", model::dtype_config_name(dtype)}};
   auto lm = load_model_spec(spec, device, dtype);
+  TokenStream stream;
   if (!o.data.empty()) {
-    auto stream = read_token_stream(o.data, tok ? &*tok : nullptr,
-                                    stream_options(o.bos, o.doc_end, o.max_tokens, tok ? &*tok : nullptr));
+    stream = read_token_stream(o.data, tok ? &*tok : nullptr,
+                               stream_options(o.bos, o.doc_end, o.max_tokens, tok ? &*tok : nullptr));
     for (size_t i = 0; i < stream.skipped.size() && i < 20; ++i) fmt::print(stderr, "skipped {}\n", stream.skipped[i]);
+    QAD_CHECK(o.ppl_mode == "packed" || o.ppl_mode == "rolling", "--ppl-mode must be packed or rolling, got '{}'",
+              o.ppl_mode);
+    if (o.ppl_mode == "rolling") {
+      QAD_CHECK(!teacher_spec, "--ppl-mode rolling scores the model alone: drop --teacher (KL and agreement use the "
+                "packed stream)");
+      QAD_CHECK(tok.has_value(), "--ppl-mode rolling needs raw text files and a tokenizer");
+      RollingOptions ro;
+      ro.seq_len = o.seq_len;
+      ro.batch_size = o.batch_size;
+      ro.progress = o.progress;
+      ro.bos_id = tok->bos_id();
+      // lm-eval's prefix_token_id: the tokenizer's BOS, else its EOS.
+      if (auto p = tok->bos_id() ? tok->bos_id() : tok->eos_id()) ro.prefix_id = static_cast<int32_t>(*p);
+      auto m = evaluate_rolling(lm, stream, ro);
+      out["data"] = data_json(stream, o.data, LmMetrics{}, o.seq_len);
+      out["data"]["bos"] = o.bos;
+      out["data"]["ppl_mode"] = "rolling";
+      out["rolling"] = {{"documents", m.documents}, {"windows", m.windows}, {"tokens", m.tokens}, {"words", m.words},
+                        {"bytes", m.bytes}, {"prefix_id", ro.prefix_id}, {"nll", m.nll}, {"perplexity", m.perplexity},
+                        {"word_perplexity", m.word_perplexity}, {"byte_perplexity", m.byte_perplexity},
+                        {"bits_per_byte", m.bits_per_byte}};
+      out["nll"] = m.nll;
+      out["perplexity"] = m.perplexity;
+      out["lm_seconds"] = m.seconds;
+    }
+  }
+  if (!o.data.empty() && o.ppl_mode == "packed") {
     std::optional<model::CausalLM> teacher;
     if (teacher_spec) teacher = load_model_spec(*teacher_spec, device, dtype);
     LmEvalOptions lo;
@@ -258,7 +287,15 @@ json run_eval(const EvalCommandOptions& o) {
 std::string format_eval_text(const json& m) {
   std::string s = fmt::format("model      {}{}\n", m["model"].get<std::string>(),
                               m["teacher"].is_null() ? "" : fmt::format("   teacher {}", m["teacher"].get<std::string>()));
-  if (m.contains("perplexity")) {
+  if (m.contains("rolling")) {
+    const auto& r = m["rolling"];
+    s += fmt::format("data       {} documents scored each on its own (rolling windows of {}): {} tokens, {} words, {} "
+                     "bytes\n", r["documents"].get<int64_t>(), m["data"]["seq_len"].get<int64_t>(),
+                     r["tokens"].get<int64_t>(), r["words"].get<int64_t>(), r["bytes"].get<int64_t>());
+    s += fmt::format("perplexity {:.6g}   word perplexity {:.6g}   byte perplexity {:.6g}   bits per byte {:.6g}\n",
+                     r["perplexity"].get<double>(), r["word_perplexity"].get<double>(),
+                     r["byte_perplexity"].get<double>(), r["bits_per_byte"].get<double>());
+  } else if (m.contains("perplexity")) {
     const auto& d = m["data"];
     s += fmt::format("data       {} documents, {} tokens, {} scored in {} windows of {}{}\n", d["documents"].get<int64_t>(),
                      d["stream_tokens"].get<int64_t>(), d["scored_tokens"].get<int64_t>(), d["windows"].get<int64_t>(),

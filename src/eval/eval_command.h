@@ -32,6 +32,7 @@ struct EvalCommandOptions {
   int64_t max_items = 0;         // tasks: 0 = all; else the first N items
   std::string bos = "auto";      // auto | never
   std::string doc_end = "eos";   // eos | none | token | id
+  std::string ppl_mode = "packed";  // packed (one stream, windows across documents) | rolling (lm-eval style)
   std::string answer_rule = "after-think";
   std::string answer_check = "exact";  // exact | numeric | math | choice
   double abs_tol = 1e-6, rel_tol = 1e-6;  // numeric / math checks
