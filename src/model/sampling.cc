@@ -34,7 +34,7 @@ torch::Tensor mul32(const torch::Tensor& x, uint32_t c) {
   const int64_t lo = c & 0xffffu, hi = c >> 16;
   auto low = x * lo;
   auto high = (x * hi).bitwise_and(0xffff) * 65536;
-  return (low + high).bitwise_and(0xffffffffll);
+  return (low + high).bitwise_and(int64_t{0xffffffff});
 }
 
 torch::Tensor shr(const torch::Tensor& x, int64_t bits) { return x.div(int64_t{1} << bits, "floor"); }
@@ -81,7 +81,7 @@ torch::Tensor stream_uniforms(const torch::Tensor& keys, const torch::Tensor& st
   QAD_CHECK(keys.scalar_type() == torch::kLong && steps.scalar_type() == torch::kLong && keys.sizes() == steps.sizes(),
             "stream_uniforms: keys and steps must be int64 of one shape, got {} and {}", shape_str(keys.sizes()),
             shape_str(steps.sizes()));
-  const auto mask32 = 0xffffffffll;
+  const int64_t mask32 = 0xffffffff;
   auto lo = keys.bitwise_and(mask32);
   auto hi = shr(keys, 32).bitwise_and(mask32);  // floor division keeps the two's-complement high bits
   auto a = mix32(lo.bitwise_xor(mix32(steps.bitwise_and(mask32))));
