@@ -69,8 +69,8 @@ TEST(RollingPerplexity, Stories260KEqualsPerDocumentForwards) {
   EXPECT_EQ(m.tokens, tokens);
   EXPECT_EQ(m.bytes, bytes);
   EXPECT_NEAR(m.nll_sum, nll, 1e-6 * nll);
-  EXPECT_NEAR(m.byte_perplexity, std::exp(nll / static_cast<double>(bytes)), 1e-9 * m.byte_perplexity);
-  EXPECT_NEAR(m.bits_per_byte, nll / static_cast<double>(bytes) / std::log(2.0), 1e-12);
+  EXPECT_NEAR(m.byte_perplexity, std::exp(nll / static_cast<double>(bytes)), 1e-6 * m.byte_perplexity);  // as nll
+  EXPECT_NEAR(m.bits_per_byte, nll / static_cast<double>(bytes) / std::log(2.0), 1e-6 * m.bits_per_byte);
   EXPECT_GT(m.words, 5);
   // Shorter windows see less context: never a lower loss on these stories, and the same targets.
   ro.seq_len = 16;
