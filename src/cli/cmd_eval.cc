@@ -23,9 +23,25 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--max-tokens", o->max_tokens, "perplexity: score at most N tokens (0 = all)")->capture_default_str();
   cmd->add_option("--seq-len", o->seq_len, "perplexity window: targets per window")->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "perplexity: windows per forward")->capture_default_str();
-  cmd->add_option("--task-batch-size", o->task_batch_size, "tasks: prompts per batched generation")->capture_default_str();
+  cmd->add_option("--task-batch-size", o->task_batch_size, "tasks: sequences decoded together (0 = as many as free "
+                  "memory allows; CPU: 64); multiple choice: sequences per forward (0 = 32)")->capture_default_str();
+  cmd->add_option("--samples", o->samples, "tasks: generations per item (k of avg@k; needs --temperature > 0)")
+      ->capture_default_str();
+  cmd->add_option("--pass-k", o->pass_k, "tasks: the k of pass@k and maj@k, e.g. 1,4,8 (default: 1 and --samples)");
+  cmd->add_option("--temperature", o->temperature, "tasks: sampling temperature (0 = greedy)")->capture_default_str();
+  cmd->add_option("--top-p", o->top_p, "tasks: nucleus sampling mass in (0, 1]")->capture_default_str();
+  cmd->add_option("--top-k", o->top_k, "tasks: sample among the k most likely tokens (0 = all)")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "tasks: sampling seed (sample j of item i uses the stream (seed, i, j))")
+      ->capture_default_str();
+  cmd->add_option("--answer-check", o->answer_check, "tasks: exact, numeric (within --abs-tol/--rel-tol), math "
+                  "(LaTeX-normalised, docs/eval.md) or choice (A/B/C letters)")->capture_default_str();
+  cmd->add_option("--abs-tol", o->abs_tol, "tasks: numeric/math check absolute tolerance")->capture_default_str();
+  cmd->add_option("--rel-tol", o->rel_tol, "tasks: numeric/math check relative tolerance")->capture_default_str();
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tasks: generation limit")->capture_default_str();
   cmd->add_option("--max-items", o->max_items, "tasks: only the first N items (0 = all)")->capture_default_str();
+  cmd->add_option("--ppl-mode", o->ppl_mode, "perplexity: packed (one stream, windows across documents, as in "
+                  "training) or rolling (each raw text document alone in rolling windows, as lm-eval; adds word and "
+                  "byte perplexity)")->capture_default_str();
   cmd->add_option("--bos", o->bos, "raw text documents: auto (tokenizer template, e.g. Llama's BOS) or never")
       ->capture_default_str();
   cmd->add_option("--doc-end", o->doc_end, "raw text documents end with: eos, none, a token ('<|endoftext|>') or an id")

@@ -88,7 +88,10 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   const auto& emb = model->embed_tokens->weight;
   const auto device = emb.device();
   const auto dtype = emb.scalar_type();
-  QAD_CHECK(!(o.checkpoint_layers && o.cache != nullptr), "activation checkpointing and a KV cache do not mix");
+  QAD_CHECK(!(o.checkpoint_layers && (o.cache != nullptr || o.kv_store != nullptr)),
+            "activation checkpointing and a KV cache do not mix");
+  QAD_CHECK(o.kv_store == nullptr || (o.cache == nullptr && o.position_ids.defined() && !o.attention_mask.defined()),
+            "CausalLM::forward: kv_store takes position_ids (and attention_keep), not cache or attention_mask");
   if (o.attention_mask.defined()) {
     QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == past + t,
               "attention_mask must be [batch, past + tokens] = [{}, {}], got {}", b, past + t, shape_str(o.attention_mask.sizes()));
@@ -120,7 +123,11 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   std::vector<std::pair<int64_t, torch::Tensor>> router_logits;
   if (o.return_router_logits) ctx.router_logits = &router_logits;
   ctx.calibrate_all_experts = o.calibrate_all_experts;
-  if (o.attention_mask.defined() || (past > 0 && t > 1)) {
+  if (o.kv_store != nullptr) {
+    ctx.cache = o.kv_store;
+    ctx.mask = o.attention_keep;
+    ctx.causal = !o.attention_keep.defined();
+  } else if (o.attention_mask.defined() || (past > 0 && t > 1)) {
     ctx.mask = build_mask(o.attention_mask, b, past, t, device);
   } else {
     ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
@@ -142,7 +149,14 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
-  if (o.logits_to_keep > 0 && o.logits_to_keep < t) h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  if (o.logits_positions.defined()) {
+    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
+              shape_str(o.logits_positions.sizes()));
+    auto index = o.logits_positions.to(device).view({b, 1, 1}).expand({b, 1, h.size(-1)});
+    h = h.gather(1, index);
+  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
+    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  }
   if (o.skip_logits) {
     out.final_hidden = h;
     return out;

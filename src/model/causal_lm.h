@@ -23,6 +23,11 @@ struct ForwardOptions {
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
+  // Instead of `cache`: a store that keeps its own per-row lengths (SlotKVCache, continuous batching). The
+  // caller then gives position_ids and, where rows differ in length, attention_keep.
+  KVStore* kv_store = nullptr;
+  torch::Tensor attention_keep;   // with kv_store: bool [B, 1, T, S] (true = attend), used as is; undefined = causal over T
+  torch::Tensor logits_positions; // int64 [B]: logits of this position of each row only (logits [B, 1, vocab])
   bool checkpoint_layers = false; // activation checkpointing: recompute each layer in backward
   AttentionBackend attention = AttentionBackend::kAuto;
   int64_t logits_to_keep = 0;     // > 0: logits of the last N positions only; 0: all

@@ -162,7 +162,16 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer_, k, v);
   const int64_t n_rep = num_heads_ / num_kv_heads_;
   torch::Tensor out;
-  if (use_sdpa(ctx, q)) {
+  if (t == 1 && n_rep > 1 && ctx.cache != nullptr) {
+    // Decoding one token: the n_rep query heads that share a kv head become n_rep query rows of that head,
+    // so the cached k/v are read in place instead of repeated (the same products, no copy of the cache).
+    AttentionContext grouped = ctx;
+    grouped.causal = false;  // the rows are heads, not positions; the mask (if any) broadcasts over them
+    auto qg = q.reshape({b, num_kv_heads_, n_rep, head_dim_});
+    auto og = use_sdpa(ctx, q) ? compat::scaled_dot_product_attention(qg, k, v, ctx.mask, false)
+                               : math_attention(qg, k, v, grouped);
+    out = og.reshape({b, num_heads_, 1, head_dim_});
+  } else if (use_sdpa(ctx, q)) {
     // Like transformers: native GQA only without a mask (the masked kernels do not take it), else repeat.
     const bool gqa = compat::kSdpaHasGqa && !ctx.mask.defined() && n_rep > 1;
     if (!gqa) {

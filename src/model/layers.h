@@ -41,7 +41,7 @@ struct AttentionContext {
   torch::Tensor mask;      // bool [B, 1, T, S] (true = attend) or undefined
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;
-  KVCache* cache = nullptr;
+  KVStore* cache = nullptr;
   FusedKernels fused = FusedKernels::kOff;
   // Read by MoE blocks (moe_block.h):
   torch::Tensor token_mask;  // [B, T] for this call's tokens, 1 = real; undefined = all real

@@ -41,7 +41,9 @@ template <typename F> void fields(RunConfig& c, F&& f) {
   f("log_every", c.log_every); f("valid_every", c.valid_every); f("valid_batches", c.valid_batches);
   f("checkpoint_every", c.checkpoint_every); f("keep_checkpoints", c.keep_checkpoints);
   f("max_bad_steps", c.max_bad_steps); f("seed", c.seed); f("activation_checkpointing", c.activation_checkpointing);
-  f("export_bf16", c.export_bf16); f("export_nvfp4", c.export_nvfp4);
+  f("export_bf16", c.export_bf16); f("export_nvfp4", c.export_nvfp4); f("valid_tasks", c.valid_tasks);
+  f("valid_task_items", c.valid_task_items); f("valid_task_max_new_tokens", c.valid_task_max_new_tokens);
+  f("best_metric", c.best_metric);
 }
 template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
@@ -265,6 +267,13 @@ void TrainConfig::validate() const {
   c.range<int64_t>("run.keep_checkpoints", run.keep_checkpoints, 1, kMaxInt, "must be >= 1");
   c.range<int64_t>("run.max_bad_steps", run.max_bad_steps, 1, kMaxInt, "must be >= 1");
   c.that(method != Method::kPtq || run.steps == 0, "ptq trains nothing: run.steps must be 0");
+  c.range<int64_t>("run.valid_task_items", run.valid_task_items, 1, kMaxInt, "must be >= 1");
+  c.range<int64_t>("run.valid_task_max_new_tokens", run.valid_task_max_new_tokens, 1, kMaxInt, "must be >= 1");
+  c.that(run.best_metric != "task_accuracy" || !run.valid_tasks.empty(),
+         "run.best_metric task_accuracy needs run.valid_tasks (a task .jsonl)");
+  c.that(run.best_metric.empty() || run.best_metric == "task_accuracy" || run.best_metric == "agreement" ||
+             run.best_metric == "mean_cka" || run.best_metric == "ppl" || run.best_metric == "ce" || run.best_metric == "kl",
+         "run.best_metric must be task_accuracy, agreement, mean_cka, ppl, ce or kl (or empty), got '" + run.best_metric + "'");
   c.range<int64_t>("quant.calib_batches", quant.calib_batches, 1, kMaxInt, "must be >= 1");
   c.that(dist.world_size >= 1 && dist.rank >= 0 && dist.rank < dist.world_size, "rank must be in [0, world_size)");
   c.range("--dist-timeout", dist.timeout_s, std::numeric_limits<double>::min(), kInf, "must be > 0 seconds");

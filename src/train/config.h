@@ -72,6 +72,10 @@ struct RunConfig {
   int64_t log_every = 1;
   int64_t valid_every = 100;    // 0 = only at the start and the end
   int64_t valid_batches = 16;
+  std::string valid_tasks;      // optional task .jsonl: greedy task accuracy at each validation (docs/train.md)
+  int64_t valid_task_items = 256;  // its first N items
+  int64_t valid_task_max_new_tokens = 200;
+  std::string best_metric;      // keep the best checkpoint in RUN_DIR/best by this validation metric ("" = off)
   int64_t checkpoint_every = 500;  // 0 = final only; -1 = none at all (benchmarks)
   int64_t keep_checkpoints = 2;
   int64_t max_bad_steps = 10;   // stop after this many consecutive non-finite steps

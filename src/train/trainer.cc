@@ -1,5 +1,6 @@
 // The training loop (see trainer.h).
 #include "train/trainer.h"
+#include "train/task_validation.h"
 
 #include <fmt/format.h>
 
@@ -59,6 +60,7 @@ nlohmann::json valid_record(int64_t step, const ValidResult& v) {
   if (v.kl) j["kl"] = finite_or_null(*v.kl);
   if (v.agreement) j["agreement"] = *v.agreement;
   if (v.mean_cka) j["mean_cka"] = finite_or_null(*v.mean_cka);
+  if (v.task_accuracy) j["task_accuracy"] = *v.task_accuracy;
   if (!v.cka.empty()) j["cka"] = layer_object(v.cka);
   if (v.mean_router_agreement) j["router_agreement"] = *v.mean_router_agreement;
   if (!v.router_agreement.empty()) j["router_agreement_layers"] = layer_object(v.router_agreement);
@@ -70,6 +72,7 @@ std::string valid_line(int64_t step, const ValidResult& v) {
   if (v.kl) s += fmt::format(" | kl {:.5g}", *v.kl);
   if (v.agreement) s += fmt::format(" | top-1 agreement {:.4f}", *v.agreement);
   if (v.mean_cka) s += fmt::format(" | mean CKA {:.5f}", *v.mean_cka);
+  if (v.task_accuracy) s += fmt::format(" | task accuracy {:.2f}%", 100 * *v.task_accuracy);
   if (v.mean_router_agreement) s += fmt::format(" | router top-k overlap {:.4f}", *v.mean_router_agreement);
   return s;
 }
@@ -194,12 +197,23 @@ RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& 
 
   MetricsLog metrics(writer ? run_dir / "metrics.jsonl" : fs::path());
   model::CausalLM* teacher_ptr = need_teacher ? &teacher : nullptr;
+  // Checkpoint selection (task_validation.h): task accuracy on rank 0, the best checkpoint in RUN_DIR/best.
+  std::optional<TaskValidation> task_validation;
+  if (writer && !cfg.run.valid_tasks.empty()) {
+    task_validation.emplace(cfg.run.valid_tasks, cfg.run.teacher, cfg.run.valid_task_items,
+                            cfg.run.valid_task_max_new_tokens);
+  }
+  BestCheckpoint best(cfg.run.best_metric);
   auto run_validation = [&](int64_t step) -> std::optional<ValidResult> {
     if (!loaders.valid) return std::nullopt;
     auto v = validate(student.lm, teacher_ptr, *loaders.valid, cfg.run.valid_batches, cfg.loss.cka_layers, device,
                       cfg.loss.chunk_tokens);
+    if (task_validation) v.task_accuracy = task_validation->accuracy(student.lm);
     metrics.write(valid_record(step, v));
     if (writer) fmt::print("{}\n", valid_line(step, v));
+    if (writer && best.improves(step, v)) {
+      save_checkpoint(run_dir / "best", st, student.lm, {}, quantizer_state(student), 1);
+    }
     return v;
   };
   auto checkpoint = [&]() {
@@ -331,8 +345,10 @@ RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& 
       if (last_valid->kl) fm["kl"] = finite_or_null(*last_valid->kl);
       if (last_valid->agreement) fm["agreement"] = *last_valid->agreement;
       if (last_valid->mean_cka) fm["mean_cka"] = finite_or_null(*last_valid->mean_cka);
+      if (last_valid->task_accuracy) fm["task_accuracy"] = *last_valid->task_accuracy;
       if (!last_valid->cka.empty()) fm["cka"] = layer_object(last_valid->cka);
     }
+    if (best.enabled()) fm["best"] = best.to_json((run_dir / "best").string());
     write_file_atomic(run_dir / "final_metrics.json", fm.dump(2) + "\n");
   }
   if (claim) claim->remove_stale_temporaries();

@@ -19,6 +19,7 @@ struct ValidResult {
   double ce = 0, ppl = 0;           // on the data's labels
   std::optional<double> agreement;  // fraction of loss tokens where both argmaxes agree
   std::optional<double> mean_cka;   // mean over layers
+  std::optional<double> task_accuracy;  // run.valid_tasks (task_validation.h); set by the trainer
   std::vector<std::pair<std::string, double>> cka;
   // MoE with a teacher: per MoE layer, the mean over loss tokens of |student top-k ∩ teacher top-k| / k.
   std::optional<double> mean_router_agreement;
