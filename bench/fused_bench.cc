@@ -159,8 +159,8 @@ void layer_row(const Shape& s, int64_t tokens) {
   {
     torch::NoGradGuard ng;
     for (auto& p : layer->parameters()) p.normal_(0, 0.02);
-    for (auto& [name, p] : layer->named_parameters()) {
-      if (name.find("norm") != std::string::npos) p.fill_(1.0);
+    for (auto& item : layer->named_parameters()) {  // LibTorch 1.13's OrderedDict items do not decompose
+      if (item.key().find("norm") != std::string::npos) item.value().fill_(1.0);
     }
   }
   layer->to(opts().device(), torch::kBFloat16);
