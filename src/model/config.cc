@@ -151,7 +151,23 @@ bool ModelConfig::is_moe_layer(int64_t layer) const {
   return moe->num_experts > 0 && (layer + 1) % moe->decoder_sparse_step == 0;
 }
 
+namespace {
+ModelConfig parse_config_fields(const json& j, const std::string& label);
+}  // namespace
+
+// A value of the wrong JSON type deep in the config (found by fuzzing) is a user's file error, not an internal one.
 ModelConfig parse_config(const json& j, const std::string& label) {
+  try {
+    return parse_config_fields(j, label);
+  } catch (const json::exception& e) {
+    QAD_CHECK(false, "{}: a value has the wrong JSON type ({}); compare the file with the model's published "
+              "config.json", label, e.what());
+  }
+  return {};
+}
+
+namespace {
+ModelConfig parse_config_fields(const json& j, const std::string& label) {
   QAD_CHECK(j.is_object(), "{}: config must be a JSON object", label);
   ModelConfig c;
   c.raw = j;
@@ -231,6 +247,7 @@ ModelConfig parse_config(const json& j, const std::string& label) {
   if (auto b = get_ids(j, "bos_token_id"); !b.empty()) c.bos_token_id = b[0];
   return c;
 }
+}  // namespace
 
 ModelConfig load_config(const std::filesystem::path& dir_or_file) {
   QAD_CHECK(std::filesystem::exists(dir_or_file), "{}: no such model directory (expected config.json and safetensors)",
