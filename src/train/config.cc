@@ -239,7 +239,8 @@ void TrainConfig::validate() const {
   c.range<int64_t>("loss.cka_subsample_tokens", loss.cka_subsample_tokens, 0, kMaxInt, "must be >= 0 (0 = all)");
   c.that(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",
          "loss.cka_estimator must be biased or debiased, got '" + loss.cka_estimator + "'");
-  c.range("optim.lr", optim.lr, 0.0, kInf, "must be >= 0");
+  // The fused AdamW takes the learning rate as float: a larger value would overflow there, not here.
+  c.range("optim.lr", optim.lr, 0.0, static_cast<double>(std::numeric_limits<float>::max()), "must be >= 0 and below 3.4e38");
   c.range("optim.min_lr_ratio", optim.min_lr_ratio, 0.0, 1.0, "must be in [0, 1]");
   c.that(optim.schedule == "cosine" || optim.schedule == "linear" || optim.schedule == "constant",
          "optim.schedule must be cosine, linear or constant, got '" + optim.schedule + "'");
