@@ -1,20 +1,33 @@
 // One QAD training step (BF16 teacher forward + NVFP4 fake-quantized student forward/backward + chunked KL +
 // AdamW with FP32 master weights) on Qwen3-0.6B- and 1.7B-shaped random models: tokens/s and MFU; then the same
 // step with the CKA term in several settings (all tokens FP32, TF32, token subsampling) as ratios of step time
-// and peak memory against QAD measured in the same run (goals: <= 1.01x time, <= 1.03x memory).
+// and peak memory against QAD measured in the same run (goals: <= 1.01x time, <= 1.03x memory). Then the same QAD
+// step in PyTorch (tools/bench_train_torch.py, run here in a child process once qad's memory is freed): eager with a
+// Triton fake-quant kernel, and torch.compile; side by side with ratios, and the step-0 losses compared (the child
+// loads the model, batch and amaxes this process wrote into a temporary directory).
 //   ./build/bench_train [--models 0.6b,1.7b] [--batch 4] [--seq 2048] [--iters 8] [--warmup 3] [--ckpt]
+//                       [--variants qad,recipe,...] [--torch eager,compile | --no-torch] [--python python3]
+//                       [--profile FILE]   (one QAD step under the Kineto profiler: per-kernel GPU time, top 30)
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
 // (x3 for the student's forward+backward, x1 for the teacher), over the H100 SXM dense BF16 peak (989 TFLOP/s).
 #include <fmt/format.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "data/batch_tensors.h"
+#include "io/safetensors_torch.h"
+#include "kernel_profile.h"
 #include "model/causal_lm.h"
 #include "train/memory.h"
 #include "train/optimizer.h"
@@ -24,6 +37,7 @@
 
 namespace {
 
+namespace fs = std::filesystem;
 constexpr double kPeakBf16Flops = 989e12;
 
 nlohmann::json qwen3_shape(const std::string& name) {
@@ -54,126 +68,275 @@ qad::model::CausalLM random_model(const qad::model::ModelConfig& c, uint64_t see
   return lm;
 }
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t b = 0; b < s.size();) {
+    size_t e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+std::string run_capture(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  pclose(p);
+  return out;
+}
+
 struct Measured {
   double ms = 0, peak_gb = 0;
 };
 
 struct Variant {
-  std::string label;
+  std::string key, label;
   double cka = 0;
   int64_t subsample = 0;
   bool tf32 = false;
+};
+
+// What one PyTorch baseline run reported (tools/bench_train_torch.py --json).
+struct TorchRun {
+  std::string mode, label;
+  std::optional<Measured> m;
+  double loss0 = 0, first_step_s = 0;
+  std::string error;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> models = {"0.6b", "1.7b"};
+  std::vector<std::string> torch_modes = {"eager", "compile"};
+  std::vector<std::string> variant_keys;  // empty = all
   int64_t batch = 4, seq = 2048, iters = 8, warmup = 3;
   bool ckpt = false;
+  std::string python = "python3", profile_path;
+  int64_t torch_timeout_s = 420;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--models") {
-      models.clear();
-      std::string s = next();
-      for (size_t b = 0; b < s.size();) {
-        size_t e = s.find(',', b);
-        if (e == std::string::npos) e = s.size();
-        models.push_back(s.substr(b, e - b));
-        b = e + 1;
-      }
-    } else if (a == "--batch") batch = std::stoll(next());
+    if (a == "--models") models = split_list(next());
+    else if (a == "--batch") batch = std::stoll(next());
     else if (a == "--seq") seq = std::stoll(next());
     else if (a == "--iters") iters = std::stoll(next());
     else if (a == "--warmup") warmup = std::stoll(next());
     else if (a == "--ckpt") ckpt = true;
+    else if (a == "--variants") variant_keys = split_list(next());
+    else if (a == "--torch") torch_modes = split_list(next());
+    else if (a == "--no-torch") torch_modes.clear();
+    else if (a == "--python") python = next();
+    else if (a == "--profile") profile_path = next();
+    else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
-      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--ckpt]\n");
+      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--ckpt] "
+                 "[--variants qad,cka-fp32,cka-tf32,cka-2048,recipe,cka-512] [--torch eager,compile | --no-torch] "
+                 "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
+  }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
+  if (iters < 1 || warmup < 1) {
+    fmt::print(stderr, "bench_train: --iters and --warmup must be at least 1\n");
+    return 2;
   }
   if (!torch::cuda::is_available()) {
     fmt::print("bench_train: no CUDA device; this benchmark is for the GPU machine\n");
     return 0;
   }
+  if (!profile_path.empty() && !qad::bench::kernel_profiler_available()) {
+    fmt::print(stderr, "bench_train: --profile needs LibTorch >= 2.0 (the Kineto C++ API); measuring without it\n");
+    profile_path.clear();
+  }
   const torch::Device dev(torch::kCUDA, 0);
-  const std::vector<Variant> variants = {
-      {"QAD (baseline)", 0, 0, false},
-      {"CKA-QAD all tokens, FP32", 0.1, 0, false},
-      {"CKA-QAD all tokens, TF32", 0.1, 0, true},
-      {"CKA-QAD 2048 tokens, TF32", 0.1, 2048, true},
-      {"CKA-QAD 1024 tokens, TF32 (recipe)", 0.1, 1024, true},
-      {"CKA-QAD 512 tokens, TF32", 0.1, 512, true},
+  std::vector<Variant> variants = {
+      {"qad", "QAD (baseline)", 0, 0, false},
+      {"cka-fp32", "CKA-QAD all tokens, FP32", 0.1, 0, false},
+      {"cka-tf32", "CKA-QAD all tokens, TF32", 0.1, 0, true},
+      {"cka-2048", "CKA-QAD 2048 tokens, TF32", 0.1, 2048, true},
+      {"recipe", "CKA-QAD 1024 tokens, TF32 (recipe)", 0.1, 1024, true},
+      {"cka-512", "CKA-QAD 512 tokens, TF32", 0.1, 512, true},
   };
+  if (!variant_keys.empty()) {
+    std::vector<Variant> chosen = {variants.front()};  // QAD is every ratio's denominator
+    for (const auto& k : variant_keys) {
+      auto it = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.key == k; });
+      if (it == variants.end()) {
+        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, cka-fp32, cka-tf32, cka-2048, recipe, cka-512)\n", k);
+        return 2;
+      }
+      if (it != variants.begin()) chosen.push_back(*it);
+    }
+    variants = chosen;
+  }
+  const fs::path tmp_root = fs::temp_directory_path() / fmt::format("qad_bench_train_{}", getpid());
   fmt::print("bench_train: batch {} x seq {} = {} tokens/step, BF16 teacher + NVFP4 student, AdamW FP32 master{}\n",
              batch, seq, batch * seq, ckpt ? ", activation checkpointing" : "");
+  std::string profile_text;
   for (const auto& name : models) {
     auto config = qad::model::parse_config(qwen3_shape(name), "Qwen3-" + name + " shape");
-    auto teacher = random_model(config, 1);
-    teacher->eval();
-    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
-    auto gen = torch::make_generator<at::CPUGeneratorImpl>(7);
-    qad::data::BatchTensors b;
-    b.input_ids = torch::randint(config.vocab_size, {batch, seq}, gen, torch::kLong).to(dev);
-    b.targets = torch::randint(config.vocab_size, {batch, seq}, gen, torch::kLong).to(dev);
-    b.loss_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kFloat32).device(dev));
-    b.attention_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kBool).device(dev));
-
-    qad::train::TrainConfig cfg;
-    cfg.run.activation_checkpointing = ckpt;
-    cfg.loss.log_ce = false;
-    cfg.quant.calib_batches = 1;
-    cfg.data.batch_size = batch;
-    auto student_lm = random_model(config, 1);  // the teacher's weights
-    auto student = qad::train::quantize_student(student_lm, cfg, [&](const qad::train::CalibSink& sink) {
-      sink(b.input_ids, torch::Tensor());
-    });
-    student.lm->train();
-    qad::train::AdamW opt(student.lm->hf_tensors(), cfg.optim);
     double matmul_params = 0;
-    for (const auto& l : student.lm->linears()) matmul_params += static_cast<double>(l->weight.numel());
-    const double tokens = static_cast<double>(batch * seq);
-    const double attn_fwd = 2.0 * 2.0 * static_cast<double>(config.num_layers) * tokens * static_cast<double>(seq) *
-                            static_cast<double>(config.num_heads * config.head_dim) / 2.0;
-    const double flops = 6.0 * matmul_params * tokens + 3.0 * attn_fwd + 2.0 * matmul_params * tokens + attn_fwd;
-
-    fmt::print("\nQwen3-{} shape: {:.0f}M matmul params, {} layers, hidden {}; {} NVFP4 Linears\n", name,
-               matmul_params / 1e6, config.num_layers, config.hidden_size, student.quantized_modules.size());
-    fmt::print("{:<36} {:>9} {:>10} {:>7} {:>9} {:>8} {:>8}\n", "variant", "ms/step", "tokens/s", "MFU", "peak GB",
-               "time x", "mem x");
     Measured base;
-    for (const auto& v : variants) {
-      cfg.loss.kl = 1;
-      cfg.loss.cka = v.cka;
-      cfg.loss.cka_subsample_tokens = v.subsample;
-      qad::compat::set_tf32_matmul(v.tf32);
-      std::vector<double> ms;
-      try {
-        for (int64_t it = 0; it < warmup + iters; ++it) {
-          if (it == warmup) {
-            torch::cuda::synchronize();
-            qad::train::reset_peak_memory(dev);
-          }
-          torch::cuda::synchronize();
-          const auto t0 = std::chrono::steady_clock::now();
-          qad::train::train_step(student.lm, &teacher, {b}, opt,
-                                 {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it)});
-          torch::cuda::synchronize();
-          if (it >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-        }
-      } catch (const std::exception& e) {
-        fmt::print("{:<36} failed: {}\n", v.label, std::string(e.what()).substr(0, 200));
-        continue;
+    double qad_loss0 = 0;
+    const fs::path dump = tmp_root / name;
+    const double tokens = static_cast<double>(batch * seq);
+    double flops = 0;
+    {
+      auto teacher = random_model(config, 1);
+      teacher->eval();
+      for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+      auto gen = torch::make_generator<at::CPUGeneratorImpl>(7);
+      qad::data::BatchTensors b;
+      b.input_ids = torch::randint(config.vocab_size, {batch, seq}, gen, torch::kLong).to(dev);
+      b.targets = torch::randint(config.vocab_size, {batch, seq}, gen, torch::kLong).to(dev);
+      b.loss_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kFloat32).device(dev));
+      b.attention_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kBool).device(dev));
+
+      qad::train::TrainConfig cfg;
+      cfg.run.activation_checkpointing = ckpt;
+      cfg.loss.log_ce = false;
+      cfg.quant.calib_batches = 1;
+      cfg.data.batch_size = batch;
+      auto student_lm = random_model(config, 1);  // the teacher's weights
+      auto student = qad::train::quantize_student(student_lm, cfg, [&](const qad::train::CalibSink& sink) {
+        sink(b.input_ids, torch::Tensor());
+      });
+      student.lm->train();
+      if (!torch_modes.empty()) {
+        // The PyTorch baseline loads exactly these weights, tokens and amaxes.
+        fs::create_directories(dump);
+        qad::io::write_tensors(dump / "model.safetensors", student.lm->hf_tensors());
+        qad::io::write_tensors(dump / "batch.safetensors", {{"input_ids", b.input_ids}});
+        qad::io::write_tensors(dump / "quantizers.safetensors", qad::train::quantizer_state(student).tensors);
       }
-      std::sort(ms.begin(), ms.end());
-      Measured m{ms[ms.size() / 2], qad::train::peak_memory_gb(dev)};
-      if (v.cka == 0) base = m;
-      fmt::print("{:<36} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>7.3f}x {:>7.3f}x\n", v.label, m.ms,
-                 tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb, m.ms / base.ms,
-                 m.peak_gb / base.peak_gb);
+      qad::train::AdamW opt(student.lm->hf_tensors(), cfg.optim);
+      for (const auto& l : student.lm->linears()) matmul_params += static_cast<double>(l->weight.numel());
+      const double attn_fwd = 2.0 * 2.0 * static_cast<double>(config.num_layers) * tokens * static_cast<double>(seq) *
+                              static_cast<double>(config.num_heads * config.head_dim) / 2.0;
+      flops = 6.0 * matmul_params * tokens + 3.0 * attn_fwd + 2.0 * matmul_params * tokens + attn_fwd;
+
+      fmt::print("\nQwen3-{} shape: {:.0f}M matmul params, {} layers, hidden {}; {} NVFP4 Linears\n", name,
+                 matmul_params / 1e6, config.num_layers, config.hidden_size, student.quantized_modules.size());
+      fmt::print("{:<36} {:>9} {:>10} {:>7} {:>9} {:>8} {:>8}\n", "variant", "ms/step", "tokens/s", "MFU", "peak GB",
+                 "time x", "mem x");
+      auto step = [&](int64_t it) {
+        return qad::train::train_step(student.lm, &teacher, {b}, opt,
+                                      {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it)});
+      };
+      for (const auto& v : variants) {
+        cfg.loss.kl = 1;
+        cfg.loss.cka = v.cka;
+        cfg.loss.cka_subsample_tokens = v.subsample;
+        qad::compat::set_tf32_matmul(v.tf32);
+        std::vector<double> ms;
+        try {
+          for (int64_t it = 0; it < warmup + iters; ++it) {
+            if (it == warmup) {
+              torch::cuda::synchronize();
+              qad::train::reset_peak_memory(dev);
+            }
+            torch::cuda::synchronize();
+            const auto t0 = std::chrono::steady_clock::now();
+            auto r = step(it);
+            torch::cuda::synchronize();
+            if (it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
+            if (it >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+          }
+        } catch (const std::exception& e) {
+          fmt::print("{:<36} failed: {}\n", v.label, std::string(e.what()).substr(0, 200));
+          continue;
+        }
+        std::sort(ms.begin(), ms.end());
+        Measured m{ms[ms.size() / 2], qad::train::peak_memory_gb(dev)};
+        if (v.cka == 0) base = m;
+        fmt::print("{:<36} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>7.3f}x {:>7.3f}x\n", v.label, m.ms,
+                   tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb, m.ms / base.ms,
+                   m.peak_gb / base.peak_gb);
+      }
+      qad::compat::set_tf32_matmul(false);
+      if (!profile_path.empty()) {
+        cfg.loss.cka = 0;
+        try {
+          auto table = qad::bench::profile_kernels([&] {
+            step(warmup + iters);
+            torch::cuda::synchronize();
+          });
+          profile_text += fmt::format("== Qwen3-{} QAD step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
+                                      batch, seq, base.ms, table);
+        } catch (const std::exception& e) {
+          profile_text += fmt::format("== Qwen3-{}: profile failed: {}\n", name, e.what());
+        }
+      }
+    }  // qad's models, optimizer state and batch are freed here: the baseline gets the whole GPU
+    qad::train::release_cached_memory(dev);
+
+    std::vector<TorchRun> runs;
+    for (const auto& mode : torch_modes) {
+      TorchRun r;
+      r.mode = mode;
+      r.label = mode == "compile" ? "PyTorch torch.compile" : "PyTorch eager + Triton FQ";
+      // A time limit: torch.compile of a whole model can take minutes, and a stuck child must not hang the bench.
+      const auto cmd = fmt::format("timeout {} {} tools/bench_train_torch.py --model {} --mode {} --iters {} --warmup {} "
+                                   "--load {} --json 2>&1", torch_timeout_s, python, name, mode, iters, warmup,
+                                   dump.string());
+      fmt::print("running the PyTorch baseline ({}) ...\n", r.label);
+      const auto t_start = std::chrono::steady_clock::now();
+      const auto text = run_capture(cmd);
+      const auto brace = text.rfind("\n{");
+      try {
+        auto j = nlohmann::json::parse(text.substr(brace == std::string::npos ? 0 : brace + 1));
+        r.m = Measured{j["median_ms"].get<double>(), j["peak_gb"].get<double>()};
+        r.loss0 = j["loss0"].get<double>();
+        r.first_step_s = j["first_step_s"].get<double>();
+        if (!j["amax_rel_diff"].is_null() && j["amax_rel_diff"].get<double>() > 1e-2) {
+          fmt::print("note: PyTorch's own calibration differs from qad's amaxes by up to {:.2g} (relative); "
+                     "the step uses qad's\n", j["amax_rel_diff"].get<double>());
+        }
+      } catch (const std::exception&) {
+        r.error = text.size() > 1500 ? text.substr(text.size() - 1500) : text;
+      }
+      fmt::print("  ... {} in {:.0f} s\n", r.m ? "done" : "failed",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+      runs.push_back(r);
     }
-    qad::compat::set_tf32_matmul(false);
+    if (!torch_modes.empty()) {
+      fmt::print("\nQwen3-{} QAD step against PyTorch, same machine, same run (speedup = their time / qad's time)\n", name);
+      fmt::print("{:<28} {:>9} {:>10} {:>7} {:>9} {:>9} {:>9} {:>12}\n", "implementation", "ms/step", "tokens/s",
+                 "MFU", "peak GB", "speedup", "mem x", "step-0 loss");
+      auto row = [&](const std::string& label, const Measured& m, double loss0) {
+        fmt::print("{:<28} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>8.3f}x {:>8.3f}x {:>12.6g}\n", label, m.ms,
+                   tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb, m.ms / base.ms,
+                   m.peak_gb / base.peak_gb, loss0);
+      };
+      row("qad", base, qad_loss0);
+      for (const auto& r : runs) {
+        if (!r.m) {
+          fmt::print("{:<28} failed (run tools/bench_train_torch.py --model {} --mode {} by hand):\n{}\n", r.label, name,
+                     r.mode, r.error);
+          continue;
+        }
+        row(r.label, *r.m, r.loss0);
+      }
+      for (const auto& r : runs) {
+        if (!r.m) continue;
+        fmt::print("step-0 loss {}: qad {:.6g}, PyTorch {:.6g}, relative difference {:.2e}; first step {:.1f} s\n",
+                   r.mode, qad_loss0, r.loss0, std::abs(r.loss0 - qad_loss0) / std::max(std::abs(qad_loss0), 1e-30),
+                   r.first_step_s);
+      }
+    }
+    std::error_code ec;
+    fs::remove_all(dump, ec);
+  }
+  std::error_code ec;
+  fs::remove_all(tmp_root, ec);
+  if (!profile_path.empty()) {
+    std::ofstream(profile_path) << profile_text;
+    fmt::print("\n{}", profile_text);
   }
   return 0;
 }

@@ -18,11 +18,11 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 
 [ -f "$OUT/teacher/config.json" ] || "$MAKE_MODEL" --shape qwen3-1.7b --out "$OUT/teacher" --tokenizer-from "$TOK"
-[ -f "$OUT/data/index.json" ] || "$QAD" data prepare --tokenizer "$TOK" --output "$OUT/data" \
+[ -f "$OUT/data/index.json" ] || "$QAD" data prepare --tokenizer "$TOK" --out "$OUT/data" \
   --input $SHARED/corpus/prose_train.jsonl.xz --valid-fraction 0.01
 
 common=(distill --method qad --teacher "$OUT/teacher" --data "$OUT/data" --steps "$STEPS" --seq-len "$SEQ"
-        --lr 1e-5 --warmup 0.1 --valid-every 0 --valid-batches 1 --calib-batches 2 --log-every 5
+        --lr 1e-5 --warmup-ratio 0.1 --valid-every 0 --valid-batches 1 --calib-batches 2 --log-every 5
         --set run.checkpoint_every=-1 --set run.export_nvfp4=false)
 run() {  # name, then extra flags
   local name=$1; shift

@@ -15,9 +15,9 @@ SEQ=${SEQ:-512}
 SHARED=${QAD_SHARED_DIR:-../shared}
 T=$SHARED/models/qwen3-16m-teacher
 mkdir -p "$OUT"
-[ -f "$OUT/data_train/index.json" ] || "$QAD" data prepare --tokenizer "$T" --output "$OUT/data_train" \
+[ -f "$OUT/data_train/index.json" ] || "$QAD" data prepare --tokenizer "$T" --out "$OUT/data_train" \
   --input $SHARED/corpus/prose_train.jsonl.xz $SHARED/tasks/arith/train.jsonl.xz
-[ -f "$OUT/data_valid/index.json" ] || "$QAD" data prepare --tokenizer "$T" --output "$OUT/data_valid" \
+[ -f "$OUT/data_valid/index.json" ] || "$QAD" data prepare --tokenizer "$T" --out "$OUT/data_valid" \
   --input $SHARED/corpus/prose_valid.jsonl.xz
 
 for m in ptq qat qad cka_qad; do

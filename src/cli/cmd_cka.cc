@@ -32,7 +32,7 @@ void register_cka(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--bos", o->bos, "raw text: auto or never")->capture_default_str();
   cmd->add_option("--doc-end", o->doc_end, "raw text documents end with: eos, none, a token or an id")->capture_default_str();
-  cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
+  cmd->add_option("--device", o->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "auto, float32, bfloat16, float16")->capture_default_str();
   cmd->callback([o, json, csv, plot] {
     if (*json && *csv) throw CLI::ValidationError("--json and --csv exclude each other");

@@ -8,13 +8,16 @@
 #include "data/dataset.h"
 #include "data/document_encoder.h"
 #include "data/prepare.h"
+#include "tokenizer/doc_end.h"
 #include "util/error.h"
+#include "util/output_check.h"
 
 namespace qad::cli {
 namespace {
 
 struct PrepareArgs {
   std::string tokenizer, output, text_field = "text", messages_field = "messages", on_bad_line = "skip";
+  std::string doc_end = "eos";
   std::vector<std::string> inputs;
   double valid_fraction = 0;
   uint64_t split_seed = 0;
@@ -29,6 +32,7 @@ struct InspectArgs {
 
 void run_prepare(const PrepareArgs& a) {
   data::PrepareOptions o;
+  QAD_CHECK(!a.output.empty(), "give the dataset directory to create with --out DIR");
   o.output = a.output;
   o.fields = {a.text_field, a.messages_field};
   QAD_CHECK(a.on_bad_line == "skip" || a.on_bad_line == "error", "--on-bad-line must be skip or error, got '{}'",
@@ -38,7 +42,9 @@ void run_prepare(const PrepareArgs& a) {
   o.split_seed = a.split_seed;
   o.threads = a.threads;
   o.shard_tokens = a.shard_tokens;
+  check_output_writable(a.output, "--out");
   auto encoder = data::make_tokenizer_encoder(a.tokenizer);
+  o.doc_end = tokenizer::resolve_doc_end(a.doc_end, tokenizer::Tokenizer::load(a.tokenizer));
   std::vector<std::filesystem::path> inputs(a.inputs.begin(), a.inputs.end());
   auto summary = data::prepare_dataset(inputs, *encoder, o);
   fmt::print("wrote {}\n{}", a.output, summary.to_text());
@@ -95,12 +101,12 @@ void register_data(CLI::App& app) {
                                           "(one document per file); .xz / .zst compressed too")
       ->required()
       ->expected(1, -1);
-  prep->add_option("--output", pa->output, "dataset directory to create (replaced only if it holds a dataset)")
-      ->required();
+  add_out_option(prep, pa->output, "dataset directory to create (replaced only if it holds a dataset)");
   prep->add_option("--text-field", pa->text_field, "JSON field holding plain text");
   prep->add_option("--messages-field", pa->messages_field, "JSON field holding chat messages");
-  prep->add_option("--on-bad-line", pa->on_bad_line, "skip: report each bad line and go on; error: stop at the first")
-      ->check(CLI::IsMember({"skip", "error"}));
+  add_on_bad_line_option(prep, pa->on_bad_line, "input lines");
+  prep->add_option("--doc-end", pa->doc_end, "text documents end with: eos (the tokenizer's), none, a token "
+                   "('<|endoftext|>') or an id; match how the model was trained (docs/eval.md)")->capture_default_str();
   prep->add_option("--valid-fraction", pa->valid_fraction,
                    "fraction of documents the loader holds out for validation by default")
       ->check(CLI::Range(0.0, 0.999));
@@ -110,7 +116,7 @@ void register_data(CLI::App& app) {
   prep->callback([pa] { run_prepare(*pa); });
 
   auto ia = std::make_shared<InspectArgs>();
-  prep->footer("Examples:\n  qad data prepare --tokenizer ../shared/models/qwen3-16m-teacher --input ../shared/corpus/prose_train.jsonl.xz --output data/prose --valid-fraction 0.02");  // run by tests/usage
+  prep->footer("Examples:\n  qad data prepare --tokenizer ../shared/models/qwen3-16m-teacher --input ../shared/corpus/prose_train.jsonl.xz --out data/prose --valid-fraction 0.02");  // run by tests/usage
   auto* insp = data->add_subcommand("inspect", "Print a dataset's summary and its first documents' ids and masks");
   insp->footer("Examples:\n  qad data inspect data/prose --docs 2");  // run by tests/usage
   insp->add_option("dir", ia->dir, "dataset directory")->required();

@@ -14,7 +14,7 @@ void register_demo(CLI::App& app) {
   cmd->footer("Examples:\n  qad demo\n  qad demo --size small --device cuda --out qad-demo-gpu");  // each one is run by tests/usage
   auto* out = cmd->add_option("--out", o->out, "output directory");
   out->default_str("qad-demo");
-  cmd->add_option("--device", o->device, "auto | cpu | cuda");
+  cmd->add_option("--device", o->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--size", o->size, "tiny (CPU, ~5 min with OpenBLAS) or small (GPU)")
       ->check(CLI::IsMember({"tiny", "small"}));
   // The whole pipeline on a 2-layer, 32-wide model in seconds: for tests, nothing is learned.

@@ -2,7 +2,9 @@
 // configuration is the method's defaults, then --config recipe.yaml, then the flags below, then --set.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <utility>
@@ -12,9 +14,11 @@
 #include "dist/launch_env.h"
 #include "dist/local_launcher.h"
 #include "train/config.h"
+#include "train/config_sources.h"
 #include "train/distributed.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/signals.h"
 
 namespace qad::cli {
 namespace {
@@ -41,7 +45,8 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--steps", "run.steps", "optimizer steps"},
     {"--lr", "optim.lr", "peak learning rate"},
     {"--schedule", "optim.schedule", "cosine | linear | constant"},
-    {"--warmup", "optim.warmup_fraction", "warmup as a fraction of the steps"},
+    {"--warmup-steps", "optim.warmup_steps", "linear warmup steps (-1 = use --warmup-ratio)"},
+    {"--warmup-ratio", "optim.warmup_fraction", "linear warmup as a fraction of --steps (used when --warmup-steps is -1)"},
     {"--weight-decay", "optim.weight_decay", "AdamW weight decay"},
     {"--grad-clip", "optim.grad_clip", "max global gradient norm (0 = off)"},
     {"--grad-accum", "optim.grad_accum", "micro-batches per optimizer step"},
@@ -55,7 +60,9 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--cka-estimator", "loss.cka_estimator", "biased | debiased"},
     {"--cka-subsample", "loss.cka_subsample_tokens", "tokens per micro-batch in the CKA term (0 = all)"},
     {"--cka-layers", "loss.cka_layers", "comma-separated hidden-state names (default: every layers.N)"},
-    {"--calib-batches", "quant.calib_batches", "PTQ calibration batches"},
+    {"--calib-samples", "quant.options.calib_samples", "PTQ calibration rows (0 = --calib-batches global batches); "
+                                                      "the same rows qad quantize --calib-samples takes (docs/quant.md)"},
+    {"--calib-batches", "quant.calib_batches", "PTQ calibration batches when --calib-samples is 0"},
     {"--seed", "run.seed", "seed of the step randomness (CKA subsampling)"},
     {"--data-seed", "data.seed", "shuffle seed"},
     {"--device", "run.device", "auto | cpu | cuda | cuda:N"},
@@ -72,24 +79,54 @@ const std::vector<std::array<const char*, 3>> kBoolFlags = {
     {"--cka-dynamic-balance", "loss.cka_dynamic_balance", "scale the CKA term to the KL's magnitude"},
 };
 
-train::TrainConfig assemble(const DistillArgs& a) {
-  nlohmann::json recipe = nlohmann::json::object();
-  if (!a.recipe.empty()) recipe = train::load_recipe(a.recipe);
-  std::string method = "qad";
-  if (recipe.contains("method")) method = recipe["method"].get<std::string>();
-  if (!a.method.empty()) method = a.method;
-  auto cfg = train::defaults_for(train::parse_method(method));
-  if (!a.recipe.empty()) cfg.merge_json(recipe, a.recipe);
-  nlohmann::json patch = nlohmann::json::object();
-  for (const auto& [k, v] : a.values) train::merge_into(patch, train::parse_override(k + "=" + v));
-  for (const auto& s : a.sets) train::merge_into(patch, train::parse_override(s));
-  patch["method"] = method;
-  cfg.merge_json(patch, "command line");
-  if (cfg.method == train::Method::kPtq && cfg.run.steps != 0) {
-    fmt::print("ptq: calibration only; --steps {} is ignored\n", cfg.run.steps);
-    cfg.run.steps = 0;
+// One argument as a POSIX shell reads it back (for the resume command line printed after a stop).
+std::string shell_quote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
+                        std::string::npos) {
+    return s;
   }
-  return cfg;
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// The effective configuration (train/config_sources.h: method defaults → recipe → flags → --set), with its
+// warnings printed once (by rank 0 or the launcher).
+train::TrainConfig assemble(const DistillArgs& a, bool print_warnings) {
+  train::ConfigSources src;
+  src.recipe_path = a.recipe;
+  if (!a.recipe.empty()) src.recipe = train::load_recipe(a.recipe);
+  src.method = a.method;
+  for (const auto& [k, v] : a.values) train::merge_into(src.flags, train::parse_override(k + "=" + v));
+  for (const auto& s : a.sets) train::merge_into(src.flags, train::parse_override(s));
+  auto assembled = train::assemble_config(src);
+  if (print_warnings) {
+    for (const auto& w : assembled.warnings) fmt::print(stderr, "qad: warning: {}\n", w);
+  }
+  return assembled.config;
+}
+
+// What --help shows for a value flag: the type and the default of its setting (before any recipe).
+void describe_value_flag(CLI::Option* opt, const std::string& key) {
+  static const nlohmann::json defaults = train::TrainConfig{}.to_json();
+  std::string pointer = "/" + key;
+  std::replace(pointer.begin(), pointer.end(), '.', '/');
+  if (!defaults.contains(nlohmann::json::json_pointer(pointer))) return;
+  const auto& v = defaults.at(nlohmann::json::json_pointer(pointer));
+  if (v.is_number_integer() || v.is_number_unsigned()) {
+    opt->type_name("INT");
+  } else if (v.is_number_float()) {
+    opt->type_name("FLOAT");
+  } else if (v.is_array()) {
+    opt->type_name("LIST");
+  } else {
+    opt->type_name(key == "run.teacher" || key == "run.out" || key == "data.path" || key == "data.valid_path" ||
+                           key == "quant.student"
+                       ? "PATH"
+                       : "TEXT");
+  }
+  const bool shown = v.is_number() || (v.is_string() && !v.get<std::string>().empty());
+  if (shown) opt->default_str(v.is_string() ? v.get<std::string>() : v.dump());
 }
 
 void register_distill(CLI::App& app) {
@@ -102,8 +139,14 @@ void register_distill(CLI::App& app) {
   auto values = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
   auto storage = std::make_shared<std::vector<std::string>>(kValueFlags.size());
   for (size_t i = 0; i < kValueFlags.size(); ++i) {
-    values->emplace_back(cmd->add_option(kValueFlags[i][0], (*storage)[i], kValueFlags[i][2]), kValueFlags[i][1]);
+    auto* opt = cmd->add_option(kValueFlags[i][0], (*storage)[i], kValueFlags[i][2]);
+    describe_value_flag(opt, kValueFlags[i][1]);
+    values->emplace_back(opt, kValueFlags[i][1]);
   }
+  // --warmup was a fraction, which users of HF's --warmup_steps read as steps: a fraction is still taken (with a
+  // note), a number of steps is refused with the two new names.
+  auto old_warmup = std::make_shared<std::string>();
+  cmd->add_option("--warmup", *old_warmup)->group("");
   auto bools = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
   for (const auto& f : kBoolFlags) bools->emplace_back(cmd->add_flag(f[0], f[2]), f[1]);
   cmd->add_option("--set", a->sets, "any setting as section.key=value (e.g. --set loss.top_k=1024); repeatable");
@@ -114,6 +157,10 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--debug-nan-at-steps", *nan_steps)->group("");  // test hooks, hidden from --help
   cmd->add_option("--debug-kill-at-step", *kill_step)->group("");
   cmd->add_option("--debug-kill-rank", a->kill_rank)->group("");
+  auto signal_steps = std::make_shared<std::string>();
+  cmd->add_option("--debug-signal-at-steps", *signal_steps)->group("");
+  auto hold_step = std::make_shared<std::string>();
+  cmd->add_option("--debug-hold-at-step", *hold_step)->group("");
   cmd->add_option("--nproc-per-node", a->nproc_per_node, "start N data-parallel ranks on this machine (one per GPU; "
                   "Gloo on CPU); without it the ranks come from RANK/WORLD_SIZE/... or SLURM (docs/dist.md)");
   cmd->add_option("--dist-timeout", a->dist_timeout, "seconds a rank waits for the others (rendezvous, collectives) "
@@ -131,12 +178,30 @@ void register_distill(CLI::App& app) {
     if (!nan_steps->empty()) a->values.emplace_back("debug.nan_at_steps", "[" + *nan_steps + "]");
     if (!kill_step->empty()) a->values.emplace_back("debug.kill_at_step", *kill_step);
     if (!a->kill_rank.empty()) a->values.emplace_back("debug.kill_rank", a->kill_rank);
-    auto cfg = assemble(*a);
+    if (!signal_steps->empty()) a->values.emplace_back("debug.signal_at_steps", "[" + *signal_steps + "]");
+    if (!hold_step->empty()) a->values.emplace_back("debug.hold_at_step", *hold_step);
+    if (!old_warmup->empty()) {
+      double x = -1;
+      try {
+        x = std::stod(*old_warmup);
+      } catch (const std::exception&) {
+      }
+      QAD_CHECK(x >= 0 && x < 1, "--warmup {}: ambiguous; give --warmup-steps N for a number of steps or "
+                "--warmup-ratio X for a fraction of --steps", *old_warmup);
+      fmt::print(stderr, "qad: note: --warmup is deprecated; it is read as --warmup-ratio {}\n", *old_warmup);
+      a->values.emplace_back("optim.warmup_fraction", *old_warmup);
+    }
+    const auto env = dist::parse_launch_env(dist::process_env());
+    auto cfg = assemble(*a, /*print_warnings=*/env.rank == 0);
     if (a->print_only) {
       fmt::print("{}", train::describe(cfg));
       return;
     }
-    const auto env = dist::parse_launch_env(dist::process_env());
+    QAD_CHECK(std::isfinite(a->dist_timeout) && a->dist_timeout > 0, "--dist-timeout {}: must be a positive number of "
+              "seconds", a->dist_timeout);
+    QAD_CHECK(std::isfinite(a->bucket_mb) && a->bucket_mb > 0, "--bucket-mb {}: must be a positive number",
+              a->bucket_mb);
+    cfg.validate();  // before anything runs, and before the launcher starts ranks that would each refuse it
     if (a->nproc_per_node > 0 && env.source == "none") {
       // The launcher: the same command line for every rank, without --nproc-per-node.
       dist::LocalLaunch l;
@@ -154,8 +219,6 @@ void register_distill(CLI::App& app) {
       dist::launch_local(l);
       return;
     }
-    QAD_CHECK(a->dist_timeout > 0, "--dist-timeout {}: must be positive", a->dist_timeout);
-    QAD_CHECK(a->bucket_mb > 0, "--bucket-mb {}: must be positive", a->bucket_mb);
     cfg.dist.rank = env.rank;
     cfg.dist.world_size = env.world_size;
     cfg.dist.local_rank = env.local_rank;
@@ -164,7 +227,19 @@ void register_distill(CLI::App& app) {
     cfg.dist.timeout_s = a->dist_timeout;
     cfg.dist.zero = a->zero != 0;
     cfg.dist.bucket_mb = a->bucket_mb;
-    auto summary = train::run_training(cfg, a->resume);
+    std::string command;
+    for (const auto& arg : launch_argv()) command += (command.empty() ? "" : " ") + shell_quote(arg);
+    auto summary = train::run_training(cfg, a->resume, command);
+    if (summary.stopped_by_signal != 0) {
+      if (train::is_writer(cfg.dist)) {
+        const bool has_resume = std::find(launch_argv().begin(), launch_argv().end(), "--resume") != launch_argv().end();
+        fmt::print(stderr, "qad: stopped by {} after step {} of {}; checkpoint {}\nqad: to continue, run the same "
+                   "command with --resume:\n  {}{}\n", GracefulStop::name(summary.stopped_by_signal), summary.steps,
+                   cfg.run.steps, summary.checkpoint.empty() ? std::string("(none)") : summary.checkpoint.string(),
+                   command, has_resume ? "" : " --resume");
+      }
+      throw CLI::RuntimeError(128 + summary.stopped_by_signal);  // the shell's convention for "ended by signal N"
+    }
     if (train::is_writer(cfg.dist)) {
       fmt::print("done: {} steps, {} tokens in {:.1f} s; run directory {}\n", summary.steps, summary.tokens,
                  summary.train_seconds, summary.run_dir.string());

@@ -24,9 +24,25 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--max-tokens", o->max_tokens, "perplexity: score at most N tokens (0 = all)")->capture_default_str();
   cmd->add_option("--seq-len", o->seq_len, "perplexity window: targets per window")->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "perplexity: windows per forward")->capture_default_str();
-  cmd->add_option("--task-batch-size", o->task_batch_size, "tasks: prompts per batched generation")->capture_default_str();
+  cmd->add_option("--task-batch-size", o->task_batch_size, "tasks: sequences decoded together (0 = as many as free "
+                  "memory allows; CPU: 64); multiple choice: sequences per forward (0 = 32)")->capture_default_str();
+  cmd->add_option("--samples", o->samples, "tasks: generations per item (k of avg@k; needs --temperature > 0)")
+      ->capture_default_str();
+  cmd->add_option("--pass-k", o->pass_k, "tasks: the k of pass@k and maj@k, e.g. 1,4,8 (default: 1 and --samples)");
+  cmd->add_option("--temperature", o->temperature, "tasks: sampling temperature (0 = greedy)")->capture_default_str();
+  cmd->add_option("--top-p", o->top_p, "tasks: nucleus sampling mass in (0, 1]")->capture_default_str();
+  cmd->add_option("--top-k", o->top_k, "tasks: sample among the k most likely tokens (0 = all)")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "tasks: sampling seed (sample j of item i uses the stream (seed, i, j))")
+      ->capture_default_str();
+  cmd->add_option("--answer-check", o->answer_check, "tasks: exact, numeric (within --abs-tol/--rel-tol), math "
+                  "(LaTeX-normalised, docs/eval.md) or choice (A/B/C letters)")->capture_default_str();
+  cmd->add_option("--abs-tol", o->abs_tol, "tasks: numeric/math check absolute tolerance")->capture_default_str();
+  cmd->add_option("--rel-tol", o->rel_tol, "tasks: numeric/math check relative tolerance")->capture_default_str();
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tasks: generation limit")->capture_default_str();
   cmd->add_option("--max-items", o->max_items, "tasks: only the first N items (0 = all)")->capture_default_str();
+  cmd->add_option("--ppl-mode", o->ppl_mode, "perplexity: packed (one stream, windows across documents, as in "
+                  "training) or rolling (each raw text document alone in rolling windows, as lm-eval; adds word and "
+                  "byte perplexity)")->capture_default_str();
   cmd->add_option("--bos", o->bos, "raw text documents: auto (tokenizer template, e.g. Llama's BOS) or never")
       ->capture_default_str();
   cmd->add_option("--doc-end", o->doc_end, "raw text documents end with: eos, none, a token ('<|endoftext|>') or an id")
@@ -37,15 +53,15 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--stop-ids", o->stop_ids, "generation stop ids, e.g. 8191 (default: the chat end token)");
   cmd->add_option("--group-field", o->group_field, "per-group accuracy by this task field")->capture_default_str();
-  cmd->add_option("--on-bad-line", o->skip_bad_lines, "task lines that do not parse: error or skip")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, bool>{{"error", false}, {"skip", true}}))
-      ->capture_default_str();
+  auto on_bad_line = std::make_shared<std::string>();
+  add_on_bad_line_option(cmd, *on_bad_line, "task lines");
   cmd->add_option("--predictions", o->predictions, "write one JSON line per task item (generation, prediction)");
-  cmd->add_option("--device", o->device, "cpu, cuda or auto")->capture_default_str();
+  cmd->add_option("--device", o->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "auto (BF16 on CUDA, FP32 on CPU), float32, bfloat16, float16")
       ->capture_default_str();
   cmd->add_flag("--json", *json, "print the metrics as one JSON object on stdout");
-  cmd->callback([o, json] {
+  cmd->callback([o, json, on_bad_line] {
+    o->skip_bad_lines = *on_bad_line == "skip";
     auto m = eval::run_eval(*o);
     if (*json) {
       fmt::print("{}\n", m.dump());

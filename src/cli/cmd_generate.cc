@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -10,6 +13,7 @@
 #include "cli/commands.h"
 #include "cli/text_codec.h"
 #include "model/causal_lm.h"
+#include "model/context_length.h"
 #include "model/device.h"
 #include "model/generate.h"
 #include "util/error.h"
@@ -32,6 +36,7 @@ struct GenerateArgs {
   std::string stop_ids = "eos";
   std::string device = "auto";
   bool json = false;
+  bool chat = false;
 };
 
 std::vector<int64_t> parse_ids(const std::string& text, const std::string& option) {
@@ -52,6 +57,13 @@ std::vector<int64_t> parse_ids(const std::string& text, const std::string& optio
 }
 
 int run(const GenerateArgs& a) {
+  // Numbers first, before minutes of loading (nan and inf pass the parser).
+  QAD_CHECK(std::isfinite(a.temperature) && a.temperature > 0, "--temperature {}: must be a finite number > 0 (use "
+            "--greedy for argmax decoding)", a.temperature);
+  QAD_CHECK(std::isfinite(a.top_p) && a.top_p > 0 && a.top_p <= 1, "--top-p {}: must be in (0, 1]", a.top_p);
+  QAD_CHECK(a.top_k >= 0, "--top-k {}: must be >= 0 (0 = all tokens)", a.top_k);
+  QAD_CHECK(!a.chat || a.prompt_ids.empty(), "--chat renders --prompt TEXT as a user message; --prompt-ids are "
+            "used as given, so give the chat-formatted ids without --chat");
   const auto device = model::parse_device(a.device);
   auto& codec = text_codec();
   const auto tokenizer_dir = checkpoint::tokenizer_dir(a.model);
@@ -60,7 +72,7 @@ int run(const GenerateArgs& a) {
   for (const auto& p : a.prompts) {
     QAD_CHECK(static_cast<bool>(codec.encode),
               "--prompt: text prompts need the tokenizer (not in this build); give token ids with --prompt-ids 1,2,3");
-    prompts.push_back(codec.encode(tokenizer_dir, p));
+    prompts.push_back(a.chat ? codec.encode_chat(tokenizer_dir, p) : codec.encode(tokenizer_dir, p));
   }
   QAD_CHECK(!prompts.empty(), "give at least one --prompt TEXT or --prompt-ids 1,2,3");
 
@@ -79,12 +91,17 @@ int run(const GenerateArgs& a) {
   } else if (a.stop_ids != "none") {
     o.stop_ids = parse_ids(a.stop_ids, "--stop-ids");
   }
+  size_t longest = 0;
+  for (const auto& p : prompts) longest = std::max(longest, p.size());
+  model::warn_beyond_context(lm->config(), static_cast<int64_t>(longest) + a.max_new_tokens,
+                             "the longest prompt plus --max-new-tokens", a.model);
   auto r = model::generate(lm, prompts, o);
+  const bool has_tokenizer = fs::exists(tokenizer_dir / "tokenizer.json");
 
   nlohmann::json out = {{"model", a.model}, {"device", device.str()}, {"greedy", a.greedy}, {"outputs", nlohmann::json::array()}};
   for (size_t i = 0; i < prompts.size(); ++i) {
     nlohmann::json row = {{"prompt_ids", prompts[i]}, {"new_ids", r.new_ids[i]}, {"stopped", r.stopped[i]}};
-    if (codec.decode && fs::exists(tokenizer_dir / "tokenizer.json")) {
+    if (codec.decode && has_tokenizer) {  // --prompt-ids needs no tokenizer: ids are printed either way
       auto all = prompts[i];
       all.insert(all.end(), r.new_ids[i].begin(), r.new_ids[i].end());
       row["text"] = codec.decode(tokenizer_dir, all);
@@ -122,7 +139,9 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--stop-ids", a->stop_ids,
                   "stop tokens: 'eos' (config.json's eos_token_id), 'none', or ids like 1,2 (stories260K ends "
                   "stories with BOS = 1)");
-  cmd->add_option("--device", a->device, "cpu, cuda or auto");
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_flag("--chat", a->chat, "each --prompt is a user message, rendered with the model's chat template and "
+                "the assistant's turn opened (as for an instruction-tuned model)");
   cmd->add_flag("--json", a->json, "print one JSON object");
   cmd->callback([a] {
     if (int rc = run(*a); rc != 0) throw CLI::RuntimeError(rc);

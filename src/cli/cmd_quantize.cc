@@ -1,23 +1,30 @@
 // `qad quantize`: PTQ of an HF checkpoint to NVFP4 — apply the quantization config, calibrate on a token dataset
-// (qad data prepare) or on jsonl / txt text (tokenized with the model's tokenizer), export the ModelOpt layout.
+// (qad data prepare) or on jsonl / txt text (prepared the same way on the fly), export the ModelOpt layout. The
+// calibration rows are data/calibration_rows.h's, the ones `qad distill --method ptq` uses.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include <unistd.h>
 
 #include <filesystem>
 
 #include "checkpoint/load.h"
 #include "cli/commands.h"
 #include "data/batch_tensors.h"
+#include "data/calibration_rows.h"
 #include "data/dataset.h"
 #include "data/document_encoder.h"
-#include "data/line_reader.h"
 #include "data/loader.h"
-#include "data/record.h"
+#include "data/prepare.h"
+#include "tokenizer/doc_end.h"
+#include "util/remove_tree.h"
 #include "model/causal_lm.h"
 #include "model/device.h"
 #include "quant/quantize_model.h"
 #include "train/config.h"
 #include "util/error.h"
+#include "util/output_check.h"
+#include "util/torch_compat.h"
 
 namespace qad::cli {
 namespace {
@@ -26,84 +33,66 @@ namespace fs = std::filesystem;
 struct QuantizeArgs {
   std::string model, calib_data, out, method = "max", device = "auto", dtype = "auto", config;
   int64_t calib_samples = 512, seq_len = 512, batch_size = 8;
+  uint64_t seed = 0;
+  std::string doc_end = "eos";
   std::vector<std::string> exclude, include;
 };
 
-// Batches from a prepared token dataset: packed windows of seq_len in a fixed shuffled order.
-quant::BatchSource dataset_batches(const QuantizeArgs& a, int64_t vocab) {
-  return [&a, vocab](const quant::BatchSink& sink) {
+// The token dataset to calibrate on: --calib-data itself, or .jsonl / .txt text prepared like `qad data prepare`
+// (the model's tokenizer, --doc-end after each document) into a temporary directory removed afterwards.
+class CalibrationDataset {
+ public:
+  explicit CalibrationDataset(const QuantizeArgs& a) {
+    if (fs::is_directory(a.calib_data) && data::looks_like_dataset(a.calib_data)) {
+      dir_ = a.calib_data;
+      return;
+    }
+    QAD_CHECK(!fs::is_directory(a.calib_data), "--calib-data {}: a directory, but not a prepared dataset (no "
+              "index.json); run `qad data prepare` or pass a .jsonl / .txt file", a.calib_data);
+    QAD_CHECK(fs::exists(fs::path(a.model) / "tokenizer.json"), "--calib-data {}: text needs the model's tokenizer, "
+              "and {} has no tokenizer.json; prepare the data with `qad data prepare`", a.calib_data, a.model);
+    dir_ = temporary_ = fs::temp_directory_path() / fmt::format("qad-calib-{}", ::getpid());
+    remove_tree(temporary_);
+    data::PrepareOptions o;
+    o.output = temporary_;
+    o.progress = false;
+    o.doc_end = tokenizer::resolve_doc_end(a.doc_end, tokenizer::Tokenizer::load(a.model));
+    data::prepare_dataset({fs::path(a.calib_data)}, *data::make_tokenizer_encoder(a.model), o);
+  }
+  ~CalibrationDataset() {
+    std::error_code ec;
+    if (!temporary_.empty()) remove_tree(temporary_, ec);
+  }
+  CalibrationDataset(const CalibrationDataset&) = delete;
+  CalibrationDataset& operator=(const CalibrationDataset&) = delete;
+  const fs::path& dir() const { return dir_; }
+
+ private:
+  fs::path dir_, temporary_;
+};
+
+// data/calibration_rows.h: the rows `qad distill --method ptq` calibrates on for the same data, --seq-len,
+// --batch-size and --seed (its data.seed).
+quant::BatchSource calibration_batches(const QuantizeArgs& a, const fs::path& dataset, int64_t vocab,
+                                       torch::Device device) {
+  return [&a, dataset, vocab, device](const quant::BatchSink& sink) {
     data::LoaderOptions o;
     o.seq_len = a.seq_len;
     o.batch_size = a.batch_size;
-    o.split = data::Split::all;
-    o.drop_last = false;
-    o.seed = 0;
-    data::Loader loader(a.calib_data, o);
+    o.seed = a.seed;
+    data::Loader loader(dataset, data::calibration_loader_options(o));
     QAD_CHECK(loader.dataset().vocab_size() <= vocab, "--calib-data {}: its tokenizer has {} ids but the model only "
               "{}; prepare the data with the model's tokenizer", a.calib_data, loader.dataset().vocab_size(), vocab);
-    int64_t rows = 0;
-    for (int64_t s = 0; s < loader.steps_per_epoch() && rows < a.calib_samples; ++s) {
-      auto t = data::to_tensors(loader.next());
-      sink(t.input_ids, t.attention_mask);
-      rows += t.input_ids.size(0);
-    }
-  };
-}
-
-// Batches from text: documents tokenized with the model's tokenizer, joined into one stream (BOS before each
-// document when the model has one) and cut into windows of seq_len.
-quant::BatchSource text_batches(const QuantizeArgs& a, const model::ModelConfig& config) {
-  return [&a, &config](const quant::BatchSink& sink) {
-    auto encoder = data::make_tokenizer_encoder(a.model);
-    std::vector<int64_t> stream, batch;
-    int64_t rows = 0, in_batch = 0;
-    auto flush = [&] {
-      if (in_batch == 0) return;
-      sink(torch::tensor(batch, torch::kLong).reshape({in_batch, a.seq_len}), {});
-      batch.clear();
-      in_batch = 0;
-    };
-    auto add = [&](const data::EncodedDocument& d) {
-      if (config.bos_token_id) stream.push_back(*config.bos_token_id);
-      stream.insert(stream.end(), d.ids.begin(), d.ids.end());
-      while (static_cast<int64_t>(stream.size()) >= a.seq_len && rows < a.calib_samples) {
-        batch.insert(batch.end(), stream.begin(), stream.begin() + a.seq_len);
-        stream.erase(stream.begin(), stream.begin() + a.seq_len);
-        ++rows;
-        if (++in_batch == a.batch_size) flush();
-      }
-    };
-    const fs::path path(a.calib_data);
-    const auto ext = data::strip_compression_suffix(path).extension();
-    if (ext == ".jsonl" || ext == ".json") {
-      data::LineReader reader(path);
-      std::string_view line;
-      while (rows < a.calib_samples && reader.next(line)) {
-        auto r = data::parse_jsonl_line(line, {});
-        if (r.kind == data::Record::Kind::text) {
-          add(encoder->encode_text(r.text));
-        } else if (r.kind == data::Record::Kind::chat) {
-          add(encoder->encode_chat(r.messages));
-        } else if (r.kind == data::Record::Kind::bad) {
-          fmt::print(stderr, "qad: warning: {}:{}: skipped ({}: {})\n", path.string(), reader.line_number(),
-                     data::reason_name(r.reason), r.detail);
-        }
-      }
-    } else {
-      int64_t line = 0;
-      auto r = data::parse_text_file(data::read_all(path), line);
-      QAD_CHECK(r.kind == data::Record::Kind::text, "--calib-data {}:{}: {}", path.string(), line, r.detail);
-      add(encoder->encode_text(r.text));
-    }
-    flush();
-    QAD_CHECK(rows > 0, "--calib-data {}: not even one window of {} tokens; give more text or a smaller --seq-len",
-              path.string(), a.seq_len);
+    data::for_each_calibration_batch(loader, a.calib_samples, device, [&](const data::BatchTensors& b) {
+      sink(b.input_ids, b.attention_mask.all().item<bool>() ? torch::Tensor() : b.attention_mask);
+    });
   };
 }
 
 int run(const QuantizeArgs& a) {
   const auto device = model::parse_device(a.device);
   QAD_CHECK(fs::exists(a.calib_data), "--calib-data {}: no such file or directory", a.calib_data);
+  check_output_writable(a.out, "--out");  // before an hour of calibration, not after
   // PTQ starts from high-precision weights: an HF checkpoint (an unquantized run's is RUN/export/hf).
   const auto kind = checkpoint::detect(a.model);
   QAD_CHECK(kind != checkpoint::Kind::kNvfp4Export, "--model {} is already an NVFP4 checkpoint", a.model);
@@ -129,8 +118,8 @@ int run(const QuantizeArgs& a) {
             fmt::join(cfg.include, " "), fmt::join(cfg.exclude, " "));
   fmt::print(stderr, "quantizing {} Linear layers; left in high precision: {}\n", names.size(),
              fmt::join(quant::unquantized_modules(lm), ", "));
-  const bool is_dataset = fs::is_directory(a.calib_data) && data::looks_like_dataset(a.calib_data);
-  quant::calibrate(lm, is_dataset ? dataset_batches(a, config.vocab_size) : text_batches(a, config), cfg);
+  const CalibrationDataset dataset(a);
+  quant::calibrate(lm, calibration_batches(a, dataset.dir(), config.vocab_size, device), cfg);
   quant::export_nvfp4(lm, a.out, a.model);
   fmt::print("wrote {} (NVFP4, {} quantized Linear layers, {} calibration)\n", a.out, names.size(), a.method);
   return 0;
@@ -147,16 +136,20 @@ void register_quantize(CLI::App& app) {
                   "calibration data: a token dataset directory (qad data prepare) or a .jsonl / .txt file, optionally "
                   ".xz / .zst")->required();
   cmd->add_option("--out", a->out, "output directory (written atomically)")->required();
-  cmd->add_option("--calib-samples", a->calib_samples, "calibration sequences")->check(CLI::PositiveNumber);
+  cmd->add_option("--calib-samples", a->calib_samples, "calibration rows of --seq-len tokens (docs/quant.md, \"The PTQ "
+                  "baseline\")")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seed", a->seed, "order of the calibration rows (the data.seed of qad distill)")->capture_default_str();
+  cmd->add_option("--doc-end", a->doc_end, "text --calib-data: documents end with eos, none, a token or an id")
+      ->capture_default_str();
   cmd->add_option("--method", a->method, "weight calibration: max or mse (activations always max)")
       ->check(CLI::IsMember({"max", "mse"}));
   cmd->add_option("--exclude", a->exclude, "more module globs to leave unquantized (added to the defaults: lm_head, "
                   "*embed_tokens*, *norm*, *router*, *.gate)");
   cmd->add_option("--include", a->include, "module globs to quantize (default *)");
   cmd->add_option("--config", a->config, "YAML file with a quant: section (docs/quant.md); flags override it");
-  cmd->add_option("--seq-len", a->seq_len, "tokens per calibration sequence")->check(CLI::PositiveNumber);
-  cmd->add_option("--batch-size", a->batch_size, "sequences per forward")->check(CLI::PositiveNumber);
-  cmd->add_option("--device", a->device, "cpu, cuda or auto");
+  cmd->add_option("--seq-len", a->seq_len, "tokens per calibration row")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "rows per forward")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "model dtype while calibrating and of the unquantized tensors: auto (the "
                   "checkpoint's), float32, bfloat16, float16");
   cmd->callback([a] {

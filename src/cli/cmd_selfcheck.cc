@@ -94,7 +94,7 @@ void register_selfcheck(CLI::App& app) {
   cmd->add_option("--rows", opts->rows, "rows of each test tensor")->check(CLI::PositiveNumber);
   cmd->add_option("--cols", opts->cols, "columns (the quantized dimension)")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", opts->seed, "random seed");
-  cmd->add_option("--device", opts->device, "cpu, cuda or auto");
+  cmd->add_option("--device", opts->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->callback([opts] {
     if (int rc = run(*opts); rc != 0) throw CLI::RuntimeError(rc);
   });

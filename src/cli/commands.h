@@ -3,6 +3,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -25,6 +26,31 @@ inline std::vector<CommandEntry>& command_registry() {
 inline std::vector<std::string>& launch_argv() {
   static std::vector<std::string> argv;
   return argv;
+}
+
+// The flags every command spells the same way (docs/cli.md lists them).
+
+// --out DIR|FILE (required: checked by the caller's callback, so that the old spelling also satisfies it).
+// --output, the old spelling of `data prepare` and `tokenize`, is still accepted with a note for one release.
+inline CLI::Option* add_out_option(CLI::App* cmd, std::string& out, const std::string& help) {
+  auto* primary = cmd->add_option("--out", out, help);
+  auto* old = cmd->add_option("--output", out, "deprecated spelling of --out")->group("");
+  old->each([](const std::string&) {
+    std::fprintf(stderr, "qad: note: --output is now --out, as in every other command; --output will be removed in "
+                         "the next release\n");
+  });
+  primary->excludes(old);
+  return primary;
+}
+
+// --on-bad-line skip|error for every command that reads line-oriented input; skip (the default) reports each
+// bad line with its file and line number and counts them in the output.
+inline CLI::Option* add_on_bad_line_option(CLI::App* cmd, std::string& value, const std::string& what) {
+  value = "skip";
+  return cmd->add_option("--on-bad-line", value, what + " that do not parse: skip (report each with file:line and go "
+                         "on) or error (stop at the first)")
+      ->check(CLI::IsMember({"skip", "error"}))
+      ->capture_default_str();
 }
 
 struct CommandRegistrar {

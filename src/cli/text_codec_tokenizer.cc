@@ -23,6 +23,10 @@ const bool installed = [] {
     auto ids = tokenizer_for(dir).encode(text, true);
     return std::vector<int64_t>(ids.begin(), ids.end());
   };
+  text_codec().encode_chat = [](const std::filesystem::path& dir, const std::string& text) {
+    auto t = tokenizer::encode_chat(tokenizer_for(dir), {{"user", text}}, /*add_generation_prompt=*/true);
+    return std::vector<int64_t>(t.ids.begin(), t.ids.end());
+  };
   text_codec().decode = [](const std::filesystem::path& dir, const std::vector<int64_t>& ids) {
     return tokenizer_for(dir).decode(std::vector<int32_t>(ids.begin(), ids.end()), true);
   };

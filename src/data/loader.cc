@@ -77,7 +77,7 @@ Loader::Loader(std::shared_ptr<const TokenDataset> dataset, LoaderOptions option
   steps_per_epoch_ = o.drop_last ? samples_ / global : (samples_ + global - 1) / global;
   QAD_CHECK(steps_per_epoch_ > 0,
             "dataset {} ({} split: {} documents, {} tokens) gives {} {} of length {}, fewer than one global batch "
-            "of {} (batch_size {} x world_size {}); use a smaller batch or seq_len, or drop_last=false",
+            "of {} (batch_size {} x world_size {}); use more data, or a smaller batch size or sequence length",
             where, split_name(o.split), docs_.size(), split_tokens_, samples_,
             o.mode == PackMode::pack ? "windows" : "documents", o.seq_len, global, o.batch_size, o.world_size);
 }

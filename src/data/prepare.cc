@@ -88,7 +88,8 @@ struct ChunkResult {
   std::exception_ptr error;
 };
 
-Item encode_record(Record rec, int64_t line, const DocumentEncoder& encoder, const std::string& file) {
+Item encode_record(Record rec, int64_t line, const DocumentEncoder& encoder, const std::string& file,
+                   const std::optional<std::optional<int32_t>>& doc_end) {
   Item item;
   item.line = line;
   item.kind = rec.kind;
@@ -106,8 +107,8 @@ Item encode_record(Record rec, int64_t line, const DocumentEncoder& encoder, con
       item.detail = "the text encodes to no tokens";
       return item;
     }
-    if (auto eos = encoder.eos_id()) {
-      item.doc.ids.push_back(*eos);
+    if (auto end = doc_end ? *doc_end : encoder.eos_id()) {
+      item.doc.ids.push_back(*end);
       if (!item.doc.loss_mask.empty()) item.doc.loss_mask.push_back(1);
     }
   } else {
@@ -140,7 +141,7 @@ ChunkResult process_chunk(Chunk& chunk, const DocumentEncoder& encoder, const Pr
       int64_t line = chunk.line_numbers[i];
       Record rec = chunk.text_file ? parse_text_file(std::move(chunk.lines[i]), line)
                                    : parse_jsonl_line(chunk.lines[i], options.fields);
-      out.items.push_back(encode_record(std::move(rec), line, encoder, file));
+      out.items.push_back(encode_record(std::move(rec), line, encoder, file, options.doc_end));
     }
   } catch (...) {
     out.error = std::current_exception();
@@ -267,10 +268,10 @@ std::string shard_name(int64_t i) { return fmt::format("shard-{:05}.bin", i); }
 void check_output(const fs::path& out) {
   std::error_code ec;
   if (!fs::exists(out, ec)) return;
-  QAD_CHECK(fs::is_directory(out, ec), "--output {} exists and is a file; choose a directory name", out.string());
+  QAD_CHECK(fs::is_directory(out, ec), "--out {} exists and is a file; choose a directory name", out.string());
   const bool empty = fs::directory_iterator(out, ec) == fs::directory_iterator();
   QAD_CHECK(empty || looks_like_dataset(out),
-            "--output {} exists and is not a qad token dataset; it is only replaced when it holds one. Choose "
+            "--out {} exists and is not a qad token dataset; it is only replaced when it holds one. Choose "
             "another directory or remove it",
             out.string());
 }
@@ -410,6 +411,15 @@ PrepareSummary prepare_dataset(const std::vector<fs::path>& inputs, const Docume
       for (const auto& [reason, n] : in.skipped) summary.skipped_by_reason[reason] += n;
     }
     summary.shards = static_cast<int64_t>(shards.size());
+    // A dataset without documents is no dataset: every later step would fail on it, less clearly.
+    if (summary.documents == 0) {
+      std::string reasons;
+      for (const auto& [reason, n] : summary.skipped_by_reason) reasons += fmt::format(", {} {}", n, reason);
+      fail("{}: no documents: {} line(s) read, {} blank, {} skipped{}; nothing was written. Check the input (JSON "
+           "Lines with a \"{}\" or \"{}\" field, or .txt)", inputs.size() == 1 ? inputs[0].string() : "the inputs",
+           summary.lines, summary.blank_lines, summary.skipped_lines, reasons, options.fields.text_field,
+           options.fields.messages_field);
+    }
 
     std::string skipped_text;
     for (const auto& b : bad_lines) {
@@ -423,6 +433,7 @@ PrepareSummary prepare_dataset(const std::vector<fs::path>& inputs, const Docume
     nlohmann::json inputs_json = nlohmann::json::array();
     for (const auto& in : summary.inputs) inputs_json.push_back(in.to_json());
     auto eos = encoder.eos_id();
+    const auto doc_end = options.doc_end ? *options.doc_end : eos;
     nlohmann::json index = {
         {"format", kDatasetFormat},
         {"version", kDatasetVersion},
@@ -431,6 +442,7 @@ PrepareSummary prepare_dataset(const std::vector<fs::path>& inputs, const Docume
          {{"fingerprint", encoder.fingerprint()},
           {"vocab_size", encoder.vocab_size()},
           {"eos_id", eos ? nlohmann::json(*eos) : nlohmann::json(nullptr)}}},
+        {"doc_end", doc_end ? nlohmann::json(*doc_end) : nlohmann::json(nullptr)},  // after each text document
         {"documents", summary.documents},
         {"text_documents", summary.text_documents},
         {"chat_documents", summary.chat_documents},

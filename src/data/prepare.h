@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct BadLine {
 struct PrepareOptions {
   std::filesystem::path output;  // the dataset directory; it appears complete or not at all
   RecordFields fields;
+  // What ends each text document (tokenizer/doc_end.h resolves --doc-end): unset = the encoder's EOS; nullopt
+  // inside = nothing. Chat documents end as their template says.
+  std::optional<std::optional<int32_t>> doc_end;
   OnBadLine on_bad_line = OnBadLine::skip;
   int threads = 0;                       // encoding threads; 0 = all hardware threads
   int64_t shard_tokens = int64_t{1} << 24;  // start a new shard past this many tokens

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/utf8.h"
+#include "util/message.h"
 
 namespace qad::data {
 namespace {
@@ -14,7 +15,7 @@ Record bad(BadLineReason reason, std::string detail) {
   Record r;
   r.kind = Record::Kind::bad;
   r.reason = reason;
-  r.detail = std::move(detail);
+  r.detail = clip_for_message(detail);  // parser messages quote the input: a 50 MB line stays one short line
   return r;
 }
 
@@ -91,6 +92,10 @@ Record parse_jsonl_line(std::string_view line, const RecordFields& fields) {
       auto colon = what.find(": ", column == std::string::npos ? 0 : column);
       return bad(BadLineReason::invalid_json,
                  fmt::format("column {}: {}", e.byte, colon == std::string::npos ? what : what.substr(colon + 2)));
+    } catch (const nlohmann::json::exception& e) {  // e.g. out_of_range for a number like 1e309 (found by fuzzing)
+      std::string what = e.what();
+      const auto bracket = what.find("] ");
+      return bad(BadLineReason::invalid_json, bracket == std::string::npos ? what : what.substr(bracket + 2));
     }
     return bad(BadLineReason::invalid_json, "not valid JSON");
   }

@@ -24,7 +24,9 @@
 #include "util/atomic_file.h"
 #include "util/blas_check.h"
 #include "util/error.h"
+#include "util/output_check.h"
 #include "util/progress.h"
+#include "util/signals.h"
 
 namespace qad::demo {
 namespace fs = std::filesystem;
@@ -145,6 +147,14 @@ std::string verdict(const nlohmann::ordered_json& results) {
 
 }  // namespace
 
+namespace {
+// A run that SIGINT / SIGTERM stopped ends the demo (its later stages need the finished run).
+void stop_if_interrupted(const train::RunSummary& r) {
+  QAD_CHECK(r.stopped_by_signal == 0, "the demo was stopped by {} in {}", GracefulStop::name(r.stopped_by_signal),
+            r.run_dir.string());
+}
+}  // namespace
+
 int run_demo(const DemoOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
   const Size s = size_preset(o.size);
@@ -154,8 +164,9 @@ int run_demo(const DemoOptions& o) {
   const ArithOptions ao{.max_digits = s.max_digits};
   QAD_CHECK(!fs::exists(o.out / "comparison.md"), "{} already holds a finished demo; pass another --out or delete it",
             o.out.string());
-  fs::create_directories(o.out);
   const auto device = model::parse_device(o.device);
+  check_output_writable(o.out, "--out");
+  fs::create_directories(o.out);
   const auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   };
@@ -216,7 +227,7 @@ int run_demo(const DemoOptions& o) {
   auto tc = base(train::Method::kPretrain, o.out / "teacher", init, teacher_steps, s.teacher_lr);
   tc.run.export_bf16 = false;
   tc.optim.weight_decay = 0.01;
-  train::run_training(tc, false);
+  stop_if_interrupted(train::run_training(tc, false));
   const fs::path teacher = o.out / "teacher" / "export" / "hf";
   end_phase("teacher");
 
@@ -232,7 +243,7 @@ int run_demo(const DemoOptions& o) {
     fmt::print("\n-- {}\n", j.label);
     auto c = base(j.method, o.out / train::method_name(j.method), teacher,
                   j.method == train::Method::kPtq ? 0 : student_steps, s.student_lr);
-    train::run_training(c, false);
+    stop_if_interrupted(train::run_training(c, false));
   }
   end_phase("students");
 

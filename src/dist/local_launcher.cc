@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,7 +27,11 @@ namespace qad::dist {
 namespace {
 
 volatile sig_atomic_t g_forward_signal = 0;
-void remember_signal(int sig) { g_forward_signal = sig; }
+volatile sig_atomic_t g_signals_received = 0;
+void remember_signal(int sig) {
+  g_forward_signal = sig;
+  g_signals_received = g_signals_received + 1;
+}
 
 std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
@@ -95,6 +100,10 @@ void launch_local(const LocalLaunch& l) {
     const pid_t pid = ::fork();
     QAD_CHECK(pid >= 0, "fork of rank {}: {}", r, std::strerror(errno));
     if (pid == 0) {
+      // Its own process group: a Ctrl-C in the terminal reaches the ranks once, through the launcher (the ranks
+      // stop gracefully on the first signal and at once on a second). And a rank stops when the launcher dies.
+      ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(l.nproc).c_str(), 1);
@@ -134,6 +143,7 @@ void launch_local(const LocalLaunch& l) {
   };
   std::chrono::steady_clock::time_point term_sent{};
   bool terminating = false;
+  int signals_forwarded = 0;
   while (alive > 0) {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, WNOHANG);
@@ -144,7 +154,8 @@ void launch_local(const LocalLaunch& l) {
       pids[r] = -1;
       --alive;
       const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-      if (!ok && failed_rank < 0) {
+      // After a forwarded signal the ranks end on their own (a checkpoint first): that is no failure.
+      if (!ok && failed_rank < 0 && signals_forwarded == 0) {
         failed_rank = r;
         failed_status = status;
         if (alive > 0) {
@@ -156,10 +167,9 @@ void launch_local(const LocalLaunch& l) {
       }
       continue;
     }
-    if (g_forward_signal != 0 && !terminating) {
+    if (g_signals_received > signals_forwarded) {  // each signal the launcher gets, the ranks get once
       stop_others(g_forward_signal);
-      terminating = true;
-      term_sent = std::chrono::steady_clock::now();
+      signals_forwarded = g_signals_received;
     }
     if (terminating && std::chrono::duration<double>(std::chrono::steady_clock::now() - term_sent).count() > l.grace_s) {
       stop_others(SIGKILL);
@@ -173,7 +183,8 @@ void launch_local(const LocalLaunch& l) {
     fail("rank {} of {} {}; the job was stopped (the last complete checkpoint is intact: resume with --resume)",
          failed_rank, l.nproc, describe_status(failed_status));
   }
-  QAD_CHECK(g_forward_signal == 0, "interrupted by signal {}; the ranks were stopped", static_cast<int>(g_forward_signal));
+  QAD_CHECK(g_forward_signal == 0, "stopped by signal {} ({}); the ranks wrote a checkpoint if they could: continue "
+            "with the same command and --resume", static_cast<int>(g_forward_signal), strsignal(g_forward_signal));
 }
 
 }  // namespace qad::dist

@@ -22,12 +22,21 @@ struct EvalCommandOptions {
   int64_t max_tokens = 0;       // perplexity data: 0 = all
   int64_t seq_len = 512;
   int64_t batch_size = 8;        // windows per forward (perplexity)
-  int64_t task_batch_size = 32;  // prompts per generate call / sequences per MC forward
+  int64_t task_batch_size = 0;   // generation slots (0 = planned from free memory) / MC sequences per forward (0 = 32)
   int64_t max_new_tokens = 200;
   int64_t max_items = 0;         // tasks: 0 = all; else the first N items
   std::string bos = "auto";      // auto | never
   std::string doc_end = "eos";   // eos | none | token | id
+  std::string ppl_mode = "packed";  // packed (one stream, windows across documents) | rolling (lm-eval style)
   std::string answer_rule = "after-think";
+  std::string answer_check = "exact";  // exact | numeric | math | choice
+  double abs_tol = 1e-6, rel_tol = 1e-6;  // numeric / math checks
+  int64_t samples = 1;           // generations per item
+  std::string pass_k;            // "1,4,8"; empty: 1 and samples
+  double temperature = 0;        // 0 = greedy; > 0 samples
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
   std::string mc_norm = "sum";
   std::string stop_ids;          // empty: automatic; else "8191,8189"
   std::string group_field = "op";

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 
+#include "model/finite_check.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -78,6 +79,11 @@ CkaEvalResult layer_cka(model::CausalLM& teacher, const std::vector<NamedModel>&
         if (!wanted(name, o)) continue;
         auto it = std::find_if(m_out.hidden.begin(), m_out.hidden.end(), [&](const auto& p) { return p.first == name; });
         QAD_CHECK(it != m_out.hidden.end(), "model {} has no hidden state {}", models[m].label, name);
+        // Overflowing activations (or a model gone wrong) would give a table of nan: say where instead.
+        QAD_CHECK(model::all_finite(th), "the teacher's hidden state {} holds NaN or Inf values (batch {}); its "
+                  "activations overflow: try --dtype float32", name, result.batches + 1);
+        QAD_CHECK(model::all_finite(it->second), "model {}: hidden state {} holds NaN or Inf values (batch {}); its "
+                  "activations overflow: try --dtype float32", models[m].label, name, result.batches + 1);
         acc[m].add(name, th, it->second.to(device), mask);
       }
     }

@@ -51,41 +51,69 @@ void tally(TaskResults& r, const ItemResult& ir) {
 void run_generative(model::CausalLM& lm, const tokenizer::Tokenizer& tok, const std::vector<size_t>& idx,
                     const std::vector<Ids>& contexts, const TaskEvalOptions& o, TaskResults& r) {
   if (idx.empty()) return;
-  // Longest prompts first, so each batch pads little and the slowest batch's ETA shows early.
+  QAD_CHECK(o.samples >= 1, "--samples must be >= 1, got {}", o.samples);
+  QAD_CHECK(o.samples == 1 || !o.sampling.greedy, "--samples {} with greedy decoding gives {} equal generations: "
+            "set --temperature > 0 to sample", o.samples, o.samples);
+  // Longest prompts first, so that prefill groups pad little. Sample j of item i draws from the random
+  // stream (seed, i, j) whatever its slot or batch.
   std::vector<size_t> order = idx;
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return contexts[a].size() > contexts[b].size(); });
-  model::GenerateOptions g;
-  g.max_new_tokens = o.max_new_tokens;
-  g.greedy = true;
-  g.stop_ids = r.stop_ids;
-  g.pad_id = tok.pad_id().value_or(0);
-  std::optional<Progress> progress;
-  if (o.progress) progress.emplace("generate", static_cast<int64_t>(order.size()), "items");
-  Tally running;
-  for (size_t first = 0; first < order.size(); first += static_cast<size_t>(o.batch_size)) {
-    const size_t count = std::min(static_cast<size_t>(o.batch_size), order.size() - first);
-    std::vector<Ids> prompts;
-    for (size_t k = 0; k < count; ++k) prompts.push_back(contexts[order[first + k]]);
-    auto out = model::generate(lm, prompts, g);
-    for (size_t k = 0; k < count; ++k) {
-      auto& ir = r.items[order[first + k]];
-      const auto& ids = out.new_ids[k];
-      ir.new_tokens = static_cast<int64_t>(ids.size());
-      ir.stopped = out.stopped[k];
-      r.generated_tokens += ir.new_tokens;
-      auto end = std::find_if(ids.begin(), ids.end(), [&](int64_t t) {
-        return std::find(r.stop_ids.begin(), r.stop_ids.end(), t) != r.stop_ids.end();
-      });
-      ir.generation = tok.decode(std::vector<int32_t>(ids.begin(), end), false);
-      ir.prediction = extract_answer(ir.generation, o.rule);
-      ir.correct = ir.prediction == ir.item->answer;
-      ++running.n;
-      running.correct += ir.correct ? 1 : 0;
-    }
-    if (progress) progress->advance(static_cast<int64_t>(count), fmt::format("acc {:.1f}%", 100 * running.accuracy()));
+  std::vector<model::GenerationRequest> requests;
+  for (size_t i : order) {
+    for (int64_t j = 0; j < o.samples; ++j) requests.push_back({contexts[i], i, static_cast<uint64_t>(j)});
   }
+  model::BatchedGenerateOptions g;
+  g.max_new_tokens = o.max_new_tokens;
+  g.sampling = o.sampling;
+  g.stop_ids = r.stop_ids;
+  g.max_slots = o.batch_size;
+  std::optional<Progress> progress;
+  if (o.progress) progress.emplace("generate", static_cast<int64_t>(requests.size()), "sequences");
+  g.on_progress = [&](int64_t done, int64_t) {
+    if (progress) progress->set(done);
+  };
+  auto outputs = model::generate_batched(lm, requests, g, &r.generation);
   if (progress) progress->finish();
+  std::vector<std::vector<SampleOutcome>> outcomes;
+  for (size_t q = 0; q < requests.size(); ++q) {
+    auto& ir = r.items[requests[q].item];
+    const auto& ids = outputs[q].new_ids;
+    SampleResult s;
+    s.new_tokens = static_cast<int64_t>(ids.size());
+    s.stopped = outputs[q].stopped;
+    r.generated_tokens += s.new_tokens;
+    r.cut_off += s.stopped ? 0 : 1;
+    auto end = std::find_if(ids.begin(), ids.end(), [&](int64_t t) {
+      return std::find(r.stop_ids.begin(), r.stop_ids.end(), t) != r.stop_ids.end();
+    });
+    s.generation = tok.decode(std::vector<int32_t>(ids.begin(), end), false);
+    // after-think is the whole rule; the others look only after a thinking block (answer_region).
+    s.prediction = o.rule == AnswerRule::kAfterThink ? extract_answer(s.generation, o.rule)
+                                                     : extract_answer(answer_region(s.generation), o.rule);
+    s.correct = answer_matches(s.prediction, ir.item->answer, o.check);
+    if (ir.samples.empty()) {
+      ir.generation = s.generation;
+      ir.prediction = s.prediction;
+      ir.new_tokens = s.new_tokens;
+      ir.stopped = s.stopped;
+      ir.correct = s.correct;
+    }
+    ir.samples.push_back(std::move(s));
+  }
+  for (size_t i : order) {
+    std::vector<SampleOutcome> v;
+    for (const auto& s : r.items[i].samples) v.push_back({vote_key(s.prediction, o.check), s.correct});
+    outcomes.push_back(std::move(v));
+  }
+  r.avg_at_k = avg_at_k(outcomes);
+  std::vector<int64_t> ks = o.pass_k;
+  if (ks.empty()) ks = o.samples > 1 ? std::vector<int64_t>{1, o.samples} : std::vector<int64_t>{1};
+  for (int64_t k : ks) {
+    QAD_CHECK(k >= 1 && k <= o.samples, "--pass-k {}: each k must be in [1, --samples {}]", k, o.samples);
+    r.pass_at_k[k] = pass_at(outcomes, k);
+    r.maj_at_k[k] = maj_at(outcomes, k);
+  }
 }
 
 void run_multiple_choice(model::CausalLM& lm, const tokenizer::Tokenizer& tok, const std::vector<size_t>& idx,
@@ -104,11 +132,12 @@ void run_multiple_choice(model::CausalLM& lm, const tokenizer::Tokenizer& tok, c
   std::optional<Progress> progress;
   if (o.progress) progress.emplace("multiple choice", static_cast<int64_t>(pairs.size()), "choices");
   std::vector<double> scores;
-  for (size_t first = 0; first < pairs.size(); first += static_cast<size_t>(o.batch_size)) {
-    const size_t count = std::min(static_cast<size_t>(o.batch_size), pairs.size() - first);
+  const int64_t batch = o.batch_size > 0 ? o.batch_size : 32;
+  for (size_t first = 0; first < pairs.size(); first += static_cast<size_t>(batch)) {
+    const size_t count = std::min(static_cast<size_t>(batch), pairs.size() - first);
     std::vector<std::pair<Ids, Ids>> part(pairs.begin() + static_cast<std::ptrdiff_t>(first),
                                           pairs.begin() + static_cast<std::ptrdiff_t>(first + count));
-    auto s = score_continuations(lm, part, o.batch_size);
+    auto s = score_continuations(lm, part, batch);
     scores.insert(scores.end(), s.begin(), s.end());
     if (progress) progress->advance(static_cast<int64_t>(count));
   }
@@ -230,7 +259,7 @@ std::vector<double> score_continuations(model::CausalLM& lm, const std::vector<s
 
 TaskResults evaluate_tasks(model::CausalLM& lm, const tokenizer::Tokenizer& tok, const TaskFile& tasks,
                            const TaskEvalOptions& o) {
-  QAD_CHECK(o.batch_size >= 1, "--batch-size must be >= 1, got {}", o.batch_size);
+  QAD_CHECK(o.batch_size >= 0, "--task-batch-size must be >= 0 (0 = planned from memory), got {}", o.batch_size);
   const auto start = std::chrono::steady_clock::now();
   TaskResults r;
   r.stop_ids = o.stop_ids.empty() ? default_stop_ids(lm, tok) : o.stop_ids;

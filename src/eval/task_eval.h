@@ -1,5 +1,6 @@
-// Task evaluation: generative exact match (greedy, batched, KV cache, stop at the chat end token, answer
-// extracted by an AnswerRule) and multiple choice by log-likelihood. Protocols: docs/eval.md "Tasks".
+// Task evaluation: generative tasks (continuous-batching generation, greedy or k samples per item, stop at
+// the chat end token, answer extracted by an AnswerRule and judged by an AnswerCheck; avg@k / pass@k /
+// maj@k) and multiple choice by log-likelihood. Protocols: docs/eval.md "Tasks".
 #pragma once
 #include <cstdint>
 #include <map>
@@ -7,8 +8,11 @@
 #include <utility>
 #include <vector>
 
+#include "eval/answer_check.h"
 #include "eval/answer_extraction.h"
+#include "eval/sample_metrics.h"
 #include "eval/task_file.h"
+#include "model/batched_generate.h"
 #include "model/causal_lm.h"
 
 namespace qad::tokenizer {
@@ -25,20 +29,33 @@ McNorm parse_mc_norm(const std::string& name);  // "sum", "token", "byte"
 struct TaskEvalOptions {
   AnswerRule rule = AnswerRule::kAfterThink;
   int64_t max_new_tokens = 200;
-  int64_t batch_size = 32;        // prompts per generate() call / sequences per scoring forward
+  CheckOptions check;             // exact match by default (tasks/arith's rule)
+  int64_t batch_size = 0;         // generation slots (0 = planned from free memory) / MC sequences per forward (0 = 32)
+  int64_t samples = 1;            // generations per item (k); avg@k, pass@k, maj@k when > 1
+  std::vector<int64_t> pass_k;    // the k of pass@k and maj@k (each <= samples); empty: 1 and samples
+  model::SamplingOptions sampling;  // greedy by default
   std::vector<int64_t> stop_ids;  // empty: default_stop_ids()
   McNorm mc_norm = McNorm::kSum;
   bool progress = true;
 };
 
+// One generation of a generative item.
+struct SampleResult {
+  std::string generation, prediction;
+  bool correct = false;
+  int64_t new_tokens = 0;
+  bool stopped = false;  // false: cut off at max_new_tokens
+};
+
 struct ItemResult {
   const TaskItem* item = nullptr;
-  bool correct = false;
+  bool correct = false;  // generative: the first sample's (the greedy one's) correctness
   // Generative: the generation (decoded with special tokens kept, cut before the first stop token), the
   // extracted answer, the number of generated tokens (stop token included) and whether a stop token ended it.
   std::string generation, prediction;
   int64_t new_tokens = 0;
   bool stopped = false;
+  std::vector<SampleResult> samples;  // generative: every sample (the fields above repeat the first)
   // Multiple choice: per choice sum of log-probabilities and its token count; the chosen index.
   std::vector<double> choice_logprobs;
   std::vector<int64_t> choice_tokens;
@@ -56,7 +73,12 @@ struct TaskResults {
   std::map<std::string, Tally> by_group;  // items with a group value
   std::vector<int64_t> stop_ids;
   int64_t generated_tokens = 0;
+  int64_t cut_off = 0;  // generations that reached max_new_tokens without a stop token
   double seconds = 0;
+  // Generative items with samples >= 1: avg@k over all samples, pass@k and maj@k for each k of pass_k.
+  Estimate avg_at_k;
+  std::map<int64_t, Estimate> pass_at_k, maj_at_k;
+  model::GenerateStats generation;
 };
 
 // Stop tokens when none are given: the chat template's end-of-turn token (<|im_end|> for ChatML,

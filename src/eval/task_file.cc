@@ -7,6 +7,7 @@
 
 #include "data/line_reader.h"
 #include "util/error.h"
+#include "util/message.h"
 
 namespace qad::eval {
 namespace {
@@ -34,8 +35,8 @@ std::optional<std::string> parse_task_line(std::string_view line, const TaskFile
   json j;
   try {
     j = json::parse(line);
-  } catch (const json::parse_error& e) {
-    return fmt::format("invalid JSON: {}", e.what());
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e309
+    return fmt::format("invalid JSON: {}", clip_for_message(e.what()));
   }
   if (!j.is_object()) return std::string("not a JSON object");
 

@@ -17,6 +17,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// 1 + the number of maximal ASCII-whitespace runs: the length of Python's re.split(r"\s+", text) for
+// ASCII text (lm-eval's word count for word_perplexity).
+int64_t count_words(std::string_view text) {
+  int64_t n = 1;
+  bool in_space = false;
+  for (char c : text) {
+    const bool space = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+    if (space && !in_space) ++n;
+    in_space = space;
+  }
+  return n;
+}
+
 bool full(const TokenStream& s, const StreamOptions& o) {
   return o.max_tokens > 0 && static_cast<int64_t>(s.ids.size()) >= o.max_tokens + 1;
 }
@@ -34,8 +47,14 @@ void append(TokenStream& s, const std::vector<int32_t>& ids, const std::vector<u
 }
 
 void add_record(TokenStream& s, const data::Record& r, const tokenizer::Tokenizer& tok, const StreamOptions& o) {
+  DocumentSpan span;
+  span.begin = static_cast<int64_t>(s.ids.size());
   if (r.kind == data::Record::Kind::text) {
     auto ids = tok.encode(r.text, o.bos == BosMode::kAuto);
+    span.tokens = static_cast<int64_t>(ids.size());
+    span.has_text = true;
+    span.bytes = static_cast<int64_t>(r.text.size());
+    span.words = count_words(r.text);
     if (o.doc_end) ids.push_back(*o.doc_end);
     append(s, ids, {}, o);
     ++s.text_documents;
@@ -43,9 +62,13 @@ void add_record(TokenStream& s, const data::Record& r, const tokenizer::Tokenize
     std::vector<tokenizer::ChatMessage> m;
     for (const auto& t : r.messages) m.push_back({t.role, t.content});
     auto chat = tokenizer::encode_chat(tok, m);
+    span.tokens = static_cast<int64_t>(chat.ids.size());
+    span.chat = true;
     append(s, chat.ids, chat.loss_mask, o);
     ++s.chat_documents;
   }
+  span.tokens = std::min(span.tokens, static_cast<int64_t>(s.ids.size()) - span.begin);  // truncated
+  s.spans.push_back(span);
   ++s.documents;
 }
 
@@ -90,7 +113,12 @@ void read_dataset(TokenStream& s, const fs::path& dir, const StreamOptions& o) {
       ids[i] = static_cast<int32_t>(doc.token(i));
       mask[i] = doc.mask(i) ? 1 : 0;
     }
+    DocumentSpan span;
+    span.begin = static_cast<int64_t>(s.ids.size());
+    span.chat = doc.is_chat();
     append(s, ids, mask, o);
+    span.tokens = static_cast<int64_t>(s.ids.size()) - span.begin;
+    s.spans.push_back(span);
     ++s.documents;
     ++(doc.is_chat() ? s.chat_documents : s.text_documents);
   }
@@ -129,20 +157,5 @@ std::vector<Window> make_windows(int64_t n, int64_t seq_len) {
   return w;
 }
 
-std::optional<int32_t> resolve_doc_end(const std::string& spec, const tokenizer::Tokenizer& tok) {
-  if (spec == "none") return std::nullopt;
-  if (spec == "eos") {
-    auto e = tok.eos_id();
-    QAD_CHECK(e.has_value(), "--doc-end eos: the tokenizer has no EOS token; give --doc-end none or a token");
-    return *e;
-  }
-  if (auto id = tok.token_to_id(spec)) return *id;
-  if (!spec.empty() && spec.size() <= 9 && std::all_of(spec.begin(), spec.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    const long long v = std::stoll(spec);
-    QAD_CHECK(v < tok.vocab_size(), "--doc-end {}: id outside the vocabulary (size {})", spec, tok.vocab_size());
-    return static_cast<int32_t>(v);
-  }
-  fail("--doc-end '{}': not 'eos', 'none', a token of the vocabulary or a token id", spec);
-}
 
 }  // namespace qad::eval

@@ -8,13 +8,26 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/doc_end.h"
+
 namespace qad::tokenizer {
 class Tokenizer;
 }
 
 namespace qad::eval {
 
+// Where one document lies in the stream (for per-document scoring, rolling_perplexity.h).
+struct DocumentSpan {
+  int64_t begin = 0;   // first token (a leading BOS included)
+  int64_t tokens = 0;  // the document's tokens, without the document-end token appended after it
+  bool chat = false;
+  bool has_text = false;  // raw text: words and bytes below are known
+  int64_t words = 0;      // whitespace-separated pieces of the text (lm-eval's re.split(r"\s+") count)
+  int64_t bytes = 0;      // UTF-8 bytes of the text
+};
+
 struct TokenStream {
+  std::vector<DocumentSpan> spans;  // one per document (the last one may be truncated by max_tokens)
   std::vector<int32_t> ids;
   std::vector<uint8_t> mask;  // 1 = this token is scored when it is a target (chat: assistant tokens only)
   int64_t documents = 0;
@@ -50,6 +63,6 @@ struct Window {
 std::vector<Window> make_windows(int64_t stream_tokens, int64_t seq_len);
 
 // Resolves "eos" (the tokenizer's EOS), "none", a token string ("<|endoftext|>") or an id ("2").
-std::optional<int32_t> resolve_doc_end(const std::string& spec, const tokenizer::Tokenizer& tok);
+using tokenizer::resolve_doc_end;  // tokenizer/doc_end.h
 
 }  // namespace qad::eval

@@ -105,9 +105,16 @@ CkaLossResult cka_loss_on_tokens(const NamedHidden& teacher_rows, const NamedHid
   // One batched CKA over all layers: a few large kernels instead of a dozen small ones per layer.
   auto stacked = linear_cka_batched(torch::stack(xs), torch::stack(ys), options.estimator);
   auto term = (1 - stacked).mean();
-  auto host = stacked.detach().to(torch::kCPU, torch::kFloat64);
-
   CkaLossResult result;
+  result.per_layer = stacked.detach().to(torch::kFloat64);
+  result.layers = layers;
+  if (!options.read_values) {
+    QAD_CHECK(!options.dynamic_balance, "cka_loss: dynamic balancing reads the values (read_values must be true)");
+    result.loss = term * options.weight;
+    return result;
+  }
+  auto host = result.per_layer.to(torch::kCPU);
+
   double term_value = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
     const double v = host[static_cast<int64_t>(i)].item<double>();

@@ -21,11 +21,15 @@ struct CkaLossOptions {
   bool dynamic_balance = false;                 // scale the term to the KL's magnitude (needs kl_value)
   std::vector<std::string> layers;              // empty = every layer given (in the student's order)
   double balance_max_factor = 1e3;              // cap on the dynamic-balance factor (1 - CKA can approach 0)
+  bool read_values = true;                      // false: leave per_layer_cka empty (no host synchronisation);
+                                                // the values stay on the device in CkaLossResult::per_layer
 };
 
 struct CkaLossResult {
   torch::Tensor loss;                                        // 0-dim, differentiable in the student's hidden states
-  std::vector<std::pair<std::string, double>> per_layer_cka;  // detached values, in layer order
+  std::vector<std::pair<std::string, double>> per_layer_cka;  // detached values, in layer order (if read_values)
+  torch::Tensor per_layer;                                   // the same, [layers] FP64 on the device
+  std::vector<std::string> layers;                           // their names
   double balance_factor = 1.0;                               // the factor applied (1 without dynamic balancing)
 };
 

@@ -162,7 +162,7 @@ torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Te
 }
 
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& mask,
-                            int64_t chunk_tokens, int64_t ignore_index) {
+                            int64_t chunk_tokens, int64_t ignore_index, bool check_labels) {
   check_logits(logits, "cross_entropy");
   auto leading = logits.sizes().slice(0, logits.dim() - 1);
   QAD_CHECK(labels.defined() && labels.sizes() == leading,
@@ -178,7 +178,7 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& la
   if (mask_keep.defined()) keep = keep.logical_and(mask_keep.to(keep.device()));
   auto rows = detail::select_rows(keep, labels.numel());
   const int64_t vocab = logits.size(-1);
-  if (rows.count > 0) {
+  if (rows.count > 0 && check_labels) {
     // gather with an out-of-range index would read out of bounds (or trap on the GPU): check first.
     auto used = rows.index.defined() ? labels_dev.reshape({-1}).index_select(0, rows.index) : labels_dev.reshape({-1});
     auto bad = (used < 0).logical_or(used >= vocab);

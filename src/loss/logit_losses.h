@@ -28,7 +28,9 @@ torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Te
 // Token-level cross-entropy -log softmax(s)[label], averaged over tokens where mask != 0 and
 // label != ignore_index (labels already aligned with the logits: the caller shifts them). labels [...] int64.
 // Chunked like kl_divergence; gradient (softmax(s) - onehot(label)) / n_tokens. Labels outside [0, V) throw.
+// check_labels = false skips the range check (it reads the labels on the host, waiting for the device): only for
+// callers that have checked them already (the training step does, before its work is queued).
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& mask,
-                            int64_t chunk_tokens = 4096, int64_t ignore_index = -100);
+                            int64_t chunk_tokens = 4096, int64_t ignore_index = -100, bool check_labels = true);
 
 }  // namespace qad::loss

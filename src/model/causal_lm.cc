@@ -2,7 +2,12 @@
 // call and shared by every layer; layers optionally run under activation checkpointing.
 #include "model/causal_lm.h"
 
+#include <cstdlib>
+#include <string>
+
+#include "fused/autograd.h"
 #include "model/checkpointing.h"
+#include "model/moe_block.h"
 #include "util/error.h"
 #include "util/torch_format.h"
 
@@ -29,9 +34,15 @@ std::vector<Linear> CausalLMImpl::linears() const {
   std::vector<Linear> out;
   for (const auto& layer : model->layer_list) {
     const auto& a = layer->self_attn;
-    const auto& m = layer->mlp;
-    for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj, m->gate_proj, m->up_proj, m->down_proj}) {
-      out.push_back(l);
+    for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj}) out.push_back(l);
+    if (layer->moe) {
+      out.push_back(layer->moe->gate);
+      for (const auto& e : layer->moe->expert_list) {
+        for (const auto& l : {e->gate_proj, e->up_proj, e->down_proj}) out.push_back(l);
+      }
+    } else {
+      const auto& m = layer->mlp;
+      for (const auto& l : {m->gate_proj, m->up_proj, m->down_proj}) out.push_back(l);
     }
   }
   out.push_back(lm_head);
@@ -56,6 +67,15 @@ torch::Tensor build_mask(const torch::Tensor& attention_mask, int64_t batch, int
   return keep.unsqueeze(1);
 }
 
+// QAD_FUSED_KERNELS=0 turns the fused kernels off for a whole process (A/B measurements, debugging).
+bool fused_kernels_allowed_by_environment() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("QAD_FUSED_KERNELS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return allowed;
+}
+
 }  // namespace
 
 ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& o) {
@@ -68,7 +88,10 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   const auto& emb = model->embed_tokens->weight;
   const auto device = emb.device();
   const auto dtype = emb.scalar_type();
-  QAD_CHECK(!(o.checkpoint_layers && o.cache != nullptr), "activation checkpointing and a KV cache do not mix");
+  QAD_CHECK(!(o.checkpoint_layers && (o.cache != nullptr || o.kv_store != nullptr)),
+            "activation checkpointing and a KV cache do not mix");
+  QAD_CHECK(o.kv_store == nullptr || (o.cache == nullptr && o.position_ids.defined() && !o.attention_mask.defined()),
+            "CausalLM::forward: kv_store takes position_ids (and attention_keep), not cache or attention_mask");
   if (o.attention_mask.defined()) {
     QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == past + t,
               "attention_mask must be [batch, past + tokens] = [{}, {}], got {}", b, past + t, shape_str(o.attention_mask.sizes()));
@@ -95,7 +118,16 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   ctx.sin = angles.sin().to(dtype);
   ctx.backend = o.attention;
   ctx.cache = o.cache;
-  if (o.attention_mask.defined() || (past > 0 && t > 1)) {
+  ctx.fused = fused_kernels_allowed_by_environment() ? o.fused_kernels : FusedKernels::kOff;
+  if (o.attention_mask.defined()) ctx.token_mask = o.attention_mask.narrow(1, past, t).to(device);
+  std::vector<std::pair<int64_t, torch::Tensor>> router_logits;
+  if (o.return_router_logits) ctx.router_logits = &router_logits;
+  ctx.calibrate_all_experts = o.calibrate_all_experts;
+  if (o.kv_store != nullptr) {
+    ctx.cache = o.kv_store;
+    ctx.mask = o.attention_keep;
+    ctx.causal = !o.attention_keep.defined();
+  } else if (o.attention_mask.defined() || (past > 0 && t > 1)) {
     ctx.mask = build_mask(o.attention_mask, b, past, t, device);
   } else {
     ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
@@ -114,11 +146,23 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
     h = o.checkpoint_layers && torch::GradMode::is_enabled() ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
     keep_hidden("layers." + std::to_string(l), h);
   }
-  h = model->norm(h);
+  h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
-  if (o.logits_to_keep > 0 && o.logits_to_keep < t) h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  if (o.logits_positions.defined()) {
+    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
+              shape_str(o.logits_positions.sizes()));
+    auto index = o.logits_positions.to(device).view({b, 1, 1}).expand({b, 1, h.size(-1)});
+    h = h.gather(1, index);
+  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
+    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  }
+  if (o.skip_logits) {
+    out.final_hidden = h;
+    return out;
+  }
   out.logits = lm_head(h);
+  for (auto& [layer, logits] : router_logits) out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
   return out;
 }
 

@@ -23,16 +23,32 @@ struct ForwardOptions {
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
+  // Instead of `cache`: a store that keeps its own per-row lengths (SlotKVCache, continuous batching). The
+  // caller then gives position_ids and, where rows differ in length, attention_keep.
+  KVStore* kv_store = nullptr;
+  torch::Tensor attention_keep;   // with kv_store: bool [B, 1, T, S] (true = attend), used as is; undefined = causal over T
+  torch::Tensor logits_positions; // int64 [B]: logits of this position of each row only (logits [B, 1, vocab])
   bool checkpoint_layers = false; // activation checkpointing: recompute each layer in backward
   AttentionBackend attention = AttentionBackend::kAuto;
   int64_t logits_to_keep = 0;     // > 0: logits of the last N positions only; 0: all
+  // RMSNorm (+ residual add, + the NVFP4 input quantization of the Linears it feeds), SwiGLU (+ down_proj's) and
+  // q/k-norm + RoPE as fused kernels (src/fused), on CUDA by default (FusedKernels). The environment's
+  // QAD_FUSED_KERNELS=0 turns them off for the whole process.
+  FusedKernels fused_kernels = FusedKernels::kAuto;
+  bool skip_logits = false;       // no lm_head: ForwardOutput::final_hidden instead (the fused head losses take it)
+  bool return_router_logits = false;   // fill ForwardOutput::router_logits (MoE models)
+  bool calibrate_all_experts = false;  // MoE calibration: every expert also runs on every token (moe_block.h)
 };
 
 struct ForwardOutput {
-  torch::Tensor logits;  // [B, T (or logits_to_keep), vocab], model dtype
+  torch::Tensor logits;  // [B, T (or logits_to_keep), vocab], model dtype; undefined with skip_logits
+  torch::Tensor final_hidden;  // [B, T, H] after the final norm; only with skip_logits
   // "layers.0" … "layers.{L-1}" (each decoder layer's output, the residual stream) and "norm" (after the
   // final RMSNorm): the tensors the model computed, not copies; [n, H] gathers when hidden_rows is given.
   std::vector<std::pair<std::string, torch::Tensor>> hidden;
+  // MoE models with return_router_logits: "layers.N" -> the router logits [B*T, num_experts] of each sparse
+  // layer, model dtype, differentiable (without grad under activation checkpointing).
+  std::vector<std::pair<std::string, torch::Tensor>> router_logits;
 };
 
 // The embedding table as a module so that its parameter is "model.embed_tokens.weight".
@@ -66,7 +82,8 @@ class CausalLMImpl : public torch::nn::Module {
   ForwardOutput forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
-  // Every Linear in execution order: per layer q, k, v, o, gate, up, down; then lm_head.
+  // Every Linear in execution order: per layer q, k, v, o, then gate, up, down (dense) or the router
+  // "mlp.gate" and each expert's gate, up, down (sparse); then lm_head.
   std::vector<Linear> linears() const;
   // HF tensor name -> parameter, exactly the tensors of an HF checkpoint of this model (lm_head.weight
   // is absent when tied). This one table serves loading and saving.

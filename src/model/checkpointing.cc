@@ -21,7 +21,10 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     actx->saved_data["has_mask"] = ctx->mask.defined();
     if (ctx->mask.defined()) actx->saved_data["mask"] = ctx->mask;
     actx->saved_data["causal"] = ctx->causal;
+    actx->saved_data["has_token_mask"] = ctx->token_mask.defined();
+    if (ctx->token_mask.defined()) actx->saved_data["token_mask"] = ctx->token_mask;
     actx->saved_data["backend"] = static_cast<int64_t>(ctx->backend);
+    actx->saved_data["fused"] = static_cast<int64_t>(ctx->fused);
     actx->saved_data["n_params"] = static_cast<int64_t>(params.size());
     torch::NoGradGuard no_grad;
     return layer->forward(x, *ctx);
@@ -34,7 +37,10 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     ctx.sin = actx->saved_data["sin"].toTensor();
     if (actx->saved_data["has_mask"].toBool()) ctx.mask = actx->saved_data["mask"].toTensor();
     ctx.causal = actx->saved_data["causal"].toBool();
+    // The recompute routes like the forward did; router logits were collected there (router_logits stays null).
+    if (actx->saved_data["has_token_mask"].toBool()) ctx.token_mask = actx->saved_data["token_mask"].toTensor();
     ctx.backend = static_cast<AttentionBackend>(actx->saved_data["backend"].toInt());
+    ctx.fused = static_cast<FusedKernels>(actx->saved_data["fused"].toInt());
     const auto n_params = actx->saved_data["n_params"].toInt();
 
     auto x = actx->get_saved_variables()[0].detach().requires_grad_(true);

@@ -9,7 +9,8 @@ namespace {
 
 using nlohmann::json;
 constexpr const char* kSupported =
-    "supported: LlamaForCausalLM (rope_scaling none or llama3), Qwen2ForCausalLM, Qwen3ForCausalLM; "
+    "supported: LlamaForCausalLM (rope_scaling none or llama3), Qwen2ForCausalLM, Qwen3ForCausalLM, "
+    "Qwen3MoeForCausalLM (softmax top-k router); "
     "hidden_act silu; full attention (no sliding window)";
 
 int64_t get_int(const json& j, const char* key, const std::string& label) {
@@ -79,9 +80,94 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& label) {
             "{}: llama3 rope scaling needs high_freq_factor != low_freq_factor", label);
 }
 
+// Routing options of other MoE families that change the math; each is refused by name unless it holds its
+// neutral value, so that a config qad would compute differently from transformers never loads silently.
+void refuse_unsupported_moe_keys(const json& j, const std::string& label) {
+  auto refuse = [&](const char* key, const std::string& why) {
+    fail("{}: \"{}\" = {} is not supported for Qwen3MoeForCausalLM ({}; qad implements softmax top-k routing "
+         "without shared experts)", label, key, j[key].dump(), why);
+  };
+  auto present = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
+  for (const char* key : {"router_type", "topk_method", "scoring_func"}) {
+    if (!present(key)) continue;
+    const auto v = j[key].is_string() ? j[key].get<std::string>() : std::string();
+    if (v != "softmax" && v != "greedy") refuse(key, "router type");
+  }
+  for (const char* key : {"n_shared_experts", "shared_expert_intermediate_size", "first_k_dense_replace",
+                          "moe_layer_freq"}) {
+    if (present(key) && !(j[key].is_number() && j[key].get<double>() == 0)) refuse(key, "not a Qwen3-MoE option");
+  }
+  for (const char* key : {"n_group", "topk_group"}) {
+    if (present(key) && !(j[key].is_number() && j[key].get<double>() <= 1)) refuse(key, "group-limited routing");
+  }
+  if (present("routed_scaling_factor") && !(j["routed_scaling_factor"].is_number() &&
+                                            j["routed_scaling_factor"].get<double>() == 1.0)) {
+    refuse("routed_scaling_factor", "scaled routing weights");
+  }
+  if (present("router_jitter_noise") && !(j["router_jitter_noise"].is_number() &&
+                                          j["router_jitter_noise"].get<double>() == 0.0)) {
+    refuse("router_jitter_noise", "router noise");
+  }
+}
+
+MoeConfig parse_moe(const json& j, const ModelConfig& c, const std::string& label) {
+  refuse_unsupported_moe_keys(j, label);
+  MoeConfig m;
+  const bool old_key = j.contains("num_experts") && !j["num_experts"].is_null();
+  const bool new_key = j.contains("num_local_experts") && !j["num_local_experts"].is_null();
+  QAD_CHECK(old_key || new_key, "{}: \"num_experts\" (or \"num_local_experts\") is missing; a Qwen3MoeForCausalLM "
+            "needs it", label);
+  m.num_experts = get_int(j, old_key ? "num_experts" : "num_local_experts", label);
+  if (old_key && new_key) {
+    QAD_CHECK(j["num_experts"] == j["num_local_experts"], "{}: \"num_experts\" {} and \"num_local_experts\" {} "
+              "disagree", label, j["num_experts"].dump(), j["num_local_experts"].dump());
+  }
+  m.top_k = get_int(j, "num_experts_per_tok", label);
+  QAD_CHECK(m.top_k <= m.num_experts, "{}: \"num_experts_per_tok\" {} exceeds \"num_experts\" {}", label, m.top_k,
+            m.num_experts);
+  m.intermediate_size = get_int(j, "moe_intermediate_size", label);
+  m.norm_topk_prob = get_bool(j, "norm_topk_prob", false, label);
+  m.decoder_sparse_step = j.contains("decoder_sparse_step") && !j["decoder_sparse_step"].is_null()
+                              ? get_int(j, "decoder_sparse_step", label)
+                              : 1;
+  if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
+    QAD_CHECK(it->is_array(), "{}: \"mlp_only_layers\" must be a list of layer indices", label);
+    for (const auto& v : *it) {
+      QAD_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < c.num_layers,
+                "{}: \"mlp_only_layers\" entry {} is not a layer index in [0, {})", label, v.dump(), c.num_layers);
+      m.mlp_only_layers.push_back(v.get<int64_t>());
+    }
+  }
+  return m;
+}
+
 }  // namespace
 
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  if (!moe) return false;
+  for (int64_t l : moe->mlp_only_layers) {
+    if (l == layer) return false;
+  }
+  return moe->num_experts > 0 && (layer + 1) % moe->decoder_sparse_step == 0;
+}
+
+namespace {
+ModelConfig parse_config_fields(const json& j, const std::string& label);
+}  // namespace
+
+// A value of the wrong JSON type deep in the config (found by fuzzing) is a user's file error, not an internal one.
 ModelConfig parse_config(const json& j, const std::string& label) {
+  try {
+    return parse_config_fields(j, label);
+  } catch (const json::exception& e) {
+    QAD_CHECK(false, "{}: a value has the wrong JSON type ({}); compare the file with the model's published "
+              "config.json", label, e.what());
+  }
+  return {};
+}
+
+namespace {
+ModelConfig parse_config_fields(const json& j, const std::string& label) {
   QAD_CHECK(j.is_object(), "{}: config must be a JSON object", label);
   ModelConfig c;
   c.raw = j;
@@ -95,6 +181,8 @@ ModelConfig parse_config(const json& j, const std::string& label) {
     c.arch = Architecture::Qwen2;
   } else if (c.architecture_name == "Qwen3ForCausalLM") {
     c.arch = Architecture::Qwen3;
+  } else if (c.architecture_name == "Qwen3MoeForCausalLM") {
+    c.arch = Architecture::Qwen3Moe;
   } else {
     fail("{}: architecture '{}' is not supported ({})", label, c.architecture_name, kSupported);
   }
@@ -143,6 +231,11 @@ ModelConfig parse_config(const json& j, const std::string& label) {
       c.qkv_bias = c.o_bias = attention_bias;
       c.qk_norm = true;
       break;
+    case Architecture::Qwen3Moe:
+      c.qkv_bias = c.o_bias = attention_bias;
+      c.qk_norm = true;
+      c.moe = parse_moe(j, c, label);
+      break;
   }
   parse_rope(j, c, label);
   if (j.contains("dtype") && j["dtype"].is_string()) {
@@ -154,6 +247,7 @@ ModelConfig parse_config(const json& j, const std::string& label) {
   if (auto b = get_ids(j, "bos_token_id"); !b.empty()) c.bos_token_id = b[0];
   return c;
 }
+}  // namespace
 
 ModelConfig load_config(const std::filesystem::path& dir_or_file) {
   QAD_CHECK(std::filesystem::exists(dir_or_file), "{}: no such model directory (expected config.json and safetensors)",

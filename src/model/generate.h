@@ -1,5 +1,6 @@
-// Autoregressive generation with a KV cache: batched prompts (left-padded), greedy or temperature / top-k /
-// top-p sampling, and per-sequence stop tokens.
+// Autoregressive generation, greedy or temperature / top-k / top-p sampling, with per-sequence stop tokens:
+// the simple interface to the continuous-batching engine (batched_generate.h). Prompt i samples from the
+// random stream (seed, item i, sample 0) (sampling.h).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -18,7 +19,8 @@ struct GenerateOptions {
   // A sequence stops after emitting any of these (the stop token is kept in its output). stories260K
   // ends stories with BOS (1), not EOS: pass both.
   std::vector<int64_t> stop_ids;
-  int64_t pad_id = 0;  // fills left padding and finished rows; never attended to
+  int64_t pad_id = 0;    // unused (the engine pads nothing that is attended to); kept for source compatibility
+  int64_t max_slots = 0; // sequences decoded together; 0 = planned from free memory
   AttentionBackend attention = AttentionBackend::kAuto;
 };
 

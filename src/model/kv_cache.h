@@ -10,7 +10,16 @@
 
 namespace qad::model {
 
-struct KVCache {
+// Where attention layers put this step's keys/values and find the ones to attend to. KVCache (one shared
+// length) and SlotKVCache (slot_kv_cache.h: one length per slot, continuous batching) implement it.
+struct KVStore {
+  virtual ~KVStore() = default;
+  // Stores layer `l`'s new keys/values [B, Hkv, T, D] (after RoPE) and returns the keys/values to attend to.
+  virtual std::pair<torch::Tensor, torch::Tensor> append(int64_t l, const torch::Tensor& new_k,
+                                                         const torch::Tensor& new_v) = 0;
+};
+
+struct KVCache : KVStore {
   KVCache(const ModelConfig& c, int64_t batch, int64_t capacity, torch::Device device, torch::ScalarType dtype)
       : batch(batch), capacity(capacity) {
     auto opts = torch::TensorOptions().device(device).dtype(dtype);
@@ -23,7 +32,7 @@ struct KVCache {
   // Writes this step's keys/values ([B, Hkv, T, D], after RoPE) of layer `l` at [length, length+T) and
   // returns views of everything cached so far, [B, Hkv, length+T, D]. `length` itself advances once per
   // forward (CausalLM::forward calls advance()).
-  std::pair<torch::Tensor, torch::Tensor> append(int64_t l, const torch::Tensor& new_k, const torch::Tensor& new_v) {
+  std::pair<torch::Tensor, torch::Tensor> append(int64_t l, const torch::Tensor& new_k, const torch::Tensor& new_v) override {
     const int64_t t = new_k.size(2);
     QAD_CHECK(length + t <= capacity, "KV cache full: {} cached + {} new tokens > capacity {}", length, t, capacity);
     QAD_CHECK(new_k.size(0) == batch, "KV cache was made for batch {}, got batch {}", batch, new_k.size(0));

@@ -4,6 +4,12 @@
 #include <cmath>
 #include <limits>
 
+#include "fused/autograd.h"
+#include "fused/rms_norm.h"
+#include "fused/rope.h"
+#include "fused/swiglu.h"
+#include "nvfp4/quantize.h"
+#include "model/moe_block.h"
 #include "util/error.h"
 #include "util/torch_compat.h"
 
@@ -85,7 +91,43 @@ bool use_sdpa(const AttentionContext& ctx, const torch::Tensor& q) {
   return false;
 }
 
+// The input quantization that Linears reading one tensor (q/k/v, gate/up) agree on, so that the fused norm
+// applies it once; nullopt when one of them must run its own input() or their quantizers differ (then the norm
+// is fused without quantization and each Linear quantizes its input itself).
+std::optional<FusedInputQuant> shared_input_quant(std::initializer_list<LinearImpl*> linears, const torch::Device& d) {
+  std::optional<FusedInputQuant> common;
+  for (auto* l : linears) {
+    auto q = l->fused_input(d);
+    if (!q) return std::nullopt;
+    if (!common) {
+      common = q;
+    } else if (q->amax.defined() != common->amax.defined() ||
+               (q->amax.defined() && (q->amax_value != common->amax_value || q->clipped_ste != common->clipped_ste))) {
+      return std::nullopt;
+    }
+  }
+  return common;
+}
+
+fused::OutputQuant output_quant(const std::optional<FusedInputQuant>& q) {
+  if (!q) return {};
+  return {q->amax, q->clipped_ste};
+}
+
+// Whether a fused op whose CUDA kernel takes tensors passing `cuda_supports` runs for t (see FusedKernels).
+bool fused_applies(FusedKernels mode, const torch::Tensor& t, bool (*cuda_supports)(const torch::Tensor&)) {
+  if (mode == FusedKernels::kOff) return false;
+  if (t.is_cuda()) return nvfp4::has_cuda_kernels() && cuda_supports(t);
+  const auto dt = t.scalar_type();
+  return mode == FusedKernels::kAlways && t.is_cpu() &&
+         (dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16);
+}
+
 }  // namespace
+
+bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x) {
+  return fused_applies(ctx.fused, x, fused::rms_norm_cuda_supports);
+}
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer)
     : layer_(layer), num_heads_(c.num_heads), num_kv_heads_(c.num_kv_heads), head_dim_(c.head_dim) {
@@ -99,21 +141,37 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, const std::string& prefix, in
   }
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, bool input_quantized) {
   const auto b = x.size(0), t = x.size(1);
-  auto q = q_proj(x).view({b, t, num_heads_, head_dim_});
-  auto k = k_proj(x).view({b, t, num_kv_heads_, head_dim_});
-  auto v = v_proj(x).view({b, t, num_kv_heads_, head_dim_}).transpose(1, 2);
-  if (q_norm) {  // Qwen3Attention normalises per head before RoPE
-    q = q_norm(q);
-    k = k_norm(k);
+  auto project = [&](Linear& l) { return input_quantized ? l->forward_prequantized(x) : l(x); };
+  auto q = project(q_proj).view({b, t, num_heads_, head_dim_});
+  auto k = project(k_proj).view({b, t, num_kv_heads_, head_dim_});
+  auto v = project(v_proj).view({b, t, num_kv_heads_, head_dim_}).transpose(1, 2);
+  if (fused_applies(ctx.fused, q, fused::rope_cuda_supports)) {
+    // q/k norm (Qwen3) and RoPE in one kernel each, written as [B, H, T, D].
+    q = fused::rope(q, q_norm ? q_norm->weight : torch::Tensor(), q_norm ? q_norm->eps : 0.0, ctx.cos, ctx.sin);
+    k = fused::rope(k, k_norm ? k_norm->weight : torch::Tensor(), k_norm ? k_norm->eps : 0.0, ctx.cos, ctx.sin);
+  } else {
+    if (q_norm) {  // Qwen3Attention normalises per head before RoPE
+      q = q_norm(q);
+      k = k_norm(k);
+    }
+    q = apply_rotary(q.transpose(1, 2), ctx.cos, ctx.sin);
+    k = apply_rotary(k.transpose(1, 2), ctx.cos, ctx.sin);
   }
-  q = apply_rotary(q.transpose(1, 2), ctx.cos, ctx.sin);
-  k = apply_rotary(k.transpose(1, 2), ctx.cos, ctx.sin);
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer_, k, v);
   const int64_t n_rep = num_heads_ / num_kv_heads_;
   torch::Tensor out;
-  if (use_sdpa(ctx, q)) {
+  if (t == 1 && n_rep > 1 && ctx.cache != nullptr) {
+    // Decoding one token: the n_rep query heads that share a kv head become n_rep query rows of that head,
+    // so the cached k/v are read in place instead of repeated (the same products, no copy of the cache).
+    AttentionContext grouped = ctx;
+    grouped.causal = false;  // the rows are heads, not positions; the mask (if any) broadcasts over them
+    auto qg = q.reshape({b, num_kv_heads_, n_rep, head_dim_});
+    auto og = use_sdpa(ctx, q) ? compat::scaled_dot_product_attention(qg, k, v, ctx.mask, false)
+                               : math_attention(qg, k, v, grouped);
+    out = og.reshape({b, num_heads_, 1, head_dim_});
+  } else if (use_sdpa(ctx, q)) {
     // Like transformers: native GQA only without a mask (the masked kernels do not take it), else repeat.
     const bool gqa = compat::kSdpaHasGqa && !ctx.mask.defined() && n_rep > 1;
     if (!gqa) {
@@ -133,19 +191,50 @@ MLPImpl::MLPImpl(const ModelConfig& c, const std::string& prefix) {
   down_proj = register_module("down_proj", Linear(prefix + ".down_proj", c.intermediate_size, c.hidden_size, c.mlp_bias));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) { return down_proj(torch::silu(gate_proj(x)) * up_proj(x)); }
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, bool input_quantized, FusedKernels fuse) {
+  auto project = [&](Linear& l) { return input_quantized ? l->forward_prequantized(x) : l(x); };
+  auto gate = project(gate_proj), up = project(up_proj);
+  if (!fused_applies(fuse, gate, fused::swiglu_cuda_supports)) return down_proj(torch::silu(gate) * up);
+  auto down_q = down_proj->fused_input(gate.device());
+  if (!down_q) return down_proj(fused::swiglu(gate, up));
+  return down_proj->forward_prequantized(fused::swiglu(gate, up, output_quant(down_q)));
+}
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
   const std::string prefix = "model.layers." + std::to_string(layer);
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   self_attn = register_module("self_attn", Attention(c, prefix + ".self_attn", layer));
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-  mlp = register_module("mlp", MLP(c, prefix + ".mlp"));
+  if (c.is_moe_layer(layer)) {
+    moe = register_module("mlp", std::make_shared<MoeBlockImpl>(c, prefix + ".mlp", layer));
+  } else {
+    mlp = register_module("mlp", MLP(c, prefix + ".mlp"));
+  }
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
-  auto h = x + self_attn(input_layernorm(x), ctx);
-  return h + mlp(post_attention_layernorm(h));
+  if (!use_fused_kernels(ctx, x)) {
+    auto h = x + self_attn(input_layernorm(x), ctx);
+    auto normed = post_attention_layernorm(h);
+    return h + (moe ? moe->forward(normed, ctx) : mlp(normed));
+  }
+  // Each norm also applies the input quantizer its readers share, so they skip their own; the residual add
+  // before the second norm is part of its kernel.
+  auto& attn = *self_attn;
+  auto attn_q = shared_input_quant({attn.q_proj.get(), attn.k_proj.get(), attn.v_proj.get()}, x.device());
+  auto normed = fused::rms_norm(x, input_layernorm->weight, input_layernorm->eps, output_quant(attn_q));
+  auto attn_out = attn.forward(normed, ctx, attn_q.has_value());
+  if (moe) {
+    // Experts quantize their own inputs (each has its own input scale): the norm output stays unquantized.
+    auto [h, moe_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
+                                           output_quant(std::nullopt));
+    return h + moe->forward(moe_in, ctx);
+  }
+  auto& m = *mlp;
+  auto mlp_q = shared_input_quant({m.gate_proj.get(), m.up_proj.get()}, x.device());
+  auto [h, mlp_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
+                                         output_quant(mlp_q));
+  return h + m.forward(mlp_in, mlp_q.has_value(), ctx.fused);
 }
 
 }  // namespace qad::model

@@ -4,7 +4,10 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "model/config.h"
 #include "model/kv_cache.h"
@@ -14,6 +17,11 @@ namespace qad::model {
 
 // kAuto: fused SDPA on CUDA with LibTorch >= 2.0, the math path elsewhere (exact on CPU in FP32).
 enum class AttentionBackend { kAuto, kMath, kSdpa };
+
+// Where the fused kernels of src/fused (norms with the next Linears' input quantization, SwiGLU, q/k-norm + RoPE)
+// replace the unfused ops: kAuto on CUDA where the kernels take the shapes; kOff nowhere; kAlways also on the CPU
+// (float32/16-bit), through their reference loops: slow, for testing the wiring where there is no GPU.
+enum class FusedKernels { kOff, kAuto, kAlways };
 
 class RMSNormImpl : public torch::nn::Module {
  public:
@@ -33,13 +41,22 @@ struct AttentionContext {
   torch::Tensor mask;      // bool [B, 1, T, S] (true = attend) or undefined
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;
-  KVCache* cache = nullptr;
+  KVStore* cache = nullptr;
+  FusedKernels fused = FusedKernels::kOff;
+  // Read by MoE blocks (moe_block.h):
+  torch::Tensor token_mask;  // [B, T] for this call's tokens, 1 = real; undefined = all real
+  std::vector<std::pair<int64_t, torch::Tensor>>* router_logits = nullptr;  // (layer, [B*T, E]) appended
+  bool calibrate_all_experts = false;  // run every expert on every token (calibration only)
 };
+
+// Whether a layer runs its norms through the fused kernels (src/fused) for input x (see FusedKernels).
+bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x);
 
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // input_quantized: x already went through the shared input quantization of q/k/v (see DecoderLayer).
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, bool input_quantized = false);
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
 
@@ -51,10 +68,14 @@ TORCH_MODULE(Attention);
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const ModelConfig& c, const std::string& prefix);
-  torch::Tensor forward(const torch::Tensor& x);
+  // input_quantized: x already went through gate/up's shared input quantization; fuse: SwiGLU (with
+  // down_proj's input quantization) as one CUDA kernel.
+  torch::Tensor forward(const torch::Tensor& x, bool input_quantized = false, FusedKernels fuse = FusedKernels::kOff);
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
+
+class MoeBlockImpl;  // moe_block.h
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
@@ -62,7 +83,8 @@ class DecoderLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
-  MLP mlp{nullptr};
+  MLP mlp{nullptr};                   // dense layers
+  std::shared_ptr<MoeBlockImpl> moe;  // sparse layers (config.is_moe_layer), registered as "mlp" instead
 };
 TORCH_MODULE(DecoderLayer);
 

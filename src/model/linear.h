@@ -4,15 +4,27 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace qad::model {
+
+// What a fused kernel that produces a Linear's input must do to it in place of the hook's input(): nothing
+// (amax undefined) or NVFP4 fake quantization with a fixed global amax.
+struct FusedInputQuant {
+  torch::Tensor amax;       // float32 scalar on the input's device; undefined = the input passes unchanged
+  float amax_value = 0.0f;  // the same value on the host: a fused group compares its members' without a sync
+  bool clipped_ste = false;
+};
 
 // Implemented by the quantization code (NVFP4 fake quant); applied inside Linear::forward.
 struct LinearQuantHook {
   virtual ~LinearQuantHook() = default;
   virtual torch::Tensor input(const torch::Tensor& x) = 0;   // applied to the Linear's input
   virtual torch::Tensor weight(const torch::Tensor& w) = 0;  // applied to the weight before the matmul
+  // input() as a fixed transformation a fused kernel may apply instead (the Linear is then called through
+  // forward_prequantized). nullopt: input() must run itself (it is not such a function, e.g. it calibrates).
+  virtual std::optional<FusedInputQuant> fused_input(const torch::Device& /*device*/) { return std::nullopt; }
 };
 
 class LinearImpl : public torch::nn::Module {
@@ -29,6 +41,16 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x) {
     if (quant) return torch::linear(quant->input(x), quant->weight(weight), bias);
     return torch::linear(x, weight, bias);
+  }
+
+  // forward() for an input that already went through what fused_input() described.
+  torch::Tensor forward_prequantized(const torch::Tensor& x) {
+    return torch::linear(x, quant ? quant->weight(weight) : weight, bias);
+  }
+
+  // What a fused kernel may do to this Linear's input in place of forward()'s input(): see LinearQuantHook.
+  std::optional<FusedInputQuant> fused_input(const torch::Device& device) {
+    return quant ? quant->fused_input(device) : std::optional<FusedInputQuant>(FusedInputQuant{});
   }
 
   const std::string& name() const { return name_; }

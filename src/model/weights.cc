@@ -8,6 +8,8 @@
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
 #include "model/weights.h"
+#include "model/expert_layout.h"
+#include "model/finite_check.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/torch_format.h"
@@ -41,12 +43,16 @@ void load_hf_tensors(CausalLM& lm, const io::Checkpoint& ckpt, const fs::path& d
   for (auto& [name, param] : lm->hf_tensors()) {
     if (handled.count(name)) continue;
     const auto* entry = ckpt.find(name);
-    if (entry == nullptr) {
+    torch::Tensor src;
+    if (entry != nullptr) {
+      used.insert(name);
+      src = io::to_tensor(*entry);
+    } else if (std::string stacked; (src = stacked_expert_weight(ckpt, name, &stacked)).defined()) {
+      used.insert(stacked);  // experts stored stacked (expert_layout.h)
+    } else {
       missing.push_back(name);
       continue;
     }
-    used.insert(name);
-    auto src = io::to_tensor(*entry);
     QAD_CHECK(src.sizes() == param.sizes(), "{}: tensor '{}' has shape {} but config.json implies {}", dir.string(),
               name, shape_str(src.sizes()), shape_str(param.sizes()));
     QAD_CHECK(src.is_floating_point(), "{}: tensor '{}' is {}, expected a floating-point weight{}", dir.string(), name,
@@ -54,6 +60,9 @@ void load_hf_tensors(CausalLM& lm, const io::Checkpoint& ckpt, const fs::path& d
               src.scalar_type() == torch::kUInt8 ? fmt::format(" (packed NVFP4 needs '{}_scale')", name) : "");
     // Zero-copy when the file already has the wanted dtype on CPU (the view keeps the mapping alive).
     param.set_data(src.to(device, dtype));
+    QAD_CHECK(all_finite(param), "{}: tensor '{}' holds NaN or Inf values (as {}); the checkpoint is damaged or was "
+              "saved from a diverged run: use an earlier checkpoint or re-export it", dir.string(), name,
+              dtype_config_name(dtype));
   }
   if (!missing.empty()) {
     std::string list;

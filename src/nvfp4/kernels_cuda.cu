@@ -11,6 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "nvfp4/device_math.cuh"
 #include "nvfp4/dtype_dispatch.h"
 #include "nvfp4/kernels.h"
 #include "nvfp4/scales.h"
@@ -18,32 +19,9 @@
 namespace qad::nvfp4::kernels {
 namespace {
 
-constexpr int kThreads = 256;
+using device::Io;
 
-template <typename T> struct Io;
-// Loads and stores in the tensor's element type; store2 converts two values in one instruction.
-template <> struct Io<float> {
-  using Raw = float;
-  __device__ static float to_float(float v) { return v; }
-  __device__ static float from_float(float v) { return v; }
-  __device__ static void store2(float* p, float a, float b) { p[0] = a, p[1] = b; }
-};
-template <> struct Io<at::Half> {
-  using Raw = __half;
-  __device__ static float to_float(__half v) { return __half2float(v); }
-  __device__ static __half from_float(float v) { return __float2half_rn(v); }
-  __device__ static void store2(__half* p, float a, float b) {
-    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
-  }
-};
-template <> struct Io<at::BFloat16> {
-  using Raw = __nv_bfloat16;
-  __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-  __device__ static void store2(__nv_bfloat16* p, float a, float b) {
-    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-  }
-};
+constexpr int kThreads = 256;
 
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
@@ -138,32 +116,6 @@ __global__ void block_per_thread_kernel(const typename Io<T>::Raw* __restrict__ 
   }
 }
 
-// E2M1 value of |x| / d, rounded to nearest even and saturated at 6, as a float. The same function as
-// e2m1_decode(e2m1_encode(x / d)) for finite x and d > 0, written without branches: on [0,2) the grid
-// step is 0.5, on [2,4) 1, on [4,6] 2, so scaling by 2, 1 or 1/2 makes rintf (ties to even) round onto
-// it. Where the scaled ranges meet (2 and 4) both sides give the same value, so the choice is safe.
-__device__ __forceinline__ float e2m1_round_magnitude(float a) {
-  const float up = a < 2.0f ? 2.0f : (a < 4.0f ? 1.0f : 0.5f);
-  const float down = a < 2.0f ? 0.5f : (a < 4.0f ? 1.0f : 2.0f);
-  return fminf(rintf(a * up) * down, 6.0f);
-}
-
-// e2m1_round_magnitude(x / d) with x >= 0 finite, d a normal number and r = RN(1/d), bit for bit, mostly
-// without a division: x * r is within 2 ulp of the IEEE quotient (the GPU test
-// ReciprocalQuotientWithinTwoUlps checks this on billions of pairs), and the rounding only changes
-// value at midpoints, which the scaling puts at half-integers below 4, where 2 ulp is under 2^-21. So
-// unless the scaled quotient lies within 2^-18 of a half-integer, both quotients round alike; otherwise
-// (about one element in 10^3 for BF16 inputs, whose values sit on a coarse lattice) divide.
-__device__ __forceinline__ float e2m1_of_quotient(float x, float d, float r) {
-  const float a = x * r;
-  const float up = a < 2.0f ? 2.0f : (a < 4.0f ? 1.0f : 0.5f);
-  const float down = a < 2.0f ? 0.5f : (a < 4.0f ? 1.0f : 2.0f);
-  const float scaled = a * up;
-  const float rounded = rintf(scaled);
-  if (fabsf(fabsf(scaled - rounded) - 0.5f) < 0x1p-18f) return e2m1_round_magnitude(x / d);
-  return fminf(rounded * down, 6.0f);
-}
-
 // ---- fast path: K % 16 == 0, 16-byte aligned ------------------------------------------------------
 template <typename T, int kMode>
 __global__ void __launch_bounds__(kThreads) grouped_kernel(const typename Io<T>::Raw* __restrict__ x,
@@ -184,41 +136,24 @@ __global__ void __launch_bounds__(kThreads) grouped_kernel(const typename Io<T>:
   const Raw* in = reinterpret_cast<const Raw*>(&in_vec);
   Raw* out = reinterpret_cast<Raw*>(&out_vec);
   float v[kPer];
-  // max of |x| as integer bits: the block amax and, at the same time, a finiteness test (Inf and NaN
-  // bits are the largest), one integer op per element.
-  uint32_t amax_bits = 0;
 #pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    v[i] = active ? Io<T>::to_float(in[i]) : 0.0f;
-    amax_bits = max(amax_bits, __float_as_uint(v[i]) & 0x7fffffffu);
-  }
+  for (int i = 0; i < kPer; ++i) v[i] = active ? Io<T>::to_float(in[i]) : 0.0f;
+  if constexpr (kMode == 0) {
+    device::fake_quantize_block<kPer, kGroup>(v, sg);  // every lane: it shuffles
+    if (!active) return;
 #pragma unroll
-  for (int off = 1; off < kGroup; off <<= 1) amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, off));
-  if (!active) return;
-  const float a = __uint_as_float(amax_bits);
-  const bool finite = amax_bits < 0x7f800000u;
-  const uint8_t code = block_scale_code(a, sg);
-  const float sb = e4m3_decode(code);
-  if (kMode == 0) {
-    const float d = sb * sg;
-    const float r = 1.0f / d;
-    if (finite && d >= 0x1p-100f && is_finite(r)) {
-#pragma unroll
-      for (int i = 0; i < kPer; i += 2) {
-        const float y0 = (copysignf(e2m1_of_quotient(fabsf(v[i]), d, r), v[i]) * sb) * sg;
-        const float y1 = (copysignf(e2m1_of_quotient(fabsf(v[i + 1]), d, r), v[i + 1]) * sb) * sg;
-        Io<T>::store2(out + i, y0, y1);
-      }
-    } else {
-      // Rare blocks (non-finite values, a zero, tiny or non-finite global scale): the reference rules.
-      const bool ok = finite && is_finite(sg);
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        out[i] = Io<T>::from_float(ok ? dequantize_element(quantize_element(v[i], sb, sg), sb, sg) : NAN);
-      }
-    }
+    for (int i = 0; i < kPer; i += 2) Io<T>::store2(out + i, v[i], v[i + 1]);
     reinterpret_cast<uint4*>(y)[t] = out_vec;
   } else {
+    // max of |x| as integer bits; inactive lanes still join the shuffles.
+    uint32_t amax_bits = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) amax_bits = max(amax_bits, __float_as_uint(v[i]) & 0x7fffffffu);
+#pragma unroll
+    for (int off = 1; off < kGroup; off <<= 1) amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, off));
+    if (!active) return;
+    const uint8_t code = block_scale_code(__uint_as_float(amax_bits), sg);
+    const float sb = e4m3_decode(code);
     if (t % kGroup == 0) scales[b] = code;
     // kPer elements -> kPer/2 packed bytes (4 for 16-bit inputs, 2 for float32).
     uint32_t word = 0;

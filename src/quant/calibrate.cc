@@ -75,9 +75,49 @@ torch::Tensor mse_weight_amax(const std::vector<torch::Tensor>& weights, const t
   return torch::full({}, best_amax, torch::kFloat32);
 }
 
+// "<p>.mlp.experts.<e>.<proj>" -> ("<p>.mlp.experts", "<proj>"); empty for modules outside an expert group.
+std::pair<std::string, std::string> expert_slot(const std::string& module) {
+  static const std::string kExperts = ".mlp.experts.";
+  const auto at = module.find(kExperts);
+  if (at == std::string::npos) return {};
+  const auto dot = module.find('.', at + kExperts.size());
+  if (dot == std::string::npos) return {};
+  return {module.substr(0, at + kExperts.size() - 1), module.substr(dot + 1)};
+}
+
+// Experts no calibration token reached (routed calibration) get, per projection, the max input amax of the
+// same layer's other experts: the largest activation any expert of that layer saw at that input.
+void fill_uncalibrated_experts(std::vector<Hooked>& hooks, CalibrationReport& report) {
+  std::map<std::pair<std::string, std::string>, std::pair<torch::Tensor, int>> seen;  // slot -> (max amax, experts)
+  for (auto& x : hooks) {
+    auto slot = expert_slot(x.hook->module());
+    if (slot.first.empty() || !x.hook->calib_amax.defined()) continue;
+    auto& [a, n] = seen[slot];
+    a = a.defined() ? torch::maximum(a, x.hook->calib_amax) : x.hook->calib_amax;
+    ++n;
+  }
+  for (auto& x : hooks) {
+    auto slot = expert_slot(x.hook->module());
+    if (slot.first.empty() || x.hook->calib_amax.defined()) continue;
+    auto it = seen.find(slot);
+    QAD_CHECK(it != seen.end(), "calibrate: no expert of {} saw a calibration token at {}; calibrate with more data "
+              "or quant.moe_calibration: all_experts", slot.first, slot.second);
+    x.hook->calib_amax = it->second.first.clone();
+    report.experts_without_tokens.push_back(x.hook->module());
+    report.fallback_notes.push_back(fmt::format("{}: {:.6g} (max over {} other experts)", x.hook->module(),
+                                                it->second.first.item<float>(), it->second.second));
+  }
+  if (!report.experts_without_tokens.empty()) {
+    fmt::print(stderr, "qad: warning: calibrate: {} expert projection(s) saw no calibration token; each takes the "
+               "largest input amax of its layer's other experts at that projection:\n", report.experts_without_tokens.size());
+    for (const auto& n : report.fallback_notes) fmt::print(stderr, "qad:   {}\n", n);
+  }
+}
+
 }  // namespace
 
-void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg) {
+void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg,
+               CalibrationReport* report) {
   auto hooks = hooked(lm);
   QAD_CHECK(!hooks.empty(), "calibrate: the model has no NVFP4-quantized Linear (call quant::apply_nvfp4 first)");
   QAD_CHECK(cfg.calib_samples > 0, "calibrate: calib_samples must be positive, got {}", cfg.calib_samples);
@@ -105,11 +145,14 @@ void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const Qua
         *mask_slot = torch::Tensor();
       }
       if (!head_hooked) o.logits_to_keep = 1;
+      o.calibrate_all_experts = cfg.moe_calibration == MoeCalibration::kAllExperts;
       lm->forward(ids, o);
       seen += take;
       progress.advance(take);
     });
     progress.finish();
+    CalibrationReport local;
+    fill_uncalibrated_experts(hooks, report != nullptr ? *report : local);
     for (auto& x : hooks) {
       QAD_CHECK(x.hook->calib_amax.defined(), "calibrate: {} saw no input (is it used by the forward?)",
                 x.hook->module());

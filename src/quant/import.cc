@@ -10,6 +10,7 @@
 
 #include "io/safetensors_torch.h"
 #include "model/weights.h"
+#include "model/finite_check.h"
 #include "nvfp4/quantize.h"
 #include "quant/export_json.h"
 #include "quant/linear_quant.h"
@@ -176,6 +177,8 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
     }
   }
   lm->to(device, dtype);
+  model::check_finite_weights(lm->hf_tensors(), dir.string(), "the checkpoint is damaged (NaN/Inf scales or "
+                              "weights): re-export it");
   return lm;
 }
 

@@ -40,10 +40,71 @@ torch::Tensor NvFp4LinearQuant::input(const torch::Tensor& x) {
   return nvfp4::fake_quantize_ste(x, on_device(input_amax, x.device()), ste);
 }
 
+namespace {
+
+// The cached quantized weight travels outside autograd's inputs (a tensor argument would be one).
+struct Held {
+  torch::Tensor value;
+};
+
+// Forward: the cached fake-quantized weight; backward: the identity STE into the weight.
+struct CachedStraightThrough : public torch::autograd::Function<CachedStraightThrough> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor&, const Held& q) {
+    return q.value.detach();  // shares the cache's storage: no copy
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grad_outputs) {
+    return {grad_outputs[0], torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor NvFp4LinearQuant::cached_weight(const torch::Tensor& w) {
+  auto& c = cache_;
+  const auto& amax = on_device(weight_amax, w.device());
+  const bool fresh = c.value.defined() && c.impl == w.unsafeGetTensorImpl() && c.data == w.data_ptr() &&
+                     c.version == static_cast<int64_t>(w._version()) && c.amax_impl == amax.unsafeGetTensorImpl() &&
+                     c.amax_version == static_cast<int64_t>(amax._version()) && c.value.scalar_type() == w.scalar_type();
+  if (fresh) {
+    ++weight_cache_hits;
+    return c.value;
+  }
+  ++weight_cache_misses;
+  torch::NoGradGuard ng;
+  c.value = nvfp4::fake_quantize(w.detach(), amax);
+  c.impl = w.unsafeGetTensorImpl();
+  c.data = w.data_ptr();
+  c.version = static_cast<int64_t>(w._version());
+  c.amax_impl = amax.unsafeGetTensorImpl();
+  c.amax_version = static_cast<int64_t>(amax._version());
+  return c.value;
+}
+
+std::optional<model::FusedInputQuant> NvFp4LinearQuant::fused_input(const torch::Device& device) {
+  if (calibrating) return std::nullopt;
+  if (!quantize_inputs) return model::FusedInputQuant{};
+  QAD_CHECK(input_amax.defined(), "{}: the input quantizer is not calibrated (run quant::calibrate, or load a "
+            "quantizer state, before the forward)", module_);
+  if (!input_amax.is_same(amax_seen_) || input_amax._version() != amax_seen_version_) {
+    amax_seen_value_ = input_amax.item<float>();  // a CPU tensor after calibration or loading: no device sync
+  }
+  on_device(input_amax, device);
+  amax_seen_ = input_amax;  // the device copy holds the same value
+  amax_seen_version_ = input_amax._version();
+  return model::FusedInputQuant{input_amax, amax_seen_value_, ste == nvfp4::StraightThrough::kClipped};
+}
+
 torch::Tensor NvFp4LinearQuant::weight(const torch::Tensor& w) {
   if (calibrating || !quantize_weights) return w;
   QAD_CHECK(weight_amax.defined(), "{}: the weight quantizer has no amax (apply_nvfp4 sets it)", module_);
-  return nvfp4::fake_quantize_ste(w, on_device(weight_amax, w.device()), ste);
+  // The clipped STE needs the weight in its backward: that path quantizes afresh.
+  if (ste != nvfp4::StraightThrough::kIdentity) {
+    return nvfp4::fake_quantize_ste(w, on_device(weight_amax, w.device()), ste);
+  }
+  auto q = cached_weight(w);
+  if (!torch::GradMode::is_enabled() || !w.requires_grad()) return q.detach();
+  return CachedStraightThrough::apply(w, Held{q});
 }
 
 NvFp4LinearQuant* nvfp4_hook(const model::Linear& l) {

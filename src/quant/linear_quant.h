@@ -1,7 +1,8 @@
 // NvFp4LinearQuant: the NVFP4 fake-quant hook one quantized model::Linear carries. Weight and input are
 // fake-quantized with FIXED global amaxes (calibrated once) and dynamic block scales; during calibration the
 // hook passes tensors through unchanged and records the input amax instead. Deterministic (activation
-// checkpointing re-runs it).
+// checkpointing re-runs it). The fake-quantized weight is kept between calls: the weights change only at the
+// optimizer step, so a training step quantizes each weight once, not in every forward and recompute.
 #pragma once
 #include <torch/torch.h>
 
@@ -20,6 +21,9 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
 
   torch::Tensor input(const torch::Tensor& x) override;
   torch::Tensor weight(const torch::Tensor& w) override;
+  // Fixed once calibrated: the identity without input quantization, the static fake quantization otherwise;
+  // nullopt while calibrating.
+  std::optional<model::FusedInputQuant> fused_input(const torch::Device& device) override;
 
   const std::string& module() const { return module_; }
 
@@ -30,6 +34,9 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
   bool quantize_weights = true;  // false for imported checkpoints, whose weights already are NVFP4 values
   nvfp4::StraightThrough ste = nvfp4::StraightThrough::kIdentity;
 
+  // Calls that reused the cached quantized weight / that quantized it (tests and benchmarks read these).
+  int64_t weight_cache_hits = 0, weight_cache_misses = 0;
+
   // Calibration: while on, input() records max |x| (over rows where `calib_mask` is set, when it matches x's
   // leading dims) into calib_amax and nothing is quantized.
   bool calibrating = false;
@@ -38,7 +45,23 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
 
  private:
   static torch::Tensor on_device(torch::Tensor& t, const torch::Device& d);
+  // fake_quantize(w, weight_amax), recomputed only when w or the amax changed (another tensor, or the same one
+  // written in place: its version counter moved) since the last call.
+  torch::Tensor cached_weight(const torch::Tensor& w);
   std::string module_;
+  struct WeightCache {
+    const void* impl = nullptr;
+    const void* data = nullptr;
+    int64_t version = -1;
+    const void* amax_impl = nullptr;
+    int64_t amax_version = -1;
+    torch::Tensor value;  // detached
+  } cache_;
+  // input_amax's value on the host, read once per tensor and version (in-place changes bump the version), so
+  // fused_input() does not synchronise with the device on every call.
+  torch::Tensor amax_seen_;
+  int64_t amax_seen_version_ = -1;
+  float amax_seen_value_ = 0.0f;
 };
 
 // The hook of `l`, or nullptr when it has none or one of another kind.

@@ -55,6 +55,13 @@ nvfp4::StraightThrough parse_ste(const std::string& s) {
 void to_json(nlohmann::json& j, CalibMethod m) { j = m == CalibMethod::kMse ? "mse" : "max"; }
 void from_json(const nlohmann::json& j, CalibMethod& m) { m = parse_calib_method(j.get<std::string>()); }
 
+void to_json(nlohmann::json& j, MoeCalibration m) { j = m == MoeCalibration::kRouted ? "routed" : "all_experts"; }
+void from_json(const nlohmann::json& j, MoeCalibration& m) {
+  const auto s = j.get<std::string>();
+  QAD_CHECK(s == "all_experts" || s == "routed", "MoE calibration '{}' is not one of all_experts, routed", s);
+  m = s == "routed" ? MoeCalibration::kRouted : MoeCalibration::kAllExperts;
+}
+
 void to_json(nlohmann::json& j, const ModuleOverride& o) {
   j = {{"pattern", o.pattern}};
   if (o.quantize) j["quantize"] = *o.quantize;

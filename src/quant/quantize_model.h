@@ -19,6 +19,14 @@ namespace qad::quant {
 
 enum class CalibMethod { kMax, kMse };
 
+// How calibration reaches the experts of MoE layers (docs/quant.md, "Mixture of experts").
+enum class MoeCalibration {
+  kAllExperts,  // ModelOpt's rule: during calibration every expert also runs on every token, so each expert's
+                // input amax comes from all calibration tokens (the default)
+  kRouted,      // experts see only the tokens routed to them; an expert that saw none gets, per projection,
+                // the max input amax of the same layer's other experts (reported)
+};
+
 // A per-module override: the last override whose glob matches a module name wins over include/exclude.
 struct ModuleOverride {
   std::string pattern;                   // fnmatch glob over the HF module name
@@ -35,12 +43,21 @@ struct QuantConfig {                       // which Linears, and how (docs/quant
   int64_t calib_samples = 512;            // 0 in a training run: calib_batches x batch_size x world_size rows
   bool quantize_inputs = true;             // activations fake-quantized with the calibrated static amax
   std::vector<ModuleOverride> overrides;   // per-module overrides, applied in order
+  MoeCalibration moe_calibration = MoeCalibration::kAllExperts;
+};
+
+// What calibration did with MoE experts: the expert projections that saw no calibration token (kRouted only)
+// and the amax each was given instead, "<module>: <amax> (max over N other experts)".
+struct CalibrationReport {
+  std::vector<std::string> experts_without_tokens;
+  std::vector<std::string> fallback_notes;
 };
 
 // The settings list (util/config_fields.h): key = member name.
 template <typename F> void fields(QuantConfig& c, F&& f) {
   f("include", c.include); f("exclude", c.exclude); f("ste", c.ste); f("method", c.method);
   f("calib_samples", c.calib_samples); f("quantize_inputs", c.quantize_inputs); f("overrides", c.overrides);
+  f("moe_calibration", c.moe_calibration);
 }
 
 // Reads a quantization config (the `quant:` section of `qad quantize --config`, a run's `quant.options`) over
@@ -52,6 +69,8 @@ nvfp4::StraightThrough parse_ste(const std::string& s);      // "identity" | "cl
 // JSON forms of the enums (their names above) and of an override, for the settings list.
 void to_json(nlohmann::json& j, CalibMethod m);
 void from_json(const nlohmann::json& j, CalibMethod& m);
+void to_json(nlohmann::json& j, MoeCalibration m);      // "all_experts" | "routed"
+void from_json(const nlohmann::json& j, MoeCalibration& m);
 void to_json(nlohmann::json& j, const ModuleOverride& o);
 void from_json(const nlohmann::json& j, ModuleOverride& o);
 
@@ -71,7 +90,9 @@ using BatchSource = std::function<void(const BatchSink&)>;
 // sets weight amax from the weights, then makes fused groups (q/k/v; gate/up) share input amax and weight global
 // scale (max over the group). Shows progress. After this the global amaxes are fixed (training keeps them fixed).
 // Rows beyond cfg.calib_samples are ignored. Padding positions (mask 0) do not count towards the input amax.
-void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg);
+// MoE experts: see MoeCalibration; `report` (optional) receives what was done for experts without tokens.
+void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg,
+               CalibrationReport* report = nullptr);
 
 // Quantizer state (all amaxes, names) for training checkpoints; load restores hooks+amaxes onto a model.
 // Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU).

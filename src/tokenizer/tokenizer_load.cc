@@ -328,7 +328,23 @@ ChatFamily chat_family_of(const json& cfg) {
 
 }  // namespace
 
+namespace {
+std::shared_ptr<Tokenizer::Impl> load_unchecked(const fs::path& dir_or_file);
+}  // namespace
+
 std::shared_ptr<Tokenizer::Impl> load_tokenizer_impl(const fs::path& dir_or_file) {
+  // The builders check the types they branch on; a value of another type deeper down (an id that is an array,
+  // found by fuzzing) still gets a one-line error instead of nlohmann's exception.
+  try {
+    return load_unchecked(dir_or_file);
+  } catch (const json::exception& e) {
+    qad::fail("{}: a value has the wrong type or range ({}); re-download or re-save the tokenizer", dir_or_file.string(),
+              e.what());
+  }
+}
+
+namespace {
+std::shared_ptr<Tokenizer::Impl> load_unchecked(const fs::path& dir_or_file) {
   fs::path file = dir_or_file;
   std::error_code ec;
   if (fs::is_directory(dir_or_file, ec)) file = dir_or_file / "tokenizer.json";
@@ -419,5 +435,6 @@ std::shared_ptr<Tokenizer::Impl> load_tokenizer_impl(const fs::path& dir_or_file
   impl->chat = chat_family_of(cfg);
   return impl;
 }
+}  // namespace
 
 }  // namespace qad::tokenizer

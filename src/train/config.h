@@ -35,6 +35,9 @@ struct LossConfig {
   std::vector<std::string> cka_layers;   // empty = every decoder layer's output ("layers.N")
   bool cka_tf32 = true;                  // TF32 for FP32 matmuls on CUDA (the CKA products; the model is BF16)
   bool log_ce = true;                    // compute CE (no gradient) for the log even when its weight is 0
+  int fused_head = -1;                   // lm_head + KL/CE fused over token chunks (loss/fused_head_losses.h):
+                                         // -1 where the model is on CUDA, 1 always (tests), 0 never; not a YAML key
+  double router_balance = 0.0;           // MoE load-balancing loss (Switch / transformers' aux loss); 0 = off
 };
 
 struct OptimConfig {
@@ -47,6 +50,7 @@ struct OptimConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double grad_clip = 1.0;       // max global L2 norm; 0 = off
   int64_t grad_accum = 1;       // micro-batches per optimizer step
+  bool freeze_routers = false;  // MoE: keep the routers ("mlp.gate") at the teacher's weights
 };
 
 struct DataConfig {
@@ -55,6 +59,7 @@ struct DataConfig {
   int64_t seq_len = 512;
   int64_t batch_size = 8;       // rows per micro-batch per rank
   std::string mode = "pack";    // pack | pad
+  std::string doc_end = "eos";  // after each text document when .jsonl/.txt is prepared on the fly (--doc-end)
   double valid_fraction = 0.02; // validation split when no valid_path (applied by the loader)
   uint64_t seed = 0;            // shuffle seed
 };
@@ -75,6 +80,10 @@ struct RunConfig {
   int64_t log_every = 1;
   int64_t valid_every = 100;    // 0 = only at the start and the end
   int64_t valid_batches = 16;
+  std::string valid_tasks;      // optional task .jsonl: greedy task accuracy at each validation (docs/train.md)
+  int64_t valid_task_items = 256;  // its first N items
+  int64_t valid_task_max_new_tokens = 200;
+  std::string best_metric;      // keep the best checkpoint in RUN_DIR/best by this validation metric ("" = off)
   int64_t checkpoint_every = 500;  // 0 = final only; -1 = none at all (benchmarks)
   int64_t keep_checkpoints = 2;
   int64_t max_bad_steps = 10;   // stop after this many consecutive non-finite steps
@@ -89,6 +98,10 @@ struct DebugConfig {
   std::vector<int64_t> nan_at_steps;  // multiply the loss by NaN at these optimizer steps
   int64_t kill_at_step = -1;          // raise SIGKILL right after this step's update (before its checkpoint)
   int kill_rank = -1;                 // only this rank raises it (-1: every rank)
+  std::vector<int64_t> signal_at_steps;  // raise SIGTERM right after these steps (a step listed twice: twice)
+  // after this step, wait (up to 10 minutes) for SIGINT / SIGTERM: a run that is still going, however fast the
+  // machine, for tests that act on a live run
+  int64_t hold_at_step = -1;
 };
 
 struct DistConfig {  // set by the launcher and --dist-* flags, not by recipes (docs/dist.md)

@@ -3,16 +3,18 @@
 
 #include <fmt/format.h>
 
+#include "data/calibration_rows.h"
 #include "data/dataset.h"
 #include "data/document_encoder.h"
 #include "data/prepare.h"
+#include "tokenizer/doc_end.h"
 #include "util/error.h"
 
 namespace qad::train {
 namespace fs = std::filesystem;
 
 fs::path resolve_dataset(const std::string& path, const fs::path& tokenizer_dir, const fs::path& run_dir,
-                         const std::string& label, double valid_fraction) {
+                         const std::string& label, double valid_fraction, const std::string& doc_end) {
   const fs::path p(path);
   if (fs::is_directory(p)) {
     QAD_CHECK(data::looks_like_dataset(p), "{}: a directory, but not a prepared dataset (no index.json); run `qad "
@@ -30,6 +32,7 @@ fs::path resolve_dataset(const std::string& path, const fs::path& tokenizer_dir,
   o.output = out;
   o.valid_fraction = valid_fraction;
   o.progress = false;
+  o.doc_end = tokenizer::resolve_doc_end(doc_end, tokenizer::Tokenizer::load(tokenizer_dir), "data.doc_end");
   auto summary = data::prepare_dataset({p}, *encoder, o);
   fmt::print("prepared {} → {}: {} documents, {} tokens\n", path, out.string(), summary.documents, summary.tokens);
   return out;
@@ -39,7 +42,8 @@ Loaders make_loaders(const TrainConfig& cfg) {
   const fs::path teacher(cfg.run.teacher), run_dir(cfg.run.out);
   const auto& d = cfg.data;
   const bool separate_valid = !d.valid_path.empty();
-  const auto train_dir = resolve_dataset(d.path, teacher, run_dir, "train", separate_valid ? 0.0 : d.valid_fraction);
+  const auto train_dir = resolve_dataset(d.path, teacher, run_dir, "train", separate_valid ? 0.0 : d.valid_fraction,
+                                         d.doc_end);
   std::string fingerprint;
   if (fs::exists(teacher / "tokenizer.json")) fingerprint = data::make_tokenizer_encoder(teacher)->fingerprint();
 
@@ -64,14 +68,12 @@ Loaders make_loaders(const TrainConfig& cfg) {
   whole.rank = 0;
   whole.world_size = 1;
   whole.batch_size = d.batch_size * cfg.dist.world_size;
-  auto co = whole;
-  co.seed = d.seed + 0x9e3779b97f4a7c15ull;
-  l.calib = std::make_unique<data::Loader>(train_ds, co);
+  l.calib = std::make_unique<data::Loader>(train_ds, data::calibration_loader_options(o));  // the PTQ rows
 
   auto vo = whole;
   vo.shuffle = false;
   if (separate_valid) {
-    const auto valid_dir = resolve_dataset(d.valid_path, teacher, run_dir, "valid", 0.0);
+    const auto valid_dir = resolve_dataset(d.valid_path, teacher, run_dir, "valid", 0.0, d.doc_end);
     l.valid = std::make_unique<data::Loader>(std::make_shared<const data::TokenDataset>(valid_dir), vo);
   } else if (d.valid_fraction > 0) {
     vo.split = data::Split::valid;

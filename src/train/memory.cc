@@ -32,4 +32,11 @@ void reset_peak_memory(torch::Device device) {
   (void)device;
 }
 
+void release_cached_memory(torch::Device device) {
+#ifdef QAD_TRAIN_HAS_CUDA_STATS
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+  (void)device;
+}
+
 }  // namespace qad::train

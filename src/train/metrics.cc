@@ -62,36 +62,45 @@ nlohmann::json step_record(const StepLine& s) {
   if (s.ce) rec["ce"] = finite_or_null(*s.ce);
   if (s.cka_term) rec["cka_loss"] = finite_or_null(*s.cka_term);
   if (!s.cka.empty()) rec["cka"] = layer_object(s.cka);
+  if (s.router_balance) rec["router_balance"] = finite_or_null(*s.router_balance);
   if (s.skipped) rec["skipped"] = true;
   return rec;
 }
 
 nlohmann::json valid_record(int64_t step, const ValidResult& v) {
   nlohmann::json j = {{"type", "valid"}, {"step", step}, {"ce", finite_or_null(v.ce)}, {"ppl", finite_or_null(v.ppl)},
-                      {"tokens_evaluated", v.tokens}};
+                      {"tokens_evaluated", v.tokens}, {"seq_len", v.seq_len}};
   if (v.kl) j["kl"] = finite_or_null(*v.kl);
   if (v.agreement) j["agreement"] = *v.agreement;
   if (v.mean_cka) j["mean_cka"] = finite_or_null(*v.mean_cka);
+  if (v.task_accuracy) j["task_accuracy"] = *v.task_accuracy;
   if (!v.cka.empty()) j["cka"] = layer_object(v.cka);
+  if (v.mean_router_agreement) j["router_agreement"] = *v.mean_router_agreement;
+  if (!v.router_agreement.empty()) j["router_agreement_layers"] = layer_object(v.router_agreement);
   return j;
 }
 
 std::string valid_line(int64_t step, const ValidResult& v) {
-  std::string s = fmt::format("valid @ step {}: ppl {:.4g}", step, v.ppl);
+  std::string s = fmt::format("valid @ step {} (seq {}, {} tokens): ppl {:.4g}", step, v.seq_len, v.tokens, v.ppl);
   if (v.kl) s += fmt::format(" | kl {:.5g}", *v.kl);
   if (v.agreement) s += fmt::format(" | top-1 agreement {:.4f}", *v.agreement);
   if (v.mean_cka) s += fmt::format(" | mean CKA {:.5f}", *v.mean_cka);
+  if (v.task_accuracy) s += fmt::format(" | task accuracy {:.2f}%", 100 * *v.task_accuracy);
+  if (v.mean_router_agreement) s += fmt::format(" | router top-k overlap {:.4f}", *v.mean_router_agreement);
   return s;
 }
 
 nlohmann::json final_metrics(int64_t steps, int64_t tokens, double train_seconds, const std::optional<ValidResult>& v) {
   nlohmann::json fm = {{"steps", steps}, {"tokens", tokens}, {"train_seconds", train_seconds}};
   if (v) {
+    fm["valid_seq_len"] = v->seq_len;  // the validation's settings, which its figures depend on
+    fm["valid_tokens"] = v->tokens;
     fm["ppl"] = finite_or_null(v->ppl);
     fm["ce"] = finite_or_null(v->ce);
     if (v->kl) fm["kl"] = finite_or_null(*v->kl);
     if (v->agreement) fm["agreement"] = *v->agreement;
     if (v->mean_cka) fm["mean_cka"] = finite_or_null(*v->mean_cka);
+    if (v->task_accuracy) fm["task_accuracy"] = *v->task_accuracy;
     if (!v->cka.empty()) fm["cka"] = layer_object(v->cka);
   }
   return fm;

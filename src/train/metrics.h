@@ -37,6 +37,7 @@ struct StepLine {
   int64_t step = 0, total = 0;
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, eta_s = -1;
   std::optional<double> kl, ce, cka_term;
+  std::optional<double> router_balance;  // MoE load-balancing loss (the record)
   bool skipped = false;
   int64_t tokens = 0;       // loss tokens trained on so far (the record)
   double peak_mem_gb = 0;   // (the record)
@@ -51,11 +52,17 @@ struct ValidResult {
   double ce = 0, ppl = 0;           // on the data's labels
   std::optional<double> agreement;  // fraction of loss tokens where both argmaxes agree
   std::optional<double> mean_cka;   // mean over layers
+  std::optional<double> task_accuracy;  // run.valid_tasks (task_validation.h); set by the trainer
   std::vector<std::pair<std::string, double>> cka;
+  // MoE with a teacher: per MoE layer, the mean over loss tokens of |student top-k ∩ teacher top-k| / k.
+  std::optional<double> mean_router_agreement;
+  std::vector<std::pair<std::string, double>> router_agreement;
   int64_t tokens = 0, batches = 0;
+  int64_t seq_len = 0;  // tokens per row of the validation batches (perplexity depends on it)
 };
 nlohmann::json valid_record(int64_t step, const ValidResult& v);  // {"type": "valid", ...}
-std::string valid_line(int64_t step, const ValidResult& v);      // "valid @ step 10: ppl 12.3 | kl ..."
+// "valid @ step 10 (seq 512, 65,536 tokens): ppl 12.3 | kl ..."
+std::string valid_line(int64_t step, const ValidResult& v);
 
 // final_metrics.json: steps, tokens, training time and the last validation's metrics.
 nlohmann::json final_metrics(int64_t steps, int64_t tokens, double train_seconds, const std::optional<ValidResult>& v);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "train/fused_adamw.h"
 #include "util/error.h"
 #include "util/torch_format.h"
 
@@ -25,6 +26,53 @@ AdamW::AdamW(NamedTensors params, const OptimConfig& options) : params_(std::mov
     s.decay = p.dim() >= 2;  // no decay on norms and biases (HF Trainer's rule)
     slots_.push_back(std::move(s));
   }
+  bool all_cuda = !slots_.empty();
+  for (const auto& s : slots_) all_cuda = all_cuda && s.param.is_cuda();
+#ifdef QAD_HAS_CUDA
+  if (all_cuda) set_fused(true);
+#endif
+}
+
+torch::Tensor Optimizer::grad_norm_tensor() const {
+  fail("this optimizer has no device-side step (device_step_available() is false)");
+}
+void Optimizer::step_on_device(double, const torch::Tensor&, const torch::Tensor&) {
+  fail("this optimizer has no device-side step (device_step_available() is false)");
+}
+void Optimizer::cancel_step() { fail("this optimizer has no device-side step (device_step_available() is false)"); }
+
+void AdamW::set_fused(bool on) {
+  if (on) {
+    for (const auto& s : slots_) {
+      AdamWTensors t{s.master, s.exp_avg, s.exp_avg_sq, s.master, s.master.is_same(s.param) ? torch::Tensor() : s.param,
+                     s.decay};
+      QAD_CHECK(fused_adamw_supports(t), "AdamW: the fused update does not take '{}' ({} on {}; it needs FP32 masters "
+                "with a BF16 or FP32 model on one device)", s.name, c10::toString(s.param.scalar_type()),
+                s.param.device().str());
+    }
+  }
+  fused_ = on;
+}
+
+torch::Tensor AdamW::grad_norm_tensor() const {
+  std::vector<torch::Tensor> grads;
+  for (const auto& s : slots_) {
+    if (s.param.grad().defined()) grads.push_back(s.param.grad());
+  }
+  return grad_square_sum(grads).sqrt();
+}
+
+void AdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply) {
+  QAD_CHECK(fused_, "AdamW::step_on_device: the fused update is off");
+  ++t_;
+  std::vector<AdamWTensors> ts;
+  for (auto& s : slots_) {
+    const auto& g = s.param.grad();
+    if (!g.defined()) continue;
+    ts.push_back({s.master, s.exp_avg, s.exp_avg_sq, g.contiguous(), s.master.is_same(s.param) ? torch::Tensor() : s.param,
+                  s.decay && options_.weight_decay != 0});
+  }
+  fused_adamw_(ts, adamw_scalars(lr, options_, t_), grad_scale, apply);
 }
 
 double AdamW::grad_norm() const {

@@ -31,6 +31,15 @@ class Optimizer {
   // number of ranks). Sharded implementations return it on rank 0 only (empty elsewhere).
   virtual NamedTensors state() const = 0;
   virtual void load_state(const NamedTensors& state, int64_t steps) = 0;
+
+  // The step without host synchronisation. Where device_step_available(), train_step takes the gradient norm as a
+  // device tensor, computes the clipping factor and the finite check on the device, calls step_on_device (which
+  // multiplies the gradients by grad_scale and updates nothing where apply is 0; both FP32 0-dim on the
+  // parameters' device) and, once it has read the check at the end of the step, cancel_step() for a skipped one.
+  virtual bool device_step_available() const { return false; }
+  virtual torch::Tensor grad_norm_tensor() const;  // FP64 0-dim
+  virtual void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply);
+  virtual void cancel_step();  // steps() back by one: the last step_on_device changed nothing
 };
 
 // PyTorch's AdamW update of one tensor's master weights and moments at step t (weight decay is applied by
@@ -55,6 +64,15 @@ class AdamW : public Optimizer {
   int64_t steps() const override { return t_; }
   const NamedTensors& params() const { return params_; }
 
+  // The fused multi-tensor update (train/fused_adamw.h): on by default where every parameter is on a CUDA device
+  // and the kernels are built; tests switch it on for CPU tensors, where it runs the C++ reference.
+  void set_fused(bool on);
+  bool fused() const { return fused_; }
+  bool device_step_available() const override { return fused_; }
+  torch::Tensor grad_norm_tensor() const override;
+  void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply) override;
+  void cancel_step() override { --t_; }
+
   // "master.<name>" (only where the model is not FP32), "exp_avg.<name>", "exp_avg_sq.<name>".
   NamedTensors state() const override;
   // Restores moments, master weights (and rounds them into the model) and the step count; throws naming the
@@ -71,6 +89,7 @@ class AdamW : public Optimizer {
   std::vector<Slot> slots_;
   OptimConfig options_;
   int64_t t_ = 0;
+  bool fused_ = false;
 };
 
 }  // namespace qad::train

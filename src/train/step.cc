@@ -5,10 +5,14 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 
 #include "loss/cka_loss.h"
+#include "loss/fused_head_losses.h"
 #include "loss/logit_losses.h"
 #include "train/distributed.h"
+#include "train/moe_training.h"
 #include "util/error.h"
 
 namespace qad::train {
@@ -16,6 +20,149 @@ namespace {
 
 bool has_padding(const data::BatchTensors& b) {
   return b.attention_mask.defined() && !b.attention_mask.all().item<bool>();
+}
+
+torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(torch::kFloat64); }
+
+// a + w * b on device tensors, where a may be undefined (0) and w is a 0-dim tensor or undefined (1).
+torch::Tensor add_weighted(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& w) {
+  if (!b.defined()) return a;
+  auto wb = w.defined() ? b * w : b;
+  return a.defined() ? a + wb : wb;
+}
+
+// Labels outside [0, V) where the loss reads them: checked before the step's work is queued (cross_entropy then
+// skips its own check, which would wait for the device in the middle of the step).
+void check_labels(const data::BatchTensors& b, int64_t vocab) {
+  auto used = b.targets != -100;
+  if (b.loss_mask.defined()) used = used.logical_and(b.loss_mask.to(used.device()) != 0);
+  auto bad = used.logical_and(b.targets.lt(0).logical_or(b.targets.ge(vocab)));
+  if (bad.any().item<bool>()) {
+    const int64_t i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+    fail("cross_entropy: label {} at token {} (flattened) is outside the vocabulary [0, {}); use -100 to ignore a "
+         "token", b.targets.reshape({-1})[i].item<int64_t>(), i, vocab);
+  }
+}
+
+// Whether the loss takes the final hidden states (lm_head + KL/CE fused over token chunks) instead of the logits.
+bool use_fused_head(const LossConfig& loss, model::CausalLM& student, model::CausalLM* teacher) {
+  if (loss.fused_head == 0) return false;
+  if (loss.kl > 0 && loss.top_k > 0) return false;  // the top-k KL keeps the logits path
+  if (student->lm_head->bias.defined()) return false;
+  if (teacher != nullptr) {
+    const auto& th = (*teacher)->lm_head;
+    if (th->bias.defined() || th->weight.size(0) != student->lm_head->weight.size(0)) return false;
+  }
+  return loss.fused_head == 1 || student->lm_head->weight.is_cuda();
+}
+
+// The lm_head's effective input and weight (its NVFP4 hook's fake quantization included, where it has one).
+std::pair<torch::Tensor, torch::Tensor> head_operands(model::CausalLM& lm, const torch::Tensor& hidden) {
+  const auto& head = lm->lm_head;
+  if (head->quant) return {head->quant->input(hidden), head->quant->weight(head->weight)};
+  return {hidden, head->weight};
+}
+
+struct DeviceParts {
+  torch::Tensor total;
+  DeviceLossValues values;
+};
+
+DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* teacher, const data::BatchTensors& batch,
+                                     const LossConfig& loss, bool activation_checkpointing, torch::Generator* gen,
+                                     bool padded, bool labels_checked) {
+  const bool want_cka = loss.cka > 0;
+  const bool need_teacher = loss.kl > 0 || want_cka;
+  QAD_CHECK(!need_teacher || teacher != nullptr, "the KL and CKA terms need a teacher model");
+  model::ForwardOptions fo;
+  fo.return_hidden = want_cka;
+  if (padded) fo.attention_mask = batch.attention_mask;
+  loss::CkaLossOptions co;
+  if (want_cka) {
+    co.weight = loss.cka;
+    co.estimator = loss.cka_estimator == "debiased" ? loss::CkaEstimator::kDebiased : loss::CkaEstimator::kBiased;
+    co.subsample_tokens = loss.cka_subsample_tokens;
+    co.dynamic_balance = loss.cka_dynamic_balance;
+    co.read_values = loss.cka_dynamic_balance;  // balancing reads the values anyway
+    co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
+    // CKA over the real input tokens (prompt and answer alike), not only the supervised ones. Chosen before the
+    // forwards so that both models keep only these rows of each layer's output.
+    const auto& ids = batch.input_ids;
+    fo.hidden_rows = loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
+                                             student->parameters().front().device()).index;
+  }
+
+  const bool fused = use_fused_head(loss, student, teacher);
+  fo.skip_logits = fused;
+  model::ForwardOutput t_out;
+  if (need_teacher) {
+    torch::NoGradGuard ng;
+    t_out = (*teacher)->forward(batch.input_ids, fo);
+  }
+  model::ForwardOptions so = fo;
+  so.checkpoint_layers = activation_checkpointing;
+  so.return_router_logits = loss.router_balance > 0;
+  auto s_out = student->forward(batch.input_ids, so);
+
+  DeviceParts p;
+  auto& v = p.values;
+  v.tokens = f64(batch.loss_mask.sum());
+  // The loss is summed in FP32 (FP64 for FP64 models, which the tests use).
+  const auto model_dtype = student->lm_head->weight.scalar_type();
+  const auto acc = model_dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::Tensor total = torch::zeros({}, torch::TensorOptions().dtype(acc).device(student->lm_head->weight.device()));
+  if (fused) {
+    loss::HeadLossOptions ho{.kl_weight = loss.kl, .ce_weight = loss.ce, .ce_value = loss.log_ce,
+                             .temperature = loss.temperature,
+                             .chunk_tokens = std::min<int64_t>(loss.chunk_tokens, 2048)};
+    auto [hs, ws] = head_operands(student, s_out.final_hidden);
+    torch::Tensor ht, wt;
+    if (loss.kl > 0) {
+      torch::NoGradGuard ng;
+      std::tie(ht, wt) = head_operands(*teacher, t_out.final_hidden);
+    }
+    auto r = loss::fused_head_losses(hs, ws, ht, wt, batch.targets, batch.loss_mask, ho);
+    if (r.kl.defined()) v.kl = f64(r.kl);
+    if (r.ce.defined()) v.ce = f64(r.ce);
+    total = total + r.loss.to(acc);
+    t_out.final_hidden = torch::Tensor();  // the teacher's part of the loss is done: free it before the backward
+  } else {
+    torch::Tensor kl;
+    if (loss.kl > 0) {
+      loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.top_k, .chunk_tokens = loss.chunk_tokens};
+      kl = loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
+      v.kl = f64(kl);
+      total = total + loss.kl * kl.to(acc);
+    }
+    t_out.logits = torch::Tensor();  // the teacher's logits are done with: free them before the backward
+    if (loss.ce > 0) {
+      auto ce = loss::cross_entropy(s_out.logits, batch.targets, batch.loss_mask, loss.chunk_tokens, -100,
+                                    !labels_checked);
+      v.ce = f64(ce);
+      total = total + loss.ce * ce.to(acc);
+    } else if (loss.log_ce) {
+      torch::NoGradGuard ng;
+      v.ce = f64(loss::cross_entropy(s_out.logits.detach(), batch.targets, batch.loss_mask, loss.chunk_tokens, -100,
+                                     !labels_checked));
+    }
+  }
+  if (want_cka) {
+    std::optional<double> kl_value;
+    if (co.dynamic_balance) kl_value = v.kl.defined() ? v.kl.item<double>() : 0.0;
+    auto r = loss::cka_loss_on_tokens(t_out.hidden, s_out.hidden, co, kl_value);
+    v.cka = r.per_layer;
+    v.cka_layers = r.layers;
+    v.cka_term = (1 - r.per_layer).mean();
+    total = total + r.loss.to(acc);
+  }
+  if (loss.router_balance > 0) {
+    auto balance = router_balance_loss(student, s_out);
+    v.router_balance = f64(balance);
+    total = total + loss.router_balance * balance.to(acc);
+  }
+  v.loss = f64(total);
+  p.total = total;
+  return p;
 }
 
 }  // namespace
@@ -26,105 +173,106 @@ std::vector<std::string> default_cka_layers(const model::ModelConfig& c) {
   return out;
 }
 
+LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tensor>& extra,
+                       std::vector<double>* extra_out) {
+  std::vector<torch::Tensor> parts;
+  // One transfer: every defined value flattened into one FP64 vector on the device, then copied.
+  torch::Device device = torch::kCPU;
+  for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.router_balance, &v.tokens, &v.cka}) {
+    if (t->defined()) device = t->device();
+  }
+  auto flat = [&](const torch::Tensor& t) { return t.detach().to(device, torch::kFloat64).reshape({-1}); };
+  for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.router_balance, &v.tokens, &v.cka}) {
+    if (t->defined()) parts.push_back(flat(*t));
+  }
+  for (const auto& t : extra) parts.push_back(flat(t));
+  LossValues out;
+  if (parts.empty()) return out;
+  const auto host = torch::cat(parts).to(torch::kCPU);
+  const double* h = host.data_ptr<double>();
+  int64_t i = 0;
+  if (v.loss.defined()) out.loss = h[i++];
+  if (v.kl.defined()) out.kl = h[i++];
+  if (v.ce.defined()) out.ce = h[i++];
+  if (v.cka_term.defined()) out.cka_term = h[i++];
+  if (v.router_balance.defined()) out.router_balance = h[i++];
+  if (v.tokens.defined()) out.tokens = static_cast<int64_t>(std::llround(h[i++]));
+  if (v.cka.defined()) {
+    for (int64_t l = 0; l < v.cka.numel(); ++l) {
+      out.cka.emplace_back(static_cast<size_t>(l) < v.cka_layers.size() ? v.cka_layers[static_cast<size_t>(l)]
+                                                                      : fmt::format("layers.{}", l),
+                           h[i++]);
+    }
+  }
+  if (extra_out != nullptr) {
+    extra_out->clear();
+    for (size_t e = 0; e < extra.size(); ++e) extra_out->push_back(h[i++]);
+  }
+  return out;
+}
+
 LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, const data::BatchTensors& batch,
                          const LossConfig& loss, bool activation_checkpointing, torch::Generator* gen) {
-  const bool want_cka = loss.cka > 0;
-  const bool need_teacher = loss.kl > 0 || want_cka;
-  QAD_CHECK(!need_teacher || teacher != nullptr, "the KL and CKA terms need a teacher model");
-  model::ForwardOptions fo;
-  fo.return_hidden = want_cka;
-  if (has_padding(batch)) fo.attention_mask = batch.attention_mask;
-  loss::CkaLossOptions co;
-  if (want_cka) {
-    co.weight = loss.cka;
-    co.estimator = loss.cka_estimator == "debiased" ? loss::CkaEstimator::kDebiased : loss::CkaEstimator::kBiased;
-    co.subsample_tokens = loss.cka_subsample_tokens;
-    co.dynamic_balance = loss.cka_dynamic_balance;
-    co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
-    // CKA over the real input tokens (prompt and answer alike), not only the supervised ones. Chosen before the
-    // forwards so that both models keep only these rows of each layer's output.
-    const auto& ids = batch.input_ids;
-    fo.hidden_rows = loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
-                                             student->parameters().front().device()).index;
-  }
+  if (loss.ce > 0 || loss.log_ce) check_labels(batch, student->config().vocab_size);
+  auto p = compute_losses_on_device(student, teacher, batch, loss, activation_checkpointing, gen, has_padding(batch),
+                                    /*labels_checked=*/true);
+  return {p.total, read_values(p.values)};
+}
 
-  model::ForwardOutput t_out;
-  if (need_teacher) {
-    torch::NoGradGuard ng;
-    t_out = (*teacher)->forward(batch.input_ids, fo);
+DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model::CausalLM* teacher,
+                                                const std::vector<data::BatchTensors>& micro_batches,
+                                                const TrainConfig& c, uint64_t rng_seed, bool inject_nan,
+                                                int64_t global_tokens, const std::function<void()>& before_last_backward) {
+  // The host reads of the step happen here, before any of its work is queued: which batches have padding (the
+  // attention path depends on it) and, where CE is computed, whether every label is in the vocabulary.
+  const bool ce_read = c.loss.ce > 0 || c.loss.log_ce;
+  std::vector<bool> padded;
+  for (const auto& b : micro_batches) {
+    padded.push_back(has_padding(b));
+    if (ce_read) check_labels(b, student->config().vocab_size);
   }
-  model::ForwardOptions so = fo;
-  so.checkpoint_layers = activation_checkpointing;
-  auto s_out = student->forward(batch.input_ids, so);
-
-  LossParts p;
-  auto& v = p.values;
-  v.tokens = batch.loss_mask.sum().item<int64_t>();
-  // The loss is summed in FP32 (FP64 for FP64 models, which the tests use).
-  const auto acc = s_out.logits.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  torch::Tensor total = torch::zeros({}, s_out.logits.options().dtype(acc));
-  torch::Tensor kl;
-  if (loss.kl > 0) {
-    loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.top_k, .chunk_tokens = loss.chunk_tokens};
-    kl = loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
-    v.kl = kl.item<double>();
-    total = total + loss.kl * kl.to(acc);
+  const size_t n = micro_batches.size();
+  std::vector<torch::Tensor> tokens;
+  torch::Tensor total_tokens;
+  for (const auto& b : micro_batches) {
+    tokens.push_back(f64(b.loss_mask.sum()));
+    total_tokens = total_tokens.defined() ? total_tokens + tokens.back() : tokens.back();
   }
-  if (loss.ce > 0) {
-    auto ce = loss::cross_entropy(s_out.logits, batch.targets, batch.loss_mask, loss.chunk_tokens);
-    v.ce = ce.item<double>();
-    total = total + loss.ce * ce.to(acc);
-  } else if (loss.log_ce) {
-    torch::NoGradGuard ng;
-    v.ce = loss::cross_entropy(s_out.logits.detach(), batch.targets, batch.loss_mask, loss.chunk_tokens).item<double>();
+  const auto denom = total_tokens.clamp_min(1.0);
+  const bool parallel = global_tokens > 0;
+  const double global_denom = static_cast<double>(std::max<int64_t>(global_tokens, 1));
+  const double poison = inject_nan ? std::numeric_limits<double>::quiet_NaN() : 1.0;
+  DeviceLossValues acc;
+  for (size_t i = 0; i < n; ++i) {
+    auto gen = torch::make_generator<at::CPUGeneratorImpl>(rng_seed + i);
+    auto parts = compute_losses_on_device(student, teacher, micro_batches[i], c.loss, c.run.activation_checkpointing,
+                                          &gen, padded[i], ce_read);
+    // The micro-batch's share of the step's tokens (1 for one micro-batch); data parallel: of the global tokens.
+    torch::Tensor w = n == 1 ? torch::Tensor() : tokens[i] / denom;
+    torch::Tensor gw = parallel ? tokens[i] / global_denom : w;
+    if (before_last_backward && i + 1 == n) before_last_backward();
+    auto scaled = parts.total * poison;
+    if (gw.defined()) scaled = scaled * gw.to(scaled.scalar_type());
+    scaled.backward();
+    const auto& pv = parts.values;
+    acc.loss = add_weighted(acc.loss, pv.loss * poison, w);
+    acc.kl = add_weighted(acc.kl, pv.kl, w);
+    acc.ce = add_weighted(acc.ce, pv.ce, w);
+    acc.cka_term = add_weighted(acc.cka_term, pv.cka_term, w);
+    acc.router_balance = add_weighted(acc.router_balance, pv.router_balance, w);
+    acc.cka = add_weighted(acc.cka, pv.cka, w);
+    if (acc.cka_layers.empty()) acc.cka_layers = pv.cka_layers;
   }
-  if (want_cka) {
-    auto r = loss::cka_loss_on_tokens(t_out.hidden, s_out.hidden, co, v.kl);
-    double term = 0;
-    for (const auto& [n, c] : r.per_layer_cka) term += (1 - c) / static_cast<double>(r.per_layer_cka.size());
-    v.cka_term = term;
-    v.cka = r.per_layer_cka;
-    total = total + r.loss.to(acc);
-  }
-  v.loss = total.item<double>();
-  p.total = total;
-  return p;
+  acc.tokens = total_tokens;
+  return acc;
 }
 
 LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teacher,
                                 const std::vector<data::BatchTensors>& micro_batches, const TrainConfig& c,
                                 uint64_t rng_seed, bool inject_nan, int64_t global_tokens,
                                 const std::function<void()>& before_last_backward) {
-  int64_t total_tokens = 0;
-  for (const auto& b : micro_batches) total_tokens += b.loss_mask.sum().item<int64_t>();
-  const double denom = static_cast<double>(std::max<int64_t>(total_tokens, 1));
-  const bool parallel = global_tokens > 0;
-  const double global_denom = static_cast<double>(std::max<int64_t>(global_tokens, 1));
-  const double poison = inject_nan ? std::numeric_limits<double>::quiet_NaN() : 1.0;
-  LossValues acc;
-  acc.tokens = total_tokens;
-  for (size_t i = 0; i < micro_batches.size(); ++i) {
-    auto gen = torch::make_generator<at::CPUGeneratorImpl>(rng_seed + i);
-    auto parts = compute_losses(student, teacher, micro_batches[i], c.loss, c.run.activation_checkpointing, &gen);
-    const double w = micro_batches.size() == 1 ? 1.0 : static_cast<double>(parts.values.tokens) / denom;
-    // Data parallel: the gradient is weighted by the micro-batch's share of the global tokens instead.
-    const double gw = parallel ? static_cast<double>(parts.values.tokens) / global_denom : w;
-    if (before_last_backward && i + 1 == micro_batches.size()) before_last_backward();
-    (parts.total * (gw * poison)).backward();
-    const auto& pv = parts.values;
-    acc.loss += w * pv.loss * poison;
-    auto add = [&](std::optional<double>& dst, const std::optional<double>& x) {
-      if (x) dst = dst.value_or(0.0) + w * *x;
-    };
-    add(acc.kl, pv.kl);
-    add(acc.ce, pv.ce);
-    add(acc.cka_term, pv.cka_term);
-    if (acc.cka.empty()) {
-      for (const auto& [n, x] : pv.cka) acc.cka.emplace_back(n, 0.0);
-    }
-    for (size_t l = 0; l < pv.cka.size() && l < acc.cka.size(); ++l) acc.cka[l].second += w * pv.cka[l].second;
-  }
-  return acc;
+  return read_values(accumulate_gradients_on_device(student, teacher, micro_batches, c, rng_seed, inject_nan,
+                                                    global_tokens, before_last_backward));
 }
 
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
@@ -133,6 +281,23 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
   const TrainConfig& c = *o.config;
   StepResult r;
   optimizer.zero_grad();
+  if (o.parallel == nullptr && optimizer.device_step_available()) {
+    auto values = accumulate_gradients_on_device(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
+    auto norm = optimizer.grad_norm_tensor();
+    const auto opts = norm.options();
+    auto apply = torch::isfinite(values.loss.to(norm.device())).logical_and(torch::isfinite(norm)).to(torch::kFloat32);
+    auto scale = torch::ones({}, opts);
+    if (c.optim.grad_clip > 0) scale = torch::where(norm > c.optim.grad_clip, c.optim.grad_clip / (norm + 1e-6), scale);
+    optimizer.step_on_device(o.lr, scale.to(torch::kFloat32), apply);
+    optimizer.zero_grad();
+    // The step's only read: after all of its work is queued.
+    std::vector<double> extra;
+    r.values = read_values(values, {norm, apply}, &extra);
+    r.grad_norm = extra[0];
+    r.skipped = extra[1] == 0.0;
+    if (r.skipped) optimizer.cancel_step();
+    return r;
+  }
   if (DataParallel* dp = o.parallel) {
     int64_t local = 0;
     for (const auto& b : micro_batches) local += b.loss_mask.sum().item<int64_t>();

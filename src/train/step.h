@@ -24,6 +24,7 @@ struct LossValues {
   double loss = 0;                 // what was minimised
   std::optional<double> kl, ce;    // nats per token; unset where not computed
   std::optional<double> cka_term;  // mean over layers of (1 - CKA), before lambda
+  std::optional<double> router_balance;  // MoE load-balancing loss, before its weight (when on)
   std::vector<std::pair<std::string, double>> cka;  // per layer
   int64_t tokens = 0;              // loss tokens (mask != 0)
 };
@@ -32,6 +33,15 @@ struct LossParts {
   torch::Tensor total;  // 0-dim, differentiable in the student's parameters
   LossValues values;
 };
+
+// LossValues while they are still on the device: FP64 0-dim tensors (undefined where not computed) and the
+// per-layer CKA [layers]. read_values brings them (and any `extra` 0-dim tensors) to the host in one transfer.
+struct DeviceLossValues {
+  torch::Tensor loss, kl, ce, cka_term, router_balance, tokens, cka;
+  std::vector<std::string> cka_layers;
+};
+LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tensor>& extra = {},
+                       std::vector<double>* extra_out = nullptr);
 
 // Teacher may be null when no term needs it (QAT, pretrain). `gen` draws the CKA subsample.
 // The batch's attention_mask is passed to the models only when it has padding.
@@ -63,9 +73,21 @@ LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teach
                                 uint64_t rng_seed, bool inject_nan = false, int64_t global_tokens = 0,
                                 const std::function<void()>& before_last_backward = nullptr);
 
+// accumulate_gradients without reading the values (no host synchronisation after the padding check at the start).
+DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model::CausalLM* teacher,
+                                                const std::vector<data::BatchTensors>& micro_batches,
+                                                const TrainConfig& config, uint64_t rng_seed, bool inject_nan = false,
+                                                int64_t global_tokens = 0,
+                                                const std::function<void()>& before_last_backward = nullptr);
+
 // micro_batches: the k micro-batches of this optimizer step (already on the device). Each micro-batch's loss
 // is weighted by its share of the step's loss tokens, so k micro-batches give the same KL / CE gradient as
 // one batch holding all of them (the CKA term is computed per micro-batch: minibatch CKA).
+// Where the optimizer has a device-side step (AdamW on CUDA) and there is one process, nothing in the step waits
+// for the device: the loss parts, token counts, gradient norm, clipping factor and the non-finite skip stay on
+// the device, and the values are read once, after the whole step is queued. The exceptions, each before any of
+// the step's work is queued or documented where it happens: the padding check of the batches, the CE label
+// check (when CE is computed) and CKA dynamic balancing (which needs the KL's value).
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
                       const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer, const StepOptions& o);
 

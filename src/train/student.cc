@@ -18,13 +18,16 @@ namespace fs = std::filesystem;
 
 bool method_quantizes(Method m) { return m != Method::kPretrain; }
 
+int64_t calibration_samples(const TrainConfig& cfg) {
+  // The calibration loader reads the global batch (batch_size x world_size rows) on every rank (data_source.cc).
+  return cfg.quant.options.calib_samples > 0 ? cfg.quant.options.calib_samples
+                                             : cfg.quant.calib_batches * cfg.data.batch_size * cfg.dist.world_size;
+}
+
 namespace {
 quant::QuantConfig quant_config(const TrainConfig& cfg) {
   auto qc = cfg.quant.options;
-  // The calibration loader reads the global batch (batch_size x world_size rows) on every rank (data_source.cc).
-  if (qc.calib_samples == 0) {
-    qc.calib_samples = cfg.quant.calib_batches * cfg.data.batch_size * cfg.dist.world_size;
-  }
+  qc.calib_samples = calibration_samples(cfg);
   return qc;
 }
 }  // namespace

@@ -18,6 +18,9 @@
 namespace qad::train {
 
 // Calls sink(input_ids [B, T] int64, mask [B, T] or undefined) for each calibration batch.
+// PTQ calibration rows: quant.options.calib_samples (--calib-samples), or calib_batches global batches when it is 0.
+int64_t calibration_samples(const TrainConfig& cfg);
+
 using CalibSink = std::function<void(const torch::Tensor& input_ids, const torch::Tensor& mask)>;
 using CalibSource = std::function<void(const CalibSink&)>;
 

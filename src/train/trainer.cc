@@ -5,13 +5,20 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
+#include <thread>
 
 #include "checkpoint/load.h"
 #include "data/batch_tensors.h"
+#include "data/calibration_rows.h"
+#include "model/context_length.h"
 #include "model/device.h"
+#include "model/finite_check.h"
 #include "train/distributed.h"
 #include "train/memory.h"
+#include "train/moe_training.h"
+#include "train/run_paths.h"
 #include "train/validate.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -52,12 +59,18 @@ torch::Device training_device(const TrainConfig& cfg) {
   return model::parse_device(per_rank_gpu ? fmt::format("cuda:{}", cfg.dist.local_rank) : cfg.run.device);
 }
 
+std::string checkpoint_name(const std::optional<fs::path>& p, const char* none) {
+  return p ? p->string() : std::string(none);
+}
+
 }  // namespace
 
-RunSummary run_training(const TrainConfig& cfg, bool resume) { return Trainer(cfg, resume).run(); }
+RunSummary run_training(const TrainConfig& cfg, bool resume, const std::string& command) {
+  return Trainer(cfg, resume, command).run();
+}
 
-Trainer::Trainer(const TrainConfig& cfg, bool resume)
-    : cfg_(cfg), resume_(resume), run_dir_(cfg.run.out), writer_(is_writer(cfg.dist)) {}
+Trainer::Trainer(const TrainConfig& cfg, bool resume, std::string command)
+    : cfg_(cfg), resume_(resume), command_(std::move(command)), run_dir_(cfg.run.out), writer_(is_writer(cfg.dist)) {}
 
 Trainer::~Trainer() = default;
 
@@ -87,6 +100,12 @@ void Trainer::setup() {
     fmt::print("--resume: no checkpoint in {} yet; starting from the beginning\n", run_dir_.string());
   }
   metrics_ = std::make_unique<MetricsLog>(writer_ ? run_dir_ / "metrics.jsonl" : fs::path());
+  // Checkpoint selection (task_validation.h): task accuracy on rank 0, the best checkpoint in RUN_DIR/best.
+  if (writer_ && !cfg_.run.valid_tasks.empty()) {
+    task_validation_.emplace(cfg_.run.valid_tasks, cfg_.run.teacher, cfg_.run.valid_task_items,
+                             cfg_.run.valid_task_max_new_tokens);
+  }
+  best_.emplace(cfg_.run.best_metric);
   last_checkpoint_step_ = resume_from_ ? state_.step : -1;
   if (!resume_from_) {
     last_valid_ = validate_now();
@@ -95,6 +114,9 @@ void Trainer::setup() {
 }
 
 void Trainer::open_run_dir() {
+  // Rank 0 alone writes the run directory: it claims it (lock, stale temporaries; a failed start is undone).
+  if (writer_) claim_.emplace(run_dir_, resume_, command_);
+  graceful_stop_.emplace();  // SIGINT / SIGTERM: stop at the next step boundary with a checkpoint
   fs::create_directories(run_dir_);
   config_json_ = cfg_.to_json();
   const auto run_json_path = run_dir_ / "run.json";
@@ -103,8 +125,9 @@ void Trainer::open_run_dir() {
     QAD_CHECK(fs::exists(run_json_path), "--resume: {} has no run.json; start the run without --resume",
               run_dir_.string());
     auto saved = nlohmann::json::parse(read_file(run_json_path));
-    // Another number of ranks with the same global batch (batch_size x world_size) continues the same run.
     auto saved_config = saved.at("config");
+    reconcile_paths(cfg_, saved_config, saved.value("paths", nlohmann::json::object()));
+    // Another number of ranks with the same global batch (batch_size x world_size) continues the same run.
     const int64_t saved_world = saved.value("world_size", int64_t{1});
     if (saved_config.contains("data") && saved_config["data"].value("batch_size", int64_t{0}) * saved_world ==
                                              cfg_.data.batch_size * cfg_.dist.world_size) {
@@ -117,11 +140,12 @@ void Trainer::open_run_dir() {
     QAD_CHECK(!fs::exists(run_dir_ / "metrics.jsonl") && !checkpoint::latest_checkpoint(run_dir_),
               "{} already holds a run; pass --resume to continue it or choose another --out", run_dir_.string());
   }
+  if (!writer_) return;
   const std::string name =
       cfg_.run.name.empty() ? fs::absolute(run_dir_).lexically_normal().filename().string() : cfg_.run.name;
-  if (!writer_) return;
   write_file_atomic(run_json_path, nlohmann::json{{"name", name}, {"method", method_name(cfg_.method)},
-                                                  {"world_size", cfg_.dist.world_size}, {"config", config_json_}}
+                                                  {"world_size", cfg_.dist.world_size}, {"config", config_json_},
+                                                  {"paths", describe_paths(cfg_)}}
                                            .dump(2) + "\n");
   fmt::print("qad distill: {} → {} on {}\n{}", cfg_.run.teacher, run_dir_.string(), device_.str(), describe(cfg_));
 }
@@ -144,18 +168,19 @@ void Trainer::load_models() {
   if (dp_ && writer_) dp_->barrier("waiting for rank 0 to prepare the data");
   if (cfg_.method != Method::kPretrain) {
     teacher_ = checkpoint::load_model(cfg_.run.teacher, device_, dtype_);
+    teacher_->eval();
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
+    if (writer_) model::warn_beyond_context(teacher_->config(), cfg_.data.seq_len, "--seq-len", cfg_.run.teacher);
   }
-  CalibSource calib = [&](const CalibSink& sink) {
-    for (int64_t i = 0; i < cfg_.quant.calib_batches; ++i) {
-      auto b = data::to_tensors(loaders_.calib->next(), device_);
+  CalibSource calib = [&](const CalibSink& sink) {  // data/calibration_rows.h: the same rows as qad quantize's
+    data::for_each_calibration_batch(*loaders_.calib, calibration_samples(cfg_), device_, [&](const auto& b) {
       sink(b.input_ids, b.attention_mask.all().item<bool>() ? torch::Tensor() : b.attention_mask);
-    }
+    });
   };
   student_ = build_student(cfg_, device_, dtype_, calib, /*calibrate=*/!resume_from_);
   student_.lm->train();
-  optimizer_ = dp_ ? dp_->make_optimizer(student_.lm->hf_tensors(), cfg_.optim)
-                   : std::make_unique<AdamW>(student_.lm->hf_tensors(), cfg_.optim);
+  const auto trainable = trainable_tensors(student_.lm, cfg_.optim.freeze_routers);
+  optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim) : std::make_unique<AdamW>(trainable, cfg_.optim);
   schedule_ = Schedule::from_config(cfg_.optim, cfg_.run.steps);
 }
 
@@ -175,23 +200,27 @@ void Trainer::restore(const fs::path& dir) {
 void Trainer::loop() {
   const int64_t start_step = state_.step;
   const auto loop_start = clock::now();
-  for (int64_t step_index = state_.step; step_index < cfg_.run.steps; ++step_index) {
+  for (int64_t s = state_.step; s < cfg_.run.steps; ++s) {
+    // A signal stops the run between steps (all ranks at the same step: the flag is reduced over them).
+    stop_signal_ = GracefulStop::requested();
+    if (dp_) stop_signal_ = static_cast<int>(dp_->max_over_ranks(static_cast<double>(stop_signal_)));
+    if (stop_signal_ != 0) break;
     const auto t0 = clock::now();
-    const double lr = schedule_.lr(step_index);
-    const auto r = step(step_index, lr);
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    state_.step = step_index + 1;
-    state_.elapsed_s += dt;
+    const double lr = schedule_.lr(s);
+    const auto r = step(s, lr);
+    if (device_.is_cuda()) torch::cuda::synchronize();
+    const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    state_.step = s + 1;
+    if (claim_) claim_->started();  // a step ran: from now on a failure keeps the run directory
+    state_.elapsed_s += seconds;
     if (!r.skipped) state_.tokens += r.values.tokens;  // over all ranks (reduced in train_step)
     state_.bad_streak = r.skipped ? state_.bad_streak + 1 : 0;
-    log_step(r, lr, dt, start_step, std::chrono::duration<double>(clock::now() - loop_start).count());
+    log_step(r, lr, seconds, start_step, std::chrono::duration<double>(clock::now() - loop_start).count());
     if (r.skipped) {
       stop_if_too_many_bad_steps(r);
       continue;  // no validation or checkpoint on a skipped step: the last checkpoint stays the last good one
     }
-    if (cfg_.debug.kill_at_step == state_.step && (cfg_.debug.kill_rank < 0 || cfg_.debug.kill_rank == cfg_.dist.rank)) {
-      std::raise(SIGKILL);  // test hook: die like a preempted job
-    }
+    debug_hooks();
     if (cfg_.run.valid_every > 0 && state_.step % cfg_.run.valid_every == 0) {
       last_valid_ = validate_now();
       last_valid_step_ = state_.step;
@@ -202,27 +231,25 @@ void Trainer::loop() {
   }
 }
 
-StepResult Trainer::step(int64_t step_index, double lr) {
+StepResult Trainer::step(int64_t index, double lr) {
   std::vector<data::BatchTensors> micro;
   for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders_.train->next(), device_));
   const auto& nan_steps = cfg_.debug.nan_at_steps;
-  const bool poison = std::find(nan_steps.begin(), nan_steps.end(), step_index + 1) != nan_steps.end();
-  auto r = train_step(student_.lm, cfg_.method != Method::kPretrain ? &teacher_ : nullptr, micro, *optimizer_,
-                      {.lr = lr, .config = &cfg_,
-                       .rng_seed = mix(cfg_.run.seed ^ static_cast<uint64_t>(step_index)) & 0xffffffffffffull,
-                       .inject_nan = poison, .parallel = dp_.get()});
-  if (device_.is_cuda()) torch::cuda::synchronize();
-  return r;
+  const bool poison = std::find(nan_steps.begin(), nan_steps.end(), index + 1) != nan_steps.end();
+  return train_step(student_.lm, teacher_ ? &teacher_ : nullptr, micro, *optimizer_,
+                    {.lr = lr, .config = &cfg_,
+                     .rng_seed = mix(cfg_.run.seed ^ static_cast<uint64_t>(index)) & 0xffffffffffffull,
+                     .inject_nan = poison, .parallel = dp_.get()});
 }
 
 void Trainer::log_step(const StepResult& r, double lr, double seconds, int64_t start_step, double loop_seconds) {
   const auto& v = r.values;
   const double avg = loop_seconds / static_cast<double>(state_.step - start_step);
-  const StepLine line{.step = state_.step, .total = cfg_.run.steps, .loss = v.loss, .lr = lr,
-                      .grad_norm = r.grad_norm, .tokens_per_s = static_cast<double>(v.tokens) / seconds,
-                      .eta_s = avg * static_cast<double>(cfg_.run.steps - state_.step), .kl = v.kl, .ce = v.ce,
-                      .cka_term = v.cka_term, .skipped = r.skipped, .tokens = state_.tokens,
-                      .peak_mem_gb = peak_memory_gb(device_), .cka = v.cka};
+  StepLine line{.step = state_.step, .total = cfg_.run.steps, .loss = v.loss, .lr = lr, .grad_norm = r.grad_norm,
+                .tokens_per_s = static_cast<double>(v.tokens) / seconds,
+                .eta_s = avg * static_cast<double>(cfg_.run.steps - state_.step), .kl = v.kl, .ce = v.ce,
+                .cka_term = v.cka_term, .router_balance = v.router_balance, .skipped = r.skipped,
+                .tokens = state_.tokens, .peak_mem_gb = peak_memory_gb(device_), .cka = v.cka};
   metrics_->write(step_record(line));
   if (writer_ && (r.skipped || state_.step % cfg_.run.log_every == 0 || state_.step == cfg_.run.steps)) {
     fmt::print("{}\n", format_step_line(line));
@@ -232,28 +259,54 @@ void Trainer::log_step(const StepResult& r, double lr, double seconds, int64_t s
 
 void Trainer::stop_if_too_many_bad_steps(const StepResult& r) {
   if (writer_) {
-    fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped "
-               "({} in a row, the limit is {})\n", state_.step, r.values.loss, r.grad_norm, state_.bad_streak,
+    fmt::print(stderr, "qad: warning: step {}: non-finite loss ({}) or gradient norm ({}); the update was skipped ({} "
+               "in a row, the limit is {})\n", state_.step, r.values.loss, r.grad_norm, state_.bad_streak,
                cfg_.run.max_bad_steps);
   }
   if (state_.bad_streak < cfg_.run.max_bad_steps) return;
-  const auto good = checkpoint::latest_checkpoint(run_dir_);
-  fail("stopped after {} consecutive steps with a non-finite loss or gradient (steps {}-{}); the last good "
-       "checkpoint is {}. Lower optim.lr, check the data, or raise run.max_bad_steps",
-       state_.bad_streak, state_.step - state_.bad_streak + 1, state_.step,
-       good ? good->string() : std::string("(none written yet)"));
+  fail("stopped after {} consecutive steps with a non-finite loss or gradient (steps {}-{}); the last good checkpoint "
+       "is {}. Lower optim.lr, check the data, or raise run.max_bad_steps", state_.bad_streak,
+       state_.step - state_.bad_streak + 1, state_.step,
+       checkpoint_name(checkpoint::latest_checkpoint(run_dir_), "(none written yet)"));
+}
+
+void Trainer::debug_hooks() const {
+  const auto& d = cfg_.debug;
+  if (d.kill_at_step == state_.step && (d.kill_rank < 0 || d.kill_rank == cfg_.dist.rank)) {
+    std::raise(SIGKILL);  // die like a preempted job
+  }
+  for (const int64_t s : d.signal_at_steps) {
+    if (s == state_.step) std::raise(SIGTERM);  // a stop request (a step listed twice: a second one) after this step
+  }
+  if (d.hold_at_step == state_.step) {  // stay a live run until a stop request comes
+    const auto until = clock::now() + std::chrono::minutes(10);
+    while (GracefulStop::requested() == 0) {
+      QAD_CHECK(clock::now() < until, "debug.hold_at_step: no SIGINT / SIGTERM came within 10 minutes");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
 }
 
 std::optional<ValidResult> Trainer::validate_now() {
   if (!loaders_.valid) return std::nullopt;
-  auto v = validate(student_.lm, cfg_.method != Method::kPretrain ? &teacher_ : nullptr, *loaders_.valid,
-                    cfg_.run.valid_batches, cfg_.loss.cka_layers, device_, cfg_.loss.chunk_tokens);
+  auto v = validate(student_.lm, teacher_ ? &teacher_ : nullptr, *loaders_.valid, cfg_.run.valid_batches,
+                    cfg_.loss.cka_layers, device_, cfg_.loss.chunk_tokens);
+  if (task_validation_) v.task_accuracy = task_validation_->accuracy(student_.lm);
   metrics_->write(valid_record(state_.step, v));
   if (writer_) fmt::print("{}\n", valid_line(state_.step, v));
+  if (writer_ && best_->improves(state_.step, v)) {
+    checkpoint::save_checkpoint(run_dir_ / "best", state_, student_.lm, {}, quantizer_state(student_), 1);
+  }
   return v;
 }
 
 void Trainer::save_checkpoint_now() {
+  // Every rank checks (the weights are replicated), so that all stop together before the collective below.
+  if (auto bad = model::first_non_finite(student_.lm->hf_tensors())) {
+    fail("step {}: the student's tensor '{}' holds NaN or Inf values, so no checkpoint was written (the last good one "
+         "is {}); lower optim.lr or check the data", state_.step, *bad,
+         checkpoint_name(checkpoint::latest_checkpoint(run_dir_), "none"));
+  }
   state_.loader = loaders_.train->state().to_json();
   state_.adam_steps = optimizer_->steps();
   const auto opt_state = optimizer_->state();  // a collective when sharded: every rank takes part
@@ -267,17 +320,31 @@ void Trainer::save_checkpoint_now() {
 // --- the end: final validation, checkpoint, exports, final metrics
 
 RunSummary Trainer::finish() {
+  RunSummary summary{.run_dir = run_dir_, .steps = state_.step, .tokens = state_.tokens,
+                     .train_seconds = state_.elapsed_s};
+  if (stop_signal_ != 0) {  // stopped early: a checkpoint to resume from, no final validation or export
+    QAD_CHECK(state_.step > 0, "stopped by {} before the first training step; nothing was trained",
+              GracefulStop::name(stop_signal_));
+    if (claim_) claim_->started();
+    if (last_checkpoint_step_ != state_.step) save_checkpoint_now();
+    summary.stopped_by_signal = stop_signal_;
+    summary.checkpoint = checkpoint::latest_checkpoint(run_dir_).value_or(fs::path());
+    return summary;
+  }
+  if (claim_) claim_->started();
   if (last_valid_step_ != state_.step) last_valid_ = validate_now();
+  summary.final_valid = last_valid_;
   if (state_.step > 0 && last_checkpoint_step_ != state_.step && cfg_.run.checkpoint_every >= 0) save_checkpoint_now();
   if (writer_) {
     for (const auto& dir : export_student(student_, cfg_, cfg_.run.export_nvfp4, cfg_.run.export_bf16)) {
       fmt::print("exported {}\n", dir.string());
     }
-    const auto fm = final_metrics(state_.step, state_.tokens, state_.elapsed_s, last_valid_);
+    auto fm = final_metrics(state_.step, state_.tokens, state_.elapsed_s, last_valid_);
+    if (best_->enabled()) fm["best"] = best_->to_json((run_dir_ / "best").string());
     write_file_atomic(run_dir_ / "final_metrics.json", fm.dump(2) + "\n");
   }
-  return {.run_dir = run_dir_, .steps = state_.step, .tokens = state_.tokens, .final_valid = last_valid_,
-          .train_seconds = state_.elapsed_s};
+  if (claim_) claim_->remove_stale_temporaries();
+  return summary;
 }
 
 }  // namespace qad::train

@@ -7,6 +7,7 @@
 #include "data/batch_tensors.h"
 #include "loss/cka_accumulator.h"
 #include "loss/token_metrics.h"
+#include "train/moe_training.h"
 #include "train/step.h"
 
 namespace qad::train {
@@ -25,22 +26,27 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
   ValidResult r;
   loss::TokenMetricSums sums;
   loss::CkaAccumulator cka(/*full=*/false);
+  RouterAgreement routers;
+  const bool moe = teacher != nullptr && is_moe(student) && is_moe(*teacher);
   const int64_t n = std::min<int64_t>(max_batches, loader.steps_per_epoch());
   for (int64_t i = 0; i < n; ++i) {
     auto b = data::to_tensors(loader.next(), device);
     model::ForwardOptions fo;
     fo.return_hidden = teacher != nullptr;
+    fo.return_router_logits = moe;
     if (!b.attention_mask.all().item<bool>()) fo.attention_mask = b.attention_mask;
     auto s = student->forward(b.input_ids, fo);
     const auto scored = loss::scored_rows(s.logits, b.targets, b.loss_mask);
     if (scored.rows.size(0) == 0) continue;
     ++r.batches;
+    r.seq_len = b.input_ids.size(1);
     if (!teacher) {
       sums.add(scored.logits, scored.targets, torch::Tensor(), chunk_tokens);
     } else {
       auto t = (*teacher)->forward(b.input_ids, fo);
       const auto t_logits = t.logits.reshape({-1, t.logits.size(-1)}).index_select(0, scored.rows);
       sums.add(scored.logits, scored.targets, t_logits, chunk_tokens);
+      if (moe) routers.add(s, t, student->config().moe->top_k, b.loss_mask > 0);
       for (const auto& name : layers) {
         const torch::Tensor *th = nullptr, *sh = nullptr;
         for (const auto& [k, v] : t.hidden) if (k == name) th = &v;
@@ -63,6 +69,8 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
         sum += l.minibatch_biased;
       }
       if (!r.cka.empty()) r.mean_cka = sum / static_cast<double>(r.cka.size());
+      r.router_agreement = routers.per_layer();
+      r.mean_router_agreement = routers.mean();
     }
   }
   if (was_training) student->train();

@@ -7,6 +7,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -64,7 +65,13 @@ template <typename T> void read_value(T& v, const nlohmann::json& x) {
   } else if constexpr (std::is_integral_v<T>) {
     QAD_CHECK(x.is_number_integer() || (x.is_number_float() && std::floor(x.get<double>()) == x.get<double>()),
               "not an integer");
-    v = x.is_number_integer() ? x.get<T>() : static_cast<T>(x.get<double>());
+    const double d = x.get<double>();
+    QAD_CHECK(std::is_signed_v<T> || d >= 0, "must be >= 0");
+    // Beyond the type's range the conversion is undefined; 2^63 itself is not representable.
+    QAD_CHECK(std::isfinite(d) && d >= static_cast<double>(std::numeric_limits<T>::min()) &&
+                  d < static_cast<double>(std::numeric_limits<T>::max()),
+              "out of range");
+    v = x.is_number_integer() ? x.get<T>() : static_cast<T>(d);
   } else if constexpr (std::is_same_v<T, std::string>) {
     v = x.is_string() ? x.get<std::string>() : x.dump();
   } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {

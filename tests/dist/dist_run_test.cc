@@ -121,7 +121,7 @@ class DistRunTest : public ::testing::Test {
     }
     f.close();
     const int st = wait_for(spawn({"data", "prepare", "--tokenizer", model().string(), "--input",
-                                   (root_ / "stories.jsonl").string(), "--output", data().string(),
+                                   (root_ / "stories.jsonl").string(), "--out", data().string(),
                                    "--valid-fraction", "0.1"}, root_ / "prepare.log", {}), 120);
     ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "prepare.log");
   }
@@ -135,7 +135,7 @@ class DistRunTest : public ::testing::Test {
     std::vector<std::string> a = {"distill", "--method", "qad", "--teacher", model().string(), "--data",
                                   data().string(), "--out", out.string(), "--device", "cpu", "--steps",
                                   std::to_string(steps), "--batch-size", std::to_string(rows), "--seq-len", "32",
-                                  "--lr", "3e-3", "--warmup", "0.2", "--valid-every", "0", "--valid-batches", "1",
+                                  "--lr", "3e-3", "--warmup-ratio", "0.2", "--valid-every", "0", "--valid-batches", "1",
                                   "--checkpoint-every", "3", "--calib-batches", "2", "--dist-timeout", "20",
                                   "--set", "run.export_nvfp4=false", "--set", "data.valid_fraction=0.2"};
     if (nproc > 1) a.insert(a.end(), {"--nproc-per-node", std::to_string(nproc)});

@@ -1,5 +1,5 @@
 // The fused CUDA kernel multiplies by the reciprocal of the block's scale and divides only near E2M1
-// rounding midpoints (e2m1_of_quotient in kernels_cuda.cu). That is exact if x * RN(1/d) is always
+// rounding midpoints (e2m1_of_quotient in device_math.cuh). That is exact if x * RN(1/d) is always
 // within 2 ulp of the IEEE quotient x / d; this test checks that bound directly: every finite BF16
 // value and 2^20 random FP32 values, over 2048 divisors shaped like s_b * s_g.
 #include <cuda_runtime.h>

@@ -85,7 +85,8 @@ INSTANTIATE_TEST_SUITE_P(Models, RoundTrip,
                          ::testing::Values(std::make_tuple(0, torch::kFloat32), std::make_tuple(1, torch::kFloat32),
                                            std::make_tuple(2, torch::kFloat32), std::make_tuple(3, torch::kFloat32),
                                            std::make_tuple(4, torch::kFloat32), std::make_tuple(0, torch::kBFloat16),
-                                           std::make_tuple(4, torch::kBFloat16)));
+                                           std::make_tuple(4, torch::kBFloat16), std::make_tuple(5, torch::kFloat32),
+                                           std::make_tuple(6, torch::kFloat32), std::make_tuple(6, torch::kBFloat16)));
 
 // Training moves the weights past the calibrated amax: the export still decodes to what the model computes.
 TEST(Export, WeightsBeyondTheFixedAmax) {

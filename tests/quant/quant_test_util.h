@@ -21,6 +21,10 @@ inline std::vector<std::filesystem::path> quant_model_dirs() {
     dirs.push_back(source_dir() / "tests/fixtures/models" / n);
   }
   dirs.push_back(shared_dir() / "models/stories260K");
+  // Qwen3-MoE (indices 5, 6): experts quantized per expert, routers excluded.
+  for (const char* n : {"qwen3_moe_sparse_step", "qwen3_moe_mlp_only_per_expert"}) {
+    dirs.push_back(source_dir() / "tests/fixtures/models" / n);
+  }
   return dirs;
 }
 

@@ -266,7 +266,58 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   ::qad::remove_tree(out);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Range(0, 5));
+INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Range(0, 7));
+
+// MoE layouts, judged from the source checkpoint's tensor names alone: every expert projection
+// ("<p>.mlp.experts.<e>.{gate,up,down}_proj") is NVFP4 with its four tensors, gate and up of one expert share
+// weight_scale_2 and input_scale (engines fuse them), and every router ("<p>.mlp.gate") stays in high precision
+// and is listed in exclude_modules.
+TEST(SpecCheckerMoe, ExpertsQuantizedPerExpertRoutersExcluded) {
+  for (const char* name : {"qwen3_moe_sparse_step", "qwen3_moe_mlp_only_per_expert"}) {
+    SCOPED_TRACE(name);
+    const auto dir = source_dir() / "tests/fixtures/models" / name;
+    auto lm = quantized_fixture(dir);
+    auto out = fs::temp_directory_path() / fmt::format("qad_spec_moe_{}_{}", ::getpid(), name);
+    ::qad::remove_tree(out);
+    quant::export_nvfp4(lm, out, dir);
+    auto files = read_raw(out);
+    auto source = read_raw(dir);
+    std::vector<std::string> excluded = read_json(out / "hf_quant_config.json")["quantization"]["exclude_modules"];
+    auto is_excluded = [&](const std::string& m) {
+      return std::find(excluded.begin(), excluded.end(), m) != excluded.end();
+    };
+    int experts = 0, routers = 0;
+    for (const auto& [tensor, raw] : source) {
+      const std::string suffix = "_proj.weight";
+      if (tensor.find(".mlp.experts.") != std::string::npos && tensor.ends_with(suffix)) {
+        const auto m = tensor.substr(0, tensor.size() - 7);
+        for (const auto* s : {".weight_scale", ".weight_scale_2", ".input_scale"}) {
+          EXPECT_TRUE(files.count(m + s)) << m << s;
+        }
+        EXPECT_EQ(files.at(m + ".weight").dtype, "U8") << m;
+        EXPECT_FALSE(is_excluded(m)) << m;
+        if (m.ends_with(".up_proj")) {
+          const auto gate = m.substr(0, m.size() - 7) + "gate_proj";
+          EXPECT_EQ(files.at(gate + ".weight_scale_2").bytes, files.at(m + ".weight_scale_2").bytes) << m;
+          EXPECT_EQ(files.at(gate + ".input_scale").bytes, files.at(m + ".input_scale").bytes) << m;
+        }
+        ++experts;
+      } else if (tensor.ends_with(".mlp.gate.weight")) {
+        const auto m = tensor.substr(0, tensor.size() - 7);
+        EXPECT_TRUE(is_excluded(m)) << m << " (router) is not in exclude_modules";
+        EXPECT_EQ(files.at(tensor).bytes, raw.bytes) << m;
+        EXPECT_FALSE(files.count(m + ".weight_scale")) << m;
+        ++routers;
+      }
+    }
+    const auto& moe = *lm->config().moe;
+    int sparse = 0;
+    for (int64_t l = 0; l < lm->config().num_layers; ++l) sparse += lm->config().is_moe_layer(l);
+    EXPECT_EQ(experts, sparse * moe.num_experts * 3);
+    EXPECT_EQ(routers, sparse);
+    ::qad::remove_tree(out);
+  }
+}
 
 TEST(SpecTables, SelfCheck) {
   // The checker's own codecs against values in NVFP4.md.

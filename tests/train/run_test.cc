@@ -77,7 +77,7 @@ class RunTest : public ::testing::Test {
     return {"distill", "--method", "cka-qad", "--teacher", (shared_dir() / "models/stories260K").string(),
             "--data", (root_ / "stories.jsonl").string(), "--out", out.string(), "--device", "cpu",
             "--ce", "0.5", "--cka", "0.5", "--cka-subsample", "48", "--steps", "9", "--batch-size", "4",
-            "--seq-len", "32", "--lr", "2e-3", "--warmup", "0.2", "--valid-every", "4", "--valid-batches", "2",
+            "--seq-len", "32", "--lr", "2e-3", "--warmup-ratio", "0.2", "--valid-every", "4", "--valid-batches", "2",
             "--checkpoint-every", "3", "--calib-batches", "2", "--set", "data.valid_fraction=0.1"};
   }
 

@@ -169,6 +169,72 @@ TEST(Usage, BadLinesAreRefusedInOneLine) {
   EXPECT_EQ(r.out, "qad: error: --device tpu: unknown device; choose auto, cpu, cuda or cuda:N\n");
 }
 
+// The line of a help text that documents `flag` (its first occurrence at the start of an option line).
+std::string help_line(const std::string& help, const std::string& flag) {
+  std::istringstream in(help);
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find_first_not_of(' ');
+    if (at != std::string::npos && line.compare(at, flag.size() + 1, flag + " ") == 0) return line;
+  }
+  return "";
+}
+
+// Issue #22: numbers are shown as numbers with their defaults, choices as choices (never CLI11's BOOLEAN maps).
+TEST(Usage, HelpShowsTypesAndDefaults) {
+  const auto help = all_help();
+  const auto& distill = help.at("distill");
+  EXPECT_NE(help_line(distill, "--lr").find("FLOAT [1e-05]"), std::string::npos) << help_line(distill, "--lr");
+  EXPECT_NE(help_line(distill, "--steps").find("INT [1000]"), std::string::npos) << help_line(distill, "--steps");
+  EXPECT_NE(help_line(distill, "--warmup-steps").find("INT [-1]"), std::string::npos) << distill;
+  EXPECT_NE(help_line(distill, "--warmup-ratio").find("FLOAT [0.05]"), std::string::npos) << distill;
+  EXPECT_NE(help_line(distill, "--teacher").find("PATH"), std::string::npos) << help_line(distill, "--teacher");
+  EXPECT_EQ(help_line(distill, "--warmup"), "") << "the ambiguous --warmup is hidden";
+  EXPECT_NE(help_line(help.at("eval"), "--on-bad-line").find("[skip]"), std::string::npos) << help.at("eval");
+  EXPECT_NE(help_line(help.at("data prepare"), "--on-bad-line").find("[skip]"), std::string::npos);
+  EXPECT_NE(help_line(help.at("data prepare"), "--out"), "") << "every command writes to --out";
+  EXPECT_NE(help_line(help.at("tokenize"), "--out"), "");
+  for (const auto& [path, text] : help) {
+    EXPECT_EQ(text.find("BOOLEAN:value"), std::string::npos) << "qad " << path << " --help:\n" << text;
+    const auto device = help_line(text, "--device");
+    if (!device.empty()) EXPECT_NE(device.find("cuda:N"), std::string::npos) << "qad " << path << ": " << device;
+  }
+}
+
+TEST(Usage, AnUnknownCommandGetsTheNearestOne) {
+  auto r = sh(qad() + " distil --teacher t");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.out, "qad: error: unknown command 'distil'; did you mean 'distill'? (qad --help lists the commands)\n");
+  r = sh(qad() + " evl");
+  EXPECT_NE(r.out.find("did you mean 'eval'?"), std::string::npos) << r.out;
+  r = sh(qad() + " frobnicate");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.out, "qad: error: unknown command 'frobnicate' (qad --help lists the commands)\n");
+}
+
+// A recipe for one method with --method naming another: the run gets the named method's loss weights, and a
+// warning says so (issue #22: reports group runs by the label, so it must match what was trained).
+TEST(Usage, ARecipeAndMethodThatDisagreeAreWarnedAbout) {
+  const std::string cd = "cd " + std::string(QAD_SOURCE_DIR) + " && ";
+  auto r = sh(cd + qad() + " distill --config recipes/qad.yaml --method cka-qad --print-config");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("qad: warning: --method cka-qad overrides the method of the recipe recipes/qad.yaml (qad)"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("method: cka-qad"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" cka=0.1 "), std::string::npos) << r.out;
+  r = sh(cd + qad() + " distill --config recipes/qad.yaml --method qat --print-config");
+  EXPECT_NE(r.out.find(" ce=1.0 "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" kl=0.0"), std::string::npos) << r.out;
+  r = sh(cd + qad() + " distill --config recipes/cka_qad.yaml --print-config");
+  EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
+  r = sh(qad() + " distill --warmup 100 --print-config");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("--warmup-steps"), std::string::npos) << r.out;
+  r = sh(qad() + " distill --warmup 0.1 --print-config");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("warmup_fraction=0.1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("deprecated"), std::string::npos) << r.out;
+}
+
 // Every `qad <command>` named in README.md and docs/*.md (in code spans and code blocks) is a command of the binary.
 TEST(Usage, EveryCommandTheDocsNameExists) {
   const auto help = all_help();

@@ -1,0 +1,67 @@
+// Sparse MoE MLP: route, group tokens by expert, one GEMM chain per expert, weighted sum back per token.
+// Checked against transformers' Qwen3MoeSparseMoeBlock (tests/model/moe_test.cc, fixtures from 5.17).
+#include "model/moe_block.h"
+
+#include "model/moe_dispatch.h"
+#include "util/error.h"
+
+namespace qad::model {
+
+ExpertMLPImpl::ExpertMLPImpl(const std::string& prefix, int64_t hidden, int64_t intermediate) {
+  gate_proj = register_module("gate_proj", Linear(prefix + ".gate_proj", hidden, intermediate, false));
+  up_proj = register_module("up_proj", Linear(prefix + ".up_proj", hidden, intermediate, false));
+  down_proj = register_module("down_proj", Linear(prefix + ".down_proj", intermediate, hidden, false));
+}
+
+torch::Tensor ExpertMLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+MoeBlockImpl::MoeBlockImpl(const ModelConfig& c, const std::string& prefix, int64_t layer) : layer_(layer) {
+  QAD_CHECK(c.moe.has_value(), "MoeBlock: layer {} is sparse but the config has no MoE section", layer);
+  const auto& m = *c.moe;
+  router_ = {m.top_k, m.norm_topk_prob};
+  gate = register_module("gate", Linear(prefix + ".gate", c.hidden_size, m.num_experts, false));
+  experts = register_module("experts", torch::nn::ModuleList());
+  for (int64_t e = 0; e < m.num_experts; ++e) {
+    expert_list.emplace_back(prefix + ".experts." + std::to_string(e), c.hidden_size, m.intermediate_size);
+    experts->push_back(expert_list.back());
+  }
+}
+
+torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  const int64_t hidden = x.size(-1);
+  auto flat = x.reshape({-1, hidden});
+  torch::Tensor keep;
+  if (ctx.token_mask.defined()) keep = ctx.token_mask.reshape({-1}).to(x.device(), torch::kBool);
+  if (ctx.calibrate_all_experts) {
+    // ModelOpt's MoE calibration: every expert sees every (real) token once, so that no expert is left
+    // without an input scale; the outputs are thrown away and the routed forward below is the result.
+    torch::NoGradGuard no_grad;
+    auto tokens = keep.defined() ? flat.index_select(0, keep.nonzero().reshape({-1})) : flat;
+    for (auto& e : expert_list) e(tokens);
+  }
+  auto logits = gate(flat);
+  if (ctx.router_logits != nullptr) ctx.router_logits->emplace_back(layer_, logits);
+  auto routing = softmax_topk(logits, router_);
+  // Ascending expert order within each token: transformers adds expert outputs in expert order.
+  auto [experts_sorted, perm] = torch::sort(routing.experts, /*stable=*/true, /*dim=*/1, /*descending=*/false);
+  auto weights = routing.weights.gather(1, perm);
+  const auto d = dispatch_by_expert(experts_sorted, num_experts(), keep);
+
+  auto rows = flat.index_select(0, d.token_of_row);
+  std::vector<torch::Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < num_experts(); ++e) {
+    const int64_t n = d.counts[static_cast<size_t>(e)];
+    if (n == 0) continue;
+    outs.push_back(expert_list[static_cast<size_t>(e)](rows.narrow(0, offset, n)));
+    offset += n;
+  }
+  auto out_rows = outs.empty() ? torch::zeros({0, hidden}, x.options()) : torch::cat(outs, 0);
+  // transformers: expert output x routing weight in the model dtype, then the per-token sum.
+  out_rows = out_rows * weights.reshape({-1}).index_select(0, d.slot_of_row).unsqueeze(1);
+  return combine_by_token(out_rows, d).reshape(x.sizes());
+}
+
+}  // namespace qad::model

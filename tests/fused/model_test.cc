@@ -1,0 +1,161 @@
+// The decoder with the fused kernels against the same decoder with them switched off (FusedKernels::kOff: the
+// unfused ops), on tiny random Qwen3 and Llama models with NVFP4 fake quantization calibrated: the fused path must
+// actually replace the Linears' own input quantization, and give the same logits and gradients within the
+// tolerance of an FP32 reduction order (the RMSNorm rstd) seen through FP4 rounding. Built twice: test_fused_model
+// (cpu: FP32, FusedKernels::kAlways, the reference loops) and test_fused_model_gpu (gpu: BF16, the CUDA kernels;
+// skips where there is no GPU).
+#include <gtest/gtest.h>
+
+#include "common/test_util.h"
+#include "fused/unfused.h"
+#include "model/causal_lm.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+
+namespace qad::model {
+namespace {
+
+using nlohmann::json;
+
+#ifdef QAD_FUSED_MODEL_GPU
+constexpr bool kGpu = true;
+#else
+constexpr bool kGpu = false;
+#endif
+const torch::Device kDevice = kGpu ? torch::kCUDA : torch::kCPU;
+const torch::ScalarType kDtype = kGpu ? torch::kBFloat16 : torch::kFloat32;
+const FusedKernels kFused = kGpu ? FusedKernels::kAuto : FusedKernels::kAlways;
+
+#define REQUIRE_DEVICE()      \
+  do {                        \
+    if (kGpu) QAD_REQUIRE_GPU(); \
+  } while (0)
+
+json tiny_config(const std::string& arch) {
+  // head_dim 64, hidden 256: sizes the kernels take (multiples of 16; head_dim/2 a power-of-two of vectors).
+  json j = {{"architectures", {arch}}, {"vocab_size", 128}, {"hidden_size", 256}, {"intermediate_size", 512},
+            {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6},
+            {"max_position_embeddings", 256}, {"tie_word_embeddings", false}, {"dtype", "bfloat16"}};
+  if (arch == "Qwen3ForCausalLM") j["head_dim"] = 64;
+  return j;
+}
+
+CausalLM random_model(const json& j, uint64_t salt) {
+  CausalLM lm(parse_config(j, "tiny"));
+  auto gen = qad::testing::seeded_generator(salt);
+  {
+    torch::NoGradGuard g;
+    for (auto& [name, p] : lm->hf_tensors()) {
+      auto r = torch::randn(p.sizes(), gen);
+      p.copy_(name.ends_with("norm.weight") ? 1 + 0.1 * r : 0.1 * r);
+    }
+  }
+  lm->to(kDevice, kDtype);
+  return lm;
+}
+
+// Counts the calls of input() that the fused path should make unnecessary.
+struct CountingHook : quant::NvFp4LinearQuant {
+  using NvFp4LinearQuant::NvFp4LinearQuant;
+  torch::Tensor input(const torch::Tensor& x) override {
+    ++calls;
+    return NvFp4LinearQuant::input(x);
+  }
+  int calls = 0;
+};
+
+struct Quantized {
+  CausalLM lm{nullptr};
+  std::vector<std::shared_ptr<CountingHook>> hooks;
+};
+
+Quantized quantized_model(const std::string& arch, torch::Tensor ids) {
+  Quantized q{random_model(tiny_config(arch), 31), {}};
+  quant::QuantConfig cfg;
+  quant::apply_nvfp4(q.lm, cfg);
+  quant::calibrate(q.lm, [&](const quant::BatchSink& sink) { sink(ids, torch::Tensor()); }, cfg);
+  // Same quantizer state, counting hooks.
+  for (auto l : q.lm->linears()) {
+    auto* h = quant::nvfp4_hook(l);
+    if (h == nullptr) continue;
+    auto c = std::make_shared<CountingHook>(h->module());
+    c->input_amax = h->input_amax;
+    c->weight_amax = h->weight_amax;
+    c->ste = h->ste;
+    c->quantize_inputs = h->quantize_inputs;
+    l->quant = c;
+    q.hooks.push_back(c);
+  }
+  return q;
+}
+
+std::vector<torch::Tensor> grads_of(CausalLM& lm) {
+  std::vector<torch::Tensor> g;
+  for (auto& p : lm->parameters()) {
+    g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    p.mutable_grad() = torch::Tensor();
+  }
+  return g;
+}
+
+class FusedModel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(FusedModel, SameLogitsAndGradientsAsTheUnfusedOps) {
+  REQUIRE_DEVICE();
+  auto gen = qad::testing::seeded_generator(32);
+  auto ids = torch::randint(0, 128, {2, 48}, gen);
+  auto q = quantized_model(GetParam(), ids);
+  auto targets = torch::randint(0, 128, {2 * 48}, gen).to(kDevice);
+
+  auto run = [&](bool fused, bool checkpoint) {
+    ForwardOptions o;
+    o.fused_kernels = fused ? kFused : FusedKernels::kOff;
+    o.checkpoint_layers = checkpoint;
+    for (auto& h : q.hooks) h->calls = 0;
+    auto logits = q.lm->forward(ids, o).logits;
+    torch::nn::functional::cross_entropy(logits.reshape({-1, 128}).to(torch::kFloat32), targets).backward();
+    int calls = 0;
+    for (auto& h : q.hooks) {
+      const auto& m = h->module();
+      if (!m.ends_with("o_proj") && !m.ends_with("lm_head")) calls += h->calls;
+    }
+    return std::make_tuple(logits.detach(), grads_of(q.lm), calls);
+  };
+  auto [ref_logits, ref_grads, ref_calls] = run(false, false);
+  auto [logits, grads, calls] = run(true, false);
+  EXPECT_GT(ref_calls, 0);
+  EXPECT_EQ(calls, 0) << "the fused norms and SwiGLU should have quantized every q/k/v/gate/up/down input";
+  // Logits through two layers of FP4 activations: an rstd one ulp apart can move an activation by one FP4
+  // step; the tolerance is far below what a wrong kernel gives (an unquantized or unnormalised path: > 0.3).
+  EXPECT_LE(fused::testing::normalised_error(logits, ref_logits), 0.05);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    EXPECT_LE(fused::testing::normalised_error(grads[i], ref_grads[i]), 0.1) << "parameter " << i;
+  }
+  // Activation checkpointing recomputes the fused layer: identical results.
+  auto [ck_logits, ck_grads, ck_calls] = run(true, true);
+  EXPECT_TRUE(qad::testing::same_bits(ck_logits, logits));
+  EXPECT_EQ(ck_calls, 0);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    EXPECT_LE(fused::testing::normalised_error(ck_grads[i], grads[i]), 1e-2) << "parameter " << i;
+  }
+}
+
+TEST_P(FusedModel, UnquantizedTeacherForwardMatches) {
+  REQUIRE_DEVICE();
+  auto gen = qad::testing::seeded_generator(33);
+  auto lm = random_model(tiny_config(GetParam()), 34);
+  auto ids = torch::randint(0, 128, {3, 40}, gen);
+  torch::NoGradGuard no_grad;
+  ForwardOptions off;
+  off.fused_kernels = FusedKernels::kOff;
+  auto ref = lm->forward(ids, off).logits;
+  ForwardOptions on;
+  on.fused_kernels = kFused;
+  auto out = lm->forward(ids, on).logits;
+  EXPECT_LE(fused::testing::normalised_error(out, ref), 1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FusedModel, ::testing::Values("Qwen3ForCausalLM", "LlamaForCausalLM"));
+
+}  // namespace
+}  // namespace qad::model

@@ -1,0 +1,233 @@
+// The fused ops' CPU references against the unfused LibTorch op sequences they replace (tests/fused/unfused.h):
+// forwards bit for bit (the RMSNorm given the reference's own FP32 rstd, which itself is checked to a few ulp,
+// since it is a reduction in another order), backwards against autograd through the unfused ops within the
+// tolerances of unfused.h; and the autograd functions against the backward they call.
+#include <gtest/gtest.h>
+
+#include "common/test_util.h"
+#include "fused/autograd.h"
+#include "fused/rms_norm.h"
+#include "fused/rope.h"
+#include "fused/swiglu.h"
+#include "fused/unfused.h"
+#include "nvfp4/quantize.h"
+#include "util/error.h"
+
+namespace qad::fused {
+namespace {
+
+using namespace testing;
+using qad::testing::same_bits;
+
+constexpr double kEps = 1e-6;
+
+torch::Tensor random(const std::vector<int64_t>& shape, torch::Generator& gen, torch::ScalarType dt, double scale = 1) {
+  return (torch::randn(shape, gen) * scale).to(dt);
+}
+
+// A quantizer whose amax is below the data's, so that saturation and the clipped STE both occur.
+OutputQuant quantizer_for(const torch::Tensor& y, bool clipped) {
+  return {nvfp4::compute_amax(y.detach()) * 0.7, clipped};
+}
+
+struct RmsCase {
+  std::vector<int64_t> shape;
+  bool residual, quant, clipped;
+};
+
+std::vector<RmsCase> rms_cases() {
+  return {{{3, 5, 64}, false, false, false}, {{7, 48}, true, false, false}, {{4, 40}, false, true, false},
+          {{2, 3, 256}, true, true, false},  {{6, 32}, true, true, true},   {{2, 1024}, false, true, true}};
+}
+
+TEST(FusedReference, RmsNormForwardMatchesTheUnfusedOps) {
+  auto gen = qad::testing::seeded_generator(1);
+  for (auto dt : float_types()) {
+    for (const auto& c : rms_cases()) {
+      SCOPED_TRACE(::testing::Message() << name_of(dt) << " " << c.shape.back() << " residual " << c.residual
+                                        << " quant " << c.quant);
+      auto x = random(c.shape, gen, dt), r = random(c.shape, gen, dt);
+      auto w = (1 + 0.2 * torch::randn({c.shape.back()}, gen)).to(dt);
+      auto h = c.residual ? x + r : x;
+      const OutputQuant q = c.quant ? quantizer_for(rms_norm_ops(h, w, kEps), c.clipped) : OutputQuant{};
+      auto f = rms_norm_forward(x, c.residual ? r : torch::Tensor(), w, kEps, q);
+      if (c.residual) {
+        EXPECT_TRUE(same_bits(f.residual, h));
+      }
+      auto want_rstd = rms_rstd_ops(h, kEps);
+      EXPECT_LE(max_relative_error(f.rstd, want_rstd), kRstdRelTolerance);
+      auto pre = rms_norm_given_rstd(h, w, f.rstd);
+      EXPECT_TRUE(same_bits(f.y, q.enabled() ? nvfp4::fake_quantize(pre, q.amax) : pre));
+      // Rows whose rstd came out with LibTorch's bits equal the unfused path entirely.
+      auto same_rows = (f.rstd == want_rstd);
+      EXPECT_GT(same_rows.sum().item<int64_t>(), 0);
+      auto unfused = rms_norm_ops(h, w, kEps);
+      if (q.enabled()) unfused = nvfp4::fake_quantize(unfused, q.amax);
+      const int64_t k = c.shape.back();
+      EXPECT_TRUE(same_bits(f.y.reshape({-1, k}).index({same_rows}), unfused.reshape({-1, k}).index({same_rows})));
+    }
+  }
+}
+
+TEST(FusedReference, RmsNormBackwardMatchesAutogradThroughTheUnfusedOps) {
+  auto gen = qad::testing::seeded_generator(2);
+  for (auto dt : float_types()) {
+    for (const auto& c : rms_cases()) {
+      SCOPED_TRACE(::testing::Message() << name_of(dt) << " " << c.shape.back() << " residual " << c.residual
+                                        << " quant " << c.quant << " clipped " << c.clipped);
+      auto x = random(c.shape, gen, dt).requires_grad_(true), r = random(c.shape, gen, dt).requires_grad_(true);
+      auto w = (1 + 0.2 * torch::randn({c.shape.back()}, gen)).to(dt).requires_grad_(true);
+      auto gy = random(c.shape, gen, dt), gh = random(c.shape, gen, dt);
+      const OutputQuant q = c.quant ? quantizer_for(rms_norm_ops(x.detach(), w.detach(), kEps), c.clipped) : OutputQuant{};
+      // Unfused: autograd through the ops (h's second use, the residual stream, gets gh).
+      auto h = c.residual ? x + r : x * 1;
+      auto y = quantize_ste(rms_norm_ops(h, w, kEps), q);
+      auto loss = (y.to(torch::kFloat64) * gy.to(torch::kFloat64)).sum();
+      if (c.residual) loss = loss + (h.to(torch::kFloat64) * gh.to(torch::kFloat64)).sum();
+      loss.backward();
+      // Fused: the op's backward, and the autograd function that calls it.
+      auto f = rms_norm_forward(x.detach(), c.residual ? r.detach() : torch::Tensor(), w.detach(), kEps, q);
+      auto hd = c.residual ? f.residual : x.detach();
+      auto g = rms_norm_backward(gy, c.residual ? gh : torch::Tensor(), hd, w.detach(), f.rstd, q, true);
+      EXPECT_LE(normalised_error(g.input, x.grad()), grad_tolerance(dt));
+      EXPECT_LE(normalised_error(g.weight, w.grad()), grad_tolerance(dt));
+      if (c.clipped) {  // the clipped STE zeroes exactly where the unfused one does (up to rounding ties)
+        EXPECT_LE(mismatch_fraction(g.input.eq(0), x.grad().eq(0)), 0.01);
+      }
+
+      auto xa = x.detach().clone().requires_grad_(true), ra = r.detach().clone().requires_grad_(true);
+      auto wa = w.detach().clone().requires_grad_(true);
+      torch::Tensor ya, ha;
+      if (c.residual) {
+        std::tie(ha, ya) = add_rms_norm(xa, ra, wa, kEps, q);
+      } else {
+        ya = rms_norm(xa, wa, kEps, q);
+      }
+      EXPECT_TRUE(same_bits(ya, f.y));
+      auto la = (ya.to(torch::kFloat64) * gy.to(torch::kFloat64)).sum();
+      if (c.residual) la = la + (ha.to(torch::kFloat64) * gh.to(torch::kFloat64)).sum();
+      la.backward();
+      EXPECT_TRUE(same_bits(xa.grad(), g.input));
+      if (c.residual) {
+        EXPECT_TRUE(same_bits(ra.grad(), g.input));
+      }
+      EXPECT_TRUE(same_bits(wa.grad(), g.weight.to(dt)));
+    }
+  }
+}
+
+// LibTorch 1.13's CPU silu has no float16 kernel: the CPU comparison covers float32 and bfloat16, the GPU test
+// all three (against ATen's CUDA silu itself).
+std::vector<torch::ScalarType> cpu_silu_types() { return {torch::kFloat32, torch::kBFloat16}; }
+
+TEST(FusedReference, SwigluForwardMatchesTheUnfusedOps) {
+  auto gen = qad::testing::seeded_generator(3);
+  for (auto dt : cpu_silu_types()) {
+    for (bool quant : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << name_of(dt) << " quant " << quant);
+      auto g = random({5, 7, 96}, gen, dt, 3.0), u = random({5, 7, 96}, gen, dt);
+      auto unfused = silu_ops(g) * u;
+      const OutputQuant q = quant ? quantizer_for(unfused, false) : OutputQuant{};
+      auto y = swiglu_forward(g, u, q);
+      if (!quant) {
+        // silu's exp: glibc's here, SLEEF's in LibTorch's vectorised CPU kernel; they differ in rare last bits of
+        // FP32, which rounding to 16 bits almost always hides.
+        EXPECT_LE(mismatch_fraction(y, unfused), dt == torch::kFloat32 ? 0.05 : 0.002);
+        EXPECT_LE(max_relative_error(y, unfused), dt == torch::kFloat32 ? 1e-6 : 1e-2);
+      } else {
+        EXPECT_TRUE(same_bits(y, nvfp4::fake_quantize(swiglu_forward(g, u, {}), q.amax)));
+        EXPECT_LE(mismatch_fraction(y, nvfp4::fake_quantize(unfused, q.amax)), 0.005);
+      }
+    }
+  }
+}
+
+TEST(FusedReference, SwigluBackwardMatchesAutogradThroughTheUnfusedOps) {
+  auto gen = qad::testing::seeded_generator(4);
+  for (auto dt : cpu_silu_types()) {
+    for (int mode = 0; mode < 3; ++mode) {  // no quantizer, identity STE, clipped STE
+      SCOPED_TRACE(::testing::Message() << name_of(dt) << " mode " << mode);
+      auto g = random({4, 80}, gen, dt, 3.0).requires_grad_(true), u = random({4, 80}, gen, dt).requires_grad_(true);
+      auto gy = random({4, 80}, gen, dt);
+      const OutputQuant q = mode == 0 ? OutputQuant{} : quantizer_for(silu_ops(g.detach()) * u.detach(), mode == 2);
+      auto y = quantize_ste(silu_ops(g) * u, q);
+      (y.to(torch::kFloat64) * gy.to(torch::kFloat64)).sum().backward();
+      auto [gg, gu] = swiglu_backward(gy, g.detach(), u.detach(), q);
+      EXPECT_LE(normalised_error(gg, g.grad()), grad_tolerance(dt));
+      EXPECT_LE(normalised_error(gu, u.grad()), grad_tolerance(dt));
+
+      auto ga = g.detach().clone().requires_grad_(true), ua = u.detach().clone().requires_grad_(true);
+      (swiglu(ga, ua, q).to(torch::kFloat64) * gy.to(torch::kFloat64)).sum().backward();
+      EXPECT_TRUE(same_bits(ga.grad(), gg));
+      EXPECT_TRUE(same_bits(ua.grad(), gu));
+    }
+  }
+}
+
+TEST(FusedReference, RopeForwardMatchesTheUnfusedOps) {
+  auto gen = qad::testing::seeded_generator(5);
+  for (auto dt : float_types()) {
+    for (bool norm : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << name_of(dt) << " norm " << norm);
+      const int64_t b = 2, t = 5, h = 3, d = 32;
+      auto x = random({b, t, h, d}, gen, dt);
+      auto w = norm ? (1 + 0.2 * torch::randn({d}, gen)).to(dt) : torch::Tensor();
+      auto angles = torch::rand({b, t, d / 2}, gen) * 20;
+      auto cos = torch::cat({angles, angles}, -1).cos().to(dt), sin = torch::cat({angles, angles}, -1).sin().to(dt);
+      auto f = rope_forward(x, w, kEps, cos, sin);
+      ASSERT_EQ(f.out.sizes(), torch::IntArrayRef({b, h, t, d}));
+      if (!norm) {
+        EXPECT_TRUE(same_bits(f.out, rope_ops(x, w, kEps, cos, sin)));  // every step rounds as the ops do
+        continue;
+      }
+      EXPECT_LE(max_relative_error(f.rstd, rms_rstd_ops(x, kEps).reshape({b, t, h})), kRstdRelTolerance);
+      auto m = rms_norm_given_rstd(x, w, f.rstd).transpose(1, 2);
+      EXPECT_TRUE(same_bits(f.out, m * cos.unsqueeze(1) + rotate_half(m) * sin.unsqueeze(1)));
+    }
+  }
+}
+
+TEST(FusedReference, RopeBackwardMatchesAutogradThroughTheUnfusedOps) {
+  auto gen = qad::testing::seeded_generator(6);
+  for (auto dt : float_types()) {
+    for (bool norm : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << name_of(dt) << " norm " << norm);
+      const int64_t b = 2, t = 4, h = 3, d = 64;
+      auto x = random({b, t, h, d}, gen, dt).requires_grad_(true);
+      auto w = norm ? (1 + 0.2 * torch::randn({d}, gen)).to(dt).requires_grad_(true) : torch::Tensor();
+      auto angles = torch::rand({b, t, d / 2}, gen) * 20;
+      auto cos = torch::cat({angles, angles}, -1).cos().to(dt), sin = torch::cat({angles, angles}, -1).sin().to(dt);
+      auto go = random({b, h, t, d}, gen, dt);
+      (rope_ops(x, w, kEps, cos, sin).to(torch::kFloat64) * go.to(torch::kFloat64)).sum().backward();
+      auto f = rope_forward(x.detach(), norm ? w.detach() : w, kEps, cos, sin);
+      auto g = rope_backward(go, x.detach(), norm ? w.detach() : w, cos, sin, f.rstd, true);
+      if (!norm) {
+        EXPECT_TRUE(same_bits(g.input, x.grad()));  // no reduction: autograd's roundings exactly
+      } else {
+        EXPECT_LE(normalised_error(g.input, x.grad()), grad_tolerance(dt));
+        EXPECT_LE(normalised_error(g.weight, w.grad()), grad_tolerance(dt));
+      }
+      auto xa = x.detach().clone().requires_grad_(true);
+      auto wa = norm ? w.detach().clone().requires_grad_(true) : torch::Tensor();
+      auto out = rope(xa, wa, kEps, cos, sin);
+      EXPECT_TRUE(same_bits(out, f.out));
+      (out.to(torch::kFloat64) * go.to(torch::kFloat64)).sum().backward();
+      EXPECT_TRUE(same_bits(xa.grad(), g.input));
+      if (norm) {
+        EXPECT_TRUE(same_bits(wa.grad(), g.weight.to(dt)));
+      }
+    }
+  }
+}
+
+TEST(FusedReference, BadArgumentsGiveOneLineErrors) {
+  auto x = torch::randn({4, 32});
+  EXPECT_THROW(rms_norm_forward(x, torch::Tensor(), torch::ones({16}), kEps, {}), qad::Error);
+  EXPECT_THROW(rms_norm_forward(x.to(torch::kFloat64), torch::Tensor(), torch::ones({32}), kEps, {}), qad::Error);
+  EXPECT_THROW(swiglu_forward(x, torch::randn({4, 16}), {}), qad::Error);
+  EXPECT_THROW(rope_forward(torch::randn({2, 3, 4}), torch::Tensor(), kEps, x, x), qad::Error);
+  EXPECT_THROW(rms_norm_forward(x, torch::Tensor(), torch::ones({32}), kEps, {torch::ones({2}), false}), qad::Error);
+}
+
+}  // namespace
+}  // namespace qad::fused

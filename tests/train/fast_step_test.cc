@@ -1,0 +1,130 @@
+// The training step's fast paths against its plain ones, on the CPU: the fused lm_head + KL/CE (FP64: same loss
+// values and gradients), and the device-side step (fused AdamW's reference on FP32: same update, the poisoned
+// step skipped with the weights untouched and the step count unchanged).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <map>
+
+#include "common/test_util.h"
+#include "data/batch_tensors.h"
+#include "train/optimizer.h"
+#include "train/step.h"
+
+namespace qad::train {
+namespace {
+
+using qad::testing::seeded_generator;
+using qad::testing::source_dir;
+
+model::CausalLM fixture(torch::ScalarType dtype, uint64_t noise_salt) {
+  auto m = model::CausalLM::load(source_dir() / "tests/fixtures/models/qwen3_qknorm_headdim_tied", torch::kCPU,
+                                 torch::kFloat32);
+  m->to(dtype);
+  if (noise_salt != 0) {
+    auto gen = seeded_generator(noise_salt);
+    torch::NoGradGuard ng;
+    for (auto& [n, p] : m->hf_tensors()) {
+      auto q = p;
+      q.add_(torch::randn(p.sizes(), gen, torch::kFloat64).to(dtype) * 0.05 * (p.std().item<double>() + 1e-3));
+    }
+  }
+  return m;
+}
+
+data::BatchTensors batch(const std::vector<int64_t>& lens, int64_t t, int64_t vocab, uint64_t salt) {
+  auto gen = seeded_generator(salt);
+  const int64_t b = static_cast<int64_t>(lens.size());
+  data::BatchTensors x;
+  x.input_ids = torch::randint(vocab, {b, t}, gen, torch::kLong);
+  x.targets = torch::randint(vocab, {b, t}, gen, torch::kLong);
+  x.loss_mask = torch::zeros({b, t}, torch::kFloat32);
+  x.attention_mask = torch::zeros({b, t}, torch::kBool);
+  for (int64_t r = 0; r < b; ++r) {
+    x.loss_mask[r].narrow(0, 0, lens[r]).fill_(1);
+    x.attention_mask[r].narrow(0, 0, lens[r]).fill_(true);
+  }
+  return x;
+}
+
+std::map<std::string, torch::Tensor> grads_and_reset(model::CausalLM& m) {
+  std::map<std::string, torch::Tensor> g;
+  for (auto& [n, p] : m->hf_tensors()) {
+    g[n] = p.grad().defined() ? p.grad().clone() : torch::zeros_like(p);
+    p.mutable_grad().reset();
+  }
+  return g;
+}
+
+TEST(FastStepTest, FusedHeadGivesTheLogitsPathsLossAndGradients) {
+  auto teacher = fixture(torch::kFloat64, 0);
+  auto student = fixture(torch::kFloat64, 21);
+  for (auto& [n, p] : student->hf_tensors()) p.set_requires_grad(true);
+  const int64_t v = teacher->config().vocab_size;
+  std::vector<data::BatchTensors> micro = {batch({16, 9, 12}, 16, v, 22), batch({5, 16}, 16, v, 23)};
+  TrainConfig cfg;
+  cfg.loss.kl = 1.0;
+  cfg.loss.ce = 0.4;
+  cfg.loss.cka = 0.2;
+  cfg.loss.cka_subsample_tokens = 0;
+  cfg.loss.temperature = 1.5;
+  cfg.loss.chunk_tokens = 7;
+  cfg.loss.fused_head = 0;
+  auto plain = accumulate_gradients(student, &teacher, micro, cfg, 3);
+  auto want = grads_and_reset(student);
+  cfg.loss.fused_head = 1;
+  auto fused = accumulate_gradients(student, &teacher, micro, cfg, 3);
+  auto got = grads_and_reset(student);
+
+  EXPECT_NEAR(fused.loss, plain.loss, 1e-12 * std::abs(plain.loss));
+  ASSERT_TRUE(fused.kl && fused.ce && fused.cka_term);
+  EXPECT_NEAR(*fused.kl, *plain.kl, 1e-12 * *plain.kl);
+  EXPECT_NEAR(*fused.ce, *plain.ce, 1e-12 * *plain.ce);
+  EXPECT_NEAR(*fused.cka_term, *plain.cka_term, 1e-12);
+  EXPECT_EQ(fused.tokens, plain.tokens);
+  ASSERT_EQ(fused.cka.size(), plain.cka.size());
+  for (const auto& [n, g] : want) {
+    const double scale = g.abs().max().item<double>() + 1e-30;
+    EXPECT_LE((got.at(n) - g).abs().max().item<double>(), 1e-10 * scale) << n;
+  }
+}
+
+TEST(FastStepTest, DeviceSideStepMatchesHostStepAndSkipsPoisonedSteps) {
+  auto teacher = fixture(torch::kFloat32, 0);
+  auto a = fixture(torch::kFloat32, 31), b = fixture(torch::kFloat32, 31);
+  const int64_t v = teacher->config().vocab_size;
+  TrainConfig cfg;
+  cfg.loss.kl = 1.0;
+  cfg.optim.grad_clip = 0.05;  // small enough to clip
+  AdamW host(a->hf_tensors(), cfg.optim), fused(b->hf_tensors(), cfg.optim);
+  fused.set_fused(true);
+  for (int step = 0; step < 2; ++step) {
+    auto x = batch({16, 11}, 16, v, 40 + static_cast<uint64_t>(step));
+    StepOptions so{.lr = 1e-3, .config = &cfg, .rng_seed = 5};
+    auto rh = train_step(a, &teacher, {x}, host, so);
+    auto rf = train_step(b, &teacher, {x}, fused, so);
+    EXPECT_FALSE(rf.skipped);
+    EXPECT_NEAR(rf.values.loss, rh.values.loss, 1e-5 * std::abs(rh.values.loss));
+    EXPECT_NEAR(rf.grad_norm, rh.grad_norm, 1e-5 * rh.grad_norm);
+    EXPECT_GT(rh.grad_norm, cfg.optim.grad_clip);
+    EXPECT_EQ(rf.values.tokens, rh.values.tokens);
+  }
+  EXPECT_EQ(fused.steps(), 2);
+  auto pa = a->hf_tensors(), pb = b->hf_tensors();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_LE((pa[i].second - pb[i].second).abs().max().item<double>(), 1e-5) << pa[i].first;
+  }
+
+  std::map<std::string, torch::Tensor> before;
+  for (auto& [n, p] : b->hf_tensors()) before[n] = p.detach().clone();
+  auto x = batch({16, 16}, 16, v, 50);
+  auto r = train_step(b, &teacher, {x}, fused, {.lr = 1e-3, .config = &cfg, .rng_seed = 0, .inject_nan = true});
+  EXPECT_TRUE(r.skipped);
+  EXPECT_FALSE(std::isfinite(r.values.loss));
+  EXPECT_EQ(fused.steps(), 2);
+  for (auto& [n, p] : b->hf_tensors()) EXPECT_TRUE(qad::testing::same_bits(p.detach(), before[n])) << n;
+}
+
+}  // namespace
+}  // namespace qad::train
