@@ -2,9 +2,14 @@
 // choice task accuracy; argument parsing only, the work is eval::run_eval (docs/eval.md).
 #include <fmt/format.h>
 
+#include <filesystem>
+
 #include "cli/commands.h"
 #include "eval/answer_extraction.h"
 #include "eval/eval_command.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/output_check.h"
 
 namespace qad::cli {
 namespace {
@@ -12,6 +17,7 @@ namespace {
 void register_eval(CLI::App& app) {
   auto o = std::make_shared<eval::EvalCommandOptions>();
   auto json = std::make_shared<bool>(false);
+  auto out = std::make_shared<std::string>();
   auto* cmd = app.add_subcommand("eval", "Perplexity, KL(teacher||model), top-1 agreement and task accuracy");
   cmd->footer("Examples:\n  qad eval --model runs/qad --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_valid.jsonl.xz --json\n  qad eval --model ../shared/models/qwen3-16m-teacher --tasks ../shared/tasks/arith/test.jsonl --max-items 100");  // each one is run by tests/usage
   cmd->add_option("--model", o->model, "model: an HF checkpoint, NVFP4 export, training checkpoint or run directory; "
@@ -60,9 +66,21 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "auto (BF16 on CUDA, FP32 on CPU), float32, bfloat16, float16")
       ->capture_default_str();
   cmd->add_flag("--json", *json, "print the metrics as one JSON object on stdout");
-  cmd->callback([o, json, on_bad_line] {
+  cmd->add_option("--out", *out, "also write that JSON object to FILE, atomically (RUN_DIR/eval.json or "
+                  "EXPORT_DIR/eval.json is what qad report reads)");
+  cmd->callback([o, json, out, on_bad_line] {
     o->skip_bad_lines = *on_bad_line == "skip";
+    if (!out->empty()) {  // before the evaluation, not after an hour of it
+      const std::filesystem::path file(*out), parent = file.parent_path().empty() ? "." : file.parent_path();
+      std::error_code ec;
+      QAD_CHECK(std::filesystem::is_directory(parent, ec), "--out {}: the directory {} does not exist", *out,
+                parent.string());
+      QAD_CHECK(!std::filesystem::is_directory(file, ec), "--out {} is a directory; give a file name such as {}",
+                *out, (file / "eval.json").string());
+      check_output_writable(parent, "--out");
+    }
     auto m = eval::run_eval(*o);
+    if (!out->empty()) write_file_atomic(*out, m.dump(2) + "\n");
     if (*json) {
       fmt::print("{}\n", m.dump());
     } else {

@@ -1,27 +1,30 @@
-// `qad report`: one self-contained HTML file comparing training runs (inline CSS and SVG; no scripts,
-// no external fetches): summary table, loss curves, validation KL and CKA, per-layer CKA, heatmaps.
+// `qad report`: one self-contained HTML file comparing training runs, PTQ and NVFP4 exports against the
+// teacher (inline CSS and SVG; no scripts, no external fetches): the training summary, the evaluation table
+// (eval.json), loss curves, validation curves with PTQ baselines, per-layer CKA, heatmaps, system curves.
 #pragma once
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "report/eval_reader.h"
+#include "report/report_charts.h"
+#include "report/report_tables.h"
 #include "report/run_reader.h"
-#include "report/table.h"
 
 namespace qad::report {
 
 struct ReportOptions {
   std::string title = "qad training report";
+  double smooth = 0;  // EMA weight for per-step training curves (0 = raw values); see smoothing.h
+  HeatmapScale heatmap_scale = HeatmapScale::kOwn;
 };
 
-// One row per run: method, steps, tokens, last train loss, last validation KL / ppl / mean CKA / worst
-// layer CKA / agreement, then every final metric (union over runs, first-seen order).
-Table summary_table(const std::vector<RunData>& runs);
-
-std::string render_html_report(const std::vector<RunData>& runs, const ReportOptions& options);
+// `teacher`: the teacher's eval.json (qad eval --model TEACHER --out FILE), the evaluation table's first row.
+std::string render_html_report(const std::vector<RunData>& runs, const ReportOptions& options,
+                               const EvalResult* teacher = nullptr);
 
 // Renders and writes atomically (a reader never sees half a report).
 void write_html_report(const std::filesystem::path& out, const std::vector<RunData>& runs,
-                       const ReportOptions& options);
+                       const ReportOptions& options, const EvalResult* teacher = nullptr);
 
 }  // namespace qad::report

@@ -236,37 +236,119 @@ bool natural_less(std::string_view a, std::string_view b) {
   return a.size() - i < b.size() - j;
 }
 
+namespace {
+
+std::string dir_name(const fs::path& dir) {
+  const fs::path abs = fs::absolute(dir).lexically_normal();
+  return abs.filename().empty() ? abs.parent_path().filename().string() : abs.filename().string();
+}
+
+// run.json's name and method (a warning, not an error, when it is damaged).
+void read_run_json(const fs::path& meta, RunData& run) {
+  const auto j = parse_json(read_file(meta));
+  if (!j || !j->is_object()) {
+    run.warnings.push_back(fmt::format("{}: not a JSON object; using the directory name and method \"unknown\"",
+                                       meta.string()));
+    return;
+  }
+  if (auto it = j->find("name"); it != j->end() && it->is_string() && !it->get<std::string>().empty()) {
+    run.name = it->get<std::string>();
+  }
+  if (auto it = j->find("method"); it != j->end() && it->is_string()) run.method = it->get<std::string>();
+  if (auto it = j->find("config"); it != j->end() && it->is_object()) run.config = *it;
+  static const std::set<std::string> kMethods = {"qad", "cka-qad", "qat", "ptq", "pretrain"};
+  if (!kMethods.count(run.method)) {
+    run.warnings.push_back(fmt::format(R"({}: method "{}" is not one of qad, cka-qad, qat, ptq, pretrain)",
+                                       meta.string(), run.method));
+  }
+  // The trainer nests the device under "run"; hand-written run.json files may keep it at the top.
+  const auto& c = run.config;
+  if (auto r = c.find("run"); r != c.end() && r->is_object() && r->contains("device") && (*r)["device"].is_string()) {
+    run.device = (*r)["device"].get<std::string>();
+  } else if (auto d = c.find("device"); d != c.end() && d->is_string()) {
+    run.device = d->get<std::string>();
+  }
+}
+
+// An export's identity: inside RUN_DIR/export/ it is that run's model; otherwise one of qad's own exports is
+// a `qad quantize` PTQ (qad writes no other exports outside a run directory).
+void identify_export(const fs::path& dir, RunData& run) {
+  const fs::path abs = fs::absolute(dir).lexically_normal();
+  const fs::path parent = abs.filename().empty() ? abs.parent_path().parent_path() : abs.parent_path();
+  if (parent.filename() == "export" && fs::exists(parent.parent_path() / "run.json")) {
+    RunData owner;
+    owner.name = dir_name(parent.parent_path());
+    owner.method = "unknown";
+    read_run_json(parent.parent_path() / "run.json", owner);
+    run.name = fmt::format("{} (export/{})", owner.name, dir_name(dir));
+    run.method = owner.method;
+    return;
+  }
+  run.method = "nvfp4 export";
+  const auto j = parse_json(read_file(dir / "hf_quant_config.json"));
+  if (j && j->is_object()) {
+    const auto p = j->find("producer");
+    if (p != j->end() && p->is_object() && p->value("name", std::string()) == "qad") run.method = "ptq";
+  }
+}
+
+// The eval.json beside the run or inside the export; a result for another directory is named, not hidden.
+void read_eval(const fs::path& dir, RunData& run, bool required) {
+  const fs::path file = dir / "eval.json";
+  if (!fs::exists(file)) return;
+  try {
+    run.eval = read_eval_json(file, run.warnings);
+  } catch (const Error& e) {
+    if (required) throw;
+    run.warnings.push_back(fmt::format("{}; its evaluation is left out", e.what()));
+    return;
+  }
+  std::error_code ec;
+  const fs::path evaluated(run.eval->model_dir);
+  if (run.eval->model_dir.empty() || !fs::exists(evaluated, ec)) return;  // written on another machine: trust it
+  const fs::path a = fs::weakly_canonical(dir, ec), b = fs::weakly_canonical(evaluated, ec);
+  const fs::path rel = b.lexically_relative(a);
+  if (rel.empty() || *rel.begin() == "..") {
+    run.warnings.push_back(fmt::format("{}: it evaluates {}, not {}; run qad eval --model {} ... --out {}",
+                                       file.string(), run.eval->model_dir, dir.string(), dir.string(), file.string()));
+  } else if (rel != ".") {
+    run.eval->settings.insert(run.eval->settings.begin(), {"evaluated", rel.string(), false});
+  }
+}
+
+}  // namespace
+
 RunData read_run(const fs::path& dir) {
   std::error_code ec;
   QAD_CHECK(fs::is_directory(dir, ec), "run directory {} does not exist or is not a directory", dir.string());
   const fs::path metrics = dir / "metrics.jsonl", meta = dir / "run.json", final_file = dir / "final_metrics.json";
-  QAD_CHECK(fs::exists(metrics) || fs::exists(meta) || fs::exists(final_file),
-            "{} is not a run directory: it has none of metrics.jsonl, run.json, final_metrics.json "
+  const bool is_run = fs::exists(metrics) || fs::exists(meta) || fs::exists(final_file);
+  const bool is_export = fs::exists(dir / "hf_quant_config.json");
+  const bool has_eval = fs::exists(dir / "eval.json");
+  QAD_CHECK(is_run || has_eval || !is_export,
+            "{} is an NVFP4 export without eval.json, so there is nothing to report; evaluate it first: qad eval "
+            "--model {} --data ... --tasks ... --out {}",
+            dir.string(), dir.string(), (dir / "eval.json").string());
+  QAD_CHECK(is_run || has_eval,
+            "{} is not a run directory: it has none of metrics.jsonl, run.json, final_metrics.json, eval.json "
             "(see docs/report.md)",
             dir.string());
   RunData run;
   run.dir = dir;
-  run.name = fs::absolute(dir).lexically_normal().filename().string();
-  if (run.name.empty()) run.name = fs::absolute(dir).lexically_normal().parent_path().filename().string();
+  run.name = dir_name(dir);
   run.method = "unknown";
-
-  if (fs::exists(meta)) {
-    const auto j = parse_json(read_file(meta));
-    if (!j || !j->is_object()) {
-      run.warnings.push_back(fmt::format("{}: not a JSON object; using the directory name and method \"unknown\"",
-                                         meta.string()));
+  if (!is_run) {
+    run.kind = is_export ? EntryKind::kExport : EntryKind::kModel;
+    if (is_export) {
+      identify_export(dir, run);
     } else {
-      if (auto it = j->find("name"); it != j->end() && it->is_string() && !it->get<std::string>().empty()) {
-        run.name = it->get<std::string>();
-      }
-      if (auto it = j->find("method"); it != j->end() && it->is_string()) run.method = it->get<std::string>();
-      if (auto it = j->find("config"); it != j->end() && it->is_object()) run.config = *it;
-      static const std::set<std::string> kMethods = {"qad", "cka-qad", "qat", "ptq"};
-      if (!kMethods.count(run.method)) {
-        run.warnings.push_back(fmt::format(R"({}: method "{}" is not one of qad, cka-qad, qat, ptq)", meta.string(),
-                                           run.method));
-      }
+      run.method = "model";
     }
+    read_eval(dir, run, /*required=*/true);
+    return run;
+  }
+  if (fs::exists(meta)) {
+    read_run_json(meta, run);
   } else {
     run.warnings.push_back(fmt::format("{}: missing; using the directory name as the run name", meta.string()));
   }
@@ -276,9 +358,16 @@ RunData read_run(const fs::path& dir) {
     if (!j || !j->is_object()) {
       run.warnings.push_back(fmt::format("{}: not a JSON object; final metrics ignored", final_file.string()));
     } else {
+      if (j->contains("model_dir") || j->contains("tasks")) {
+        run.warnings.push_back(fmt::format("{}: this looks like qad eval output; its figures come from other data than "
+                                           "the validation split: move it to {} so that the report shows it as an "
+                                           "evaluation",
+                                           final_file.string(), (dir / "eval.json").string()));
+      }
       flatten_final(*j, "", run, final_file.string());
     }
   }
+  read_eval(dir, run, /*required=*/false);
   return run;
 }
 

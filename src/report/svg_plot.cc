@@ -20,9 +20,13 @@ bool usable(const Point& p, bool log_y) {
   return std::isfinite(p.x) && std::isfinite(p.y) && (!log_y || p.y > 0);
 }
 
+bool in_legend(const Series& s) { return !s.name.empty() && !s.faint; }
+
 bool has_legend(const LineChart& c) {
   if (!c.legend) return false;
-  return std::any_of(c.series.begin(), c.series.end(), [](const Series& s) { return !s.name.empty(); });
+  return std::any_of(c.series.begin(), c.series.end(), in_legend) ||
+         std::any_of(c.reference_lines.begin(), c.reference_lines.end(),
+                     [](const ReferenceLine& r) { return !r.legend.empty(); });
 }
 
 double legend_text_max(const LineChart& c) { return std::max(80.0, c.width * 0.26); }
@@ -30,7 +34,10 @@ double legend_text_max(const LineChart& c) { return std::max(80.0, c.width * 0.2
 double legend_width(const LineChart& c) {
   double w = 0;
   for (const auto& s : c.series) {
-    w = std::max(w, text_width(ellipsize(s.name, kLegendPx, legend_text_max(c)), kLegendPx));
+    if (in_legend(s)) w = std::max(w, text_width(ellipsize(s.name, kLegendPx, legend_text_max(c)), kLegendPx));
+  }
+  for (const auto& r : c.reference_lines) {
+    w = std::max(w, text_width(ellipsize(r.legend, kLegendPx, legend_text_max(c)), kLegendPx));
   }
   return kLegendSwatch + kLegendGap + w;
 }
@@ -110,17 +117,20 @@ ChartLayout layout_line_chart(const LineChart& c) {
     for (const auto& t : c.x_ticks) xmin = std::min(xmin, t.value), xmax = std::max(xmax, t.value);
     const double pad = xmax > xmin ? 0.03 * (xmax - xmin) : 0.5;
     L.x_lo = xmin - pad, L.x_hi = xmax + pad;
-    L.x_ticks = c.x_ticks;
-    // Thin out explicit labels that would overlap (every k-th, keeping the first).
-    double widest = 0;
-    for (const auto& t : c.x_ticks) widest = std::max(widest, text_width(t.label, kTickPx));
-    const double per_tick = L.plot_width / static_cast<double>(c.x_ticks.size());
-    const size_t every = std::max<size_t>(1, static_cast<size_t>(std::ceil((widest + 8) / per_tick)));
-    if (every > 1) {
-      std::vector<AxisTick> kept;
-      for (size_t i = 0; i < c.x_ticks.size(); i += every) kept.push_back(c.x_ticks[i]);
-      L.x_ticks = kept;
+    // Unlabelled ticks only widen the domain. Labels that would overlap are thinned out (every k-th, keeping
+    // the first), judged by the narrowest gap between labelled ticks.
+    std::vector<AxisTick> labelled_ticks;
+    for (const auto& t : c.x_ticks) {
+      if (!t.label.empty()) labelled_ticks.push_back(t);
     }
+    double widest = 0, gap = std::numeric_limits<double>::infinity();
+    for (size_t i = 0; i < labelled_ticks.size(); ++i) {
+      widest = std::max(widest, text_width(labelled_ticks[i].label, kTickPx));
+      if (i > 0) gap = std::min(gap, std::abs(labelled_ticks[i].value - labelled_ticks[i - 1].value));
+    }
+    const double per_tick = labelled_ticks.size() < 2 ? L.plot_width : gap / (L.x_hi - L.x_lo) * L.plot_width;
+    const size_t every = std::max<size_t>(1, static_cast<size_t>(std::ceil((widest + 8) / per_tick)));
+    for (size_t i = 0; i < labelled_ticks.size(); i += every) L.x_ticks.push_back(labelled_ticks[i]);
   } else {
     if (xmax <= xmin) xmin -= 0.5, xmax += 0.5;
     L.x_lo = xmin, L.x_hi = xmax;
@@ -167,6 +177,7 @@ std::string marker(size_t index, double x, double y, std::string_view colour) {
 
 // Short series get a marker at every point; the legend then shows the marker too.
 bool draws_markers(const LineChart& c, const Series& s) {
+  if (s.faint) return false;
   const auto finite = std::count_if(s.points.begin(), s.points.end(), [&](const Point& p) { return usable(p, c.log_y); });
   return static_cast<size_t>(finite) <= c.marker_max_points;
 }
@@ -228,10 +239,18 @@ std::string render_line_chart(const LineChart& c) {
   for (const auto& r : c.reference_lines) {
     if (!std::isfinite(r.y) || (c.log_y && r.y <= 0) || r.y < L.y_lo || r.y > L.y_hi) continue;
     const double y = L.map_y(r.y);
-    out += fmt::format(
-        R"(<line class="reference" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#666666" stroke-width="1.2" stroke-dasharray="5 4"/>)"
-        "\n",
-        fmt_coord(L.plot_left), fmt_coord(y), fmt_coord(right), fmt_coord(y));
+    if (r.style) {  // a run's baseline: its colour, longer dashes, as heavy as a data line
+      out += fmt::format(
+          R"(<line class="reference baseline" data-series="{}" x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2" stroke-dasharray="8 5"><title>{}</title></line>)"
+          "\n",
+          xml_escape(r.legend), fmt_coord(L.plot_left), fmt_coord(y), fmt_coord(right), fmt_coord(y),
+          palette_colour(*r.style), xml_escape(r.label));
+    } else {
+      out += fmt::format(
+          R"(<line class="reference" x1="{}" y1="{}" x2="{}" y2="{}" stroke="#666666" stroke-width="1.2" stroke-dasharray="5 4"/>)"
+          "\n",
+          fmt_coord(L.plot_left), fmt_coord(y), fmt_coord(right), fmt_coord(y));
+    }
     if (!r.label.empty()) {
       // A white halo keeps the label readable where a data line passes under it.
       out += fmt::format(R"(<text x="{}" y="{}" text-anchor="end" font-size="{}" fill="#555555" stroke="#ffffff" stroke-width="3" paint-order="stroke">{}</text>)" "\n",
@@ -268,9 +287,10 @@ std::string render_line_chart(const LineChart& c) {
         points += fmt_coord(L.map_x(p.x)) + "," + fmt_coord(L.map_y(p.y));
       }
       out += fmt::format(
-          R"(<polyline class="series" data-series="{}" points="{}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round" stroke-linecap="round"{}/>)"
+          R"(<polyline class="{}" data-series="{}" points="{}" fill="none" stroke="{}" stroke-width="{}" stroke-linejoin="round" stroke-linecap="round"{}{}/>)"
           "\n",
-          xml_escape(s.name), points, colour, dash_for(style));
+          s.faint ? "series raw" : "series", xml_escape(s.name), points, colour, s.faint ? "1.2" : "2",
+          s.faint ? R"( stroke-opacity="0.28")" : "", dash_for(style));
     }
     // Markers on short series, and always on isolated points that no line would show.
     for (const auto& seg : segments) {
@@ -295,7 +315,7 @@ std::string render_line_chart(const LineChart& c) {
     double y = L.plot_top + 8;
     for (size_t si = 0; si < c.series.size(); ++si) {
       const auto& s = c.series[si];
-      if (s.name.empty()) continue;
+      if (!in_legend(s)) continue;
       const size_t style = s.style.value_or(si);
       const auto colour = palette_colour(style);
       const std::string shown = ellipsize(s.name, kLegendPx, legend_text_max(c));
@@ -305,6 +325,20 @@ std::string render_line_chart(const LineChart& c) {
                          fmt_coord(L.legend_left), fmt_coord(y), fmt_coord(L.legend_left + kLegendSwatch),
                          fmt_coord(y), colour, dash_for(style));
       if (draws_markers(c, s)) out += marker(style, L.legend_left + kLegendSwatch / 2, y, colour);
+      out += fmt::format(R"(<text x="{}" y="{}">{}</text>)", fmt_coord(L.legend_left + kLegendSwatch + kLegendGap),
+                         fmt_coord(y + kLegendPx * 0.35), xml_escape(shown));
+      out += "</g>\n";
+      y += kLegendRow;
+    }
+    for (const auto& r : c.reference_lines) {
+      if (r.legend.empty()) continue;
+      const auto colour = r.style ? palette_colour(*r.style) : std::string_view("#666666");
+      const std::string shown = ellipsize(r.legend, kLegendPx, legend_text_max(c));
+      out += "<g class=\"legend-entry\">";
+      if (shown != r.legend) out += fmt::format("<title>{}</title>", xml_escape(r.legend));
+      out += fmt::format(R"(<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2" stroke-dasharray="8 5"/>)",
+                         fmt_coord(L.legend_left), fmt_coord(y), fmt_coord(L.legend_left + kLegendSwatch),
+                         fmt_coord(y), colour);
       out += fmt::format(R"(<text x="{}" y="{}">{}</text>)", fmt_coord(L.legend_left + kLegendSwatch + kLegendGap),
                          fmt_coord(y + kLegendPx * 0.35), xml_escape(shown));
       out += "</g>\n";

@@ -18,12 +18,16 @@ struct Series {
   std::vector<Point> points;  // drawn in x order
   std::optional<size_t> style;  // palette colour / marker index; default: the series' position. Lets a
                                 // run keep its colour in every chart even where other runs are absent.
+  bool faint = false;           // thin and translucent, no markers, no legend entry: the raw values behind
+                                // a smoothed line
 };
 
-// A dashed horizontal line across the plot, e.g. CKA = 1 or the teacher's value, labelled at its right end.
+// A dashed horizontal line across the plot, e.g. CKA = 1 or a PTQ baseline, labelled at its right end.
 struct ReferenceLine {
   double y = 0;
   std::string label;
+  std::optional<size_t> style;  // palette colour (a run's baseline in its run's colour); default: grey
+  std::string legend;           // when set, the legend lists the line under this name with a dashed swatch
 };
 
 struct AxisTick {
@@ -43,7 +47,8 @@ struct LineChart {
   std::vector<ReferenceLine> reference_lines;
   bool log_y = false;
   std::optional<double> y_min, y_max;  // override the data range at that end; lines outside are clipped
-  std::vector<AxisTick> x_ticks;       // explicit x ticks (layer indices...); empty = nice ticks
+  std::vector<AxisTick> x_ticks;       // explicit x ticks (layer indices...); empty = nice ticks. One with an
+                                       // empty label only widens the x domain (room around categories)
   double width = 720;
   double height = 400;
   std::optional<Margins> margins;  // fixed margins instead of the computed ones (the legend then goes

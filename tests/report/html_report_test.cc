@@ -44,9 +44,10 @@ TEST(HtmlReport, ContainsEveryRunAndOnlyWellFormedSvgs) {
   const std::string html = render_html_report(runs, {"QAD vs CKA-QAD"});
   for (const auto& r : runs) EXPECT_NE(html.find(r.name), std::string::npos) << r.name;
   const auto svgs = svgs_in(html);
-  // Training: loss, kl, cka_loss (no run logs ce); validation: kl, mean CKA, ppl, agreement; one per-layer
-  // chart; one heatmap per run; system: lr, grad norm, throughput, memory.
-  EXPECT_EQ(svgs.size(), 3u + 4u + 1u + 3u + 4u);
+  // Evaluation (QAD and CKA-QAD have eval.json): task accuracy, ppl, KL, agreement; training: loss, kl, cka_loss
+  // (no run logs ce); validation: kl, mean CKA, ppl, agreement; one per-layer chart; one heatmap per trained run
+  // (PTQ has none); system: lr, grad norm, throughput, memory.
+  EXPECT_EQ(svgs.size(), 4u + 3u + 4u + 1u + 2u + 4u);
   std::set<std::string> ids;
   for (const auto& svg : svgs) {
     const auto doc = qad::testing::parse_xml(svg);
@@ -64,7 +65,7 @@ TEST(HtmlReport, ContainsEveryRunAndOnlyWellFormedSvgs) {
 }
 
 TEST(HtmlReport, SummaryShowsLastValuesAndFinalMetrics) {
-  const Table t = summary_table(fixture_runs());
+  const Table t = summary_table(fixture_runs()).table;
   ASSERT_EQ(t.rows.size(), 3u);
   const auto col = [&](const std::string& name) {
     return static_cast<size_t>(std::find(t.columns.begin(), t.columns.end(), name) - t.columns.begin());
@@ -77,7 +78,8 @@ TEST(HtmlReport, SummaryShowsLastValuesAndFinalMetrics) {
   EXPECT_EQ(t.rows[2][col("steps")], "800");
   EXPECT_EQ(t.rows[2][col("tokens")], "1.64M");  // 800 * 2048
   EXPECT_EQ(t.rows[2][col("final arith.accuracy")], "0.561");
-  EXPECT_EQ(t.rows[1][col("final kl")], "0.051");
+  EXPECT_EQ(t.rows[1][col("valid KL")], "0.055");  // the last validation, not final_metrics.json's made-up 0.051
+  EXPECT_EQ(col("final kl"), t.columns.size());   // final_metrics.json's kl is the last validation's: no column
   // The worst layer at CKA-QAD's last validation is the deepest one in the fixture.
   const RunData cka = read_run(kRuns / "cka_qad");
   double worst = 1;

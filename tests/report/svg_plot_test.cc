@@ -233,6 +233,49 @@ TEST(LineChart, ReferenceLineAndRangeOverride) {
   EXPECT_TRUE(clipped);
 }
 
+TEST(LineChart, BaselineInItsColourFaintRawSeriesAndTheLegend) {
+  auto c = fixed_chart();
+  c.legend = true;  // into the fixed right margin
+  c.series.push_back({"raw", {{0, 1}, {10, 9}}, 1, true});
+  c.series.push_back({"QAD", {{0, 0}, {10, 10}}, 1});
+  c.reference_lines.push_back({5, "PTQ 5", 2, "PTQ (baseline)"});
+  const auto doc = parse_xml(render_line_chart(c));
+  ASSERT_EQ(doc.error, "");
+  const XmlElement* base = nullptr;
+  for (const auto* e : doc.all("line")) {
+    if (e->attrs.count("class") && e->attrs.at("class") == "reference baseline") base = e;
+  }
+  ASSERT_NE(base, nullptr);
+  EXPECT_EQ(base->attrs.at("y1"), "190");  // 350 - 5 / 10 * 320
+  EXPECT_EQ(base->attrs.at("y2"), "190");
+  EXPECT_EQ(base->attrs.at("stroke"), std::string(palette_colour(2)));
+  const auto lines = doc.all("polyline");
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0]->attrs.at("class"), "series raw");
+  EXPECT_EQ(lines[0]->attrs.at("stroke-opacity"), "0.28");
+  EXPECT_EQ(lines[1]->attrs.at("class"), "series");
+  EXPECT_EQ(lines[1]->attrs.count("stroke-opacity"), 0u);
+  // Markers: QAD's two points and its legend swatch; the faint series has none and no legend entry.
+  EXPECT_EQ(doc.all("rect").size(), 2u + 3u);  // background, clip rect, squares
+  std::vector<std::string> legend;
+  for (const auto& e : doc.elements) {
+    if (e.name == "text" && e.depth == 3) legend.push_back(e.text);  // <svg><g legend><g entry><text>
+  }
+  EXPECT_EQ(legend, (std::vector<std::string>{"QAD", "PTQ (baseline)"}));
+}
+
+TEST(LineChart, UnlabelledExplicitTicksOnlyWidenTheDomain) {
+  auto c = fixed_chart();
+  c.series.push_back({"a", {{0, 1}, {1, 2}}});
+  c.x_ticks = {{-0.6, ""}, {0, "first model"}, {1, "second model"}, {1.4, ""}};
+  const auto L = layout_line_chart(c);
+  EXPECT_DOUBLE_EQ(L.x_lo, -0.66);  // 3 % of the 2.0 span beyond the outer ticks
+  EXPECT_DOUBLE_EQ(L.x_hi, 1.46);
+  ASSERT_EQ(L.x_ticks.size(), 2u);  // no label is thinned out: the gap between them is ~236 px
+  EXPECT_EQ(L.x_ticks[0].label, "first model");
+  EXPECT_EQ(L.x_ticks[1].label, "second model");
+}
+
 TEST(LineChart, EmptyChartSaysNoDataAndOutputIsDeterministic) {
   LineChart c;
   c.title = "nothing";
