@@ -17,7 +17,7 @@ namespace {
 
 struct PrepareArgs {
   std::string tokenizer, output, text_field = "text", messages_field = "messages", on_bad_line = "skip";
-  std::string doc_end = "eos";
+  std::string doc_end = "eos", bos = "auto";
   std::vector<std::string> inputs;
   double valid_fraction = 0;
   uint64_t split_seed = 0;
@@ -43,7 +43,7 @@ void run_prepare(const PrepareArgs& a) {
   o.threads = a.threads;
   o.shard_tokens = a.shard_tokens;
   check_output_writable(a.output, "--out");
-  auto encoder = data::make_tokenizer_encoder(a.tokenizer);
+  auto encoder = data::make_tokenizer_encoder(a.tokenizer, data::parse_bos(a.bos, "--bos"));
   o.doc_end = tokenizer::resolve_doc_end(a.doc_end, tokenizer::Tokenizer::load(a.tokenizer));
   std::vector<std::filesystem::path> inputs(a.inputs.begin(), a.inputs.end());
   auto summary = data::prepare_dataset(inputs, *encoder, o);
@@ -105,6 +105,8 @@ void register_data(CLI::App& app) {
   prep->add_option("--text-field", pa->text_field, "JSON field holding plain text");
   prep->add_option("--messages-field", pa->messages_field, "JSON field holding chat messages");
   add_on_bad_line_option(prep, pa->on_bad_line, "input lines");
+  prep->add_option("--bos", pa->bos, "text documents start with the tokenizer template's special tokens (auto: "
+                   "e.g. Llama's BOS; as qad eval scores text) or nothing (never)")->capture_default_str();
   prep->add_option("--doc-end", pa->doc_end, "text documents end with: eos (the tokenizer's), none, a token "
                    "('<|endoftext|>') or an id; match how the model was trained (docs/eval.md)")->capture_default_str();
   prep->add_option("--valid-fraction", pa->valid_fraction,

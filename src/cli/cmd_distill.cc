@@ -18,6 +18,7 @@
 #include "train/distributed.h"
 #include "train/trainer.h"
 #include "util/error.h"
+#include "util/shell_quote.h"
 #include "util/signals.h"
 
 namespace qad::cli {
@@ -79,16 +80,6 @@ const std::vector<std::array<const char*, 3>> kBoolFlags = {
     {"--cka-dynamic-balance", "loss.cka_dynamic_balance", "scale the CKA term to the KL's magnitude"},
 };
 
-// One argument as a POSIX shell reads it back (for the resume command line printed after a stop).
-std::string shell_quote(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
-                        std::string::npos) {
-    return s;
-  }
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
 
 // The effective configuration (train/config_sources.h: method defaults → recipe → flags → --set), with its
 // warnings printed once (by rank 0 or the launcher).
@@ -161,6 +152,8 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--debug-signal-at-steps", *signal_steps)->group("");
   auto hold_step = std::make_shared<std::string>();
   cmd->add_option("--debug-hold-at-step", *hold_step)->group("");
+  auto inf_step = std::make_shared<std::string>();
+  cmd->add_option("--debug-inf-weight-at-step", *inf_step)->group("");
   cmd->add_option("--nproc-per-node", a->nproc_per_node, "start N data-parallel ranks on this machine (one per GPU; "
                   "Gloo on CPU); without it the ranks come from RANK/WORLD_SIZE/... or SLURM (docs/dist.md)");
   cmd->add_option("--dist-timeout", a->dist_timeout, "seconds a rank waits for the others (rendezvous, collectives) "
@@ -180,6 +173,7 @@ void register_distill(CLI::App& app) {
     if (!a->kill_rank.empty()) a->values.emplace_back("debug.kill_rank", a->kill_rank);
     if (!signal_steps->empty()) a->values.emplace_back("debug.signal_at_steps", "[" + *signal_steps + "]");
     if (!hold_step->empty()) a->values.emplace_back("debug.hold_at_step", *hold_step);
+    if (!inf_step->empty()) a->values.emplace_back("debug.inf_weight_at_step", *inf_step);
     if (!old_warmup->empty()) {
       double x = -1;
       try {

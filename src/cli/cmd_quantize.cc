@@ -34,7 +34,7 @@ struct QuantizeArgs {
   std::string model, calib_data, out, method = "max", device = "auto", dtype = "auto", config;
   int64_t calib_samples = 512, seq_len = 512, batch_size = 8;
   uint64_t seed = 0;
-  std::string doc_end = "eos";
+  std::string doc_end = "eos", bos = "auto";
   std::vector<std::string> exclude, include;
 };
 
@@ -57,7 +57,7 @@ class CalibrationDataset {
     o.output = temporary_;
     o.progress = false;
     o.doc_end = tokenizer::resolve_doc_end(a.doc_end, tokenizer::Tokenizer::load(a.model));
-    data::prepare_dataset({fs::path(a.calib_data)}, *data::make_tokenizer_encoder(a.model), o);
+    data::prepare_dataset({fs::path(a.calib_data)}, *data::make_tokenizer_encoder(a.model, data::parse_bos(a.bos, "--bos")), o);
   }
   ~CalibrationDataset() {
     std::error_code ec;
@@ -139,6 +139,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--calib-samples", a->calib_samples, "calibration rows of --seq-len tokens (docs/quant.md, \"The PTQ "
                   "baseline\")")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seed", a->seed, "order of the calibration rows (the data.seed of qad distill)")->capture_default_str();
+  cmd->add_option("--bos", a->bos, "text --calib-data: documents start with the tokenizer template's special "
+                  "tokens (auto) or nothing (never)")->capture_default_str();
   cmd->add_option("--doc-end", a->doc_end, "text --calib-data: documents end with eos, none, a token or an id")
       ->capture_default_str();
   cmd->add_option("--method", a->method, "weight calibration: max or mse (activations always max)")

@@ -7,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "tokenizer/tokenize_jsonl.h"
+#include "util/error.h"
 #include "util/output_check.h"
 
 namespace qad::cli {

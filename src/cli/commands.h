@@ -39,7 +39,6 @@ inline CLI::Option* add_out_option(CLI::App* cmd, std::string& out, const std::s
     std::fprintf(stderr, "qad: note: --output is now --out, as in every other command; --output will be removed in "
                          "the next release\n");
   });
-  primary->excludes(old);
   return primary;
 }
 

@@ -1,6 +1,7 @@
 // The qad command line: one binary, one subcommand per job. Errors are one readable line and exit 1.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <string>
@@ -54,6 +55,11 @@ int main(int argc, char** argv) {
   auto entries = qad::cli::command_registry();
   std::stable_sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.order < b.order; });
   for (auto& e : entries) e.fn(app);
+  // QAD_PARSE_ONLY=1: parse the command line (flags, choices, required options) and exit 0 before any command
+  // runs, so that tests/usage can check that every example printed in the help texts is a valid command line.
+  if (const char* p = std::getenv("QAD_PARSE_ONLY"); p != nullptr && std::string(p) == "1") {
+    app.parse_complete_callback([] { throw CLI::Success(); });
+  }
   const auto is_command = [&](const std::string& w) {
     for (const auto* sub : app.get_subcommands({})) {
       if (sub->check_name(w)) return true;

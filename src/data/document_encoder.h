@@ -32,7 +32,12 @@ class DocumentEncoder {
 };
 
 // The encoder over qad::tokenizer::Tokenizer loaded from a Hugging Face tokenizer directory. Defined in
-// tokenizer_encoder*.cc: a stub that throws in builds without the tokenizer library.
-std::unique_ptr<DocumentEncoder> make_tokenizer_encoder(const std::filesystem::path& dir);
+// tokenizer_encoder*.cc: a stub that throws in builds without the tokenizer library. add_special_tokens: text
+// documents get the tokenizer template's special tokens (a Llama tokenizer's BOS; --bos auto, the default
+// everywhere, as `qad eval` scores text), or none (--bos never).
+std::unique_ptr<DocumentEncoder> make_tokenizer_encoder(const std::filesystem::path& dir, bool add_special_tokens = true);
+
+// --bos / data.bos: "auto" (true) or "never" (false); anything else throws naming `flag`.
+bool parse_bos(const std::string& value, const std::string& flag);
 
 }  // namespace qad::data

@@ -23,10 +23,12 @@ std::string fingerprint_of(const std::filesystem::path& dir_or_file) {
 
 class TokenizerEncoder final : public DocumentEncoder {
  public:
-  explicit TokenizerEncoder(const std::filesystem::path& dir)
-      : tok_(tokenizer::Tokenizer::load(dir)), fingerprint_(fingerprint_of(dir)) {}
+  TokenizerEncoder(const std::filesystem::path& dir, bool add_special_tokens)
+      : tok_(tokenizer::Tokenizer::load(dir)), fingerprint_(fingerprint_of(dir)), add_special_(add_special_tokens) {}
 
-  EncodedDocument encode_text(std::string_view text) const override { return {tok_.encode(text, false), {}}; }
+  EncodedDocument encode_text(std::string_view text) const override {
+    return {tok_.encode(text, add_special_), {}};
+  }
 
   EncodedDocument encode_chat(const std::vector<ChatTurn>& messages) const override {
     std::vector<tokenizer::ChatMessage> m;
@@ -43,12 +45,19 @@ class TokenizerEncoder final : public DocumentEncoder {
  private:
   tokenizer::Tokenizer tok_;
   std::string fingerprint_;
+  bool add_special_;
 };
 
 }  // namespace
 
-std::unique_ptr<DocumentEncoder> make_tokenizer_encoder(const std::filesystem::path& dir) {
-  return std::make_unique<TokenizerEncoder>(dir);
+std::unique_ptr<DocumentEncoder> make_tokenizer_encoder(const std::filesystem::path& dir, bool add_special_tokens) {
+  return std::make_unique<TokenizerEncoder>(dir, add_special_tokens);
+}
+
+bool parse_bos(const std::string& value, const std::string& flag) {
+  QAD_CHECK(value == "auto" || value == "never", "{} {}: choose auto (the tokenizer template's special tokens, e.g. "
+            "Llama's BOS, before each text document) or never", flag, value);
+  return value == "auto";
 }
 
 }  // namespace qad::data

@@ -19,6 +19,7 @@
 #include "experiment/out_dir_lock.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/shell_quote.h"
 #include "util/progress.h"
 #include "util/remove_tree.h"
 
@@ -388,15 +389,6 @@ size_t GridRunResult::count(CellOutcome o) const {
   return n;
 }
 
-std::string shell_quote(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
-                        std::string::npos) {
-    return s;
-  }
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
 
 std::vector<std::string> distill_command(const Grid& grid, const Cell& cell, const fs::path& out, bool resume,
                                          const std::string& gpu) {

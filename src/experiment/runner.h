@@ -8,8 +8,11 @@
 #include <vector>
 
 #include "experiment/grid.h"
+#include "util/shell_quote.h"
 
 namespace qad::experiment {
+
+using qad::shell_quote;
 
 struct RunnerOptions {
   std::string qad_executable;  // the cells run `qad_executable distill ...` and `... eval ...`
@@ -44,7 +47,5 @@ std::vector<std::string> distill_command(const Grid& grid, const Cell& cell, con
 std::vector<std::string> eval_command(const Grid& grid, const Cell& cell, const std::filesystem::path& out,
                                       const std::string& gpu);
 
-// One argument as a POSIX shell reads it back, for printed command lines.
-std::string shell_quote(const std::string& s);
 
 }  // namespace qad::experiment

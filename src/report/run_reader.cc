@@ -261,12 +261,16 @@ void read_run_json(const fs::path& meta, RunData& run) {
     run.warnings.push_back(fmt::format(R"({}: method "{}" is not one of qad, cka-qad, qat, ptq, pretrain)",
                                        meta.string(), run.method));
   }
-  // The trainer nests the device under "run"; hand-written run.json files may keep it at the top.
+  // The device the run computed on: run.json's top-level "device" (what --device auto resolved to, written by
+  // the trainer since this field exists), else the configured one under "run" or at the config's top.
   const auto& c = run.config;
-  if (auto r = c.find("run"); r != c.end() && r->is_object() && r->contains("device") && (*r)["device"].is_string()) {
-    run.device = (*r)["device"].get<std::string>();
-  } else if (auto d = c.find("device"); d != c.end() && d->is_string()) {
+  if (auto d = j->find("device"); d != j->end() && d->is_string()) {
     run.device = d->get<std::string>();
+  } else if (auto r = c.find("run"); r != c.end() && r->is_object() && r->contains("device") &&
+             (*r)["device"].is_string()) {
+    run.device = (*r)["device"].get<std::string>();
+  } else if (auto d2 = c.find("device"); d2 != c.end() && d2->is_string()) {
+    run.device = d2->get<std::string>();
   }
 }
 

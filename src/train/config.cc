@@ -32,7 +32,7 @@ template <typename F> void fields(OptimConfig& c, F&& f) {
 }
 template <typename F> void fields(DataConfig& c, F&& f) {
   f("path", c.path); f("valid_path", c.valid_path); f("seq_len", c.seq_len); f("batch_size", c.batch_size);
-  f("mode", c.mode); f("valid_fraction", c.valid_fraction); f("seed", c.seed); f("doc_end", c.doc_end);
+  f("mode", c.mode); f("valid_fraction", c.valid_fraction); f("seed", c.seed); f("doc_end", c.doc_end); f("bos", c.bos);
 }
 template <typename F> void fields(QuantConfig& c, F&& f) {
   f("calib_batches", c.calib_batches); f("student", c.student); f("options", c.options);
@@ -49,6 +49,7 @@ template <typename F> void fields(RunConfig& c, F&& f) {
 template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
   f("signal_at_steps", c.signal_at_steps); f("hold_at_step", c.hold_at_step);
+  f("inf_weight_at_step", c.inf_weight_at_step);
 }
 
 namespace {
@@ -185,6 +186,7 @@ void TrainConfig::validate() const {
   c.range("optim.eps", optim.eps, std::numeric_limits<double>::min(), kInf, "must be > 0");
   c.range<int64_t>("data.seq_len", data.seq_len, 2, kMaxInt, "must be >= 2");
   c.range<int64_t>("data.batch_size", data.batch_size, 1, kMaxInt, "must be >= 1");
+  c.that(data.bos == "auto" || data.bos == "never", "data.bos must be auto or never, got '" + data.bos + "'");
   c.that(data.mode == "pack" || data.mode == "pad", "data.mode must be pack or pad, got '" + data.mode + "'");
   c.range("data.valid_fraction", data.valid_fraction, 0.0, std::nextafter(1.0, 0.0), "must be in [0, 1)");
   QAD_CHECK(model::is_device_name(run.device), "--device {}: unknown device; choose auto, cpu, cuda or cuda:N "
@@ -281,20 +283,6 @@ nlohmann::json parse_override(const std::string& assignment) {
     k = k.substr(0, dot);
   }
   return out;
-}
-
-void merge_into(nlohmann::json& base, const nlohmann::json& patch) {
-  if (base.is_object() && patch.is_object()) {
-    for (const auto& [k, v] : patch.items()) {
-      if (base.contains(k)) {
-        merge_into(base[k], v);
-      } else {
-        base[k] = v;
-      }
-    }
-  } else {
-    base = patch;
-  }
 }
 
 std::string describe(const TrainConfig& c) {

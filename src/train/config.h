@@ -60,6 +60,7 @@ struct DataConfig {
   int64_t batch_size = 8;       // rows per micro-batch per rank
   std::string mode = "pack";    // pack | pad
   std::string doc_end = "eos";  // after each text document when .jsonl/.txt is prepared on the fly (--doc-end)
+  std::string bos = "auto";     // before it: auto = the tokenizer template's special tokens (BOS), or never
   double valid_fraction = 0.02; // validation split when no valid_path (applied by the loader)
   uint64_t seed = 0;            // shuffle seed
 };
@@ -102,6 +103,9 @@ struct DebugConfig {
   // after this step, wait (up to 10 minutes) for SIGINT / SIGTERM: a run that is still going, however fast the
   // machine, for tests that act on a live run
   int64_t hold_at_step = -1;
+  // after this step's update, set one student weight to +Inf (an overflow the loss has not shown yet): the
+  // checkpoint guard must refuse to write it
+  int64_t inf_weight_at_step = -1;
 };
 
 struct DistConfig {  // set by the launcher and --dist-* flags, not by recipes (docs/dist.md)

@@ -14,7 +14,8 @@ namespace qad::train {
 namespace fs = std::filesystem;
 
 fs::path resolve_dataset(const std::string& path, const fs::path& tokenizer_dir, const fs::path& run_dir,
-                         const std::string& label, double valid_fraction, const std::string& doc_end) {
+                         const std::string& label, double valid_fraction, const std::string& doc_end,
+                         const std::string& bos) {
   const fs::path p(path);
   if (fs::is_directory(p)) {
     QAD_CHECK(data::looks_like_dataset(p), "{}: a directory, but not a prepared dataset (no index.json); run `qad "
@@ -27,7 +28,7 @@ fs::path resolve_dataset(const std::string& path, const fs::path& tokenizer_dir,
   QAD_CHECK(fs::exists(tokenizer_dir / "tokenizer.json"), "{}: cannot prepare {} without a tokenizer; prepare it with "
             "`qad data prepare` and pass the dataset directory", (tokenizer_dir / "tokenizer.json").string(), path);
   fs::create_directories(out.parent_path());
-  auto encoder = data::make_tokenizer_encoder(tokenizer_dir);
+  auto encoder = data::make_tokenizer_encoder(tokenizer_dir, data::parse_bos(bos, "data.bos"));
   data::PrepareOptions o;
   o.output = out;
   o.valid_fraction = valid_fraction;
@@ -43,7 +44,7 @@ Loaders make_loaders(const TrainConfig& cfg) {
   const auto& d = cfg.data;
   const bool separate_valid = !d.valid_path.empty();
   const auto train_dir = resolve_dataset(d.path, teacher, run_dir, "train", separate_valid ? 0.0 : d.valid_fraction,
-                                         d.doc_end);
+                                         d.doc_end, d.bos);
   std::string fingerprint;
   if (fs::exists(teacher / "tokenizer.json")) fingerprint = data::make_tokenizer_encoder(teacher)->fingerprint();
 
@@ -73,7 +74,7 @@ Loaders make_loaders(const TrainConfig& cfg) {
   auto vo = whole;
   vo.shuffle = false;
   if (separate_valid) {
-    const auto valid_dir = resolve_dataset(d.valid_path, teacher, run_dir, "valid", 0.0, d.doc_end);
+    const auto valid_dir = resolve_dataset(d.valid_path, teacher, run_dir, "valid", 0.0, d.doc_end, d.bos);
     l.valid = std::make_unique<data::Loader>(std::make_shared<const data::TokenDataset>(valid_dir), vo);
   } else if (d.valid_fraction > 0) {
     vo.split = data::Split::valid;

@@ -13,7 +13,8 @@ namespace qad::train {
 
 std::filesystem::path resolve_dataset(const std::string& path, const std::filesystem::path& tokenizer_dir,
                                       const std::filesystem::path& run_dir, const std::string& label,
-                                      double valid_fraction, const std::string& doc_end = "eos");
+                                      double valid_fraction, const std::string& doc_end = "eos",
+                                      const std::string& bos = "auto");
 
 struct Loaders {
   std::unique_ptr<data::Loader> train;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <limits>
 #include <thread>
 
 #include "checkpoint/load.h"
@@ -144,7 +145,9 @@ void Trainer::open_run_dir() {
   const std::string name =
       cfg_.run.name.empty() ? fs::absolute(run_dir_).lexically_normal().filename().string() : cfg_.run.name;
   write_file_atomic(run_json_path, nlohmann::json{{"name", name}, {"method", method_name(cfg_.method)},
-                                                  {"world_size", cfg_.dist.world_size}, {"config", config_json_},
+                                                  {"world_size", cfg_.dist.world_size},
+                                                  {"device", device_.str()},  // what --device auto resolved to
+                                                  {"config", config_json_},
                                                   {"paths", describe_paths(cfg_)}}
                                            .dump(2) + "\n");
   fmt::print("qad distill: {} → {} on {}\n{}", cfg_.run.teacher, run_dir_.string(), device_.str(), describe(cfg_));
@@ -173,9 +176,10 @@ void Trainer::load_models() {
     if (writer_) model::warn_beyond_context(teacher_->config(), cfg_.data.seq_len, "--seq-len", cfg_.run.teacher);
   }
   CalibSource calib = [&](const CalibSink& sink) {  // data/calibration_rows.h: the same rows as qad quantize's
-    data::for_each_calibration_batch(*loaders_.calib, calibration_samples(cfg_), device_, [&](const auto& b) {
+    const auto batch = [&](const data::BatchTensors& b) {
       sink(b.input_ids, b.attention_mask.all().item<bool>() ? torch::Tensor() : b.attention_mask);
-    });
+    };
+    data::for_each_calibration_batch(*loaders_.calib, calibration_samples(cfg_), device_, batch);
   };
   student_ = build_student(cfg_, device_, dtype_, calib, /*calibrate=*/!resume_from_);
   student_.lm->train();
@@ -277,6 +281,10 @@ void Trainer::debug_hooks() const {
   }
   for (const int64_t s : d.signal_at_steps) {
     if (s == state_.step) std::raise(SIGTERM);  // a stop request (a step listed twice: a second one) after this step
+  }
+  if (d.inf_weight_at_step == state_.step) {
+    torch::NoGradGuard ng;
+    student_.lm->parameters().front().view(-1)[0].fill_(std::numeric_limits<float>::infinity());
   }
   if (d.hold_at_step == state_.step) {  // stay a live run until a stop request comes
     const auto until = clock::now() + std::chrono::minutes(10);

@@ -49,16 +49,19 @@ TEST_F(FiguresTest, DistillValidationAndEvalGiveTheSamePerplexity) {
   EXPECT_EQ(tokens % (32 * 4), 0) << "whole batches of 4 windows of 32 targets";
   EXPECT_NE(o.log.find(fmt::format("(seq 32, {} tokens)", tokens)), std::string::npos) << o.log;
 
-  // qad eval on the same text, window and number of targets: the same windows, so the same perplexity.
+  // qad eval on the same text, window, batch and number of targets: the same windows in the same forwards, so
+  // the same perplexity. (The batch matters at the 1e-3 level for an NVFP4 model: another GEMM blocking moves
+  // activations by an ulp, which flips a few FP4 roundings; docs/eval.md.)
   o = qad({"eval", "--model", (run / "export" / "nvfp4").string(), "--data", (root_ / "valid.jsonl").string(),
-           "--seq-len", "32", "--max-tokens", std::to_string(tokens), "--device", "cpu", "--json"},
+           "--seq-len", "32", "--batch-size", "4", "--max-tokens", std::to_string(tokens), "--device", "cpu",
+           "--json"},
           "eval.log");
   ASSERT_TRUE(o.exited(0)) << o.describe();
   const auto e = nlohmann::json::parse(o.log.substr(o.log.find('{')));
   const double eval_ppl = e.at("perplexity").get<double>();
   const double valid_ppl = v.at("ppl").get<double>();
   EXPECT_EQ(e.at("data").at("scored_tokens").get<int64_t>(), tokens) << e.dump();
-  EXPECT_NEAR(eval_ppl / valid_ppl, 1.0, 1e-5) << "eval " << eval_ppl << " vs validation " << valid_ppl;
+  EXPECT_NEAR(eval_ppl / valid_ppl, 1.0, 1e-9) << "eval " << eval_ppl << " vs validation " << valid_ppl;
 }
 
 TEST_F(FiguresTest, DistillPtqAndQuantizeCalibrateOnTheSameRowsAndExportTheSameModel) {
@@ -111,8 +114,9 @@ TEST_F(FiguresTest, DocEndMeansTheSameTokensInPrepareAndEval) {
 }
 
 TEST_F(FiguresTest, GenerateChatRendersTheChatTemplateAndTheTeacherAnswers) {
-  // The arith task's prompt for "Compute 42 * 9." is the chat template with the assistant's turn opened.
-  const std::string question = "Compute 42 * 9.";
+  // An arith task's prompt is the chat template with the assistant's turn opened (the teacher answers this one
+  // correctly on the CPU in FP32; it gets some multiplications wrong).
+  const std::string question = "Compute 12 + 30.";
   const std::string rendered = "<|im_start|>user\n" + question + "<|im_end|>\n<|im_start|>assistant\n";
   auto chat = qad({"generate", "--model", qwen3_16m().string(), "--chat", "--prompt", question, "--greedy",
                    "--max-new-tokens", "120", "--device", "cpu", "--json"}, "chat.log");
@@ -126,7 +130,7 @@ TEST_F(FiguresTest, GenerateChatRendersTheChatTemplateAndTheTeacherAnswers) {
   const auto text = c.at("text").get<std::string>();
   const auto think_end = text.find("</think>");
   ASSERT_NE(think_end, std::string::npos) << text;
-  EXPECT_NE(text.find("378", think_end), std::string::npos) << "the teacher's answer to 42 * 9:\n" << text;
+  EXPECT_NE(text.find("42", think_end), std::string::npos) << "the teacher's answer to 12 + 30:\n" << text;
   EXPECT_TRUE(is_user_error(qad({"generate", "--model", qwen3_16m().string(), "--chat", "--prompt-ids", "1,2",
                                  "--device", "cpu"}), {"--chat"}));
 }

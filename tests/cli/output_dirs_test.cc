@@ -16,7 +16,8 @@ bool can_create_in(const fs::path& dir) {
   std::ofstream f(probe);
   const bool ok = f.good();
   f.close();
-  fs::remove(probe);
+  std::error_code ec;  // unlink on a read-only file system fails with EROFS even for a missing file
+  fs::remove(probe, ec);
   return ok;
 }
 
@@ -68,7 +69,7 @@ class OutputDirsTest : public ::testing::Test {
   static inline std::vector<fs::path> mounts_;
 };
 
-TEST_F(OutputDirsTest, DISABLED_ReadOnlyOutputIsAOneLineError) {
+TEST_F(OutputDirsTest, ReadOnlyOutputIsAOneLineError) {
   const auto dir = root_ / "read_only";
   std::vector<std::string> cause;
   if (::geteuid() == 0) {

@@ -145,7 +145,7 @@ TEST_F(RunDirTest, AStaleLockAndStaleTemporariesAfterAKillAreRecognised) {
   EXPECT_TRUE(fs::exists(out / "final_metrics.json"));
 }
 
-TEST_F(RunDirTest, DISABLED_ResumeRecognisesPathsByWhatTheyNameNotHowTheyAreSpelled) {
+TEST_F(RunDirTest, ResumeRecognisesPathsByWhatTheyNameNotHowTheyAreSpelled) {
   // Started with relative spellings from the scratch directory...
   auto o = run_qad(args("./runR", 8, "stories.jsonl", {"--checkpoint-every", "2", "--debug-kill-at-step", "3"}),
                    root_ / "r1.log", root_);
@@ -169,13 +169,18 @@ TEST_F(RunDirTest, DISABLED_ResumeRecognisesPathsByWhatTheyNameNotHowTheyAreSpel
   EXPECT_TRUE(is_user_error(o, {"data.path"}));
 }
 
-TEST_F(RunDirTest, DISABLED_NonFiniteWeightsNeverBecomeACheckpoint) {
-  // A finite but absurd learning rate: the first update overflows the FP32 weights to Inf.
+TEST_F(RunDirTest, NonFiniteWeightsNeverBecomeACheckpoint) {
+  // A weight that overflowed to Inf after step 1's update (injected: a finite loss has not shown it yet).
   const auto out = root_ / "diverged";
-  const auto o = run_qad(args(out.string(), 4, "", {"--lr", "1e39", "--checkpoint-every", "1"}), root_ / "diverged.log");
-  EXPECT_TRUE(is_user_error(o, {"holds NaN or Inf values", "no checkpoint was written"}));
+  const auto o = run_qad(args(out.string(), 4, "", {"--checkpoint-every", "1", "--debug-inf-weight-at-step", "1"}),
+                         root_ / "diverged.log");
+  EXPECT_TRUE(is_user_error(o, {"step 1", "holds NaN or Inf values", "no checkpoint was written"}));
   EXPECT_FALSE(fs::exists(out / "checkpoints" / "step-00000001"));
   EXPECT_FALSE(fs::exists(out / "checkpoints" / "latest"));
+  // The same run without the overflow writes that checkpoint: the guard, not the setup, stopped the one above.
+  const auto fine = root_ / "not_diverged";
+  ASSERT_TRUE(run_qad(args(fine.string(), 1, "", {"--checkpoint-every", "1"}), root_ / "fine.log").exited(0));
+  EXPECT_TRUE(fs::exists(fine / "checkpoints" / "step-00000001"));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "common/test_util.h"
 #include "eval/lm_metrics.h"
 #include "checkpoint/load.h"
+#include "eval/model_spec.h"
 #include "eval/task_eval.h"
 #include "eval/token_stream.h"
 #include "model/config.h"

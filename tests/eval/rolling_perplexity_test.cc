@@ -7,6 +7,7 @@
 #include "common/test_util.h"
 #include "eval/lm_metrics.h"
 #include "checkpoint/load.h"
+#include "loss/token_metrics.h"
 #include "eval/rolling_perplexity.h"
 #include "tokenizer/tokenizer.h"
 
@@ -61,7 +62,7 @@ TEST(RollingPerplexity, Stories260KEqualsPerDocumentForwards) {
     ASSERT_EQ(ids.front(), *tok.bos_id());
     auto logits = lm->forward(torch::tensor(ids).unsqueeze(0)).logits[0];
     const auto n = static_cast<int64_t>(ids.size());
-    nll += nll_sum(logits.narrow(0, 0, n - 1), torch::tensor(ids).narrow(0, 1, n - 1));
+    nll += loss::nll_sum(logits.narrow(0, 0, n - 1), torch::tensor(ids).narrow(0, 1, n - 1));
     tokens += n - 1;
     bytes += s.bytes;
   }

@@ -40,7 +40,7 @@ TEST_P(ReferenceTest, StepMatchesPyTorch) {
     for (const auto& [n, t] : ref) {
       if (n.rfind("student.", 0) == 0) w.emplace_back(n.substr(8), t);
     }
-    load_model_tensors(s, w, file.string());
+    checkpoint::load_model_tensors(s, w, file.string());
     return s;
   };
   data::BatchTensors b;
