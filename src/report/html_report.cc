@@ -66,7 +66,14 @@ std::string render_table(const ComparisonTable& t) {
   for (const auto& p : t.problems) html += "<p class=\"problem\">" + xml_escape(p) + "</p>\n";
   html += to_html(t.table);
   if (const std::string shared = t.shared_text(); !shared.empty()) {
-    html += "<p class=\"settings\">" + xml_escape(shared) + "</p>\n";
+    // A training run's dozens of shared settings would push the figures off the screen: folded (the differing
+    // ones are columns). A short list (the evaluation settings) stays in view.
+    if (t.shared.size() > 12) {
+      html += "<details class=\"settings\"><summary>Settings the rows share (" + std::to_string(t.shared.size()) +
+              ")</summary><p class=\"settings\">" + xml_escape(shared) + "</p></details>\n";
+    } else {
+      html += "<p class=\"settings\">" + xml_escape(shared) + "</p>\n";
+    }
   }
   return html;
 }

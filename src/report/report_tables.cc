@@ -94,7 +94,8 @@ std::string best_checkpoint(const RunData& run) {
 // final_metrics.json keys the summary already shows (or shows per layer in the charts).
 bool shown_elsewhere(const std::string& key) {
   static const std::set<std::string> kKnown = {"steps", "tokens", "train_seconds", "ppl", "ce", "kl",
-                                               "agreement", "mean_cka", "task_accuracy"};
+                                               "agreement", "mean_cka", "task_accuracy", "valid_seq_len",
+                                               "valid_tokens"};
   return kKnown.count(key) || key.rfind("cka.", 0) == 0 || key.rfind("best.", 0) == 0;
 }
 
@@ -115,10 +116,18 @@ ComparisonTable summary_table(const std::vector<RunData>& all) {
   for (const RunData* r : runs) {
     out.row_names.push_back(r->name);
     Settings s;
-    // The output directory and the name always differ and say nothing the run column does not.
+    // The output directory and the name always differ and say nothing the run column does not; the method has
+    // its column; debug.* are test hooks.
     for (auto& kv : flatten_config(r->config)) {
-      if (kv.first != "out" && kv.first != "run.out" && kv.first != "name" && kv.first != "run.name") {
+      const auto& k = kv.first;
+      if (k != "out" && k != "run.out" && k != "name" && k != "run.name" && k != "method" && !k.starts_with("debug.")) {
         s.push_back(std::move(kv));
+      }
+    }
+    // What the validation figures were measured over (final_metrics.json) is a setting of the comparison.
+    for (const auto& m : r->final_metrics) {
+      if ((m.key == "valid_seq_len" || m.key == "valid_tokens") && m.number) {
+        s.emplace_back("validation." + m.key.substr(6), fmt::format("{:g}", *m.number));
       }
     }
     settings.push_back(std::move(s));

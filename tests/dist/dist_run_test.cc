@@ -122,7 +122,7 @@ class DistRunTest : public ::testing::Test {
     f.close();
     const int st = wait_for(spawn({"data", "prepare", "--tokenizer", model().string(), "--input",
                                    (root_ / "stories.jsonl").string(), "--out", data().string(),
-                                   "--valid-fraction", "0.1"}, root_ / "prepare.log", {}), 120);
+                                   "--valid-fraction", "0.1", "--bos", "never"}, root_ / "prepare.log", {}), 120);
     ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "prepare.log");
   }
   static void TearDownTestSuite() { ::qad::remove_tree(root_); }
