@@ -22,6 +22,7 @@
 
 #include "eval/eval_command.h"
 #include "model/batched_generate.h"
+#include "bench_common.h"
 #include "model/causal_lm.h"
 #include "util/remove_tree.h"
 
@@ -32,24 +33,6 @@ using nlohmann::json;
 fs::path shared_dir() {
   if (const char* s = std::getenv("QAD_SHARED_DIR")) return s;
   return fs::path("..") / "shared";
-}
-
-json qwen3_0_6b() {
-  return {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 151936}, {"hidden_size", 1024},
-          {"intermediate_size", 3072}, {"num_hidden_layers", 28}, {"num_attention_heads", 16},
-          {"num_key_value_heads", 8}, {"head_dim", 128}, {"max_position_embeddings", 40960},
-          {"rms_norm_eps", 1e-6}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
-          {"rope_theta", 1000000.0}, {"torch_dtype", "bfloat16"}, {"model_type", "qwen3"}};
-}
-
-std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  pclose(p);
-  return out;
 }
 
 struct Args {
@@ -103,7 +86,7 @@ void bench_model(const std::string& name, const fs::path& dir, const Args& a) {
   {
     std::ofstream(tmp / "prompts.json") << prompts.dump();
   }
-  auto text = run_capture(fmt::format("{} tools/bench_generate_hf.py --model {} --prompts {} --new {} --out {} 2>&1",
+  auto text = qad::bench::run_capture(fmt::format("{} tools/bench_generate_hf.py --model {} --prompts {} --new {} --out {} 2>&1",
                                       a.python, dir.string(), (tmp / "prompts.json").string(), a.new_tokens,
                                       (tmp / "hf_out.json").string()));
   double hf_s = 0;
@@ -202,13 +185,8 @@ int main(int argc, char** argv) {
       // Random weights (std 0.02, norms 1), saved so that transformers loads exactly these tensors.
       const fs::path dir = fs::temp_directory_path() / fmt::format("qad_bench_qwen3_0_6b_{}", ::getpid());
       {
-        qad::model::CausalLM lm(qad::model::parse_config(qwen3_0_6b(), "Qwen3-0.6B shape"));
-        lm->to(torch::kCUDA, torch::kBFloat16);
-        torch::manual_seed(0);
-        for (auto& [name, p] : lm->hf_tensors()) {
-          if (name.ends_with("norm.weight")) p.fill_(1.0);
-          else p.normal_(0.0, 0.02);
-        }
+        auto lm = qad::bench::random_cuda_model(
+            qad::model::parse_config(qad::bench::qwen3_shape("0.6b"), "Qwen3-0.6B shape"), 0);
         lm->save(dir);
       }
       bench_model("Qwen3-0.6B shape (random weights)", dir, a);

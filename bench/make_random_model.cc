@@ -9,30 +9,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "bench_common.h"
 #include "model/causal_lm.h"
 #include "model/config.h"
-
-namespace {
-
-nlohmann::json qwen3_shape(const std::string& name) {
-  nlohmann::json j = {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"vocab_size", 151936},
-                      {"head_dim", 128}, {"max_position_embeddings", 40960}, {"rms_norm_eps", 1e-6},
-                      {"tie_word_embeddings", true}, {"hidden_act", "silu"}, {"rope_theta", 1000000.0},
-                      {"torch_dtype", "bfloat16"}, {"num_key_value_heads", 8}, {"num_attention_heads", 16},
-                      {"num_hidden_layers", 28}};
-  if (name == "qwen3-0.6b") {
-    j.update({{"hidden_size", 1024}, {"intermediate_size", 3072}});
-  } else if (name == "qwen3-1.7b") {
-    j.update({{"hidden_size", 2048}, {"intermediate_size", 6144}});
-  } else if (name == "qwen3-4b") {
-    j.update({{"hidden_size", 2560}, {"intermediate_size", 9728}, {"num_hidden_layers", 36}, {"num_attention_heads", 32}});
-  } else {
-    throw std::runtime_error("unknown --shape " + name + " (qwen3-0.6b, qwen3-1.7b, qwen3-4b)");
-  }
-  return j;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   std::string shape = "qwen3-1.7b", out, tok;
@@ -54,18 +33,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    auto config = qad::model::parse_config(qwen3_shape(shape), shape + " shape");
+    auto config = qad::model::parse_config(qad::bench::qwen3_shape(shape), shape + " shape");
     qad::model::CausalLM lm(config);
     lm->to(torch::kBFloat16);
-    torch::manual_seed(seed);
-    torch::NoGradGuard ng;
+    qad::bench::randomize_weights(lm, seed);
     int64_t params = 0;
-    for (auto& [name, p] : lm->hf_tensors()) {
-      auto t = p;
-      if (name.find("norm") != std::string::npos) t.fill_(1.0);
-      else t.normal_(0.0, 0.02);
-      params += p.numel();
-    }
+    for (auto& [name, p] : lm->hf_tensors()) params += p.numel();
     lm->save(out);
     if (!tok.empty()) {
       for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {

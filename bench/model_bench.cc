@@ -14,29 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.h"
 #include "model/causal_lm.h"
 
 namespace {
 
 constexpr double kPeakBf16Flops = 989e12;  // H100 SXM, dense BF16
-
-nlohmann::json qwen3_0_6b() {
-  return {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 151936}, {"hidden_size", 1024},
-          {"intermediate_size", 3072}, {"num_hidden_layers", 28}, {"num_attention_heads", 16},
-          {"num_key_value_heads", 8}, {"head_dim", 128}, {"max_position_embeddings", 40960},
-          {"rms_norm_eps", 1e-6}, {"tie_word_embeddings", true}, {"hidden_act", "silu"},
-          {"rope_theta", 1000000.0}, {"torch_dtype", "bfloat16"}};
-}
-
-std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  pclose(p);
-  return out;
-}
 
 }  // namespace
 
@@ -61,14 +44,9 @@ int main(int argc, char** argv) {
     fmt::print("bench_model: no CUDA device; this benchmark is for the GPU machine\n");
     return 0;
   }
-  auto config = qad::model::parse_config(qwen3_0_6b(), "Qwen3-0.6B shape");
-  qad::model::CausalLM lm(config);
+  auto config = qad::model::parse_config(qad::bench::qwen3_shape("0.6b"), "Qwen3-0.6B shape");
+  auto lm = qad::bench::random_cuda_model(config, 0);
   torch::NoGradGuard no_grad;
-  lm->to(torch::kCUDA, torch::kBFloat16);
-  for (auto& [name, p] : lm->hf_tensors()) {
-    if (name.ends_with("norm.weight")) p.fill_(1.0);
-    else p.normal_(0.0, 0.02);
-  }
   lm->eval();
   double matmul_params = 0;
   for (const auto& l : lm->linears()) matmul_params += static_cast<double>(l->weight.numel());
@@ -98,7 +76,7 @@ int main(int argc, char** argv) {
   double hf_tps = 0, hf_ms = 0;
   std::string hf_version;
   if (hf) {
-    auto text = run_capture(fmt::format("{} tools/bench_forward_hf.py --batch {} --seq {} --iters {} --json 2>/dev/null",
+    auto text = qad::bench::run_capture(fmt::format("{} tools/bench_forward_hf.py --batch {} --seq {} --iters {} --json 2>/dev/null",
                                         python, batch, seq, iters));
     auto line = text.substr(text.rfind('{') == std::string::npos ? 0 : text.rfind('{'));
     try {

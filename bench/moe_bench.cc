@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.h"
 #include "model/causal_lm.h"
 #include "train/memory.h"
 #include "train/optimizer.h"
@@ -34,28 +35,6 @@ nlohmann::json qwen3_30b_a3b(int64_t layers) {
           {"hidden_act", "silu"}, {"rope_theta", 1000000.0}, {"torch_dtype", "bfloat16"}, {"num_experts", 128},
           {"num_experts_per_tok", 8}, {"moe_intermediate_size", 768}, {"norm_topk_prob", true},
           {"decoder_sparse_step", 1}, {"mlp_only_layers", nlohmann::json::array()}};
-}
-
-qad::model::CausalLM random_model(const qad::model::ModelConfig& c, uint64_t seed) {
-  torch::manual_seed(seed);
-  qad::model::CausalLM lm(c);
-  torch::NoGradGuard ng;
-  lm->to(torch::kCUDA, torch::kBFloat16);
-  for (auto& [name, p] : lm->hf_tensors()) {
-    if (name.ends_with("norm.weight")) p.fill_(1.0);
-    else p.normal_(0.0, 0.02);
-  }
-  return lm;
-}
-
-std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  pclose(p);
-  return out;
 }
 
 template <typename F> double median_ms(int64_t warmup, int64_t iters, F&& f) {
@@ -105,14 +84,14 @@ int main(int argc, char** argv) {
   // transformers first, in its own process, before this one's caching allocator holds most of the GPU.
   std::string hf_text;
   if (hf) {
-    hf_text = run_capture(fmt::format("{} tools/bench_moe_hf.py --layers {} --batch {} --seq {} --iters {} --json 2>&1",
+    hf_text = qad::bench::run_capture(fmt::format("{} tools/bench_moe_hf.py --layers {} --batch {} --seq {} --iters {} --json 2>&1",
                                       python, layers, batch, seq, iters));
   }
 
   // --- forward
   double fwd_ms = 0;
   {
-    auto lm = random_model(config, 1);
+    auto lm = qad::bench::random_cuda_model(config, 1);
     lm->eval();
     torch::NoGradGuard ng;
     c10::InferenceMode inference;
@@ -124,7 +103,7 @@ int main(int argc, char** argv) {
   // --- QAD step
   double step_ms = 0, peak_gb = 0;
   try {
-    auto teacher = random_model(config, 1);
+    auto teacher = qad::bench::random_cuda_model(config, 1);
     teacher->eval();
     for (auto& p : teacher->parameters()) p.set_requires_grad(false);
     qad::data::BatchTensors b;
@@ -134,7 +113,7 @@ int main(int argc, char** argv) {
     b.attention_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kBool).device(dev));
     qad::train::TrainConfig cfg;
     cfg.loss.log_ce = false;
-    auto student = qad::train::quantize_student(random_model(config, 1), cfg, [&](const qad::train::CalibSink& sink) {
+    auto student = qad::train::quantize_student(qad::bench::random_cuda_model(config, 1), cfg, [&](const qad::train::CalibSink& sink) {
       sink(b.input_ids, torch::Tensor());
     });
     student.lm->train();

@@ -28,6 +28,7 @@
 #include "data/batch_tensors.h"
 #include "io/safetensors_torch.h"
 #include "kernel_profile.h"
+#include "bench_common.h"
 #include "model/causal_lm.h"
 #include "train/memory.h"
 #include "train/optimizer.h"
@@ -40,34 +41,6 @@ namespace {
 namespace fs = std::filesystem;
 constexpr double kPeakBf16Flops = 989e12;
 
-nlohmann::json qwen3_shape(const std::string& name) {
-  nlohmann::json j = {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 151936}, {"head_dim", 128},
-                      {"max_position_embeddings", 40960}, {"rms_norm_eps", 1e-6}, {"tie_word_embeddings", true},
-                      {"hidden_act", "silu"}, {"rope_theta", 1000000.0}, {"torch_dtype", "bfloat16"},
-                      {"num_key_value_heads", 8}};
-  if (name == "0.6b") {
-    j.update({{"hidden_size", 1024}, {"intermediate_size", 3072}, {"num_hidden_layers", 28}, {"num_attention_heads", 16}});
-  } else if (name == "1.7b") {
-    j.update({{"hidden_size", 2048}, {"intermediate_size", 6144}, {"num_hidden_layers", 28}, {"num_attention_heads", 16}});
-  } else {
-    throw std::runtime_error("unknown model shape " + name + " (0.6b, 1.7b)");
-  }
-  return j;
-}
-
-qad::model::CausalLM random_model(const qad::model::ModelConfig& c, uint64_t seed) {
-  qad::model::CausalLM lm(c);
-  lm->to(torch::kCUDA, torch::kBFloat16);
-  torch::manual_seed(seed);
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : lm->hf_tensors()) {
-    auto t = p;
-    if (name.find("norm") != std::string::npos) t.fill_(1.0);
-    else t.normal_(0.0, 0.02);
-  }
-  return lm;
-}
-
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   for (size_t b = 0; b < s.size();) {
@@ -76,16 +49,6 @@ std::vector<std::string> split_list(const std::string& s) {
     if (e > b) out.push_back(s.substr(b, e - b));
     b = e + 1;
   }
-  return out;
-}
-
-std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  pclose(p);
   return out;
 }
 
@@ -179,7 +142,7 @@ int main(int argc, char** argv) {
              batch, seq, batch * seq, ckpt ? ", activation checkpointing" : "");
   std::string profile_text;
   for (const auto& name : models) {
-    auto config = qad::model::parse_config(qwen3_shape(name), "Qwen3-" + name + " shape");
+    auto config = qad::model::parse_config(qad::bench::qwen3_shape(name), "Qwen3-" + name + " shape");
     double matmul_params = 0;
     Measured base;
     double qad_loss0 = 0;
@@ -187,7 +150,7 @@ int main(int argc, char** argv) {
     const double tokens = static_cast<double>(batch * seq);
     double flops = 0;
     {
-      auto teacher = random_model(config, 1);
+      auto teacher = qad::bench::random_cuda_model(config, 1);
       teacher->eval();
       for (auto& p : teacher->parameters()) p.set_requires_grad(false);
       auto gen = torch::make_generator<at::CPUGeneratorImpl>(7);
@@ -202,7 +165,7 @@ int main(int argc, char** argv) {
       cfg.loss.log_ce = false;
       cfg.quant.calib_batches = 1;
       cfg.data.batch_size = batch;
-      auto student_lm = random_model(config, 1);  // the teacher's weights
+      auto student_lm = qad::bench::random_cuda_model(config, 1);  // the teacher's weights
       auto student = qad::train::quantize_student(student_lm, cfg, [&](const qad::train::CalibSink& sink) {
         sink(b.input_ids, torch::Tensor());
       });
@@ -286,7 +249,7 @@ int main(int argc, char** argv) {
                                    dump.string());
       fmt::print("running the PyTorch baseline ({}) ...\n", r.label);
       const auto t_start = std::chrono::steady_clock::now();
-      const auto text = run_capture(cmd);
+      const auto text = qad::bench::run_capture(cmd);
       const auto brace = text.rfind("\n{");
       try {
         auto j = nlohmann::json::parse(text.substr(brace == std::string::npos ? 0 : brace + 1));

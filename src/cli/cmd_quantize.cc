@@ -13,15 +13,13 @@
 #include "data/batch_tensors.h"
 #include "data/calibration_rows.h"
 #include "data/dataset.h"
-#include "data/document_encoder.h"
 #include "data/loader.h"
-#include "data/prepare.h"
-#include "tokenizer/doc_end.h"
 #include "util/remove_tree.h"
 #include "model/causal_lm.h"
 #include "model/device.h"
 #include "quant/quantize_model.h"
 #include "train/config.h"
+#include "train/data_source.h"
 #include "util/error.h"
 #include "util/output_check.h"
 #include "util/torch_compat.h"
@@ -38,37 +36,26 @@ struct QuantizeArgs {
   std::vector<std::string> exclude, include;
 };
 
-// The token dataset to calibrate on: --calib-data itself, or .jsonl / .txt text prepared like `qad data prepare`
-// (the model's tokenizer, --doc-end after each document) into a temporary directory removed afterwards.
+// The token dataset to calibrate on: --calib-data itself, or .jsonl / .txt text prepared exactly as `qad distill`
+// prepares its data (train::resolve_dataset: the model's tokenizer, --bos, --doc-end) into a scratch directory
+// removed afterwards.
 class CalibrationDataset {
  public:
-  explicit CalibrationDataset(const QuantizeArgs& a) {
-    if (fs::is_directory(a.calib_data) && data::looks_like_dataset(a.calib_data)) {
-      dir_ = a.calib_data;
-      return;
-    }
-    QAD_CHECK(!fs::is_directory(a.calib_data), "--calib-data {}: a directory, but not a prepared dataset (no "
-              "index.json); run `qad data prepare` or pass a .jsonl / .txt file", a.calib_data);
-    QAD_CHECK(fs::exists(fs::path(a.model) / "tokenizer.json"), "--calib-data {}: text needs the model's tokenizer, "
-              "and {} has no tokenizer.json; prepare the data with `qad data prepare`", a.calib_data, a.model);
-    dir_ = temporary_ = fs::temp_directory_path() / fmt::format("qad-calib-{}", ::getpid());
-    remove_tree(temporary_);
-    data::PrepareOptions o;
-    o.output = temporary_;
-    o.progress = false;
-    o.doc_end = tokenizer::resolve_doc_end(a.doc_end, tokenizer::Tokenizer::load(a.model));
-    data::prepare_dataset({fs::path(a.calib_data)}, *data::make_tokenizer_encoder(a.model, data::parse_bos(a.bos, "--bos")), o);
+  explicit CalibrationDataset(const QuantizeArgs& a)
+      : scratch_(fs::temp_directory_path() / fmt::format("qad-calib-{}", ::getpid())) {
+    remove_tree(scratch_);
+    dir_ = train::resolve_dataset(a.calib_data, a.model, scratch_, "calib", 0.0, a.doc_end, a.bos);
   }
   ~CalibrationDataset() {
     std::error_code ec;
-    if (!temporary_.empty()) remove_tree(temporary_, ec);
+    remove_tree(scratch_, ec);
   }
   CalibrationDataset(const CalibrationDataset&) = delete;
   CalibrationDataset& operator=(const CalibrationDataset&) = delete;
   const fs::path& dir() const { return dir_; }
 
  private:
-  fs::path dir_, temporary_;
+  fs::path scratch_, dir_;
 };
 
 // data/calibration_rows.h: the rows `qad distill --method ptq` calibrates on for the same data, --seq-len,
