@@ -3,6 +3,7 @@
 
 #include <limits>
 
+#include "loss/softmax_rows.h"
 #include "loss/token_rows.h"
 #include "util/error.h"
 
@@ -63,9 +64,43 @@ struct FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
       grad_w = torch::zeros(head.sizes(), head.options().dtype(ct));
     }
     auto kl_total = torch::zeros({}, dev_ct), ce_total = torch::zeros({}, dev_ct);
+    const bool per_row = ct == torch::kFloat32 && (!want_ce || T == 1.0) &&
+                         (o.softmax_rows == SoftmaxRowsUse::kAlways ||
+                          (o.softmax_rows == SoftmaxRowsUse::kAuto && hidden.is_cuda()));
     for (int64_t b = 0; b < n; b += o.chunk_tokens) {
       const int64_t len = std::min(o.chunk_tokens, n - b);
       auto hs_c = hs.narrow(0, b, len);
+      if (per_row) {
+        // Logits in the model's dtype; the kernel reads them twice and writes d loss / d logits in that dtype.
+        kernels::SoftmaxRows a;
+        a.student = torch::mm(hs_c, head.t());
+        a.temperature = T;
+        auto w_r = keep.narrow(0, b, len);
+        const auto f32 = w_r.options();
+        if (want_kl) {
+          a.teacher = torch::mm(ht.narrow(0, b, len), in.teacher_head.t());
+          a.kl = torch::empty({len}, f32);
+          if (want_grad) a.kl_coef = w_r * (inv_kl * (o.kl_weight * T));  // d(T^2 KL)/ds = T (ps - pt) / n
+        }
+        torch::Tensor kc;
+        if (want_ce) {
+          kc = keep_ce.narrow(0, b, len);
+          a.labels = labels.narrow(0, b, len).reshape({-1}).contiguous();
+          a.ce = torch::empty({len}, f32);
+          if (want_grad && o.ce_weight > 0) a.ce_coef = kc * (inv_ce * o.ce_weight);  // d CE/ds = (p - onehot) / n
+        }
+        if (want_grad) a.grad = torch::empty_like(a.student);
+        kernels::softmax_rows(a);
+        a.student = a.teacher = torch::Tensor();
+        if (want_kl) kl_total += torch::dot(a.kl, w_r);
+        if (want_ce) ce_total += torch::dot(a.ce, kc);
+        if (want_grad) {
+          auto rows = grad_h.narrow(0, b, len);
+          torch::mm_out(rows, a.grad, head);
+          grad_w.add_(torch::mm(a.grad.t(), hs_c));
+        }
+        continue;
+      }
       auto w_c = keep.narrow(0, b, len).unsqueeze(1);
       // d loss / d logits, built up in place
       torch::Tensor g;

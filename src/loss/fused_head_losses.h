@@ -11,6 +11,12 @@
 
 namespace qad::loss {
 
+// Who does the per-token softmax work: the fused per-row kernel (loss/softmax_rows.h) on CUDA and tensor ops
+// elsewhere (kAuto); the per-row code everywhere, its plain reference on CPU, so that CPU tests cover the wiring
+// (kAlways); tensor ops everywhere (kOff). The per-row code needs temperature 1 when CE is computed, and
+// non-FP64 operands: otherwise tensor ops run.
+enum class SoftmaxRowsUse { kAuto, kAlways, kOff };
+
 struct HeadLossOptions {
   double kl_weight = 1.0;       // weight of KL(teacher || student) in the returned loss (0: teacher unused)
   double ce_weight = 0.0;       // weight of the cross-entropy on `labels`
@@ -18,6 +24,7 @@ struct HeadLossOptions {
   double temperature = 1.0;     // KL temperature, loss scaled by T^2 (as kl_divergence)
   int64_t chunk_tokens = 2048;  // tokens per chunk; transient memory ~4 * chunk * vocab * 4 bytes
   int64_t ignore_index = -100;  // labels with this value do not count for CE
+  SoftmaxRowsUse softmax_rows = SoftmaxRowsUse::kAuto;
 };
 
 struct HeadLosses {
