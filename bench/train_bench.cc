@@ -231,6 +231,9 @@ int main(int argc, char** argv) {
           });
           profile_text += fmt::format("== Qwen3-{} QAD step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
                                       batch, seq, base.ms, table);
+          // Written now, not at exit: on the H200 (LibTorch 2.11) a process that profiled and then ran the PyTorch
+          // child crashed on its way out, which lost the file.
+          std::ofstream(profile_path) << profile_text;
         } catch (const std::exception& e) {
           profile_text += fmt::format("== Qwen3-{}: profile failed: {}\n", name, e.what());
         }

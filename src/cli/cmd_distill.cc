@@ -68,7 +68,7 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--data-seed", "data.seed", "shuffle seed"},
     {"--device", "run.device", "auto | cpu | cuda | cuda:N"},
     {"--valid-every", "run.valid_every", "validate every N steps (0 = start and end only)"},
-    {"--valid-batches", "run.valid_batches", "batches per validation"},
+    {"--valid-batches", "run.valid_batches", "batches per validation (0: no validation)"},
     {"--checkpoint-every", "run.checkpoint_every", "checkpoint every N steps (0 = final only)"},
     {"--max-bad-steps", "run.max_bad_steps", "stop after N consecutive non-finite steps"},
     {"--log-every", "run.log_every", "progress line every N steps"},

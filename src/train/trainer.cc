@@ -296,7 +296,8 @@ void Trainer::debug_hooks() const {
 }
 
 std::optional<ValidResult> Trainer::validate_now() {
-  if (!loaders_.valid) return std::nullopt;
+  // run.valid_batches 0 turns validation off: no "ppl 0" over zero tokens in the log or in final_metrics.json.
+  if (!loaders_.valid || cfg_.run.valid_batches == 0) return std::nullopt;
   auto v = validate(student_.lm, teacher_ ? &teacher_ : nullptr, *loaders_.valid, cfg_.run.valid_batches,
                     cfg_.loss.cka_layers, device_, cfg_.loss.chunk_tokens);
   if (task_validation_) v.task_accuracy = task_validation_->accuracy(student_.lm);
