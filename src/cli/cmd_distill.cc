@@ -140,6 +140,9 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--warmup", *old_warmup)->group("");
   auto bools = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
   for (const auto& f : kBoolFlags) bools->emplace_back(cmd->add_flag(f[0], f[2]), f[1]);
+  auto weight_only = std::make_shared<bool>(false);
+  cmd->add_flag("--weight-only", *weight_only, "NVFP4 weights only, activations unquantized (W4A16_NVFP4, what "
+                "Hopper serves; = --set quant.options.quantize_inputs=false)");
   cmd->add_option("--set", a->sets, "any setting as section.key=value (e.g. --set loss.top_k=1024); repeatable");
   cmd->add_flag("--resume", a->resume, "continue the run in --out from its latest checkpoint (same configuration)");
   cmd->add_flag("--print-config", a->print_only, "print the effective configuration and exit");
@@ -168,6 +171,7 @@ void register_distill(CLI::App& app) {
     for (const auto& [opt, key] : *bools) {
       if (opt->count()) a->values.emplace_back(key, "true");
     }
+    if (*weight_only) a->values.emplace_back("quant.options.quantize_inputs", "false");
     if (!nan_steps->empty()) a->values.emplace_back("debug.nan_at_steps", "[" + *nan_steps + "]");
     if (!kill_step->empty()) a->values.emplace_back("debug.kill_at_step", *kill_step);
     if (!a->kill_rank.empty()) a->values.emplace_back("debug.kill_rank", a->kill_rank);

@@ -34,6 +34,7 @@ struct QuantizeArgs {
   uint64_t seed = 0;
   std::string doc_end = "eos", bos = "auto";
   std::vector<std::string> exclude, include;
+  bool weight_only = false;
 };
 
 // The token dataset to calibrate on: --calib-data itself, or .jsonl / .txt text prepared exactly as `qad distill`
@@ -93,6 +94,7 @@ int run(const QuantizeArgs& a) {
   }
   cfg.method = quant::parse_calib_method(a.method);
   cfg.calib_samples = a.calib_samples;
+  if (a.weight_only) cfg.quantize_inputs = false;
   if (!a.include.empty()) cfg.include = a.include;
   cfg.exclude.insert(cfg.exclude.end(), a.exclude.begin(), a.exclude.end());
 
@@ -108,7 +110,8 @@ int run(const QuantizeArgs& a) {
   const CalibrationDataset dataset(a);
   quant::calibrate(lm, calibration_batches(a, dataset.dir(), config.vocab_size, device), cfg);
   quant::export_nvfp4(lm, a.out, a.model);
-  fmt::print("wrote {} (NVFP4, {} quantized Linear layers, {} calibration)\n", a.out, names.size(), a.method);
+  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration)\n", a.out,
+             a.weight_only ? "W4A16_NVFP4, weight-only" : "NVFP4", names.size(), a.method);
   return 0;
 }
 
@@ -117,7 +120,8 @@ int run(const QuantizeArgs& a) {
 void register_quantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   auto* cmd = app.add_subcommand("quantize", "PTQ: calibrate an HF checkpoint and export it as NVFP4 (ModelOpt layout)");
-  cmd->footer("Examples:\n  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4 --method mse");  // each one is run by tests/usage
+  cmd->footer("Examples:\n  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4 --method mse\n"
+              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-w4a16 --weight-only");  // each one is run by tests/usage
   cmd->add_option("--model", a->model, "HF model directory (config.json, safetensors, tokenizer)")->required();
   cmd->add_option("--calib-data", a->calib_data,
                   "calibration data: a token dataset directory (qad data prepare) or a .jsonl / .txt file, optionally "
@@ -135,6 +139,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--exclude", a->exclude, "more module globs to leave unquantized (added to the defaults: lm_head, "
                   "*embed_tokens*, *norm*, *router*, *.gate)");
   cmd->add_option("--include", a->include, "module globs to quantize (default *)");
+  cmd->add_flag("--weight-only", a->weight_only, "NVFP4 weights, activations left in the model's dtype: exports "
+                "W4A16_NVFP4 (no input_scale), what Hopper GPUs serve");
   cmd->add_option("--config", a->config, "YAML file with a quant: section (docs/quant.md); flags override it");
   cmd->add_option("--seq-len", a->seq_len, "tokens per calibration row")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "rows per forward")->check(CLI::PositiveNumber)->capture_default_str();

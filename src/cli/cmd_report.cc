@@ -3,11 +3,13 @@
 // PTQ and NVFP4 exports against the teacher, and the summary tables as CSV / Markdown. See docs/report.md.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
 
 #include "cli/commands.h"
+#include "report/experiment_report.h"
 #include "report/html_report.h"
 #include "report/run_reader.h"
 #include "util/atomic_file.h"
@@ -58,6 +60,19 @@ void run_report(const ReportCliOptions& o) {
   check_output_dir(o.csv, "--csv");
   check_output_dir(o.eval_csv, "--eval-csv");
   check_output_dir(o.markdown, "--markdown");
+  // A `qad experiment` directory gets its own page: groups over seeds with error bars.
+  const auto experiments = std::count_if(o.run_dirs.begin(), o.run_dirs.end(),
+                                         [](const std::string& d) { return report::is_experiment_dir(d); });
+  if (experiments > 0) {
+    QAD_CHECK(o.run_dirs.size() == 1, "qad report: {} is a qad experiment directory: give it alone (its cells' runs "
+              "are in its cells/*/run if you want them side by side)", o.run_dirs.front());
+    QAD_CHECK(o.teacher.empty() && o.csv.empty() && o.eval_csv.empty() && o.markdown.empty(),
+              "qad report: --teacher / --csv / --eval-csv / --markdown apply to runs; an experiment has its own "
+              "summary.csv and summary.md in {}", o.run_dirs.front());
+    report::write_experiment_report(o.run_dirs.front(), o.out, o.title);
+    fmt::print("wrote {} (experiment {}, {:.0f} KB)\n", o.out, o.run_dirs.front(), fs::file_size(o.out) / 1024.0);
+    return;
+  }
   std::vector<report::RunData> runs;
   for (const auto& dir : o.run_dirs) {
     runs.push_back(report::read_run(dir));
@@ -95,7 +110,8 @@ void register_report(CLI::App& app) {
   auto* cmd = app.add_subcommand("report", "Compare runs, PTQ and exports against the teacher in one HTML file");
   cmd->footer("Examples:\n  qad report runs/ptq runs/qad runs/cka --out report.html --title \"QAD vs CKA-QAD\"");  // each one is run by tests/usage
   cmd->add_option("run_dirs", opts->run_dirs, "run directories (metrics.jsonl, run.json, final_metrics.json, "
-                  "eval.json) and NVFP4 export / model directories with an eval.json")
+                  "eval.json) and NVFP4 export / model directories with an eval.json; or one qad experiment "
+                  "directory (its groups over seeds with error bars)")
       ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("-o,--out", opts->out, "the HTML file to write")->capture_default_str();

@@ -75,20 +75,25 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
               "directory", out_dir.string());
   }
 
-  // Every quantized module must be exportable as the engines read it.
+  // Every quantized module must be exportable as the engines read it. The format is the hooks': all quantize their
+  // inputs (W4A4, "NVFP4") or none does (weight-only W4A16, "W4A16_NVFP4"); a mix is ModelOpt's MIXED_PRECISION.
   std::map<std::string, NvFp4LinearQuant*> hooks;
-  std::map<std::string, std::pair<float, float>> group_scales;  // group -> (input amax, weight amax)
+  std::map<std::string, std::pair<float, float>> group_scales;  // group -> (input amax or 0, weight amax)
+  std::string w4a4_example, w4a16_example;
   for (const auto& l : lm->linears()) {
     auto* h = nvfp4_hook(l);
     if (h == nullptr) continue;
     const auto& m = l->name();
     QAD_CHECK(l->in_features() % 16 == 0, "export: {} has input size {}, not a multiple of 16; NVFP4 engines cannot "
               "load it (apply_nvfp4 leaves such Linears unquantized)", m, l->in_features());
-    QAD_CHECK(h->quantize_inputs, "export: {} does not quantize its inputs; the NVFP4 format is W4A4 (drop "
-              "quantize_inputs: false to export)", m);
-    QAD_CHECK(h->input_amax.defined() && h->weight_amax.defined(), "export: {} is not calibrated (run "
-              "quant::calibrate or load a quantizer state first)", m);
-    const float ia = scalar(h->input_amax), wa = scalar(h->weight_amax);
+    (h->quantize_inputs ? w4a4_example : w4a16_example) = m;
+    QAD_CHECK(w4a4_example.empty() || w4a16_example.empty(),
+              "export: {} quantizes its inputs but {} does not; an export is all W4A4 (NVFP4) or all weight-only "
+              "(W4A16_NVFP4): set quantize_inputs the same for every quantized Linear (mixed precision is not "
+              "supported yet)", w4a4_example, w4a16_example);
+    QAD_CHECK(h->weight_amax.defined() && (!h->quantize_inputs || h->input_amax.defined()),
+              "export: {} is not calibrated (run quant::calibrate or load a quantizer state first)", m);
+    const float ia = h->quantize_inputs ? scalar(h->input_amax) : 0.0f, wa = scalar(h->weight_amax);
     QAD_CHECK(std::isfinite(ia) && std::isfinite(wa) && ia >= 0 && wa >= 0, "export: {} has amaxes input {} weight {}; "
               "they must be finite", m, ia, wa);
     if (auto g = fused_group(m); !g.empty()) {
@@ -102,6 +107,7 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
   }
   QAD_CHECK(!hooks.empty(), "export: the model has no NVFP4-quantized Linear (call quant::apply_nvfp4 and "
             "quant::calibrate first)");
+  const auto format = w4a4_example.empty() ? NvFp4Format::kW4A16 : NvFp4Format::kW4A4;
 
   TensorList out;
   torch::NoGradGuard no_grad;
@@ -119,6 +125,7 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
     out.add(module + ".weight", q.packed, io::DType::U8);
     out.add(module + ".weight_scale", q.block_scales, io::DType::F8_E4M3);
     out.add(module + ".weight_scale_2", q.global_scale.reshape({}), io::DType::F32);
+    if (format == NvFp4Format::kW4A16) continue;  // weight-only: the engine runs the activations as they are
     const float in_scale = nvfp4::global_decode_scale(scalar(h->input_amax));
     out.add(module + ".input_scale", torch::full({}, in_scale, torch::kFloat32), io::DType::F32);
   }
@@ -126,8 +133,8 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
   const auto exclude = unquantized_modules(lm);
   const auto dtype = lm->model->embed_tokens->weight.scalar_type();
   auto config = model::config_json_for_save(lm->config(), model::dtype_config_name(dtype));
-  config["quantization_config"] = config_quantization_json(exclude);
-  const auto hf_quant = hf_quant_config_json(exclude);
+  config["quantization_config"] = config_quantization_json(exclude, format);
+  const auto hf_quant = hf_quant_config_json(exclude, format);
 
   std::vector<fs::path> companions;
   if (!source_dir.empty()) {

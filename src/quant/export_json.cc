@@ -5,23 +5,26 @@
 
 namespace qad::quant {
 
-nlohmann::json hf_quant_config_json(const std::vector<std::string>& exclude_modules) {
+const char* quant_algo_name(NvFp4Format f) { return f == NvFp4Format::kW4A16 ? "W4A16_NVFP4" : "NVFP4"; }
+
+nlohmann::json hf_quant_config_json(const std::vector<std::string>& exclude_modules, NvFp4Format format) {
   return {{"producer", {{"name", "qad"}, {"version", QAD_VERSION}}},
           {"quantization",
-           {{"quant_algo", "NVFP4"},
+           {{"quant_algo", quant_algo_name(format)},
             {"kv_cache_quant_algo", nullptr},
             {"group_size", kGroupSize},
             {"exclude_modules", exclude_modules}}}};
 }
 
-nlohmann::json config_quantization_json(const std::vector<std::string>& exclude_modules) {
+nlohmann::json config_quantization_json(const std::vector<std::string>& exclude_modules, NvFp4Format format) {
   const nlohmann::json fp4 = {{"dynamic", false}, {"num_bits", 4}, {"type", "float"}, {"group_size", kGroupSize}};
+  const nlohmann::json activations = format == NvFp4Format::kW4A16 ? nlohmann::json() : fp4;
   return {{"quant_method", "modelopt"},
-          {"quant_algo", "NVFP4"},
+          {"quant_algo", quant_algo_name(format)},
           {"producer", {{"name", "qad"}, {"version", QAD_VERSION}}},
           {"group_size", kGroupSize},
           {"kv_cache_scheme", nullptr},
-          {"config_groups", {{"group_0", {{"weights", fp4}, {"input_activations", fp4}, {"targets", {"Linear"}}}}}},
+          {"config_groups", {{"group_0", {{"weights", fp4}, {"input_activations", activations}, {"targets", {"Linear"}}}}}},
           {"ignore", exclude_modules}};
 }
 

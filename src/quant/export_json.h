@@ -1,5 +1,5 @@
 // The JSON that marks an NVFP4 checkpoint for the engines (../shared/docs/NVFP4.md): hf_quant_config.json and
-// config.json's quantization_config, from the list of Linears left in high precision.
+// config.json's quantization_config, from the format and the list of Linears left in high precision.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
@@ -9,11 +9,19 @@ namespace qad::quant {
 
 inline constexpr int kGroupSize = 16;
 
-// {"producer": {"name": "qad", "version"}, "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": null,
-//  "group_size": 16, "exclude_modules": [...]}}
-nlohmann::json hf_quant_config_json(const std::vector<std::string>& exclude_modules);
+// W4A4: NVFP4 weights and activations (quant_algo "NVFP4": every Linear has a static input_scale). W4A16:
+// NVFP4 weights, activations in the model's dtype (ModelOpt's "W4A16_NVFP4": no input_scale; what Hopper serves).
+enum class NvFp4Format { kW4A4, kW4A16 };
+const char* quant_algo_name(NvFp4Format f);
 
-// config.json's "quantization_config" (compressed-tensors style, quant_method "modelopt").
-nlohmann::json config_quantization_json(const std::vector<std::string>& exclude_modules);
+// {"producer": {"name": "qad", "version"}, "quantization": {"quant_algo": "NVFP4" | "W4A16_NVFP4",
+//  "kv_cache_quant_algo": null, "group_size": 16, "exclude_modules": [...]}}
+nlohmann::json hf_quant_config_json(const std::vector<std::string>& exclude_modules,
+                                    NvFp4Format format = NvFp4Format::kW4A4);
+
+// config.json's "quantization_config" (compressed-tensors style, quant_method "modelopt"); W4A16's
+// input_activations is null.
+nlohmann::json config_quantization_json(const std::vector<std::string>& exclude_modules,
+                                        NvFp4Format format = NvFp4Format::kW4A4);
 
 }  // namespace qad::quant

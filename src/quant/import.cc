@@ -1,10 +1,12 @@
-// load_nvfp4: an NVFP4 checkpoint in the ModelOpt unified layout (ours or ModelOpt's) as a runnable CausalLM:
-// weights dequantized exactly (the values the engine multiplies with), inputs fake-quantized with the stored
-// static input_scale. Every malformed tensor is reported with its file and name.
+// load_nvfp4: an NVFP4 checkpoint in the ModelOpt unified layout (ours or ModelOpt's; quant_algo NVFP4 or the
+// weight-only W4A16_NVFP4) as a runnable CausalLM: weights dequantized exactly (the values the engine multiplies
+// with), inputs fake-quantized with the stored static input_scale (W4A4) or left as they are (W4A16). Every
+// malformed tensor is reported with its file and name.
 #include <fmt/format.h>
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -75,7 +77,7 @@ struct Loaded {
 Loaded fetch(const io::Checkpoint& ckpt, const std::string& name, const fs::path& dir) {
   const auto* e = ckpt.find(name);
   QAD_CHECK(e != nullptr, "{}: tensor '{}' is missing (an NVFP4 Linear needs .weight, .weight_scale, "
-            ".weight_scale_2 and .input_scale)", dir.string(), name);
+            ".weight_scale_2, and .input_scale unless quant_algo is W4A16_NVFP4)", dir.string(), name);
   return {io::to_tensor(*e), e->info->dtype, fmt::format("{}: tensor '{}'", e->file->path().string(), name)};
 }
 
@@ -87,12 +89,19 @@ float scalar_f32(const Loaded& t) {
   return v;
 }
 
+// The formats load_nvfp4 reads, by quant_algo.
+std::optional<NvFp4Format> format_of(const std::string& algo) {
+  if (algo == quant_algo_name(NvFp4Format::kW4A4)) return NvFp4Format::kW4A4;
+  if (algo == quant_algo_name(NvFp4Format::kW4A16)) return NvFp4Format::kW4A16;
+  return std::nullopt;
+}
+
 }  // namespace
 
 bool is_nvfp4_checkpoint(const fs::path& dir) {
   try {
     auto s = quant_section(dir, nullptr);
-    return s.is_object() && s.value("quant_algo", std::string()) == "NVFP4";
+    return s.is_object() && format_of(s.value("quant_algo", std::string())).has_value();
   } catch (const Error&) {
     return false;
   }
@@ -107,7 +116,9 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
   QAD_CHECK(section.is_object(), "{}: not an NVFP4 checkpoint (no hf_quant_config.json and no modelopt "
             "quantization_config in config.json); load it as a plain HF model", dir.string());
   const auto algo = section.value("quant_algo", std::string());
-  QAD_CHECK(algo == "NVFP4", "{}: quant_algo is '{}', not NVFP4; only NVFP4 checkpoints are supported", source, algo);
+  const auto format = format_of(algo);
+  QAD_CHECK(format.has_value(), "{}: quant_algo is '{}'; qad reads NVFP4 and W4A16_NVFP4 checkpoints", source, algo);
+  const bool weight_only = *format == NvFp4Format::kW4A16;
   QAD_CHECK(section.contains("group_size") && section["group_size"].is_number_integer() &&
                 section["group_size"].get<int64_t>() == kGroupSize,
             "{}: group_size must be 16 for NVFP4, got {}", source,
@@ -134,7 +145,9 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
               "in config.json; untie it (tie_word_embeddings: false) or export it unquantized", dir.string());
     const int64_t out = l->out_features(), in = l->in_features();
     auto w = fetch(ckpt, p + ".weight", dir), ws = fetch(ckpt, p + ".weight_scale", dir),
-         ws2 = fetch(ckpt, p + ".weight_scale_2", dir), is = fetch(ckpt, p + ".input_scale", dir);
+         ws2 = fetch(ckpt, p + ".weight_scale_2", dir);
+    QAD_CHECK(!weight_only || ckpt.find(p + ".input_scale") == nullptr, "{}: '{}.input_scale' in a W4A16_NVFP4 "
+              "checkpoint (weight-only has none); is quant_algo right?", dir.string(), p);
     QAD_CHECK(in % kGroupSize == 0, "{}: the Linear's input size {} (config.json) is not a multiple of 16; NVFP4 "
               "cannot hold it", w.where, in);
     QAD_CHECK(w.dtype == io::DType::U8, "{} must be U8 (packed E2M1), got {}", w.where, io::dtype_name(w.dtype));
@@ -145,17 +158,23 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
     QAD_CHECK(ws.tensor.dim() == 2 && ws.tensor.size(0) == out && ws.tensor.size(1) == in / kGroupSize,
               "{} has shape {} but [{}, {}] (= [out, in/16]) was expected", ws.where, shape_str(ws.tensor.sizes()),
               out, in / kGroupSize);
-    const float sg_w = scalar_f32(ws2), sg_in = scalar_f32(is);
+    const float sg_w = scalar_f32(ws2);
     auto scales = ws.tensor.scalar_type() == torch::kUInt8 ? ws.tensor : ws.tensor.view(torch::kUInt8);
     nvfp4::QuantizedTensor q{w.tensor.to(device), scales.to(device),
                              torch::full({}, sg_w, torch::TensorOptions().dtype(torch::kFloat32).device(device)), in};
     l->weight.set_data(nvfp4::dequantize(q, dtype));
-    for (const auto* suffix : {".weight", ".weight_scale", ".weight_scale_2", ".input_scale"}) used.insert(p + suffix);
+    for (const auto* suffix : {".weight", ".weight_scale", ".weight_scale_2"}) used.insert(p + suffix);
 
     auto hook = std::make_shared<NvFp4LinearQuant>(p);
     hook->quantize_weights = false;  // already the NVFP4 values; see quantize_model.h
     hook->weight_amax = torch::full({}, amax_for_scale(sg_w, ws2.where), torch::kFloat32);
-    hook->input_amax = torch::full({}, amax_for_scale(sg_in, is.where), torch::kFloat32);
+    if (weight_only) {
+      hook->quantize_inputs = false;
+    } else {
+      auto is = fetch(ckpt, p + ".input_scale", dir);
+      hook->input_amax = torch::full({}, amax_for_scale(scalar_f32(is), is.where), torch::kFloat32);
+      used.insert(p + ".input_scale");
+    }
     l->quant = hook;
   }
 
@@ -169,7 +188,8 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
     if (h == nullptr) continue;
     auto g = fused_group(l->name());
     if (g.empty()) continue;
-    const std::pair<float, float> s{h->input_amax.item<float>(), h->weight_amax.item<float>()};
+    const std::pair<float, float> s{h->input_amax.defined() ? h->input_amax.item<float>() : 0.0f,
+                                    h->weight_amax.item<float>()};
     auto [it, fresh] = groups.emplace(g, s);
     if (!fresh && it->second != s) {
       fmt::print(stderr, "qad: warning: {}: fused group {} does not share input_scale / weight_scale_2 across its "

@@ -80,6 +80,8 @@ std::string render_table(const ComparisonTable& t) {
 
 }  // namespace
 
+const char* report_css() { return kCss; }
+
 std::string render_html_report(const std::vector<RunData>& runs, const ReportOptions& options,
                                const EvalResult* teacher) {
   std::vector<std::string> report_warnings;

@@ -23,6 +23,9 @@ struct ReportOptions {
 std::string render_html_report(const std::vector<RunData>& runs, const ReportOptions& options,
                                const EvalResult* teacher = nullptr);
 
+// The page style every report page shares (the experiment page too).
+const char* report_css();
+
 // Renders and writes atomically (a reader never sees half a report).
 void write_html_report(const std::filesystem::path& out, const std::vector<RunData>& runs,
                        const ReportOptions& options, const EvalResult* teacher = nullptr);

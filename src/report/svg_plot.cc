@@ -75,6 +75,7 @@ ChartLayout layout_line_chart(const LineChart& c) {
       if (!usable(p, c.log_y)) continue;
       xmin = std::min(xmin, p.x), xmax = std::max(xmax, p.x);
       ymin = std::min(ymin, p.y), ymax = std::max(ymax, p.y);
+      if (p.has_error_bar() && (!c.log_y || p.lo > 0)) ymin = std::min(ymin, p.lo), ymax = std::max(ymax, p.hi);
     }
   }
   L.has_data = xmin <= xmax;
@@ -291,6 +292,19 @@ std::string render_line_chart(const LineChart& c) {
           "\n",
           s.faint ? "series raw" : "series", xml_escape(s.name), points, colour, s.faint ? "1.2" : "2",
           s.faint ? R"( stroke-opacity="0.28")" : "", dash_for(style));
+    }
+    // Error bars: a vertical whisker with caps, in the series' colour, under the markers.
+    for (const auto& seg : segments) {
+      for (const auto& p : seg) {
+        if (!p.has_error_bar() || (c.log_y && p.lo <= 0)) continue;
+        const double x = L.map_x(p.x), y0 = L.map_y(p.lo), y1 = L.map_y(p.hi), cap = 4;
+        out += fmt::format(
+            R"(<g class="error-bar"><title>{}: x={}, {} .. {}</title><path d="M{},{}V{}M{},{}H{}M{},{}H{}" stroke="{}" stroke-width="1.5" fill="none"/></g>)"
+            "\n",
+            xml_escape(s.name), format_number(p.x, 6), format_number(p.lo, 6), format_number(p.hi, 6), fmt_coord(x),
+            fmt_coord(y0), fmt_coord(y1), fmt_coord(x - cap), fmt_coord(y0), fmt_coord(x + cap), fmt_coord(x - cap),
+            fmt_coord(y1), fmt_coord(x + cap), colour);
+      }
     }
     // Markers on short series, and always on isolated points that no line would show.
     for (const auto& seg : segments) {

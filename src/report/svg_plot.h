@@ -2,6 +2,8 @@
 // optional log y, legend, markers on short series, gaps at missing/non-finite points, reference lines.
 // Output is deterministic text that needs no plotting runtime and is safe to inline into HTML.
 #pragma once
+#include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +13,11 @@ namespace qad::report {
 struct Point {
   double x = 0;
   double y = 0;  // NaN/Inf (or <= 0 on a log axis) = missing: the line breaks there
+  // An error bar from lo to hi (e.g. a 95 % interval over seeds), drawn as a capped vertical whisker when both
+  // are finite; the y range includes it.
+  double lo = std::numeric_limits<double>::quiet_NaN();
+  double hi = std::numeric_limits<double>::quiet_NaN();
+  bool has_error_bar() const { return std::isfinite(lo) && std::isfinite(hi); }
 };
 
 struct Series {

@@ -61,7 +61,11 @@ TEST(DemoRun, SmokePipelineWritesTheTableAndLoadableCheckpoints) {
     EXPECT_TRUE(cka > 0 && cka <= 1 + 1e-6) << methods[i] << " mean_cka " << cka;
     EXPECT_EQ(m["cka"].size(), 2u);
   }
-  EXPECT_FALSE(j["verdict"].get<std::string>().empty());
+  const auto verdict = j["verdict"].get<std::string>();
+  // Accuracy gaps are judged against the evaluation's noise, and the one-seed caveat is stated.
+  EXPECT_NE(verdict.find("questions: teacher vs PTQ"), std::string::npos) << verdict;
+  EXPECT_NE(verdict.find("noise"), std::string::npos) << verdict;
+  EXPECT_NE(verdict.find("one training seed"), std::string::npos) << verdict;
   EXPECT_TRUE(fs::exists(out / "comparison.md"));
 
   // The teacher is an HF checkpoint with its tokenizer: qad loads both and runs a prompt through it.

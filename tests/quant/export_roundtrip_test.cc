@@ -88,6 +88,69 @@ INSTANTIATE_TEST_SUITE_P(Models, RoundTrip,
                                            std::make_tuple(4, torch::kBFloat16), std::make_tuple(5, torch::kFloat32),
                                            std::make_tuple(6, torch::kFloat32), std::make_tuple(6, torch::kBFloat16)));
 
+// Weight-only NVFP4 (W4A16_NVFP4): the export has no input_scale and says so in both config files; the import
+// leaves the inputs unquantized (bit-identical logits to the model it came from, which differ from the W4A4
+// model's), and export -> import -> export writes the same bytes.
+TEST(WeightOnly, ExportImportExportIsByteIdenticalWithUnquantizedInputs) {
+  for (int index : {3, 5}) {  // a dense Qwen3 and a Qwen3-MoE fixture
+    const auto dir = quant_model_dirs()[static_cast<size_t>(index)];
+    quant::QuantConfig cfg;
+    cfg.quantize_inputs = false;
+    auto lm = quantized_fixture(dir, torch::kFloat32, cfg);
+    auto w4a4 = quantized_fixture(dir, torch::kFloat32);
+    auto ids = torch::randint(lm->config().vocab_size, {2, 17}, seeded_generator(19), torch::kLong);
+    torch::NoGradGuard ng;
+    auto want = lm->forward(ids).logits;
+    EXPECT_FALSE(same_bits(want, w4a4->forward(ids).logits)) << "weight-only must differ from W4A4: " << dir;
+
+    auto out = scratch("w4a16_" + dir.filename().string());
+    quant::export_nvfp4(lm, out, dir);
+    ASSERT_TRUE(quant::is_nvfp4_checkpoint(out));
+    EXPECT_EQ(read_json(out / "hf_quant_config.json")["quantization"]["quant_algo"], "W4A16_NVFP4");
+    const auto qc = read_json(out / "config.json")["quantization_config"];
+    EXPECT_EQ(qc["quant_algo"], "W4A16_NVFP4");
+    EXPECT_TRUE(qc["config_groups"]["group_0"]["input_activations"].is_null());
+    int scales = 0;
+    for (const auto& [name, t] : io::read_tensors(out)) {
+      EXPECT_FALSE(name.ends_with(".input_scale")) << name;
+      scales += name.ends_with(".weight_scale_2");
+    }
+    EXPECT_GT(scales, 0);
+
+    auto back = quant::load_nvfp4(out, torch::kCPU, torch::kFloat32);
+    EXPECT_EQ(quant::quantized_modules(back), quant::quantized_modules(lm));
+    for (const auto& l : back->linears()) {
+      if (auto* h = quant::nvfp4_hook(l)) {
+        EXPECT_FALSE(h->quantize_inputs) << l->name();
+      }
+    }
+    EXPECT_TRUE(same_bits(back->forward(ids).logits, want)) << dir;
+
+    auto again = scratch("w4a16_again_" + dir.filename().string());
+    quant::export_nvfp4(back, again, dir);
+    for (const auto* f : {"model.safetensors", "config.json", "hf_quant_config.json"}) {
+      EXPECT_EQ(read_file(out / f), read_file(again / f)) << f << " of " << dir;
+    }
+    ::qad::remove_tree(out);
+    ::qad::remove_tree(again);
+  }
+}
+
+TEST(WeightOnly, AModelMixingW4A4AndWeightOnlyLayersIsRefused) {
+  const auto dir = quant_model_dirs()[3];
+  auto lm = quantized_fixture(dir);
+  for (const auto& l : lm->linears()) {
+    if (auto* h = quant::nvfp4_hook(l)) {
+      h->quantize_inputs = false;  // the first quantized Linear only
+      break;
+    }
+  }
+  auto out = scratch("mixed");
+  expect_error_containing([&] { quant::export_nvfp4(lm, out, dir); },
+                          {"does not", "all W4A4 (NVFP4) or all weight-only (W4A16_NVFP4)"});
+  EXPECT_FALSE(fs::exists(out));
+}
+
 // Training moves the weights past the calibrated amax: the export still decodes to what the model computes.
 TEST(Export, WeightsBeyondTheFixedAmax) {
   const auto dir = source_dir() / "tests/fixtures/models/llama3_rope_gqa_untied";
@@ -202,11 +265,24 @@ TEST_F(BadImport, NotNvfp4) {
   j["quantization"]["quant_algo"] = "FP8";
   write_file_atomic(dir / "hf_quant_config.json", j.dump());
   EXPECT_FALSE(quant::is_nvfp4_checkpoint(dir));
-  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {"FP8", "not NVFP4"});
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); },
+                          {"FP8", "qad reads NVFP4 and W4A16_NVFP4"});
   j["quantization"]["quant_algo"] = "NVFP4";
   j["quantization"]["group_size"] = 32;
   write_file_atomic(dir / "hf_quant_config.json", j.dump());
   expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); }, {"group_size must be 16"});
+  ::qad::remove_tree(dir);
+}
+
+TEST_F(BadImport, InputScalesInAWeightOnlyCheckpoint) {
+  // A W4A4 export relabelled W4A16_NVFP4: engines would ignore its input scales, so the import refuses to guess.
+  auto dir = edited("w4a16_label", [](RawTensors&) {});
+  auto j = read_json(dir / "hf_quant_config.json");
+  j["quantization"]["quant_algo"] = "W4A16_NVFP4";
+  write_file_atomic(dir / "hf_quant_config.json", j.dump());
+  EXPECT_TRUE(quant::is_nvfp4_checkpoint(dir));
+  expect_error_containing([&] { quant::load_nvfp4(dir, torch::kCPU, torch::kFloat32); },
+                          {".input_scale' in a W4A16_NVFP4 checkpoint"});
   ::qad::remove_tree(dir);
 }
 

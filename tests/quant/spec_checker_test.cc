@@ -147,12 +147,18 @@ std::vector<float> as_floats(const torch::Tensor& t) {
 
 bool same_float_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
 
-class SpecChecker : public ::testing::TestWithParam<int> {};
+// Parameters: the model (quant_model_dirs index) and the format (W4A4 "NVFP4", or weight-only "W4A16_NVFP4":
+// the same weight tensors, no input_scale, activations null in config.json).
+class SpecChecker : public ::testing::TestWithParam<std::tuple<int, bool>> {};
 
 TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
-  const auto dir = quant_model_dirs()[static_cast<size_t>(GetParam())];
-  auto lm = quantized_fixture(dir);
-  auto out = fs::temp_directory_path() / fmt::format("qad_spec_{}_{}", ::getpid(), dir.filename().string());
+  const auto dir = quant_model_dirs()[static_cast<size_t>(std::get<0>(GetParam()))];
+  const bool weight_only = std::get<1>(GetParam());
+  quant::QuantConfig qcfg;
+  qcfg.quantize_inputs = !weight_only;
+  auto lm = quantized_fixture(dir, torch::kFloat32, qcfg);
+  auto out = fs::temp_directory_path() /
+             fmt::format("qad_spec_{}_{}_{}", ::getpid(), dir.filename().string(), weight_only ? "w4a16" : "w4a4");
   ::qad::remove_tree(out);
   quant::export_nvfp4(lm, out, dir);
   auto files = read_raw(out);
@@ -190,24 +196,31 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
     const auto& w = files.at(p + ".weight");
     const auto& ws = files.at(p + ".weight_scale");
     const auto& ws2 = files.at(p + ".weight_scale_2");
-    const auto& is = files.at(p + ".input_scale");
-    for (const auto* s : {".weight", ".weight_scale", ".weight_scale_2", ".input_scale"}) seen.insert(p + s);
+    for (const auto* s : {".weight", ".weight_scale", ".weight_scale_2"}) seen.insert(p + s);
     EXPECT_EQ(w.dtype, "U8");
     EXPECT_EQ(w.shape, (std::vector<int64_t>{n, k / 2}));
     EXPECT_EQ(ws.dtype, "F8_E4M3");
     EXPECT_EQ(ws.shape, (std::vector<int64_t>{n, k / 16}));
     EXPECT_EQ(ws2.dtype, "F32");
     EXPECT_TRUE(ws2.shape.empty());
-    EXPECT_EQ(is.dtype, "F32");
-    EXPECT_TRUE(is.shape.empty());
-
     // Scales: weight_scale_2 = (group max of weight amax) / 2688; input_scale = calibrated amax / 2688.
     EXPECT_TRUE(same_float_bits(ws2.f32(), group_w.at(group_of(p)) / 2688.0f)) << p;
-    EXPECT_TRUE(same_float_bits(is.f32(), h->input_amax.item<float>() / 2688.0f)) << p;
-    auto [it, fresh] = group_scales.emplace(group_of(p), std::make_pair(ws2.f32(), is.f32()));
+    float input_scale = 0.0f;
+    if (weight_only) {
+      EXPECT_FALSE(files.count(p + ".input_scale")) << p << ": a weight-only export has no input_scale";
+      EXPECT_FALSE(h->quantize_inputs) << p;
+    } else {
+      const auto& is = files.at(p + ".input_scale");
+      seen.insert(p + ".input_scale");
+      EXPECT_EQ(is.dtype, "F32");
+      EXPECT_TRUE(is.shape.empty());
+      EXPECT_TRUE(same_float_bits(is.f32(), h->input_amax.item<float>() / 2688.0f)) << p;
+      input_scale = is.f32();
+    }
+    auto [it, fresh] = group_scales.emplace(group_of(p), std::make_pair(ws2.f32(), input_scale));
     if (!fresh) {
       EXPECT_TRUE(same_float_bits(it->second.first, ws2.f32())) << "weight_scale_2 not shared in " << group_of(p);
-      EXPECT_TRUE(same_float_bits(it->second.second, is.f32())) << "input_scale not shared in " << group_of(p);
+      EXPECT_TRUE(same_float_bits(it->second.second, input_scale)) << "input_scale not shared in " << group_of(p);
     }
 
     // Codes and block scales re-derived from the original weights.
@@ -241,7 +254,8 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   auto hq = read_json(out / "hf_quant_config.json");
   ASSERT_TRUE(hq.contains("producer") && hq["producer"].contains("name") && hq["producer"].contains("version"));
   const auto& q = hq["quantization"];
-  EXPECT_EQ(q["quant_algo"], "NVFP4");
+  const char* algo = weight_only ? "W4A16_NVFP4" : "NVFP4";
+  EXPECT_EQ(q["quant_algo"], algo);
   ASSERT_TRUE(q.contains("kv_cache_quant_algo"));
   EXPECT_TRUE(q["kv_cache_quant_algo"].is_null());
   EXPECT_EQ(q["group_size"], 16);
@@ -256,17 +270,18 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   auto cfg = read_json(out / "config.json");
   const auto& qc = cfg["quantization_config"];
   EXPECT_EQ(qc["quant_method"], "modelopt");
-  EXPECT_EQ(qc["quant_algo"], "NVFP4");
+  EXPECT_EQ(qc["quant_algo"], algo);
   const nlohmann::json fp4 = {{"dynamic", false}, {"num_bits", 4}, {"type", "float"}, {"group_size", 16}};
   EXPECT_EQ(qc["config_groups"]["group_0"]["weights"], fp4);
-  EXPECT_EQ(qc["config_groups"]["group_0"]["input_activations"], fp4);
+  ASSERT_TRUE(qc["config_groups"]["group_0"].contains("input_activations"));
+  EXPECT_EQ(qc["config_groups"]["group_0"]["input_activations"], weight_only ? nlohmann::json() : fp4);
   EXPECT_EQ(qc["config_groups"]["group_0"]["targets"], nlohmann::json::array({"Linear"}));
   EXPECT_EQ(qc["ignore"], q["exclude_modules"]);
   EXPECT_EQ(cfg["architectures"], read_json(dir / "config.json")["architectures"]);
   ::qad::remove_tree(out);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Range(0, 7));
+INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Combine(::testing::Range(0, 7), ::testing::Bool()));
 
 // MoE layouts, judged from the source checkpoint's tensor names alone: every expert projection
 // ("<p>.mlp.experts.<e>.{gate,up,down}_proj") is NVFP4 with its four tensors, gate and up of one expert share

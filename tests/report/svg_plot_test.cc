@@ -131,6 +131,27 @@ TEST(LineChart, PointsMapToHandComputedPixels) {
   EXPECT_EQ(polylines(render_line_chart(c)), std::vector<std::string>{"60,350 185,190 560,30"});
 }
 
+TEST(LineChart, ErrorBarsWidenTheRangeAndLandOnHandComputedPixels) {
+  auto c = fixed_chart();
+  // Points at y 2 and 6 with bars [1, 3] and [4, 10]: the domain must reach 10 (the bar), not 6.
+  Point a{0, 2, 1, 3}, b{10, 6, 4, 10};
+  c.series.push_back({"a", {a, b}});
+  const auto L = layout_line_chart(c);
+  EXPECT_EQ(L.y_lo, 0);
+  EXPECT_EQ(L.y_hi, 10);
+  const auto doc = parse_xml(render_line_chart(c));
+  ASSERT_TRUE(doc.error.empty()) << doc.error;
+  std::vector<std::string> paths;
+  for (const auto* e : doc.all("path")) {
+    if (e->attrs.count("stroke-width") && e->attrs.at("stroke-width") == "1.5") paths.push_back(e->attrs.at("d"));
+  }
+  // x = 60 + x / 10 * 500; y = 350 - y / 10 * 320; caps 4 px each side.
+  EXPECT_EQ(paths, (std::vector<std::string>{"M60,318V254M56,318H64M56,254H64", "M560,222V30M556,222H564M556,30H564"}));
+  // A point without a bar draws none.
+  c.series[0].points = {{0, 2}, {10, 6}};
+  EXPECT_EQ(render_line_chart(c).find("error-bar"), std::string::npos);
+}
+
 TEST(LineChart, YDomainSnapsOutwardToTicks) {
   auto c = fixed_chart();
   // Data y in [0.905, 0.97], 7 intervals: step 0.01, domain [0.90, 0.97]; x domain [1, 3].
