@@ -11,6 +11,7 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
+#include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 
 namespace qad::train {
@@ -43,6 +44,19 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
   s.lm = checkpoint::load_model(cfg.quant.student.empty() ? cfg.run.teacher : cfg.quant.student, device, dtype);
   if (!cfg.quant.student.empty() && !quant::quantized_modules(s.lm).empty()) {
     quant::enable_weight_fake_quant(s.lm, true);  // an NVFP4 export's weights are trained from here on
+    // The checkpoint's format against the run's setting, so that run.json says what is trained: a weight-only
+    // checkpoint has no input scales to train W4A4 with; a W4A4 one trained --weight-only drops its input scales.
+    bool quantizes_inputs = false;
+    for (const auto& l : s.lm->linears()) {
+      if (auto* h = quant::nvfp4_hook(l); h != nullptr && h->quantize_inputs) quantizes_inputs = true;
+    }
+    QAD_CHECK(quantizes_inputs || !qc.quantize_inputs, "--student {} is weight-only (W4A16_NVFP4: no input scales); "
+              "add --weight-only (quant.options.quantize_inputs=false) to train it as such", cfg.quant.student);
+    if (!qc.quantize_inputs) {
+      for (const auto& l : s.lm->linears()) {
+        if (auto* h = quant::nvfp4_hook(l)) h->quantize_inputs = false;
+      }
+    }
   } else {
     quant::apply_nvfp4(s.lm, qc);
     if (calibrate) quant::calibrate(s.lm, calib, qc);

@@ -1,0 +1,74 @@
+// A --student NVFP4 checkpoint against quant.options.quantize_inputs (train/student.cc): a weight-only
+// (W4A16_NVFP4) checkpoint is refused unless the run is weight-only too, so that run.json never says W4A4 for a
+// weight-only student; a W4A4 checkpoint trained weight-only loses its input quantization, as asked.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/test_util.h"
+#include "quant/linear_quant.h"
+#include "quant/quantize_model.h"
+#include "train/student.h"
+#include "util/error.h"
+#include "util/remove_tree.h"
+
+namespace qad::train {
+namespace {
+namespace fs = std::filesystem;
+
+fs::path export_stories(bool weight_only, const std::string& name) {
+  const auto dir = qad::testing::shared_dir() / "models/stories260K";
+  auto lm = model::CausalLM::load(dir, torch::kCPU, torch::kFloat32);
+  quant::QuantConfig q;
+  q.quantize_inputs = !weight_only;
+  q.calib_samples = 2;
+  quant::apply_nvfp4(lm, q);
+  auto ids = torch::randint(lm->config().vocab_size, {2, 16}, qad::testing::seeded_generator(5), torch::kLong);
+  quant::calibrate(lm, [&](const quant::BatchSink& sink) { sink(ids, torch::Tensor()); }, q);
+  const auto out = fs::temp_directory_path() / fmt::format("qad_student_format_{}_{}", ::getpid(), name);
+  qad::remove_tree(out);
+  quant::export_nvfp4(lm, out, dir);
+  return out;
+}
+
+size_t hooks_quantizing_inputs(const model::CausalLM& lm) {
+  size_t n = 0;
+  for (const auto& l : lm->linears()) {
+    if (auto* h = quant::nvfp4_hook(l); h != nullptr && h->quantize_inputs) ++n;
+  }
+  return n;
+}
+
+TEST(StudentFormat, WeightOnlyCheckpointNeedsAWeightOnlyRunAndW4A4DropsItsInputScalesWhenAsked) {
+  TrainConfig cfg;
+  cfg.method = Method::kQad;
+  cfg.run.teacher = (qad::testing::shared_dir() / "models/stories260K").string();
+  const CalibSource no_calibration = [](const CalibSink&) { FAIL() << "a --student checkpoint is not recalibrated"; };
+
+  const auto w4a16 = export_stories(true, "w4a16");
+  cfg.quant.student = w4a16.string();
+  try {
+    build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is weight-only (W4A16_NVFP4: no input scales); add --weight-only"),
+              std::string::npos) << e.what();
+  }
+  cfg.quant.options.quantize_inputs = false;
+  auto s = build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+  EXPECT_FALSE(s.quantized_modules.empty());
+  EXPECT_EQ(hooks_quantizing_inputs(s.lm), 0u);
+
+  const auto w4a4 = export_stories(false, "w4a4");
+  cfg.quant.student = w4a4.string();
+  cfg.quant.options.quantize_inputs = true;
+  EXPECT_GT(hooks_quantizing_inputs(build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true).lm), 0u);
+  cfg.quant.options.quantize_inputs = false;
+  EXPECT_EQ(hooks_quantizing_inputs(build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true).lm), 0u);
+  qad::remove_tree(w4a16);
+  qad::remove_tree(w4a4);
+}
+
+}  // namespace
+}  // namespace qad::train
