@@ -74,10 +74,13 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--log-every", "run.log_every", "progress line every N steps"},
     {"--name", "run.name", "run name in reports"},
 };
-const std::vector<std::array<const char*, 3>> kBoolFlags = {
-    {"--activation-checkpointing", "run.activation_checkpointing", "recompute each layer in backward"},
-    {"--export-bf16", "run.export_bf16", "also export the student in BF16 (export/bf16)"},
-    {"--cka-dynamic-balance", "loss.cka_dynamic_balance", "scale the CKA term to the KL's magnitude"},
+// Flags without a value: each sets its key to a fixed value.
+const std::vector<std::array<const char*, 4>> kBoolFlags = {
+    {"--activation-checkpointing", "run.activation_checkpointing", "true", "recompute each layer in backward"},
+    {"--export-bf16", "run.export_bf16", "true", "also export the student in BF16 (export/bf16)"},
+    {"--cka-dynamic-balance", "loss.cka_dynamic_balance", "true", "scale the CKA term to the KL's magnitude"},
+    {"--weight-only", "quant.options.quantize_inputs", "false",
+     "NVFP4 weights only, activations unquantized (W4A16_NVFP4, what Hopper serves)"},
 };
 
 
@@ -138,11 +141,8 @@ void register_distill(CLI::App& app) {
   // note), a number of steps is refused with the two new names.
   auto old_warmup = std::make_shared<std::string>();
   cmd->add_option("--warmup", *old_warmup)->group("");
-  auto bools = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
-  for (const auto& f : kBoolFlags) bools->emplace_back(cmd->add_flag(f[0], f[2]), f[1]);
-  auto weight_only = std::make_shared<bool>(false);
-  cmd->add_flag("--weight-only", *weight_only, "NVFP4 weights only, activations unquantized (W4A16_NVFP4, what "
-                "Hopper serves; = --set quant.options.quantize_inputs=false)");
+  auto bools = std::make_shared<std::vector<std::pair<CLI::Option*, const std::array<const char*, 4>*>>>();
+  for (const auto& f : kBoolFlags) bools->emplace_back(cmd->add_flag(f[0], f[3]), &f);
   cmd->add_option("--set", a->sets, "any setting as section.key=value (e.g. --set loss.top_k=1024); repeatable");
   cmd->add_flag("--resume", a->resume, "continue the run in --out from its latest checkpoint (same configuration)");
   cmd->add_flag("--print-config", a->print_only, "print the effective configuration and exit");
@@ -168,10 +168,9 @@ void register_distill(CLI::App& app) {
     for (size_t i = 0; i < values->size(); ++i) {
       if ((*values)[i].first->count()) a->values.emplace_back((*values)[i].second, (*storage)[i]);
     }
-    for (const auto& [opt, key] : *bools) {
-      if (opt->count()) a->values.emplace_back(key, "true");
+    for (const auto& [opt, flag] : *bools) {
+      if (opt->count()) a->values.emplace_back((*flag)[1], (*flag)[2]);
     }
-    if (*weight_only) a->values.emplace_back("quant.options.quantize_inputs", "false");
     if (!nan_steps->empty()) a->values.emplace_back("debug.nan_at_steps", "[" + *nan_steps + "]");
     if (!kill_step->empty()) a->values.emplace_back("debug.kill_at_step", *kill_step);
     if (!a->kill_rank.empty()) a->values.emplace_back("debug.kill_rank", a->kill_rank);

@@ -109,9 +109,9 @@ int run(const QuantizeArgs& a) {
              fmt::join(quant::unquantized_modules(lm), ", "));
   const CalibrationDataset dataset(a);
   quant::calibrate(lm, calibration_batches(a, dataset.dir(), config.vocab_size, device), cfg);
-  quant::export_nvfp4(lm, a.out, a.model);
-  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration)\n", a.out,
-             a.weight_only ? "W4A16_NVFP4, weight-only" : "NVFP4", names.size(), a.method);
+  const auto format = quant::export_nvfp4(lm, a.out, a.model);  // --config may make it weight-only too
+  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration)\n", a.out, quant::quant_algo_name(format),
+             names.size(), a.method);
   return 0;
 }
 

@@ -11,7 +11,7 @@ namespace qad::demo {
 // Two standard errors of a - b, as a fraction (0.05 = 5 points).
 double accuracy_noise(double a, double b, int64_t n);
 
-// "78.5 % vs 75.0 %: within noise (±8.4 points)" or "93.5 % vs 53.5 %: 40.0 points (noise ±6.1)".
+// "78.5 % vs 75.0 %: within noise (±8.4 points)" or "93.5 % vs 53.5 %: +40.0 points (noise ±7.9)".
 std::string compare_accuracies(double a, double b, int64_t n);
 
 }  // namespace qad::demo

@@ -67,6 +67,12 @@ struct FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
     const bool per_row = ct == torch::kFloat32 && (!want_ce || T == 1.0) &&
                          (o.softmax_rows == SoftmaxRowsUse::kAlways ||
                           (o.softmax_rows == SoftmaxRowsUse::kAuto && hidden.is_cuda()));
+    // d loss / d logits of rows [b, b + len) (model dtype) into the hidden-state and lm_head weight gradients.
+    auto add_logit_grad = [&](const torch::Tensor& g_model, int64_t b, int64_t len, const torch::Tensor& hs_c) {
+      auto rows = grad_h.narrow(0, b, len);
+      torch::mm_out(rows, g_model, head);
+      grad_w.add_(torch::mm(g_model.t(), hs_c));
+    };
     for (int64_t b = 0; b < n; b += o.chunk_tokens) {
       const int64_t len = std::min(o.chunk_tokens, n - b);
       auto hs_c = hs.narrow(0, b, len);
@@ -94,11 +100,7 @@ struct FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
         a.student = a.teacher = torch::Tensor();
         if (want_kl) kl_total += torch::dot(a.kl, w_r);
         if (want_ce) ce_total += torch::dot(a.ce, kc);
-        if (want_grad) {
-          auto rows = grad_h.narrow(0, b, len);
-          torch::mm_out(rows, a.grad, head);
-          grad_w.add_(torch::mm(a.grad.t(), hs_c));
-        }
+        if (want_grad) add_logit_grad(a.grad, b, len, hs_c);
         continue;
       }
       auto w_c = keep.narrow(0, b, len).unsqueeze(1);
@@ -148,9 +150,7 @@ struct FusedHeadLoss : public torch::autograd::Function<FusedHeadLoss> {
         if (!g.defined()) g = torch::zeros({len, head.size(0)}, dev_ct);
         auto g_model = g.to(hidden.scalar_type());
         g = torch::Tensor();
-        auto rows = grad_h.narrow(0, b, len);
-        torch::mm_out(rows, g_model, head);
-        grad_w.add_(torch::mm(g_model.t(), hs_c));
+        add_logit_grad(g_model, b, len, hs_c);
       }
     }
     if (want_kl) out->kl = (kl_total * inv_kl * (T * T)).detach();

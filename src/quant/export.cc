@@ -61,7 +61,7 @@ float scalar(const torch::Tensor& t) { return t.detach().cpu().to(torch::kFloat3
 
 }  // namespace
 
-void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::path& source_dir) {
+NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::path& source_dir) {
   std::error_code ec;
   if (!source_dir.empty() && fs::exists(out_dir, ec) && fs::exists(source_dir, ec)) {
     QAD_CHECK(!fs::equivalent(out_dir, source_dir, ec), "export: --out {} is the source model directory; choose "
@@ -157,6 +157,7 @@ void export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::
     // Written last: its presence marks a complete export.
     write_file_atomic(tmp / "hf_quant_config.json", hf_quant.dump(2) + "\n");
   });
+  return format;
 }
 
 }  // namespace qad::quant

@@ -14,6 +14,7 @@
 
 #include "model/causal_lm.h"
 #include "nvfp4/fake_quantize_autograd.h"
+#include "quant/export_json.h"
 
 namespace qad::quant {
 
@@ -107,8 +108,9 @@ std::vector<std::string> unquantized_modules(const model::CausalLM& lm);
 
 // Export in the ModelOpt unified HF layout, atomically (nothing complete-looking on failure), tokenizer files copied.
 // The weight is quantized with the hook's stored (fixed, calibrated) weight amax, so the file decodes to exactly
-// the weights the fake-quantized model computes with, also after training moved the weights.
-void export_nvfp4(const model::CausalLM& lm, const std::filesystem::path& out_dir, const std::filesystem::path& source_dir /*config, tokenizer files*/);
+// the weights the fake-quantized model computes with, also after training moved the weights. Returns the format
+// written: W4A4 when the hooks quantize their inputs, weight-only W4A16 when none does (a mix is refused).
+NvFp4Format export_nvfp4(const model::CausalLM& lm, const std::filesystem::path& out_dir, const std::filesystem::path& source_dir /*config, tokenizer files*/);
 
 // Import an NVFP4 checkpoint (ours or a ModelOpt export): dequantized weights (exact), input fake quant with the stored input_scale.
 // The hooks keep weight amax = weight_scale_2 * 2688 in their state but do not re-quantize the (already NVFP4)

@@ -221,17 +221,10 @@ std::string render_experiment_report(const nlohmann::json& summary, const std::s
   html += "<h2>Paired differences (matched by seed)</h2>\n" + to_html(paired_table(summary));
   html += "<p class=\"note\">A difference is stated only when its 95 % interval excludes 0; otherwise the verdict "
           "is \"within noise\".</p>\n";
-  html += "<h2>Metrics</h2>\n<div class=\"charts\">\n";
-  for (const auto& m : metrics) {
-    const auto f = metric_chart(groups, m);
-    html += "<figure>\n" + f.svg + "<figcaption>" + xml_escape(f.caption) + "</figcaption>\n</figure>\n";
-  }
-  html += "</div>\n";
-  if (!layers.empty()) {
-    const auto f = cka_chart(groups, layers);
-    html += "<h2>Per-layer CKA</h2>\n<figure class=\"wide\">\n" + f.svg + "<figcaption>" + xml_escape(f.caption) +
-            "</figcaption>\n</figure>\n";
-  }
+  std::vector<Figure> charts;
+  for (const auto& m : metrics) charts.push_back(metric_chart(groups, m));
+  html += "<h2>Metrics</h2>\n" + render_figures(charts, "No headline metric in the summary.");
+  if (!layers.empty()) html += "<h2>Per-layer CKA</h2>\n" + render_figures({cka_chart(groups, layers)}, "");
   html += fmt::format("<footer>qad {} · qad report</footer>\n</main></body></html>\n", QAD_VERSION);
   return html;
 }

@@ -46,7 +46,8 @@ std::string render_figure(const Figure& f) {
   return html + "</figure>\n";
 }
 
-// Grid figures go into one chart grid, wide ones stand alone; `none` when there are no figures.
+}  // namespace
+
 std::string render_figures(const std::vector<Figure>& figures, const char* none) {
   if (figures.empty()) return fmt::format("<p class=\"note\">{}</p>\n", none);
   std::string html, grid;
@@ -60,6 +61,8 @@ std::string render_figures(const std::vector<Figure>& figures, const char* none)
   if (!grid.empty()) html += "<div class=\"charts\">\n" + grid + "</div>\n";
   return html;
 }
+
+namespace {
 
 std::string render_table(const ComparisonTable& t) {
   std::string html;

@@ -26,6 +26,9 @@ std::string render_html_report(const std::vector<RunData>& runs, const ReportOpt
 // The page style every report page shares (the experiment page too).
 const char* report_css();
 
+// Figures as HTML: grid figures in one chart grid, wide ones alone; `none` as a note when there are none.
+std::string render_figures(const std::vector<Figure>& figures, const char* none);
+
 // Renders and writes atomically (a reader never sees half a report).
 void write_html_report(const std::filesystem::path& out, const std::vector<RunData>& runs,
                        const ReportOptions& options, const EvalResult* teacher = nullptr);
