@@ -7,7 +7,8 @@
 // loads the model, batch and amaxes this process wrote into a temporary directory).
 //   ./build/bench_train [--models 0.6b,1.7b] [--batch 4] [--seq 2048] [--iters 8] [--warmup 3] [--ckpt]
 //                       [--variants qad,recipe,...] [--torch eager,compile | --no-torch] [--python python3]
-//                       [--profile FILE]   (one QAD step under the Kineto profiler: per-kernel GPU time, top 30)
+//                       [--profile FILE]   (one QAD step and one step of the first CKA variant under the Kineto
+//                                           profiler: per-kernel GPU time, top 30)
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
 // (x3 for the student's forward+backward, x1 for the teacher), over the H100 SXM dense BF16 peak (989 TFLOP/s).
 #include <fmt/format.h>
@@ -21,10 +22,12 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "util/remove_tree.h"
 #include "data/batch_tensors.h"
 #include "io/safetensors_torch.h"
 #include "kernel_profile.h"
@@ -191,6 +194,7 @@ int main(int argc, char** argv) {
         return qad::train::train_step(student.lm, &teacher, {b}, opt,
                                       {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it)});
       };
+      std::map<std::string, double> measured_ms;
       for (const auto& v : variants) {
         cfg.loss.kl = 1;
         cfg.loss.cka = v.cka;
@@ -217,27 +221,33 @@ int main(int argc, char** argv) {
         std::sort(ms.begin(), ms.end());
         Measured m{ms[ms.size() / 2], qad::train::peak_memory_gb(dev)};
         if (v.cka == 0) base = m;
+        measured_ms[v.key] = m.ms;
         fmt::print("{:<36} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>7.3f}x {:>7.3f}x\n", v.label, m.ms,
                    tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb, m.ms / base.ms,
                    m.peak_gb / base.peak_gb);
       }
-      qad::compat::set_tf32_matmul(false);
-      if (!profile_path.empty()) {
-        cfg.loss.cka = 0;
+      // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel).
+      for (size_t vi = 0; vi < variants.size() && !profile_path.empty(); ++vi) {
+        const auto& v = variants[vi];
+        if (vi > 1 || !measured_ms.count(v.key)) continue;
+        cfg.loss.cka = v.cka;
+        cfg.loss.cka_subsample_tokens = v.subsample;
+        qad::compat::set_tf32_matmul(v.tf32);
         try {
           auto table = qad::bench::profile_kernels([&] {
-            step(warmup + iters);
+            step(warmup + iters + static_cast<int64_t>(vi));
             torch::cuda::synchronize();
           });
-          profile_text += fmt::format("== Qwen3-{} QAD step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
-                                      batch, seq, base.ms, table);
+          profile_text += fmt::format("== Qwen3-{} {} step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
+                                      v.label, batch, seq, measured_ms[v.key], table);
           // Written now, not at exit: on the H200 (LibTorch 2.11) a process that profiled and then ran the PyTorch
           // child crashed on its way out, which lost the file.
           std::ofstream(profile_path) << profile_text;
         } catch (const std::exception& e) {
-          profile_text += fmt::format("== Qwen3-{}: profile failed: {}\n", name, e.what());
+          profile_text += fmt::format("== Qwen3-{} {}: profile failed: {}\n", name, v.label, e.what());
         }
       }
+      qad::compat::set_tf32_matmul(false);
     }  // qad's models, optimizer state and batch are freed here: the baseline gets the whole GPU
     qad::train::release_cached_memory(dev);
 
@@ -296,10 +306,10 @@ int main(int argc, char** argv) {
       }
     }
     std::error_code ec;
-    fs::remove_all(dump, ec);
+    qad::remove_tree(dump, ec);
   }
   std::error_code ec;
-  fs::remove_all(tmp_root, ec);
+  qad::remove_tree(tmp_root, ec);
   if (!profile_path.empty()) {
     std::ofstream(profile_path) << profile_text;
     fmt::print("\n{}", profile_text);

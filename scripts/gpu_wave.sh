@@ -3,7 +3,7 @@
 # the build and torch.compile's cache carry over (both live in build-gpu/, which is ignored and so kept):
 #   scripts/gpu_wave.sh build [seconds]  configure and build every CUDA target while a background process
 #                                        compiles bench_train's PyTorch step (tools/bench_train_torch.py,
-#                                        torch.compile, the models in $PREWARM, default "0.6b 1.7b") into the
+#                                        torch.compile, the models in $PREWARM, default "0.6b 1.7b"; PREWARM= none) into the
 #                                        Inductor cache; then every GPU test and the CPU tests of the step, the
 #                                        losses and quantization (their fast paths take CUDA when it exists)
 #   scripts/gpu_wave.sh bench [seconds]  bench_train per model of $BENCH (default "0.6b:torch 1.7b:torch";
@@ -40,7 +40,7 @@ wait_prewarm() {  # the timed runs must not share the GPU with the background co
 if [[ ",$phase," == *,build,* ]]; then
   rm -f $prewarm_done
   # Shapes alone decide the compiled graphs, so random weights warm the cache for bench_train's own run.
-  setsid bash -c "for m in ${PREWARM:-0.6b 1.7b}; do python3 tools/bench_train_torch.py --model \$m --mode compile --iters 1 --warmup 1 \
+  setsid bash -c "for m in ${PREWARM-0.6b 1.7b}; do python3 tools/bench_train_torch.py --model \$m --mode compile --iters 1 --warmup 1 \
       || echo \"prewarm \$m failed\"; done > build-gpu/prewarm.log 2>&1; date +%T > $prewarm_done" </dev/null &
   echo $! > build-gpu/prewarm.pid
   gpu_tests="test_fused_cuda test_fused_model_gpu test_loss_cuda test_model_gpu test_generate_gpu test_nvfp4_cuda test_nvfp4_quotient test_quant_gpu test_train_cuda"

@@ -25,6 +25,7 @@ namespace ex = qad::experiment;
 
 struct ExperimentArgs {
   std::string config, out, gpus;
+  int cells_per_gpu = 1;
   bool dry_run = false, summarize_only = false;
 };
 
@@ -99,6 +100,7 @@ void run_experiment(const ExperimentArgs& a) {
     options.qad_executable = qad;
     options.out = out;
     options.gpus = gpus;
+    options.cells_per_gpu = a.cells_per_gpu;
     result = ex::run_grid(grid, options);
   }
   const ex::Summary summary = ex::summarize(grid, out);
@@ -136,6 +138,9 @@ void register_experiment(CLI::App& app) {
       ->required();
   cmd->add_option("--gpus", a->gpus, "run one cell per GPU at once, e.g. 0,1,2 (CUDA_VISIBLE_DEVICES per cell); "
                                      "default: one cell at a time on the grid's device");
+  cmd->add_option("--cells-per-gpu", a->cells_per_gpu, "run this many cells at once on each GPU of --gpus (or on "
+                  "the grid's device): a small model leaves most of a large GPU idle")
+      ->check(CLI::Range(1, 64));
   cmd->add_flag("--dry-run", a->dry_run, "print the cells and their exact command lines, run nothing");
   cmd->add_flag("--summarize-only", a->summarize_only, "write the summary from the cells on disk, run nothing");
   cmd->callback([a] { run_experiment(*a); });

@@ -114,9 +114,9 @@ class Runner {
  public:
   Runner(const Grid& grid, const RunnerOptions& o) : grid_(grid), o_(o) {
     result_.outcomes.assign(grid.cells.size(), CellOutcome::kNotRun);
-    if (o.gpus.empty()) {
-      slots_.resize(1);
-    } else {
+    QAD_CHECK(o.cells_per_gpu >= 1 && o.cells_per_gpu <= 64, "cells per GPU must be 1 to 64, got {}", o.cells_per_gpu);
+    for (int k = 0; k < o.cells_per_gpu; ++k) {
+      if (o.gpus.empty()) slots_.emplace_back();
       for (const auto& g : o.gpus) slots_.push_back(Slot{g, std::nullopt});
     }
   }
@@ -138,7 +138,7 @@ class Runner {
     say("qad experiment: {}: {} cells ({} finished, {} to resume, {} to evaluate, {} to start){}; logs in "
         "{}/cells/NAME/log.txt",
         grid_.name, grid_.cells.size(), done_before, resume, eval_only, fresh,
-        o_.gpus.empty() ? std::string() : fmt::format(", {} at a time", slots_.size()), o_.out.string());
+        slots_.size() == 1 ? std::string() : fmt::format(", {} at a time", slots_.size()), o_.out.string());
     start_ = Clock::now();
     SignalForwarding forwarding;
     int forwarded = 0;

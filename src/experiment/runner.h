@@ -18,6 +18,8 @@ struct RunnerOptions {
   std::string qad_executable;  // the cells run `qad_executable distill ...` and `... eval ...`
   std::filesystem::path out;   // OUT: cells/NAME/{run, log.txt, eval.json, status.json}, grid.json
   std::vector<std::string> gpus;  // empty: one cell at a time; else one cell per entry, CUDA_VISIBLE_DEVICES=entry
+  int cells_per_gpu = 1;          // cells at once on each entry of gpus (or on the grid's device when gpus is empty):
+                                  // small models leave most of a large GPU idle
   double poll_seconds = 0.05;
   std::FILE* messages = stdout;  // progress lines
 };

@@ -37,7 +37,10 @@ CkaTokens select_cka_tokens(const torch::Tensor& mask, int64_t batch, int64_t to
   auto rows = detail::select_rows(keep, n_rows);
   if (options.subsample_tokens > 0 && options.subsample_tokens < rows.count) {
     auto perm = gen ? torch::randperm(rows.count, *gen, torch::kLong) : torch::randperm(rows.count, torch::kLong);
-    auto pick = std::get<0>(perm.narrow(0, 0, options.subsample_tokens).sort()).to(device);
+    auto pick = std::get<0>(perm.narrow(0, 0, options.subsample_tokens).sort());
+    // From pinned memory without blocking: a plain copy of a pageable CPU tensor waits for the GPU to drain its
+    // queue, once per training step.
+    pick = device.is_cuda() ? pick.pin_memory().to(device, /*non_blocking=*/true) : pick.to(device);
     rows.index = rows.index.defined() ? rows.index.index_select(0, pick) : pick;
     rows.count = options.subsample_tokens;
   }

@@ -275,6 +275,18 @@ TEST_F(Runner, OneCellPerGpu) {
   for (const auto& cell : kCells) EXPECT_EQ(distills(cell), 1u) << cell;
 }
 
+TEST_F(Runner, SeveralCellsShareOneGpu) {
+  RunnerOptions o = options();
+  o.gpus = {"3"};
+  o.cells_per_gpu = 3;
+  const GridRunResult r = run_grid(grid_, o);
+  EXPECT_EQ(r.count(CellOutcome::kFinished), 6u);
+  for (const auto& line : log()) EXPECT_EQ(line.rfind("CVD=3 ", 0), 0u) << line;
+  for (const auto& cell : kCells) EXPECT_EQ(distills(cell), 1u) << cell;
+  o.cells_per_gpu = 0;
+  EXPECT_THROW(run_grid(grid_, o), Error);
+}
+
 TEST_F(Runner, AProgramThatCannotRunFailsItsCells) {
   RunnerOptions o = options();
   o.qad_executable = (dir_ / "no-such-qad").string();

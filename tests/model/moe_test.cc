@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
@@ -236,7 +237,7 @@ TEST(Qwen3Moe, FusedExpertTensorsLoadLikePerExpertOnes) {
     EXPECT_EQ(fused.back().second.sizes(), torch::IntArrayRef({m.num_experts, lm->config().hidden_size, m.intermediate_size}));
   }
   const auto dir = fs::temp_directory_path() / ("qad_moe_fused_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  qad::remove_tree(dir);
   fs::create_directories(dir);
   fs::copy_file(src / "config.json", dir / "config.json");
   io::write_tensors(dir / "model.safetensors", fused);
@@ -247,13 +248,13 @@ TEST(Qwen3Moe, FusedExpertTensorsLoadLikePerExpertOnes) {
     EXPECT_EQ(a[i].first, b[i].first);
     EXPECT_TRUE(qad::testing::same_bits(a[i].second, b[i].second)) << a[i].first;
   }
-  fs::remove_all(dir);
+  qad::remove_tree(dir);
 }
 
 TEST(Qwen3Moe, SaveWritesThePerExpertLayoutAndLoadsBackBitwise) {
   auto lm = CausalLM::load(fixture("qwen3_moe_mlp_only_per_expert"), torch::kCPU, torch::kFloat32);
   const auto dir = fs::temp_directory_path() / ("qad_moe_save_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  qad::remove_tree(dir);
   lm->save(dir);
   auto names = io::Checkpoint::open(dir).names();
   EXPECT_TRUE(std::count(names.begin(), names.end(), "model.layers.2.mlp.experts.5.down_proj.weight"));
@@ -263,7 +264,7 @@ TEST(Qwen3Moe, SaveWritesThePerExpertLayoutAndLoadsBackBitwise) {
   auto ids = reference(fixture("qwen3_moe_mlp_only_per_expert")).at("input_ids");
   torch::NoGradGuard g;
   EXPECT_TRUE(torch::equal(lm->forward(ids).logits, back->forward(ids).logits));
-  fs::remove_all(dir);
+  qad::remove_tree(dir);
 }
 
 TEST(Qwen3Moe, GradientsReachRouterAndRoutedExpertsAlsoUnderCheckpointing) {

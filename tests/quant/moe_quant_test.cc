@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <set>
 
+#include "util/remove_tree.h"
 #include "model/moe_block.h"
 #include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
@@ -102,13 +103,13 @@ TEST(MoeQuant, AllExpertsCalibrationGivesEveryExpertItsOwnAmaxFromEveryToken) {
   }
   // Calibrated this way the model exports and the routers stay excluded.
   auto out = std::filesystem::temp_directory_path() / fmt::format("qad_moe_allexp_{}", ::getpid());
-  std::filesystem::remove_all(out);
+  qad::remove_tree(out);
   quant::export_nvfp4(lm, out, moe_fixture());
   auto back = quant::load_nvfp4(out, torch::kCPU, torch::kFloat32);
   auto ids = torch::randint(256, {2, 9}, seeded_generator(3), torch::kLong);
   torch::NoGradGuard g;
   EXPECT_TRUE(same_bits(back->forward(ids).logits, lm->forward(ids).logits));
-  std::filesystem::remove_all(out);
+  qad::remove_tree(out);
 }
 
 TEST(MoeQuant, ConfigKeySelectsTheRule) {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <unistd.h>
 
+#include "util/remove_tree.h"
 #include "report/experiment_report.h"
 #include "util/error.h"
 #include "xml_check.h"
@@ -77,7 +78,7 @@ TEST(ExperimentReport, NotASummaryIsANamedError) {
   EXPECT_TRUE(is_experiment_dir(dir));
   write_experiment_report(dir, dir / "report.html", "exp");
   EXPECT_GT(fs::file_size(dir / "report.html"), 1000u);
-  fs::remove_all(dir);
+  qad::remove_tree(dir);
 }
 
 }  // namespace
