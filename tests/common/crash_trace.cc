@@ -35,16 +35,18 @@ void say_pc(const char* what, void* pc) {
 }
 
 void on_crash(int sig, siginfo_t* info, void* context) {
+#if defined(__x86_64__)
+  const auto* regs = context ? static_cast<const ucontext_t*>(context)->uc_mcontext.gregs : nullptr;
+#else
+  (void)context;
+#endif
   char line[256];
   snprintf(line, sizeof line, "\n*** test crashed with signal: %s (fault address %p, thread %ld of process %d)\n",
            strsignal(sig), info ? info->si_addr : nullptr, static_cast<long>(syscall(SYS_gettid)),
            static_cast<int>(getpid()));
   say(line);
 #if defined(__x86_64__)
-  if (context != nullptr) {
-    const auto* uc = static_cast<const ucontext_t*>(context);
-    say_pc("faulting instruction", reinterpret_cast<void*>(uc->uc_mcontext.gregs[REG_RIP]));
-  }
+  if (regs != nullptr) say_pc("faulting instruction", reinterpret_cast<void*>(regs[REG_RIP]));
 #endif
   say("stack:\n");
   void* frames[64];
@@ -53,12 +55,8 @@ void on_crash(int sig, siginfo_t* info, void* context) {
 #if defined(__x86_64__)
   // Last, since reading it faults again (and kills the process) when the stack pointer itself is bad: the return
   // address on top of the faulting frame's stack, i.e. the caller when the fault hit a leaf function.
-  if (context != nullptr) {
-    const auto* sp = reinterpret_cast<void* const*>(static_cast<const ucontext_t*>(context)->uc_mcontext.gregs[REG_RSP]);
-    if (sp != nullptr) say_pc("return address at the stack pointer", *sp);
-  }
-#else
-  (void)context;
+  const auto* sp = regs ? reinterpret_cast<void* const*>(regs[REG_RSP]) : nullptr;
+  if (sp != nullptr) say_pc("return address at the stack pointer", *sp);
 #endif
   std::signal(sig, SIG_DFL);
   std::raise(sig);

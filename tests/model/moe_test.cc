@@ -7,7 +7,6 @@
 
 #include <algorithm>
 
-#include "util/remove_tree.h"
 #include "common/test_util.h"
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
@@ -16,6 +15,7 @@
 #include "model/moe_dispatch.h"
 #include "model/router.h"
 #include "util/error.h"
+#include "util/remove_tree.h"
 
 namespace qad::model {
 namespace {

@@ -7,13 +7,13 @@
 #include <algorithm>
 #include <set>
 
-#include "util/remove_tree.h"
 #include "model/moe_block.h"
 #include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "quant_test_util.h"
 #include "util/error.h"
+#include "util/remove_tree.h"
 
 namespace qad::testing {
 namespace {

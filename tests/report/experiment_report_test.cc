@@ -8,9 +8,9 @@
 #include <fstream>
 #include <unistd.h>
 
-#include "util/remove_tree.h"
 #include "report/experiment_report.h"
 #include "util/error.h"
+#include "util/remove_tree.h"
 #include "xml_check.h"
 
 namespace {

@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-
 namespace {
 
 namespace fs = std::filesystem;
@@ -19,13 +18,12 @@ const fs::path kRoot = QAD_SOURCE_DIR;
 
 std::vector<std::string> remove_all_callers() {
   std::vector<std::string> found;
-  const fs::path& root = kRoot;
   for (const char* dir : {"src", "tests", "bench", "tools"}) {
-    if (!fs::exists(root / dir)) continue;
-    for (const auto& entry : fs::recursive_directory_iterator(root / dir)) {
+    if (!fs::exists(kRoot / dir)) continue;
+    for (const auto& entry : fs::recursive_directory_iterator(kRoot / dir)) {
       const auto ext = entry.path().extension();
       if (!entry.is_regular_file() || (ext != ".cc" && ext != ".h" && ext != ".cu" && ext != ".cuh")) continue;
-      const auto rel = fs::relative(entry.path(), root).generic_string();
+      const auto rel = fs::relative(entry.path(), kRoot).generic_string();
       if (rel.rfind("src/util/remove_tree", 0) == 0 || rel.rfind("tests/usage/", 0) == 0 ||
           rel == "tests/util/source_rules_test.cc") {
         continue;
