@@ -43,20 +43,57 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
     int64_t calls = 0;
     double ns = 0;
   };
-  std::map<std::string, Row> by_name;
+  std::map<std::string, Row> by_name, runtime;  // GPU activities; CUDA runtime calls on the host
+  std::vector<std::pair<uint64_t, uint64_t>> spans;  // GPU activity [start, end) in ns
   double total_ns = 0;
   for (const auto& e : result->events()) {
-    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    if (e.deviceType() != c10::DeviceType::CUDA) {
+      const auto n = e.name();
+      if (n.rfind("cuda", 0) == 0 || n.rfind("cu", 0) == 0) {
+        auto& r = runtime[n];
+        r.calls += 1;
+        r.ns += static_cast<double>(e.durationNs());
+      }
+      continue;
+    }
     auto& r = by_name[e.name()];
     r.calls += 1;
     r.ns += static_cast<double>(e.durationNs());
     total_ns += static_cast<double>(e.durationNs());
+    spans.emplace_back(e.startNs(), e.endNs());
   }
   if (by_name.empty()) return "profile: no CUDA activity recorded (is CUPTI loadable? libcupti must be on the path)\n";
   std::vector<std::pair<std::string, Row>> rows(by_name.begin(), by_name.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-  std::string out = fmt::format("GPU time {:.1f} ms in {} distinct kernels/copies; top {} by total time:\n",
-                                total_ns / 1e6, rows.size(), std::min<size_t>(top, rows.size()));
+  // Busy = the union of the activities' intervals; the rest of the span the GPU waited for the host (launches,
+  // autograd, synchronisation).
+  std::sort(spans.begin(), spans.end());
+  double busy_ns = 0;
+  uint64_t cur_start = spans.front().first, cur_end = spans.front().second, last_end = 0;
+  for (const auto& [a, b] : spans) {
+    last_end = std::max(last_end, b);
+    if (a > cur_end) {
+      busy_ns += static_cast<double>(cur_end - cur_start);
+      cur_start = a;
+      cur_end = b;
+    } else {
+      cur_end = std::max(cur_end, b);
+    }
+  }
+  busy_ns += static_cast<double>(cur_end - cur_start);
+  const double span_ns = static_cast<double>(last_end - spans.front().first);
+  std::string out = fmt::format("GPU span {:.2f} ms, busy {:.2f} ms, idle {:.2f} ms ({:.1f} %); {} activities\n",
+                                span_ns / 1e6, busy_ns / 1e6, (span_ns - busy_ns) / 1e6,
+                                100.0 * (span_ns - busy_ns) / std::max(span_ns, 1.0), spans.size());
+  std::vector<std::pair<std::string, Row>> calls(runtime.begin(), runtime.end());
+  std::sort(calls.begin(), calls.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  out += "CUDA runtime calls on the host (top 8 by time):";
+  for (size_t i = 0; i < calls.size() && i < 8; ++i) {
+    out += fmt::format(" {} x{} {:.2f} ms;", calls[i].first, calls[i].second.calls, calls[i].second.ns / 1e6);
+  }
+  out += "\n";
+  out += fmt::format("GPU time {:.1f} ms in {} distinct kernels/copies; top {} by total time:\n",
+                     total_ns / 1e6, rows.size(), std::min<size_t>(top, rows.size()));
   out += fmt::format("{:>6} {:>9} {:>6} {:>9}  {}\n", "calls", "total ms", "share", "mean us", "name");
   for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(top); ++i) {
     const auto& [name, r] = rows[i];

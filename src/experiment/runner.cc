@@ -198,8 +198,12 @@ class Runner {
 
   nlohmann::json base_status(size_t cell, const char* state, Phase phase) const {
     const Cell& c = grid_.cells[cell];
-    return {{"name", c.name}, {"state", state}, {"phase", phase_name(phase)}, {"attempt", attempts_for(cell)},
-            {"distill_args", c.distill_args}, {"time", now_text()}};
+    // cells_at_once: how many cells shared this cell's device; their times (train_seconds) include each other's
+    // load, which the summary says.
+    return {{"name", c.name},         {"state", state},
+            {"phase", phase_name(phase)}, {"attempt", attempts_for(cell)},
+            {"distill_args", c.distill_args}, {"time", now_text()},
+            {"cells_at_once", o_.cells_per_gpu}};
   }
 
   int attempts_for(size_t cell) const {

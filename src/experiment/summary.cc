@@ -1,6 +1,8 @@
 // Grouping cells and pairing them by seed (see summary.h).
 #include "experiment/summary.h"
 
+#include <fmt/format.h>
+
 #include <set>
 
 #include "experiment/out_dir_lock.h"
@@ -16,6 +18,15 @@ std::string cell_state(const Grid& grid, const CellPaths& paths, const nlohmann:
   if (s == "running") return runner_live ? "running" : "interrupted";
   if (s == "failed" || s == "interrupted") return s;
   return "not run";
+}
+
+// The per-layer CKA metrics ("cka.<layer>") a group's cells reported.
+std::set<std::string> cka_layers(const GroupSummary& g) {
+  std::set<std::string> out;
+  for (const auto& [m, v] : g.values) {
+    if (m.rfind("cka.", 0) == 0) out.insert(m);
+  }
+  return out;
 }
 
 std::string with_direction(const std::string& verdict, Verdict v, int direction) {
@@ -101,6 +112,12 @@ Summary summarize(const Grid& grid, const fs::path& out) {
         if (row.diff.seeds.empty()) continue;
         row.verdict = with_direction(verdict_text(row.diff.verdict, cmp.a, cmp.b), row.diff.verdict,
                                      metric_direction(m));
+        // A mean over other layers is another metric (runs from before validation measured every decoder layer
+        // averaged the CKA term's layers only): no verdict on it.
+        if (m == "mean_cka" && cka_layers(a) != cka_layers(b)) {
+          row.verdict = fmt::format("not comparable: mean over {} layer(s) vs {}", cka_layers(a).size(),
+                                    cka_layers(b).size());
+        }
         s.paired.push_back(std::move(row));
       }
     }

@@ -100,6 +100,19 @@ nlohmann::json summary_json(const Summary& s) {
           {"paired", paired}, {"cells", cells}};
 }
 
+namespace {
+
+// The most cells that shared one device while a finished cell ran (status.json's cells_at_once; 1 when absent).
+int64_t most_cells_at_once(const Summary& s) {
+  int64_t most = 1;
+  for (const auto& c : s.cells) {
+    if (c.state == "finished" && c.status.is_object()) most = std::max(most, c.status.value("cells_at_once", int64_t{1}));
+  }
+  return most;
+}
+
+}  // namespace
+
 std::string summary_markdown(const Summary& s) {
   std::string md = fmt::format("# Experiment `{}`\n\n{} of {} cells finished", s.experiment, s.count("finished"),
                                s.cells.size());
@@ -122,6 +135,11 @@ std::string summary_markdown(const Summary& s) {
       md += fmt::format(" {} |", it == g.metrics.end() ? std::string("—") : mean_std(it->second));
     }
     md += "\n";
+  }
+  if (const int64_t shared = most_cells_at_once(s); shared > 1 && !columns.empty() && columns.back() == "train_seconds") {
+    md += fmt::format("\ntrain_seconds: up to {} cells ran at once on one device, so a cell's time includes its "
+                      "neighbours' load: not a speed comparison (benchmark the step alone for that).\n",
+                      shared);
   }
 
   std::vector<std::string> layers;

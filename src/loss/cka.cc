@@ -51,6 +51,7 @@ struct Core {
   torch::Tensor a, gx, gy;               // feature form: A = Yc^T Xc [L,p2,p1], Gx [L,p1,p1], Gy [L,p2,p2]
   torch::Tensor k, l;                    // Gram form: K = Xc Xc^T, L = Yc Yc^T [L,n,n]
   torch::Tensor f, fxx, fyy;             // FP64 [L]: dps(X,Y), dps(X,X), dps(Y,Y)
+  torch::Tensor sx, sy;                  // debiased: FP64 row squared norms of Xc, Yc [L, n]
 };
 
 Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est) {
@@ -80,8 +81,10 @@ Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator e
   }
   if (est == CkaEstimator::kDebiased) {
     const double n = static_cast<double>(c.n);
-    auto sx = c.xc.square().sum(2, false, torch::kFloat64);  // [L, n]
-    auto sy = c.yc.square().sum(2, false, torch::kFloat64);
+    c.sx = c.xc.square().sum(2, false, torch::kFloat64);  // [L, n]
+    c.sy = c.yc.square().sum(2, false, torch::kFloat64);
+    const auto& sx = c.sx;
+    const auto& sy = c.sy;
     auto nx = sx.sum(1), ny = sy.sum(1);
     const double k1 = n / (n - 2), k2 = 1.0 / ((n - 1) * (n - 2));
     c.f = c.f - k1 * (sx * sy).sum(1) + k2 * nx * ny;
@@ -104,14 +107,20 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     auto root = torch::sqrt(c.fxx * c.fyy);
     auto cka = c.f / root;
     if (grad_x || grad_y) {
-      ctx->save_for_backward({x, y});
+      // The centred features themselves, not x and y: the backward would otherwise cast and centre both again
+      // (four passes over [L, n, p]). Only what the requested gradients read is kept: in the Gram form the
+      // differentiated side's features and both kernels; in the feature form both sides and the products.
+      const bool keep_xc = grad_x || !c.gram, keep_yc = grad_y || !c.gram;
+      ctx->saved_data["xc"] = keep_xc ? c.xc : torch::Tensor();
+      ctx->saved_data["yc"] = keep_yc ? c.yc : torch::Tensor();
+      ctx->saved_data["sx"] = c.sx;
+      ctx->saved_data["sy"] = c.sy;
+      ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
+      ctx->saved_data["y_type"] = static_cast<int64_t>(y.scalar_type());
       ctx->saved_data["debiased"] = est == CkaEstimator::kDebiased;
       ctx->saved_data["gram"] = c.gram;
       ctx->saved_data["grad_x"] = grad_x;
       ctx->saved_data["grad_y"] = grad_y;
-      ctx->saved_data["mean_x"] = c.mean_x;
-      ctx->saved_data["mean_y"] = c.mean_y;
-      // Only what the requested gradients read: the teacher side's own Gram matrix is not kept.
       ctx->saved_data["a"] = c.a;
       ctx->saved_data["gx"] = grad_x ? c.gx : torch::Tensor();
       ctx->saved_data["gy"] = grad_y ? c.gy : torch::Tensor();
@@ -130,27 +139,27 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   // the biased part is ((2/root) K - (2 cka / fyy) L) Yc, since Xc A^T = K Yc and Yc Gy = L Yc.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     torch::NoGradGuard no_grad;
-    auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];
-    const auto& y = saved[1];
     const bool debiased = ctx->saved_data["debiased"].toBool();
     const bool gram = ctx->saved_data["gram"].toBool();
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_y = ctx->saved_data["grad_y"].toBool();
-    const auto ct = compute_type(x, y);
-    auto xc = x.to(ct) - ctx->saved_data["mean_x"].toTensor();
-    auto yc = y.to(ct) - ctx->saved_data["mean_y"].toTensor();
+    const auto x_type = static_cast<torch::ScalarType>(ctx->saved_data["x_type"].toInt());
+    const auto y_type = static_cast<torch::ScalarType>(ctx->saved_data["y_type"].toInt());
+    auto xc = ctx->saved_data["xc"].toTensor();
+    auto yc = ctx->saved_data["yc"].toTensor();
+    const auto& own_c = grad_y ? yc : xc;
+    const auto ct = own_c.scalar_type();
     auto fxx = ctx->saved_data["fxx"].toTensor();
     auto fyy = ctx->saved_data["fyy"].toTensor();
     auto cka = ctx->saved_data["cka"].toTensor();
     auto go = grad_outputs[0].to(torch::kFloat64);
     auto root = torch::sqrt(fxx * fyy);
     auto alpha = 2.0 / root;
-    const double n = static_cast<double>(x.size(1));
+    const double n = static_cast<double>(own_c.size(1));
     torch::Tensor sx, sy, nx, ny;
     if (debiased) {
-      sx = xc.square().sum(2, false, torch::kFloat64);
-      sy = yc.square().sum(2, false, torch::kFloat64);
+      sx = ctx->saved_data["sx"].toTensor();
+      sy = ctx->saved_data["sy"].toTensor();
       nx = sx.sum(1);
       ny = sy.sum(1);
     }
@@ -160,7 +169,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     auto side = [&](const torch::Tensor& own, const torch::Tensor& other, const torch::Tensor& own_gram,
                     const torch::Tensor& cross, const torch::Tensor& own_kernel, const torch::Tensor& other_kernel,
                     const torch::Tensor& f_own, const torch::Tensor& s_own, const torch::Tensor& s_other,
-                    const torch::Tensor& n_own, const torch::Tensor& n_other, const torch::Tensor& input) {
+                    const torch::Tensor& n_own, const torch::Tensor& n_other, torch::ScalarType input_type) {
       auto beta = per_layer(-2.0 * cka / f_own, ct);
       torch::Tensor g;
       if (gram) {
@@ -174,16 +183,17 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
         g.add_(own * (r + gamma.unsqueeze(1)).to(ct).unsqueeze(2));
         g.sub_(g.mean(1, /*keepdim=*/true));
       }
-      return g.mul_(per_layer(go, ct)).to(input.scalar_type());
+      return g.mul_(per_layer(go, ct)).to(input_type);
     };
     auto a = ctx->saved_data["a"].toTensor();
     auto k = ctx->saved_data["k"].toTensor();
     auto l = ctx->saved_data["l"].toTensor();
     torch::Tensor dx, dy;
     if (grad_y) {
-      dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l, k, fyy, sy, sx, ny, nx, y);
+      dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l, k, fyy, sy, sx, ny, nx,
+                y_type);
     }
-    if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k, l, fxx, sx, sy, nx, ny, x);
+    if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k, l, fxx, sx, sy, nx, ny, x_type);
     return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

@@ -7,6 +7,7 @@
 
 #include "fused/autograd.h"
 #include "model/checkpointing.h"
+#include "model/hidden_rows.h"
 #include "model/moe_block.h"
 #include "util/error.h"
 #include "util/torch_format.h"
@@ -134,11 +135,17 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   }
 
   ForwardOutput out;
-  auto keep_hidden = [&](std::string name, const torch::Tensor& x) {
+  // With hidden_rows, x becomes a pass-through of itself whose backward adds the rows' gradient in place of
+  // index_select's full-size zero tensor (hidden_rows.h).
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) {
     if (!o.return_hidden) return;
-    out.hidden.emplace_back(std::move(name), o.hidden_rows.defined()
-                                                 ? x.reshape({-1, x.size(-1)}).index_select(0, o.hidden_rows.to(device))
-                                                 : x);
+    if (!o.hidden_rows.defined()) {
+      out.hidden.emplace_back(std::move(name), x);
+      return;
+    }
+    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
+    x = std::move(passed);
+    out.hidden.emplace_back(std::move(name), std::move(rows));
   };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->layer_list.size(); ++l) {

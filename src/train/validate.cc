@@ -2,6 +2,7 @@
 // ones `qad eval` reports.
 #include "train/validate.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "data/batch_tensors.h"
@@ -13,11 +14,15 @@
 namespace qad::train {
 
 ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::Loader& loader, int64_t max_batches,
-                     const std::vector<std::string>& cka_layers, torch::Device device, int64_t chunk_tokens) {
+                     const std::vector<std::string>& extra_cka_layers, torch::Device device, int64_t chunk_tokens) {
   torch::NoGradGuard ng;
   const bool was_training = student->is_training();
   student->eval();
-  const auto layers = cka_layers.empty() ? default_cka_layers(student->config()) : cka_layers;
+  const auto decoder_layers = default_cka_layers(student->config());
+  auto layers = decoder_layers;
+  for (const auto& l : extra_cka_layers) {
+    if (std::find(layers.begin(), layers.end(), l) == layers.end()) layers.push_back(l);
+  }
   data::LoaderState start = loader.state();
   start.epoch = 0;
   start.step = 0;
@@ -64,11 +69,14 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
       r.kl = sums.kl / nt;
       r.agreement = static_cast<double>(sums.agree) / nt;
       double sum = 0;
+      int64_t in_mean = 0;
       for (const auto& l : cka.result()) {
         r.cka.emplace_back(l.layer, l.minibatch_biased);
+        if (std::find(decoder_layers.begin(), decoder_layers.end(), l.layer) == decoder_layers.end()) continue;
         sum += l.minibatch_biased;
+        ++in_mean;
       }
-      if (!r.cka.empty()) r.mean_cka = sum / static_cast<double>(r.cka.size());
+      if (in_mean > 0) r.mean_cka = sum / static_cast<double>(in_mean);
       r.router_agreement = routers.per_layer();
       r.mean_router_agreement = routers.mean();
     }

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fmt/format.h>
+#include <map>
 
 #include "experiment/cell_metrics.h"
 #include "experiment/summary.h"
@@ -91,6 +93,7 @@ TEST(Summary, PairsWithinEachVariantAndListsFailedAndUnfinishedCells) {
   write_summary_files(s, out);
   const std::string md = testing::read_text(out / "summary.md");
   EXPECT_NE(md.find("6 of 8 cells finished, 1 failed"), std::string::npos) << md;
+  EXPECT_EQ(md.find("ran at once"), std::string::npos) << md;  // one cell at a time: no note
   EXPECT_NE(md.find("| cka-qad − qad (loss.cka=0.1) | kl | 2 |"), std::string::npos) << md;
   EXPECT_NE(md.find("- `cka-qad__loss.cka=1__seed2`: qad distill exited with status 1 (phase distill)"),
             std::string::npos)
@@ -104,6 +107,32 @@ TEST(Summary, PairsWithinEachVariantAndListsFailedAndUnfinishedCells) {
   const auto csv = testing::read_lines(out / "summary.csv");
   EXPECT_EQ(csv[0], "table,name,variant,metric,n,mean,std,stderr,ci95_low,ci95_high,verdict");
   EXPECT_NE(std::find(csv.begin(), csv.end(), "cell,qad__loss.cka=1__seed1,,kl,1,0.5,,,,,"), csv.end());
+  ::qad::remove_tree(out);
+}
+
+TEST(Summary, MeanCkaOverOtherLayersGetsNoVerdict) {
+  // An older cka-qad run averaged its validation CKA over the loss's layers only (layers.2 here), QAD over all
+  // three: their mean_cka values are different metrics, and the per-layer ones still pair.
+  const Grid g = parse_grid("teacher: T\ndata: D\nmethods: [qad, cka-qad]\nseeds: [1, 2]\n", "exp.yaml");
+  const auto out = testing::fresh_dir("summary_cka_layers");
+  for (int seed : {1, 2}) {
+    const double d = 0.001 * seed;
+    finished_cell(out, "qad__seed" + std::to_string(seed),
+                  fmt::format(R"({{"mean_cka": {}, "train_seconds": {}, "cka": {{"layers.0": 0.99, "layers.1": 0.98, )"
+                              R"("layers.2": {}}}}})",
+                              0.98 + d, 30 + seed, 0.97 + d));
+    finished_cell(out, "cka-qad__seed" + std::to_string(seed),
+                  fmt::format(R"({{"mean_cka": {}, "cka": {{"layers.2": {}}}}})", 0.975 + d, 0.975 + d));
+  }
+  // The cells ran four at a time on one GPU: their times are not a speed comparison, which the summary says.
+  write_status(cell_paths(out, "qad__seed1"), {{"state", "finished"}, {"cells_at_once", 4}});
+  const Summary s = summarize(g, out);
+  write_summary_files(s, out);
+  EXPECT_NE(testing::read_text(out / "summary.md").find("up to 4 cells ran at once on one device"), std::string::npos);
+  std::map<std::string, std::string> verdicts;
+  for (const auto& p : s.paired) verdicts[p.metric] = p.verdict;
+  EXPECT_EQ(verdicts.at("mean_cka"), "not comparable: mean over 1 layer(s) vs 3");
+  EXPECT_EQ(verdicts.at("cka.layers.2"), "cka-qad > qad beyond noise (better)");  // +0.005 on both seeds
   ::qad::remove_tree(out);
 }
 

@@ -213,4 +213,45 @@ TEST_F(RunTest, NonFiniteStepsAreSkippedAndTooManyStopTheRun) {
   EXPECT_FALSE(fs::exists(many / "final_metrics.json"));
 }
 
+// The CKA term may train a subset of the layers; validation still measures every decoder layer and mean_cka is
+// their mean, so runs that train different layers are compared on one metric (the study's "last third" cell was
+// once compared with QAD over three layers against eight). A named non-decoder hidden state ("norm") is reported
+// beside them, outside the mean; the training log's per-layer values are the trained layers only.
+TEST_F(RunTest, ValidationCkaCoversEveryDecoderLayerWhateverTheLossTrains) {
+  const auto out = root_ / "subset";
+  auto args = base_args(out);
+  for (auto& a : args) if (a == "9") a = "2";  // --steps
+  args.insert(args.end(), {"--set", R"(loss.cka_layers=["layers.3","norm"])"});
+  const int st = run_qad(args, root_ / "subset.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "subset.log");
+  auto fm = nlohmann::json::parse(slurp(out / "final_metrics.json"));
+  ASSERT_TRUE(fm["cka"].is_object()) << fm.dump();
+  double sum = 0;
+  for (int l = 0; l < 5; ++l) {  // stories260K has 5 decoder layers
+    const auto key = "layers." + std::to_string(l);
+    ASSERT_TRUE(fm["cka"].contains(key)) << fm.dump();
+    const double v = fm["cka"][key].get<double>();
+    EXPECT_GT(v, 0.5);
+    EXPECT_LE(v, 1.0 + 1e-9);
+    sum += v;
+  }
+  ASSERT_TRUE(fm["cka"].contains("norm")) << fm.dump();
+  EXPECT_EQ(fm["cka"].size(), 6u);
+  EXPECT_NEAR(fm["mean_cka"].get<double>(), sum / 5, 1e-12);
+  EXPECT_NE(fm["mean_cka"].get<double>(), (sum + fm["cka"]["norm"].get<double>()) / 6);
+
+  std::ifstream f(out / "metrics.jsonl");
+  std::string line;
+  int train_lines = 0;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j["type"] != "train") continue;
+    ++train_lines;
+    ASSERT_TRUE(j["cka"].is_object()) << line;
+    EXPECT_EQ(j["cka"].size(), 2u) << line;
+    EXPECT_TRUE(j["cka"].contains("layers.3") && j["cka"].contains("norm")) << line;
+  }
+  EXPECT_EQ(train_lines, 2);
+}
+
 }  // namespace

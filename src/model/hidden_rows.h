@@ -1,0 +1,18 @@
+// Selected rows of a hidden state for the CKA term, with a backward that adds their gradient straight into the
+// gradient of the hidden state. index_select's own backward builds a zero tensor of the full [B*T, H] size per
+// layer and autograd then adds it to the residual stream's gradient: two full passes over every layer's
+// gradient for a few hundred rows.
+#pragma once
+#include <torch/torch.h>
+
+#include <utility>
+
+namespace qad::model {
+
+// {h', rows}: h' is h (the same values, as a view of it, to be used instead of h from here on) and rows =
+// h.reshape({-1, H}).index_select(0, index). In backward, h's gradient is h''s gradient with rows' gradient
+// added at `index` (index_add; indices must be distinct, as sampled token rows are). Without autograd (no grad
+// mode, or h needs no gradient) it is index_select and h itself.
+std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index);
+
+}  // namespace qad::model

@@ -1,0 +1,90 @@
+// tap_hidden_rows against index_select on the full tensor: the same rows; h's gradient is its downstream
+// gradient with the rows' gradient added (bit for bit: one addition per element either way), also when only the
+// rows are used, and plain index_select without autograd. Built twice: test_model on the CPU, test_model_gpu
+// (QAD_HIDDEN_ROWS_GPU) on CUDA with BF16 as well.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "common/test_util.h"
+#include "model/hidden_rows.h"
+
+namespace qad::model {
+namespace {
+
+#ifdef QAD_HIDDEN_ROWS_GPU
+#define REQUIRE_DEVICE() QAD_REQUIRE_GPU()
+const torch::Device kDevice = torch::kCUDA;
+const std::vector<torch::ScalarType> kTypes = {torch::kFloat32, torch::kBFloat16};
+#else
+#define REQUIRE_DEVICE() \
+  do {                   \
+  } while (0)
+const torch::Device kDevice = torch::kCPU;
+const std::vector<torch::ScalarType> kTypes = {torch::kFloat64, torch::kFloat32};
+#endif
+
+struct Case {
+  torch::Tensor h, index, w_down, w_rows;
+};
+
+Case make_case(uint64_t seed, torch::ScalarType dtype) {
+  auto gen = qad::testing::seeded_generator(seed);
+  Case c;
+  c.h = torch::randn({3, 5, 8}, gen).to(kDevice, dtype);
+  c.index = std::get<0>(torch::randperm(15, gen, torch::kLong).narrow(0, 0, 6).sort()).to(kDevice);
+  c.w_down = torch::randn({3, 5, 8}, gen).to(kDevice, dtype);
+  c.w_rows = torch::randn({6, 8}, gen).to(kDevice, dtype);
+  return c;
+}
+
+TEST(TapHiddenRows, GradientIsTheDownstreamGradientPlusTheRowsGradient) {
+  REQUIRE_DEVICE();
+  for (auto dtype : kTypes) {
+    const auto c = make_case(1, dtype);
+    // Reference: index_select on h; h has two downstream uses, as a decoder layer's input does.
+    auto h1 = c.h.clone().requires_grad_(true);
+    auto r1 = h1.reshape({-1, 8}).index_select(0, c.index);
+    ((h1 * c.w_down).sum() + h1.square().sum() + (r1 * c.w_rows).sum()).backward();
+
+    auto h2 = c.h.clone().requires_grad_(true);
+    auto [passed, r2] = tap_hidden_rows(h2, c.index);
+    EXPECT_TRUE(qad::testing::same_bits(r2, r1.detach()));
+    EXPECT_TRUE(qad::testing::same_bits(passed, h2.detach()));
+    ((passed * c.w_down).sum() + passed.square().sum() + (r2 * c.w_rows).sum()).backward();
+    EXPECT_TRUE(qad::testing::same_bits(h1.grad(), h2.grad()));
+    // The rows' gradient really reached h (the test would pass trivially if it were dropped).
+    auto h3 = c.h.clone().requires_grad_(true);
+    ((h3 * c.w_down).sum() + h3.square().sum()).backward();
+    EXPECT_FALSE(qad::testing::same_bits(h3.grad(), h2.grad()));
+  }
+}
+
+TEST(TapHiddenRows, OnlyTheRowsUsed) {
+  REQUIRE_DEVICE();
+  const auto c = make_case(2, kTypes[0]);
+  auto h = c.h.clone().requires_grad_(true);
+  auto [passed, rows] = tap_hidden_rows(h, c.index);
+  (rows * c.w_rows).sum().backward();
+  auto expect = torch::zeros({15, 8}, c.w_rows.options()).index_add_(0, c.index, c.w_rows).view({3, 5, 8});
+  EXPECT_TRUE(qad::testing::same_bits(h.grad(), expect));
+}
+
+TEST(TapHiddenRows, WithoutAutogradIsIndexSelect) {
+  REQUIRE_DEVICE();
+  const auto c = make_case(3, kTypes.back());
+  {
+    torch::NoGradGuard ng;
+    auto h = c.h.clone().requires_grad_(true);
+    auto [passed, rows] = tap_hidden_rows(h, c.index);
+    EXPECT_TRUE(passed.is_same(h));  // h itself, no autograd node
+    EXPECT_FALSE(rows.requires_grad());
+    EXPECT_TRUE(qad::testing::same_bits(rows, c.h.reshape({-1, 8}).index_select(0, c.index)));
+  }
+  auto [passed, rows] = tap_hidden_rows(c.h, c.index);  // needs no gradient
+  EXPECT_FALSE(rows.requires_grad());
+  EXPECT_THROW(tap_hidden_rows(c.h, c.index.to(torch::kInt)), std::exception);
+}
+
+}  // namespace
+}  // namespace qad::model
