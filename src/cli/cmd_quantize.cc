@@ -35,6 +35,7 @@ struct QuantizeArgs {
   std::string doc_end = "eos", bos = "auto";
   std::vector<std::string> exclude, include;
   bool weight_only = false;
+  std::string kv_cache;  // empty: the --config's quant.kv_cache (default none)
 };
 
 // The token dataset to calibrate on: --calib-data itself, or .jsonl / .txt text prepared exactly as `qad distill`
@@ -90,11 +91,15 @@ int run(const QuantizeArgs& a) {
   quant::QuantConfig cfg;
   if (!a.config.empty()) {
     const auto root = train::load_recipe(a.config);  // YAML as JSON, read like a distill recipe
-    cfg = quant::quant_config_from_json(root.contains("quant") ? root["quant"] : root, a.config + ": quant");
+    // The quant: section's keys, or a distill recipe's quant.options (one recipe file serves both commands).
+    const bool options = root.contains("quant") && root["quant"].is_object() && root["quant"].contains("options");
+    cfg = quant::quant_config_from_json(options ? root["quant"]["options"] : root.contains("quant") ? root["quant"] : root,
+                                        a.config + (options ? ": quant.options" : ": quant"));
   }
   cfg.method = quant::parse_calib_method(a.method);
   cfg.calib_samples = a.calib_samples;
   if (a.weight_only) cfg.quantize_inputs = false;
+  if (!a.kv_cache.empty()) cfg.kv_cache = quant::parse_kv_cache(a.kv_cache);
   if (!a.include.empty()) cfg.include = a.include;
   cfg.exclude.insert(cfg.exclude.end(), a.exclude.begin(), a.exclude.end());
 
@@ -110,8 +115,8 @@ int run(const QuantizeArgs& a) {
   const CalibrationDataset dataset(a);
   quant::calibrate(lm, calibration_batches(a, dataset.dir(), config.vocab_size, device), cfg);
   const auto format = quant::export_nvfp4(lm, a.out, a.model);  // --config may make it weight-only too
-  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration)\n", a.out, quant::quant_algo_name(format),
-             names.size(), a.method);
+  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration)\n", a.out,
+             quant::format_label(format, quant::has_fp8_kv_cache(lm)), names.size(), a.method);
   return 0;
 }
 
@@ -121,7 +126,8 @@ void register_quantize(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   auto* cmd = app.add_subcommand("quantize", "PTQ: calibrate an HF checkpoint and export it as NVFP4 (ModelOpt layout)");
   cmd->footer("Examples:\n  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4 --method mse\n"
-              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-w4a16 --weight-only");  // each one is run by tests/usage
+              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-w4a16 --weight-only\n"
+              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4-kv-fp8 --config recipes/nvfp4_kv_fp8.yaml");  // each one is run by tests/usage
   cmd->add_option("--model", a->model, "HF model directory (config.json, safetensors, tokenizer)")->required();
   cmd->add_option("--calib-data", a->calib_data,
                   "calibration data: a token dataset directory (qad data prepare) or a .jsonl / .txt file, optionally "
@@ -141,6 +147,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--include", a->include, "module globs to quantize (default *)");
   cmd->add_flag("--weight-only", a->weight_only, "NVFP4 weights, activations left in the model's dtype: exports "
                 "W4A16_NVFP4 (no input_scale), what Hopper GPUs serve");
+  cmd->add_option("--kv-cache", a->kv_cache, "KV cache: none, or fp8 (FP8 E4M3 with a calibrated per-layer k_scale / "
+                  "v_scale, kv_cache_quant_algo FP8; ModelOpt's nvfp4_default-kv_fp8). Default: --config's "
+                  "quant.kv_cache, else none")->check(CLI::IsMember({"none", "fp8"}));
   cmd->add_option("--config", a->config, "YAML file with a quant: section (docs/quant.md); flags override it");
   cmd->add_option("--seq-len", a->seq_len, "tokens per calibration row")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "rows per forward")->check(CLI::PositiveNumber)->capture_default_str();

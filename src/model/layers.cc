@@ -159,6 +159,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
     q = apply_rotary(q.transpose(1, 2), ctx.cos, ctx.sin);
     k = apply_rotary(k.transpose(1, 2), ctx.cos, ctx.sin);
   }
+  // Before the cache write: the cache holds the quantized values, so decoding attends to what a recompute does.
+  if (kv_quant) std::tie(k, v) = kv_quant->apply(k, v, ctx.token_mask);
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer_, k, v);
   const int64_t n_rep = num_heads_ / num_kv_heads_;
   torch::Tensor out;

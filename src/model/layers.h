@@ -52,6 +52,17 @@ struct AttentionContext {
 // Whether a layer runs its norms through the fused kernels (src/fused) for input x (see FusedKernels).
 bool use_fused_kernels(const AttentionContext& ctx, const torch::Tensor& x);
 
+// What an attention layer does to its keys and values before they are attended to and cached: implemented by the
+// FP8 KV-cache quantization (quant/kv_quant.h). k: [B, Hkv, T, D] after q/k-norm (Qwen3) and RoPE; v: [B, Hkv, T,
+// D] as v_proj gave them; both as the cache stores them (before any repeat to the query heads), on every
+// attention path (math, SDPA, fused q/k-norm + RoPE, cached decoding), so that a cached key is the same value
+// a full recompute attends to. token_mask: [B, T], 1 = real token (calibration skips padding), or undefined.
+struct KVQuantHook {
+  virtual ~KVQuantHook() = default;
+  virtual std::pair<torch::Tensor, torch::Tensor> apply(const torch::Tensor& k, const torch::Tensor& v,
+                                                        const torch::Tensor& token_mask) = 0;
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& c, const std::string& prefix, int64_t layer);
@@ -59,6 +70,7 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, bool input_quantized = false);
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};  // Qwen3 only
+  std::shared_ptr<KVQuantHook> kv_quant;      // FP8 KV cache emulation; null = keys/values as computed
 
  private:
   int64_t layer_, num_heads_, num_kv_heads_, head_dim_;

@@ -1,26 +1,12 @@
 // NVFP4 fake quantization with LibTorch tensor ops only. It is the baseline the benchmark measures the
 // fused kernel against, and a third implementation (besides the CPU reference and the CUDA kernel)
 // that the tests compare bit for bit. Written for clarity, not speed: every step is a separate op.
+#include "nvfp4/fp8.h"
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 
 namespace qad::nvfp4 {
 namespace {
-
-// 2^e as float32, exactly, for e in the normal range (pow/ldexp may go through exp2 on some devices).
-torch::Tensor exact_power_of_two(const torch::Tensor& e) {
-  return ((e.to(torch::kInt32) + 127) * (1 << 23)).view(torch::kFloat32);
-}
-
-// Rounds positive values in [2^-9, 448] to the nearest E4M3 value, ties to even.
-torch::Tensor round_to_e4m3(const torch::Tensor& s) {
-  auto subnormal = torch::round(s * 512.0) * 0.001953125;  // below 2^-6: steps of 2^-9
-  auto fr = torch::frexp(s);                                  // s = m * 2^e, m in [0.5, 1)
-  auto m = std::get<0>(fr);
-  auto e = std::get<1>(fr);
-  auto normal = torch::round(m * 16.0) * exact_power_of_two(e - 4);  // 3 mantissa bits: steps of 2^(e-4)
-  return torch::where(s < 0.015625, subnormal, normal);
-}
 
 // E2M1 magnitude index of |v| with ties to even: the number of rounding boundaries passed.
 torch::Tensor e2m1_index(const torch::Tensor& a) {
@@ -46,7 +32,7 @@ torch::Tensor fake_quantize_torch_ops(const torch::Tensor& x, const torch::Tenso
   auto finite = torch::isfinite(blocks).all(-1, true).logical_and(torch::isfinite(sg));
   auto block_amax = blocks.abs().amax(-1, true);
   auto s = (block_amax / (sg * 6.0)).clamp(kE4M3MinSubnormal, kE4M3Max);
-  s = torch::where(block_amax == 0, torch::ones_like(s), round_to_e4m3(s));
+  s = torch::where(block_amax == 0, torch::ones_like(s), e4m3_round(s));
 
   auto scaled = torch::where(blocks == 0, blocks, blocks / (s * sg));
   auto values = torch::tensor({0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f}, blocks.options());

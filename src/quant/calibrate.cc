@@ -4,8 +4,11 @@
 
 #include <cmath>
 #include <map>
+#include <set>
+#include <tuple>
 
 #include "nvfp4/quantize.h"
+#include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "util/error.h"
@@ -27,14 +30,28 @@ std::vector<Hooked> hooked(const model::CausalLM& lm) {
   return out;
 }
 
+std::vector<Fp8KvQuant*> kv_hooked(const model::CausalLM& lm) {
+  std::vector<Fp8KvQuant*> out;
+  for (auto* h : kv_hooks(lm)) {
+    if (h != nullptr) out.push_back(h);
+  }
+  return out;
+}
+
 // Ends calibration mode on every hook, also when the forward throws.
 struct CalibrationScope {
   std::vector<Hooked>& hooks;
-  explicit CalibrationScope(std::vector<Hooked>& h, const std::shared_ptr<torch::Tensor>& mask) : hooks(h) {
+  std::vector<Fp8KvQuant*>& kv;
+  CalibrationScope(std::vector<Hooked>& h, std::vector<Fp8KvQuant*>& k, const std::shared_ptr<torch::Tensor>& mask)
+      : hooks(h), kv(k) {
     for (auto& x : hooks) {
       x.hook->calibrating = true;
       x.hook->calib_amax = torch::Tensor();
       x.hook->calib_mask = mask;
+    }
+    for (auto* x : kv) {
+      x->calibrating = true;
+      x->k_amax = x->v_amax = torch::Tensor();
     }
   }
   ~CalibrationScope() {
@@ -42,8 +59,27 @@ struct CalibrationScope {
       x.hook->calibrating = false;
       x.hook->calib_mask.reset();
     }
+    for (auto* x : kv) x->calibrating = false;
   }
 };
+
+// k_scale / v_scale from the amaxes the KV hooks recorded: amax / 448, finite and positive (engines read a scale
+// <= 0 as "none in the checkpoint").
+void set_kv_scales(const std::vector<Fp8KvQuant*>& kv) {
+  for (auto* x : kv) {
+    const std::tuple<torch::Tensor*, torch::Tensor*, const char*> parts[] = {{&x->k_amax, &x->k_scale, "keys"},
+                                                                           {&x->v_amax, &x->v_scale, "values"}};
+    for (auto [amax, scale, what] : parts) {
+      QAD_CHECK(amax->defined(), "calibrate: {} saw no {} (is it used by the forward?)", x->attention(), what);
+      const float a = amax->cpu().item<float>();
+      QAD_CHECK(std::isfinite(a), "calibrate: {} saw non-finite {} (amax {}); the model or the calibration data "
+                "produce NaN/Inf", x->attention(), what, a);
+      QAD_CHECK(a > 0.0f, "calibrate: the {} of {} are all 0 over the calibration tokens; an FP8 KV cache needs a "
+                "positive scale (calibrate on more data, or quant.kv_cache: none)", what, x->attention());
+      *scale = torch::full({}, fp8_kv_scale(a), torch::kFloat32);
+    }
+  }
+}
 
 // ModelOpt's MseCalibrator candidates: initial amax x linspace(0.25, 4.0, ceil(3.75 / 0.1) + 1); plus 1.0 itself,
 // so that MSE is never worse than max calibration on the weights.
@@ -119,6 +155,7 @@ void fill_uncalibrated_experts(std::vector<Hooked>& hooks, CalibrationReport& re
 void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg,
                CalibrationReport* report) {
   auto hooks = hooked(lm);
+  auto kv = kv_hooked(lm);
   QAD_CHECK(!hooks.empty(), "calibrate: the model has no NVFP4-quantized Linear (call quant::apply_nvfp4 first)");
   QAD_CHECK(cfg.calib_samples > 0, "calibrate: calib_samples must be positive, got {}", cfg.calib_samples);
   const auto device = lm->model->embed_tokens->weight.device();
@@ -128,7 +165,7 @@ void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const Qua
   auto mask_slot = std::make_shared<torch::Tensor>();
   int64_t seen = 0;
   {
-    CalibrationScope scope(hooks, mask_slot);
+    CalibrationScope scope(hooks, kv, mask_slot);
     torch::NoGradGuard no_grad;
     Progress progress("calibrate", cfg.calib_samples, "samples");
     for_each_batch([&](const torch::Tensor& input_ids, const torch::Tensor& mask) {
@@ -161,6 +198,7 @@ void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const Qua
                 "calibration data produce NaN/Inf", x.hook->module(), a.item<float>());
       x.hook->input_amax = a;
     }
+    set_kv_scales(kv);
   }
   QAD_CHECK(seen > 0, "calibrate: the calibration data gave no samples");
   if (seen < cfg.calib_samples) {
@@ -203,18 +241,36 @@ std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::
       out.emplace_back(m + ".weight_quantizer._amax", x.hook->weight_amax.cpu().clone());
     }
   }
+  for (auto* h : kv_hooked(lm)) {
+    if (h->k_scale.defined()) out.emplace_back(h->k_scale_name(), h->k_scale.cpu().clone());
+    if (h->v_scale.defined()) out.emplace_back(h->v_scale_name(), h->v_scale.cpu().clone());
+  }
   return out;
 }
 
 void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::string, torch::Tensor>>& state,
                           const QuantConfig& cfg) {
   static const std::string kIn = ".input_quantizer._amax", kW = ".weight_quantizer._amax";
+  static const std::string kK = ".k_proj.k_scale", kV = ".v_proj.v_scale";
   std::map<std::string, model::Linear> by_name;
   for (const auto& l : lm->linears()) by_name.emplace(l->name(), l);
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> amaxes;  // module -> (input, weight)
+  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> kv_scales;  // "<layer>.self_attn" -> (k, v)
   for (const auto& [name, t] : state) {
+    if (name.ends_with(kK) || name.ends_with(kV)) {
+      const bool is_k = name.ends_with(kK);
+      const auto attention = name.substr(0, name.size() - kK.size());  // both suffixes have one length
+      QAD_CHECK(t.numel() == 1 && t.is_floating_point(), "quantizer state: '{}' must be one float, got {} elements",
+                name, t.numel());
+      auto v = t.detach().reshape({}).to(torch::kCPU, torch::kFloat32).clone();
+      QAD_CHECK(std::isfinite(v.item<float>()) && v.item<float>() > 0, "quantizer state: '{}' = {} is not a valid "
+                "KV-cache scale (finite, > 0)", name, v.item<float>());
+      (is_k ? kv_scales[attention].first : kv_scales[attention].second) = v;
+      continue;
+    }
     const bool is_in = name.ends_with(kIn), is_w = name.ends_with(kW);
-    QAD_CHECK(is_in || is_w, "quantizer state: '{}' is not '<module>{}' or '<module>{}'", name, kIn, kW);
+    QAD_CHECK(is_in || is_w, "quantizer state: '{}' is not '<module>{}', '<module>{}', '<layer>.self_attn{}' or "
+              "'<layer>.self_attn{}'", name, kIn, kW, kK, kV);
     const auto module = name.substr(0, name.size() - (is_in ? kIn.size() : kW.size()));
     QAD_CHECK(by_name.count(module), "quantizer state: '{}' names no Linear of this model", name);
     QAD_CHECK(t.numel() == 1 && t.is_floating_point(), "quantizer state: '{}' must be one float, got {} elements",
@@ -241,6 +297,27 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
       if (ov.quantize_inputs && glob_match(ov.pattern, l->name())) hook->quantize_inputs = *ov.quantize_inputs;
     }
     l->quant = hook;
+  }
+  // The KV cache: every attention layer has both scales, or the state has none.
+  remove_kv_cache_quant(lm);
+  if (kv_scales.empty()) return;
+  std::set<std::string> known;
+  for (size_t i = 0; i < lm->model->layer_list.size(); ++i) {
+    const auto attention = fmt::format("model.layers.{}.self_attn", i);
+    known.insert(attention);
+    auto it = kv_scales.find(attention);
+    QAD_CHECK(it != kv_scales.end() && it->second.first.defined() && it->second.second.defined(),
+              "quantizer state: has FP8 KV-cache scales but not '{}{}' and '{}{}' (every attention layer needs both)",
+              attention, kK, attention, kV);
+    auto hook = std::make_shared<Fp8KvQuant>(attention);
+    hook->k_scale = it->second.first;
+    hook->v_scale = it->second.second;
+    hook->ste = cfg.ste;
+    lm->model->layer_list[i]->self_attn->kv_quant = hook;
+  }
+  for (const auto& [attention, scales] : kv_scales) {
+    QAD_CHECK(known.count(attention), "quantizer state: '{}{}' names no attention layer of this model", attention,
+              scales.first.defined() ? kK : kV);
   }
 }
 

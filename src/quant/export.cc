@@ -12,6 +12,7 @@
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 #include "quant/export_json.h"
+#include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "util/atomic_file.h"
@@ -109,6 +110,24 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
             "quant::calibrate first)");
   const auto format = w4a4_example.empty() ? NvFp4Format::kW4A16 : NvFp4Format::kW4A4;
 
+  // The FP8 KV cache: all attention layers or none, each with both scales calibrated (engines read a scale <= 0
+  // as missing and fall back to 1.0, which would not be the model that was trained).
+  const auto kv = kv_hooks(lm);
+  const bool fp8_kv = has_fp8_kv_cache(lm);
+  if (fp8_kv) {
+    for (size_t i = 0; i < kv.size(); ++i) {
+      QAD_CHECK(kv[i] != nullptr, "export: attention layer {} has no FP8 KV-cache quantizer but others have; an "
+                "FP8 KV cache covers every layer (quant::apply_nvfp4 with kv_cache fp8 installs them all)", i);
+      QAD_CHECK(kv[i]->k_scale.defined() && kv[i]->v_scale.defined(), "export: {}'s FP8 KV-cache scales are not "
+                "calibrated (run quant::calibrate or load a quantizer state first)", kv[i]->attention());
+      for (const auto* s : {&kv[i]->k_scale, &kv[i]->v_scale}) {
+        const float v = scalar(*s);
+        QAD_CHECK(std::isfinite(v) && v > 0.0f, "export: {} has a KV-cache scale of {}; it must be finite and > 0",
+                  kv[i]->attention(), v);
+      }
+    }
+  }
+
   TensorList out;
   torch::NoGradGuard no_grad;
   for (const auto& [name, t] : lm->hf_tensors()) {
@@ -129,12 +148,18 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
     const float in_scale = nvfp4::global_decode_scale(scalar(h->input_amax));
     out.add(module + ".input_scale", torch::full({}, in_scale, torch::kFloat32), io::DType::F32);
   }
+  if (fp8_kv) {
+    for (const auto* h : kv) {
+      out.add(h->k_scale_name(), torch::full({}, scalar(h->k_scale), torch::kFloat32), io::DType::F32);
+      out.add(h->v_scale_name(), torch::full({}, scalar(h->v_scale), torch::kFloat32), io::DType::F32);
+    }
+  }
 
   const auto exclude = unquantized_modules(lm);
   const auto dtype = lm->model->embed_tokens->weight.scalar_type();
   auto config = model::config_json_for_save(lm->config(), model::dtype_config_name(dtype));
-  config["quantization_config"] = config_quantization_json(exclude, format);
-  const auto hf_quant = hf_quant_config_json(exclude, format);
+  config["quantization_config"] = config_quantization_json(exclude, format, fp8_kv);
+  const auto hf_quant = hf_quant_config_json(exclude, format, fp8_kv);
 
   std::vector<fs::path> companions;
   if (!source_dir.empty()) {

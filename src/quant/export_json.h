@@ -13,15 +13,22 @@ inline constexpr int kGroupSize = 16;
 // NVFP4 weights, activations in the model's dtype (ModelOpt's "W4A16_NVFP4": no input_scale; what Hopper serves).
 enum class NvFp4Format { kW4A4, kW4A16 };
 const char* quant_algo_name(NvFp4Format f);
+// What the commands print: the quant_algo, plus " + FP8 KV" with an FP8 KV cache ("NVFP4 + FP8 KV").
+std::string format_label(NvFp4Format f, bool fp8_kv);
 
 // {"producer": {"name": "qad", "version"}, "quantization": {"quant_algo": "NVFP4" | "W4A16_NVFP4",
-//  "kv_cache_quant_algo": null, "group_size": 16, "exclude_modules": [...]}}
+//  "kv_cache_quant_algo": null | "FP8", "group_size": 16, "exclude_modules": [...]}}
 nlohmann::json hf_quant_config_json(const std::vector<std::string>& exclude_modules,
-                                    NvFp4Format format = NvFp4Format::kW4A4);
+                                    NvFp4Format format = NvFp4Format::kW4A4, bool fp8_kv = false);
 
 // config.json's "quantization_config" (compressed-tensors style, quant_method "modelopt"); W4A16's
-// input_activations is null.
+// input_activations is null; kv_cache_scheme is null, or {"dynamic": false, "num_bits": 8, "type": "float"} with
+// an FP8 KV cache (what vLLM's ModelOpt config reads as FP8).
 nlohmann::json config_quantization_json(const std::vector<std::string>& exclude_modules,
-                                        NvFp4Format format = NvFp4Format::kW4A4);
+                                        NvFp4Format format = NvFp4Format::kW4A4, bool fp8_kv = false);
+
+// kv_cache_quant_algo's value for an FP8 KV cache, and config.json's kv_cache_scheme for it.
+inline constexpr const char* kKvCacheFp8 = "FP8";
+nlohmann::json fp8_kv_cache_scheme();
 
 }  // namespace qad::quant

@@ -4,6 +4,7 @@
 // malformed tensor is reported with its file and name.
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cmath>
 #include <map>
 #include <optional>
@@ -15,6 +16,7 @@
 #include "model/finite_check.h"
 #include "nvfp4/quantize.h"
 #include "quant/export_json.h"
+#include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "util/atomic_file.h"
@@ -63,7 +65,13 @@ nlohmann::json quant_section(const fs::path& dir, std::string* source) {
                           .value("group_size", nlohmann::json());
   }
   s["kv_cache_quant_algo"] = nlohmann::json();
-  if (q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null()) s["kv_cache_quant_algo"] = q["kv_cache_scheme"];
+  if (q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null()) {
+    // vLLM's reading of the compressed-tensors form: {"type": "float", "num_bits": 8} is an FP8 KV cache.
+    const auto& kv = q["kv_cache_scheme"];
+    const bool fp8 = kv.is_object() && kv.value("type", nlohmann::json()) == "float" &&
+                     kv.value("num_bits", nlohmann::json()) == 8;
+    s["kv_cache_quant_algo"] = fp8 ? nlohmann::json(kKvCacheFp8) : kv;
+  }
   if (source) *source = cfg.string() + " (quantization_config)";
   return s;
 }
@@ -87,6 +95,18 @@ float scalar_f32(const Loaded& t) {
   const float v = t.tensor.reshape({}).item<float>();
   QAD_CHECK(std::isfinite(v) && v >= 0.0f, "{} = {} is not a finite non-negative scale", t.where, v);
   return v;
+}
+
+// kv_cache_quant_algo: null (the KV cache in the model's dtype) or FP8 (ModelOpt may write it in lower case, which
+// vLLM accepts too); anything else is refused.
+bool fp8_kv_cache(const nlohmann::json& section, const std::string& source) {
+  if (!section.contains("kv_cache_quant_algo") || section["kv_cache_quant_algo"].is_null()) return false;
+  const auto& kv = section["kv_cache_quant_algo"];
+  std::string algo = kv.is_string() ? kv.get<std::string>() : std::string();
+  for (auto& c : algo) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  QAD_CHECK(algo == kKvCacheFp8, "{}: kv_cache_quant_algo {} is not supported (qad reads null and \"FP8\": an FP8 "
+            "E4M3 KV cache with per-layer k_scale / v_scale)", source, kv.dump());
+  return true;
 }
 
 // The formats load_nvfp4 reads, by quant_algo.
@@ -123,9 +143,7 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
                 section["group_size"].get<int64_t>() == kGroupSize,
             "{}: group_size must be 16 for NVFP4, got {}", source,
             section.contains("group_size") ? section["group_size"].dump() : "nothing");
-  QAD_CHECK(!section.contains("kv_cache_quant_algo") || section["kv_cache_quant_algo"].is_null(),
-            "{}: kv_cache_quant_algo {} is not supported (qad runs the KV cache in high precision)", source,
-            section.value("kv_cache_quant_algo", nlohmann::json()).dump());
+  const bool fp8_kv = fp8_kv_cache(section, source);
 
   auto config = model::load_config(dir);
   model::CausalLM lm(config);
@@ -176,6 +194,34 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
       used.insert(p + ".input_scale");
     }
     l->quant = hook;
+  }
+
+  // The FP8 KV cache: every attention layer's k_scale and v_scale, installed as the engines apply them.
+  for (size_t i = 0; i < lm->model->layer_list.size(); ++i) {
+    auto hook = std::make_shared<Fp8KvQuant>(fmt::format("model.layers.{}.self_attn", i));
+    if (!fp8_kv) {
+      for (const auto& n : {hook->k_scale_name(), hook->v_scale_name()}) {
+        const auto* e = ckpt.find(n);
+        QAD_CHECK(e == nullptr, "{}: tensor '{}' is a KV-cache scale but {} says kv_cache_quant_algo null; set it to "
+                  "\"FP8\" if the KV cache is FP8, or remove the tensor", e ? e->file->path().string() : dir.string(),
+                  n, source);
+      }
+      continue;
+    }
+    float scales[2];
+    int j = 0;
+    for (const auto& n : {hook->k_scale_name(), hook->v_scale_name()}) {
+      QAD_CHECK(ckpt.find(n) != nullptr, "{}: tensor '{}' is missing; {} says kv_cache_quant_algo FP8, which needs "
+                "k_scale and v_scale for every attention layer", dir.string(), n, source);
+      auto t = fetch(ckpt, n, dir);
+      scales[j] = scalar_f32(t);
+      QAD_CHECK(scales[j] > 0.0f, "{} = 0; a KV-cache scale must be > 0 (engines read 0 as no scale)", t.where);
+      used.insert(n);
+      ++j;
+    }
+    hook->k_scale = torch::full({}, scales[0], torch::kFloat32);
+    hook->v_scale = torch::full({}, scales[1], torch::kFloat32);
+    lm->model->layer_list[i]->self_attn->kv_quant = hook;
   }
 
   // Everything else exactly as CausalLM::load does it.

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "nvfp4/quantize.h"
+#include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "util/config_fields.h"
@@ -60,6 +61,18 @@ void from_json(const nlohmann::json& j, MoeCalibration& m) {
   const auto s = j.get<std::string>();
   QAD_CHECK(s == "all_experts" || s == "routed", "MoE calibration '{}' is not one of all_experts, routed", s);
   m = s == "routed" ? MoeCalibration::kRouted : MoeCalibration::kAllExperts;
+}
+
+KvCacheQuant parse_kv_cache(const std::string& s) {
+  if (s == "none") return KvCacheQuant::kNone;
+  if (s == "fp8") return KvCacheQuant::kFp8;
+  fail("KV cache quantization '{}' is not one of none, fp8", s);
+}
+
+void to_json(nlohmann::json& j, KvCacheQuant k) { j = k == KvCacheQuant::kFp8 ? "fp8" : "none"; }
+void from_json(const nlohmann::json& j, KvCacheQuant& k) {
+  QAD_CHECK(j.is_string(), "KV cache quantization must be none or fp8, got {}", j.dump());
+  k = parse_kv_cache(j.get<std::string>());
 }
 
 void to_json(nlohmann::json& j, const ModuleOverride& o) {
@@ -150,7 +163,28 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
     if (h == nullptr) continue;
     if (auto g = fused_group(l->name()); !g.empty()) h->weight_amax = group_amax.at(g).clone();
   }
+  remove_kv_cache_quant(lm);
+  if (cfg.kv_cache == KvCacheQuant::kFp8) {
+    for (size_t i = 0; i < lm->model->layer_list.size(); ++i) {
+      auto hook = std::make_shared<Fp8KvQuant>(fmt::format("model.layers.{}.self_attn", i));
+      hook->ste = cfg.ste;
+      lm->model->layer_list[i]->self_attn->kv_quant = hook;
+    }
+  }
   return names;
+}
+
+bool has_fp8_kv_cache(const model::CausalLM& lm) {
+  for (auto* h : kv_hooks(lm)) {
+    if (h != nullptr) return true;
+  }
+  return false;
+}
+
+void remove_kv_cache_quant(model::CausalLM& lm) {
+  for (auto& layer : lm->model->layer_list) {
+    if (kv_hook(layer->self_attn) != nullptr) layer->self_attn->kv_quant.reset();
+  }
 }
 
 std::vector<std::string> quantized_modules(const model::CausalLM& lm) {

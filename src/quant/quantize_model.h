@@ -28,6 +28,11 @@ enum class MoeCalibration {
                 // the max input amax of the same layer's other experts (reported)
 };
 
+// The KV cache (docs/quant.md, "FP8 KV cache"): kept in the model's dtype, or FP8 E4M3 with a static per-tensor
+// scale per layer for the keys and one for the values, calibrated like the activations (ModelOpt's
+// nvfp4_default-kv_fp8 recipe, what NVIDIA's published NVFP4 checkpoints use).
+enum class KvCacheQuant { kNone, kFp8 };
+
 // A per-module override: the last override whose glob matches a module name wins over include/exclude.
 struct ModuleOverride {
   std::string pattern;                   // fnmatch glob over the HF module name
@@ -45,6 +50,7 @@ struct QuantConfig {                       // which Linears, and how (docs/quant
   bool quantize_inputs = true;             // activations fake-quantized with the calibrated static amax
   std::vector<ModuleOverride> overrides;   // per-module overrides, applied in order
   MoeCalibration moe_calibration = MoeCalibration::kAllExperts;
+  KvCacheQuant kv_cache = KvCacheQuant::kNone;  // fp8: keys/values fake-quantized to FP8 E4M3 (per-layer static scales)
 };
 
 // What calibration did with MoE experts: the expert projections that saw no calibration token (kRouted only)
@@ -58,7 +64,7 @@ struct CalibrationReport {
 template <typename F> void fields(QuantConfig& c, F&& f) {
   f("include", c.include); f("exclude", c.exclude); f("ste", c.ste); f("method", c.method);
   f("calib_samples", c.calib_samples); f("quantize_inputs", c.quantize_inputs); f("overrides", c.overrides);
-  f("moe_calibration", c.moe_calibration);
+  f("moe_calibration", c.moe_calibration); f("kv_cache", c.kv_cache);
 }
 
 // Reads a quantization config (the `quant:` section of `qad quantize --config`, a run's `quant.options`) over
@@ -72,6 +78,9 @@ void to_json(nlohmann::json& j, CalibMethod m);
 void from_json(const nlohmann::json& j, CalibMethod& m);
 void to_json(nlohmann::json& j, MoeCalibration m);      // "all_experts" | "routed"
 void from_json(const nlohmann::json& j, MoeCalibration& m);
+void to_json(nlohmann::json& j, KvCacheQuant k);        // "none" | "fp8"
+void from_json(const nlohmann::json& j, KvCacheQuant& k);
+KvCacheQuant parse_kv_cache(const std::string& s);      // "none" | "fp8"
 void to_json(nlohmann::json& j, const ModuleOverride& o);
 void from_json(const nlohmann::json& j, ModuleOverride& o);
 
@@ -79,6 +88,8 @@ void from_json(const nlohmann::json& j, ModuleOverride& o);
 // of 16 (others are left unquantized, warned about, and listed); returns the quantized module names.
 // A fused group (q/k/v; gate/up) is quantized all or not at all (engines fuse them). The weight global amax is
 // set from the weights at once (max over the fused group); inputs need calibrate() before the first forward.
+// cfg.kv_cache fp8 also installs an FP8 KV-cache hook (quant/kv_quant.h) on every attention layer (none: removes
+// them); its scales come from calibrate() too.
 std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg);
 
 // The batches calibrate() reads: for_each_batch(sink) calls sink(input_ids [B,T] int64, mask) per batch; mask is
@@ -91,16 +102,27 @@ using BatchSource = std::function<void(const BatchSink&)>;
 // sets weight amax from the weights, then makes fused groups (q/k/v; gate/up) share input amax and weight global
 // scale (max over the group). Shows progress. After this the global amaxes are fixed (training keeps them fixed).
 // Rows beyond cfg.calib_samples are ignored. Padding positions (mask 0) do not count towards the input amax.
+// FP8 KV-cache hooks (apply_nvfp4 with kv_cache fp8) get k_scale = max |k| / 448 and v_scale = max |v| / 448 over
+// the same tokens, k after q/k-norm and RoPE, v after v_proj (where the engines apply them).
 // MoE experts: see MoeCalibration; `report` (optional) receives what was done for experts without tokens.
 void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const QuantConfig& cfg,
                CalibrationReport* report = nullptr);
 
 // Quantizer state (all amaxes, names) for training checkpoints; load restores hooks+amaxes onto a model.
-// Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU).
+// Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU), and with an
+// FP8 KV cache "<layer>.self_attn.k_proj.k_scale", "<layer>.self_attn.v_proj.v_scale" (the scales themselves, as
+// exported). The state decides which modules are quantized and whether the KV cache is: every attention layer
+// has both scales or none has.
 std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::CausalLM& lm);
 // The modules named in `state` get hooks (others lose theirs); cfg gives ste and quantize_inputs.
 void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::string, torch::Tensor>>& state,
                           const QuantConfig& cfg);
+
+// True when the model's attention layers carry FP8 KV-cache hooks (apply_nvfp4 with kv_cache fp8, a quantizer
+// state or an export with k_scale / v_scale).
+bool has_fp8_kv_cache(const model::CausalLM& lm);
+// Removes the FP8 KV-cache hooks (the KV cache then stays in the model's dtype).
+void remove_kv_cache_quant(model::CausalLM& lm);
 
 // Names of the Linears that carry an NVFP4 hook / that do not (these go to exclude_modules on export).
 std::vector<std::string> quantized_modules(const model::CausalLM& lm);
@@ -109,10 +131,12 @@ std::vector<std::string> unquantized_modules(const model::CausalLM& lm);
 // Export in the ModelOpt unified HF layout, atomically (nothing complete-looking on failure), tokenizer files copied.
 // The weight is quantized with the hook's stored (fixed, calibrated) weight amax, so the file decodes to exactly
 // the weights the fake-quantized model computes with, also after training moved the weights. Returns the format
-// written: W4A4 when the hooks quantize their inputs, weight-only W4A16 when none does (a mix is refused).
+// written: W4A4 when the hooks quantize their inputs, weight-only W4A16 when none does (a mix is refused). With
+// FP8 KV-cache hooks the export also holds every layer's k_scale / v_scale and says kv_cache_quant_algo FP8.
 NvFp4Format export_nvfp4(const model::CausalLM& lm, const std::filesystem::path& out_dir, const std::filesystem::path& source_dir /*config, tokenizer files*/);
 
-// Import an NVFP4 checkpoint (ours or a ModelOpt export): dequantized weights (exact), input fake quant with the stored input_scale.
+// Import an NVFP4 checkpoint (ours or a ModelOpt export): dequantized weights (exact), input fake quant with the stored input_scale,
+// and with kv_cache_quant_algo FP8 the KV cache fake-quantized with the stored k_scale / v_scale of every layer.
 // The hooks keep weight amax = weight_scale_2 * 2688 in their state but do not re-quantize the (already NVFP4)
 // weights; enable_weight_fake_quant() switches that on to train from an imported checkpoint.
 model::CausalLM load_nvfp4(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);

@@ -57,6 +57,18 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
         if (auto* h = quant::nvfp4_hook(l)) h->quantize_inputs = false;
       }
     }
+    // The KV cache likewise: a checkpoint without k_scale / v_scale cannot train an FP8 KV cache (nothing here
+    // calibrates it); one with them trained with kv_cache none drops them.
+    const bool fp8_kv = quant::has_fp8_kv_cache(s.lm);
+    QAD_CHECK(fp8_kv || qc.kv_cache == quant::KvCacheQuant::kNone, "--student {} has no FP8 KV-cache scales "
+              "(kv_cache_quant_algo null); train it with quant.options.kv_cache=none, or quantize the teacher with "
+              "--kv-cache fp8 instead of starting from this checkpoint", cfg.quant.student);
+    if (fp8_kv && qc.kv_cache == quant::KvCacheQuant::kNone) {
+      fmt::print(stderr, "qad: warning: --student {} has an FP8 KV cache; this run has quant.options.kv_cache none, "
+                 "so it trains and exports the KV cache in high precision (--kv-cache fp8 keeps it)\n",
+                 cfg.quant.student);
+      quant::remove_kv_cache_quant(s.lm);
+    }
   } else {
     quant::apply_nvfp4(s.lm, qc);
     if (calibrate) quant::calibrate(s.lm, calib, qc);
@@ -98,6 +110,16 @@ void copy_tokenizer_files(const fs::path& from, const fs::path& to) {
   }
 }
 }  // namespace
+
+std::string export_format_label(const Student& s) {
+  if (!s.quantized) return "unquantized";
+  bool quantizes_inputs = false;
+  for (const auto& l : s.lm->linears()) {
+    if (auto* h = quant::nvfp4_hook(l); h != nullptr && h->quantize_inputs) quantizes_inputs = true;
+  }
+  return quant::format_label(quantizes_inputs ? quant::NvFp4Format::kW4A4 : quant::NvFp4Format::kW4A16,
+                             quant::has_fp8_kv_cache(s.lm));
+}
 
 std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, bool nvfp4, bool bf16) {
   std::vector<fs::path> out;

@@ -50,5 +50,7 @@ void load_quantizer_state(Student& s, const TrainConfig& cfg, const checkpoint::
 // weights the student computes with (NVFP4-rounded where quantized) in BF16. Tokenizer files are copied.
 // Returns the directories written.
 std::vector<std::filesystem::path> export_student(const Student& s, const TrainConfig& cfg, bool nvfp4, bool bf16);
+// The format RUN_DIR/export/nvfp4 is written in: "NVFP4", "W4A16_NVFP4", with " + FP8 KV" when the KV cache is.
+std::string export_format_label(const Student& s);
 
 }  // namespace qad::train

@@ -346,7 +346,8 @@ RunSummary Trainer::finish() {
   if (state_.step > 0 && last_checkpoint_step_ != state_.step && cfg_.run.checkpoint_every >= 0) save_checkpoint_now();
   if (writer_) {
     for (const auto& dir : export_student(student_, cfg_, cfg_.run.export_nvfp4, cfg_.run.export_bf16)) {
-      fmt::print("exported {}\n", dir.string());
+      const bool nvfp4 = student_.quantized && dir.filename() == "nvfp4";
+      fmt::print("exported {}{}\n", dir.string(), nvfp4 ? " (" + export_format_label(student_) + ")" : "");
     }
     auto fm = final_metrics(state_.step, state_.tokens, state_.elapsed_s, last_valid_);
     if (best_->enabled()) fm["best"] = best_->to_json((run_dir_ / "best").string());

@@ -2,7 +2,9 @@
 // table, E4M3 decoder and round-to-nearest-even encoders (by exhaustive search over the codes), re-derives every
 // scale and code of the exported checkpoint from the original weights and the calibrated amaxes, decodes every
 // tensor and compares with the fake-quantized weights the model computes with, bit for bit. It also checks
-// shapes, dtypes, nibble order, shared scales of fused groups, and the JSON fields vLLM requires.
+// shapes, dtypes, nibble order, shared scales of fused groups, and the JSON fields vLLM requires. With an FP8 KV
+// cache: every layer's k_scale / v_scale (F32 scalars, amax / 448), decoded with the checker's own E4M3 encoder
+// applied to keys and values, against what the model's attention computes with.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +15,7 @@
 
 #include "util/remove_tree.h"
 #include "io/safetensors.h"
+#include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "quant_test_util.h"
@@ -46,6 +49,13 @@ uint8_t e4m3_rne(float s) {
     if (d < best_d || (d == best_d && c % 2 == 0)) best = static_cast<uint8_t>(c), best_d = d;
   }
   return best;
+}
+
+// FP8 E4M3 as the engines' KV cache stores it: the nearest code to |x| (saturating at 448, the largest finite
+// code), the sign kept, decoded.
+float e4m3_round_trip(float x) {
+  const float v = e4m3_decode(e4m3_rne(std::fabs(x)));
+  return std::signbit(x) ? -v : v;
 }
 
 // Nearest E2M1 code (sign kept, also for values that round to 0), ties to the even index, saturating at 6.
@@ -147,18 +157,20 @@ std::vector<float> as_floats(const torch::Tensor& t) {
 
 bool same_float_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
 
-// Parameters: the model (quant_model_dirs index) and the format (W4A4 "NVFP4", or weight-only "W4A16_NVFP4":
-// the same weight tensors, no input_scale, activations null in config.json).
-class SpecChecker : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+// Parameters: the model (quant_model_dirs index), the format (W4A4 "NVFP4", or weight-only "W4A16_NVFP4":
+// the same weight tensors, no input_scale, activations null in config.json), and an FP8 KV cache.
+class SpecChecker : public ::testing::TestWithParam<std::tuple<int, bool, bool>> {};
 
 TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   const auto dir = quant_model_dirs()[static_cast<size_t>(std::get<0>(GetParam()))];
   const bool weight_only = std::get<1>(GetParam());
+  const bool fp8_kv = std::get<2>(GetParam());
   quant::QuantConfig qcfg;
   qcfg.quantize_inputs = !weight_only;
+  if (fp8_kv) qcfg.kv_cache = quant::KvCacheQuant::kFp8;
   auto lm = quantized_fixture(dir, torch::kFloat32, qcfg);
-  auto out = fs::temp_directory_path() /
-             fmt::format("qad_spec_{}_{}_{}", ::getpid(), dir.filename().string(), weight_only ? "w4a16" : "w4a4");
+  auto out = fs::temp_directory_path() / fmt::format("qad_spec_{}_{}_{}{}", ::getpid(), dir.filename().string(),
+                                                     weight_only ? "w4a16" : "w4a4", fp8_kv ? "_kvfp8" : "");
   ::qad::remove_tree(out);
   quant::export_nvfp4(lm, out, dir);
   auto files = read_raw(out);
@@ -242,6 +254,44 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   }
   EXPECT_GT(quantized, 0);
 
+  // The FP8 KV cache: per attention layer "<layer>.self_attn.k_proj.k_scale" and ".v_proj.v_scale", F32 scalars
+  // equal to the calibrated amax / 448. Decoded: the model's attention replaces keys and values by
+  // e4m3(x / scale) * scale with the scales of the file (checked on random keys and values through the layer's hook).
+  const auto kv = quant::kv_hooks(lm);
+  for (size_t l = 0; l < kv.size(); ++l) {
+    const auto k_name = fmt::format("model.layers.{}.self_attn.k_proj.k_scale", l);
+    const auto v_name = fmt::format("model.layers.{}.self_attn.v_proj.v_scale", l);
+    if (!fp8_kv) {
+      EXPECT_FALSE(files.count(k_name) || files.count(v_name)) << l;
+      continue;
+    }
+    ASSERT_TRUE(files.count(k_name) && files.count(v_name)) << l;
+    ASSERT_NE(kv[l], nullptr) << l;
+    seen.insert(k_name);
+    seen.insert(v_name);
+    const auto& ks = files.at(k_name);
+    const auto& vs = files.at(v_name);
+    for (const auto* r : {&ks, &vs}) {
+      EXPECT_EQ(r->dtype, "F32");
+      EXPECT_TRUE(r->shape.empty());
+      EXPECT_TRUE(std::isfinite(r->f32()) && r->f32() > 0.0f);
+    }
+    EXPECT_TRUE(same_float_bits(ks.f32(), kv[l]->k_amax.item<float>() / 448.0f)) << k_name;
+    EXPECT_TRUE(same_float_bits(vs.f32(), kv[l]->v_amax.item<float>() / 448.0f)) << v_name;
+    const auto& c = lm->config();
+    auto gen = seeded_generator(100 + l);
+    auto k = torch::randn({1, c.num_kv_heads, 5, c.head_dim}, gen) * (ks.f32() * 300.0f);  // some saturate
+    auto v = torch::randn({1, c.num_kv_heads, 5, c.head_dim}, gen) * (vs.f32() * 300.0f);
+    torch::NoGradGuard ng;
+    auto [kq, vq] = kv[l]->apply(k, v, torch::Tensor());
+    for (auto [x, q, scale] : {std::tuple{k, kq, ks.f32()}, std::tuple{v, vq, vs.f32()}}) {
+      auto xs = as_floats(x), qs = as_floats(q);
+      int64_t bad = 0;
+      for (size_t i = 0; i < xs.size(); ++i) bad += !same_float_bits(qs[i], spec::e4m3_round_trip(xs[i] / scale) * scale);
+      EXPECT_EQ(bad, 0) << "layer " << l << ": the KV fake quantization differs from the spec's";
+    }
+  }
+
   // Every other tensor is the source's, byte for byte.
   for (const auto& [name, raw] : files) {
     if (seen.count(name)) continue;
@@ -257,7 +307,7 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   const char* algo = weight_only ? "W4A16_NVFP4" : "NVFP4";
   EXPECT_EQ(q["quant_algo"], algo);
   ASSERT_TRUE(q.contains("kv_cache_quant_algo"));
-  EXPECT_TRUE(q["kv_cache_quant_algo"].is_null());
+  EXPECT_EQ(q["kv_cache_quant_algo"], fp8_kv ? nlohmann::json("FP8") : nlohmann::json());
   EXPECT_EQ(q["group_size"], 16);
   ASSERT_TRUE(q["exclude_modules"].is_array());
   std::vector<std::string> excluded = q["exclude_modules"];
@@ -277,11 +327,19 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   EXPECT_EQ(qc["config_groups"]["group_0"]["input_activations"], weight_only ? nlohmann::json() : fp4);
   EXPECT_EQ(qc["config_groups"]["group_0"]["targets"], nlohmann::json::array({"Linear"}));
   EXPECT_EQ(qc["ignore"], q["exclude_modules"]);
+  // vLLM's ModelOpt config reads {"type": "float", "num_bits": 8} here as an FP8 KV cache.
+  ASSERT_TRUE(qc.contains("kv_cache_scheme"));
+  const nlohmann::json fp8 = {{"dynamic", false}, {"num_bits", 8}, {"type", "float"}};
+  EXPECT_EQ(qc["kv_cache_scheme"], fp8_kv ? fp8 : nlohmann::json());
   EXPECT_EQ(cfg["architectures"], read_json(dir / "config.json")["architectures"]);
   ::qad::remove_tree(out);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SpecChecker, ::testing::Combine(::testing::Range(0, 7), ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Models, SpecChecker,
+                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(false)));
+// With an FP8 KV cache, in both weight formats.
+INSTANTIATE_TEST_SUITE_P(ModelsKvFp8, SpecChecker,
+                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(true)));
 
 // MoE layouts, judged from the source checkpoint's tensor names alone: every expert projection
 // ("<p>.mlp.experts.<e>.{gate,up,down}_proj") is NVFP4 with its four tensors, gate and up of one expert share
@@ -343,6 +401,9 @@ TEST(SpecTables, SelfCheck) {
                                         {5.0f, 6},  {5.01f, 7}, {7.0f, 7}};
   for (auto [v, idx] : ties) EXPECT_EQ(spec::e2m1_rne(v), idx) << v;
   EXPECT_EQ(spec::e2m1_rne(-0.1f), 8);
+  EXPECT_EQ(spec::e4m3_round_trip(-500.0f), -448.0f);
+  EXPECT_EQ(spec::e4m3_round_trip(1.0625f), 1.0f);  // a tie: to the even code
+  EXPECT_EQ(spec::e4m3_round_trip(1.1875f), 1.25f);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // A --student NVFP4 checkpoint against quant.options.quantize_inputs (train/student.cc): a weight-only
 // (W4A16_NVFP4) checkpoint is refused unless the run is weight-only too, so that run.json never says W4A4 for a
-// weight-only student; a W4A4 checkpoint trained weight-only loses its input quantization, as asked.
+// weight-only student; a W4A4 checkpoint trained weight-only loses its input quantization, as asked. Likewise the
+// FP8 KV cache (quant.options.kv_cache): a checkpoint without k_scale / v_scale cannot train one, and one with them
+// trained with kv_cache none drops them; the export label says which.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -17,12 +19,13 @@ namespace qad::train {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path export_stories(bool weight_only, const std::string& name) {
+fs::path export_stories(bool weight_only, const std::string& name, bool fp8_kv = false) {
   const auto dir = qad::testing::shared_dir() / "models/stories260K";
   auto lm = model::CausalLM::load(dir, torch::kCPU, torch::kFloat32);
   quant::QuantConfig q;
   q.quantize_inputs = !weight_only;
   q.calib_samples = 2;
+  if (fp8_kv) q.kv_cache = quant::KvCacheQuant::kFp8;
   quant::apply_nvfp4(lm, q);
   auto ids = torch::randint(lm->config().vocab_size, {2, 16}, qad::testing::seeded_generator(5), torch::kLong);
   quant::calibrate(lm, [&](const quant::BatchSink& sink) { sink(ids, torch::Tensor()); }, q);
@@ -68,6 +71,36 @@ TEST(StudentFormat, WeightOnlyCheckpointNeedsAWeightOnlyRunAndW4A4DropsItsInputS
   EXPECT_EQ(hooks_quantizing_inputs(build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true).lm), 0u);
   qad::remove_tree(w4a16);
   qad::remove_tree(w4a4);
+}
+
+TEST(StudentFormat, Fp8KvCheckpointKeepsItsKvCacheOnlyWhenTheRunAsksForIt) {
+  TrainConfig cfg;
+  cfg.method = Method::kQad;
+  cfg.run.teacher = (qad::testing::shared_dir() / "models/stories260K").string();
+  const CalibSource no_calibration = [](const CalibSink&) { FAIL() << "a --student checkpoint is not recalibrated"; };
+
+  const auto kv = export_stories(false, "kvfp8", true);
+  cfg.quant.student = kv.string();
+  cfg.quant.options.kv_cache = quant::KvCacheQuant::kFp8;
+  auto s = build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+  EXPECT_TRUE(quant::has_fp8_kv_cache(s.lm));
+  EXPECT_EQ(export_format_label(s), "NVFP4 + FP8 KV");
+  cfg.quant.options.kv_cache = quant::KvCacheQuant::kNone;
+  s = build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+  EXPECT_FALSE(quant::has_fp8_kv_cache(s.lm));
+  EXPECT_EQ(export_format_label(s), "NVFP4");
+
+  const auto plain = export_stories(false, "nokv");
+  cfg.quant.student = plain.string();
+  cfg.quant.options.kv_cache = quant::KvCacheQuant::kFp8;
+  try {
+    build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has no FP8 KV-cache scales"), std::string::npos) << e.what();
+  }
+  qad::remove_tree(kv);
+  qad::remove_tree(plain);
 }
 
 }  // namespace
