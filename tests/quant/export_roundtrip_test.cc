@@ -21,20 +21,7 @@ namespace qad::testing {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path scratch(const std::string& name) {
-  auto p = fs::temp_directory_path() / fmt::format("qad_quant_{}_{}", ::getpid(), name);
-  ::qad::remove_tree(p);
-  return p;
-}
-
-void expect_error_containing(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected qad::Error";
-  } catch (const Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << " / " << p;
-  }
-}
+fs::path scratch(const std::string& name) { return scratch_dir("qad_quant", name); }
 
 class RoundTrip : public ::testing::TestWithParam<std::tuple<int, torch::ScalarType>> {};
 

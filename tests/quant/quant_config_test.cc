@@ -51,7 +51,9 @@ TEST(QuantConfig, GlobsOverridesAndFusedGroups) {
   EXPECT_TRUE(s.count("model.layers.0.self_attn.v_proj"));
   EXPECT_TRUE(s.count("model.layers.1.mlp.gate_proj"));
   for (const auto& l : lm->linears()) {
-    if (l->name() == "model.layers.2.self_attn.o_proj") EXPECT_FALSE(nvfp4_hook(l)->quantize_inputs);
+    if (l->name() == "model.layers.2.self_attn.o_proj") {
+      EXPECT_FALSE(nvfp4_hook(l)->quantize_inputs);
+    }
   }
   // Re-applying with defaults replaces the previous selection.
   EXPECT_EQ(quant::apply_nvfp4(lm, {}).size(), 3u * 7u);

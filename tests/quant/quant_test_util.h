@@ -1,18 +1,41 @@
 // Helpers for the quant tests: the models they run on, seeded calibration batches, and token documents from
 // stories260K's golden files.
 #pragma once
+#include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "common/test_util.h"
 #include "model/causal_lm.h"
 #include "quant/quantize_model.h"
+#include "util/error.h"
+#include "util/remove_tree.h"
 
 namespace qad::testing {
+
+// A fresh scratch directory path under the temp dir, unique to this process (removed first if it exists).
+inline std::filesystem::path scratch_dir(const std::string& prefix, const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() / fmt::format("{}_{}_{}", prefix, ::getpid(), name);
+  ::qad::remove_tree(p);
+  return p;
+}
+
+// f must throw qad::Error whose message contains every one of `parts`.
+inline void expect_error_containing(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected qad::Error";
+  } catch (const Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << " / " << p;
+  }
+}
 
 inline std::vector<std::filesystem::path> quant_model_dirs() {
   std::vector<std::filesystem::path> dirs;
