@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "util/torch_compat.h"
@@ -20,6 +21,64 @@
 namespace qad::bench {
 
 #if QAD_TORCH_AT_LEAST(2, 0) && !defined(QAD_BENCH_NO_KINETO)
+
+struct Interval {
+  uint64_t start = 0, end = 0;
+  std::string name;
+};
+
+std::string short_name(const std::string& n) { return n.substr(0, 70); }
+
+// The `top` longest stretches where no kernel or copy ran, each with the activity before and after it and what
+// the host was doing meanwhile (the profiled host ops overlapping the gap, longest overlap first; autograd nodes
+// appear as "autograd::engine::evaluate_function: <Node>"): where launch and autograd overhead, or a
+// synchronisation, leaves the GPU waiting.
+std::string idle_gaps(std::vector<Interval> kernels, const std::vector<Interval>& host_ops, size_t top) {
+  if (kernels.size() < 2) return "";
+  std::sort(kernels.begin(), kernels.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+  struct Gap {
+    uint64_t start, end;
+    size_t before, after;
+  };
+  std::vector<Gap> gaps;
+  uint64_t reach = kernels[0].end;
+  size_t reach_i = 0;
+  for (size_t i = 1; i < kernels.size(); ++i) {
+    if (kernels[i].start > reach) gaps.push_back({reach, kernels[i].start, reach_i, i});
+    if (kernels[i].end > reach) {
+      reach = kernels[i].end;
+      reach_i = i;
+    }
+  }
+  std::sort(gaps.begin(), gaps.end(), [](const Gap& a, const Gap& b) { return a.end - a.start > b.end - b.start; });
+  double small_ns = 0;
+  size_t small = 0;
+  for (const auto& g : gaps) {
+    if (g.end - g.start < 20000) {
+      small_ns += static_cast<double>(g.end - g.start);
+      ++small;
+    }
+  }
+  std::string out = fmt::format("GPU idle gaps: {}; {} under 20 us hold {:.2f} ms; longest {}:\n", gaps.size(), small,
+                                small_ns / 1e6, std::min(top, gaps.size()));
+  for (size_t k = 0; k < gaps.size() && k < top; ++k) {
+    const auto& g = gaps[k];
+    std::map<std::string, uint64_t> overlap;
+    for (const auto& h : host_ops) {
+      const uint64_t a = std::max(h.start, g.start), b = std::min(h.end, g.end);
+      if (b > a) overlap[h.name] = std::max(overlap[h.name], b - a);
+    }
+    std::vector<std::pair<std::string, uint64_t>> o(overlap.begin(), overlap.end());
+    std::sort(o.begin(), o.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    out += fmt::format("  {:.3f} ms after {} | before {} | host:", static_cast<double>(g.end - g.start) / 1e6,
+                       short_name(kernels[g.before].name), short_name(kernels[g.after].name));
+    for (size_t j = 0; j < o.size() && j < 4; ++j) {
+      out += fmt::format(" {} {:.3f};", short_name(o[j].first), static_cast<double>(o[j].second) / 1e6);
+    }
+    out += "\n";
+  }
+  return out;
+}
 
 bool kernel_profiler_available() { return true; }
 
@@ -45,6 +104,7 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
   };
   std::map<std::string, Row> by_name, runtime;  // GPU activities; CUDA runtime calls on the host
   std::vector<std::pair<uint64_t, uint64_t>> spans;  // GPU activity [start, end) in ns
+  std::vector<Interval> kernels, host_ops;           // named, for the idle gaps below
   double total_ns = 0;
   for (const auto& e : result->events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) {
@@ -53,6 +113,8 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
         auto& r = runtime[n];
         r.calls += 1;
         r.ns += static_cast<double>(e.durationNs());
+      } else {
+        host_ops.push_back({e.startNs(), e.endNs(), n});
       }
       continue;
     }
@@ -61,6 +123,7 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
     r.ns += static_cast<double>(e.durationNs());
     total_ns += static_cast<double>(e.durationNs());
     spans.emplace_back(e.startNs(), e.endNs());
+    kernels.push_back({e.startNs(), e.endNs(), e.name()});
   }
   if (by_name.empty()) return "profile: no CUDA activity recorded (is CUPTI loadable? libcupti must be on the path)\n";
   std::vector<std::pair<std::string, Row>> rows(by_name.begin(), by_name.end());
@@ -92,6 +155,7 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
     out += fmt::format(" {} x{} {:.2f} ms;", calls[i].first, calls[i].second.calls, calls[i].second.ns / 1e6);
   }
   out += "\n";
+  out += idle_gaps(kernels, host_ops, 8);
   out += fmt::format("GPU time {:.1f} ms in {} distinct kernels/copies; top {} by total time:\n",
                      total_ns / 1e6, rows.size(), std::min<size_t>(top, rows.size()));
   out += fmt::format("{:>6} {:>9} {:>6} {:>9}  {}\n", "calls", "total ms", "share", "mean us", "name");

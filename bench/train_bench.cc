@@ -5,10 +5,12 @@
 // step in PyTorch (tools/bench_train_torch.py, run here in a child process once qad's memory is freed): eager with a
 // Triton fake-quant kernel, and torch.compile; side by side with ratios, and the step-0 losses compared (the child
 // loads the model, batch and amaxes this process wrote into a temporary directory).
-//   ./build/bench_train [--models 0.6b,1.7b] [--batch 4] [--seq 2048] [--iters 8] [--warmup 3] [--ckpt]
+//   ./build/bench_train [--models 0.6b,1.7b] [--batch 4] [--seq 2048] [--iters 8] [--warmup 3] [--rounds 1] [--ckpt]
 //                       [--variants qad,recipe,...] [--torch eager,compile | --no-torch] [--python python3]
 //                       [--profile FILE]   (one QAD step and one step of the first CKA variant under the Kineto
-//                                           profiler: per-kernel GPU time, top 30)
+//                                           profiler: per-kernel GPU time, top 30, and the longest GPU idle gaps)
+// --rounds R: the variants take turns R times (iters timed steps each per round); the medians are over all timed
+// steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio).
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
 // (x3 for the student's forward+backward, x1 for the teacher), over the H100 SXM dense BF16 peak (989 TFLOP/s).
 #include <fmt/format.h>
@@ -24,6 +26,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,7 @@
 #include "io/safetensors_torch.h"
 #include "kernel_profile.h"
 #include "model/causal_lm.h"
+#include "model/hidden_rows.h"
 #include "train/memory.h"
 #include "train/optimizer.h"
 #include "train/step.h"
@@ -80,7 +84,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> models = {"0.6b", "1.7b"};
   std::vector<std::string> torch_modes = {"eager", "compile"};
   std::vector<std::string> variant_keys;  // empty = all
-  int64_t batch = 4, seq = 2048, iters = 8, warmup = 3;
+  int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1;
   bool ckpt = false;
   std::string python = "python3", profile_path;
   int64_t torch_timeout_s = 420;
@@ -92,6 +96,7 @@ int main(int argc, char** argv) {
     else if (a == "--seq") seq = std::stoll(next());
     else if (a == "--iters") iters = std::stoll(next());
     else if (a == "--warmup") warmup = std::stoll(next());
+    else if (a == "--rounds") rounds = std::stoll(next());
     else if (a == "--ckpt") ckpt = true;
     else if (a == "--variants") variant_keys = split_list(next());
     else if (a == "--torch") torch_modes = split_list(next());
@@ -100,15 +105,15 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile_path = next();
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
-      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--ckpt] "
+      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--ckpt] "
                  "[--variants qad,cka-fp32,cka-tf32,cka-2048,recipe,cka-512] [--torch eager,compile | --no-torch] "
                  "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
-  if (iters < 1 || warmup < 1) {
-    fmt::print(stderr, "bench_train: --iters and --warmup must be at least 1\n");
+  if (iters < 1 || warmup < 1 || rounds < 1) {
+    fmt::print(stderr, "bench_train: --iters, --warmup and --rounds must be at least 1\n");
     return 2;
   }
   if (!torch::cuda::is_available()) {
@@ -194,37 +199,88 @@ int main(int argc, char** argv) {
         return qad::train::train_step(student.lm, &teacher, {b}, opt,
                                       {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it)});
       };
+      // Rounds: every variant runs `iters` timed steps per round, the variants taking turns, so that slow drifts
+      // of the machine (clocks, temperature) fall on all of them alike; the first round starts each with `warmup`
+      // steps, later rounds with one (the step's shapes change with the variant).
+      std::map<std::string, std::vector<double>> times;       // every timed step, per variant
+      std::map<std::string, std::vector<double>> round_median;  // per round, per variant
+      std::map<std::string, double> peak_gb;
+      std::map<std::string, int64_t> step_no;
+      std::set<std::string> failed;
+      for (int64_t round = 0; round < rounds; ++round) {
+        for (const auto& v : variants) {
+          if (failed.count(v.key)) continue;
+          cfg.loss.kl = 1;
+          cfg.loss.cka = v.cka;
+          cfg.loss.cka_subsample_tokens = v.subsample;
+          qad::compat::set_tf32_matmul(v.tf32);
+          const int64_t w = round == 0 ? warmup : 1;
+          std::vector<double> ms;
+          try {
+            for (int64_t it = 0; it < w + iters; ++it) {
+              if (it == w) {
+                torch::cuda::synchronize();
+                qad::train::reset_peak_memory(dev);
+              }
+              torch::cuda::synchronize();
+              const auto t0 = std::chrono::steady_clock::now();
+              auto r = step(step_no[v.key]++);
+              torch::cuda::synchronize();
+              if (round == 0 && it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
+              if (it >= w) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+            }
+          } catch (const std::exception& e) {
+            fmt::print("{:<36} failed: {}\n", v.label, std::string(e.what()).substr(0, 200));
+            failed.insert(v.key);
+            continue;
+          }
+          peak_gb[v.key] = std::max(peak_gb[v.key], qad::train::peak_memory_gb(dev));
+          times[v.key].insert(times[v.key].end(), ms.begin(), ms.end());
+          std::sort(ms.begin(), ms.end());
+          round_median[v.key].push_back(ms[ms.size() / 2]);
+        }
+      }
+      auto median = [](std::vector<double> x) {
+        std::sort(x.begin(), x.end());
+        return x[x.size() / 2];
+      };
       std::map<std::string, double> measured_ms;
       for (const auto& v : variants) {
-        cfg.loss.kl = 1;
-        cfg.loss.cka = v.cka;
-        cfg.loss.cka_subsample_tokens = v.subsample;
-        qad::compat::set_tf32_matmul(v.tf32);
-        std::vector<double> ms;
-        try {
-          for (int64_t it = 0; it < warmup + iters; ++it) {
-            if (it == warmup) {
-              torch::cuda::synchronize();
-              qad::train::reset_peak_memory(dev);
-            }
-            torch::cuda::synchronize();
-            const auto t0 = std::chrono::steady_clock::now();
-            auto r = step(it);
-            torch::cuda::synchronize();
-            if (it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
-            if (it >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-          }
-        } catch (const std::exception& e) {
-          fmt::print("{:<36} failed: {}\n", v.label, std::string(e.what()).substr(0, 200));
-          continue;
-        }
-        std::sort(ms.begin(), ms.end());
-        Measured m{ms[ms.size() / 2], qad::train::peak_memory_gb(dev)};
+        if (failed.count(v.key) || !times.count(v.key)) continue;
+        Measured m{median(times[v.key]), peak_gb[v.key]};
         if (v.cka == 0) base = m;
         measured_ms[v.key] = m.ms;
         fmt::print("{:<36} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>7.3f}x {:>7.3f}x\n", v.label, m.ms,
                    tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb, m.ms / base.ms,
                    m.peak_gb / base.peak_gb);
+      }
+      // The spread: each round's time ratio against QAD's in the same round, and the timed steps' range.
+      if (rounds > 1 || iters >= 4) {
+        fmt::print("spread ({} round(s) x {} timed steps per variant):\n", rounds, iters);
+        for (const auto& v : variants) {
+          if (!measured_ms.count(v.key)) continue;
+          const auto& t = times[v.key];
+          std::string per_round;
+          if (v.cka != 0 && measured_ms.count(variants.front().key)) {
+            const auto& mine = round_median[v.key];
+            const auto& theirs = round_median[variants.front().key];
+            std::vector<double> ratios;
+            for (size_t r = 0; r < mine.size() && r < theirs.size(); ++r) ratios.push_back(mine[r] / theirs[r]);
+            if (!ratios.empty()) {
+              per_round = fmt::format("; ratio to QAD per round {:.4f}", fmt::join(ratios, " "));
+              std::sort(ratios.begin(), ratios.end());
+              per_round += fmt::format(" (median {:.4f})", ratios[ratios.size() / 2]);
+            }
+          }
+          fmt::print("  {:<34} steps {:.1f} .. {:.1f} ms, median {:.1f}{}\n", v.label,
+                     *std::min_element(t.begin(), t.end()), *std::max_element(t.begin(), t.end()), measured_ms[v.key],
+                     per_round);
+        }
+      }
+      const auto taps = qad::model::tap_rows_backward_counts();
+      if (taps.in_place + taps.copied > 0) {
+        fmt::print("CKA rows' gradient added into the residual stream's gradient: {} times in place, {} into a copy\n",
+                   taps.in_place, taps.copied);
       }
       // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel).
       for (size_t vi = 0; vi < std::min<size_t>(2, variants.size()) && !profile_path.empty(); ++vi) {

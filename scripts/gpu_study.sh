@@ -10,6 +10,8 @@
 # .device/qad.gz it saves the next call its build. The grid's small files unpacked from study.tgz into
 # runs/study/grid and carried let the next call go on with the cells that are not finished (finished ones are
 # never rerun; a cell with final_metrics.json but no eval.json must be deleted first: its export stays behind).
+# Another grid over the same data: RECIPE=recipes/experiment_formats_qwen3_16m_gpu.yaml GRID=formats (its cells go
+# to runs/study/formats, packed into $OUT/formats.tgz).
 #   scripts/gpu_study.sh [seconds]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,19 +33,20 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 S=../shared; [ -d .shared ] && S=$PWD/.shared
 dir=runs/study; mkdir -p $dir
+grid=$dir/${GRID:-grid}
 cfg=$dir/study.yaml
-sed "s#\.\./shared#$S#g" recipes/experiment_qwen3_16m_gpu.yaml > $cfg
+sed "s#\.\./shared#$S#g" ${RECIPE:-recipes/experiment_qwen3_16m_gpu.yaml} > $cfg
 T=$S/models/qwen3-16m-teacher
 [ -f $dir/data_train/index.json ] || $QAD data prepare --tokenizer $T --out $dir/data_train \
   --input $S/corpus/prose_train.jsonl.xz $S/tasks/arith/train.jsonl.xz 2>&1 | tail -2
 [ -f $dir/data_valid/index.json ] || $QAD data prepare --tokenizer $T --out $dir/data_valid \
   --input $S/corpus/prose_valid.jsonl.xz 2>&1 | tail -2
-mkdir -p $dir/grid
-[ -s $dir/grid/teacher_arith.json ] || $QAD eval --model $T --tasks $S/tasks/arith/test.jsonl --json > $dir/grid/teacher_arith.json 2>$dir/teacher_eval.log
+mkdir -p $grid
+[ -s $grid/teacher_arith.json ] || $QAD eval --model $T --tasks $S/tasks/arith/test.jsonl --json > $grid/teacher_arith.json 2>$dir/teacher_eval.log
 echo "[$(( $(date +%s) - t0 )) s] data ready, teacher evaluated"
-timeout -s TERM $(( $(left) - 45 )) $QAD experiment --config $cfg --out $dir/grid --gpus 0 --cells-per-gpu ${CELLS:-8} \
+timeout -s TERM $(( $(left) - 45 )) $QAD experiment --config $cfg --out $grid --gpus 0 --cells-per-gpu ${CELLS:-8} \
   2>&1 | tail -40
 sleep 3
-$QAD experiment --config $cfg --out $dir/grid --summarize-only 2>&1 | tail -60 | tee "$out/study_summary.txt"
-tar czf "$out/study.tgz" --exclude='*.safetensors' --exclude='checkpoints' --exclude='export' --exclude='*.bin' -C $dir grid
+$QAD experiment --config $cfg --out $grid --summarize-only 2>&1 | tail -60 | tee "$out/${GRID:-study}_summary.txt"
+tar czf "$out/${GRID:-study}.tgz" --exclude='*.safetensors' --exclude='checkpoints' --exclude='export' --exclude='*.bin' -C $dir ${GRID:-grid}
 echo "[$(( $(date +%s) - t0 )) s] end"

@@ -7,7 +7,8 @@
 #                                        Inductor cache; then every GPU test and the CPU tests of the step, the
 #                                        losses and quantization (their fast paths take CUDA when it exists)
 #   scripts/gpu_wave.sh bench [seconds]  bench_train per model of $BENCH (default "0.6b:torch 1.7b:torch";
-#                                        MODEL:qad skips the PyTorch baselines) against PyTorch eager + Triton and
+#                                        MODEL:qad skips the PyTorch baselines; $BENCH_ARGS, default "--iters 6
+#                                        --warmup 3", e.g. "--iters 6 --warmup 3 --rounds 3") against PyTorch eager + Triton and
 #                                        torch.compile (warm cache) with the per-kernel profile, then, unless
 #                                        $EXTRA is empty, bench_generate and bench_moe, each bounded by what is left
 #   scripts/gpu_wave.sh build,bench S    both in one call (a first compile of 0.6B alone takes ~4-6 minutes)
@@ -84,7 +85,7 @@ grep -E "median_ms|failed|Error" build-gpu/prewarm.log | cut -c1-300
 for spec in ${BENCH:-0.6b:torch 1.7b:torch}; do
   m=${spec%%:*}; torch_flag="--torch eager,compile --torch-timeout 240"; [ "${spec#*:}" = qad ] && torch_flag=--no-torch
   [ -x build-gpu/bench_train ] && [ "$(left)" -gt 60 ] || { echo "bench_train $m: skipped (not built or no time)"; continue; }
-  timeout $(( $(left) - 20 )) build-gpu/bench_train --models "$m" --variants qad,recipe --iters 6 --warmup 3 \
+  timeout $(( $(left) - 20 )) build-gpu/bench_train --models "$m" --variants qad,recipe ${BENCH_ARGS:---iters 6 --warmup 3} \
     $torch_flag --profile "$out/profile_$m.txt" 2>&1 | grep -v -E "^ +[0-9]+ +[0-9.]+ +[0-9.]+% " | tee "$out/bench_train_$m.txt"
   stamp "bench_train $m done"
 done

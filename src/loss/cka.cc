@@ -60,11 +60,12 @@ Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator e
   const auto ct = compute_type(x, y);
   c.n = x.size(1);
   c.gram = use_gram_form(c.n, x.size(2), y.size(2));
-  auto xf = x.detach().to(ct), yf = y.detach().to(ct);
-  c.mean_x = xf.mean(1, /*keepdim=*/true);
-  c.mean_y = yf.mean(1, /*keepdim=*/true);
-  c.xc = xf - c.mean_x;
-  c.yc = yf - c.mean_y;
+  // Read in the input dtype and computed in `ct`: the mean converts while it reduces and the subtraction
+  // promotes, so a BF16 input takes two passes instead of a cast, a mean and a subtraction over FP32 copies.
+  c.mean_x = x.detach().mean(1, /*keepdim=*/true, ct);
+  c.mean_y = y.detach().mean(1, /*keepdim=*/true, ct);
+  c.xc = torch::sub(x.detach(), c.mean_x);
+  c.yc = torch::sub(y.detach(), c.mean_y);
   if (c.gram) {
     c.k = c.xc.bmm(c.xc.transpose(1, 2));
     c.l = c.yc.bmm(c.yc.transpose(1, 2));
@@ -170,20 +171,22 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
                     const torch::Tensor& cross, const torch::Tensor& own_kernel, const torch::Tensor& other_kernel,
                     const torch::Tensor& f_own, const torch::Tensor& s_own, const torch::Tensor& s_other,
                     const torch::Tensor& n_own, const torch::Tensor& n_other, torch::ScalarType input_type) {
-      auto beta = per_layer(-2.0 * cka / f_own, ct);
+      // The incoming gradient `go` scales the small per-layer factors, not the [L, n, p] result.
+      auto beta = per_layer(-2.0 * cka / f_own * go, ct);
+      auto alpha_go = per_layer(alpha * go, ct);
       torch::Tensor g;
       if (gram) {
-        g = (own_kernel * beta).add_(other_kernel * per_layer(alpha, ct)).bmm(own);
+        g = torch::addcmul(own_kernel * beta, other_kernel, alpha_go).bmm(own);
       } else {
-        g = own.bmm(own_gram * beta).baddbmm_(other, cross * per_layer(alpha, ct));
+        g = own.bmm(own_gram * beta).baddbmm_(other, cross * alpha_go);
       }
       if (debiased) {
         auto gamma = 2.0 / ((n - 1) * (n - 2)) * (n_other / root - cka * n_own / f_own);                 // [L]
         auto r = (-2.0 * n / (n - 2)) * (s_other / root.unsqueeze(1) - (cka / f_own).unsqueeze(1) * s_own);  // [L,n]
-        g.add_(own * (r + gamma.unsqueeze(1)).to(ct).unsqueeze(2));
+        g.add_(own * ((r + gamma.unsqueeze(1)) * go.unsqueeze(1)).to(ct).unsqueeze(2));
         g.sub_(g.mean(1, /*keepdim=*/true));
       }
-      return g.mul_(per_layer(go, ct)).to(input_type);
+      return g.to(input_type);
     };
     auto a = ctx->saved_data["a"].toTensor();
     auto k = ctx->saved_data["k"].toTensor();

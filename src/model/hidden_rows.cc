@@ -1,42 +1,63 @@
 // tap_hidden_rows (see hidden_rows.h): one autograd node per layer with two outputs, the hidden state passed on
-// and its selected rows.
+// and its selected rows. A plain autograd Node rather than a custom Function: the engine moves the gradients
+// into Node::apply, so the node can tell when it holds the only reference to h's gradient and add the rows into
+// it in place (LibTorch 1.13's custom Functions receive copies of the references, which hides that).
 #include "model/hidden_rows.h"
+
+#include <torch/csrc/autograd/function.h>
+
+#include <atomic>
+#include <utility>
 
 #include "util/error.h"
 
 namespace qad::model {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 torch::Tensor flat_rows(const torch::Tensor& h) { return h.reshape({-1, h.size(-1)}); }
 
-struct TapRows : public torch::autograd::Function<TapRows> {
-  static variable_list forward(AutogradContext* ctx, const torch::Tensor& h, const torch::Tensor& index) {
-    ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined, not a zero tensor
-    ctx->save_for_backward({index});
-    ctx->saved_data["sizes"] = h.sizes().vec();
-    // h is returned as it is; autograd makes the output a view of it and gives that view this node.
-    return {h, flat_rows(h).index_select(0, index)};
-  }
+std::atomic<int64_t> g_in_place{0}, g_copied{0};
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto index = ctx->get_saved_variables()[0];
-    const auto sizes = ctx->saved_data["sizes"].toIntVector();
-    auto& g_h = grads[0];
-    auto& g_rows = grads[1];
-    if (!g_rows.defined()) return {g_h, torch::Tensor()};
+// Nothing but this node refers to `g` or its memory (autograd's own InputBuffer makes the same test before it
+// accumulates into a gradient in place), and writing into it is a plain dense write.
+bool exclusively_owned(const torch::Tensor& g) {
+  return g.use_count() == 1 && g.has_storage() && g.storage().use_count() == 1 && g.is_contiguous() &&
+         !g.requires_grad() && g.layout() == torch::kStrided;
+}
+
+struct TapRowsBackward : public torch::autograd::Node {
+  torch::Tensor index;
+  std::vector<int64_t> sizes;
+
+  std::string name() const override { return "TapRowsBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    torch::Tensor g_h = std::move(grads[0]);
+    torch::Tensor g_rows = std::move(grads[1]);
+    grads.clear();
+    if (!g_rows.defined()) return {g_h};
     if (!g_h.defined()) {
       // Nothing downstream read h' (a final hidden state that only the CKA term uses).
       auto z = torch::zeros(sizes, g_rows.options());
-      return {flat_rows(z).index_add_(0, index, g_rows).view(sizes), torch::Tensor()};
+      return {flat_rows(z).index_add_(0, index, g_rows).view(sizes)};
     }
-    // Out of place: the gradient the engine hands over may be referenced elsewhere, and writing into it could
-    // change another node's input. One copy still saves the zero tensor and the separate accumulation.
-    auto out = flat_rows(g_h).index_add(0, index, g_rows.to(g_h.scalar_type()));
-    return {out.view(sizes), torch::Tensor()};
+    g_rows = g_rows.to(g_h.scalar_type());
+    if (exclusively_owned(g_h)) {
+      // The usual case in a decoder: the gradient is a fresh sum of the next layer's two uses of h'. Only the
+      // selected rows are touched.
+      g_in_place.fetch_add(1, std::memory_order_relaxed);
+      flat_rows(g_h).index_add_(0, index, g_rows);
+      return {g_h};
+    }
+    // Shared (another node's input, a saved tensor, an expanded view): writing into it could change what
+    // another node reads, so add out of place: one pass over h's gradient.
+    g_copied.fetch_add(1, std::memory_order_relaxed);
+    return {flat_rows(g_h).index_add(0, index, g_rows).view(sizes)};
   }
+
+  void release_variables() override { index = torch::Tensor(); }
 };
 
 }  // namespace
@@ -47,9 +68,21 @@ std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, 
             "tap_hidden_rows: index must be int64 [n], got {} with {} dims", c10::toString(index.scalar_type()),
             index.dim());
   const auto idx = index.device() == h.device() ? index : index.to(h.device());
-  if (!torch::GradMode::is_enabled() || !h.requires_grad()) return {h, flat_rows(h).index_select(0, idx)};
-  auto out = TapRows::apply(h, idx);
-  return {out[0], out[1]};
+  auto rows = flat_rows(h.detach()).index_select(0, idx);
+  if (!torch::GradMode::is_enabled() || !h.requires_grad()) return {h, rows};
+  auto node = std::shared_ptr<TapRowsBackward>(new TapRowsBackward(), torch::autograd::deleteNode);
+  node->index = idx;
+  node->sizes = h.sizes().vec();
+  node->set_next_edges(torch::autograd::collect_next_edges(h));
+  // h' shares h's memory and version counter (detach), with this node as its gradient function.
+  auto passed = h.detach();
+  torch::autograd::create_gradient_edge(passed, node);
+  torch::autograd::create_gradient_edge(rows, node);
+  return {passed, rows};
+}
+
+TapRowsCounts tap_rows_backward_counts() {
+  return {g_in_place.load(std::memory_order_relaxed), g_copied.load(std::memory_order_relaxed)};
 }
 
 }  // namespace qad::model

@@ -60,6 +60,60 @@ TEST(TapHiddenRows, GradientIsTheDownstreamGradientPlusTheRowsGradient) {
   }
 }
 
+// The engine's gradient for h' is a fresh sum here (two downstream uses), so the rows go in place; a gradient
+// that another node still holds must not be written into: its holder would see the rows' gradient too.
+struct SharedGradient : public torch::autograd::Function<SharedGradient> {
+  static torch::Tensor held;  // the gradient this node returns and keeps
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) { return x.clone(); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    return {held};
+  }
+};
+torch::Tensor SharedGradient::held;
+
+TEST(TapHiddenRows, AddsInPlaceOnlyIntoAGradientNothingElseHolds) {
+  REQUIRE_DEVICE();
+  for (auto dtype : kTypes) {
+    const auto c = make_case(4, dtype);
+    const auto rows_grad = torch::zeros({15, 8}, c.w_rows.options()).index_add_(0, c.index, c.w_rows);
+    // Fresh gradient: in place, and the result is the downstream gradient plus the rows'.
+    auto before = tap_rows_backward_counts();
+    auto h = c.h.clone().requires_grad_(true);
+    auto [passed, rows] = tap_hidden_rows(h, c.index);
+    ((passed * c.w_down).sum() + passed.square().sum() + (rows * c.w_rows).sum()).backward();
+    auto after = tap_rows_backward_counts();
+    EXPECT_EQ(after.in_place - before.in_place, 1);
+    EXPECT_EQ(after.copied - before.copied, 0);
+    auto expect = (c.w_down + 2 * c.h).reshape({15, 8}).add(rows_grad).view({3, 5, 8});
+    EXPECT_TRUE(torch::allclose(h.grad(), expect, 3e-2, 3e-2));
+
+    // A gradient held elsewhere (here by the node that produced it): out of place, and the holder's tensor keeps
+    // its values.
+    SharedGradient::held = c.w_down.clone();
+    const auto held_before = SharedGradient::held.clone();
+    before = tap_rows_backward_counts();
+    auto h2 = c.h.clone().requires_grad_(true);
+    auto [passed2, rows2] = tap_hidden_rows(h2, c.index);
+    (SharedGradient::apply(passed2).sum() + (rows2 * c.w_rows).sum()).backward();
+    after = tap_rows_backward_counts();
+    EXPECT_EQ(after.copied - before.copied, 1);
+    EXPECT_EQ(after.in_place - before.in_place, 0);
+    EXPECT_TRUE(qad::testing::same_bits(SharedGradient::held, held_before));
+    EXPECT_TRUE(qad::testing::same_bits(h2.grad(), c.w_down.reshape({15, 8}).add(rows_grad).view({3, 5, 8})));
+
+    // An expanded gradient (sum's backward): not dense, so out of place too.
+    before = tap_rows_backward_counts();
+    auto h3 = c.h.clone().requires_grad_(true);
+    auto [passed3, rows3] = tap_hidden_rows(h3, c.index);
+    (passed3.sum() + (rows3 * c.w_rows).sum()).backward();
+    after = tap_rows_backward_counts();
+    EXPECT_EQ(after.copied - before.copied, 1);
+    EXPECT_TRUE(qad::testing::same_bits(h3.grad(), rows_grad.add(1).view({3, 5, 8})));
+    SharedGradient::held = torch::Tensor();
+  }
+}
+
 TEST(TapHiddenRows, OnlyTheRowsUsed) {
   REQUIRE_DEVICE();
   const auto c = make_case(2, kTypes[0]);
