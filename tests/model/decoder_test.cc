@@ -9,6 +9,7 @@
 #include "common/test_util.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
+#include "model/hidden_rows.h"
 #include "model/generate.h"
 #include "util/atomic_file.h"
 
@@ -171,7 +172,15 @@ TEST(Decoder, HiddenRowsGiveTheGradientsOfGatheringFromTheFullHiddenStates) {
         return std::make_pair(loss.item<double>(), g);
       };
       auto [loss_ref, ref] = grads(false);
+      const auto before = tap_rows_backward_counts();
       auto [loss_tap, tap] = grads(true);
+      const auto after = tap_rows_backward_counts();
+      // Every decoder layer's tap found its gradient unshared, plain or checkpointed, and added the rows in
+      // place: the path the training step relies on for its speed. (The final norm's gradient may arrive as a
+      // view of the lm_head's gradient buffer and be copied; training's CKA layers are the decoder layers.)
+      const int64_t taps = lm->config().num_layers + 1;
+      EXPECT_GE(after.in_place - before.in_place, lm->config().num_layers);
+      EXPECT_EQ(after.in_place - before.in_place + after.copied - before.copied, taps);
       EXPECT_EQ(loss_ref, loss_tap);
       ASSERT_EQ(ref.size(), tap.size());
       for (size_t i = 0; i < ref.size(); ++i) {
