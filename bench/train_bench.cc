@@ -10,10 +10,13 @@
 //                       [--profile FILE]   (one QAD step and one step of the first CKA variant under the Kineto
 //                                           profiler: per-kernel GPU time, top 30, and the longest GPU idle gaps)
 // --rounds R: the variants take turns R times (iters timed steps each per round); the medians are over all timed
-// steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio).
+// steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
+// start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
+// alternates the variants step by step, which cancels drifts of the GPU's clocks between them.
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
 // (x3 for the student's forward+backward, x1 for the teacher), over the H100 SXM dense BF16 peak (989 TFLOP/s).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -84,7 +87,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> models = {"0.6b", "1.7b"};
   std::vector<std::string> torch_modes = {"eager", "compile"};
   std::vector<std::string> variant_keys;  // empty = all
-  int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1;
+  int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1;
   bool ckpt = false;
   std::string python = "python3", profile_path;
   int64_t torch_timeout_s = 420;
@@ -97,6 +100,7 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = std::stoll(next());
     else if (a == "--warmup") warmup = std::stoll(next());
     else if (a == "--rounds") rounds = std::stoll(next());
+    else if (a == "--turn-warmup") turn_warmup = std::stoll(next());
     else if (a == "--ckpt") ckpt = true;
     else if (a == "--variants") variant_keys = split_list(next());
     else if (a == "--torch") torch_modes = split_list(next());
@@ -105,14 +109,14 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile_path = next();
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
-      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--ckpt] "
+      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--ckpt] "
                  "[--variants qad,cka-fp32,cka-tf32,cka-2048,recipe,cka-512] [--torch eager,compile | --no-torch] "
                  "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
-  if (iters < 1 || warmup < 1 || rounds < 1) {
+  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0) {
     fmt::print(stderr, "bench_train: --iters, --warmup and --rounds must be at least 1\n");
     return 2;
   }
@@ -214,7 +218,7 @@ int main(int argc, char** argv) {
           cfg.loss.cka = v.cka;
           cfg.loss.cka_subsample_tokens = v.subsample;
           qad::compat::set_tf32_matmul(v.tf32);
-          const int64_t w = round == 0 ? warmup : 1;
+          const int64_t w = round == 0 ? warmup : turn_warmup;
           std::vector<double> ms;
           try {
             for (int64_t it = 0; it < w + iters; ++it) {
@@ -234,7 +238,7 @@ int main(int argc, char** argv) {
             failed.insert(v.key);
             continue;
           }
-          peak_gb[v.key] = std::max(peak_gb[v.key], qad::train::peak_memory_gb(dev));
+          if (w > 0 || round == 0) peak_gb[v.key] = std::max(peak_gb[v.key], qad::train::peak_memory_gb(dev));
           times[v.key].insert(times[v.key].end(), ms.begin(), ms.end());
           std::sort(ms.begin(), ms.end());
           round_median[v.key].push_back(ms[ms.size() / 2]);
@@ -266,10 +270,14 @@ int main(int argc, char** argv) {
             const auto& theirs = round_median[variants.front().key];
             std::vector<double> ratios;
             for (size_t r = 0; r < mine.size() && r < theirs.size(); ++r) ratios.push_back(mine[r] / theirs[r]);
-            if (!ratios.empty()) {
+            if (!ratios.empty() && ratios.size() <= 6) {
               per_round = fmt::format("; ratio to QAD per round {:.4f}", fmt::join(ratios, " "));
+            }
+            if (!ratios.empty()) {
               std::sort(ratios.begin(), ratios.end());
-              per_round += fmt::format(" (median {:.4f})", ratios[ratios.size() / 2]);
+              const auto q = [&](double f) { return ratios[static_cast<size_t>(f * static_cast<double>(ratios.size() - 1) + 0.5)]; };
+              per_round += fmt::format("; per-round ratio median {:.4f}, quartiles {:.4f} .. {:.4f} over {} rounds",
+                                       q(0.5), q(0.25), q(0.75), ratios.size());
             }
           }
           fmt::print("  {:<34} steps {:.1f} .. {:.1f} ms, median {:.1f}{}\n", v.label,

@@ -2,6 +2,9 @@
 // gradients only into the chosen student layers, subsampling, dynamic balancing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "common/test_util.h"
 #include "loss/cka_loss.h"
 #include "loss/gradcheck.h"
@@ -109,10 +112,20 @@ TEST(CkaLoss, SubsamplingDrawsValidTokensFromTheGenerator) {
   auto c = cka_loss(hd.teacher, hd.student, hd.mask, o, &g3);
   EXPECT_EQ(a.loss.item<double>(), b.loss.item<double>());
   EXPECT_NE(a.loss.item<double>(), c.loss.item<double>());
-  // the same draw by hand: a permutation of the valid token positions, first 12, in order
+  // the same draw by hand: the first 12 of a Fisher-Yates shuffle of the valid token positions (swap i with
+  // i + r mod (n - i), r the generator's next 64-bit draw), in order
   auto g4 = torch::make_generator<at::CPUGeneratorImpl>(77);
   auto valid = hd.mask.reshape({-1}).nonzero().reshape({-1});
-  auto pick = valid.index_select(0, std::get<0>(torch::randperm(valid.size(0), g4, torch::kLong).narrow(0, 0, 12).sort()));
+  const int64_t n = valid.size(0);
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  for (int64_t i = 0; i < 12; ++i) {
+    const auto j = i + static_cast<int64_t>(g4.get<at::CPUGeneratorImpl>()->random64() % static_cast<uint64_t>(n - i));
+    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
+  }
+  order.resize(12);
+  std::sort(order.begin(), order.end());
+  auto pick = valid.index_select(0, torch::tensor(order, torch::kLong));
   const auto& t = hd.teacher[1].second;
   const auto& s = hd.student[1].second;
   const double expected = linear_cka_gram(t.reshape({-1, 6}).index_select(0, pick), s.detach().reshape({-1, 6}).index_select(0, pick),
@@ -123,6 +136,32 @@ TEST(CkaLoss, SubsamplingDrawsValidTokensFromTheGenerator) {
   o.subsample_tokens = 1000;
   EXPECT_NEAR(cka_loss(hd.teacher, hd.student, hd.mask, o, &g1).loss.item<double>(),
               cka_loss(hd.teacher, hd.student, hd.mask, {}).loss.item<double>(), 1e-15);
+}
+
+TEST(CkaLoss, SubsampledTokensAreDistinctSortedAndUniform) {
+  // 6000 draws of 8 of 64 positions: each position's count is Binomial(6000, 1/8) (mean 750, sd 25.6); a bias in
+  // the shuffle (e.g. drawing j from [0, n) instead of [i, n)) moves some counts by far more than 5 sd.
+  CkaLossOptions o;
+  o.subsample_tokens = 8;
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(5);
+  std::vector<int64_t> count(64, 0);
+  std::vector<int64_t> first_draw;
+  for (int draw = 0; draw < 6000; ++draw) {
+    auto t = select_cka_tokens(torch::Tensor(), 4, 16, o, &gen, torch::kCPU);
+    ASSERT_EQ(t.count, 8);
+    auto idx = t.index.contiguous();
+    const int64_t* p = idx.data_ptr<int64_t>();
+    for (int64_t i = 0; i < 8; ++i) {
+      ASSERT_TRUE(p[i] >= 0 && p[i] < 64);
+      if (i > 0) ASSERT_LT(p[i - 1], p[i]);  // ascending, so distinct
+      ++count[static_cast<size_t>(p[i])];
+    }
+    if (draw == 0) first_draw.assign(p, p + 8);
+  }
+  for (int64_t c : count) EXPECT_NEAR(static_cast<double>(c), 750.0, 5 * 25.6);
+  auto again = torch::make_generator<at::CPUGeneratorImpl>(5);
+  auto t = select_cka_tokens(torch::Tensor(), 4, 16, o, &again, torch::kCPU);
+  EXPECT_EQ(std::vector<int64_t>(t.index.data_ptr<int64_t>(), t.index.data_ptr<int64_t>() + 8), first_draw);
 }
 
 TEST(CkaLoss, DynamicBalancingMatchesTheKlMagnitude) {
