@@ -66,6 +66,8 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--calib-batches", "quant.calib_batches", "PTQ calibration batches when --calib-samples is 0"},
     {"--kv-cache", "quant.options.kv_cache", "KV cache: none | fp8 (FP8 E4M3 with calibrated per-layer k_scale / "
                                              "v_scale, trained fake-quantized and exported; docs/quant.md)"},
+    {"--block-scales", "quant.options.block_scales", "weight block scales: dynamic | static_mse (MSE-searched E4M3 "
+                                                     "codes, frozen in training, exported; docs/quant.md)"},
     {"--seed", "run.seed", "seed of the step randomness (CKA subsampling)"},
     {"--data-seed", "data.seed", "shuffle seed"},
     {"--device", "run.device", "auto | cpu | cuda | cuda:N"},
@@ -129,7 +131,7 @@ void register_distill(CLI::App& app) {
   auto a = std::make_shared<DistillArgs>();
   auto* cmd = app.add_subcommand("distill", "Quantization-aware distillation of a teacher into an NVFP4 student "
                                             "(QAD, CKA-QAD, QAT, PTQ)");
-  cmd->footer("Examples:\n  qad distill --config recipes/qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad\n  qad distill --config recipes/cka_qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/cka --steps 2000 --set loss.top_k=1024\n  qad distill --method ptq --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq --set quant.options.method=mse\n  qad distill --config recipes/qad.yaml --kv-cache fp8 --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad-kv-fp8");  // each one is run by tests/usage
+  cmd->footer("Examples:\n  qad distill --config recipes/qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad\n  qad distill --config recipes/cka_qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/cka --steps 2000 --set loss.top_k=1024\n  qad distill --method ptq --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq --set quant.options.method=mse\n  qad distill --config recipes/qad.yaml --kv-cache fp8 --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad-kv-fp8\n  qad distill --method ptq --block-scales static_mse --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq-static");  // each one is run by tests/usage
   cmd->add_option("--config", a->recipe, "recipe YAML (recipes/qad.yaml, recipes/cka_qad.yaml, recipes/qat.yaml)");
   cmd->add_option("--method", a->method, "ptq | qat | qad | cka-qad | pretrain (default: the recipe's, else qad)");
   auto values = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();

@@ -36,6 +36,7 @@ struct QuantizeArgs {
   std::vector<std::string> exclude, include;
   bool weight_only = false;
   std::string kv_cache;  // empty: the --config's quant.kv_cache (default none)
+  std::string block_scales;  // empty: the --config's quant.block_scales (default dynamic)
 };
 
 // The token dataset to calibrate on: --calib-data itself, or .jsonl / .txt text prepared exactly as `qad distill`
@@ -100,6 +101,7 @@ int run(const QuantizeArgs& a) {
   cfg.calib_samples = a.calib_samples;
   if (a.weight_only) cfg.quantize_inputs = false;
   if (!a.kv_cache.empty()) cfg.kv_cache = quant::parse_kv_cache(a.kv_cache);
+  if (!a.block_scales.empty()) cfg.block_scales = quant::parse_block_scales(a.block_scales);
   if (!a.include.empty()) cfg.include = a.include;
   cfg.exclude.insert(cfg.exclude.end(), a.exclude.begin(), a.exclude.end());
 
@@ -115,8 +117,9 @@ int run(const QuantizeArgs& a) {
   const CalibrationDataset dataset(a);
   quant::calibrate(lm, calibration_batches(a, dataset.dir(), config.vocab_size, device), cfg);
   const auto format = quant::export_nvfp4(lm, a.out, a.model);  // --config may make it weight-only too
-  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration)\n", a.out,
-             quant::format_label(format, quant::has_fp8_kv_cache(lm)), names.size(), a.method);
+  fmt::print("wrote {} ({}, {} quantized Linear layers, {} calibration{})\n", a.out,
+             quant::format_label(format, quant::has_fp8_kv_cache(lm)), names.size(), a.method,
+             quant::has_static_block_scales(lm) ? ", static MSE block scales" : "");
   return 0;
 }
 
@@ -127,7 +130,8 @@ void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize", "PTQ: calibrate an HF checkpoint and export it as NVFP4 (ModelOpt layout)");
   cmd->footer("Examples:\n  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4 --method mse\n"
               "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-w4a16 --weight-only\n"
-              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4-kv-fp8 --config recipes/nvfp4_kv_fp8.yaml");  // each one is run by tests/usage
+              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4-kv-fp8 --config recipes/nvfp4_kv_fp8.yaml\n"
+              "  qad quantize --model ../shared/models/qwen3-16m-teacher --calib-data ../shared/corpus/prose_train.jsonl.xz --out qwen3-16m-nvfp4-static --block-scales static_mse");  // each one is run by tests/usage
   cmd->add_option("--model", a->model, "HF model directory (config.json, safetensors, tokenizer)")->required();
   cmd->add_option("--calib-data", a->calib_data,
                   "calibration data: a token dataset directory (qad data prepare) or a .jsonl / .txt file, optionally "
@@ -150,6 +154,10 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--kv-cache", a->kv_cache, "KV cache: none, or fp8 (FP8 E4M3 with a calibrated per-layer k_scale / "
                   "v_scale, kv_cache_quant_algo FP8; ModelOpt's nvfp4_default-kv_fp8). Default: --config's "
                   "quant.kv_cache, else none")->check(CLI::IsMember({"none", "fp8"}));
+  cmd->add_option("--block-scales", a->block_scales, "weight block scales: dynamic (from the weight, as the engines "
+                  "derive them), or static_mse (each block's E4M3 scale chosen by an MSE search over all 126 codes, "
+                  "exported as weight_scale; ModelOpt's static NVFP4 with its FP8 scale sweep). Default: --config's "
+                  "quant.block_scales, else dynamic")->check(CLI::IsMember({"dynamic", "static_mse"}));
   cmd->add_option("--config", a->config, "YAML file with a quant: section (docs/quant.md); flags override it");
   cmd->add_option("--seq-len", a->seq_len, "tokens per calibration row")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "rows per forward")->check(CLI::PositiveNumber)->capture_default_str();

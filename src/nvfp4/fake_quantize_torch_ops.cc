@@ -1,22 +1,12 @@
 // NVFP4 fake quantization with LibTorch tensor ops only. It is the baseline the benchmark measures the
 // fused kernel against, and a third implementation (besides the CPU reference and the CUDA kernel)
 // that the tests compare bit for bit. Written for clarity, not speed: every step is a separate op.
+#include "nvfp4/block_scales.h"
 #include "nvfp4/fp8.h"
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 
 namespace qad::nvfp4 {
-namespace {
-
-// E2M1 magnitude index of |v| with ties to even: the number of rounding boundaries passed.
-torch::Tensor e2m1_index(const torch::Tensor& a) {
-  auto idx = (a > 0.25).to(torch::kInt64) + (a >= 0.75).to(torch::kInt64) + (a > 1.25).to(torch::kInt64) +
-             (a >= 1.75).to(torch::kInt64) + (a > 2.5).to(torch::kInt64) + (a >= 3.5).to(torch::kInt64) +
-             (a > 5.0).to(torch::kInt64);
-  return idx;
-}
-
-}  // namespace
 
 torch::Tensor fake_quantize_torch_ops(const torch::Tensor& x, const torch::Tensor& global_amax) {
   const int64_t k = x.size(-1);
@@ -36,7 +26,7 @@ torch::Tensor fake_quantize_torch_ops(const torch::Tensor& x, const torch::Tenso
 
   auto scaled = torch::where(blocks == 0, blocks, blocks / (s * sg));
   auto values = torch::tensor({0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f}, blocks.options());
-  auto magnitude = values.index({e2m1_index(scaled.abs())});
+  auto magnitude = values.index({e2m1_magnitude_index(scaled.abs())});
   auto y = torch::copysign(magnitude, scaled) * s * sg;
   y = torch::where(finite, y, torch::full_like(y, std::numeric_limits<float>::quiet_NaN()));
 

@@ -1,5 +1,6 @@
 // PTQ calibration: static input amaxes from the model's own activations on calibration batches (max), weight
-// global amaxes from the weights (max, or ModelOpt's MSE multiplier sweep), shared across fused groups.
+// global amaxes from the weights (max, or ModelOpt's MSE multiplier sweep), shared across fused groups, and static
+// weight block scales (the MSE search over E4M3 codes) where the hooks keep them.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <set>
 #include <tuple>
 
+#include "nvfp4/block_scales.h"
 #include "nvfp4/quantize.h"
 #include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
@@ -230,6 +232,19 @@ void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const Qua
       x->hook->weight_amax = w_amax.clone();
     }
   }
+
+  // Static block scales: the MSE search per weight, with the (shared) weight amax just fixed.
+  int64_t static_hooks = 0;
+  for (auto& x : hooks) static_hooks += x.hook->static_block_scales;
+  if (static_hooks == 0) return;
+  Progress progress("block scales", static_hooks, "Linears");
+  for (auto& x : hooks) {
+    if (!x.hook->static_block_scales) continue;
+    auto w = x.linear->weight.detach();
+    x.hook->block_scale = nvfp4::mse_block_scales(w, x.hook->weight_amax.to(w.device()));
+    progress.advance(1);
+  }
+  progress.finish();
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::CausalLM& lm) {
@@ -239,6 +254,9 @@ std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::
     if (x.hook->input_amax.defined()) out.emplace_back(m + ".input_quantizer._amax", x.hook->input_amax.cpu().clone());
     if (x.hook->weight_amax.defined()) {
       out.emplace_back(m + ".weight_quantizer._amax", x.hook->weight_amax.cpu().clone());
+    }
+    if (x.hook->static_block_scales && x.hook->block_scale.defined()) {
+      out.emplace_back(m + ".weight_quantizer._block_scale", x.hook->block_scale.cpu().clone());
     }
   }
   for (auto* h : kv_hooked(lm)) {
@@ -252,11 +270,28 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
                           const QuantConfig& cfg) {
   static const std::string kIn = ".input_quantizer._amax", kW = ".weight_quantizer._amax";
   static const std::string kK = ".k_proj.k_scale", kV = ".v_proj.v_scale";
+  static const std::string kB = ".weight_quantizer._block_scale";
   std::map<std::string, model::Linear> by_name;
   for (const auto& l : lm->linears()) by_name.emplace(l->name(), l);
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> amaxes;  // module -> (input, weight)
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> kv_scales;  // "<layer>.self_attn" -> (k, v)
+  std::map<std::string, torch::Tensor> block_scales;  // module -> uint8 E4M3 codes [out, in/16]
   for (const auto& [name, t] : state) {
+    if (name.ends_with(kB)) {
+      const auto module = name.substr(0, name.size() - kB.size());
+      auto it = by_name.find(module);
+      QAD_CHECK(it != by_name.end(), "quantizer state: '{}' names no Linear of this model", name);
+      const std::vector<int64_t> shape = {it->second->out_features(), it->second->in_features() / 16};
+      QAD_CHECK(t.scalar_type() == torch::kUInt8 && t.sizes() == torch::IntArrayRef(shape) &&
+                    it->second->in_features() % 16 == 0,
+                "quantizer state: '{}' must be uint8 E4M3 codes of shape [{}, {}], got {} {}", name, shape[0],
+                shape[1], c10::toString(t.scalar_type()), c10::str(t.sizes()));
+      auto codes = t.detach().to(torch::kCPU).contiguous().clone();
+      QAD_CHECK(!codes.bitwise_and(0x7F).eq(0x7F).any().item<bool>(), "quantizer state: '{}' holds the E4M3 NaN "
+                "code", name);
+      block_scales[module] = codes;
+      continue;
+    }
     if (name.ends_with(kK) || name.ends_with(kV)) {
       const bool is_k = name.ends_with(kK);
       const auto attention = name.substr(0, name.size() - kK.size());  // both suffixes have one length
@@ -269,8 +304,8 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
       continue;
     }
     const bool is_in = name.ends_with(kIn), is_w = name.ends_with(kW);
-    QAD_CHECK(is_in || is_w, "quantizer state: '{}' is not '<module>{}', '<module>{}', '<layer>.self_attn{}' or "
-              "'<layer>.self_attn{}'", name, kIn, kW, kK, kV);
+    QAD_CHECK(is_in || is_w, "quantizer state: '{}' is not '<module>{}', '<module>{}', '<module>{}', "
+              "'<layer>.self_attn{}' or '<layer>.self_attn{}'", name, kIn, kW, kB, kK, kV);
     const auto module = name.substr(0, name.size() - (is_in ? kIn.size() : kW.size()));
     QAD_CHECK(by_name.count(module), "quantizer state: '{}' names no Linear of this model", name);
     QAD_CHECK(t.numel() == 1 && t.is_floating_point(), "quantizer state: '{}' must be one float, got {} elements",
@@ -291,6 +326,11 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
     auto hook = std::make_shared<NvFp4LinearQuant>(l->name());
     hook->input_amax = it->second.first;
     hook->weight_amax = it->second.second;
+    if (auto b = block_scales.find(l->name()); b != block_scales.end()) {
+      hook->static_block_scales = true;
+      hook->block_scale = b->second;
+      block_scales.erase(b);
+    }
     hook->ste = cfg.ste;
     hook->quantize_inputs = cfg.quantize_inputs && hook->input_amax.defined();
     for (const auto& ov : cfg.overrides) {
@@ -298,6 +338,9 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
     }
     l->quant = hook;
   }
+  QAD_CHECK(block_scales.empty(), "quantizer state: '{}{}' has no '{}{}' (block scales belong to a weight quantizer)",
+            block_scales.empty() ? "" : block_scales.begin()->first, kB,
+            block_scales.empty() ? "" : block_scales.begin()->first, kW);
   // The KV cache: every attention layer has both scales, or the state has none.
   remove_kv_cache_quant(lm);
   if (kv_scales.empty()) return;

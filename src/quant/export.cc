@@ -1,7 +1,7 @@
 // export_nvfp4: the ModelOpt "unified HF" NVFP4 checkpoint (../shared/docs/NVFP4.md) written atomically: packed
 // weights and scales for every quantized Linear, other tensors unchanged, hf_quant_config.json, config.json with
-// quantization_config, tokenizer files. The weight is quantized with the hook's stored amax, so the file decodes
-// to exactly what the fake-quantized model computes with.
+// quantization_config, tokenizer files. The weight is quantized with the hook's stored amax (and its static block
+// scales when it has them), so the file decodes to exactly what the fake-quantized model computes with.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors_torch.h"
+#include "nvfp4/block_scales.h"
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 #include "quant/export_json.h"
@@ -92,7 +93,8 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
               "export: {} quantizes its inputs but {} does not; an export is all W4A4 (NVFP4) or all weight-only "
               "(W4A16_NVFP4): set quantize_inputs the same for every quantized Linear (mixed precision is not "
               "supported yet)", w4a4_example, w4a16_example);
-    QAD_CHECK(h->weight_amax.defined() && (!h->quantize_inputs || h->input_amax.defined()),
+    QAD_CHECK(h->weight_amax.defined() && (!h->quantize_inputs || h->input_amax.defined()) &&
+                  (!h->static_block_scales || h->block_scale.defined()),
               "export: {} is not calibrated (run quant::calibrate or load a quantizer state first)", m);
     const float ia = h->quantize_inputs ? scalar(h->input_amax) : 0.0f, wa = scalar(h->weight_amax);
     QAD_CHECK(std::isfinite(ia) && std::isfinite(wa) && ia >= 0 && wa >= 0, "export: {} has amaxes input {} weight {}; "
@@ -140,7 +142,9 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
     auto* h = it->second;
     QAD_CHECK(torch::isfinite(t).all().item<bool>(), "export: tensor '{}' has NaN or Inf; refusing to write it",
               name);
-    auto q = nvfp4::quantize(t.detach(), h->weight_amax.to(t.device(), torch::kFloat32).reshape({}));
+    const auto amax = h->weight_amax.to(t.device(), torch::kFloat32).reshape({});
+    auto q = h->static_block_scales ? nvfp4::quantize_with_block_scales(t.detach(), h->block_scale.to(t.device()), amax)
+                                    : nvfp4::quantize(t.detach(), amax);
     out.add(module + ".weight", q.packed, io::DType::U8);
     out.add(module + ".weight_scale", q.block_scales, io::DType::F8_E4M3);
     out.add(module + ".weight_scale_2", q.global_scale.reshape({}), io::DType::F32);

@@ -185,6 +185,10 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
 
     auto hook = std::make_shared<NvFp4LinearQuant>(p);
     hook->quantize_weights = false;  // already the NVFP4 values; see quantize_model.h
+    // The file's block scales, kept: a re-export writes them back unchanged (whether they were chosen dynamically
+    // or by a static search, the file cannot say), and training with static block scales keeps them frozen.
+    hook->static_block_scales = true;
+    hook->block_scale = scales.to(torch::kCPU).contiguous().clone();
     hook->weight_amax = torch::full({}, amax_for_scale(sg_w, ws2.where), torch::kFloat32);
     if (weight_only) {
       hook->quantize_inputs = false;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <fmt/format.h>
 
+#include "nvfp4/block_scales.h"
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 #include "util/error.h"
@@ -63,21 +64,28 @@ struct CachedStraightThrough : public torch::autograd::Function<CachedStraightTh
 torch::Tensor NvFp4LinearQuant::cached_weight(const torch::Tensor& w) {
   auto& c = cache_;
   const auto& amax = on_device(weight_amax, w.device());
+  const torch::Tensor scales = static_block_scales ? on_device(block_scale, w.device()) : torch::Tensor();
+  const void* scales_impl = scales.defined() ? scales.unsafeGetTensorImpl() : nullptr;
+  const int64_t scales_version = scales.defined() ? static_cast<int64_t>(scales._version()) : -1;
   const bool fresh = c.value.defined() && c.impl == w.unsafeGetTensorImpl() && c.data == w.data_ptr() &&
                      c.version == static_cast<int64_t>(w._version()) && c.amax_impl == amax.unsafeGetTensorImpl() &&
-                     c.amax_version == static_cast<int64_t>(amax._version()) && c.value.scalar_type() == w.scalar_type();
+                     c.amax_version == static_cast<int64_t>(amax._version()) && c.scales_impl == scales_impl &&
+                     c.scales_version == scales_version && c.value.scalar_type() == w.scalar_type();
   if (fresh) {
     ++weight_cache_hits;
     return c.value;
   }
   ++weight_cache_misses;
   torch::NoGradGuard ng;
-  c.value = nvfp4::fake_quantize(w.detach(), amax);
+  c.value = scales.defined() ? nvfp4::fake_quantize_with_block_scales(w.detach(), scales, amax)
+                             : nvfp4::fake_quantize(w.detach(), amax);
   c.impl = w.unsafeGetTensorImpl();
   c.data = w.data_ptr();
   c.version = static_cast<int64_t>(w._version());
   c.amax_impl = amax.unsafeGetTensorImpl();
   c.amax_version = static_cast<int64_t>(amax._version());
+  c.scales_impl = scales_impl;
+  c.scales_version = scales_version;
   return c.value;
 }
 
@@ -98,8 +106,14 @@ std::optional<model::FusedInputQuant> NvFp4LinearQuant::fused_input(const torch:
 torch::Tensor NvFp4LinearQuant::weight(const torch::Tensor& w) {
   if (calibrating || !quantize_weights) return w;
   QAD_CHECK(weight_amax.defined(), "{}: the weight quantizer has no amax (apply_nvfp4 sets it)", module_);
+  QAD_CHECK(!static_block_scales || block_scale.defined(), "{}: the weight's static block scales are not chosen yet "
+            "(run quant::calibrate, or load a quantizer state, before the forward)", module_);
   // The clipped STE needs the weight in its backward: that path quantizes afresh.
   if (ste != nvfp4::StraightThrough::kIdentity) {
+    if (static_block_scales) {
+      return nvfp4::fake_quantize_with_block_scales_ste(w, on_device(block_scale, w.device()),
+                                                        on_device(weight_amax, w.device()), ste);
+    }
     return nvfp4::fake_quantize_ste(w, on_device(weight_amax, w.device()), ste);
   }
   auto q = cached_weight(w);

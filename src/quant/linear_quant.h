@@ -1,5 +1,6 @@
 // NvFp4LinearQuant: the NVFP4 fake-quant hook one quantized model::Linear carries. Weight and input are
-// fake-quantized with FIXED global amaxes (calibrated once) and dynamic block scales; during calibration the
+// fake-quantized with FIXED global amaxes (calibrated once) and dynamic block scales (or, for the weight, static
+// block scales chosen once by an MSE search and then frozen: docs/quant.md, "Static block scales"); during calibration the
 // hook passes tensors through unchanged and records the input amax instead. Deterministic (activation
 // checkpointing re-runs it). The fake-quantized weight is kept between calls: the weights change only at the
 // optimizer step, so a training step quantizes each weight once, not in every forward and recompute.
@@ -32,6 +33,12 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
   torch::Tensor weight_amax;
   bool quantize_inputs = true;
   bool quantize_weights = true;  // false for imported checkpoints, whose weights already are NVFP4 values
+  // Static block scales: the weight's per-16-block E4M3 scale codes, uint8 [out, in/16] (exactly the exported
+  // weight_scale), fixed: neither learned nor recomputed from the live weight. Used when `static_block_scales` is
+  // set (apply_nvfp4 with block_scales static_mse, a quantizer state or an import that has them); until calibrate()
+  // chose them the weight forward refuses. Any device (moved to the weight's on use).
+  bool static_block_scales = false;
+  torch::Tensor block_scale;
   nvfp4::StraightThrough ste = nvfp4::StraightThrough::kIdentity;
 
   // Calls that reused the cached quantized weight / that quantized it (tests and benchmarks read these).
@@ -45,8 +52,9 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
 
  private:
   static torch::Tensor on_device(torch::Tensor& t, const torch::Device& d);
-  // fake_quantize(w, weight_amax), recomputed only when w or the amax changed (another tensor, or the same one
-  // written in place: its version counter moved) since the last call.
+  // fake_quantize(w, weight_amax) (with the static block scales when set), recomputed only when w, the amax or the
+  // block scales changed (another tensor, or the same one written in place: its version counter moved) since the
+  // last call.
   torch::Tensor cached_weight(const torch::Tensor& w);
   std::string module_;
   struct WeightCache {
@@ -55,6 +63,8 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
     int64_t version = -1;
     const void* amax_impl = nullptr;
     int64_t amax_version = -1;
+    const void* scales_impl = nullptr;  // the static block scales, nullptr for dynamic ones
+    int64_t scales_version = -1;
     torch::Tensor value;  // detached
   } cache_;
   // input_amax's value on the host, read once per tensor and version (in-place changes bump the version), so

@@ -75,6 +75,18 @@ void from_json(const nlohmann::json& j, KvCacheQuant& k) {
   k = parse_kv_cache(j.get<std::string>());
 }
 
+BlockScales parse_block_scales(const std::string& s) {
+  if (s == "dynamic") return BlockScales::kDynamic;
+  if (s == "static_mse") return BlockScales::kStaticMse;
+  fail("block scales '{}' is not one of dynamic, static_mse", s);
+}
+
+void to_json(nlohmann::json& j, BlockScales b) { j = b == BlockScales::kStaticMse ? "static_mse" : "dynamic"; }
+void from_json(const nlohmann::json& j, BlockScales& b) {
+  QAD_CHECK(j.is_string(), "block scales must be dynamic or static_mse, got {}", j.dump());
+  b = parse_block_scales(j.get<std::string>());
+}
+
 void to_json(nlohmann::json& j, const ModuleOverride& o) {
   j = {{"pattern", o.pattern}};
   if (o.quantize) j["quantize"] = *o.quantize;
@@ -150,6 +162,7 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
     auto hook = std::make_shared<NvFp4LinearQuant>(l->name());
     hook->quantize_inputs = it->second.inputs;
     hook->ste = cfg.ste;
+    hook->static_block_scales = cfg.block_scales == BlockScales::kStaticMse;  // chosen by calibrate()
     hook->weight_amax = nvfp4::compute_amax(l->weight.detach()).cpu();
     if (auto g = fused_group(l->name()); !g.empty()) {
       auto& ga = group_amax[g];
@@ -207,6 +220,22 @@ void enable_weight_fake_quant(model::CausalLM& lm, bool on) {
   for (auto l : lm->linears()) {
     if (auto* h = nvfp4_hook(l)) h->quantize_weights = on;
   }
+}
+
+void use_dynamic_block_scales(model::CausalLM& lm) {
+  for (auto l : lm->linears()) {
+    if (auto* h = nvfp4_hook(l)) {
+      h->static_block_scales = false;
+      h->block_scale = torch::Tensor();
+    }
+  }
+}
+
+bool has_static_block_scales(const model::CausalLM& lm) {
+  for (auto l : lm->linears()) {
+    if (auto* h = nvfp4_hook(l); h != nullptr && h->static_block_scales) return true;
+  }
+  return false;
 }
 
 }  // namespace qad::quant

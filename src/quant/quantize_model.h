@@ -33,6 +33,12 @@ enum class MoeCalibration {
 // nvfp4_default-kv_fp8 recipe, what NVIDIA's published NVFP4 checkpoints use).
 enum class KvCacheQuant { kNone, kFp8 };
 
+// The weights' per-16-block scales (docs/quant.md, "Static block scales"): derived from the live weight in every
+// forward (dynamic: ModelOpt's QAT default), or chosen once at calibration by an MSE search over the E4M3 scale codes
+// and then frozen: stored in the hook, trained with, exported as weight_scale (ModelOpt's static NVFP4 weight
+// quantizer with its FP8 scale sweep).
+enum class BlockScales { kDynamic, kStaticMse };
+
 // A per-module override: the last override whose glob matches a module name wins over include/exclude.
 struct ModuleOverride {
   std::string pattern;                   // fnmatch glob over the HF module name
@@ -51,6 +57,7 @@ struct QuantConfig {                       // which Linears, and how (docs/quant
   std::vector<ModuleOverride> overrides;   // per-module overrides, applied in order
   MoeCalibration moe_calibration = MoeCalibration::kAllExperts;
   KvCacheQuant kv_cache = KvCacheQuant::kNone;  // fp8: keys/values fake-quantized to FP8 E4M3 (per-layer static scales)
+  BlockScales block_scales = BlockScales::kDynamic;  // static_mse: weight block scales MSE-searched once, then frozen
 };
 
 // What calibration did with MoE experts: the expert projections that saw no calibration token (kRouted only)
@@ -64,7 +71,7 @@ struct CalibrationReport {
 template <typename F> void fields(QuantConfig& c, F&& f) {
   f("include", c.include); f("exclude", c.exclude); f("ste", c.ste); f("method", c.method);
   f("calib_samples", c.calib_samples); f("quantize_inputs", c.quantize_inputs); f("overrides", c.overrides);
-  f("moe_calibration", c.moe_calibration); f("kv_cache", c.kv_cache);
+  f("moe_calibration", c.moe_calibration); f("kv_cache", c.kv_cache); f("block_scales", c.block_scales);
 }
 
 // Reads a quantization config (the `quant:` section of `qad quantize --config`, a run's `quant.options`) over
@@ -81,6 +88,9 @@ void from_json(const nlohmann::json& j, MoeCalibration& m);
 void to_json(nlohmann::json& j, KvCacheQuant k);        // "none" | "fp8"
 void from_json(const nlohmann::json& j, KvCacheQuant& k);
 KvCacheQuant parse_kv_cache(const std::string& s);      // "none" | "fp8"
+void to_json(nlohmann::json& j, BlockScales b);         // "dynamic" | "static_mse"
+void from_json(const nlohmann::json& j, BlockScales& b);
+BlockScales parse_block_scales(const std::string& s);   // "dynamic" | "static_mse"
 void to_json(nlohmann::json& j, const ModuleOverride& o);
 void from_json(const nlohmann::json& j, ModuleOverride& o);
 
@@ -88,6 +98,7 @@ void from_json(const nlohmann::json& j, ModuleOverride& o);
 // of 16 (others are left unquantized, warned about, and listed); returns the quantized module names.
 // A fused group (q/k/v; gate/up) is quantized all or not at all (engines fuse them). The weight global amax is
 // set from the weights at once (max over the fused group); inputs need calibrate() before the first forward.
+// cfg.block_scales static_mse marks the weight quantizers static: calibrate() chooses their block scales.
 // cfg.kv_cache fp8 also installs an FP8 KV-cache hook (quant/kv_quant.h) on every attention layer (none: removes
 // them); its scales come from calibrate() too.
 std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg);
@@ -102,6 +113,8 @@ using BatchSource = std::function<void(const BatchSink&)>;
 // sets weight amax from the weights, then makes fused groups (q/k/v; gate/up) share input amax and weight global
 // scale (max over the group). Shows progress. After this the global amaxes are fixed (training keeps them fixed).
 // Rows beyond cfg.calib_samples are ignored. Padding positions (mask 0) do not count towards the input amax.
+// Weight quantizers with static block scales (block_scales static_mse) then get them from
+// nvfp4::mse_block_scales(weight, weight amax), after the fused groups' weight amax is shared.
 // FP8 KV-cache hooks (apply_nvfp4 with kv_cache fp8) get k_scale = max |k| / 448 and v_scale = max |v| / 448 over
 // the same tokens, k after q/k-norm and RoPE, v after v_proj (where the engines apply them).
 // MoE experts: see MoeCalibration; `report` (optional) receives what was done for experts without tokens.
@@ -109,12 +122,14 @@ void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const Qua
                CalibrationReport* report = nullptr);
 
 // Quantizer state (all amaxes, names) for training checkpoints; load restores hooks+amaxes onto a model.
-// Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU), and with an
-// FP8 KV cache "<layer>.self_attn.k_proj.k_scale", "<layer>.self_attn.v_proj.v_scale" (the scales themselves, as
+// Names: "<module>.input_quantizer._amax", "<module>.weight_quantizer._amax" (float32 scalars, CPU), with static
+// block scales "<module>.weight_quantizer._block_scale" (uint8 E4M3 codes [out, in/16], the exported weight_scale),
+// and with an FP8 KV cache "<layer>.self_attn.k_proj.k_scale", "<layer>.self_attn.v_proj.v_scale" (the scales themselves, as
 // exported). The state decides which modules are quantized and whether the KV cache is: every attention layer
 // has both scales or none has.
 std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::CausalLM& lm);
-// The modules named in `state` get hooks (others lose theirs); cfg gives ste and quantize_inputs.
+// The modules named in `state` get hooks (others lose theirs), with static block scales where the state has them;
+// cfg gives ste and quantize_inputs.
 void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::string, torch::Tensor>>& state,
                           const QuantConfig& cfg);
 
@@ -129,7 +144,8 @@ std::vector<std::string> quantized_modules(const model::CausalLM& lm);
 std::vector<std::string> unquantized_modules(const model::CausalLM& lm);
 
 // Export in the ModelOpt unified HF layout, atomically (nothing complete-looking on failure), tokenizer files copied.
-// The weight is quantized with the hook's stored (fixed, calibrated) weight amax, so the file decodes to exactly
+// The weight is quantized with the hook's stored (fixed, calibrated) weight amax and, when it has them, its static
+// block scales as weight_scale, so the file decodes to exactly
 // the weights the fake-quantized model computes with, also after training moved the weights. Returns the format
 // written: W4A4 when the hooks quantize their inputs, weight-only W4A16 when none does (a mix is refused). With
 // FP8 KV-cache hooks the export also holds every layer's k_scale / v_scale and says kv_cache_quant_algo FP8.
@@ -137,11 +153,17 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const std::filesystem::path&
 
 // Import an NVFP4 checkpoint (ours or a ModelOpt export): dequantized weights (exact), input fake quant with the stored input_scale,
 // and with kv_cache_quant_algo FP8 the KV cache fake-quantized with the stored k_scale / v_scale of every layer.
-// The hooks keep weight amax = weight_scale_2 * 2688 in their state but do not re-quantize the (already NVFP4)
-// weights; enable_weight_fake_quant() switches that on to train from an imported checkpoint.
+// The hooks keep weight amax = weight_scale_2 * 2688 and the file's weight_scale as static block scales in their
+// state (so a re-export writes the same bytes) but do not re-quantize the (already NVFP4) weights;
+// enable_weight_fake_quant() switches that on to train from an imported checkpoint; use_dynamic_block_scales()
+// drops the stored block scales.
 model::CausalLM load_nvfp4(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
 bool is_nvfp4_checkpoint(const std::filesystem::path& dir);
 void enable_weight_fake_quant(model::CausalLM& lm, bool on = true);
+// Every weight quantizer goes back to dynamic block scales (the static ones are dropped).
+void use_dynamic_block_scales(model::CausalLM& lm);
+// True when some weight quantizer has static block scales.
+bool has_static_block_scales(const model::CausalLM& lm);
 
 }  // namespace qad::quant
 

@@ -69,6 +69,9 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
                  cfg.quant.student);
       quant::remove_kv_cache_quant(s.lm);
     }
+    // Block scales: an NVFP4 export's weight_scale trains frozen with block_scales static_mse (they are the
+    // student's static scales, not searched again); with dynamic ones (the default) they follow the live weights.
+    if (qc.block_scales == quant::BlockScales::kDynamic) quant::use_dynamic_block_scales(s.lm);
   } else {
     quant::apply_nvfp4(s.lm, qc);
     if (calibrate) quant::calibrate(s.lm, calib, qc);

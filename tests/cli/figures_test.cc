@@ -87,6 +87,20 @@ TEST_F(FiguresTest, DistillPtqAndQuantizeCalibrateOnTheSameRowsAndExportTheSameM
                       (root_ / "quantized_seed1").string(), "--seed", "1"}, same));
   ASSERT_TRUE(o.exited(0)) << o.describe();
   EXPECT_FALSE(slurp(root_ / "quantized_seed1" / "model.safetensors") == q) << "the test could not tell them apart";
+
+  // Static MSE block scales: qad quantize --block-scales and qad distill's quant.options.block_scales (its --set
+  // key) make the same model, another one than the dynamic scales' (the weight_scale bytes differ).
+  o = qad(with_flags({"quantize", "--model", stories260k().string(), "--calib-data", data.string(), "--out",
+                      (root_ / "quantized_static").string(), "--block-scales", "static_mse"}, same));
+  ASSERT_TRUE(o.exited(0)) << o.describe();
+  o = qad(with_flags({"distill", "--method", "ptq", "--teacher", stories260k().string(), "--data", data.string(),
+                      "--out", (root_ / "ptq_static").string(), "--set", "data.valid_fraction=0", "--set",
+                      "quant.options.block_scales=static_mse"}, same));
+  ASSERT_TRUE(o.exited(0)) << o.describe();
+  const auto qs = slurp(root_ / "quantized_static" / "model.safetensors");
+  EXPECT_TRUE(qs == slurp(root_ / "ptq_static" / "export" / "nvfp4" / "model.safetensors"))
+      << "the two static PTQ baselines differ";
+  EXPECT_FALSE(qs == q) << "static block scales must change the export";
 }
 
 TEST_F(FiguresTest, DocEndMeansTheSameTokensInPrepareAndEval) {

@@ -12,6 +12,7 @@
 #include "util/remove_tree.h"
 #include "io/safetensors_torch.h"
 #include "io/safetensors_writer.h"
+#include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "quant_test_util.h"
@@ -53,8 +54,25 @@ TEST_P(RoundTrip, ImportedLogitsAreBitIdentical) {
     auto w = h ? h->weight(la[i]->weight) : la[i]->weight;
     EXPECT_TRUE(same_bits(lb[i]->weight, w)) << la[i]->name();
   }
-  // And the quantizer state of the import reproduces the stored scales.
-  auto sa = quant::quantizer_state(lm), sb = quant::quantizer_state(back);
+  // And the quantizer state of the import reproduces the stored scales: the amaxes, and the file's weight_scale kept
+  // as static block scales (docs/quant.md, "Static block scales"), here the dynamic ones of the original weights.
+  auto sa = quant::quantizer_state(lm), sb_all = quant::quantizer_state(back);
+  decltype(sb_all) sb;
+  int64_t block_scales = 0;
+  for (const auto& [name, t] : sb_all) {
+    if (!name.ends_with(".weight_quantizer._block_scale")) {
+      sb.emplace_back(name, t);
+      continue;
+    }
+    ++block_scales;
+    for (const auto& l : la) {
+      if (name != l->name() + ".weight_quantizer._block_scale") continue;
+      auto* h = quant::nvfp4_hook(l);
+      ASSERT_NE(h, nullptr) << name;
+      EXPECT_TRUE(torch::equal(t, nvfp4::quantize(l->weight.detach(), h->weight_amax).block_scales)) << name;
+    }
+  }
+  EXPECT_EQ(block_scales, static_cast<int64_t>(quant::quantized_modules(lm).size()));
   ASSERT_EQ(sa.size(), sb.size());
   for (size_t i = 0; i < sa.size(); ++i) {
     EXPECT_EQ(sa[i].first, sb[i].first);

@@ -4,7 +4,8 @@
 // tensor and compares with the fake-quantized weights the model computes with, bit for bit. It also checks
 // shapes, dtypes, nibble order, shared scales of fused groups, and the JSON fields vLLM requires. With an FP8 KV
 // cache: every layer's k_scale / v_scale (F32 scalars, amax / 448), decoded with the checker's own E4M3 encoder
-// applied to keys and values, against what the model's attention computes with.
+// applied to keys and values, against what the model's attention computes with. With static block scales: every
+// weight_scale re-derived by the checker's own MSE search over the E4M3 codes (docs/quant.md's rule).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -75,8 +76,33 @@ struct Encoded {
   float global_scale;
 };
 
-// The export rule of NVFP4.md for a row-major [rows, k] float matrix and a per-tensor amax.
-Encoded encode(const float* x, int64_t rows, int64_t k, float amax) {
+// Static block scales (docs/quant.md): the code 0x01..0x7E whose block decodes with the least squared error,
+// summed in float64 as (e_i + e_i+8), then +4, +2, +1; ties to the larger code; an all-zero block 1.0.
+uint8_t mse_scale(const float* xb, float global_scale) {
+  bool zero = true;
+  for (int i = 0; i < 16; ++i) zero = zero && xb[i] == 0.0f;
+  if (zero) return e4m3_rne(1.0f);
+  uint8_t best = 0;
+  double best_e = INFINITY;
+  for (int c = 1; c <= 0x7E; ++c) {
+    const float sb = e4m3_decode(static_cast<uint8_t>(c));
+    double e[16];
+    for (int i = 0; i < 16; ++i) {
+      const float q = xb[i] == 0.0f ? xb[i] : xb[i] / (sb * global_scale);
+      const double d = static_cast<double>((e2m1_decode(e2m1_rne(q)) * sb) * global_scale) - xb[i];
+      e[i] = d * d;
+    }
+    for (int half = 8; half >= 1; half /= 2) {
+      for (int i = 0; i < half; ++i) e[i] += e[i + half];
+    }
+    if (e[0] <= best_e) best = static_cast<uint8_t>(c), best_e = e[0];
+  }
+  return best;
+}
+
+// The export rule of NVFP4.md for a row-major [rows, k] float matrix and a per-tensor amax; with `static_mse` the
+// block scales are mse_scale's instead of the amax-derived ones.
+Encoded encode(const float* x, int64_t rows, int64_t k, float amax, bool static_mse = false) {
   Encoded e;
   e.global_scale = amax / (6.0f * 448.0f);
   e.packed.assign(static_cast<size_t>(rows * k / 2), 0);
@@ -86,7 +112,9 @@ Encoded encode(const float* x, int64_t rows, int64_t k, float amax) {
       float ab = 0;
       for (int i = 0; i < 16; ++i) ab = std::max(ab, std::fabs(xb[i]));
       uint8_t sc;
-      if (ab == 0.0f) {
+      if (static_mse) {
+        sc = mse_scale(xb, e.global_scale);
+      } else if (ab == 0.0f) {
         sc = e4m3_rne(1.0f);
       } else {
         float s = ab / (6.0f * e.global_scale);
@@ -158,19 +186,23 @@ std::vector<float> as_floats(const torch::Tensor& t) {
 bool same_float_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
 
 // Parameters: the model (quant_model_dirs index), the format (W4A4 "NVFP4", or weight-only "W4A16_NVFP4":
-// the same weight tensors, no input_scale, activations null in config.json), and an FP8 KV cache.
-class SpecChecker : public ::testing::TestWithParam<std::tuple<int, bool, bool>> {};
+// the same weight tensors, no input_scale, activations null in config.json), an FP8 KV cache, and static MSE block
+// scales (the same layout; the block scales re-derived by the checker's own search).
+class SpecChecker : public ::testing::TestWithParam<std::tuple<int, bool, bool, bool>> {};
 
 TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
   const auto dir = quant_model_dirs()[static_cast<size_t>(std::get<0>(GetParam()))];
   const bool weight_only = std::get<1>(GetParam());
   const bool fp8_kv = std::get<2>(GetParam());
+  const bool static_mse = std::get<3>(GetParam());
   quant::QuantConfig qcfg;
   qcfg.quantize_inputs = !weight_only;
   if (fp8_kv) qcfg.kv_cache = quant::KvCacheQuant::kFp8;
+  if (static_mse) qcfg.block_scales = quant::BlockScales::kStaticMse;
   auto lm = quantized_fixture(dir, torch::kFloat32, qcfg);
-  auto out = fs::temp_directory_path() / fmt::format("qad_spec_{}_{}_{}{}", ::getpid(), dir.filename().string(),
-                                                     weight_only ? "w4a16" : "w4a4", fp8_kv ? "_kvfp8" : "");
+  auto out = fs::temp_directory_path() / fmt::format("qad_spec_{}_{}_{}{}{}", ::getpid(), dir.filename().string(),
+                                                     weight_only ? "w4a16" : "w4a4", fp8_kv ? "_kvfp8" : "",
+                                                     static_mse ? "_static" : "");
   ::qad::remove_tree(out);
   quant::export_nvfp4(lm, out, dir);
   auto files = read_raw(out);
@@ -191,7 +223,7 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
 
   std::map<std::string, std::pair<float, float>> group_scales;
   std::set<std::string> seen;
-  int quantized = 0;
+  int quantized = 0, static_differs = 0;
   for (const auto& l : lm->linears()) {
     const auto& p = l->name();
     auto* h = quant::nvfp4_hook(l);
@@ -237,7 +269,11 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
 
     // Codes and block scales re-derived from the original weights.
     auto x = as_floats(l->weight);
-    auto enc = spec::encode(x.data(), n, k, group_w.at(group_of(p)));
+    auto enc = spec::encode(x.data(), n, k, group_w.at(group_of(p)), static_mse);
+    if (static_mse) {  // the search must matter here, or the static checks would repeat the dynamic ones
+      auto dyn = spec::encode(x.data(), n, k, group_w.at(group_of(p)));
+      static_differs += dyn.scales != enc.scales;
+    }
     EXPECT_EQ(enc.scales, ws.bytes) << p << ": block scales";
     EXPECT_EQ(enc.packed, w.bytes) << p << ": packed codes";
     // Nibble order, spelled out on the first byte.
@@ -253,6 +289,9 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
     EXPECT_EQ(bad, 0) << p << ": decoded weights differ from the fake-quantized ones";
   }
   EXPECT_GT(quantized, 0);
+  if (static_mse) {
+    EXPECT_GT(static_differs, 0) << "no module's static block scales differ from the dynamic ones";
+  }
 
   // The FP8 KV cache: per attention layer "<layer>.self_attn.k_proj.k_scale" and ".v_proj.v_scale", F32 scalars
   // equal to the calibrated amax / 448. Decoded: the model's attention replaces keys and values by
@@ -336,10 +375,19 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, SpecChecker,
-                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(false)));
+                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(false),
+                                            ::testing::Values(false)));
 // With an FP8 KV cache, in both weight formats.
 INSTANTIATE_TEST_SUITE_P(ModelsKvFp8, SpecChecker,
-                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(true)));
+                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(true),
+                                            ::testing::Values(false)));
+// With static MSE block scales, in both weight formats (one with an FP8 KV cache too).
+INSTANTIATE_TEST_SUITE_P(ModelsStaticBlockScales, SpecChecker,
+                         ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(false),
+                                            ::testing::Values(true)));
+INSTANTIATE_TEST_SUITE_P(ModelsStaticBlockScalesKvFp8, SpecChecker,
+                         ::testing::Combine(::testing::Values(4), ::testing::Values(false), ::testing::Values(true),
+                                            ::testing::Values(true)));
 
 // MoE layouts, judged from the source checkpoint's tensor names alone: every expert projection
 // ("<p>.mlp.experts.<e>.{gate,up,down}_proj") is NVFP4 with its four tensors, gate and up of one expert share

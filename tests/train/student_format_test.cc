@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "common/test_util.h"
+#include "io/safetensors_torch.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 #include "train/student.h"
@@ -19,13 +20,14 @@ namespace qad::train {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path export_stories(bool weight_only, const std::string& name, bool fp8_kv = false) {
+fs::path export_stories(bool weight_only, const std::string& name, bool fp8_kv = false, bool static_mse = false) {
   const auto dir = qad::testing::shared_dir() / "models/stories260K";
   auto lm = model::CausalLM::load(dir, torch::kCPU, torch::kFloat32);
   quant::QuantConfig q;
   q.quantize_inputs = !weight_only;
   q.calib_samples = 2;
   if (fp8_kv) q.kv_cache = quant::KvCacheQuant::kFp8;
+  if (static_mse) q.block_scales = quant::BlockScales::kStaticMse;
   quant::apply_nvfp4(lm, q);
   auto ids = torch::randint(lm->config().vocab_size, {2, 16}, qad::testing::seeded_generator(5), torch::kLong);
   quant::calibrate(lm, [&](const quant::BatchSink& sink) { sink(ids, torch::Tensor()); }, q);
@@ -101,6 +103,36 @@ TEST(StudentFormat, Fp8KvCheckpointKeepsItsKvCacheOnlyWhenTheRunAsksForIt) {
   }
   qad::remove_tree(kv);
   qad::remove_tree(plain);
+}
+
+// Static block scales (quant.options.block_scales): a --student export's weight_scale trains frozen with
+// static_mse (the file's codes, not searched again); with dynamic block scales they follow the live weights.
+TEST(StudentFormat, BlockScalesOfAnExportStayFrozenOnlyWithStaticMse) {
+  TrainConfig cfg;
+  cfg.method = Method::kQad;
+  cfg.run.teacher = (qad::testing::shared_dir() / "models/stories260K").string();
+  const CalibSource no_calibration = [](const CalibSink&) { FAIL() << "a --student checkpoint is not recalibrated"; };
+  const auto dir = export_stories(false, "static", false, true);
+  cfg.quant.student = dir.string();
+  cfg.quant.options.block_scales = quant::BlockScales::kStaticMse;
+  auto s = build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+  const auto file = io::read_tensors(dir);
+  int64_t checked = 0;
+  for (const auto& l : s.lm->linears()) {
+    auto* h = quant::nvfp4_hook(l);
+    if (h == nullptr) continue;
+    ASSERT_TRUE(h->static_block_scales && h->block_scale.defined()) << l->name();
+    for (const auto& [name, t] : file) {
+      if (name != l->name() + ".weight_scale") continue;
+      EXPECT_TRUE(torch::equal(h->block_scale, t.view(torch::kUInt8))) << name;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, static_cast<int64_t>(s.quantized_modules.size()));
+  cfg.quant.options.block_scales = quant::BlockScales::kDynamic;
+  s = build_student(cfg, torch::kCPU, torch::kFloat32, no_calibration, true);
+  EXPECT_FALSE(quant::has_static_block_scales(s.lm));
+  qad::remove_tree(dir);
 }
 
 }  // namespace
