@@ -2,6 +2,10 @@
 #include "nvfp4/block_scales.h"
 
 #include <limits>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "nvfp4/scales.h"
 #include "util/error.h"
@@ -51,6 +55,20 @@ void check_args(const torch::Tensor& x, const torch::Tensor& block_scales, const
             block_scales.device().str(), x.device().str());
 }
 
+// A small constant table as float32 on `device`, made once per device and kept (never freed: the CUDA context may
+// be gone before static destructors run). Built from a host vector in every call, it would be a pageable
+// host-to-device copy, which waits for the device's queue to drain: a synchronisation per weight and step in
+// training, and per candidate code in the MSE search.
+torch::Tensor device_table(const char* name, const torch::Device& device, const std::vector<float>& values) {
+  static auto* mutex = new std::mutex;
+  static auto* tables = new std::map<std::string, torch::Tensor>;
+  const std::string key = std::string(name) + "@" + device.str();
+  std::lock_guard<std::mutex> lock(*mutex);
+  auto it = tables->find(key);
+  if (it == tables->end()) it = tables->emplace(key, torch::tensor(values, torch::kFloat32).to(device)).first;
+  return it->second;
+}
+
 // x / (s_b s_g) per element, ±0 kept as ±0 (the kernels' quantize_element); s is [rows, blocks, 1] float32.
 torch::Tensor scaled_values(const torch::Tensor& blocks, const torch::Tensor& s, const torch::Tensor& sg) {
   return torch::where(blocks == 0, blocks, blocks / (s * sg));
@@ -58,7 +76,8 @@ torch::Tensor scaled_values(const torch::Tensor& blocks, const torch::Tensor& s,
 
 // (e2m1(q) * s_b) * s_g for the scaled values (q = e2m1_rne(scaled), the sign kept).
 torch::Tensor dequantized(const torch::Tensor& scaled, const torch::Tensor& s, const torch::Tensor& sg) {
-  auto values = torch::tensor({0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f}, scaled.options());
+  QAD_CHECK(scaled.scalar_type() == torch::kFloat32, "nvfp4: scaled block values must be float32");
+  const auto& values = device_table("e2m1", scaled.device(), {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f});
   auto magnitude = values.index({e2m1_magnitude_index(scaled.abs())});
   return torch::copysign(magnitude, scaled) * s * sg;
 }
@@ -82,10 +101,12 @@ torch::Tensor e2m1_magnitude_index(const torch::Tensor& a) {
 torch::Tensor decode_e4m3_codes(const torch::Tensor& codes) {
   QAD_CHECK(codes.scalar_type() == torch::kUInt8, "decode_e4m3_codes takes uint8 codes, got {}",
             c10::toString(codes.scalar_type()));
-  std::vector<float> table(256);
-  for (int c = 0; c < 256; ++c) table[static_cast<size_t>(c)] = e4m3_decode(static_cast<uint8_t>(c));
-  auto lut = torch::tensor(table, torch::kFloat32).to(codes.device());
-  return lut.index({codes.to(torch::kLong)});
+  static const std::vector<float> table = [] {
+    std::vector<float> t(256);
+    for (int c = 0; c < 256; ++c) t[static_cast<size_t>(c)] = e4m3_decode(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return device_table("e4m3", codes.device(), table).index({codes.to(torch::kLong)});
 }
 
 torch::Tensor fake_quantize_with_block_scales(const torch::Tensor& x, const torch::Tensor& block_scales,

@@ -88,8 +88,10 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     // CKA over the real input tokens (prompt and answer alike), not only the supervised ones. Chosen before the
     // forwards so that both models keep only these rows of each layer's output.
     const auto& ids = batch.input_ids;
+    // (The lm_head's device, not parameters().front()'s: collecting every parameter of the model is host work
+    // the GPU waits for here, at the start of the step.)
     fo.hidden_rows = loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
-                                             student->parameters().front().device()).index;
+                                             student->lm_head->weight.device()).index;
   }
 
   const bool fused = use_fused_head(loss, student, teacher);
