@@ -68,6 +68,8 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
                                              "v_scale, trained fake-quantized and exported; docs/quant.md)"},
     {"--block-scales", "quant.options.block_scales", "weight block scales: dynamic | static_mse (MSE-searched E4M3 "
                                                      "codes, frozen in training, exported; docs/quant.md)"},
+    {"--fp8", "quant.options.fp8_layers", "comma-separated module globs quantized to FP8 (W8A8) instead of NVFP4 or "
+                                          "high precision; exported as MIXED_PRECISION (docs/quant.md)"},
     {"--seed", "run.seed", "seed of the step randomness (CKA subsampling)"},
     {"--data-seed", "data.seed", "shuffle seed"},
     {"--device", "run.device", "auto | cpu | cuda | cuda:N"},

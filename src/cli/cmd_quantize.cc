@@ -33,7 +33,7 @@ struct QuantizeArgs {
   int64_t calib_samples = 512, seq_len = 512, batch_size = 8;
   uint64_t seed = 0;
   std::string doc_end = "eos", bos = "auto";
-  std::vector<std::string> exclude, include;
+  std::vector<std::string> exclude, include, fp8;
   bool weight_only = false;
   std::string kv_cache;  // empty: the --config's quant.kv_cache (default none)
   std::string block_scales;  // empty: the --config's quant.block_scales (default dynamic)
@@ -104,6 +104,7 @@ int run(const QuantizeArgs& a) {
   if (!a.block_scales.empty()) cfg.block_scales = quant::parse_block_scales(a.block_scales);
   if (!a.include.empty()) cfg.include = a.include;
   cfg.exclude.insert(cfg.exclude.end(), a.exclude.begin(), a.exclude.end());
+  cfg.fp8_layers.insert(cfg.fp8_layers.end(), a.fp8.begin(), a.fp8.end());
 
   const auto config = model::load_config(a.model);
   // auto = the checkpoint's own dtype (config.json).
@@ -149,6 +150,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--exclude", a->exclude, "more module globs to leave unquantized (added to the defaults: lm_head, "
                   "*embed_tokens*, *norm*, *router*, *.gate)");
   cmd->add_option("--include", a->include, "module globs to quantize (default *)");
+  cmd->add_option("--fp8", a->fp8, "module globs quantized to FP8 (W8A8, per-tensor scales) instead of NVFP4 or high "
+                  "precision, also excluded ones (e.g. lm_head); the export is MIXED_PRECISION (docs/quant.md)");
   cmd->add_flag("--weight-only", a->weight_only, "NVFP4 weights, activations left in the model's dtype: exports "
                 "W4A16_NVFP4 (no input_scale), what Hopper GPUs serve");
   cmd->add_option("--kv-cache", a->kv_cache, "KV cache: none, or fp8 (FP8 E4M3 with a calibrated per-layer k_scale / "

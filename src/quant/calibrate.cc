@@ -32,6 +32,9 @@ std::vector<Hooked> hooked(const model::CausalLM& lm) {
   return out;
 }
 
+// The marker of an FP8 weight quantizer in the quantizer state: ModelOpt's num_bits (4, 3), E4M3.
+torch::Tensor fp8_num_bits() { return torch::tensor(std::vector<int64_t>{4, 3}, torch::kLong); }
+
 std::vector<Fp8KvQuant*> kv_hooked(const model::CausalLM& lm) {
   std::vector<Fp8KvQuant*> out;
   for (auto* h : kv_hooks(lm)) {
@@ -226,7 +229,8 @@ void calibrate(model::CausalLM& lm, const BatchSource& for_each_batch, const Qua
       in_amax = in_amax.defined() ? torch::maximum(in_amax, x->hook->input_amax) : x->hook->input_amax;
       weights.push_back(w);
     }
-    if (cfg.method == CalibMethod::kMse) w_amax = mse_weight_amax(weights, w_amax);
+    // FP8 layers keep max calibration (the MSE search is over the NVFP4 fake quantization).
+    if (cfg.method == CalibMethod::kMse && !members[0]->hook->fp8) w_amax = mse_weight_amax(weights, w_amax);
     for (auto* x : members) {
       x->hook->input_amax = in_amax.clone();
       x->hook->weight_amax = w_amax.clone();
@@ -258,6 +262,7 @@ std::vector<std::pair<std::string, torch::Tensor>> quantizer_state(const model::
     if (x.hook->static_block_scales && x.hook->block_scale.defined()) {
       out.emplace_back(m + ".weight_quantizer._block_scale", x.hook->block_scale.cpu().clone());
     }
+    if (x.hook->fp8) out.emplace_back(m + ".weight_quantizer._num_bits", fp8_num_bits());
   }
   for (auto* h : kv_hooked(lm)) {
     if (h->k_scale.defined()) out.emplace_back(h->k_scale_name(), h->k_scale.cpu().clone());
@@ -270,13 +275,23 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
                           const QuantConfig& cfg) {
   static const std::string kIn = ".input_quantizer._amax", kW = ".weight_quantizer._amax";
   static const std::string kK = ".k_proj.k_scale", kV = ".v_proj.v_scale";
-  static const std::string kB = ".weight_quantizer._block_scale";
+  static const std::string kB = ".weight_quantizer._block_scale", kN = ".weight_quantizer._num_bits";
   std::map<std::string, model::Linear> by_name;
   for (const auto& l : lm->linears()) by_name.emplace(l->name(), l);
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> amaxes;  // module -> (input, weight)
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> kv_scales;  // "<layer>.self_attn" -> (k, v)
   std::map<std::string, torch::Tensor> block_scales;  // module -> uint8 E4M3 codes [out, in/16]
+  std::set<std::string> fp8;                          // modules whose quantizers are FP8 E4M3
   for (const auto& [name, t] : state) {
+    if (name.ends_with(kN)) {
+      const auto module = name.substr(0, name.size() - kN.size());
+      QAD_CHECK(by_name.count(module), "quantizer state: '{}' names no Linear of this model", name);
+      QAD_CHECK(t.numel() == 2 && !t.is_floating_point() && t.to(torch::kLong).equal(fp8_num_bits()),
+                "quantizer state: '{}' must be the int64 pair (4, 3) (FP8 E4M3, ModelOpt's num_bits); other formats "
+                "are not supported", name);
+      fp8.insert(module);
+      continue;
+    }
     if (name.ends_with(kB)) {
       const auto module = name.substr(0, name.size() - kB.size());
       auto it = by_name.find(module);
@@ -326,18 +341,28 @@ void load_quantizer_state(model::CausalLM& lm, const std::vector<std::pair<std::
     auto hook = std::make_shared<NvFp4LinearQuant>(l->name());
     hook->input_amax = it->second.first;
     hook->weight_amax = it->second.second;
+    if (fp8.erase(l->name())) {
+      hook->fp8 = true;
+      hook->quantize_inputs = hook->input_amax.defined();  // W8A8; an FP8 state always has the input amax
+      QAD_CHECK(hook->quantize_inputs, "quantizer state: FP8 module {} has no '{}.input_quantizer._amax'", l->name(),
+                l->name());
+    }
     if (auto b = block_scales.find(l->name()); b != block_scales.end()) {
       hook->static_block_scales = true;
       hook->block_scale = b->second;
       block_scales.erase(b);
     }
     hook->ste = cfg.ste;
-    hook->quantize_inputs = cfg.quantize_inputs && hook->input_amax.defined();
-    for (const auto& ov : cfg.overrides) {
-      if (ov.quantize_inputs && glob_match(ov.pattern, l->name())) hook->quantize_inputs = *ov.quantize_inputs;
+    if (!hook->fp8) {  // FP8 layers are W8A8 whatever quantize_inputs says
+      hook->quantize_inputs = cfg.quantize_inputs && hook->input_amax.defined();
+      for (const auto& ov : cfg.overrides) {
+        if (ov.quantize_inputs && glob_match(ov.pattern, l->name())) hook->quantize_inputs = *ov.quantize_inputs;
+      }
     }
     l->quant = hook;
   }
+  QAD_CHECK(fp8.empty(), "quantizer state: '{}{}' has no '{}{}'", fp8.empty() ? "" : *fp8.begin(), kN,
+            fp8.empty() ? "" : *fp8.begin(), kW);
   QAD_CHECK(block_scales.empty(), "quantizer state: '{}{}' has no '{}{}' (block scales belong to a weight quantizer)",
             block_scales.empty() ? "" : block_scales.begin()->first, kB,
             block_scales.empty() ? "" : block_scales.begin()->first, kW);

@@ -6,10 +6,12 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors_torch.h"
 #include "nvfp4/block_scales.h"
+#include "nvfp4/e4m3.h"
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 #include "quant/export_json.h"
@@ -61,7 +63,33 @@ bool is_companion_file(const std::string& name) {
 
 float scalar(const torch::Tensor& t) { return t.detach().cpu().to(torch::kFloat32).reshape({}).item<float>(); }
 
+// An FP8 layer's weight as E4M3 codes (uint8, written as F8_E4M3): e4m3_encode(w / scale) per element, the rounding
+// of nvfp4::fp8_fake_quantize (RNE, saturating at ±448), so the file decodes to the fake-quantized weight.
+torch::Tensor fp8_codes(const torch::Tensor& w, float scale) {
+  auto x = w.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  auto out = torch::empty(x.sizes(), torch::kUInt8);
+  const float* src = x.data_ptr<float>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < x.numel(); ++i) dst[i] = nvfp4::e4m3_encode(src[i] / scale);
+  return out;
+}
+
+// The quant_algo of a quantized Linear's hook.
+std::string algo_of(const NvFp4LinearQuant& h) {
+  if (h.fp8) return kFp8Algo;
+  return quant_algo_name(h.quantize_inputs ? NvFp4Format::kW4A4 : NvFp4Format::kW4A16);
+}
+
 }  // namespace
+
+NvFp4Format export_format(const model::CausalLM& lm) {
+  std::set<std::string> algos;
+  for (const auto& l : lm->linears()) {
+    if (const auto* h = nvfp4_hook(l)) algos.insert(algo_of(*h));
+  }
+  if (algos.size() > 1 || algos.count(kFp8Algo)) return NvFp4Format::kMixed;
+  return algos.count(quant_algo_name(NvFp4Format::kW4A16)) ? NvFp4Format::kW4A16 : NvFp4Format::kW4A4;
+}
 
 NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, const fs::path& source_dir) {
   std::error_code ec;
@@ -78,21 +106,26 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
   }
 
   // Every quantized module must be exportable as the engines read it. The format is the hooks': all quantize their
-  // inputs (W4A4, "NVFP4") or none does (weight-only W4A16, "W4A16_NVFP4"); a mix is ModelOpt's MIXED_PRECISION.
+  // inputs (W4A4, "NVFP4"), none does (weight-only W4A16, "W4A16_NVFP4"), or a mix, or FP8 layers: ModelOpt's
+  // MIXED_PRECISION with a quant_algo per Linear.
   std::map<std::string, NvFp4LinearQuant*> hooks;
+  std::map<std::string, std::string> algos;                     // module -> quant_algo
+  std::map<std::string, std::string> group_algo;                // fused group -> quant_algo
   std::map<std::string, std::pair<float, float>> group_scales;  // group -> (input amax or 0, weight amax)
-  std::string w4a4_example, w4a16_example;
   for (const auto& l : lm->linears()) {
     auto* h = nvfp4_hook(l);
     if (h == nullptr) continue;
     const auto& m = l->name();
-    QAD_CHECK(l->in_features() % 16 == 0, "export: {} has input size {}, not a multiple of 16; NVFP4 engines cannot "
-              "load it (apply_nvfp4 leaves such Linears unquantized)", m, l->in_features());
-    (h->quantize_inputs ? w4a4_example : w4a16_example) = m;
-    QAD_CHECK(w4a4_example.empty() || w4a16_example.empty(),
-              "export: {} quantizes its inputs but {} does not; an export is all W4A4 (NVFP4) or all weight-only "
-              "(W4A16_NVFP4): set quantize_inputs the same for every quantized Linear (mixed precision is not "
-              "supported yet)", w4a4_example, w4a16_example);
+    QAD_CHECK(h->fp8 || l->in_features() % 16 == 0, "export: {} has input size {}, not a multiple of 16; NVFP4 "
+              "engines cannot load it (apply_nvfp4 leaves such Linears unquantized)", m, l->in_features());
+    QAD_CHECK(!h->fp8 || h->quantize_inputs, "export: {} is FP8 without input quantization; FP8 layers are W8A8 with "
+              "a static input_scale", m);
+    algos[m] = algo_of(*h);
+    if (auto g = fused_group(m); !g.empty()) {
+      auto [it, fresh] = group_algo.emplace(g, algos[m]);
+      QAD_CHECK(fresh || it->second == algos[m], "export: fused group {} mixes quant_algo {} ({}) and {}; engines run "
+                "it as one GEMM, so its modules need one format", g, algos[m], m, it->second);
+    }
     QAD_CHECK(h->weight_amax.defined() && (!h->quantize_inputs || h->input_amax.defined()) &&
                   (!h->static_block_scales || h->block_scale.defined()),
               "export: {} is not calibrated (run quant::calibrate or load a quantizer state first)", m);
@@ -110,7 +143,7 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
   }
   QAD_CHECK(!hooks.empty(), "export: the model has no NVFP4-quantized Linear (call quant::apply_nvfp4 and "
             "quant::calibrate first)");
-  const auto format = w4a4_example.empty() ? NvFp4Format::kW4A16 : NvFp4Format::kW4A4;
+  const auto format = export_format(lm);
 
   // The FP8 KV cache: all attention layers or none, each with both scales calibrated (engines read a scale <= 0
   // as missing and fall back to 1.0, which would not be the model that was trained).
@@ -142,13 +175,20 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
     auto* h = it->second;
     QAD_CHECK(torch::isfinite(t).all().item<bool>(), "export: tensor '{}' has NaN or Inf; refusing to write it",
               name);
+    if (h->fp8) {  // FP8 E4M3 weight, per-tensor weight_scale and static input_scale (ModelOpt's FP8 names)
+      const float ws = fp8_kv_scale(scalar(h->weight_amax)), is = fp8_kv_scale(scalar(h->input_amax));
+      out.add(module + ".weight", fp8_codes(t, ws), io::DType::F8_E4M3);
+      out.add(module + ".weight_scale", torch::full({}, ws, torch::kFloat32), io::DType::F32);
+      out.add(module + ".input_scale", torch::full({}, is, torch::kFloat32), io::DType::F32);
+      continue;
+    }
     const auto amax = h->weight_amax.to(t.device(), torch::kFloat32).reshape({});
     auto q = h->static_block_scales ? nvfp4::quantize_with_block_scales(t.detach(), h->block_scale.to(t.device()), amax)
                                     : nvfp4::quantize(t.detach(), amax);
     out.add(module + ".weight", q.packed, io::DType::U8);
     out.add(module + ".weight_scale", q.block_scales, io::DType::F8_E4M3);
     out.add(module + ".weight_scale_2", q.global_scale.reshape({}), io::DType::F32);
-    if (format == NvFp4Format::kW4A16) continue;  // weight-only: the engine runs the activations as they are
+    if (!h->quantize_inputs) continue;  // weight-only: the engine runs the activations as they are
     const float in_scale = nvfp4::global_decode_scale(scalar(h->input_amax));
     out.add(module + ".input_scale", torch::full({}, in_scale, torch::kFloat32), io::DType::F32);
   }
@@ -162,8 +202,11 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
   const auto exclude = unquantized_modules(lm);
   const auto dtype = lm->model->embed_tokens->weight.scalar_type();
   auto config = model::config_json_for_save(lm->config(), model::dtype_config_name(dtype));
-  config["quantization_config"] = config_quantization_json(exclude, format, fp8_kv);
-  const auto hf_quant = hf_quant_config_json(exclude, format, fp8_kv);
+  const bool mixed = format == NvFp4Format::kMixed;
+  config["quantization_config"] = mixed ? mixed_config_quantization_json(algos, exclude, fp8_kv)
+                                        : config_quantization_json(exclude, format, fp8_kv);
+  const auto hf_quant = mixed ? mixed_hf_quant_config_json(algos, exclude, fp8_kv)
+                              : hf_quant_config_json(exclude, format, fp8_kv);
 
   std::vector<fs::path> companions;
   if (!source_dir.empty()) {

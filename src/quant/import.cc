@@ -1,5 +1,5 @@
-// load_nvfp4: an NVFP4 checkpoint in the ModelOpt unified layout (ours or ModelOpt's; quant_algo NVFP4 or the
-// weight-only W4A16_NVFP4) as a runnable CausalLM: weights dequantized exactly (the values the engine multiplies
+// load_nvfp4: an NVFP4 checkpoint in the ModelOpt unified layout (ours or ModelOpt's; quant_algo NVFP4, the
+// weight-only W4A16_NVFP4, or MIXED_PRECISION with NVFP4 / W4A16_NVFP4 / FP8 layers) as a runnable CausalLM: weights dequantized exactly (the values the engine multiplies
 // with), inputs fake-quantized with the stored static input_scale (W4A4) or left as they are (W4A16). Every
 // malformed tensor is reported with its file and name.
 #include <fmt/format.h>
@@ -14,7 +14,9 @@
 #include "io/safetensors_torch.h"
 #include "model/weights.h"
 #include "model/finite_check.h"
+#include "nvfp4/block_scales.h"
 #include "nvfp4/quantize.h"
+#include "nvfp4/scales.h"
 #include "quant/export_json.h"
 #include "quant/kv_quant.h"
 #include "quant/linear_quant.h"
@@ -64,6 +66,7 @@ nlohmann::json quant_section(const fs::path& dir, std::string* source) {
                           .value("weights", nlohmann::json::object())
                           .value("group_size", nlohmann::json());
   }
+  if (q.contains("quantized_layers")) s["quantized_layers"] = q["quantized_layers"];
   s["kv_cache_quant_algo"] = nlohmann::json();
   if (q.contains("kv_cache_scheme") && !q["kv_cache_scheme"].is_null()) {
     // vLLM's reading of the compressed-tensors form: {"type": "float", "num_bits": 8} is an FP8 KV cache.
@@ -113,7 +116,30 @@ bool fp8_kv_cache(const nlohmann::json& section, const std::string& source) {
 std::optional<NvFp4Format> format_of(const std::string& algo) {
   if (algo == quant_algo_name(NvFp4Format::kW4A4)) return NvFp4Format::kW4A4;
   if (algo == quant_algo_name(NvFp4Format::kW4A16)) return NvFp4Format::kW4A16;
+  if (algo == quant_algo_name(NvFp4Format::kMixed)) return NvFp4Format::kMixed;
   return std::nullopt;
+}
+
+// MIXED_PRECISION's quantized_layers: module -> quant_algo (upper case; NVFP4, W4A16_NVFP4 or FP8), checked.
+std::map<std::string, std::string> mixed_layers(const nlohmann::json& section, const std::string& source) {
+  QAD_CHECK(section.contains("quantized_layers") && section["quantized_layers"].is_object() &&
+                !section["quantized_layers"].empty(),
+            "{}: quant_algo MIXED_PRECISION needs a non-empty \"quantized_layers\" object", source);
+  std::map<std::string, std::string> out;
+  for (const auto& [m, v] : section["quantized_layers"].items()) {
+    QAD_CHECK(v.is_object() && v.contains("quant_algo") && v["quant_algo"].is_string(), "{}: quantized_layers[\"{}\"] "
+              "is not {{\"quant_algo\": ...}}", source, m);
+    std::string algo = v["quant_algo"].get<std::string>();
+    for (auto& c : algo) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    QAD_CHECK(algo == "NVFP4" || algo == "W4A16_NVFP4" || algo == kFp8Algo, "{}: quantized_layers[\"{}\"] has "
+              "quant_algo {}; qad reads NVFP4, W4A16_NVFP4 and FP8 layers", source, m, v["quant_algo"].dump());
+    if (algo != kFp8Algo && v.contains("group_size")) {
+      QAD_CHECK(v["group_size"].is_number_integer() && v["group_size"].get<int64_t>() == kGroupSize,
+                "{}: quantized_layers[\"{}\"] has group_size {}; NVFP4 needs 16", source, m, v["group_size"].dump());
+    }
+    out[m] = algo;
+  }
+  return out;
 }
 
 }  // namespace
@@ -138,11 +164,12 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
   const auto algo = section.value("quant_algo", std::string());
   const auto format = format_of(algo);
   QAD_CHECK(format.has_value(), "{}: quant_algo is '{}'; qad reads NVFP4 and W4A16_NVFP4 checkpoints", source, algo);
-  const bool weight_only = *format == NvFp4Format::kW4A16;
-  QAD_CHECK(section.contains("group_size") && section["group_size"].is_number_integer() &&
-                section["group_size"].get<int64_t>() == kGroupSize,
+  const bool mixed = *format == NvFp4Format::kMixed;
+  QAD_CHECK(mixed || (section.contains("group_size") && section["group_size"].is_number_integer() &&
+                      section["group_size"].get<int64_t>() == kGroupSize),
             "{}: group_size must be 16 for NVFP4, got {}", source,
             section.contains("group_size") ? section["group_size"].dump() : "nothing");
+  auto layers = mixed ? mixed_layers(section, source) : std::map<std::string, std::string>();
   const bool fp8_kv = fp8_kv_cache(section, source);
 
   auto config = model::load_config(dir);
@@ -151,12 +178,47 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
   std::set<std::string> used;  // the NVFP4 tensors read here (load_hf_tensors loads the rest)
   torch::NoGradGuard no_grad;
 
-  // Quantized Linears: the checkpoint has <p>.weight_scale.
+  // Quantized Linears: the checkpoint has <p>.weight_scale (MIXED_PRECISION: those in quantized_layers).
   for (auto l : lm->linears()) {
     const auto& p = l->name();
-    if (ckpt.find(p + ".weight_scale") == nullptr) {
-      QAD_CHECK(ckpt.find(p + ".input_scale") == nullptr && ckpt.find(p + ".weight_scale_2") == nullptr,
-                "{}: '{}' has NVFP4 scales but no '{}.weight_scale'", dir.string(), p, p);
+    std::string algo = quant_algo_name(*format);
+    if (mixed) {
+      auto it = layers.find(p);
+      algo = it == layers.end() ? std::string() : it->second;
+      if (it != layers.end()) layers.erase(it);
+    }
+    const bool weight_only = algo == quant_algo_name(NvFp4Format::kW4A16);
+    if (algo.empty() || (!mixed && ckpt.find(p + ".weight_scale") == nullptr)) {
+      QAD_CHECK(ckpt.find(p + ".input_scale") == nullptr && ckpt.find(p + ".weight_scale_2") == nullptr &&
+                    (!mixed || ckpt.find(p + ".weight_scale") == nullptr),
+                "{}: '{}' has quantization scales but {}", dir.string(), p,
+                mixed ? "is not in quantized_layers" : fmt::format("no '{}.weight_scale'", p));
+      continue;
+    }
+    if (algo == kFp8Algo) {  // W8A8 FP8: E4M3 weight [out, in], per-tensor weight_scale and input_scale
+      QAD_CHECK(!(p == "lm_head" && config.tie_word_embeddings), "{}: lm_head is FP8 but tied to the embeddings in "
+                "config.json; untie it (tie_word_embeddings: false)", dir.string());
+      auto w = fetch(ckpt, p + ".weight", dir), ws = fetch(ckpt, p + ".weight_scale", dir),
+           is = fetch(ckpt, p + ".input_scale", dir);
+      QAD_CHECK(w.dtype == io::DType::F8_E4M3, "{} must be F8_E4M3 (an FP8 layer), got {}", w.where,
+                io::dtype_name(w.dtype));
+      QAD_CHECK(w.tensor.dim() == 2 && w.tensor.size(0) == l->out_features() && w.tensor.size(1) == l->in_features(),
+                "{} has shape {} but [{}, {}] (= [out, in]) was expected", w.where, shape_str(w.tensor.sizes()),
+                l->out_features(), l->in_features());
+      const float w_scale = scalar_f32(ws), in_scale = scalar_f32(is);
+      QAD_CHECK(w_scale > 0.0f && in_scale > 0.0f, "{}: FP8 scales must be > 0 (weight_scale {}, input_scale {})",
+                ws.where, w_scale, in_scale);
+      auto codes = w.tensor.scalar_type() == torch::kUInt8 ? w.tensor : w.tensor.view(torch::kUInt8);
+      auto values = nvfp4::decode_e4m3_codes(codes.to(device)) * torch::full({}, w_scale, codes.options()
+                                                                             .dtype(torch::kFloat32).device(device));
+      l->weight.set_data(values.to(dtype));
+      for (const auto* suffix : {".weight", ".weight_scale", ".input_scale"}) used.insert(p + suffix);
+      auto hook = std::make_shared<NvFp4LinearQuant>(p);
+      hook->fp8 = true;
+      hook->quantize_weights = false;  // already the FP8 values
+      hook->weight_amax = torch::full({}, amax_for_scale(w_scale, ws.where, nvfp4::kE4M3Max), torch::kFloat32);
+      hook->input_amax = torch::full({}, amax_for_scale(in_scale, is.where, nvfp4::kE4M3Max), torch::kFloat32);
+      l->quant = hook;
       continue;
     }
     QAD_CHECK(!(p == "lm_head" && config.tie_word_embeddings), "{}: lm_head is quantized but tied to the embeddings "
@@ -199,6 +261,9 @@ model::CausalLM load_nvfp4(const fs::path& dir, torch::Device device, torch::Sca
     }
     l->quant = hook;
   }
+
+  QAD_CHECK(layers.empty(), "{}: quantized_layers names '{}', which is no Linear of this model", source,
+            layers.empty() ? "" : layers.begin()->first);
 
   // The FP8 KV cache: every attention layer's k_scale and v_scale, installed as the engines apply them.
   for (size_t i = 0; i < lm->model->layer_list.size(); ++i) {

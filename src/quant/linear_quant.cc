@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "nvfp4/block_scales.h"
+#include "nvfp4/fp8.h"
 #include "nvfp4/quantize.h"
 #include "nvfp4/scales.h"
 #include "util/error.h"
@@ -38,6 +39,7 @@ torch::Tensor NvFp4LinearQuant::input(const torch::Tensor& x) {
   if (!quantize_inputs) return x;
   QAD_CHECK(input_amax.defined(), "{}: the input quantizer is not calibrated (run quant::calibrate, or load a "
             "quantizer state, before the forward)", module_);
+  if (fp8) return nvfp4::fp8_fake_quantize_ste(x, fp8_scale(on_device(input_amax, x.device())), ste);
   return nvfp4::fake_quantize_ste(x, on_device(input_amax, x.device()), ste);
 }
 
@@ -77,8 +79,9 @@ torch::Tensor NvFp4LinearQuant::cached_weight(const torch::Tensor& w) {
   }
   ++weight_cache_misses;
   torch::NoGradGuard ng;
-  c.value = scales.defined() ? nvfp4::fake_quantize_with_block_scales(w.detach(), scales, amax)
-                             : nvfp4::fake_quantize(w.detach(), amax);
+  c.value = fp8                ? nvfp4::fp8_fake_quantize(w.detach(), fp8_scale(amax))
+            : scales.defined() ? nvfp4::fake_quantize_with_block_scales(w.detach(), scales, amax)
+                               : nvfp4::fake_quantize(w.detach(), amax);
   c.impl = w.unsafeGetTensorImpl();
   c.data = w.data_ptr();
   c.version = static_cast<int64_t>(w._version());
@@ -90,7 +93,7 @@ torch::Tensor NvFp4LinearQuant::cached_weight(const torch::Tensor& w) {
 }
 
 std::optional<model::FusedInputQuant> NvFp4LinearQuant::fused_input(const torch::Device& device) {
-  if (calibrating) return std::nullopt;
+  if (calibrating || (fp8 && quantize_inputs)) return std::nullopt;  // the fused kernels quantize to NVFP4 only
   if (!quantize_inputs) return model::FusedInputQuant{};
   QAD_CHECK(input_amax.defined(), "{}: the input quantizer is not calibrated (run quant::calibrate, or load a "
             "quantizer state, before the forward)", module_);
@@ -106,10 +109,11 @@ std::optional<model::FusedInputQuant> NvFp4LinearQuant::fused_input(const torch:
 torch::Tensor NvFp4LinearQuant::weight(const torch::Tensor& w) {
   if (calibrating || !quantize_weights) return w;
   QAD_CHECK(weight_amax.defined(), "{}: the weight quantizer has no amax (apply_nvfp4 sets it)", module_);
-  QAD_CHECK(!static_block_scales || block_scale.defined(), "{}: the weight's static block scales are not chosen yet "
-            "(run quant::calibrate, or load a quantizer state, before the forward)", module_);
+  QAD_CHECK(fp8 || !static_block_scales || block_scale.defined(), "{}: the weight's static block scales are not "
+            "chosen yet (run quant::calibrate, or load a quantizer state, before the forward)", module_);
   // The clipped STE needs the weight in its backward: that path quantizes afresh.
   if (ste != nvfp4::StraightThrough::kIdentity) {
+    if (fp8) return nvfp4::fp8_fake_quantize_ste(w, fp8_scale(on_device(weight_amax, w.device())), ste);
     if (static_block_scales) {
       return nvfp4::fake_quantize_with_block_scales_ste(w, on_device(block_scale, w.device()),
                                                         on_device(weight_amax, w.device()), ste);
@@ -138,27 +142,33 @@ bool glob_match(const std::string& pattern, const std::string& name) {
   return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;  // no FNM_PATHNAME: '*' also matches '.'
 }
 
-float amax_for_scale(float scale, const std::string& what) {
+torch::Tensor fp8_scale(const torch::Tensor& amax) {
+  // A true division by a tensor (LibTorch's CUDA division by a host scalar multiplies by the reciprocal).
+  auto a = amax.detach().to(torch::kFloat32).reshape({});
+  return a / torch::full({}, nvfp4::kE4M3Max, a.options());
+}
+
+float amax_for_scale(float scale, const std::string& what, float denominator) {
   QAD_CHECK(std::isfinite(scale) && scale >= 0.0f, "{}: scale {} is not a finite non-negative number", what, scale);
   // A = scale * 2688 is usually exact; the division's rounding can make A / 2688 land one ulp away, so look
   // at the neighbours. Every scale written as fl(A / 2688) (ModelOpt, qad) has such an A.
-  const float a0 = scale * nvfp4::kScaleDenominator;
+  const float a0 = scale * denominator;
   float best = a0;
-  float best_err = std::fabs(nvfp4::global_decode_scale(a0) - scale);
+  float best_err = std::fabs(a0 / denominator - scale);
   float lo = a0, hi = a0;
   for (int i = 0; i < 8 && best_err != 0.0f; ++i) {
     lo = std::nextafter(lo, 0.0f);
     hi = std::nextafter(hi, INFINITY);
     for (float c : {lo, hi}) {
-      const float e = std::fabs(nvfp4::global_decode_scale(c) - scale);
+      const float e = std::fabs(c / denominator - scale);
       if (e < best_err) best = c, best_err = e;
     }
   }
   if (best_err != 0.0f) {
     fmt::print(stderr,
-               "qad: warning: {}: scale {:.9g} is not A/2688 for any float32 A; using the nearest ({:.9g}); "
+               "qad: warning: {}: scale {:.9g} is not A/{} for any float32 A; using the nearest ({:.9g}); "
                "activations may differ from the engine's in the last bit\n",
-               what, scale, nvfp4::global_decode_scale(best));
+               what, scale, denominator, best / denominator);
   }
   return best;
 }

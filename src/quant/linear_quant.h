@@ -33,6 +33,10 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
   torch::Tensor weight_amax;
   bool quantize_inputs = true;
   bool quantize_weights = true;  // false for imported checkpoints, whose weights already are NVFP4 values
+  // FP8 instead of NVFP4 (QuantConfig::fp8_layers; docs/quant.md, "Mixed precision: FP8 layers"): W8A8 with per-tensor
+  // scales, weight_amax / 448 and input_amax / 448 (static), e4m3(x / s) * s on the weight and the input
+  // (nvfp4/fp8.h). Block scales do not apply; the fused-kernel input path is not used (fused_input: nullopt).
+  bool fp8 = false;
   // Static block scales: the weight's per-16-block E4M3 scale codes, uint8 [out, in/16] (exactly the exported
   // weight_scale), fixed: neither learned nor recomputed from the live weight. Used when `static_block_scales` is
   // set (apply_nvfp4 with block_scales static_mse, a quantizer state or an import that has them); until calibrate()
@@ -84,8 +88,12 @@ std::string fused_group(const std::string& module);
 // fnmatch glob over a module name ('*' matches dots too, as Python's fnmatch that ModelOpt and vLLM use).
 bool glob_match(const std::string& pattern, const std::string& name);
 
-// A float32 amax A whose decode scale A / 2688 (computed as the kernels do) is exactly `scale`: the amax that
-// reproduces a checkpoint's stored weight_scale_2 / input_scale. Throws naming `what` when none exists.
-float amax_for_scale(float scale, const std::string& what);
+// A float32 amax A whose decode scale A / denominator (computed as the kernels do) is exactly `scale`: the amax that
+// reproduces a checkpoint's stored weight_scale_2 / input_scale (NVFP4: 2688; FP8 per-tensor scales: 448). Warns
+// naming `what` and takes the nearest when none exists.
+float amax_for_scale(float scale, const std::string& what, float denominator = 2688.0f);
+
+// The FP8 per-tensor scale of an amax, amax / 448 in float32, as a tensor on the amax's device.
+torch::Tensor fp8_scale(const torch::Tensor& amax);
 
 }  // namespace qad::quant

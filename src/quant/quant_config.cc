@@ -25,8 +25,10 @@ bool any_match(const std::vector<std::string>& patterns, const std::string& name
 struct Decision {
   bool quantize = false;
   bool inputs = true;
+  bool fp8 = false;  // W8A8 FP8 instead of NVFP4 (then quantize and inputs are true)
 };
 
+// The NVFP4 decision (include, exclude, overrides); `fp8` says whether fp8_layers selects the module.
 Decision decide(const QuantConfig& cfg, const std::string& name) {
   Decision d{any_match(cfg.include, name) && !any_match(cfg.exclude, name), cfg.quantize_inputs};
   for (const auto& ov : cfg.overrides) {
@@ -34,8 +36,11 @@ Decision decide(const QuantConfig& cfg, const std::string& name) {
     if (ov.quantize) d.quantize = *ov.quantize;
     if (ov.quantize_inputs) d.inputs = *ov.quantize_inputs;
   }
+  d.fp8 = any_match(cfg.fp8_layers, name);
   return d;
 }
+
+Decision as_fp8() { return {true, true, true}; }
 
 void warn(const std::string& msg) { fmt::print(stderr, "qad: warning: {}\n", msg); }
 
@@ -121,9 +126,20 @@ QuantConfig quant_config_from_json(const nlohmann::json& j, const std::string& w
 std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg) {
   const auto linears = lm->linears();
   std::map<std::string, Decision> chosen;  // module -> decision, only the selected ones
+  std::map<std::string, Decision> nvfp4_choice;  // the decision without fp8_layers, for fused groups that fall back
   for (auto l : linears) {
     const auto& name = l->name();
     auto d = decide(cfg, name);
+    const bool tied_head = name == "lm_head" && lm->config().tie_word_embeddings;
+    if (d.fp8 && tied_head) {
+      warn("lm_head: tied to the embeddings, which stay in high precision; not FP8");
+      d.fp8 = false;
+    }
+    if (d.fp8) {
+      nvfp4_choice[name] = d;
+      chosen[name] = as_fp8();  // FP8 has per-tensor scales: any input size
+      continue;
+    }
     if (!d.quantize) continue;
     if (l->in_features() % 16 != 0) {
       warn(fmt::format("{}: input size {} is not a multiple of 16, which NVFP4 engines need; left unquantized "
@@ -142,6 +158,29 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
     if (auto g = fused_group(l->name()); !g.empty()) groups[g].push_back(l->name());
   }
   for (const auto& [g, members] : groups) {
+    // One format per fused group (engines run it as one GEMM): partly FP8 falls back to the NVFP4 decision.
+    size_t fp8 = 0;
+    for (const auto& m : members) fp8 += chosen.count(m) && chosen.at(m).fp8;
+    if (fp8 != 0 && fp8 != members.size()) {
+      warn(fmt::format("{}: only part of this fused group ({}) is in fp8_layers; engines fuse it into one layer, so "
+                       "none of it is FP8", g, fmt::join(members, ", ")));
+      for (const auto& m : members) {
+        auto it = chosen.find(m);
+        if (it == chosen.end() || !it->second.fp8) continue;
+        const auto d = nvfp4_choice.at(m);
+        const auto* l = [&]() -> const model::LinearImpl* {
+          for (const auto& x : linears) {
+            if (x->name() == m) return x.get();
+          }
+          return nullptr;
+        }();
+        if (d.quantize && l != nullptr && l->in_features() % 16 == 0) {
+          it->second = {true, d.inputs, false};
+        } else {
+          chosen.erase(it);
+        }
+      }
+    }
     size_t on = 0;
     for (const auto& m : members) on += chosen.count(m);
     if (on == 0 || on == members.size()) continue;
@@ -162,7 +201,8 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
     auto hook = std::make_shared<NvFp4LinearQuant>(l->name());
     hook->quantize_inputs = it->second.inputs;
     hook->ste = cfg.ste;
-    hook->static_block_scales = cfg.block_scales == BlockScales::kStaticMse;  // chosen by calibrate()
+    hook->fp8 = it->second.fp8;
+    hook->static_block_scales = !hook->fp8 && cfg.block_scales == BlockScales::kStaticMse;  // chosen by calibrate()
     hook->weight_amax = nvfp4::compute_amax(l->weight.detach()).cpu();
     if (auto g = fused_group(l->name()); !g.empty()) {
       auto& ga = group_amax[g];

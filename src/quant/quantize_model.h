@@ -58,6 +58,10 @@ struct QuantConfig {                       // which Linears, and how (docs/quant
   MoeCalibration moe_calibration = MoeCalibration::kAllExperts;
   KvCacheQuant kv_cache = KvCacheQuant::kNone;  // fp8: keys/values fake-quantized to FP8 E4M3 (per-layer static scales)
   BlockScales block_scales = BlockScales::kDynamic;  // static_mse: weight block scales MSE-searched once, then frozen
+  // fnmatch globs of Linears quantized to FP8 (W8A8: E4M3 weight with a per-tensor weight_scale, static per-tensor
+  // input_scale) instead of NVFP4 or high precision, whatever include/exclude/overrides say; any input size; the
+  // export is ModelOpt's MIXED_PRECISION (docs/quant.md, "Mixed precision: FP8 layers"). Empty: none.
+  std::vector<std::string> fp8_layers;
 };
 
 // What calibration did with MoE experts: the expert projections that saw no calibration token (kRouted only)
@@ -72,6 +76,7 @@ template <typename F> void fields(QuantConfig& c, F&& f) {
   f("include", c.include); f("exclude", c.exclude); f("ste", c.ste); f("method", c.method);
   f("calib_samples", c.calib_samples); f("quantize_inputs", c.quantize_inputs); f("overrides", c.overrides);
   f("moe_calibration", c.moe_calibration); f("kv_cache", c.kv_cache); f("block_scales", c.block_scales);
+  f("fp8_layers", c.fp8_layers);
 }
 
 // Reads a quantization config (the `quant:` section of `qad quantize --config`, a run's `quant.options`) over
@@ -99,6 +104,8 @@ void from_json(const nlohmann::json& j, ModuleOverride& o);
 // A fused group (q/k/v; gate/up) is quantized all or not at all (engines fuse them). The weight global amax is
 // set from the weights at once (max over the fused group); inputs need calibrate() before the first forward.
 // cfg.block_scales static_mse marks the weight quantizers static: calibrate() chooses their block scales.
+// Linears matching cfg.fp8_layers get an FP8 hook instead (any input size; a fused group all FP8 or none, a tied
+// lm_head never), also when excluded.
 // cfg.kv_cache fp8 also installs an FP8 KV-cache hook (quant/kv_quant.h) on every attention layer (none: removes
 // them); its scales come from calibrate() too.
 std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg);
@@ -147,11 +154,13 @@ std::vector<std::string> unquantized_modules(const model::CausalLM& lm);
 // The weight is quantized with the hook's stored (fixed, calibrated) weight amax and, when it has them, its static
 // block scales as weight_scale, so the file decodes to exactly
 // the weights the fake-quantized model computes with, also after training moved the weights. Returns the format
-// written: W4A4 when the hooks quantize their inputs, weight-only W4A16 when none does (a mix is refused). With
+// written: W4A4 when the hooks quantize their inputs, weight-only W4A16 when none does, MIXED_PRECISION for a mix
+// or FP8 layers (docs/quant.md, "Mixed precision: FP8 layers"). With
 // FP8 KV-cache hooks the export also holds every layer's k_scale / v_scale and says kv_cache_quant_algo FP8.
 NvFp4Format export_nvfp4(const model::CausalLM& lm, const std::filesystem::path& out_dir, const std::filesystem::path& source_dir /*config, tokenizer files*/);
 
-// Import an NVFP4 checkpoint (ours or a ModelOpt export): dequantized weights (exact), input fake quant with the stored input_scale,
+// Import an NVFP4 checkpoint (ours or a ModelOpt export; MIXED_PRECISION with FP8 layers too): dequantized weights
+// (exact), input fake quant with the stored input_scale,
 // and with kv_cache_quant_algo FP8 the KV cache fake-quantized with the stored k_scale / v_scale of every layer.
 // The hooks keep weight amax = weight_scale_2 * 2688 and the file's weight_scale as static block scales in their
 // state (so a re-export writes the same bytes) but do not re-quantize the (already NVFP4) weights;
@@ -159,6 +168,8 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const std::filesystem::path&
 // drops the stored block scales.
 model::CausalLM load_nvfp4(const std::filesystem::path& dir, torch::Device device, torch::ScalarType dtype);
 bool is_nvfp4_checkpoint(const std::filesystem::path& dir);
+// The format export_nvfp4 writes for the model's hooks (W4A4, W4A16, or MIXED_PRECISION).
+NvFp4Format export_format(const model::CausalLM& lm);
 void enable_weight_fake_quant(model::CausalLM& lm, bool on = true);
 // Every weight quantizer goes back to dynamic block scales (the static ones are dropped).
 void use_dynamic_block_scales(model::CausalLM& lm);

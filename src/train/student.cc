@@ -48,13 +48,13 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
     // checkpoint has no input scales to train W4A4 with; a W4A4 one trained --weight-only drops its input scales.
     bool quantizes_inputs = false;
     for (const auto& l : s.lm->linears()) {
-      if (auto* h = quant::nvfp4_hook(l); h != nullptr && h->quantize_inputs) quantizes_inputs = true;
+      if (auto* h = quant::nvfp4_hook(l); h != nullptr && h->quantize_inputs && !h->fp8) quantizes_inputs = true;
     }
     QAD_CHECK(quantizes_inputs || !qc.quantize_inputs, "--student {} is weight-only (W4A16_NVFP4: no input scales); "
               "add --weight-only (quant.options.quantize_inputs=false) to train it as such", cfg.quant.student);
     if (!qc.quantize_inputs) {
       for (const auto& l : s.lm->linears()) {
-        if (auto* h = quant::nvfp4_hook(l)) h->quantize_inputs = false;
+        if (auto* h = quant::nvfp4_hook(l); h != nullptr && !h->fp8) h->quantize_inputs = false;  // FP8 stays W8A8
       }
     }
     // The KV cache likewise: a checkpoint without k_scale / v_scale cannot train an FP8 KV cache (nothing here
@@ -116,12 +116,7 @@ void copy_tokenizer_files(const fs::path& from, const fs::path& to) {
 
 std::string export_format_label(const Student& s) {
   if (!s.quantized) return "unquantized";
-  bool quantizes_inputs = false;
-  for (const auto& l : s.lm->linears()) {
-    if (auto* h = quant::nvfp4_hook(l); h != nullptr && h->quantize_inputs) quantizes_inputs = true;
-  }
-  return quant::format_label(quantizes_inputs ? quant::NvFp4Format::kW4A4 : quant::NvFp4Format::kW4A16,
-                             quant::has_fp8_kv_cache(s.lm));
+  return quant::format_label(quant::export_format(s.lm), quant::has_fp8_kv_cache(s.lm));
 }
 
 std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, bool nvfp4, bool bf16) {

@@ -141,18 +141,28 @@ TEST(WeightOnly, ExportImportExportIsByteIdenticalWithUnquantizedInputs) {
   }
 }
 
-TEST(WeightOnly, AModelMixingW4A4AndWeightOnlyLayersIsRefused) {
+// A model mixing W4A4 and weight-only layers is ModelOpt's MIXED_PRECISION (more in mixed_fp8_test.cc).
+TEST(WeightOnly, AModelMixingW4A4AndWeightOnlyLayersIsMixedPrecision) {
   const auto dir = quant_model_dirs()[3];
   auto lm = quantized_fixture(dir);
+  std::string first;
   for (const auto& l : lm->linears()) {
-    if (auto* h = quant::nvfp4_hook(l)) {
-      h->quantize_inputs = false;  // the first quantized Linear only
+    if (auto* h = quant::nvfp4_hook(l); h != nullptr && quant::fused_group(l->name()).empty()) {
+      h->quantize_inputs = false;  // the first quantized Linear outside a fused group only
+      first = l->name();
       break;
     }
   }
   auto out = scratch("mixed");
+  EXPECT_EQ(quant::export_nvfp4(lm, out, dir), quant::NvFp4Format::kMixed);
+  const auto layers = read_json(out / "hf_quant_config.json")["quantization"]["quantized_layers"];
+  EXPECT_EQ(layers.at(first)["quant_algo"], "W4A16_NVFP4");
+  EXPECT_EQ(layers.size(), quant::quantized_modules(lm).size());
+  ::qad::remove_tree(out);
+  // Inside a fused group one format only: engines run q/k/v as one GEMM.
+  quant::nvfp4_hook(lm->model->layer_list[0]->self_attn->q_proj)->quantize_inputs = false;
   expect_error_containing([&] { quant::export_nvfp4(lm, out, dir); },
-                          {"does not", "all W4A4 (NVFP4) or all weight-only (W4A16_NVFP4)"});
+                          {"model.layers.0.self_attn.qkv", "W4A16_NVFP4", "NVFP4", "one GEMM"});
   EXPECT_FALSE(fs::exists(out));
 }
 

@@ -5,9 +5,11 @@
 // shapes, dtypes, nibble order, shared scales of fused groups, and the JSON fields vLLM requires. With an FP8 KV
 // cache: every layer's k_scale / v_scale (F32 scalars, amax / 448), decoded with the checker's own E4M3 encoder
 // applied to keys and values, against what the model's attention computes with. With static block scales: every
-// weight_scale re-derived by the checker's own MSE search over the E4M3 codes (docs/quant.md's rule).
+// weight_scale re-derived by the checker's own MSE search over the E4M3 codes (docs/quant.md's rule). With FP8
+// layers (MIXED_PRECISION): their E4M3 weight bytes and per-tensor scales, and quantized_layers.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -436,6 +438,100 @@ TEST(SpecCheckerMoe, ExpertsQuantizedPerExpertRoutersExcluded) {
     for (int64_t l = 0; l < lm->config().num_layers; ++l) sparse += lm->config().is_moe_layer(l);
     EXPECT_EQ(experts, sparse * moe.num_experts * 3);
     EXPECT_EQ(routers, sparse);
+    ::qad::remove_tree(out);
+  }
+}
+
+// Mixed precision (MIXED_PRECISION with FP8 layers), from the spec alone: an FP8 Linear `<p>` has `<p>.weight`
+// F8_E4M3 [out, in] = e4m3_rne(w / s) with s = `<p>.weight_scale` (F32 scalar, the fused group's weight amax / 448),
+// `<p>.input_scale` (F32 scalar, input amax / 448); decoded e4m3(b) * s equals the fake-quantized weight bit for bit.
+// NVFP4 Linears are encoded as in the dense export. hf_quant_config.json / config.json carry quantized_layers.
+TEST(SpecCheckerMixed, Fp8LayersFollowTheSpec) {
+  for (const auto& [name, globs] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"llama3_rope_gqa_untied", {"*.mlp.*", "lm_head"}}, {"stories260K", {"*down_proj", "*.o_proj"}}}) {
+    SCOPED_TRACE(name);
+    const auto dir = name == "stories260K" ? shared_dir() / "models/stories260K" : source_dir() / "tests/fixtures/models" / name;
+    quant::QuantConfig qcfg;
+    qcfg.fp8_layers = globs;
+    auto lm = quantized_fixture(dir, torch::kFloat32, qcfg);
+    auto out = fs::temp_directory_path() / fmt::format("qad_spec_mixed_{}_{}", ::getpid(), name);
+    ::qad::remove_tree(out);
+    quant::export_nvfp4(lm, out, dir);
+    auto files = read_raw(out);
+    const auto hq = read_json(out / "hf_quant_config.json")["quantization"];
+    const auto qc = read_json(out / "config.json")["quantization_config"];
+    EXPECT_EQ(hq["quant_algo"], "MIXED_PRECISION");
+    EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+    EXPECT_EQ(qc["quant_method"], "modelopt");
+    EXPECT_EQ(qc["quantized_layers"], hq["quantized_layers"]);
+    std::map<std::string, float> group_w;
+    auto group_of = [](const std::string& m) {
+      auto g = quant::fused_group(m);
+      return g.empty() ? m : g;
+    };
+    for (const auto& l : lm->linears()) {
+      float a = 0;
+      for (float v : as_floats(l->weight)) a = std::max(a, std::fabs(v));
+      group_w[group_of(l->name())] = std::max(group_w[group_of(l->name())], a);
+    }
+    int fp8 = 0, fp4 = 0;
+    std::vector<std::string> fp8_names;
+    for (const auto& l : lm->linears()) {
+      const auto& p = l->name();
+      auto* h = quant::nvfp4_hook(l);
+      if (h == nullptr) {
+        EXPECT_FALSE(hq["quantized_layers"].contains(p)) << p;
+        continue;
+      }
+      const int64_t n = l->out_features(), k = l->in_features();
+      auto x = as_floats(l->weight);
+      const auto& w = files.at(p + ".weight");
+      if (!h->fp8) {
+        ++fp4;
+        EXPECT_EQ(hq["quantized_layers"][p], (nlohmann::json{{"quant_algo", "NVFP4"}, {"group_size", 16}})) << p;
+        EXPECT_EQ(spec::encode(x.data(), n, k, group_w.at(group_of(p))).packed, w.bytes) << p;
+        continue;
+      }
+      ++fp8;
+      fp8_names.push_back(p);
+      EXPECT_EQ(hq["quantized_layers"][p], (nlohmann::json{{"quant_algo", "FP8"}})) << p;
+      const auto& ws = files.at(p + ".weight_scale");
+      const auto& is = files.at(p + ".input_scale");
+      EXPECT_FALSE(files.count(p + ".weight_scale_2")) << p;
+      EXPECT_EQ(w.dtype, "F8_E4M3");
+      EXPECT_EQ(w.shape, (std::vector<int64_t>{n, k}));
+      for (const auto* r : {&ws, &is}) {
+        EXPECT_EQ(r->dtype, "F32") << p;
+        EXPECT_TRUE(r->shape.empty()) << p;
+      }
+      const float s = ws.f32();
+      EXPECT_TRUE(same_float_bits(s, group_w.at(group_of(p)) / 448.0f)) << p;
+      EXPECT_TRUE(same_float_bits(is.f32(), h->input_amax.item<float>() / 448.0f)) << p;
+      auto fq = as_floats(h->weight(l->weight));
+      int64_t bad_code = 0, bad_value = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        const float q = x[i] / s;
+        const uint8_t code = static_cast<uint8_t>((std::signbit(q) ? 0x80 : 0) | spec::e4m3_rne(std::fabs(q)));
+        bad_code += code != w.bytes[i];
+        bad_value += !same_float_bits(spec::e4m3_decode(w.bytes[i]) * s, fq[i]);
+      }
+      EXPECT_EQ(bad_code, 0) << p << ": FP8 codes";
+      EXPECT_EQ(bad_value, 0) << p << ": decoded FP8 weights differ from the fake-quantized ones";
+    }
+    EXPECT_GT(fp8, 0);
+    EXPECT_GT(fp4, 0);
+    EXPECT_EQ(hq["quantized_layers"].size(), static_cast<size_t>(fp8 + fp4));
+    // config.json: one group per algo, FP8's with 8-bit float weights and static inputs, the FP8 modules as targets.
+    const nlohmann::json f8 = {{"dynamic", false}, {"num_bits", 8}, {"type", "float"}};
+    bool found = false;
+    for (const auto& [g, body] : qc["config_groups"].items()) {
+      if (body["weights"] != f8) continue;
+      found = true;
+      EXPECT_EQ(body["input_activations"], f8);
+      std::sort(fp8_names.begin(), fp8_names.end());
+      EXPECT_EQ(body["targets"], nlohmann::json(fp8_names));
+    }
+    EXPECT_TRUE(found);
     ::qad::remove_tree(out);
   }
 }
