@@ -127,8 +127,10 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
   const auto linears = lm->linears();
   std::map<std::string, Decision> chosen;  // module -> decision, only the selected ones
   std::map<std::string, Decision> nvfp4_choice;  // the decision without fp8_layers, for fused groups that fall back
+  std::map<std::string, int64_t> in_features;
   for (auto l : linears) {
     const auto& name = l->name();
+    in_features[name] = l->in_features();
     auto d = decide(cfg, name);
     const bool tied_head = name == "lm_head" && lm->config().tie_word_embeddings;
     if (d.fp8 && tied_head) {
@@ -168,13 +170,7 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
         auto it = chosen.find(m);
         if (it == chosen.end() || !it->second.fp8) continue;
         const auto d = nvfp4_choice.at(m);
-        const auto* l = [&]() -> const model::LinearImpl* {
-          for (const auto& x : linears) {
-            if (x->name() == m) return x.get();
-          }
-          return nullptr;
-        }();
-        if (d.quantize && l != nullptr && l->in_features() % 16 == 0) {
+        if (d.quantize && in_features.at(m) % 16 == 0) {
           it->second = {true, d.inputs, false};
         } else {
           chosen.erase(it);
