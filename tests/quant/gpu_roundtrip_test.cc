@@ -1,6 +1,6 @@
 // GPU: calibration, fake quantization, export and import on CUDA in BF16 (the training setting) give logits
 // bit-identical between the fake-quantized model and its imported export, and the export's bytes equal the
-// CPU export's (the CUDA and CPU NVFP4 kernels agree bit for bit).
+// CPU export's (the CUDA and CPU NVFP4 kernels agree bit for bit); also with static MSE block scales and FP8 layers.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -26,14 +26,13 @@ std::map<std::string, std::vector<std::byte>> file_bytes(const fs::path& dir) {
   return out;
 }
 
-TEST(QuantGpu, RoundTripBf16MatchesCpu) {
-  QAD_REQUIRE_GPU();
+void round_trip_matches_cpu(const quant::QuantConfig& cfg) {
   for (const auto& dir : quant_model_dirs()) {
     const torch::Device cuda(torch::kCUDA);
     auto on = [&](torch::Device d) {
       auto lm = model::CausalLM::load(dir, d, torch::kBFloat16);
-      quant::apply_nvfp4(lm, {});
-      quant::calibrate(lm, random_batches(lm->config().vocab_size, 4, 2, 24, 7), {});
+      quant::apply_nvfp4(lm, cfg);
+      quant::calibrate(lm, random_batches(lm->config().vocab_size, 4, 2, 24, 7), cfg);
       return lm;
     };
     auto gpu = on(cuda), cpu = on(torch::kCPU);
@@ -54,6 +53,21 @@ TEST(QuantGpu, RoundTripBf16MatchesCpu) {
     }
     ::qad::remove_tree(base);
   }
+}
+
+TEST(QuantGpu, RoundTripBf16MatchesCpu) {
+  QAD_REQUIRE_GPU();
+  round_trip_matches_cpu({});
+}
+
+// Static MSE block scales (the search is tensor ops in a fixed order: CUDA must choose the CPU's codes) and FP8
+// layers (MIXED_PRECISION) on CUDA: the same weight bytes and scales as on the CPU, bit-identical imported logits.
+TEST(QuantGpu, StaticBlockScalesAndFp8LayersMatchCpu) {
+  QAD_REQUIRE_GPU();
+  quant::QuantConfig cfg;
+  cfg.block_scales = quant::BlockScales::kStaticMse;
+  cfg.fp8_layers = {"*.mlp.down_proj"};
+  round_trip_matches_cpu(cfg);
 }
 
 }  // namespace
