@@ -26,7 +26,8 @@ Folders (each < 1 MB): config.json, model.safetensors (save_pretrained), referen
                      sequential recurrence in FP64 (this script's own reference mixer) on block 0's mixer, and
                      of the whole model with one chunk (chunk_size >= T) against the configured chunking.
                      If transformers' chunked path disagrees (the inter-chunk bug of older versions), the
-                     one-chunk outputs are added as single_chunk.logits / single_chunk.hidden.layers.N.
+                     one-chunk outputs are added as single_chunk.logits / .hidden.layers.N / .hidden.norm /
+                     .generate.output (the C++ tests then compare with those).
 Fixtures:
     nemotronh_hybrid          M * M - M * -  (Mamba-2, attention, relu2 MLP), config as save_pretrained writes it
     nemotronh_hybrid_pattern  the same model, config.json rewritten into the other block-type form
@@ -457,7 +458,8 @@ def make(name, spec, out, seed, notes):
     # The whole model with one chunk per sequence: equal to the chunked result where transformers is right.
     try:
         set_chunk(model, TOKENS)
-        res1, hidden1, _, _ = capture(model, ids, cfg)
+        res1, hidden1, _, extras1 = capture(model, ids, cfg)
+        gen1 = generate(model, prompt, use_cache=True) if gen_out is not None else None
         set_chunk(model, cfg.chunk_size)
         diff = (res1.logits - res.logits).abs().max().item()
         scale = max(1.0, res.logits.abs().max().item())
@@ -467,6 +469,9 @@ def make(name, spec, out, seed, notes):
         if diff / scale >= 1e-5:
             log(f"{name}: transformers' chunked path DISAGREES with one chunk: storing single_chunk.* too")
             ref["single_chunk.logits"] = res1.logits.float().contiguous()
+            ref["single_chunk.hidden.norm"] = extras1["norm"].float().contiguous()
+            if gen1 is not None:
+                ref["single_chunk.generate.output"] = gen1.to(torch.int64).contiguous()
             for n, t in hidden1.items():
                 ref[f"single_chunk.hidden.layers.{n}"] = t.float().contiguous()
     except Exception:  # noqa: BLE001
