@@ -9,19 +9,26 @@
 #include "model/checkpointing.h"
 #include "model/hidden_rows.h"
 #include "model/moe_block.h"
+#include "model/nemotron_h.h"
 #include "util/error.h"
 #include "util/torch_format.h"
 
 namespace qad::model {
 
 DecoderStackImpl::DecoderStackImpl(const ModelConfig& c) {
-  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
+  const bool hybrid = c.hybrid.has_value();
+  embed_tokens = register_module(hybrid ? "embeddings" : "embed_tokens", Embedding(c.vocab_size, c.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    layer_list.emplace_back(c, l);
-    layers->push_back(layer_list.back());
+    if (hybrid) {
+      block_list.push_back(std::make_shared<NemotronHBlockImpl>(c, l));
+      layers->push_back(block_list.back());
+    } else {
+      layer_list.emplace_back(c, l);
+      layers->push_back(layer_list.back());
+    }
   }
-  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  norm = register_module(hybrid ? "norm_f" : "norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config_(c) {
@@ -33,6 +40,26 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config_(c) {
 
 std::vector<Linear> CausalLMImpl::linears() const {
   std::vector<Linear> out;
+  for (const auto& block : model->block_list) {
+    if (block->mamba) {
+      out.push_back(block->mamba->in_proj);
+      out.push_back(block->mamba->out_proj);
+    } else if (block->attention) {
+      const auto& a = block->attention;
+      for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj}) out.push_back(l);
+    } else if (block->mlp) {
+      out.push_back(block->mlp->up_proj);
+      out.push_back(block->mlp->down_proj);
+    } else if (block->moe) {
+      out.push_back(block->moe->gate);
+      for (const auto& e : block->moe->expert_list) {
+        out.push_back(e->up_proj);
+        out.push_back(e->down_proj);
+      }
+      out.push_back(block->moe->shared_experts->up_proj);
+      out.push_back(block->moe->shared_experts->down_proj);
+    }
+  }
   for (const auto& layer : model->layer_list) {
     const auto& a = layer->self_attn;
     for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj}) out.push_back(l);
@@ -83,6 +110,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   QAD_CHECK(input_ids.dim() == 2 && input_ids.scalar_type() == torch::kLong,
             "CausalLM::forward: input_ids must be int64 [batch, tokens], got {} {}", c10::toString(input_ids.scalar_type()),
             shape_str(input_ids.sizes()));
+  if (config_.hybrid) return forward_hybrid(input_ids, o);
   const int64_t b = input_ids.size(0), t = input_ids.size(1);
   QAD_CHECK(t > 0, "CausalLM::forward: no tokens");
   const int64_t past = o.cache != nullptr ? o.cache->length : 0;
@@ -156,6 +184,65 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
+  if (o.logits_positions.defined()) {
+    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
+              shape_str(o.logits_positions.sizes()));
+    auto index = o.logits_positions.to(device).view({b, 1, 1}).expand({b, 1, h.size(-1)});
+    h = h.gather(1, index);
+  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
+    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  }
+  if (o.skip_logits) {
+    out.final_hidden = h;
+    return out;
+  }
+  out.logits = lm_head(h);
+  for (auto& [layer, logits] : router_logits) out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
+  return out;
+}
+
+// NemotronH: the blocks in order, no positions (its attention has no RoPE); the same options as above except the
+// caches, which need the Mamba states beside the KV cache (not implemented yet: refused, never a wrong result).
+ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const ForwardOptions& o) {
+  QAD_CHECK(o.cache == nullptr && o.kv_store == nullptr,
+            "NemotronHForCausalLM: generation with a cache (KV cache + Mamba conv/SSM states) is not implemented yet "
+            "(issue 17); run without a cache (full recompute) or use a Llama/Qwen model");
+  QAD_CHECK(!(o.checkpoint_layers && torch::GradMode::is_enabled()),
+            "NemotronHForCausalLM: activation checkpointing is not implemented yet; train without checkpoint_layers");
+  const int64_t b = input_ids.size(0), t = input_ids.size(1);
+  const auto device = model->embed_tokens->weight.device();
+  if (o.attention_mask.defined()) {
+    QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == t,
+              "attention_mask must be [batch, tokens] = [{}, {}], got {}", b, t, shape_str(o.attention_mask.sizes()));
+  }
+  AttentionContext ctx;  // no cos/sin: no RoPE
+  ctx.backend = o.attention;
+  ctx.fused = FusedKernels::kOff;
+  std::vector<std::pair<int64_t, torch::Tensor>> router_logits;
+  if (o.return_router_logits) ctx.router_logits = &router_logits;
+  ctx.calibrate_all_experts = o.calibrate_all_experts;
+  if (o.attention_mask.defined()) {
+    ctx.token_mask = o.attention_mask.to(device);
+    ctx.mask = build_mask(o.attention_mask, b, 0, t, device);
+  }
+  ForwardOutput out;
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) {
+    if (!o.return_hidden) return;
+    if (!o.hidden_rows.defined()) {
+      out.hidden.emplace_back(std::move(name), x);
+      return;
+    }
+    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
+    x = std::move(passed);
+    out.hidden.emplace_back(std::move(name), std::move(rows));
+  };
+  auto h = model->embed_tokens(input_ids.to(device));
+  for (size_t l = 0; l < model->block_list.size(); ++l) {
+    h = model->block_list[l]->forward(h, ctx);
+    keep_hidden("layers." + std::to_string(l), h);
+  }
+  h = model->norm(h);
+  keep_hidden("norm", h);
   if (o.logits_positions.defined()) {
     QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
               shape_str(o.logits_positions.sizes()));

@@ -60,13 +60,17 @@ class EmbeddingImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Embedding);
 
-// HF's "model" submodule: embeddings, layers, final norm.
+class NemotronHBlockImpl;  // nemotron_h.h
+
+// HF's "model" submodule: embeddings, layers, final norm. NemotronH names them "embeddings", "layers" (hybrid
+// blocks, in block_list; layer_list stays empty) and "norm_f".
 class DecoderStackImpl : public torch::nn::Module {
  public:
   explicit DecoderStackImpl(const ModelConfig& c);
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   std::vector<DecoderLayer> layer_list;  // typed views of `layers`
+  std::vector<std::shared_ptr<NemotronHBlockImpl>> block_list;  // NemotronH: typed views of `layers`
   RMSNorm norm{nullptr};
 };
 TORCH_MODULE(DecoderStack);
@@ -83,7 +87,8 @@ class CausalLMImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
   // Every Linear in execution order: per layer q, k, v, o, then gate, up, down (dense) or the router
-  // "mlp.gate" and each expert's gate, up, down (sparse); then lm_head.
+  // "mlp.gate" and each expert's gate, up, down (sparse); then lm_head. NemotronH: per block its mixer's
+  // (Mamba in_proj, out_proj; q, k, v, o; up, down; router, each expert's up, down, the shared expert's up, down).
   std::vector<Linear> linears() const;
   // HF tensor name -> parameter, exactly the tensors of an HF checkpoint of this model (lm_head.weight
   // is absent when tied). This one table serves loading and saving.
@@ -95,6 +100,7 @@ class CausalLMImpl : public torch::nn::Module {
   Linear lm_head{nullptr};
 
  private:
+  ForwardOutput forward_hybrid(const torch::Tensor& input_ids, const ForwardOptions& options);
   ModelConfig config_;
   torch::Tensor inv_freq_;  // FP32 [head_dim/2], on the model's device (refreshed lazily)
 };
