@@ -201,29 +201,43 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   return out;
 }
 
-// NemotronH: the blocks in order, no positions (its attention has no RoPE); the same options as above except the
-// caches, which need the Mamba states beside the KV cache (not implemented yet: refused, never a wrong result).
+// NemotronH: the blocks in order, no positions (its attention has no RoPE); the same options as above, with the
+// Mamba states (mamba_cache) beside the KV cache when decoding. The slot store of continuous batching is refused.
 ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const ForwardOptions& o) {
-  QAD_CHECK(o.cache == nullptr && o.kv_store == nullptr,
-            "NemotronHForCausalLM: generation with a cache (KV cache + Mamba conv/SSM states) is not implemented yet "
-            "(issue 17); run without a cache (full recompute) or use a Llama/Qwen model");
+  QAD_CHECK(o.kv_store == nullptr,
+            "NemotronHForCausalLM: continuous batching (a slot KV store) is not implemented yet: the Mamba states "
+            "would need slots too; decode with a KVCache and a MambaCache");
+  QAD_CHECK((o.cache == nullptr) == (o.mamba_cache == nullptr),
+            "NemotronHForCausalLM: decoding needs both a KVCache (attention layers) and a MambaCache (Mamba layers)");
   QAD_CHECK(!(o.checkpoint_layers && torch::GradMode::is_enabled()),
             "NemotronHForCausalLM: activation checkpointing is not implemented yet; train without checkpoint_layers");
   const int64_t b = input_ids.size(0), t = input_ids.size(1);
+  const int64_t past = o.cache != nullptr ? o.cache->length : 0;
   const auto device = model->embed_tokens->weight.device();
   if (o.attention_mask.defined()) {
-    QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == t,
-              "attention_mask must be [batch, tokens] = [{}, {}], got {}", b, t, shape_str(o.attention_mask.sizes()));
+    QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == past + t,
+              "attention_mask must be [batch, past + tokens] = [{}, {}], got {}", b, past + t,
+              shape_str(o.attention_mask.sizes()));
+  }
+  if (o.mamba_cache != nullptr) {
+    o.mamba_cache->layers.resize(model->block_list.size());
+    for (const auto& s : o.mamba_cache->layers) {
+      QAD_CHECK(past > 0 || !s.ssm.defined(), "NemotronHForCausalLM: the MambaCache holds states but the KV cache is "
+                "empty (a new sequence); use a fresh MambaCache");
+    }
   }
   AttentionContext ctx;  // no cos/sin: no RoPE
   ctx.backend = o.attention;
   ctx.fused = FusedKernels::kOff;
+  ctx.cache = o.cache;
   std::vector<std::pair<int64_t, torch::Tensor>> router_logits;
   if (o.return_router_logits) ctx.router_logits = &router_logits;
   ctx.calibrate_all_experts = o.calibrate_all_experts;
-  if (o.attention_mask.defined()) {
-    ctx.token_mask = o.attention_mask.to(device);
-    ctx.mask = build_mask(o.attention_mask, b, 0, t, device);
+  if (o.attention_mask.defined()) ctx.token_mask = o.attention_mask.narrow(1, past, t).to(device);
+  if (o.attention_mask.defined() || (past > 0 && t > 1)) {
+    ctx.mask = build_mask(o.attention_mask, b, past, t, device);
+  } else {
+    ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
   }
   ForwardOutput out;
   auto keep_hidden = [&](std::string name, torch::Tensor& x) {
@@ -238,11 +252,12 @@ ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const
   };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->block_list.size(); ++l) {
-    h = model->block_list[l]->forward(h, ctx);
+    h = model->block_list[l]->forward(h, ctx, o.mamba_cache != nullptr ? &o.mamba_cache->layers[l] : nullptr);
     keep_hidden("layers." + std::to_string(l), h);
   }
   h = model->norm(h);
   keep_hidden("norm", h);
+  if (o.cache != nullptr) o.cache->advance(t);
   if (o.logits_positions.defined()) {
     QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
               shape_str(o.logits_positions.sizes()));

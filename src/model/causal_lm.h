@@ -16,6 +16,8 @@
 
 namespace qad::model {
 
+struct MambaCache;  // mamba2.h
+
 struct ForwardOptions {
   bool return_hidden = false;     // fill ForwardOutput::hidden
   torch::Tensor hidden_rows;      // int64 [n]: keep only these rows of each flattened [B*T, H] hidden state
@@ -23,6 +25,7 @@ struct ForwardOptions {
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
+  MambaCache* mamba_cache = nullptr;  // NemotronH decoding: the Mamba layers' conv + SSM states, with `cache`
   // Instead of `cache`: a store that keeps its own per-row lengths (SlotKVCache, continuous batching). The
   // caller then gives position_ids and, where rows differ in length, attention_keep.
   KVStore* kv_store = nullptr;

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 #include "model/config.h"
 #include "model/linear.h"
@@ -62,6 +63,12 @@ class GatedRMSNormImpl : public torch::nn::Module {
   double eps;
 };
 TORCH_MODULE(GatedRMSNorm);
+
+// The Mamba states of a whole NemotronH model, indexed by layer (entries of other block types stay empty): what
+// generation keeps beside the KV cache of the attention layers (ForwardOptions::mamba_cache).
+struct MambaCache {
+  std::vector<MambaState> layers;
+};
 
 class Mamba2MixerImpl : public torch::nn::Module {
  public:

@@ -1,5 +1,6 @@
 // NemotronH against transformers 5.17 (tests/fixtures/models/nemotronh_*, tools/make_nemotronh_fixtures.py): the
-// routing of every MoE block, greedy generation (full recompute) against model.generate, both config forms and
+// routing of every MoE block, greedy generation (full recompute, and generate() with the KV cache and Mamba
+// states) against model.generate, both config forms and
 // NVIDIA's on-disk layout loading to the same model, and save -> load bit-exact. Logits and every block's hidden
 // state are checked for these fixtures like all others by fixtures_test.cc.
 #include <unistd.h>
@@ -7,6 +8,7 @@
 #include "common/test_util.h"
 #include "io/safetensors_torch.h"
 #include "model/causal_lm.h"
+#include "model/generate.h"
 #include "model/nemotron_h.h"
 #include "util/atomic_file.h"
 #include "util/remove_tree.h"
@@ -76,8 +78,23 @@ TEST(NemotronHFixtures, GreedyGenerationEqualsTransformers) {
     ASSERT_TRUE(ref.count("generate.output")) << "the fixture was made without generation";
     auto lm = CausalLM::load(fixture(name), torch::kCPU, torch::kFloat32);
     const auto& prompt = ref["generate.prompt"];
-    auto got = greedy(lm, prompt.to(torch::kLong), ref["generate.output"].size(1) - prompt.size(1));
+    const int64_t n = ref["generate.output"].size(1) - prompt.size(1);
+    auto got = greedy(lm, prompt.to(torch::kLong), n);
     EXPECT_TRUE(torch::equal(got, ref["generate.output"])) << got << "\nvs\n" << ref["generate.output"];
+    // With the KV cache and the Mamba states (generate's hybrid path).
+    std::vector<std::vector<int64_t>> prompts;
+    for (int64_t r = 0; r < prompt.size(0); ++r) {
+      auto row = prompt[r].contiguous();
+      prompts.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
+    }
+    GenerateOptions g;
+    g.max_new_tokens = n;
+    auto res = generate(lm, prompts, g);
+    for (int64_t r = 0; r < prompt.size(0); ++r) {
+      auto want = ref["generate.output"][r].narrow(0, prompt.size(1), n).contiguous();
+      EXPECT_EQ(res.new_ids[static_cast<size_t>(r)],
+                std::vector<int64_t>(want.data_ptr<int64_t>(), want.data_ptr<int64_t>() + n)) << "row " << r;
+    }
   }
 }
 
