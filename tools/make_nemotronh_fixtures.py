@@ -35,14 +35,16 @@ Fixtures:
                               identical logits; reference.safetensors is the same as nemotronh_hybrid's
     nemotronh_moe             M E * M E -  with sigmoid routing, correction bias, n_group/topk_group,
                               routed_scaling_factor, a shared expert
-    nemotronh_moe_nvidia      the MoE model in the layout NVIDIA's checkpoints ship: "backbone." prefix,
-                              per-expert mixer.experts.{e}.up_proj/down_proj.weight, hybrid_override_pattern;
-                              whether transformers loads it back to the same logits is recorded
+    nemotronh_moe_stacked     the MoE model as transformers holds it in memory ("model." names, stacked experts
+                              mixer.experts.up_proj/down_proj), config in the other block-type form; whether
+                              transformers loads it back to the same logits is recorded. (5.17's save_pretrained
+                              itself writes NVIDIA's layout: "backbone." names, one tensor per expert.)
 --notes gets the transformers sources (NemotronH modeling and configuration, Zamba2's gated norm, the cache and
 conversion mapping), each fixture's config.json, tensor names and shapes, and the log of what was used.
 """
 import argparse
 import importlib
+import importlib.util
 import inspect
 import json
 import math
@@ -158,9 +160,10 @@ def eager_experts(model):
 
 
 def count_mamba_paths(model, counts):
-    """Wraps each mixer's torch_forward / cuda_kernels_forward to count which one runs."""
+    """Counts mixer forwards and, where the version has them, torch_forward / cuda_kernels_forward calls."""
     for n in mixers_of(model, "mamba"):
         m = layers(model)[n].mixer
+        m.register_forward_pre_hook(lambda *a: counts.__setitem__("forward", counts.get("forward", 0) + 1))
         for attr in ("torch_forward", "cuda_kernels_forward"):
             if hasattr(m, attr):
                 orig = getattr(m, attr)
@@ -486,14 +489,25 @@ def make(name, spec, out, seed, notes):
     write_notes(d, name, notes, model)
 
     bf16_errors(model, cfg, ids, ref)
-    src = inspect.getsource(type(layers(model)[mixers_of(model, "mamba")[0]].mixer).torch_forward)
+    # transformers 5.17's mixer has one forward() that calls kernel functions with reference torch fallbacks
+    # (mamba2_chunk_scan, mamba2_selective_state_update, causal_conv1d_fn/_update); older ones had torch_forward.
+    mixer0 = layers(model)[mixers_of(model, "mamba")[0]].mixer
+    mixer_type = type(mixer0)
+    src = inspect.getsource(getattr(mixer_type, "torch_forward", mixer_type))
+    try:
+        src += inspect.getsource(importlib.import_module(mixer_type.__module__))
+    except Exception:  # noqa: BLE001
+        pass
+    kernels = {m: importlib.util.find_spec(m) is not None for m in ("mamba_ssm", "causal_conv1d")}
     meta = {"transformers": transformers.__version__, "torch": torch.__version__, "seed": str(s),
             "attn_implementation": "eager", "dtype": "float32", "device": "cpu",
             "layers_block_type": json.dumps(block_types(cfg)), "pattern": spec["pattern"],
             "mamba_torch_forward_calls": str(counts.get("torch_forward", 0)),
             "mamba_cuda_kernels_forward_calls": str(counts.get("cuda_kernels_forward", 0)),
-            "hf_dt_clamp": "time_step_limit" if "time_step_limit[0]" in src else "time_step_min",
-            "hf_interchunk_fixed": str("decay_chunk.transpose(1, 3)" in src),
+            "mamba_forward_calls": str(counts.get("forward", 0)),
+            "mamba_kernels_installed": json.dumps(kernels),
+            "hf_time_step_limit": repr(tuple(getattr(mixer0, "time_step_limit", ()))),
+            "hf_interchunk_fixed": str("transpose(1, 3)" in src),
             "moe_layers": json.dumps(mixers_of(model, "moe")), "mamba_layers": json.dumps(mixers_of(model, "mamba")),
             **meta_checks}
     log(f"{name}: meta {meta}")
@@ -541,7 +555,32 @@ def other_form(base, name, out, notes):
     d = os.path.join(out, name)
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(base["dir"], d)
-    path = os.path.join(d, "config.json")
+    form = rewrite_block_form(os.path.join(d, "config.json"), base)
+    log(f"{name}: config rewritten to the {form} form")
+    info = check_reload(d, base)
+    rewrite_meta(d, {"derived_from": os.path.basename(base["dir"]), "config_form": form, **info})
+    write_notes(d, name, notes, None)
+    folder_size(d)
+
+
+def stacked_layout(base, name, out, notes):
+    """The MoE model as transformers 5.x holds it in memory (its state_dict): "model." names and stacked experts
+    mixer.experts.up_proj [E, I, H] / down_proj [E, H, I], with the config in the other block-type form. (5.17's
+    save_pretrained writes NVIDIA's on-disk layout: "backbone." names and one tensor per expert.)"""
+    d = os.path.join(out, name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(base["dir"], d)
+    sd = {k: v.detach().contiguous().clone() for k, v in base["model"].state_dict().items()}
+    os.remove(os.path.join(d, "model.safetensors"))
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    rewrite_block_form(os.path.join(d, "config.json"), base)
+    info = check_reload(d, base)
+    rewrite_meta(d, {"derived_from": os.path.basename(base["dir"]), "layout": "transformers_state_dict", **info})
+    write_notes(d, name, notes, None)
+    folder_size(d)
+
+
+def rewrite_block_form(path, base):
     with open(path) as f:
         c = json.load(f)
     if "layers_block_type" in c and c["layers_block_type"]:
@@ -556,44 +595,7 @@ def other_form(base, name, out, notes):
         form = "layers_block_type"
     with open(path, "w") as f:
         json.dump(c, f, indent=2)
-    log(f"{name}: config rewritten to the {form} form")
-    info = check_reload(d, base)
-    rewrite_meta(d, {"derived_from": os.path.basename(base["dir"]), "config_form": form, **info})
-    write_notes(d, name, notes, None)
-    folder_size(d)
-
-
-def nvidia_layout(base, name, out, notes):
-    """The MoE model as NVIDIA's checkpoints store it: backbone.* names, per-expert weights, pattern form."""
-    d = os.path.join(out, name)
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(base["dir"], d)
-    sd = load_file(os.path.join(d, "model.safetensors"))
-    new = {}
-    for k, v in sd.items():
-        nk = "backbone." + k[len("model."):] if k.startswith("model.") else k
-        if nk.endswith("mixer.experts.up_proj") or nk.endswith("mixer.experts.down_proj"):
-            proj = nk.rsplit(".", 1)[1]
-            stem = nk[: -len(proj)]
-            for e in range(v.shape[0]):
-                new[f"{stem}{e}.{proj}.weight"] = v[e].clone().contiguous()
-        else:
-            new[nk] = v.contiguous()
-    os.remove(os.path.join(d, "model.safetensors"))
-    save_file(new, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    path = os.path.join(d, "config.json")
-    with open(path) as f:
-        c = json.load(f)
-    if "layers_block_type" in c and c["layers_block_type"]:
-        types = c.pop("layers_block_type")
-        c["hybrid_override_pattern"] = "".join(PATTERN_CHAR[t] for t in types)
-        c["num_hidden_layers"] = len(types)
-    with open(path, "w") as f:
-        json.dump(c, f, indent=2)
-    info = check_reload(d, base)
-    rewrite_meta(d, {"derived_from": os.path.basename(base["dir"]), "layout": "nvidia", **info})
-    write_notes(d, name, notes, None)
-    folder_size(d)
+    return form
 
 
 def check_reload(d, base):
@@ -661,7 +663,7 @@ def main():
             traceback.print_exc()
             failed.append(n)
     for n, base, fn in (("nemotronh_hybrid_pattern", "nemotronh_hybrid", other_form),
-                        ("nemotronh_moe_nvidia", "nemotronh_moe", nvidia_layout)):
+                        ("nemotronh_moe_stacked", "nemotronh_moe", stacked_layout)):
         if base not in made:
             failed.append(n)
             continue
