@@ -35,10 +35,10 @@ Fixtures:
                               identical logits; reference.safetensors is the same as nemotronh_hybrid's
     nemotronh_moe             M E * M E -  with sigmoid routing, correction bias, n_group/topk_group,
                               routed_scaling_factor, a shared expert
-    nemotronh_moe_stacked     the MoE model as transformers holds it in memory ("model." names, stacked experts
-                              mixer.experts.up_proj/down_proj), config in the other block-type form; whether
+    nemotronh_moe_nvidia      the MoE model in the layout NVIDIA's checkpoints ship: "backbone." names, per-expert
+                              mixer.experts.{e}.up_proj/down_proj.weight, hybrid_override_pattern; whether
                               transformers loads it back to the same logits is recorded. (5.17's save_pretrained
-                              itself writes NVIDIA's layout: "backbone." names, one tensor per expert.)
+                              already writes these tensor names, so there only the config form differs.)
 --notes gets the transformers sources (NemotronH modeling and configuration, Zamba2's gated norm, the cache and
 conversion mapping), each fixture's config.json, tensor names and shapes, and the log of what was used.
 """
@@ -563,19 +563,37 @@ def other_form(base, name, out, notes):
     folder_size(d)
 
 
-def stacked_layout(base, name, out, notes):
-    """The MoE model as transformers 5.x holds it in memory (its state_dict): "model." names and stacked experts
-    mixer.experts.up_proj [E, I, H] / down_proj [E, H, I], with the config in the other block-type form. (5.17's
-    save_pretrained writes NVIDIA's on-disk layout: "backbone." names and one tensor per expert.)"""
+def nvidia_layout(base, name, out, notes):
+    """The MoE model as NVIDIA's checkpoints store it: "backbone." names, one tensor per expert
+    (mixer.experts.{e}.up_proj/down_proj.weight), hybrid_override_pattern. transformers 5.17's save_pretrained
+    already writes these tensor names (its conversion mapping reversed), so in 5.17 only the config form changes."""
     d = os.path.join(out, name)
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(base["dir"], d)
-    sd = {k: v.detach().contiguous().clone() for k, v in base["model"].state_dict().items()}
+    sd = load_file(os.path.join(d, "model.safetensors"))
+    new = {}
+    for k, v in sd.items():
+        nk = "backbone." + k[len("model."):] if k.startswith("model.") else k
+        if nk.endswith("mixer.experts.up_proj") or nk.endswith("mixer.experts.down_proj"):
+            proj = nk.rsplit(".", 1)[1]
+            stem = nk[: -len(proj)]
+            for e in range(v.shape[0]):
+                new[f"{stem}{e}.{proj}.weight"] = v[e].clone().contiguous()
+        else:
+            new[nk] = v.contiguous()
     os.remove(os.path.join(d, "model.safetensors"))
-    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    rewrite_block_form(os.path.join(d, "config.json"), base)
+    save_file(new, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    path = os.path.join(d, "config.json")
+    with open(path) as f:
+        c = json.load(f)
+    if "layers_block_type" in c and c["layers_block_type"]:
+        types = c.pop("layers_block_type")
+        c["hybrid_override_pattern"] = "".join(PATTERN_CHAR[t] for t in types)
+        c["num_hidden_layers"] = len(types)
+    with open(path, "w") as f:
+        json.dump(c, f, indent=2)
     info = check_reload(d, base)
-    rewrite_meta(d, {"derived_from": os.path.basename(base["dir"]), "layout": "transformers_state_dict", **info})
+    rewrite_meta(d, {"derived_from": os.path.basename(base["dir"]), "layout": "nvidia", **info})
     write_notes(d, name, notes, None)
     folder_size(d)
 
@@ -663,7 +681,7 @@ def main():
             traceback.print_exc()
             failed.append(n)
     for n, base, fn in (("nemotronh_hybrid_pattern", "nemotronh_hybrid", other_form),
-                        ("nemotronh_moe_stacked", "nemotronh_moe", stacked_layout)):
+                        ("nemotronh_moe_nvidia", "nemotronh_moe", nvidia_layout)):
         if base not in made:
             failed.append(n)
             continue

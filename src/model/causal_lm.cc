@@ -32,7 +32,8 @@ DecoderStackImpl::DecoderStackImpl(const ModelConfig& c) {
 }
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config_(c) {
-  model = register_module("model", DecoderStack(c));
+  // NemotronH's checkpoints (NVIDIA's, and transformers 5.17's save_pretrained) name the decoder "backbone".
+  model = register_module(c.hybrid ? "backbone" : "model", DecoderStack(c));
   lm_head = register_module("lm_head", Linear("lm_head", c.hidden_size, c.vocab_size, false, !c.tie_word_embeddings));
   // Tied: one parameter, listed once (as the embedding); lm_head holds the same tensor unregistered.
   if (c.tie_word_embeddings) lm_head->share_weight(model->embed_tokens->weight);

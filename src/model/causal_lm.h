@@ -65,8 +65,8 @@ TORCH_MODULE(Embedding);
 
 class NemotronHBlockImpl;  // nemotron_h.h
 
-// HF's "model" submodule: embeddings, layers, final norm. NemotronH names them "embeddings", "layers" (hybrid
-// blocks, in block_list; layer_list stays empty) and "norm_f".
+// HF's "model" submodule: embeddings, layers, final norm. NemotronH: "backbone" with "embeddings", "layers"
+// (hybrid blocks, in block_list; layer_list stays empty) and "norm_f", as its checkpoints name them.
 class DecoderStackImpl : public torch::nn::Module {
  public:
   explicit DecoderStackImpl(const ModelConfig& c);

@@ -50,8 +50,8 @@ struct MambaConfig {
   int64_t chunk_size = 128;  // "chunk_size" ("mamba_chunk_size"): the SSD scan's chunk length
   bool conv_bias = true;     // "use_conv_bias" ("mamba_conv_bias")
   bool proj_bias = false;    // "use_bias": in_proj / out_proj bias (transformers reads use_bias, not mamba_proj_bias)
-  double dt_min = 0.0;       // "time_step_limit" ("mamba_dt_limit"): the clamp of softplus(dt + dt_bias)
-  double dt_max = 0.0;       // +inf by default
+  double dt_min = 0.001;     // the clamp of softplus(dt + dt_bias): "time_step_min" as transformers 5.17 reads it
+  double dt_max = 0.0;       // +inf (5.17 ignores "time_step_limit")
   int64_t inner() const { return num_heads * head_dim; }
   int64_t conv_dim() const { return inner() + 2 * n_groups * state_size; }
   int64_t in_proj_size() const { return inner() + conv_dim() + num_heads; }  // gate | x B C | dt

@@ -173,7 +173,8 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& x_in, const torch::T
   auto xs = xbc_act.narrow(-1, 0, inner);
   auto b = xbc_act.narrow(-1, inner, gn);
   auto c = xbc_act.narrow(-1, inner + gn, gn);
-  // transformers: softplus in the model dtype, then the clamp to time_step_limit; the scan in FP32.
+  // transformers: softplus in the model dtype, then the clamp to (time_step_min, inf); the scan in FP32. (Its
+  // single-token decode step does not clamp; here every path does, so decoding equals a recompute.)
   dt = torch::softplus(dt + dt_bias).clamp(m.dt_min, m.dt_max);
   auto a = -A_log.to(torch::kFloat32).exp();
   const int64_t rep = heads / m.n_groups;

@@ -1,6 +1,6 @@
 // The Mamba-2 mixer of NemotronH ("model.layers.N.mixer"), as transformers' NemotronHMamba2Mixer.torch_forward
 // computes it: in_proj -> [gate | x B C | dt], causal depthwise conv1d + SiLU over x B C, the SSD scan with
-// dt = clamp(softplus(dt + dt_bias), time_step_limit), A = -exp(A_log), B/C shared by the heads of a group, the D
+// dt = max(softplus(dt + dt_bias), time_step_min), A = -exp(A_log), B/C shared by the heads of a group, the D
 // skip, the gated RMSNorm (x * silu(gate), normalised per group of inner / n_groups channels) and out_proj.
 // The scan runs chunked in LibTorch ops (CPU and GPU); ssd_scan_sequential is the per-token recurrence it must
 // equal, the reference for tests and for a future CUDA kernel.

@@ -86,7 +86,7 @@ torch::Tensor NemotronHMoeImpl::forward(const torch::Tensor& x, const AttentionC
 NemotronHBlockImpl::NemotronHBlockImpl(const ModelConfig& c, int64_t layer) {
   QAD_CHECK(c.hybrid.has_value(), "NemotronHBlock: the config has no NemotronH section");
   type = c.hybrid->blocks.at(static_cast<size_t>(layer));
-  const std::string prefix = "model.layers." + std::to_string(layer) + ".mixer";
+  const std::string prefix = "backbone.layers." + std::to_string(layer) + ".mixer";
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   switch (type) {
     case BlockType::kMamba: mamba = register_module("mixer", Mamba2Mixer(c, prefix)); break;

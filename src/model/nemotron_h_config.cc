@@ -42,7 +42,9 @@ bool flag(const json& j, std::initializer_list<const char*> keys, bool fallback,
 }
 
 // A number, or one of the strings parse_json_nonfinite makes of Python's Infinity literals (or written as strings).
-double number(const json& v, const std::string& what, const std::string& label) {
+double number(const json& v_in, const std::string& what, const std::string& label) {
+  // transformers 5.17 writes non-finite floats as {"__float__": "Infinity"}.
+  const json& v = v_in.is_object() && v_in.contains("__float__") ? v_in["__float__"] : v_in;
   if (v.is_number()) return v.get<double>();
   if (v.is_string()) {
     const auto& s = v.get_ref<const std::string&>();
@@ -160,12 +162,14 @@ ModelConfig parse_nemotron_h_config(const json& j, const std::string& label) {
   m.chunk_size = positive(j, {"chunk_size", "mamba_chunk_size"}, 128, label);
   m.conv_bias = flag(j, {"use_conv_bias", "mamba_conv_bias"}, true, label);
   m.proj_bias = flag(j, {"use_bias"}, false, label);
-  m.dt_min = 0.0;
+  // transformers 5.17's mixer clamps softplus(dt + dt_bias) to (time_step_min, inf) when scanning a sequence
+  // (its kernels get the same dt_limit) and reads time_step_limit nowhere; older releases clamped to time_step_limit.
+  m.dt_min = real(j, "time_step_min", 0.001, label);
   m.dt_max = std::numeric_limits<double>::infinity();
-  if (const char* k = pick(j, {"time_step_limit", "mamba_dt_limit"})) {
+  if (const char* k = pick(j, {"time_step_limit", "mamba_dt_limit"})) {  // validated, not used (as in 5.17)
     QAD_CHECK(j[k].is_array() && j[k].size() == 2, "{}: \"{}\" must be [min, max], got {}", label, k, j[k].dump());
-    m.dt_min = number(j[k][0], std::string("\"") + k + "\"[0]", label);
-    m.dt_max = number(j[k][1], std::string("\"") + k + "\"[1]", label);
+    number(j[k][0], std::string("\"") + k + "\"[0]", label);
+    number(j[k][1], std::string("\"") + k + "\"[1]", label);
   }
   if (mamba) {
     QAD_CHECK(m.num_heads % m.n_groups == 0, "{}: mamba_num_heads {} is not a multiple of n_groups {}", label,

@@ -42,10 +42,11 @@ void load_hf_tensors(CausalLM& lm, const io::Checkpoint& ckpt, const fs::path& d
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : lm->hf_tensors()) {
     if (handled.count(name)) continue;
-    // NemotronH checkpoints as NVIDIA ships them name the decoder "backbone" where transformers says "model".
+    // NemotronH: "backbone." as NVIDIA's checkpoints and transformers' save_pretrained write; a file written
+    // from transformers' in-memory state says "model." (and stacks the experts).
     std::string file_name = name;
-    if (config.hybrid && ckpt.find(name) == nullptr && name.starts_with("model.")) {
-      const std::string alt = "backbone." + name.substr(6);
+    if (config.hybrid && ckpt.find(name) == nullptr && name.starts_with("backbone.")) {
+      const std::string alt = "model." + name.substr(9);
       std::string stacked;
       if (ckpt.find(alt) != nullptr || stacked_expert_weight(ckpt, alt, &stacked).defined()) file_name = alt;
     }

@@ -153,6 +153,7 @@ TEST(NemotronHConfig, BothBlockTypeFormsGiveTheSameBlocks) {
   EXPECT_EQ(a.arch, Architecture::NemotronH);
   EXPECT_EQ(a.hybrid->mamba.in_proj_size(), 32 + (32 + 2 * 2 * 8) + 4);
   EXPECT_TRUE(std::isinf(a.hybrid->mamba.dt_max));
+  EXPECT_DOUBLE_EQ(a.hybrid->mamba.dt_min, 0.001);  // NemotronHConfig's time_step_min
   ASSERT_TRUE(a.hybrid->moe.has_value());
   EXPECT_EQ(a.hybrid->moe->n_group, 4);
   EXPECT_DOUBLE_EQ(a.hybrid->moe->routed_scaling_factor, 2.5);
@@ -168,9 +169,17 @@ TEST(NemotronHConfig, ReadsPythonInfinityAndWritesItBack) {
   const auto back = dump_json_nonfinite(j);
   EXPECT_NE(back.find("-Infinity\n"), std::string::npos) << back;
   EXPECT_NE(back.find("\"name\": \"Infinity\""), std::string::npos) << back;  // a string value stays a string
+  // transformers 5.17 writes {"__float__": "Infinity"}; its mixer clamps dt at time_step_min, not time_step_limit.
   auto c = tiny_config("M");
+  c["time_step_limit"] = {0.0, {{"__float__", "Infinity"}}};
+  c["time_step_min"] = 0.002;
+  const auto m = parse_config(c, "c.json").hybrid->mamba;
+  EXPECT_DOUBLE_EQ(m.dt_min, 0.002);
+  EXPECT_TRUE(std::isinf(m.dt_max));
   c["time_step_limit"] = {0.0, "@Infinity"};
-  EXPECT_TRUE(std::isinf(parse_config(c, "c.json").hybrid->mamba.dt_max));
+  EXPECT_NO_THROW(parse_config(c, "c.json"));
+  c["time_step_limit"] = {0.0, "big"};
+  EXPECT_THROW(parse_config(c, "c.json"), Error);
 }
 
 std::string config_error(const nlohmann::json& j) {
@@ -233,7 +242,7 @@ TEST(NemotronHRouter, GroupLimitedTopKEqualsBruteForce) {
 
 TEST(Mamba2Mixer, ContinuingFromConvAndSsmStateEqualsOnePass) {
   auto c = parse_config(tiny_config("M"), "m.json");
-  Mamba2Mixer mixer(c, "model.layers.0.mixer");
+  Mamba2Mixer mixer(c, "backbone.layers.0.mixer");
   auto gen = qad::testing::seeded_generator(6);
   randomize(*mixer, gen);
   torch::NoGradGuard no_grad;
@@ -314,15 +323,15 @@ TEST(NemotronH, HfNamesOfEveryBlockType) {
   std::set<std::string> names;
   for (const auto& [n, t] : lm->hf_tensors()) names.insert(n);
   for (const char* want :
-       {"model.embeddings.weight", "model.norm_f.weight", "lm_head.weight", "model.layers.0.norm.weight",
-        "model.layers.0.mixer.in_proj.weight", "model.layers.0.mixer.conv1d.weight", "model.layers.0.mixer.conv1d.bias",
-        "model.layers.0.mixer.dt_bias", "model.layers.0.mixer.A_log", "model.layers.0.mixer.D",
-        "model.layers.0.mixer.norm.weight", "model.layers.0.mixer.out_proj.weight",
-        "model.layers.1.mixer.q_proj.weight", "model.layers.1.mixer.o_proj.weight",
-        "model.layers.2.mixer.up_proj.weight", "model.layers.2.mixer.down_proj.weight",
-        "model.layers.3.mixer.gate.weight", "model.layers.3.mixer.gate.e_score_correction_bias",
-        "model.layers.3.mixer.experts.7.up_proj.weight", "model.layers.3.mixer.experts.0.down_proj.weight",
-        "model.layers.3.mixer.shared_experts.up_proj.weight"}) {
+       {"backbone.embeddings.weight", "backbone.norm_f.weight", "lm_head.weight", "backbone.layers.0.norm.weight",
+        "backbone.layers.0.mixer.in_proj.weight", "backbone.layers.0.mixer.conv1d.weight", "backbone.layers.0.mixer.conv1d.bias",
+        "backbone.layers.0.mixer.dt_bias", "backbone.layers.0.mixer.A_log", "backbone.layers.0.mixer.D",
+        "backbone.layers.0.mixer.norm.weight", "backbone.layers.0.mixer.out_proj.weight",
+        "backbone.layers.1.mixer.q_proj.weight", "backbone.layers.1.mixer.o_proj.weight",
+        "backbone.layers.2.mixer.up_proj.weight", "backbone.layers.2.mixer.down_proj.weight",
+        "backbone.layers.3.mixer.gate.weight", "backbone.layers.3.mixer.gate.e_score_correction_bias",
+        "backbone.layers.3.mixer.experts.7.up_proj.weight", "backbone.layers.3.mixer.experts.0.down_proj.weight",
+        "backbone.layers.3.mixer.shared_experts.up_proj.weight"}) {
     EXPECT_TRUE(names.count(want)) << want;
   }
   EXPECT_EQ(names.size(), 3u + 1 + 8 + 1 + 4 + 1 + 2 + 1 + 2 + 8 * 2 + 2);
