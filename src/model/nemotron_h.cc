@@ -39,7 +39,8 @@ NemotronHMoeImpl::NemotronHMoeImpl(const ModelConfig& c, const std::string& pref
   cfg_ = *c.hybrid->moe;
   gate = register_module("gate", Linear(prefix + ".gate", c.hidden_size, cfg_.num_experts, false));
   // A buffer in transformers; a parameter without gradient here so that it loads and saves with the weights.
-  gate->register_parameter("e_score_correction_bias", torch::zeros({cfg_.num_experts}), /*requires_grad=*/false);
+  correction_bias =
+      gate->register_parameter("e_score_correction_bias", torch::zeros({cfg_.num_experts}), /*requires_grad=*/false);
   experts = register_module("experts", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg_.num_experts; ++i) {
     expert_list.emplace_back(prefix + ".experts." + std::to_string(i), c.hidden_size, cfg_.intermediate_size, false);
@@ -63,7 +64,7 @@ torch::Tensor NemotronHMoeImpl::forward(const torch::Tensor& x, const AttentionC
   // applied; ModelOpt's defaults leave routers unquantized).
   auto logits = torch::linear(flat.to(torch::kFloat32), gate->weight.to(torch::kFloat32));
   if (ctx.router_logits != nullptr) ctx.router_logits->emplace_back(layer_, logits);
-  auto routing = group_topk_route(logits, gate->named_parameters(false)["e_score_correction_bias"], cfg_);
+  auto routing = group_topk_route(logits, correction_bias, cfg_);
   const auto d = dispatch_by_expert(routing.experts, num_experts(), keep);
   auto rows = flat.index_select(0, d.token_of_row);
   std::vector<torch::Tensor> outs;

@@ -45,6 +45,7 @@ class NemotronHMoeImpl : public torch::nn::Module {
   int64_t num_experts() const { return static_cast<int64_t>(expert_list.size()); }
 
   Linear gate{nullptr};           // the router [E, hidden]; also holds "e_score_correction_bias" [E] (no gradient)
+  torch::Tensor correction_bias;  // that parameter of `gate`
   torch::nn::ModuleList experts{nullptr};
   std::vector<Relu2MLP> expert_list;
   Relu2MLP shared_experts{nullptr};
