@@ -2,6 +2,7 @@
 // steps one look at the finished flags -> collect and refill; when no prompt waits and at most half the
 // slots are busy, the cache shrinks to the busy ones.
 #include "model/batched_generate.h"
+#include "model/hybrid_generate.h"
 
 #include <algorithm>
 #include <memory>
@@ -266,6 +267,8 @@ std::vector<GenerationOutput> generate_batched(CausalLM& lm, const std::vector<G
   for (auto id : o.stop_ids) QAD_CHECK(id >= 0 && id < vocab, "stop id {} outside the vocabulary (size {})", id, vocab);
   GenerateStats local;
   if (o.max_new_tokens == 0) return std::vector<GenerationOutput>(requests.size());
+  // NemotronH: its Mamba states have no slots in the engine yet; each sequence decodes alone.
+  if (lm->config().hybrid) return generate_hybrid(lm, requests, o);
   torch::NoGradGuard no_grad;
   Engine engine(lm, requests, o, stats != nullptr ? *stats : local);
   return engine.run();

@@ -9,23 +9,31 @@
 #include "model/checkpointing.h"
 #include "model/hidden_rows.h"
 #include "model/moe_block.h"
+#include "model/nemotron_h.h"
 #include "util/error.h"
 #include "util/torch_format.h"
 
 namespace qad::model {
 
 DecoderStackImpl::DecoderStackImpl(const ModelConfig& c) {
-  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size));
+  const bool hybrid = c.hybrid.has_value();
+  embed_tokens = register_module(hybrid ? "embeddings" : "embed_tokens", Embedding(c.vocab_size, c.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    layer_list.emplace_back(c, l);
-    layers->push_back(layer_list.back());
+    if (hybrid) {
+      block_list.push_back(std::make_shared<NemotronHBlockImpl>(c, l));
+      layers->push_back(block_list.back());
+    } else {
+      layer_list.emplace_back(c, l);
+      layers->push_back(layer_list.back());
+    }
   }
-  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  norm = register_module(hybrid ? "norm_f" : "norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config_(c) {
-  model = register_module("model", DecoderStack(c));
+  // NemotronH's checkpoints (NVIDIA's, and transformers 5.17's save_pretrained) name the decoder "backbone".
+  model = register_module(c.hybrid ? "backbone" : "model", DecoderStack(c));
   lm_head = register_module("lm_head", Linear("lm_head", c.hidden_size, c.vocab_size, false, !c.tie_word_embeddings));
   // Tied: one parameter, listed once (as the embedding); lm_head holds the same tensor unregistered.
   if (c.tie_word_embeddings) lm_head->share_weight(model->embed_tokens->weight);
@@ -33,6 +41,26 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& c) : config_(c) {
 
 std::vector<Linear> CausalLMImpl::linears() const {
   std::vector<Linear> out;
+  for (const auto& block : model->block_list) {
+    if (block->mamba) {
+      out.push_back(block->mamba->in_proj);
+      out.push_back(block->mamba->out_proj);
+    } else if (block->attention) {
+      const auto& a = block->attention;
+      for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj}) out.push_back(l);
+    } else if (block->mlp) {
+      out.push_back(block->mlp->up_proj);
+      out.push_back(block->mlp->down_proj);
+    } else if (block->moe) {
+      out.push_back(block->moe->gate);
+      for (const auto& e : block->moe->expert_list) {
+        out.push_back(e->up_proj);
+        out.push_back(e->down_proj);
+      }
+      out.push_back(block->moe->shared_experts->up_proj);
+      out.push_back(block->moe->shared_experts->down_proj);
+    }
+  }
   for (const auto& layer : model->layer_list) {
     const auto& a = layer->self_attn;
     for (const auto& l : {a->q_proj, a->k_proj, a->v_proj, a->o_proj}) out.push_back(l);
@@ -83,6 +111,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   QAD_CHECK(input_ids.dim() == 2 && input_ids.scalar_type() == torch::kLong,
             "CausalLM::forward: input_ids must be int64 [batch, tokens], got {} {}", c10::toString(input_ids.scalar_type()),
             shape_str(input_ids.sizes()));
+  if (config_.hybrid) return forward_hybrid(input_ids, o);
   const int64_t b = input_ids.size(0), t = input_ids.size(1);
   QAD_CHECK(t > 0, "CausalLM::forward: no tokens");
   const int64_t past = o.cache != nullptr ? o.cache->length : 0;
@@ -154,6 +183,80 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
     keep_hidden("layers." + std::to_string(l), h);
   }
   h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
+  keep_hidden("norm", h);
+  if (o.cache != nullptr) o.cache->advance(t);
+  if (o.logits_positions.defined()) {
+    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
+              shape_str(o.logits_positions.sizes()));
+    auto index = o.logits_positions.to(device).view({b, 1, 1}).expand({b, 1, h.size(-1)});
+    h = h.gather(1, index);
+  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
+    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  }
+  if (o.skip_logits) {
+    out.final_hidden = h;
+    return out;
+  }
+  out.logits = lm_head(h);
+  for (auto& [layer, logits] : router_logits) out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
+  return out;
+}
+
+// NemotronH: the blocks in order, no positions (its attention has no RoPE); the same options as above, with the
+// Mamba states (mamba_cache) beside the KV cache when decoding. The slot store of continuous batching is refused.
+ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const ForwardOptions& o) {
+  QAD_CHECK(o.kv_store == nullptr,
+            "NemotronHForCausalLM: continuous batching (a slot KV store) is not implemented yet: the Mamba states "
+            "would need slots too; decode with a KVCache and a MambaCache");
+  QAD_CHECK((o.cache == nullptr) == (o.mamba_cache == nullptr),
+            "NemotronHForCausalLM: decoding needs both a KVCache (attention layers) and a MambaCache (Mamba layers)");
+  QAD_CHECK(!(o.checkpoint_layers && torch::GradMode::is_enabled()),
+            "NemotronHForCausalLM: activation checkpointing is not implemented yet; train without checkpoint_layers");
+  const int64_t b = input_ids.size(0), t = input_ids.size(1);
+  const int64_t past = o.cache != nullptr ? o.cache->length : 0;
+  const auto device = model->embed_tokens->weight.device();
+  if (o.attention_mask.defined()) {
+    QAD_CHECK(o.attention_mask.dim() == 2 && o.attention_mask.size(0) == b && o.attention_mask.size(1) == past + t,
+              "attention_mask must be [batch, past + tokens] = [{}, {}], got {}", b, past + t,
+              shape_str(o.attention_mask.sizes()));
+  }
+  if (o.mamba_cache != nullptr) {
+    o.mamba_cache->layers.resize(model->block_list.size());
+    for (const auto& s : o.mamba_cache->layers) {
+      QAD_CHECK(past > 0 || !s.ssm.defined(), "NemotronHForCausalLM: the MambaCache holds states but the KV cache is "
+                "empty (a new sequence); use a fresh MambaCache");
+    }
+  }
+  AttentionContext ctx;  // no cos/sin: no RoPE
+  ctx.backend = o.attention;
+  ctx.fused = FusedKernels::kOff;
+  ctx.cache = o.cache;
+  std::vector<std::pair<int64_t, torch::Tensor>> router_logits;
+  if (o.return_router_logits) ctx.router_logits = &router_logits;
+  ctx.calibrate_all_experts = o.calibrate_all_experts;
+  if (o.attention_mask.defined()) ctx.token_mask = o.attention_mask.narrow(1, past, t).to(device);
+  if (o.attention_mask.defined() || (past > 0 && t > 1)) {
+    ctx.mask = build_mask(o.attention_mask, b, past, t, device);
+  } else {
+    ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
+  }
+  ForwardOutput out;
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) {
+    if (!o.return_hidden) return;
+    if (!o.hidden_rows.defined()) {
+      out.hidden.emplace_back(std::move(name), x);
+      return;
+    }
+    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
+    x = std::move(passed);
+    out.hidden.emplace_back(std::move(name), std::move(rows));
+  };
+  auto h = model->embed_tokens(input_ids.to(device));
+  for (size_t l = 0; l < model->block_list.size(); ++l) {
+    h = model->block_list[l]->forward(h, ctx, o.mamba_cache != nullptr ? &o.mamba_cache->layers[l] : nullptr);
+    keep_hidden("layers." + std::to_string(l), h);
+  }
+  h = model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
   if (o.logits_positions.defined()) {

@@ -16,6 +16,8 @@
 
 namespace qad::model {
 
+struct MambaCache;  // mamba2.h
+
 struct ForwardOptions {
   bool return_hidden = false;     // fill ForwardOutput::hidden
   torch::Tensor hidden_rows;      // int64 [n]: keep only these rows of each flattened [B*T, H] hidden state
@@ -23,6 +25,7 @@ struct ForwardOptions {
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
+  MambaCache* mamba_cache = nullptr;  // NemotronH decoding: the Mamba layers' conv + SSM states, with `cache`
   // Instead of `cache`: a store that keeps its own per-row lengths (SlotKVCache, continuous batching). The
   // caller then gives position_ids and, where rows differ in length, attention_keep.
   KVStore* kv_store = nullptr;
@@ -60,13 +63,17 @@ class EmbeddingImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Embedding);
 
-// HF's "model" submodule: embeddings, layers, final norm.
+class NemotronHBlockImpl;  // nemotron_h.h
+
+// HF's "model" submodule: embeddings, layers, final norm. NemotronH: "backbone" with "embeddings", "layers"
+// (hybrid blocks, in block_list; layer_list stays empty) and "norm_f", as its checkpoints name them.
 class DecoderStackImpl : public torch::nn::Module {
  public:
   explicit DecoderStackImpl(const ModelConfig& c);
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   std::vector<DecoderLayer> layer_list;  // typed views of `layers`
+  std::vector<std::shared_ptr<NemotronHBlockImpl>> block_list;  // NemotronH: typed views of `layers`
   RMSNorm norm{nullptr};
 };
 TORCH_MODULE(DecoderStack);
@@ -83,7 +90,8 @@ class CausalLMImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
   // Every Linear in execution order: per layer q, k, v, o, then gate, up, down (dense) or the router
-  // "mlp.gate" and each expert's gate, up, down (sparse); then lm_head.
+  // "mlp.gate" and each expert's gate, up, down (sparse); then lm_head. NemotronH: per block its mixer's
+  // (Mamba in_proj, out_proj; q, k, v, o; up, down; router, each expert's up, down, the shared expert's up, down).
   std::vector<Linear> linears() const;
   // HF tensor name -> parameter, exactly the tensors of an HF checkpoint of this model (lm_head.weight
   // is absent when tied). This one table serves loading and saving.
@@ -95,6 +103,7 @@ class CausalLMImpl : public torch::nn::Module {
   Linear lm_head{nullptr};
 
  private:
+  ForwardOutput forward_hybrid(const torch::Tensor& input_ids, const ForwardOptions& options);
   ModelConfig config_;
   torch::Tensor inv_freq_;  // FP32 [head_dim/2], on the model's device (refreshed lazily)
 };

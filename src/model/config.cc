@@ -10,7 +10,7 @@ namespace {
 using nlohmann::json;
 constexpr const char* kSupported =
     "supported: LlamaForCausalLM (rope_scaling none or llama3), Qwen2ForCausalLM, Qwen3ForCausalLM, "
-    "Qwen3MoeForCausalLM (softmax top-k router); "
+    "Qwen3MoeForCausalLM (softmax top-k router), NemotronHForCausalLM; "
     "hidden_act silu; full attention (no sliding window)";
 
 int64_t get_int(const json& j, const char* key, const std::string& label) {
@@ -175,6 +175,7 @@ ModelConfig parse_config_fields(const json& j, const std::string& label) {
   QAD_CHECK(archs != j.end() && archs->is_array() && archs->size() == 1 && (*archs)[0].is_string(),
             "{}: \"architectures\" must list exactly one architecture ({})", label, kSupported);
   c.architecture_name = (*archs)[0].get<std::string>();
+  if (c.architecture_name == "NemotronHForCausalLM") return parse_nemotron_h_config(j, label);
   if (c.architecture_name == "LlamaForCausalLM") {
     c.arch = Architecture::Llama;
   } else if (c.architecture_name == "Qwen2ForCausalLM") {
@@ -236,6 +237,8 @@ ModelConfig parse_config_fields(const json& j, const std::string& label) {
       c.qk_norm = true;
       c.moe = parse_moe(j, c, label);
       break;
+    case Architecture::NemotronH:  // parse_nemotron_h_config, returned above
+      break;
   }
   parse_rope(j, c, label);
   if (j.contains("dtype") && j["dtype"].is_string()) {
@@ -255,11 +258,74 @@ ModelConfig load_config(const std::filesystem::path& dir_or_file) {
   const auto path = std::filesystem::is_directory(dir_or_file) ? dir_or_file / "config.json" : dir_or_file;
   json j;
   try {
-    j = json::parse(read_file(path));
+    j = parse_json_nonfinite(read_file(path));
   } catch (const json::exception& e) {
     fail("{}: not valid JSON ({})", path.string(), std::string(e.what()).substr(0, 160));
   }
   return parse_config(j, path.string());
+}
+
+namespace {
+constexpr const char* kNonFinite[] = {"-Infinity", "Infinity", "NaN"};
+// Marks a string made of a bare literal, so that a real string "Infinity" in the file stays a string when saved.
+constexpr char kNonFiniteMark = '@';
+}  // namespace
+
+json parse_json_nonfinite(const std::string& text) {
+  std::string out;
+  out.reserve(text.size() + 16);
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      out += ch;
+      if (ch == '\\' && i + 1 < text.size()) {
+        out += text[++i];
+      } else if (ch == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+      out += ch;
+      continue;
+    }
+    bool replaced = false;
+    for (const char* lit : kNonFinite) {
+      const std::string_view l(lit);
+      if (text.compare(i, l.size(), l) == 0) {
+        out += '"';
+        out += kNonFiniteMark;
+        out += l;
+        out += '"';
+        i += l.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += ch;
+  }
+  return json::parse(out);
+}
+
+std::string dump_json_nonfinite(const json& j) {
+  std::string s = j.dump(2);
+  for (const char* lit : kNonFinite) {
+    const std::string quoted = std::string("\"") + kNonFiniteMark + lit + "\"";
+    for (size_t p = s.find(quoted); p != std::string::npos; p = s.find(quoted, p)) {
+      // Only a whole JSON value: the quoted literal follows ':' / '[' / ',' (after spaces), not text in a string.
+      size_t q = p;
+      while (q > 0 && (s[q - 1] == ' ' || s[q - 1] == '\n')) --q;
+      if (q > 0 && (s[q - 1] == ':' || s[q - 1] == '[' || s[q - 1] == ',')) {
+        s.replace(p, quoted.size(), lit);
+        p += std::string_view(lit).size();
+      } else {
+        p += quoted.size();
+      }
+    }
+  }
+  return s;
 }
 
 json config_json_for_save(const ModelConfig& c, const std::string& dtype) {

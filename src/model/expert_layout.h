@@ -1,4 +1,4 @@
-// The two on-disk layouts of expert weights. Published Qwen3-MoE checkpoints, and transformers 5.17's
+// The two on-disk layouts of expert weights (NemotronH: "<p>.experts.up_proj" [E, I, H] and down_proj stacked alone). Published Qwen3-MoE checkpoints, and transformers 5.17's
 // save_pretrained, store one tensor per expert ("<p>.experts.<e>.gate_proj.weight", ...), which is qad's own
 // layout (hf_tensors). transformers 5.x holds them stacked in memory ("<p>.experts.gate_up_proj" [E, 2I, H]
 // with gate rows first, "<p>.experts.down_proj" [E, H, I]), and checkpoints written from that state carry

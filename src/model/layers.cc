@@ -147,7 +147,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   auto q = project(q_proj).view({b, t, num_heads_, head_dim_});
   auto k = project(k_proj).view({b, t, num_kv_heads_, head_dim_});
   auto v = project(v_proj).view({b, t, num_kv_heads_, head_dim_}).transpose(1, 2);
-  if (fused_applies(ctx.fused, q, fused::rope_cuda_supports)) {
+  if (!ctx.cos.defined()) {  // no RoPE (NemotronH's attention)
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
+  } else if (fused_applies(ctx.fused, q, fused::rope_cuda_supports)) {
     // q/k norm (Qwen3) and RoPE in one kernel each, written as [B, H, T, D].
     q = fused::rope(q, q_norm ? q_norm->weight : torch::Tensor(), q_norm ? q_norm->eps : 0.0, ctx.cos, ctx.sin);
     k = fused::rope(k, k_norm ? k_norm->weight : torch::Tensor(), k_norm ? k_norm->eps : 0.0, ctx.cos, ctx.sin);

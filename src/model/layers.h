@@ -37,7 +37,7 @@ torch::Tensor rope_inv_freq(const ModelConfig& c);
 
 // What every layer's attention needs for one forward pass.
 struct AttentionContext {
-  torch::Tensor cos, sin;  // [B, T, head_dim], model dtype
+  torch::Tensor cos, sin;  // [B, T, head_dim], model dtype; undefined = no RoPE (NemotronH)
   torch::Tensor mask;      // bool [B, 1, T, S] (true = attend) or undefined
   bool causal = true;      // with no mask: causal over T (no cache) or attend-to-all (decode step)
   AttentionBackend backend = AttentionBackend::kAuto;

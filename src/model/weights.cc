@@ -42,12 +42,20 @@ void load_hf_tensors(CausalLM& lm, const io::Checkpoint& ckpt, const fs::path& d
   torch::NoGradGuard no_grad;
   for (auto& [name, param] : lm->hf_tensors()) {
     if (handled.count(name)) continue;
-    const auto* entry = ckpt.find(name);
+    // NemotronH: "backbone." as NVIDIA's checkpoints and transformers' save_pretrained write; a file written
+    // from transformers' in-memory state says "model." (and stacks the experts).
+    std::string file_name = name;
+    if (config.hybrid && ckpt.find(name) == nullptr && name.starts_with("backbone.")) {
+      const std::string alt = "model." + name.substr(9);
+      std::string stacked;
+      if (ckpt.find(alt) != nullptr || stacked_expert_weight(ckpt, alt, &stacked).defined()) file_name = alt;
+    }
+    const auto* entry = ckpt.find(file_name);
     torch::Tensor src;
     if (entry != nullptr) {
-      used.insert(name);
+      used.insert(file_name);
       src = io::to_tensor(*entry);
-    } else if (std::string stacked; (src = stacked_expert_weight(ckpt, name, &stacked)).defined()) {
+    } else if (std::string stacked; (src = stacked_expert_weight(ckpt, file_name, &stacked)).defined()) {
       used.insert(stacked);  // experts stored stacked (expert_layout.h)
     } else {
       missing.push_back(name);
@@ -76,6 +84,7 @@ void load_hf_tensors(CausalLM& lm, const io::Checkpoint& ckpt, const fs::path& d
     // transformers ignores these too: a duplicate tied head, and RoPE tables older exports stored.
     if (config.tie_word_embeddings && name == "lm_head.weight") continue;
     if (name.ends_with("rotary_emb.inv_freq")) continue;
+    if (config.hybrid && name.starts_with("mtp.")) continue;  // NemotronH multi-token prediction: skipped as in transformers
     unexpected.push_back(name);
   }
   if (!unexpected.empty()) {
@@ -98,7 +107,7 @@ void CausalLMImpl::save(const fs::path& dir, const SaveOptions& options) const {
   const auto dtype = model->embed_tokens->weight.scalar_type();
   const auto config = config_json_for_save(config_, dtype_config_name(dtype));
   write_directory_atomic(dir, [&](const fs::path& tmp) {
-    write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    write_file_atomic(tmp / "config.json", dump_json_nonfinite(config) + "\n");
     io::write_tensors_checkpoint(tmp, tensors, {.max_shard_bytes = options.max_shard_bytes});
   });
 }

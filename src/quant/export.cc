@@ -225,7 +225,7 @@ NvFp4Format export_nvfp4(const model::CausalLM& lm, const fs::path& out_dir, con
       // Sources may be read-only (a shared model store); the export is the user's to edit.
       fs::permissions(tmp / c.filename(), fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
     }
-    write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+    write_file_atomic(tmp / "config.json", model::dump_json_nonfinite(config) + "\n");
     // Written last: its presence marks a complete export.
     write_file_atomic(tmp / "hf_quant_config.json", hf_quant.dump(2) + "\n");
   });

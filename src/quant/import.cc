@@ -50,7 +50,7 @@ nlohmann::json quant_section(const fs::path& dir, std::string* source) {
   if (!fs::exists(cfg, ec)) return nullptr;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_file(cfg));
+    j = model::parse_json_nonfinite(read_file(cfg));
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON ({})", cfg.string(), e.what());
   }

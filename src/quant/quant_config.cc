@@ -120,11 +120,43 @@ QuantConfig quant_config_from_json(const nlohmann::json& j, const std::string& w
   if (j.is_null()) return c;
   config::merge_json(c, j, where);
   QAD_CHECK(c.calib_samples >= 0, "{}.calib_samples must be >= 0, got {}", where, c.calib_samples);
+  QAD_CHECK(c.keep_blocks == "none" || c.keep_blocks == "attention" || c.keep_blocks == "attention_and_preceding_mamba",
+            "{}.keep_blocks '{}' is not one of none, attention, attention_and_preceding_mamba", where, c.keep_blocks);
   return c;
+}
+
+std::vector<int64_t> kept_blocks(const model::ModelConfig& config, const std::string& keep_blocks) {
+  std::vector<int64_t> out;
+  if (keep_blocks == "none") return out;
+  QAD_CHECK(keep_blocks == "attention" || keep_blocks == "attention_and_preceding_mamba",
+            "keep_blocks '{}' is not one of none, attention, attention_and_preceding_mamba", keep_blocks);
+  QAD_CHECK(config.hybrid.has_value(), "keep_blocks {} needs a hybrid model (NemotronH); {} has no block types",
+            keep_blocks, config.architecture_name);
+  using model::BlockType;
+  const auto& blocks = config.hybrid->blocks;
+  std::set<int64_t> keep;
+  for (int64_t l = 0; l < static_cast<int64_t>(blocks.size()); ++l) {
+    if (blocks[static_cast<size_t>(l)] != BlockType::kAttention) continue;
+    keep.insert(l);
+    if (keep_blocks != "attention_and_preceding_mamba") continue;
+    // The nearest Mamba block before it (MoE / MLP blocks in between are skipped; another attention block stops).
+    for (int64_t p = l - 1; p >= 0 && blocks[static_cast<size_t>(p)] != BlockType::kAttention; --p) {
+      if (blocks[static_cast<size_t>(p)] == BlockType::kMamba) {
+        keep.insert(p);
+        break;
+      }
+    }
+  }
+  return {keep.begin(), keep.end()};
 }
 
 std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg) {
   const auto linears = lm->linears();
+  QAD_CHECK(!(cfg.kv_cache == KvCacheQuant::kFp8 && lm->config().hybrid),
+            "kv_cache fp8 is not implemented for {} yet (its attention blocks are mixers); use kv_cache none",
+            lm->config().architecture_name);
+  std::vector<std::string> kept;  // "backbone.layers.N.mixer.*" of the blocks keep_blocks leaves in high precision
+  for (int64_t b : kept_blocks(lm->config(), cfg.keep_blocks)) kept.push_back(fmt::format("backbone.layers.{}.mixer.*", b));
   std::map<std::string, Decision> chosen;  // module -> decision, only the selected ones
   std::map<std::string, Decision> nvfp4_choice;  // the decision without fp8_layers, for fused groups that fall back
   std::map<std::string, int64_t> in_features;
@@ -132,6 +164,11 @@ std::vector<std::string> apply_nvfp4(model::CausalLM& lm, const QuantConfig& cfg
     const auto& name = l->name();
     in_features[name] = l->in_features();
     auto d = decide(cfg, name);
+    // Blocks the hybrid recipe keeps (keep_blocks) stay in high precision: neither NVFP4 nor FP8.
+    if (any_match(kept, name)) {
+      d.quantize = false;
+      d.fp8 = false;
+    }
     const bool tied_head = name == "lm_head" && lm->config().tie_word_embeddings;
     if (d.fp8 && tied_head) {
       warn("lm_head: tied to the embeddings, which stay in high precision; not FP8");

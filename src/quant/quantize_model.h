@@ -62,6 +62,10 @@ struct QuantConfig {                       // which Linears, and how (docs/quant
   // input_scale) instead of NVFP4 or high precision, whatever include/exclude/overrides say; any input size; the
   // export is ModelOpt's MIXED_PRECISION (docs/quant.md, "Mixed precision: FP8 layers"). Empty: none.
   std::vector<std::string> fp8_layers;
+  // Hybrid models (NemotronH): whole blocks left in high precision, by block type. "none"; "attention" (every
+  // attention block); "attention_and_preceding_mamba" (also the nearest Mamba block before each attention block:
+  // the QAD paper's Nemotron 3 Nano recipe, recipes/nemotron3_nano_qad.yaml).
+  std::string keep_blocks = "none";
 };
 
 // What calibration did with MoE experts: the expert projections that saw no calibration token (kRouted only)
@@ -76,8 +80,11 @@ template <typename F> void fields(QuantConfig& c, F&& f) {
   f("include", c.include); f("exclude", c.exclude); f("ste", c.ste); f("method", c.method);
   f("calib_samples", c.calib_samples); f("quantize_inputs", c.quantize_inputs); f("overrides", c.overrides);
   f("moe_calibration", c.moe_calibration); f("kv_cache", c.kv_cache); f("block_scales", c.block_scales);
-  f("fp8_layers", c.fp8_layers);
+  f("fp8_layers", c.fp8_layers); f("keep_blocks", c.keep_blocks);
 }
+
+// The block indices `keep_blocks` leaves in high precision for this model (empty for non-hybrid models and "none").
+std::vector<int64_t> kept_blocks(const model::ModelConfig& config, const std::string& keep_blocks);
 
 // Reads a quantization config (the `quant:` section of `qad quantize --config`, a run's `quant.options`) over
 // the defaults: `method: max|mse`, `ste: identity|clipped`, `overrides: [{pattern, quantize, quantize_inputs}]`.

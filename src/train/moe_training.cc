@@ -11,7 +11,9 @@ bool is_moe(const model::CausalLM& lm) { return lm->config().moe.has_value(); }
 std::vector<std::pair<std::string, torch::Tensor>> trainable_tensors(model::CausalLM& lm, bool freeze_routers) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (auto& [name, t] : lm->hf_tensors()) {
-    if (freeze_routers && name.ends_with(".mlp.gate.weight")) {
+    // NemotronH's router correction bias: a buffer in transformers, never trained by gradients.
+    if (name.ends_with(".e_score_correction_bias")) continue;
+    if (freeze_routers && (name.ends_with(".mlp.gate.weight") || name.ends_with(".mixer.gate.weight"))) {
       t.set_requires_grad(false);
       continue;
     }

@@ -146,7 +146,7 @@ std::vector<fs::path> export_student(const Student& s, const TrainConfig& cfg, b
     }
     const auto config = model::config_json_for_save(s.lm->config(), "bfloat16");
     write_directory_atomic(root / "bf16", [&](const fs::path& tmp) {
-      write_file_atomic(tmp / "config.json", config.dump(2) + "\n");
+      write_file_atomic(tmp / "config.json", model::dump_json_nonfinite(config) + "\n");
       io::write_tensors_checkpoint(tmp, tensors);
       copy_tokenizer_files(source, tmp);
     });

@@ -49,6 +49,11 @@ void check_fixture(const fs::path& dir, torch::Device device, torch::ScalarType 
   torch::NoGradGuard g;
   ForwardOptions o;
   o.return_hidden = true;
+  // NemotronH fixtures from a transformers whose chunked Mamba scan is wrong across chunks also hold the one-chunk
+  // outputs (tools/make_nemotronh_fixtures.py): those are the right values.
+  for (auto& [name, t] : ref) {
+    if (name.starts_with("single_chunk.")) ref[name.substr(std::string("single_chunk.").size())] = t;
+  }
   auto out = lm->forward(ref["input_ids"].to(torch::kLong).to(device), o);
   const double e = rel_err(out.logits, ref["logits"]);
   EXPECT_LE(e, tolerance_for(ref, "logits", dtype)) << "logits";

@@ -91,7 +91,9 @@ INSTANTIATE_TEST_SUITE_P(Models, RoundTrip,
                                            std::make_tuple(2, torch::kFloat32), std::make_tuple(3, torch::kFloat32),
                                            std::make_tuple(4, torch::kFloat32), std::make_tuple(0, torch::kBFloat16),
                                            std::make_tuple(4, torch::kBFloat16), std::make_tuple(5, torch::kFloat32),
-                                           std::make_tuple(6, torch::kFloat32), std::make_tuple(6, torch::kBFloat16)));
+                                           std::make_tuple(6, torch::kFloat32), std::make_tuple(6, torch::kBFloat16),
+                                           std::make_tuple(7, torch::kFloat32), std::make_tuple(8, torch::kFloat32),
+                                           std::make_tuple(8, torch::kBFloat16)));
 
 // Weight-only NVFP4 (W4A16_NVFP4): the export has no input_scale and says so in both config files; the import
 // leaves the inputs unquantized (bit-identical logits to the model it came from, which differ from the W4A4

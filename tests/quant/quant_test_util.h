@@ -48,6 +48,8 @@ inline std::vector<std::filesystem::path> quant_model_dirs() {
   for (const char* n : {"qwen3_moe_sparse_step", "qwen3_moe_mlp_only_per_expert"}) {
     dirs.push_back(source_dir() / "tests/fixtures/models" / n);
   }
+  // NemotronH (indices 7, 8): Mamba in_proj/out_proj, attention, relu2 MLP, experts and shared experts quantized.
+  for (const char* n : {"nemotronh_hybrid", "nemotronh_moe"}) dirs.push_back(source_dir() / "tests/fixtures/models" / n);
   return dirs;
 }
 
