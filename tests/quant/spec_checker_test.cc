@@ -379,10 +379,11 @@ TEST_P(SpecChecker, ExportFollowsTheSpecBitForBit) {
 INSTANTIATE_TEST_SUITE_P(Models, SpecChecker,
                          ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(false),
                                             ::testing::Values(false)));
-// With an FP8 KV cache, in both weight formats.
 // NemotronH (no FP8 KV cache yet): the Mamba projections, attention, MLP, experts and shared experts.
 INSTANTIATE_TEST_SUITE_P(NemotronH, SpecChecker,
-                         ::testing::Combine(::testing::Values(7, 8), ::testing::Bool(), ::testing::Values(false)));
+                         ::testing::Combine(::testing::Values(7, 8), ::testing::Bool(), ::testing::Values(false),
+                                            ::testing::Values(false)));
+// With an FP8 KV cache, in both weight formats.
 INSTANTIATE_TEST_SUITE_P(ModelsKvFp8, SpecChecker,
                          ::testing::Combine(::testing::Range(0, 7), ::testing::Bool(), ::testing::Values(true),
                                             ::testing::Values(false)));
