@@ -105,6 +105,19 @@ bool fused_kernels_allowed_by_environment() {
   return allowed;
 }
 
+// A block's output for ForwardOutput::hidden (when asked for). With hidden_rows, x becomes a pass-through of
+// itself whose backward adds the rows' gradient in place of index_select's full-size zero tensor (hidden_rows.h).
+void keep_hidden_state(const ForwardOptions& o, ForwardOutput& out, std::string name, torch::Tensor& x) {
+  if (!o.return_hidden) return;
+  if (!o.hidden_rows.defined()) {
+    out.hidden.emplace_back(std::move(name), x);
+    return;
+  }
+  auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
+  x = std::move(passed);
+  out.hidden.emplace_back(std::move(name), std::move(rows));
+}
+
 }  // namespace
 
 ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& o) {
@@ -164,18 +177,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   }
 
   ForwardOutput out;
-  // With hidden_rows, x becomes a pass-through of itself whose backward adds the rows' gradient in place of
-  // index_select's full-size zero tensor (hidden_rows.h).
-  auto keep_hidden = [&](std::string name, torch::Tensor& x) {
-    if (!o.return_hidden) return;
-    if (!o.hidden_rows.defined()) {
-      out.hidden.emplace_back(std::move(name), x);
-      return;
-    }
-    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
-    x = std::move(passed);
-    out.hidden.emplace_back(std::move(name), std::move(rows));
-  };
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) { keep_hidden_state(o, out, std::move(name), x); };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->layer_list.size(); ++l) {
     auto& layer = model->layer_list[l];
@@ -241,16 +243,7 @@ ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const
     ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
   }
   ForwardOutput out;
-  auto keep_hidden = [&](std::string name, torch::Tensor& x) {
-    if (!o.return_hidden) return;
-    if (!o.hidden_rows.defined()) {
-      out.hidden.emplace_back(std::move(name), x);
-      return;
-    }
-    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
-    x = std::move(passed);
-    out.hidden.emplace_back(std::move(name), std::move(rows));
-  };
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) { keep_hidden_state(o, out, std::move(name), x); };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->block_list.size(); ++l) {
     h = model->block_list[l]->forward(h, ctx, o.mamba_cache != nullptr ? &o.mamba_cache->layers[l] : nullptr);
