@@ -168,7 +168,8 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--dist-timeout", a->dist_timeout, "seconds a rank waits for the others (rendezvous, collectives) "
                   "before the run fails")->capture_default_str();
   cmd->add_option("--zero", a->zero, "1: shard FP32 master weights and AdamW moments over the ranks (ZeRO-1); 0: "
-                  "every rank holds them")->capture_default_str();
+                  "every rank holds them; 3: fully sharded - weights, gradients, optimizer state and the teacher, "
+                  "gathered layer by layer (docs/dist.md)")->capture_default_str();
   cmd->add_option("--bucket-mb", a->bucket_mb, "gradient all-reduce bucket size in MB")->capture_default_str();
   cmd->callback([=] {
     for (size_t i = 0; i < values->size(); ++i) {
@@ -204,6 +205,8 @@ void register_distill(CLI::App& app) {
               "seconds", a->dist_timeout);
     QAD_CHECK(std::isfinite(a->bucket_mb) && a->bucket_mb > 0, "--bucket-mb {}: must be a positive number",
               a->bucket_mb);
+    QAD_CHECK(a->zero == 0 || a->zero == 1 || a->zero == 3, "--zero {}: must be 0 (off), 1 (optimizer state "
+              "sharded) or 3 (fully sharded)", a->zero);
     cfg.validate();  // before anything runs, and before the launcher starts ranks that would each refuse it
     if (a->nproc_per_node > 0 && env.source == "none") {
       // The launcher: the same command line for every rank, without --nproc-per-node.
@@ -229,6 +232,9 @@ void register_distill(CLI::App& app) {
     cfg.dist.master_port = env.master_port;
     cfg.dist.timeout_s = a->dist_timeout;
     cfg.dist.zero = a->zero != 0;
+    cfg.dist.fully_sharded = a->zero == 3;
+    // One fully sharded process (e.g. a single-GPU check of the NCCL path) still needs its own store: a free port.
+    if (cfg.dist.fully_sharded && env.source == "none") cfg.dist.master_port = dist::free_port();
     cfg.dist.bucket_mb = a->bucket_mb;
     std::string command;
     for (const auto& arg : launch_argv()) command += (command.empty() ? "" : " ") + shell_quote(arg);

@@ -40,4 +40,14 @@ inline void shutdown(BackendBase& b) {
 #endif
 }
 
+// Reduce-scatter of one flat buffer into this rank's equal chunk `shard`. NCCL: _reduce_scatter_base (the same
+// name in 1.13 and 2.x). Gloo has no reduce-scatter in LibTorch 1.13: the buffer is all-reduced in place instead,
+// and the caller copies its chunk out after the wait (Communicator::wait).
+inline c10::intrusive_ptr<c10d::Work> reduce_scatter_flat(BackendBase& b, bool nccl, at::Tensor& flat,
+                                                          at::Tensor& shard) {
+  if (nccl) return b._reduce_scatter_base(shard, flat, c10d::ReduceScatterOptions());
+  std::vector<at::Tensor> ts{flat};
+  return b.allreduce(ts, c10d::AllreduceOptions());
+}
+
 }  // namespace qad::dist::compat

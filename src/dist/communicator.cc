@@ -187,6 +187,67 @@ void Communicator::allgather_in_place(torch::Tensor flat, const std::string& wha
   }
 }
 
+struct Communicator::Pending {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::string what;
+  torch::Tensor flat, shard;  // Gloo's emulated reduce-scatter: copy flat's chunk into shard after the wait
+  bool done = false;
+};
+
+std::shared_ptr<Communicator::Pending> Communicator::allgather_async(torch::Tensor flat, const std::string& what) {
+  const int n = size();
+  QAD_CHECK(flat.dim() == 1 && flat.numel() % n == 0, "allgather: a flat buffer of {} elements is not {} chunks",
+            flat.numel(), n);
+  auto p = std::make_shared<Pending>();
+  p->what = what;
+  const int64_t chunk = flat.numel() / n;
+  auto mine = flat.narrow(0, rank() * chunk, chunk);
+  try {
+    if (impl_->backend_name == "nccl") {
+      p->work = impl_->pg->_allgather_base(flat, mine, c10d::AllgatherOptions());
+    } else {
+      std::vector<std::vector<at::Tensor>> out(1);
+      for (int r = 0; r < n; ++r) out[0].push_back(flat.narrow(0, r * chunk, chunk));
+      std::vector<at::Tensor> in{mine};
+      p->work = impl_->pg->allgather(out, in, c10d::AllgatherOptions());
+    }
+  } catch (const std::exception& e) {
+    impl_->failed(what, e);
+  }
+  return p;
+}
+
+std::shared_ptr<Communicator::Pending> Communicator::reduce_scatter_async(torch::Tensor flat, torch::Tensor shard,
+                                                                          const std::string& what) {
+  const int n = size();
+  QAD_CHECK(flat.dim() == 1 && flat.numel() % n == 0 && shard.numel() == flat.numel() / n,
+            "reduce-scatter: {} elements into shards of {} over {} ranks", flat.numel(), shard.numel(), n);
+  auto p = std::make_shared<Pending>();
+  p->what = what;
+  try {
+    p->work = compat::reduce_scatter_flat(*impl_->pg, impl_->backend_name == "nccl", flat, shard);
+  } catch (const std::exception& e) {
+    impl_->failed(what, e);
+  }
+  if (impl_->backend_name != "nccl") {
+    p->flat = flat;
+    p->shard = shard;
+  }
+  return p;
+}
+
+void Communicator::wait(Pending& p) {
+  if (p.done) return;
+  p.done = true;
+  impl_->wait(p.work, p.what);
+  if (p.flat.defined()) {
+    const int64_t chunk = p.shard.numel();
+    p.shard.copy_(p.flat.narrow(0, rank() * chunk, chunk).view(p.shard.sizes()));
+  }
+  p.work.reset();
+  p.flat = p.shard = torch::Tensor();
+}
+
 void Communicator::barrier(const std::string& what) {
   // An all-reduce of one element: the same on every backend and version (c10d's barrier needs device hints).
   auto t = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32).device(impl_->device));

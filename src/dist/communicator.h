@@ -38,6 +38,16 @@ class Communicator {
   void allgather_in_place(torch::Tensor flat, const std::string& what);
   void barrier(const std::string& what);
 
+  // Fully sharded training (train/fully_sharded.h): collectives started now and finished by wait(), so that
+  // the next layer's parameters travel while this one computes. Every rank starts them in the same order.
+  struct Pending;
+  // allgather_in_place, started.
+  std::shared_ptr<Pending> allgather_async(torch::Tensor flat, const std::string& what);
+  // Sums `flat` (size() equal chunks) over the ranks and leaves chunk rank() of the sum in `shard`: NCCL's
+  // reduce-scatter; Gloo (which has none in LibTorch 1.13) all-reduces `flat` and copies the chunk in wait().
+  std::shared_ptr<Pending> reduce_scatter_async(torch::Tensor flat, torch::Tensor shard, const std::string& what);
+  void wait(Pending& p);
+
  private:
   struct Impl;
   explicit Communicator(std::unique_ptr<Impl> impl);

@@ -124,7 +124,11 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   QAD_CHECK(input_ids.dim() == 2 && input_ids.scalar_type() == torch::kLong,
             "CausalLM::forward: input_ids must be int64 [batch, tokens], got {} {}", c10::toString(input_ids.scalar_type()),
             shape_str(input_ids.sizes()));
-  if (config_.hybrid) return forward_hybrid(input_ids, o);
+  if (config_.hybrid) {
+    QAD_CHECK(!layer_hooks, "NemotronHForCausalLM: fully sharded training (--zero 3) is not implemented for hybrid "
+              "models yet; use --zero 1");
+    return forward_hybrid(input_ids, o);
+  }
   const int64_t b = input_ids.size(0), t = input_ids.size(1);
   QAD_CHECK(t > 0, "CausalLM::forward: no tokens");
   const int64_t past = o.cache != nullptr ? o.cache->length : 0;
@@ -181,7 +185,11 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->layer_list.size(); ++l) {
     auto& layer = model->layer_list[l];
+    const auto hooks = layer_hooks;  // (a copy: the hooks may be removed while they run)
+    if (hooks) hooks->before_layer(static_cast<int64_t>(l));
+    const auto input = h;
     h = o.checkpoint_layers && torch::GradMode::is_enabled() ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
+    if (hooks) hooks->after_layer(static_cast<int64_t>(l), input, h);
     keep_hidden("layers." + std::to_string(l), h);
   }
   h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);

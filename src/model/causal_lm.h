@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -78,6 +79,18 @@ class DecoderStackImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DecoderStack);
 
+// Called around every decoder layer of every forward of a model that has them (CausalLMImpl::layer_hooks):
+// fully sharded training (train/fully_sharded.h) gathers a layer's parameters before it runs and releases
+// them after, and hooks the backward on the layer's input and output. LibTorch C++ modules have no forward
+// pre-hooks, hence this explicit point in the layer loop. Decoder stacks only (not NemotronH).
+class LayerHooks {
+ public:
+  virtual ~LayerHooks() = default;
+  virtual void before_layer(int64_t layer) = 0;
+  // input / output: the tensors the layer took and returned (in the autograd graph when grad mode is on).
+  virtual void after_layer(int64_t layer, const torch::Tensor& input, const torch::Tensor& output) = 0;
+};
+
 struct SaveOptions {
   uint64_t max_shard_bytes = 5ull << 30;  // HF's default 5 GB; 0 = one file
 };
@@ -101,6 +114,7 @@ class CausalLMImpl : public torch::nn::Module {
 
   DecoderStack model{nullptr};
   Linear lm_head{nullptr};
+  std::shared_ptr<LayerHooks> layer_hooks;  // null: none (the usual case)
 
  private:
   ForwardOutput forward_hybrid(const torch::Tensor& input_ids, const ForwardOptions& options);

@@ -25,6 +25,9 @@ struct LinearQuantHook {
   // input() as a fixed transformation a fused kernel may apply instead (the Linear is then called through
   // forward_prequantized). nullopt: input() must run itself (it is not such a function, e.g. it calibrates).
   virtual std::optional<FusedInputQuant> fused_input(const torch::Device& /*device*/) { return std::nullopt; }
+  // Forget whatever was derived from the weight and kept (a quantized copy): fully sharded training releases the
+  // layer's weights and wants their memory back (train/fully_sharded.h).
+  virtual void drop_cached() {}
 };
 
 class LinearImpl : public torch::nn::Module {

@@ -26,6 +26,8 @@ class NvFp4LinearQuant : public model::LinearQuantHook {
   // nullopt while calibrating.
   std::optional<model::FusedInputQuant> fused_input(const torch::Device& device) override;
 
+  void drop_cached() override { cache_ = WeightCache{}; }
+
   const std::string& module() const { return module_; }
 
   // Float32 scalars (any device; moved to the tensor's device on use). Undefined = not calibrated.

@@ -115,6 +115,7 @@ struct DistConfig {  // set by the launcher and --dist-* flags, not by recipes (
   int master_port = 29500;
   double timeout_s = 600;             // a collective or the rendezvous waiting longer fails the run
   bool zero = true;                   // ZeRO-1: shard master weights and moments over the ranks
+  bool fully_sharded = false;         // --zero 3: shard weights, gradients and optimizer state (and the teacher)
   double bucket_mb = 25;              // gradient all-reduce bucket size
 };
 

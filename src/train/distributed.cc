@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include "train/fsdp_adamw.h"
+#include "train/fully_sharded.h"
 #include "train/sharded_adamw.h"
 #include "train/step.h"
 #include "util/error.h"
@@ -19,10 +21,25 @@ DataParallel::DataParallel(const DistConfig& dist, torch::Device device) : dist_
   comm_ = dist::Communicator::connect(env, device, dist.timeout_s);
 }
 
-DataParallel::~DataParallel() = default;
+DataParallel::~DataParallel() {
+  if (student_shards_) student_shards_->detach();
+  if (teacher_shards_) teacher_shards_->detach();
+}
 
-std::unique_ptr<Optimizer> DataParallel::make_optimizer(const NamedTensors& params, const OptimConfig& options) {
-  QAD_CHECK(!reducer_, "DataParallel::make_optimizer called twice");
+std::unique_ptr<Optimizer> DataParallel::make_optimizer(const NamedTensors& params, const OptimConfig& options,
+                                                        model::CausalLM* student, model::CausalLM* teacher) {
+  QAD_CHECK(!reducer_ && !student_shards_, "DataParallel::make_optimizer called twice");
+  if (dist_.fully_sharded) {
+    QAD_CHECK(student != nullptr, "fully sharded training: make_optimizer needs the student model");
+    for (const auto& [n, p] : params) p.set_requires_grad(true);
+    student_shards_ = ShardedModel::attach(*student, params, *comm_, /*trained=*/true);
+    if (teacher != nullptr) {
+      NamedTensors all;
+      for (auto& [n, p] : (*teacher)->hf_tensors()) all.emplace_back(n, p);
+      teacher_shards_ = ShardedModel::attach(*teacher, std::move(all), *comm_, /*trained=*/false);
+    }
+    return std::make_unique<FsdpAdamW>(student_shards_, options);
+  }
   std::vector<torch::Tensor> ts;
   for (const auto& [n, p] : params) {
     p.set_requires_grad(true);
@@ -40,8 +57,32 @@ int64_t DataParallel::sum_tokens(int64_t local) {
 }
 
 void DataParallel::begin_step() {
+  if (student_shards_) return;  // the gradients live in the units' shards
   QAD_CHECK(reducer_, "DataParallel: make_optimizer first");
   reducer_->attach_grads();
+}
+
+void DataParallel::before_last_backward() {
+  if (reducer_) reducer_->arm();
+}
+
+void DataParallel::finish_gradients() {
+  if (student_shards_) {
+    student_shards_->finish_backward();
+  } else {
+    reducer_->finish();
+  }
+}
+
+DataParallel::FullParameters::FullParameters(std::shared_ptr<ShardedModel> m) : model_(std::move(m)) {
+  model_->gather_all();
+}
+
+DataParallel::FullParameters::~FullParameters() { model_->release_all(/*take_back=*/true); }
+
+std::unique_ptr<DataParallel::FullParameters> DataParallel::full_parameters() {
+  if (!student_shards_) return nullptr;
+  return std::make_unique<FullParameters>(student_shards_);
 }
 
 LossValues DataParallel::reduce_values(const LossValues& local, int64_t global_tokens) {

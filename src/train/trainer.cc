@@ -155,9 +155,13 @@ void Trainer::open_run_dir() {
 
 // Joins the other ranks first: a missing rank fails here, before minutes of model loading.
 void Trainer::join_ranks() {
-  if (cfg_.dist.world_size <= 1) return;
+  if (cfg_.dist.world_size <= 1 && !cfg_.dist.fully_sharded) return;
   dp_ = std::make_unique<DataParallel>(cfg_.dist, device_);
-  if (writer_) {
+  if (writer_ && cfg_.dist.fully_sharded) {
+    fmt::print("data parallel: {} ranks over {}, fully sharded (ZeRO-3: student and teacher gathered layer by "
+               "layer), global batch {} x {} rows\n", cfg_.dist.world_size, dp_->comm().backend(),
+               cfg_.dist.world_size, cfg_.data.batch_size);
+  } else if (writer_) {
     fmt::print("data parallel: {} ranks over {}, ZeRO-1 {}, {} MB gradient buckets, global batch {} x {} rows\n",
                cfg_.dist.world_size, dp_->comm().backend(), cfg_.dist.zero ? "on" : "off", cfg_.dist.bucket_mb,
                cfg_.dist.world_size, cfg_.data.batch_size);
@@ -184,12 +188,14 @@ void Trainer::load_models() {
   student_ = build_student(cfg_, device_, dtype_, calib, /*calibrate=*/!resume_from_);
   student_.lm->train();
   const auto trainable = trainable_tensors(student_.lm, cfg_.optim.freeze_routers);
-  optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim) : std::make_unique<AdamW>(trainable, cfg_.optim);
+  optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim, &student_.lm, teacher_ ? &teacher_ : nullptr)
+                   : std::make_unique<AdamW>(trainable, cfg_.optim);
   schedule_ = Schedule::from_config(cfg_.optim, cfg_.run.steps);
 }
 
 void Trainer::restore(const fs::path& dir) {
   auto c = checkpoint::load_checkpoint(dir);
+  const auto full = dp_ ? dp_->full_parameters() : nullptr;  // fully sharded: the weights are loaded whole
   load_quantizer_state(student_, cfg_, c.quant);
   checkpoint::load_model_tensors(student_.lm, c.model, (dir / "model").string());
   optimizer_->load_state(c.optimizer, c.state.adam_steps);
@@ -298,6 +304,7 @@ void Trainer::debug_hooks() const {
 std::optional<ValidResult> Trainer::validate_now() {
   // run.valid_batches 0 turns validation off: no "ppl 0" over zero tokens in the log or in final_metrics.json.
   if (!loaders_.valid || cfg_.run.valid_batches == 0) return std::nullopt;
+  const auto full = dp_ ? dp_->full_parameters() : nullptr;  // fully sharded: the student whole meanwhile
   auto v = validate(student_.lm, teacher_ ? &teacher_ : nullptr, *loaders_.valid, cfg_.run.valid_batches,
                     cfg_.loss.cka_layers, device_, cfg_.loss.chunk_tokens);
   if (task_validation_) v.task_accuracy = task_validation_->accuracy(student_.lm);
@@ -311,6 +318,7 @@ std::optional<ValidResult> Trainer::validate_now() {
 
 void Trainer::save_checkpoint_now() {
   // Every rank checks (the weights are replicated), so that all stop together before the collective below.
+  const auto full = dp_ ? dp_->full_parameters() : nullptr;  // fully sharded: the student whole meanwhile
   if (auto bad = model::first_non_finite(student_.lm->hf_tensors())) {
     fail("step {}: the student's tensor '{}' holds NaN or Inf values, so no checkpoint was written (the last good one "
          "is {}); lower optim.lr or check the data", state_.step, *bad,
@@ -344,6 +352,7 @@ RunSummary Trainer::finish() {
   if (last_valid_step_ != state_.step) last_valid_ = validate_now();
   summary.final_valid = last_valid_;
   if (state_.step > 0 && last_checkpoint_step_ != state_.step && cfg_.run.checkpoint_every >= 0) save_checkpoint_now();
+  const auto full = dp_ ? dp_->full_parameters() : nullptr;  // fully sharded: the exports read whole tensors
   if (writer_) {
     for (const auto& dir : export_student(student_, cfg_, cfg_.run.export_nvfp4, cfg_.run.export_bf16)) {
       const bool nvfp4 = student_.quantized && dir.filename() == "nvfp4";

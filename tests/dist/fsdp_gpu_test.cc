@@ -1,0 +1,127 @@
+// The NCCL path of fully sharded training on one GPU (world size 1 over NCCL): `--zero 3` follows an ordinary
+// one-process BF16 run on stories260K. Skips without CUDA.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "util/remove_tree.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path shared_dir() {
+  if (const char* s = std::getenv("QAD_SHARED_DIR")) return s;
+  return fs::path(QAD_SOURCE_DIR).parent_path() / "shared";
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Starts the qad binary with extra environment variables; stdout+stderr go to `log`.
+pid_t spawn(const std::vector<std::string>& args, const fs::path& log, const std::map<std::string, std::string>& env) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+    FILE* out = std::freopen(log.c_str(), "w", stdout);
+    (void)out;
+    dup2(fileno(stdout), fileno(stderr));
+    std::vector<std::string> copy = args;
+    std::string bin = QAD_BINARY;
+    std::vector<char*> argv{bin.data()};
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for a child; a child still running after `limit_s` is killed (a hang guard, not a timing check) and
+// the status says so.
+int wait_for(pid_t pid, double limit_s, bool* hung = nullptr) {
+  const auto start = std::chrono::steady_clock::now();
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      if (hung) *hung = true;
+      return status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return status;
+}
+
+bool exited_ok(int st) { return WIFEXITED(st) && WEXITSTATUS(st) == 0; }
+
+TEST(FsdpGpu, OneShardedRankOverNcclFollowsOneProcess) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto root = fs::temp_directory_path() / ("qad_fsdp_gpu_" + std::to_string(::getpid()));
+  ::qad::remove_tree(root);
+  fs::create_directories(root);
+  {
+    std::ofstream f(root / "stories.jsonl");
+    std::mt19937 rng(3);
+    const std::vector<std::string> things = {"ball", "cat", "tree", "cake", "boat", "dog", "flower"};
+    for (int d = 0; d < 120; ++d) {
+      f << "{\"text\": \"Once upon a time, Lily had a big " << things[rng() % things.size()]
+        << ". One day she saw Tom in the park and they played all day.\"}\n";
+    }
+  }
+  const auto model = shared_dir() / "models/stories260K";
+  ASSERT_TRUE(exited_ok(wait_for(spawn({"data", "prepare", "--tokenizer", model.string(), "--input",
+                                        (root / "stories.jsonl").string(), "--out", (root / "data").string(),
+                                        "--valid-fraction", "0.1", "--bos", "never"}, root / "prepare.log", {}), 120)))
+      << slurp(root / "prepare.log");
+  auto args = [&](const fs::path& out) {
+    return std::vector<std::string>{"distill", "--method", "cka-qad", "--teacher", model.string(), "--data",
+                                    (root / "data").string(), "--out", out.string(), "--device", "cuda", "--steps", "10",
+                                    "--batch-size", "4", "--seq-len", "64", "--lr", "3e-3", "--valid-every", "0",
+                                    "--valid-batches", "1", "--checkpoint-every", "5", "--calib-batches", "2",
+                                    "--activation-checkpointing", "--set", "run.export_nvfp4=false"};
+  };
+  auto plain = args(root / "plain"), sharded = args(root / "fsdp");
+  sharded.insert(sharded.end(), {"--zero", "3"});
+  ASSERT_TRUE(exited_ok(wait_for(spawn(plain, root / "plain.log", {}), 300))) << slurp(root / "plain.log");
+  ASSERT_TRUE(exited_ok(wait_for(spawn(sharded, root / "fsdp.log", {}), 300))) << slurp(root / "fsdp.log");
+  EXPECT_NE(slurp(root / "fsdp.log").find("1 ranks over nccl, fully sharded"), std::string::npos)
+      << slurp(root / "fsdp.log");
+  auto curve = [](const fs::path& run) {
+    std::map<int64_t, double> out;
+    std::ifstream f(run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+    }
+    return out;
+  };
+  const auto a = curve(root / "plain"), b = curve(root / "fsdp");
+  ASSERT_EQ(a.size(), 10u);
+  ASSERT_EQ(b.size(), 10u);
+  // BF16 weights: the fused AdamW of the ordinary run and FsdpAdamW's update round alike, but the gradient
+  // summation order differs; a few BF16 ulps of the loss.
+  for (const auto& [s, v] : a) EXPECT_NEAR(b.at(s), v, 2e-2 * std::abs(v)) << "step " << s;
+  ::qad::remove_tree(root);
+}
+
+}  // namespace
