@@ -1,9 +1,11 @@
 // Fully sharded (--zero 3) runs of the qad binary on stories260K over Gloo (CPU, FP32, seconds each):
-// - 1, 2 and 4 fully sharded processes give the loss and gradient-norm curves of one ordinary process at the
-//   same global batch over 20 QAD steps;
+// - without fake quantization (method pretrain), 1, 2 and 4 fully sharded processes give the loss and
+//   gradient-norm curves of one ordinary process at the same global batch over 20 steps, and a checkpoint written
+//   by 2 fully sharded ranks resumes on 4, one written by 4 resumes on 1 ordinary process, on the same curve;
+// - QAD (NVFP4 student): the same, up to the step where a rounding difference first moves a weight across an
+//   NVFP4 bin in one run and not the other (docs/dist.md, "Why QAD curves of different layouts separate");
 // - CKA-QAD with activation checkpointing: fully sharded equals the unsharded computation of the same rows (one
 //   process; 2 and 4 ranks against ZeRO-1 at the same rank count: the CKA term is per rank, docs/dist.md);
-// - a checkpoint written by 2 fully sharded ranks resumes on 4, one written by 4 resumes on 1 ordinary process;
 // - a rank killed with SIGKILL stops the other within --dist-timeout with a clear error; the last checkpoint loads.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -127,7 +129,7 @@ class FsdpRunTest : public ::testing::Test {
                                    "--valid-fraction", "0.1", "--bos", "never"}, root_ / "prepare.log", {}), 120);
     ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "prepare.log");
   }
-  static void TearDownTestSuite() { ::qad::remove_tree(root_); }
+  static void TearDownTestSuite() { if (!std::getenv("QAD_KEEP_TEST_DIR")) ::qad::remove_tree(root_); }
 
   static fs::path model() { return shared_dir() / "models/stories260K"; }
   static fs::path data() { return root_ / "data"; }
@@ -140,7 +142,7 @@ class FsdpRunTest : public ::testing::Test {
                                   data().string(), "--out", out.string(), "--device", "cpu", "--steps",
                                   std::to_string(steps), "--batch-size", std::to_string(rows), "--seq-len", "32",
                                   "--lr", "3e-3", "--warmup-ratio", "0.2", "--valid-every", "0", "--valid-batches", "1",
-                                  "--checkpoint-every", "5", "--calib-batches", "2", "--dist-timeout", "20",
+                                  "--checkpoint-every", "5", "--set", "run.keep_checkpoints=4", "--calib-batches", "2", "--dist-timeout", "20",
                                   "--set", "run.export_nvfp4=false", "--set", "data.valid_fraction=0.2"};
     if (method == "cka-qad") a.insert(a.end(), {"--activation-checkpointing", "--set", "loss.cka_subsample_tokens=0"});
     if (nproc > 1) a.insert(a.end(), {"--nproc-per-node", std::to_string(nproc)});
@@ -179,64 +181,104 @@ class FsdpRunTest : public ::testing::Test {
     ASSERT_TRUE(exited_ok(st)) << slurp(root_ / (name + ".log"));
   }
 
-  // The reference: one ordinary process x 4 rows, 20 QAD steps (computed once).
-  static const fs::path& reference() {
-    static const fs::path ref = [] {
-      const auto out = root_ / "ref_1x4";
-      const int st = run(args(out, 4, 1, ""), root_ / "ref.log");
-      EXPECT_TRUE(exited_ok(st)) << slurp(root_ / "ref.log");
-      return out;
-    }();
-    return ref;
+  // The reference: one ordinary process x 4 rows, 20 steps of `method` (computed once per method).
+  static const fs::path& reference(const std::string& method = "qad") {
+    static std::map<std::string, fs::path> refs;
+    auto it = refs.find(method);
+    if (it == refs.end()) {
+      const auto out = root_ / ("ref_1x4_" + method);
+      const int st = run(args(out, 4, 1, "", 20, method), root_ / ("ref_" + method + ".log"));
+      EXPECT_TRUE(exited_ok(st)) << slurp(root_ / ("ref_" + method + ".log"));
+      it = refs.emplace(method, out).first;
+    }
+    return it->second;
+  }
+
+  // The first `n` steps of a curve.
+  static std::map<int64_t, double> first(const std::map<int64_t, double>& c, int64_t n) {
+    std::map<int64_t, double> out;
+    for (const auto& [s, v] : c) {
+      if (s <= n) out[s] = v;
+    }
+    return out;
+  }
+
+  // The whole optimizer state and model of a checkpoint: named and shaped as `names`' (a one-process run's),
+  // equal to `ref`'s. Equal as whole tensors (relative Frobenius norm of the difference): Adam divides each
+  // element's step by its own gradient magnitude, so an element whose gradient is summation noise may take a
+  // different step in another layout; a wrong or stale shard differs by O(1).
+  static void expect_same_checkpoint(const fs::path& names, const fs::path& ref, const fs::path& got,
+                                     const std::string& what) {
+    for (const char* file : {"optimizer.safetensors", "model/model.safetensors"}) {
+      const auto n = qad::io::read_tensors(names / file), r = qad::io::read_tensors(ref / file),
+                 g = qad::io::read_tensors(got / file);
+      ASSERT_EQ(n.size(), g.size()) << what << ": " << file;
+      ASSERT_EQ(r.size(), g.size()) << what << ": " << file;
+      for (size_t i = 0; i < g.size(); ++i) {
+        EXPECT_EQ(n[i].first, g[i].first) << what << ": " << file;
+        ASSERT_EQ(n[i].second.sizes(), g[i].second.sizes()) << what << ": " << g[i].first;
+        const auto x = r[i].second.to(torch::kDouble), y = g[i].second.to(torch::kDouble);
+        const double rel = (x - y).norm().item<double>() / std::max(x.norm().item<double>(), 1e-30);
+        EXPECT_LT(rel, 3e-4) << what << ": " << g[i].first << " differs by " << rel << " (relative norm)";
+      }
+    }
   }
 
   static inline fs::path root_;
 };
 
-TEST_F(FsdpRunTest, OneTwoAndFourShardedProcessesMatchOneProcessOverTwentyQadSteps) {
-  const auto ref = curve(reference());
+// Without fake quantization every difference is a summation order: the curves agree over all 20 steps.
+TEST_F(FsdpRunTest, WithoutFakeQuantizationOneTwoAndFourShardedProcessesMatchOneProcessOverTwentySteps) {
+  const auto& ref_dir = reference("pretrain");
+  const auto ref = curve(ref_dir);
   ASSERT_EQ(ref.size(), 20u);
-  EXPECT_GT(std::abs(ref.at(1) - ref.at(20)), 1e-2);  // the loss really moves
+  EXPECT_GT(std::abs(ref.at(1) - ref.at(20)), 1e-1);  // the loss really moves
   for (const int n : {1, 2, 4}) {
-    const auto out = root_ / ("fsdp_" + std::to_string(n));
-    ASSERT_NO_FATAL_FAILURE(expect_ok(args(out, 4 / n, n, "3"), "fsdp_" + std::to_string(n)));
-    const std::string what = std::to_string(n) + " fully sharded rank(s) vs 1 process";
-    if (n == 1) {
-      expect_close(ref, curve(out), what + ": loss");
-      expect_close(curve(reference(), "grad_norm"), curve(out, "grad_norm"), what + ": grad norm", 1e-3);
-    } else {
-      // Measured: the ZeRO-1 data-parallel path itself leaves the one-process curve after ~11 steps on this data
-      // (a pre-existing difference of the multi-rank path, not of the sharding: fully sharded equals ZeRO-1 at the
-      // same rank count to 6 digits over all 20 steps). So: the first 6 steps against one process (as
-      // test_dist_runs does), all 20 against ZeRO-1 on as many ranks.
-      std::map<int64_t, double> first;
-      for (const auto& [s, v] : ref) {
-        if (s <= 6) first[s] = v;
-      }
-      expect_close(first, curve(out), what + ": loss (steps 1-6)");
-      const auto z = root_ / ("zero1_" + std::to_string(n));
-      ASSERT_NO_FATAL_FAILURE(expect_ok(args(z, 4 / n, n, "1"), "zero1_" + std::to_string(n)));
-      expect_close(curve(z), curve(out), what + ": loss vs ZeRO-1");
-      expect_close(curve(z, "grad_norm"), curve(out, "grad_norm"), what + ": grad norm vs ZeRO-1", 1e-3);
-    }
-    EXPECT_EQ(curve(reference(), "tokens"), curve(out, "tokens")) << what;
-    const auto log = slurp(root_ / ("fsdp_" + std::to_string(n) + ".log"));
+    const auto name = "pretrain_fsdp_" + std::to_string(n);
+    const auto out = root_ / name;
+    ASSERT_NO_FATAL_FAILURE(expect_ok(args(out, 4 / n, n, "3", 20, "pretrain"), name));
+    const std::string what = std::to_string(n) + " fully sharded rank(s) vs 1 process, no fake quantization";
+    expect_close(ref, curve(out), what + ": loss");
+    expect_close(curve(ref_dir, "grad_norm"), curve(out, "grad_norm"), what + ": grad norm", 1e-3);
+    EXPECT_EQ(curve(ref_dir, "tokens"), curve(out, "tokens")) << what;
+    const auto log = slurp(root_ / (name + ".log"));
     EXPECT_NE(log.find("data parallel: " + std::to_string(n) + " ranks over gloo, fully sharded"), std::string::npos)
         << log;
-    // The checkpoint holds the whole optimizer state, named and shaped as the one-process run's.
-    auto s1 = qad::io::read_tensors(reference() / "checkpoints/step-00000015/optimizer.safetensors");
-    auto sn = qad::io::read_tensors(out / "checkpoints/step-00000015/optimizer.safetensors");
-    ASSERT_EQ(s1.size(), sn.size()) << what;
-    for (size_t i = 0; i < s1.size(); ++i) {
-      EXPECT_EQ(s1[i].first, sn[i].first);
-      EXPECT_EQ(s1[i].second.sizes(), sn[i].second.sizes()) << s1[i].first;
-      EXPECT_TRUE(torch::allclose(s1[i].second, sn[i].second, 1e-2, 1e-6)) << what << ": " << s1[i].first;
-    }
-    auto m1 = qad::io::read_tensors(reference() / "checkpoints/step-00000015/model/model.safetensors");
-    auto mn = qad::io::read_tensors(out / "checkpoints/step-00000015/model/model.safetensors");
-    ASSERT_EQ(m1.size(), mn.size()) << what;
-    for (size_t i = 0; i < m1.size(); ++i) {
-      EXPECT_TRUE(torch::allclose(m1[i].second, mn[i].second, 1e-3, 1e-5)) << what << ": " << m1[i].first;
+    const auto step15 = fs::path("checkpoints/step-00000015");
+    ASSERT_NO_FATAL_FAILURE(expect_same_checkpoint(ref_dir / step15, ref_dir / step15, out / step15, what));
+  }
+}
+
+// With an NVFP4 student, a last-bit difference of a master weight (another summation order of the gradient or
+// its norm) moves that weight across a rounding boundary of the 4-bit grid in one run and not in the other, and
+// from that step the curves separate by percents: ZeRO-1 on 2 ranks does the same against one process. Until
+// then they agree to FP32 tolerance. Measured on this data (1 / 2 / 4 ranks): the first separation at step
+// 17 / 4 / 4 against one process and at 19 / 19 / 18 against ZeRO-1 at the same rank count.
+TEST_F(FsdpRunTest, QadMatchesOneProcessAndZeroOneUntilNvfp4RoundingSeparatesTheCurves) {
+  const auto& ref_dir = reference("qad");
+  const auto ref = curve(ref_dir);
+  ASSERT_EQ(ref.size(), 20u);
+  for (const int n : {1, 2, 4}) {
+    const auto name = "qad_fsdp_" + std::to_string(n);
+    const auto out = root_ / name;
+    ASSERT_NO_FATAL_FAILURE(expect_ok(args(out, 4 / n, n, "3"), name));
+    const std::string what = std::to_string(n) + " fully sharded rank(s), QAD";
+    // Step 1 computes every gradient from the same weights: loss and gradient norm agree whatever the layout.
+    expect_close(first(ref, 3), curve(out), what + " vs 1 process: loss (steps 1-3)");
+    expect_close(first(curve(ref_dir, "grad_norm"), 1), curve(out, "grad_norm"), what + " vs 1 process: grad norm (step 1)",
+                 1e-3);
+    EXPECT_EQ(curve(ref_dir, "tokens"), curve(out, "tokens")) << what;
+    const auto step5 = fs::path("checkpoints/step-00000005");
+    if (n > 1) {
+      const auto z = root_ / ("qad_zero1_" + std::to_string(n));
+      ASSERT_NO_FATAL_FAILURE(expect_ok(args(z, 4 / n, n, "1"), z.filename().string()));
+      expect_close(first(curve(z), 12), curve(out), what + " vs ZeRO-1: loss (steps 1-12)");
+      expect_close(first(curve(z, "grad_norm"), 12), curve(out, "grad_norm"), what + " vs ZeRO-1: grad norm (steps 1-12)",
+                   1e-3);
+      ASSERT_NO_FATAL_FAILURE(expect_same_checkpoint(ref_dir / step5, z / step5, out / step5, what + " vs ZeRO-1"));
+    } else {
+      expect_close(first(ref, 12), curve(out), what + " vs 1 process: loss (steps 1-12)");
+      ASSERT_NO_FATAL_FAILURE(expect_same_checkpoint(ref_dir / step5, ref_dir / step5, out / step5, what));
     }
   }
 }
@@ -258,38 +300,35 @@ TEST_F(FsdpRunTest, CkaQadWithActivationCheckpointingMatchesTheUnshardedComputat
   }
 }
 
+// Without fake quantization (QAD's curves separate anyway, see above), so that the resumed runs can be held to
+// the uninterrupted one-process curve over all 20 steps.
 TEST_F(FsdpRunTest, CheckpointsResumeOnAnotherNumberOfRanks) {
-  const auto ref = curve(reference());
+  const auto ref = curve(reference("pretrain"));
   // 2 fully sharded ranks killed after step 12 (last checkpoint: step 10), resumed on 4 fully sharded ranks.
   const auto a = root_ / "two_then_four";
-  auto killed = args(a, 2, 2, "3");
+  auto killed = args(a, 2, 2, "3", 20, "pretrain");
   killed.insert(killed.end(), {"--debug-kill-at-step", "12"});
   int st = run(killed, root_ / "a1.log");
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << slurp(root_ / "a1.log");
   ASSERT_TRUE(fs::exists(a / "checkpoints/step-00000010/trainer_state.json")) << slurp(root_ / "a1.log");
-  auto resume = args(a, 1, 4, "3");
+  auto resume = args(a, 1, 4, "3", 20, "pretrain");
   resume.push_back("--resume");
   ASSERT_NO_FATAL_FAILURE(expect_ok(resume, "a2"));
   EXPECT_NE(slurp(root_ / "a2.log").find("resumed from"), std::string::npos);
-  // Steps 1-10 ran on 2 ranks: they must be the 2-rank curve's first 10 (ZeRO-1 = one process there).
-  std::map<int64_t, double> first10;
-  for (const auto& [s, v] : ref) {
-    if (s <= 10) first10[s] = v;
-  }
-  expect_close(first10, curve(a), "2 fully sharded ranks, then 4: loss (steps 1-10)");
   EXPECT_EQ(curve(a).size(), 20u);
+  expect_close(ref, curve(a), "2 fully sharded ranks, then 4: loss");
 
   // 4 fully sharded ranks killed after step 12, resumed on one ordinary process.
   const auto b = root_ / "four_then_one";
-  auto killed4 = args(b, 1, 4, "3");
+  auto killed4 = args(b, 1, 4, "3", 20, "pretrain");
   killed4.insert(killed4.end(), {"--debug-kill-at-step", "12"});
   st = run(killed4, root_ / "b1.log");
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << slurp(root_ / "b1.log");
-  auto resume1 = args(b, 4, 1, "");
+  auto resume1 = args(b, 4, 1, "", 20, "pretrain");
   resume1.push_back("--resume");
   ASSERT_NO_FATAL_FAILURE(expect_ok(resume1, "b2"));
-  expect_close(first10, curve(b), "4 fully sharded ranks, then 1 process: loss (steps 1-10)");
   EXPECT_EQ(curve(b).size(), 20u);
+  expect_close(ref, curve(b), "4 fully sharded ranks, then 1 process: loss");
 }
 
 TEST_F(FsdpRunTest, AKilledRankStopsTheOtherWithAClearError) {
