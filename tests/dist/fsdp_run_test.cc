@@ -253,7 +253,7 @@ TEST_F(FsdpRunTest, WithoutFakeQuantizationOneTwoAndFourShardedProcessesMatchOne
 // its norm) moves that weight across a rounding boundary of the 4-bit grid in one run and not in the other, and
 // from that step the curves separate by percents: ZeRO-1 on 2 ranks does the same against one process. Until
 // then they agree to FP32 tolerance. Measured on this data (1 / 2 / 4 ranks): the first separation at step
-// 17 / 4 / 4 against one process and at 19 / 19 / 18 against ZeRO-1 at the same rank count.
+// 17 / 4 / 7 against one process, and at 19 / 18 against ZeRO-1 at the same rank count (2 / 4 ranks).
 TEST_F(FsdpRunTest, QadMatchesOneProcessAndZeroOneUntilNvfp4RoundingSeparatesTheCurves) {
   const auto& ref_dir = reference("qad");
   const auto ref = curve(ref_dir);
