@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "loss/cka_kernels.h"
 #include "loss/token_rows.h"
 #include "util/error.h"
 
@@ -60,18 +61,37 @@ Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator e
   const auto ct = compute_type(x, y);
   c.n = x.size(1);
   c.gram = use_gram_form(c.n, x.size(2), y.size(2));
-  // Read in the input dtype and computed in `ct`: the mean converts while it reduces and the subtraction
-  // promotes, so a BF16 input takes two passes instead of a cast, a mean and a subtraction over FP32 copies.
-  c.mean_x = x.detach().mean(1, /*keepdim=*/true, ct);
-  c.mean_y = y.detach().mean(1, /*keepdim=*/true, ct);
-  c.xc = torch::sub(x.detach(), c.mean_x);
-  c.yc = torch::sub(y.detach(), c.mean_y);
+  // On CUDA one kernel per side centres in one read for the means and one read + write (cka_kernels.h).
+  const bool use_kernels = x.is_cuda() && ct == torch::kFloat32;
+  auto centre = [&](const torch::Tensor& t, torch::Tensor& centred, torch::Tensor& mean) {
+    if (use_kernels) {
+      auto in = t.detach().contiguous();
+      centred = torch::empty(in.sizes(), in.options().dtype(torch::kFloat32));
+      mean = torch::empty({in.size(0), 1, in.size(2)}, centred.options());
+      kernels::CentreColumns a{in, centred, mean};
+      kernels::centre_columns(a);
+    } else {
+      // Read in the input dtype and computed in `ct`: the mean converts while it reduces and the subtraction
+      // promotes, so a BF16 input takes two passes instead of a cast, a mean and a subtraction over FP32 copies.
+      mean = t.detach().mean(1, /*keepdim=*/true, ct);
+      centred = torch::sub(t.detach(), mean);
+    }
+  };
+  centre(x, c.xc, c.mean_x);
+  centre(y, c.yc, c.mean_y);
   if (c.gram) {
     c.k = c.xc.bmm(c.xc.transpose(1, 2));
     c.l = c.yc.bmm(c.yc.transpose(1, 2));
-    c.f = (c.k * c.l).sum({1, 2}, false, torch::kFloat64);
-    c.fxx = sq_norms(c.k);
-    c.fyy = sq_norms(c.l);
+    if (use_kernels) {
+      auto sums = torch::empty({c.k.size(0), 3}, c.k.options().dtype(torch::kFloat64));
+      kernels::PairSums s{c.k, c.l, sums};
+      kernels::pair_sums(s);
+      c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
+    } else {
+      c.f = (c.k * c.l).sum({1, 2}, false, torch::kFloat64);
+      c.fxx = sq_norms(c.k);
+      c.fyy = sq_norms(c.l);
+    }
   } else {
     c.a = c.yc.transpose(1, 2).bmm(c.xc);
     c.gx = c.xc.transpose(1, 2).bmm(c.xc);
