@@ -291,6 +291,7 @@ int main(int argc, char** argv) {
                    taps.in_place, taps.copied);
       }
       // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel).
+      qad::bench::KernelTotals profiled[2];
       for (size_t vi = 0; vi < std::min<size_t>(2, variants.size()) && !profile_path.empty(); ++vi) {
         const auto& v = variants[vi];
         if (!measured_ms.count(v.key)) continue;  // it failed (e.g. out of memory)
@@ -298,10 +299,12 @@ int main(int argc, char** argv) {
         cfg.loss.cka_subsample_tokens = v.subsample;
         qad::compat::set_tf32_matmul(v.tf32);
         try {
-          auto table = qad::bench::profile_kernels([&] {
-            step(warmup + iters + static_cast<int64_t>(vi));
-            torch::cuda::synchronize();
-          });
+          auto table = qad::bench::profile_kernels(
+              [&] {
+                step(warmup + iters + static_cast<int64_t>(vi));
+                torch::cuda::synchronize();
+              },
+              30, &profiled[vi]);
           profile_text += fmt::format("== Qwen3-{} {} step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
                                       v.label, batch, seq, measured_ms[v.key], table);
           // Written now, not at exit: on the H200 (LibTorch 2.11) a process that profiled and then ran the PyTorch
@@ -310,6 +313,14 @@ int main(int argc, char** argv) {
         } catch (const std::exception& e) {
           profile_text += fmt::format("== Qwen3-{} {}: profile failed: {}\n", name, v.label, e.what());
         }
+      }
+      if (!profiled[0].by_name.empty() && !profiled[1].by_name.empty()) {
+        // Kernel by kernel, what the second variant (the CKA term) adds to the QAD step.
+        auto diff = qad::bench::kernel_difference(profiled[0], profiled[1]);
+        profile_text += fmt::format("== Qwen3-{}: {} (B) against {} (A)\n{}\n", name, variants[1].label,
+                                    variants[0].label, diff);
+        fmt::print("{}", diff.substr(0, diff.find('\n') + 1));
+        std::ofstream(profile_path) << profile_text;
       }
       qad::compat::set_tf32_matmul(false);
     }  // qad's models, optimizer state and batch are freed here: the baseline gets the whole GPU
