@@ -16,9 +16,10 @@ void check_centre(const CentreColumns& a) {
   const auto dt = x.scalar_type();
   QAD_CHECK(dt == torch::kFloat32 || dt == torch::kBFloat16 || dt == torch::kFloat16,
             "centre_columns: x must be float32, bfloat16 or float16, got {}", c10::toString(dt));
-  QAD_CHECK(a.centred.defined() && a.centred.sizes() == x.sizes() && a.centred.scalar_type() == torch::kFloat32 &&
+  QAD_CHECK(a.centred.defined() && a.centred.sizes() == x.sizes() &&
+                (a.centred.scalar_type() == torch::kFloat32 || a.centred.scalar_type() == torch::kBFloat16) &&
                 a.centred.is_contiguous() && a.centred.device() == x.device(),
-            "centre_columns: centred must be a contiguous float32 tensor of x's shape on x's device");
+            "centre_columns: centred must be a contiguous float32 or bfloat16 tensor of x's shape on x's device");
   QAD_CHECK(a.mean.defined() && a.mean.dim() == 3 && a.mean.size(0) == x.size(0) && a.mean.size(1) == 1 &&
                 a.mean.size(2) == x.size(2) && a.mean.scalar_type() == torch::kFloat32 && a.mean.is_contiguous() &&
                 a.mean.device() == x.device(),
@@ -57,7 +58,7 @@ void centre_columns_reference(CentreColumns& a) {
       for (int64_t j = 0; j < p; ++j) cs[(l * n + i) * p + j] = xl[i * p + j] - ml[j];
     }
   }
-  a.centred.copy_(centred);
+  a.centred.copy_(centred);  // rounds once to bfloat16 where centred is
   a.mean.copy_(mean);
 }
 

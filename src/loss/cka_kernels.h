@@ -12,9 +12,10 @@
 namespace qad::loss::kernels {
 
 // x [L, n, p] float32 / bfloat16 / float16, contiguous, n >= 1. Outputs (allocated by the caller, every element
-// written): centred [L, n, p] float32 and mean [L, 1, p] float32, where
+// written): centred [L, n, p] float32 or bfloat16 (for BF16 products) and mean [L, 1, p] float32, where
 //   mean[l, 0, j] = (sum_i float(x[l, i, j])) / n  rounded to float (the kernel's FP32 sum is in its own order),
-//   centred[l, i, j] = float(x[l, i, j]) - mean[l, 0, j]  (one FP32 subtraction, as the tensor ops).
+//   centred[l, i, j] = float(x[l, i, j]) - mean[l, 0, j]  (one FP32 subtraction, as the tensor ops), rounded
+//   once to centred's dtype.
 struct CentreColumns {
   torch::Tensor x, centred, mean;
 };

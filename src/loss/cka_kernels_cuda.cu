@@ -25,10 +25,23 @@ constexpr int kLanes = 8;    // 16-byte column vectors per CTA
 constexpr int kGroups = 32;  // row groups per CTA
 constexpr int kCentreThreads = kLanes * kGroups;
 
-// Vector path: p % kPer<T> == 0, 16-byte aligned. grid (ceil(p / (kLanes * kPer)), L).
-template <typename T>
+// Stores P centred values (P = 4 or 8) at element `at` of an FP32 or BF16 row: 16 or 32 bytes, aligned.
+template <int P>
+__device__ __forceinline__ void store_centred(float* out, int64_t at, const float (&v)[P]) {
+  auto* o = reinterpret_cast<float4*>(out + at);
+#pragma unroll
+  for (int j = 0; j < P; j += 4) o[j / 4] = make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]);
+}
+template <int P>
+__device__ __forceinline__ void store_centred(__nv_bfloat16* out, int64_t at, const float (&v)[P]) {
+#pragma unroll
+  for (int j = 0; j < P; j += 2) *reinterpret_cast<__nv_bfloat162*>(out + at + j) = __floats2bfloat162_rn(v[j], v[j + 1]);
+}
+
+// Vector path: p % kPer<T> == 0, 16-byte aligned. grid (ceil(p / (kLanes * kPer)), L). O: float or __nv_bfloat16.
+template <typename T, typename O>
 __global__ void __launch_bounds__(kCentreThreads)
-    centre_columns_kernel(const typename Io<T>::Raw* __restrict__ x, float* __restrict__ centred,
+    centre_columns_kernel(const typename Io<T>::Raw* __restrict__ x, O* __restrict__ centred,
                           float* __restrict__ mean, int64_t n, int64_t p) {
   constexpr int P = kPer<T>;
   __shared__ float partial[kGroups][kLanes * P];
@@ -64,20 +77,23 @@ __global__ void __launch_bounds__(kCentreThreads)
   float m[P];
 #pragma unroll
   for (int j = 0; j < P; ++j) m[j] = col_mean[lane * P + j];
-  float* cl = centred + layer * n * p;
+  O* cl = centred + layer * n * p;
   for (int64_t i = group; i < n; i += kGroups) {
     float v[P];
     load_vec<T>(xl + i * p, vcol, v);
-    auto* out = reinterpret_cast<float4*>(cl + i * p + vcol * P);
 #pragma unroll
-    for (int j = 0; j < P; j += 4) out[j / 4] = make_float4(v[j] - m[j], v[j + 1] - m[j + 1], v[j + 2] - m[j + 2], v[j + 3] - m[j + 3]);
+    for (int j = 0; j < P; ++j) v[j] -= m[j];
+    store_centred<P>(cl, i * p + vcol * P, v);
   }
 }
 
+__device__ __forceinline__ void store_one(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_one(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
 // Any width or alignment: one thread per column (slow; hidden sizes are multiples of 8, so training never
 // takes it). grid (ceil(p / 256), L).
-template <typename T>
-__global__ void centre_columns_scalar_kernel(const typename Io<T>::Raw* __restrict__ x, float* __restrict__ centred,
+template <typename T, typename O>
+__global__ void centre_columns_scalar_kernel(const typename Io<T>::Raw* __restrict__ x, O* __restrict__ centred,
                                              float* __restrict__ mean, int64_t n, int64_t p) {
   const int64_t layer = blockIdx.y, col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= p) return;
@@ -86,7 +102,7 @@ __global__ void centre_columns_scalar_kernel(const typename Io<T>::Raw* __restri
   for (int64_t i = 0; i < n; ++i) s += Io<T>::to_float(xl[i * p + col]);
   const float m = s / static_cast<float>(n);
   mean[layer * p + col] = m;
-  for (int64_t i = 0; i < n; ++i) centred[(layer * n + i) * p + col] = Io<T>::to_float(xl[i * p + col]) - m;
+  for (int64_t i = 0; i < n; ++i) store_one(centred + (layer * n + i) * p + col, Io<T>::to_float(xl[i * p + col]) - m);
 }
 
 constexpr int kSumThreads = 256;
@@ -152,14 +168,21 @@ void centre_columns_cuda(CentreColumns& a) {
   nvfp4::dispatch_float_types(x.scalar_type(), "loss::centre_columns_cuda", [&](auto tag) {
     using T = decltype(tag);
     const auto* xs = reinterpret_cast<const typename Io<T>::Raw*>(x.data_ptr<T>());
-    float* cs = a.centred.data_ptr<float>();
     float* ms = a.mean.data_ptr<float>();
-    if (p % kPer<T> == 0 && aligned16(xs) && aligned16(cs)) {
-      const dim3 grid(static_cast<unsigned>((p / kPer<T> + kLanes - 1) / kLanes), static_cast<unsigned>(L));
-      centre_columns_kernel<T><<<grid, kCentreThreads, 0, stream>>>(xs, cs, ms, n, p);
+    auto launch = [&](auto* cs) {
+      // A BF16 output vector of 8 elements is 16 bytes, an FP32 one of 4 or 8 elements 16 or 32 bytes.
+      if (p % kPer<T> == 0 && aligned16(xs) && aligned16(cs)) {
+        const dim3 grid(static_cast<unsigned>((p / kPer<T> + kLanes - 1) / kLanes), static_cast<unsigned>(L));
+        centre_columns_kernel<T><<<grid, kCentreThreads, 0, stream>>>(xs, cs, ms, n, p);
+      } else {
+        const dim3 grid(static_cast<unsigned>((p + 255) / 256), static_cast<unsigned>(L));
+        centre_columns_scalar_kernel<T><<<grid, 256, 0, stream>>>(xs, cs, ms, n, p);
+      }
+    };
+    if (a.centred.scalar_type() == torch::kBFloat16) {
+      launch(reinterpret_cast<__nv_bfloat16*>(a.centred.data_ptr<at::BFloat16>()));
     } else {
-      const dim3 grid(static_cast<unsigned>((p + 255) / 256), static_cast<unsigned>(L));
-      centre_columns_scalar_kernel<T><<<grid, 256, 0, stream>>>(xs, cs, ms, n, p);
+      launch(a.centred.data_ptr<float>());
     }
   });
   check_launch();

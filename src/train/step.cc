@@ -84,6 +84,7 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     co.subsample_tokens = loss.cka_subsample_tokens;
     co.dynamic_balance = loss.cka_dynamic_balance;
     co.read_values = loss.cka_dynamic_balance;  // balancing reads the values anyway
+    co.bf16_products = loss.cka_bf16_products;
     co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
     // CKA over the real input tokens (prompt and answer alike), not only the supervised ones. Chosen before the
     // forwards so that both models keep only these rows of each layer's output.

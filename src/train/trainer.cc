@@ -38,14 +38,21 @@ uint64_t mix(uint64_t x) {  // SplitMix64 finaliser: per-step seeds that do not 
   return x ^ (x >> 31);
 }
 
-// The first key whose value differs between two configs ("optim.lr: 1e-05 vs 2e-05"), ignoring debug.
-std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "") {
+// The first key whose value differs between two configs ("optim.lr: 1e-05 vs 2e-05"), ignoring debug. A key
+// the saved run lacks (a setting added after it was written) matches when it has its default value now, which
+// is the behaviour the run had (`defaults`: the default config, same layout).
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const nlohmann::json& defaults,
+                             const std::string& path = "") {
   if (a.is_object() && b.is_object()) {
     for (const auto& [k, v] : a.items()) {
       if (path.empty() && k == "debug") continue;
       const std::string p = path.empty() ? k : path + "." + k;
-      if (!b.contains(k)) return p + " is missing from the saved config";
-      auto d = first_difference(v, b[k], p);
+      const bool has_default = defaults.is_object() && defaults.contains(k);
+      if (!b.contains(k)) {
+        if (has_default && defaults[k] == v) continue;
+        return p + " is missing from the saved config";
+      }
+      auto d = first_difference(v, b[k], has_default ? defaults[k] : nlohmann::json(), p);
       if (!d.empty()) return d;
     }
     return "";
@@ -134,7 +141,7 @@ void Trainer::open_run_dir() {
                                              cfg_.data.batch_size * cfg_.dist.world_size) {
       saved_config["data"]["batch_size"] = cfg_.data.batch_size;
     }
-    auto diff = first_difference(config_json_, saved_config);
+    auto diff = first_difference(config_json_, saved_config, TrainConfig{}.to_json());
     QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
               "command line, or start a new run in another --out directory", diff);
   } else {

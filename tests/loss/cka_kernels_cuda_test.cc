@@ -45,6 +45,23 @@ TEST(CkaKernelsCuda, CentreColumnsEqualsReferenceWithPoisonedOutputs) {
   }
 }
 
+TEST(CkaKernelsCuda, CentreColumnsIntoBf16RoundsTheFp32DifferenceOnce) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(66);
+  for (const auto& shape : {std::vector<int64_t>{3, 1024, 2048}, {2, 37, 72}, {2, 41, 13}}) {
+    for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      auto x = (torch::randn(shape, gen) * 3 + 20.0).to(dtype);
+      kernels::CentreColumns a{x.cuda(), torch::full(shape, NAN, torch::dtype(torch::kBFloat16).device(torch::kCUDA)),
+                               torch::full({shape[0], 1, shape[2]}, NAN, torch::device(torch::kCUDA))};
+      kernels::centre_columns(a);
+      auto mean = a.mean.cpu();
+      ASSERT_TRUE(torch::isfinite(a.centred.cpu().to(torch::kFloat32)).all().item<bool>());
+      EXPECT_TRUE(torch::equal(a.centred.cpu(), (x.to(torch::kFloat32) - mean).to(torch::kBFloat16)))
+          << c10::toString(dtype) << " " << shape[2];
+    }
+  }
+}
+
 TEST(CkaKernelsCuda, PairSumsEqualReferenceWithPoisonedOutputs) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(64);
@@ -85,6 +102,16 @@ TEST(CkaKernelsCuda, BatchedCkaOnCudaMatchesFp64OnTheCpu) {
       c_cpu.sum().backward();
       const double scale = y_cpu.grad().abs().max().item<double>();
       EXPECT_LE((y_gpu.grad().cpu().to(torch::kFloat64) - y_cpu.grad()).abs().max().item<double>(), 2e-2 * scale)
+          << shape[1];
+      // BF16 products with FP32 accumulation (the Gram form of the biased estimator takes them): CKA within
+      // 5e-5 of FP64 (the features' BF16 rounding lowers it by ~1e-6; the rest is accumulation order), and the
+      // gradient within the same bound as above.
+      auto y_bf = s.cuda().requires_grad_(true);
+      auto c_bf = linear_cka_batched(t.cuda(), y_bf, est, /*bf16_products=*/true);
+      EXPECT_EQ(c_bf.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(torch::allclose(c_bf.cpu().to(torch::kFloat64), c_cpu, 0, 5e-5)) << shape[1];
+      c_bf.sum().backward();
+      EXPECT_LE((y_bf.grad().cpu().to(torch::kFloat64) - y_cpu.grad()).abs().max().item<double>(), 2e-2 * scale)
           << shape[1];
     }
   }

@@ -30,6 +30,14 @@ TEST(CkaKernelsReference, CentreColumnsIsTheColumnMeanAndTheDifference) {
   }
 }
 
+TEST(CkaKernelsReference, CentreColumnsIntoBf16RoundsOnce) {
+  auto gen = qad::testing::seeded_generator(67);
+  auto x = (torch::randn({2, 19, 16}, gen) + 7.0).to(torch::kBFloat16);
+  kernels::CentreColumns a{x, torch::full({2, 19, 16}, NAN).to(torch::kBFloat16), torch::full({2, 1, 16}, NAN)};
+  kernels::centre_columns(a);
+  EXPECT_TRUE(torch::equal(a.centred, (x.to(torch::kFloat32) - a.mean).to(torch::kBFloat16)));
+}
+
 TEST(CkaKernelsReference, PairSumsAreTheThreeDotProductsPerLayer) {
   auto gen = qad::testing::seeded_generator(62);
   auto a = torch::randn({4, 33, 17}, gen), b = torch::randn({4, 33, 17}, gen);

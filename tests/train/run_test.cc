@@ -175,6 +175,23 @@ TEST_F(RunTest, SigkillMidRunThenResumeGivesTheSameLosses) {
   const auto from_run = generate(a, root_ / "g1.log");
   EXPECT_EQ(from_run.size(), 6u);
   EXPECT_EQ(from_run, generate(a / "checkpoints" / "step-00000009", root_ / "g2.log"));
+
+  // A run saved before a setting existed (its run.json lacks the key) resumes when the setting has its default
+  // (the behaviour that run had), and is refused, naming the key, when it is set otherwise.
+  auto saved = nlohmann::json::parse(slurp(b / "run.json"));
+  ASSERT_TRUE(saved["config"]["loss"].contains("cka_bf16_products"));
+  saved["config"]["loss"].erase("cka_bf16_products");
+  std::ofstream(b / "run.json") << saved.dump(2);
+  auto same = base_args(b);
+  same.push_back("--resume");
+  st = run_qad(same, root_ / "b4.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "b4.log");
+  std::ofstream(b / "run.json") << saved.dump(2);  // (the resume may have rewritten it)
+  same.insert(same.end(), {"--set", "loss.cka_bf16_products=true"});
+  st = run_qad(same, root_ / "b5.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+  EXPECT_NE(slurp(root_ / "b5.log").find("loss.cka_bf16_products is missing from the saved config"), std::string::npos)
+      << slurp(root_ / "b5.log");
 }
 
 TEST_F(RunTest, NonFiniteStepsAreSkippedAndTooManyStopTheRun) {
