@@ -106,10 +106,15 @@ OffloadAdamW::OffloadAdamW(NamedTensors params, const OptimConfig& options, Stag
   exp_avg_sq_ = host_buffer(total_, torch::kFloat32, pinned);
   exp_avg_.zero_();
   exp_avg_sq_.zero_();
-  for (const auto& q : params_) {
-    master_.narrow(0, q.offset, q.param.numel()).copy_(q.param.detach().reshape({-1}));  // BF16 -> FP32 is exact
-  }
   const int64_t chunk = std::max<int64_t>(1, std::min(staging_.chunk_elements, total_));
+  for (const auto& q : params_) {
+    // Widened on the device a chunk at a time (BF16 -> FP32 is exact), then one plain copy into host memory.
+    const auto flat = q.param.detach().reshape({-1});
+    for (int64_t at = 0; at < flat.numel(); at += chunk) {
+      const int64_t len = std::min(chunk, flat.numel() - at);
+      master_.narrow(0, q.offset + at, len).copy_(flat.narrow(0, at, len).to(torch::kFloat32));
+    }
+  }
   staging_.chunk_elements = chunk;
   for (int s = 0; s < staging_.slots; ++s) {
     slots_.push_back(torch::empty({3, chunk}, torch::TensorOptions().dtype(torch::kFloat32).device(device_)));
