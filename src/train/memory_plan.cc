@@ -196,6 +196,9 @@ std::string format_plan(const MemoryPlan& p, const ModelConfig& c, const TrainCo
                      gb(p.update_peak));
   out += fmt::format("predicted peak per GPU: {:.2f} GB (the CUDA allocator's peak allocated bytes){}\n", gb(p.peak),
                      p.rough ? "; MoE / hybrid activations are a rough estimate" : "");
+  if (cfg.optim.offload == "optimizer" && s.world_size > 1 && s.zero) {
+    out += "note: the run refuses --offload optimizer with ZeRO-1; pass --zero 0 to offload every rank's state\n";
+  }
   bool tight = false;
   if (device_bytes) {
     const double usable = (1 - kFragmentationShare) * *device_bytes - kDeviceReserveBytes;
