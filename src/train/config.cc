@@ -28,7 +28,7 @@ template <typename F> void fields(OptimConfig& c, F&& f) {
   f("lr", c.lr); f("min_lr_ratio", c.min_lr_ratio); f("schedule", c.schedule);
   f("warmup_fraction", c.warmup_fraction); f("warmup_steps", c.warmup_steps); f("weight_decay", c.weight_decay);
   f("beta1", c.beta1); f("beta2", c.beta2); f("eps", c.eps); f("grad_clip", c.grad_clip);
-  f("grad_accum", c.grad_accum); f("freeze_routers", c.freeze_routers);
+  f("grad_accum", c.grad_accum); f("freeze_routers", c.freeze_routers); f("offload", c.offload);
 }
 template <typename F> void fields(DataConfig& c, F&& f) {
   f("path", c.path); f("valid_path", c.valid_path); f("seq_len", c.seq_len); f("batch_size", c.batch_size);
@@ -178,6 +178,8 @@ void TrainConfig::validate() const {
          "optim.schedule must be cosine, linear or constant, got '" + optim.schedule + "'");
   c.range("optim.warmup_fraction", optim.warmup_fraction, 0.0, 1.0, "must be in [0, 1]");
   c.range<int64_t>("optim.warmup_steps", optim.warmup_steps, -1, kMaxInt, "must be >= 0 (-1 = use warmup_fraction)");
+  c.that(optim.offload == "none" || optim.offload == "optimizer",
+         "optim.offload must be none or optimizer (--offload), got '" + optim.offload + "'");
   c.range<int64_t>("optim.grad_accum", optim.grad_accum, 1, kMaxInt, "must be >= 1");
   c.range("optim.grad_clip", optim.grad_clip, 0.0, kInf, "must be >= 0 (0 = off)");
   c.range("optim.weight_decay", optim.weight_decay, 0.0, kInf, "must be >= 0");

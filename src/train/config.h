@@ -54,6 +54,7 @@ struct OptimConfig {
   double grad_clip = 1.0;       // max global L2 norm; 0 = off
   int64_t grad_accum = 1;       // micro-batches per optimizer step
   bool freeze_routers = false;  // MoE: keep the routers ("mlp.gate") at the teacher's weights
+  std::string offload = "none"; // none | optimizer: FP32 master + moments in host memory (train/offload_adamw.h)
 };
 
 struct DataConfig {

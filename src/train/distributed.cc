@@ -29,8 +29,13 @@ std::unique_ptr<Optimizer> DataParallel::make_optimizer(const NamedTensors& para
     ts.push_back(p);
   }
   reducer_ = std::make_unique<dist::GradReducer>(ts, static_cast<int64_t>(dist_.bucket_mb * 1024 * 1024), *comm_);
-  if (dist_.zero) return std::make_unique<ShardedAdamW>(params, options, *comm_, *reducer_);
-  return std::make_unique<AdamW>(params, options);
+  if (dist_.zero) {
+    QAD_CHECK(options.offload == "none", "--offload optimizer with ZeRO-1: the sharded optimizer keeps its 1/{} of the "
+              "state on the GPU; pass --zero 0 to offload every rank's full state to host memory instead, or drop "
+              "--offload", dist_.world_size);
+    return std::make_unique<ShardedAdamW>(params, options, *comm_, *reducer_);
+  }
+  return make_adamw(params, options);
 }
 
 int64_t DataParallel::sum_tokens(int64_t local) {

@@ -19,6 +19,7 @@
 #include "train/distributed.h"
 #include "train/memory.h"
 #include "train/moe_training.h"
+#include "train/offload_adamw.h"
 #include "train/run_paths.h"
 #include "train/validate.h"
 #include "util/atomic_file.h"
@@ -141,6 +142,8 @@ void Trainer::open_run_dir() {
                                              cfg_.data.batch_size * cfg_.dist.world_size) {
       saved_config["data"]["batch_size"] = cfg_.data.batch_size;
     }
+    // Offloading the optimizer state changes where it lives, not the arithmetic: a run may resume with or without.
+    if (saved_config.contains("optim")) saved_config["optim"]["offload"] = cfg_.optim.offload;
     auto diff = first_difference(config_json_, saved_config, TrainConfig{}.to_json());
     QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
               "command line, or start a new run in another --out directory", diff);
@@ -191,7 +194,10 @@ void Trainer::load_models() {
   student_ = build_student(cfg_, device_, dtype_, calib, /*calibrate=*/!resume_from_);
   student_.lm->train();
   const auto trainable = trainable_tensors(student_.lm, cfg_.optim.freeze_routers);
-  optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim) : std::make_unique<AdamW>(trainable, cfg_.optim);
+  optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim) : make_adamw(trainable, cfg_.optim);
+  if (auto* off = dynamic_cast<OffloadAdamW*>(optimizer_.get()); off != nullptr && writer_) {
+    fmt::print("{}\n", off->describe());
+  }
   schedule_ = Schedule::from_config(cfg_.optim, cfg_.run.steps);
 }
 
