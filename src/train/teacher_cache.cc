@@ -8,8 +8,6 @@
 #include <cstring>
 #include <fstream>
 
-#include "model/causal_lm.h"
-#include "train/step.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -353,7 +351,7 @@ std::shared_ptr<const loss::TeacherTargets> TeacherCache::targets(const data::Ba
     ids = ids.narrow(2, 0, k).contiguous();
   }
   out->top_logits = values.to(device);
-  out->top_ids = ids.to(device, torch::kInt64);
+  out->top_ids = ids.to(device).to(torch::kInt64);  // int32 over the bus, widened there
   if (!layer_at.empty()) {
     out->cka_index = torch::tensor(index, torch::kLong).to(device);
     for (size_t li = 0; li < layer_at.size(); ++li) {
