@@ -1,8 +1,9 @@
 // The top-k KL a teacher cache gives against the full KL (docs/teacher_cache.md), on a teacher and a student
-// (e.g. its NVFP4 PTQ export) over a prepared dataset: per k, the mean top-k KL, the full KL, their relative
+// (e.g. its NVFP4 PTQ export, or fq:TEACHER for dynamic NVFP4 fake quantization) over a dataset (a prepared
+// directory, or .jsonl / .txt prepared with the teacher's tokenizer into a temporary directory): per k, the mean top-k KL, the full KL, their relative
 // difference, the teacher's probability mass inside the top k, and the cosine between the two losses' gradients
 // with respect to the student's logits (what training follows).
-//   bench_topk_kl TEACHER STUDENT DATASET_DIR [rows=64] [seq_len=256] [ks=8,32,64,256,1024] [device=cpu]
+//   bench_topk_kl TEACHER STUDENT DATA [rows=64] [seq_len=256] [ks=8,32,64,256,1024] [device=cpu]
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -10,16 +11,22 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/load.h"
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "data/batch_tensors.h"
 #include "data/loader.h"
+#include "eval/model_spec.h"
 #include "loss/logit_losses.h"
 #include "model/causal_lm.h"
+#include "train/data_source.h"
+#include "util/remove_tree.h"
 
 int main(int argc, char** argv) {
   using namespace qad;
   if (argc < 4) {
-    fmt::print(stderr, "usage: bench_topk_kl TEACHER STUDENT DATASET_DIR [rows=64] [seq_len=256] "
+    fmt::print(stderr, "usage: bench_topk_kl TEACHER STUDENT|fq:TEACHER DATA [rows=64] [seq_len=256] "
                "[ks=8,32,64,256,1024] [device=cpu]\n");
     return 2;
   }
@@ -33,8 +40,10 @@ int main(int argc, char** argv) {
   }
   const torch::Device device(argc > 7 ? argv[7] : "cpu");
   const auto dtype = model::CausalLM::default_dtype(device);
-  auto teacher = checkpoint::load_model(argv[1], device, dtype);
-  auto student = checkpoint::load_model(argv[2], device, dtype);
+  auto teacher = eval::load_model_spec(eval::parse_model_spec(argv[1]), device, dtype);
+  auto student = eval::load_model_spec(eval::parse_model_spec(argv[2]), device, dtype);
+  const auto tmp = std::filesystem::temp_directory_path() / fmt::format("bench_topk_kl_{}", ::getpid());
+  const auto dataset = train::resolve_dataset(argv[3], argv[1], tmp, "data", 0.0);
   teacher->eval();
   student->eval();
   data::LoaderOptions o;
@@ -43,7 +52,7 @@ int main(int argc, char** argv) {
   o.shuffle = false;
   o.split = data::Split::all;
   o.valid_fraction = 0;
-  data::Loader loader(argv[3], o);
+  data::Loader loader(dataset, o);
   const int64_t batches = std::max<int64_t>(1, std::min(rows / o.batch_size, loader.steps_per_epoch()));
   double full = 0;
   std::vector<double> topk(ks.size()), mass(ks.size()), cosine(ks.size());
@@ -83,5 +92,6 @@ int main(int argc, char** argv) {
     fmt::print("{:>6} {:>12.5f} {:>+9.1f}% {:>12.4f} {:>14.4f}\n", ks[i], topk[i], 100 * (topk[i] / full - 1), mass[i],
                cosine[i]);
   }
+  remove_tree(tmp);
   return 0;
 }

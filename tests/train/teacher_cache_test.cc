@@ -28,6 +28,7 @@
 #include "train/teacher_cache.h"
 #include "train/teacher_cache_build.h"
 #include "train/trainer.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/remove_tree.h"
 
