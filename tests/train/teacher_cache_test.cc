@@ -76,6 +76,7 @@ class TeacherCacheTest : public ::testing::Test {
     c.data.seq_len = 16;
     c.data.batch_size = 4;
     c.data.seed = 3;
+    c.data.valid_fraction = 0;  // no validation split (too small here)
     c.optim.grad_accum = 2;
     c.loss.log_ce = false;
     c.loss.cka_subsample_tokens = 12;  // 3 per row
