@@ -44,6 +44,8 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--data", "data.path", "training data: a prepared dataset dir, or .jsonl/.txt (.xz/.zst) prepared with the teacher's tokenizer"},
     {"--valid-data", "data.valid_path", "held-out data (same forms); default: data.valid_fraction of --data"},
     {"--out", "run.out", "run directory (metrics.jsonl, run.json, checkpoints/, export/)"},
+    {"--teacher-cache", "run.teacher_cache", "train from a teacher cache (qad teacher-cache) instead of a teacher "
+                                            "model: top-k KL (and CKA rows) read from it (docs/teacher_cache.md)"},
     {"--student", "quant.student", "start from this checkpoint instead of PTQ-calibrating the teacher: an NVFP4 export "
                                   "or a training checkpoint / run directory keeps its quantization"},
     {"--steps", "run.steps", "optimizer steps"},

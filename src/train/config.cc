@@ -44,7 +44,7 @@ template <typename F> void fields(RunConfig& c, F&& f) {
   f("max_bad_steps", c.max_bad_steps); f("seed", c.seed); f("activation_checkpointing", c.activation_checkpointing);
   f("export_bf16", c.export_bf16); f("export_nvfp4", c.export_nvfp4); f("valid_tasks", c.valid_tasks);
   f("valid_task_items", c.valid_task_items); f("valid_task_max_new_tokens", c.valid_task_max_new_tokens);
-  f("best_metric", c.best_metric);
+  f("best_metric", c.best_metric); f("teacher_cache", c.teacher_cache);
 }
 template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);

@@ -78,6 +78,7 @@ struct QuantConfig {
 
 struct RunConfig {
   std::string teacher;          // HF dir (the BF16 model; also the student's initial weights)
+  std::string teacher_cache;    // qad teacher-cache output: the teacher's targets come from it, no teacher model
   std::string out;              // run directory
   std::string name;             // run.json "name"; default = the out dir's name
   std::string device = "auto";  // auto | cpu | cuda | cuda:N

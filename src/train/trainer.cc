@@ -179,7 +179,15 @@ void Trainer::load_models() {
   if (dp_ && !writer_) dp_->barrier("waiting for rank 0 to prepare the data");
   loaders_ = make_loaders(cfg_);
   if (dp_ && writer_) dp_->barrier("waiting for rank 0 to prepare the data");
-  if (cfg_.method != Method::kPretrain) {
+  if (!cfg_.run.teacher_cache.empty()) {
+    teacher_cache_ = std::make_unique<TeacherCache>(cfg_.run.teacher_cache);
+    teacher_cache_->check_run(cfg_, *loaders_.train);
+    if (writer_) {
+      fmt::print("teacher: from the cache {} (top-{} of its {} logits; no teacher model)\n", cfg_.run.teacher_cache,
+                 cfg_.loss.top_k > 0 ? cfg_.loss.top_k : teacher_cache_->manifest().layout.top_k,
+                 teacher_cache_->manifest().layout.top_k);
+    }
+  } else if (cfg_.method != Method::kPretrain) {
     teacher_ = checkpoint::load_model(cfg_.run.teacher, device_, dtype_);
     teacher_->eval();
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
@@ -250,7 +258,16 @@ void Trainer::loop() {
 
 StepResult Trainer::step(int64_t index, double lr) {
   std::vector<data::BatchTensors> micro;
-  for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders_.train->next(), device_));
+  for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) {
+    const auto batch = loaders_.train->next();
+    micro.push_back(data::to_tensors(batch, device_));
+    if (teacher_cache_) {  // the teacher's targets of these rows, read from the cache
+      const auto& l = cfg_.loss;
+      const auto layers = l.cka > 0 ? (l.cka_layers.empty() ? default_cka_layers(student_.lm->config()) : l.cka_layers)
+                                    : std::vector<std::string>{};
+      micro.back().teacher = teacher_cache_->targets(batch, loaders_.train->options(), device_, l.top_k, layers);
+    }
+  }
   const auto& nan_steps = cfg_.debug.nan_at_steps;
   const bool poison = std::find(nan_steps.begin(), nan_steps.end(), index + 1) != nan_steps.end();
   return train_step(student_.lm, teacher_ ? &teacher_ : nullptr, micro, *optimizer_,
