@@ -11,7 +11,7 @@ left() { echo $(( ${BUDGET:-560} - ($(date +%s) - t0) )); }
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} PYTHONUNBUFFERED=1
 B=build-gpu
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; git log --oneline -1 2>/dev/null; } | tee "$out/device.txt"
-cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=ON -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 || { tail -20 "$out/cmake.log"; exit 1; }
+cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=ON -DQAD_BUILD_BENCH=ON >/tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
 timeout 380 ninja -C $B -k 0 qad bench_train test_loss_cuda test_train_cuda >"$out/build.log" 2>&1 || grep -E "error|FAILED" "$out/build.log" | head -30
 echo "[$(( $(date +%s) - t0 )) s] build done"
 for t in test_loss_cuda test_train_cuda; do
