@@ -21,7 +21,7 @@ for t in test_loss_cuda test_train_cuda; do
   grep -E "^\[  FAILED  \]|Failure$" "$out/$t.log" | head -8
 done
 [ -x $B/bench_train ] || exit 1
-timeout 90 $B/bench_train --models 1.7b --variants qad,recipe,cka-1024-tf32 --iters 1 --warmup 3 --rounds 20 --turn-warmup 0 \
+timeout 90 $B/bench_train --models 1.7b --variants qad,cka-1024-bf16,recipe --iters 1 --warmup 3 --rounds 20 --turn-warmup 0 \
   --no-torch --profile "$out/profile_1.7b.txt" 2>&1 | grep -v -E "^ +[0-9]+ +[0-9.]+ +[0-9.]+% " > "$out/cka_1.7b.txt"
 grep -A14 "^variant\|Qwen3-1.7b shape" "$out/cka_1.7b.txt" | head -30; grep -A14 "against QAD" "$out/profile_1.7b.txt" | head -16
 [ "$(left)" -gt 60 ] && [ -x $B/qad ] || { echo "[$(( $(date +%s) - t0 )) s] no time / no qad binary for the 8B runs"; exit 0; }
