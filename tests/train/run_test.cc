@@ -199,8 +199,16 @@ TEST_F(RunTest, SigkillMidRunThenResumeGivesTheSameLosses) {
 // state moves, the arithmetic is AdamW's). --plan reads only the teacher's config and creates nothing.
 TEST_F(RunTest, OffloadedRunResumesAndPlanCreatesNothing) {
   const auto a = root_ / "offload_whole", b = root_ / "offload_killed", c = root_ / "offload_then_not";
+  // base_args with more flags; a flag base_args already has (--steps) gets the new value (CLI11 refuses repeats).
   auto with = [](std::vector<std::string> args, std::vector<std::string> more) {
-    args.insert(args.end(), more.begin(), more.end());
+    for (size_t i = 0; i < more.size(); ++i) {
+      auto it = std::find(args.begin(), args.end(), more[i]);
+      if (it != args.end() && i + 1 < more.size() && more[i + 1].rfind("--", 0) != 0) {
+        *(it + 1) = more[++i];
+      } else {
+        args.push_back(more[i]);
+      }
+    }
     return args;
   };
   int st = run_qad(with(base_args(a), {"--steps", "6", "--offload", "optimizer"}), root_ / "o1.log");
