@@ -119,7 +119,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const TrainConfig& cfg, const PlanS
     const OffloadAdamW::Staging st;
     const double chunk = std::min<double>(static_cast<double>(st.chunk_elements), trained);
     row("FP32 master + AdamW moments (offloaded)", 0, state, "always");
-    row(fmt::format("offload staging ({} slots x {:.0f} M elements x 3 FP32)", st.slots, chunk / 1e6),
+    row(fmt::format("offload staging ({} slots x {:.0f} Mi elements x 3 FP32)", st.slots, chunk / 1048576.0),
         st.slots * 3 * kF32 * chunk, 0, "always");
   } else if (zero1) {
     row(fmt::format("FP32 master + AdamW moments (ZeRO-1, 1/{})", world), state / world, 0, "always");
