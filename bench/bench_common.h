@@ -14,7 +14,8 @@
 
 namespace qad::bench {
 
-// config.json of a Qwen3 shape: "0.6b", "1.7b" or "4b" (a "qwen3-" prefix is accepted).
+// config.json of a Qwen3 shape: "0.6b", "1.7b", "4b" or "8b" (a "qwen3-" prefix is accepted); the published
+// configs' sizes (8b: untied embeddings, 8.19 B parameters).
 inline nlohmann::json qwen3_shape(std::string name) {
   if (name.rfind("qwen3-", 0) == 0) name = name.substr(6);
   nlohmann::json j = {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"vocab_size", 151936},
@@ -28,8 +29,11 @@ inline nlohmann::json qwen3_shape(std::string name) {
     j.update({{"hidden_size", 2048}, {"intermediate_size", 6144}});
   } else if (name == "4b") {
     j.update({{"hidden_size", 2560}, {"intermediate_size", 9728}, {"num_hidden_layers", 36}, {"num_attention_heads", 32}});
+  } else if (name == "8b") {
+    j.update({{"hidden_size", 4096}, {"intermediate_size", 12288}, {"num_hidden_layers", 36},
+              {"num_attention_heads", 32}, {"tie_word_embeddings", false}});
   } else {
-    throw std::runtime_error("unknown Qwen3 shape " + name + " (0.6b, 1.7b, 4b)");
+    throw std::runtime_error("unknown Qwen3 shape " + name + " (0.6b, 1.7b, 4b, 8b)");
   }
   return j;
 }

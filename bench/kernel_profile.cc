@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -82,7 +83,7 @@ std::string idle_gaps(std::vector<Interval> kernels, const std::vector<Interval>
 
 bool kernel_profiler_available() { return true; }
 
-std::string profile_kernels(const std::function<void()>& work, int top) {
+std::string profile_kernels(const std::function<void()>& work, int top, KernelTotals* totals) {
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   using torch::profiler::impl::ProfilerConfig;
@@ -126,6 +127,11 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
     kernels.push_back({e.startNs(), e.endNs(), e.name()});
   }
   if (by_name.empty()) return "profile: no CUDA activity recorded (is CUPTI loadable? libcupti must be on the path)\n";
+  if (totals != nullptr) {
+    totals->by_name.clear();
+    for (const auto& [n, r] : by_name) totals->by_name[n] = {r.calls, r.ns};
+    totals->total_ns = total_ns;
+  }
   std::vector<std::pair<std::string, Row>> rows(by_name.begin(), by_name.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
   // Busy = the union of the activities' intervals; the rest of the span the GPU waited for the host (launches,
@@ -171,10 +177,46 @@ std::string profile_kernels(const std::function<void()>& work, int top) {
 
 bool kernel_profiler_available() { return false; }
 
-std::string profile_kernels(const std::function<void()>&, int) {
+std::string profile_kernels(const std::function<void()>&, int, KernelTotals*) {
   throw std::runtime_error("--profile needs LibTorch >= 2.0 (the Kineto C++ API)");
 }
 
 #endif
+
+std::string kernel_difference(const KernelTotals& base, const KernelTotals& other) {
+  struct Diff {
+    std::string name;
+    KernelTotals::Entry a, b;
+  };
+  std::vector<Diff> changed;
+  double same_delta_ns = 0;
+  for (const auto& [n, b] : other.by_name) {
+    auto it = base.by_name.find(n);
+    const KernelTotals::Entry a = it == base.by_name.end() ? KernelTotals::Entry{} : it->second;
+    if (a.calls == b.calls) {
+      same_delta_ns += b.ns - a.ns;
+    } else {
+      changed.push_back({n, a, b});
+    }
+  }
+  for (const auto& [n, a] : base.by_name) {
+    if (!other.by_name.count(n)) changed.push_back({n, a, {}});
+  }
+  std::sort(changed.begin(), changed.end(),
+            [](const Diff& x, const Diff& y) { return std::abs(x.b.ns - x.a.ns) > std::abs(y.b.ns - y.a.ns); });
+  double delta_ns = 0;
+  for (const auto& d : changed) delta_ns += d.b.ns - d.a.ns;
+  std::string out = fmt::format(
+      "Kernels whose call count differs: {}, {:+.3f} ms GPU time ({:+.2f} % of the first step's {:.2f} ms); kernels "
+      "run equally often differ by {:+.3f} ms in all (step-to-step variation)\n",
+      changed.size(), delta_ns / 1e6, 100.0 * delta_ns / std::max(base.total_ns, 1.0), base.total_ns / 1e6,
+      same_delta_ns / 1e6);
+  out += fmt::format("{:>7} {:>7} {:>9} {:>9} {:>9}  {}\n", "calls A", "calls B", "ms A", "ms B", "ms B-A", "name");
+  for (const auto& d : changed) {
+    out += fmt::format("{:>7} {:>7} {:>9.3f} {:>9.3f} {:>+9.3f}  {}\n", d.a.calls, d.b.calls, d.a.ns / 1e6,
+                       d.b.ns / 1e6, (d.b.ns - d.a.ns) / 1e6, d.name.substr(0, 140));
+  }
+  return out;
+}
 
 }  // namespace qad::bench

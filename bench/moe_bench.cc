@@ -1,13 +1,18 @@
-// Qwen3-30B-A3B-shaped MoE decoder (128 experts, top-8, expert width 768, hidden 2048, random BF16 weights) cut
-// to --layers decoder layers so that the QAD step fits one H200 (teacher BF16 + student BF16 + FP32 master
-// and two AdamW moments + gradients ~ 18 bytes x 0.62B parameters per layer; 6 layers + embeddings ~ 80 GB
-// plus activations):
-//   1. forward tokens/s (inference mode, all logits) against transformers' Qwen3MoeForCausalLM (sdpa attention,
-//      its eager expert loop, and its default experts kernel where that differs), measured in the same run by
-//      tools/bench_moe_hf.py;
+// MoE models cut to --layers blocks so that the QAD step fits one H200 (teacher BF16 + student BF16 + FP32 master
+// and two AdamW moments + gradients ~ 18 bytes per parameter), random BF16 weights:
+//   qwen3-30b-a3b (default): Qwen3-30B-A3B, 128 experts top-8, expert width 768, hidden 2048 (0.62B parameters
+//     per layer; 6 layers + embeddings ~ 80 GB plus activations);
+//   nemotron-3-nano: Nemotron 3 Nano 30B-A3B (NemotronH): the first --layers blocks of its pattern
+//     MEMEM*EMEMEM*... (Mamba-2, MoE with 128 relu2 experts top-6 + a shared expert, attention), hidden 2688
+//     (1.28B parameters per MoE block; 6 blocks = MEMEM* ~ 3.4B parameters, ~ 62 GB plus activations).
+//   1. forward tokens/s (inference mode, all logits) against transformers' Qwen3MoeForCausalLM /
+//      NemotronHForCausalLM (sdpa attention, its eager expert loop, and its default experts kernel where that
+//      differs; NemotronH's Mamba mixer on its torch path, as mamba_ssm is not installed), measured in the same run
+//      by tools/bench_moe_hf.py;
 //   2. the QAD step (teacher forward + NVFP4 student forward/backward + AdamW) against transformers doing the
 //      same step without fake quantization (a lower bound on its cost: qad quantizes every expert on top).
-//   ./build/bench_moe [--layers 6] [--batch 4] [--seq 2048] [--iters 5] [--no-hf] [--python python3]  (repo root)
+//   ./build/bench_moe [--shape qwen3-30b-a3b|nemotron-3-nano] [--layers 6] [--batch 4] [--seq 2048] [--iters 5]
+//                     [--no-hf] [--python python3]  (repo root)
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -15,6 +20,7 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -37,6 +43,26 @@ nlohmann::json qwen3_30b_a3b(int64_t layers) {
           {"decoder_sparse_step", 1}, {"mlp_only_layers", nlohmann::json::array()}};
 }
 
+// Nemotron 3 Nano 30B-A3B (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16's config.json) cut to its first `layers` blocks.
+nlohmann::json nemotron_3_nano(int64_t layers) {
+  const std::string pattern = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME";
+  if (layers < 1 || layers > static_cast<int64_t>(pattern.size())) {
+    throw std::runtime_error(fmt::format("--layers must be in [1, {}] for nemotron-3-nano", pattern.size()));
+  }
+  return {{"architectures", {"NemotronHForCausalLM"}}, {"model_type", "nemotron_h"}, {"vocab_size", 131072},
+          {"hidden_size", 2688}, {"hybrid_override_pattern", pattern.substr(0, static_cast<size_t>(layers))},
+          {"num_hidden_layers", layers}, {"num_attention_heads", 32}, {"num_key_value_heads", 2}, {"head_dim", 128},
+          {"intermediate_size", 1856}, {"mlp_hidden_act", "relu2"}, {"mamba_num_heads", 64},
+          {"mamba_head_dim", 64}, {"ssm_state_size", 128}, {"n_groups", 8}, {"conv_kernel", 4},
+          {"chunk_size", 128}, {"expand", 2}, {"use_conv_bias", true}, {"mamba_proj_bias", false},
+          {"mamba_hidden_act", "silu"}, {"layer_norm_epsilon", 1e-5}, {"n_routed_experts", 128},
+          {"num_experts_per_tok", 6}, {"moe_intermediate_size", 1856},
+          {"moe_shared_expert_intermediate_size", 3712}, {"n_shared_experts", 1}, {"n_group", 1},
+          {"topk_group", 1}, {"routed_scaling_factor", 2.5}, {"norm_topk_prob", true},
+          {"max_position_embeddings", 262144}, {"tie_word_embeddings", false}, {"attention_bias", false},
+          {"mlp_bias", false}, {"torch_dtype", "bfloat16"}};
+}
+
 template <typename F> double median_ms(int64_t warmup, int64_t iters, F&& f) {
   std::vector<double> ms;
   for (int64_t i = 0; i < warmup + iters; ++i) {
@@ -55,18 +81,19 @@ template <typename F> double median_ms(int64_t warmup, int64_t iters, F&& f) {
 int main(int argc, char** argv) {
   int64_t layers = 6, batch = 4, seq = 2048, iters = 5, warmup = 2;
   bool hf = true;
-  std::string python = "python3";
+  std::string python = "python3", shape = "qwen3-30b-a3b";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--layers") layers = std::stoll(next());
+    if (a == "--shape") shape = next();
+    else if (a == "--layers") layers = std::stoll(next());
     else if (a == "--batch") batch = std::stoll(next());
     else if (a == "--seq") seq = std::stoll(next());
     else if (a == "--iters") iters = std::stoll(next());
     else if (a == "--no-hf") hf = false;
     else if (a == "--python") python = next();
     else {
-      fmt::print(stderr, "usage: bench_moe [--layers N] [--batch N] [--seq T] [--iters K] [--no-hf] [--python PY]\n");
+      fmt::print(stderr, "usage: bench_moe [--shape qwen3-30b-a3b|nemotron-3-nano] [--layers N] [--batch N] [--seq T] [--iters K] [--no-hf] [--python PY]\n");
       return 2;
     }
   }
@@ -75,17 +102,29 @@ int main(int argc, char** argv) {
     return 0;
   }
   const torch::Device dev(torch::kCUDA, 0);
-  auto config = qad::model::parse_config(qwen3_30b_a3b(layers), "Qwen3-30B-A3B shape");
+  const bool nemotron = shape == "nemotron-3-nano";
+  if (!nemotron && shape != "qwen3-30b-a3b") {
+    fmt::print(stderr, "bench_moe: unknown --shape {} (qwen3-30b-a3b, nemotron-3-nano)\n", shape);
+    return 2;
+  }
+  const auto json = nemotron ? nemotron_3_nano(layers) : qwen3_30b_a3b(layers);
+  auto config = qad::model::parse_config(json, shape + " shape");
   const double tokens = static_cast<double>(batch * seq);
   auto ids = torch::randint(0, config.vocab_size, {batch, seq}, torch::TensorOptions().device(dev).dtype(torch::kLong));
-  fmt::print("bench_moe: Qwen3-30B-A3B shape, {} of 48 layers, 128 experts top-8, batch {} x {} tokens, BF16\n",
-             layers, batch, seq);
+  if (nemotron) {
+    fmt::print("bench_moe: Nemotron 3 Nano 30B-A3B shape, blocks {} (first {} of 52), 128 experts top-6 + shared, "
+               "batch {} x {} tokens, BF16\n", json["hybrid_override_pattern"].get<std::string>(), layers, batch, seq);
+  } else {
+    fmt::print("bench_moe: Qwen3-30B-A3B shape, {} of 48 layers, 128 experts top-8, batch {} x {} tokens, BF16\n",
+               layers, batch, seq);
+  }
 
   // transformers first, in its own process, before this one's caching allocator holds most of the GPU.
   std::string hf_text;
   if (hf) {
-    hf_text = qad::bench::run_capture(fmt::format("{} tools/bench_moe_hf.py --layers {} --batch {} --seq {} --iters {} --json 2>&1",
-                                      python, layers, batch, seq, iters));
+    hf_text = qad::bench::run_capture(fmt::format(
+        "{} tools/bench_moe_hf.py --shape {} --layers {} --batch {} --seq {} --iters {} --json 2>&1", python, shape,
+        layers, batch, seq, iters));
   }
 
   // --- forward
@@ -145,6 +184,17 @@ int main(int argc, char** argv) {
     }
   }
   if (!parsed) fmt::print("transformers baseline failed (run tools/bench_moe_hf.py by hand):\n{}\n", text.substr(0, 2000));
+  // A measurement the baseline could not make (e.g. its QAD step out of memory) is reported, not dropped.
+  for (size_t at = 0; at < text.size();) {
+    const size_t end = std::min(text.find('\n', at), text.size());
+    const auto line = text.substr(at, end - at);
+    if (parsed && line.rfind("{\"impl\"", 0) != 0 &&
+        (line.find("out of memory") != std::string::npos || line.find("failed") != std::string::npos ||
+         line.find("Error") != std::string::npos)) {
+      fmt::print("transformers: {}\n", line.substr(0, 400));
+    }
+    at = end + 1;
+  }
   fmt::print("(vs qad > 1: qad is faster by that factor)\n");
   return 0;
 }

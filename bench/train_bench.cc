@@ -7,12 +7,15 @@
 // loads the model, batch and amaxes this process wrote into a temporary directory).
 //   ./build/bench_train [--models 0.6b,1.7b] [--batch 4] [--seq 2048] [--iters 8] [--warmup 3] [--rounds 1] [--ckpt]
 //                       [--variants qad,recipe,...] [--torch eager,compile | --no-torch] [--python python3]
+//                       [--offload]        (FP32 master + moments in pinned host memory: OffloadAdamW; 8b fits one H200)
 //                       [--profile FILE]   (one QAD step and one step of the first CKA variant under the Kineto
 //                                           profiler: per-kernel GPU time, top 30, and the longest GPU idle gaps)
 // --rounds R: the variants take turns R times (iters timed steps each per round); the medians are over all timed
 // steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
 // start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
 // alternates the variants step by step, which cancels drifts of the GPU's clocks between them.
+// Beside each measured peak: `qad distill --plan`'s prediction for the same configuration (train/memory_plan.h) and
+// the relative error; the plan's table is printed once per model.
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
 // (x3 for the student's forward+backward, x1 for the teacher), over the H100 SXM dense BF16 peak (989 TFLOP/s).
 #include <fmt/format.h>
@@ -40,6 +43,8 @@
 #include "model/causal_lm.h"
 #include "model/hidden_rows.h"
 #include "train/memory.h"
+#include "train/memory_plan.h"
+#include "train/offload_adamw.h"
 #include "train/optimizer.h"
 #include "train/step.h"
 #include "train/student.h"
@@ -71,6 +76,7 @@ struct Variant {
   double cka = 0;
   int64_t subsample = 0;
   bool tf32 = false;
+  bool bf16_products = false;  // loss.cka_bf16_products
 };
 
 // What one PyTorch baseline run reported (tools/bench_train_torch.py --json).
@@ -88,7 +94,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> torch_modes = {"eager", "compile"};
   std::vector<std::string> variant_keys;  // empty = all
   int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1;
-  bool ckpt = false;
+  bool ckpt = false, offload = false;
   std::string python = "python3", profile_path;
   int64_t torch_timeout_s = 420;
   for (int i = 1; i < argc; ++i) {
@@ -102,6 +108,7 @@ int main(int argc, char** argv) {
     else if (a == "--rounds") rounds = std::stoll(next());
     else if (a == "--turn-warmup") turn_warmup = std::stoll(next());
     else if (a == "--ckpt") ckpt = true;
+    else if (a == "--offload") offload = true;
     else if (a == "--variants") variant_keys = split_list(next());
     else if (a == "--torch") torch_modes = split_list(next());
     else if (a == "--no-torch") torch_modes.clear();
@@ -109,8 +116,8 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile_path = next();
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
-      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--ckpt] "
-                 "[--variants qad,cka-fp32,cka-tf32,cka-2048,recipe,cka-512] [--torch eager,compile | --no-torch] "
+      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--ckpt] [--offload] "
+                 "[--variants qad,cka-fp32,cka-tf32,cka-2048,cka-1024-bf16,recipe,cka-512] [--torch eager,compile | --no-torch] "
                  "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
@@ -135,6 +142,7 @@ int main(int argc, char** argv) {
       {"cka-tf32", "CKA-QAD all tokens, TF32", 0.1, 0, true},
       {"cka-2048", "CKA-QAD 2048 tokens, TF32", 0.1, 2048, true},
       {"recipe", "CKA-QAD 1024 tokens, TF32 (recipe)", 0.1, 1024, true},
+      {"cka-1024-bf16", "CKA-QAD 1024 tokens, BF16 products", 0.1, 1024, true, true},
       {"cka-512", "CKA-QAD 512 tokens, TF32", 0.1, 512, true},
   };
   if (!variant_keys.empty()) {
@@ -142,7 +150,7 @@ int main(int argc, char** argv) {
     for (const auto& k : variant_keys) {
       auto it = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.key == k; });
       if (it == variants.end()) {
-        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, cka-fp32, cka-tf32, cka-2048, recipe, cka-512)\n", k);
+        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, cka-fp32, cka-tf32, cka-2048, cka-1024-bf16, recipe, cka-512)\n", k);
         return 2;
       }
       if (it != variants.begin()) chosen.push_back(*it);
@@ -150,8 +158,9 @@ int main(int argc, char** argv) {
     variants = chosen;
   }
   const fs::path tmp_root = fs::temp_directory_path() / fmt::format("qad_bench_train_{}", getpid());
-  fmt::print("bench_train: batch {} x seq {} = {} tokens/step, BF16 teacher + NVFP4 student, AdamW FP32 master{}\n",
-             batch, seq, batch * seq, ckpt ? ", activation checkpointing" : "");
+  fmt::print("bench_train: batch {} x seq {} = {} tokens/step, BF16 teacher + NVFP4 student, AdamW FP32 master{}{}\n",
+             batch, seq, batch * seq, ckpt ? ", activation checkpointing" : "",
+             offload ? ", optimizer state offloaded to pinned host memory" : "");
   std::string profile_text;
   for (const auto& name : models) {
     auto config = qad::model::parse_config(qad::bench::qwen3_shape(name), "Qwen3-" + name + " shape");
@@ -177,6 +186,8 @@ int main(int argc, char** argv) {
       cfg.loss.log_ce = false;
       cfg.quant.calib_batches = 1;
       cfg.data.batch_size = batch;
+      cfg.data.seq_len = seq;
+      cfg.optim.offload = offload ? "optimizer" : "none";
       auto student_lm = qad::bench::random_cuda_model(config, 1);  // the teacher's weights
       auto student = qad::train::quantize_student(student_lm, cfg, [&](const qad::train::CalibSink& sink) {
         sink(b.input_ids, torch::Tensor());
@@ -189,7 +200,12 @@ int main(int argc, char** argv) {
         qad::io::write_tensors(dump / "batch.safetensors", {{"input_ids", b.input_ids}});
         qad::io::write_tensors(dump / "quantizers.safetensors", qad::train::quantizer_state(student).tensors);
       }
-      qad::train::AdamW opt(student.lm->hf_tensors(), cfg.optim);
+      auto opt_ptr = qad::train::make_adamw(student.lm->hf_tensors(), cfg.optim);
+      auto& opt = *opt_ptr;
+      auto* offloaded = dynamic_cast<qad::train::OffloadAdamW*>(opt_ptr.get());
+      if (offloaded != nullptr) fmt::print("{}\n", offloaded->describe());
+      qad::train::PlanSettings plan_settings;
+      plan_settings.quantized_weight_elements = qad::train::fake_quantized_weight_elements(config, cfg);
       for (const auto& l : student.lm->linears()) matmul_params += static_cast<double>(l->weight.numel());
       const double attn_fwd = 2.0 * 2.0 * static_cast<double>(config.num_layers) * tokens * static_cast<double>(seq) *
                               static_cast<double>(config.num_heads * config.head_dim) / 2.0;
@@ -197,8 +213,10 @@ int main(int argc, char** argv) {
 
       fmt::print("\nQwen3-{} shape: {:.0f}M matmul params, {} layers, hidden {}; {} NVFP4 Linears\n", name,
                  matmul_params / 1e6, config.num_layers, config.hidden_size, student.quantized_modules.size());
-      fmt::print("{:<36} {:>9} {:>10} {:>7} {:>9} {:>8} {:>8}\n", "variant", "ms/step", "tokens/s", "MFU", "peak GB",
-                 "time x", "mem x");
+      fmt::print("{}", qad::train::format_plan(qad::train::plan_memory(config, cfg, plan_settings), config, cfg,
+                                               plan_settings, std::nullopt, std::nullopt));
+      fmt::print("{:<36} {:>9} {:>10} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8}\n", "variant", "ms/step", "tokens/s", "MFU",
+                 "peak GB", "time x", "mem x", "plan GB", "plan err");
       auto step = [&](int64_t it) {
         return qad::train::train_step(student.lm, &teacher, {b}, opt,
                                       {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it)});
@@ -217,6 +235,7 @@ int main(int argc, char** argv) {
           cfg.loss.kl = 1;
           cfg.loss.cka = v.cka;
           cfg.loss.cka_subsample_tokens = v.subsample;
+          cfg.loss.cka_bf16_products = v.bf16_products;
           qad::compat::set_tf32_matmul(v.tf32);
           const int64_t w = round == 0 ? warmup : turn_warmup;
           std::vector<double> ms;
@@ -254,9 +273,12 @@ int main(int argc, char** argv) {
         Measured m{median(times[v.key]), peak_gb[v.key]};
         if (v.cka == 0) base = m;
         measured_ms[v.key] = m.ms;
-        fmt::print("{:<36} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>7.3f}x {:>7.3f}x\n", v.label, m.ms,
-                   tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb, m.ms / base.ms,
-                   m.peak_gb / base.peak_gb);
+        cfg.loss.cka = v.cka;
+        cfg.loss.cka_subsample_tokens = v.subsample;
+        const double plan_gb = qad::train::plan_memory(config, cfg, plan_settings).peak / 1e9;
+        fmt::print("{:<36} {:>9.1f} {:>10.0f} {:>6.1f}% {:>9.2f} {:>7.3f}x {:>7.3f}x {:>9.2f} {:>+7.1f}%\n", v.label,
+                   m.ms, tokens / (m.ms / 1e3), 100.0 * flops / (m.ms / 1e3) / kPeakBf16Flops, m.peak_gb,
+                   m.ms / base.ms, m.peak_gb / base.peak_gb, plan_gb, 100.0 * (plan_gb - m.peak_gb) / m.peak_gb);
       }
       // The spread: each round's time ratio against QAD's in the same round, and the timed steps' range.
       if (rounds > 1 || iters >= 4) {
@@ -285,23 +307,32 @@ int main(int argc, char** argv) {
                      per_round);
         }
       }
+      if (offloaded != nullptr) {
+        fmt::print("offloaded optimizer update: {:.1f} ms of GPU time in the last step ({:.1f} GB each way, {:.1f} GB/s "
+                   "per direction)\n", offloaded->last_update_ms(), offloaded->host_bytes() / 1e9,
+                   offloaded->host_bytes() / 1e9 / (offloaded->last_update_ms() / 1e3));
+      }
       const auto taps = qad::model::tap_rows_backward_counts();
       if (taps.in_place + taps.copied > 0) {
         fmt::print("CKA rows' gradient added into the residual stream's gradient: {} times in place, {} into a copy\n",
                    taps.in_place, taps.copied);
       }
       // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel).
+      qad::bench::KernelTotals profiled[2];
       for (size_t vi = 0; vi < std::min<size_t>(2, variants.size()) && !profile_path.empty(); ++vi) {
         const auto& v = variants[vi];
         if (!measured_ms.count(v.key)) continue;  // it failed (e.g. out of memory)
         cfg.loss.cka = v.cka;
         cfg.loss.cka_subsample_tokens = v.subsample;
+        cfg.loss.cka_bf16_products = v.bf16_products;
         qad::compat::set_tf32_matmul(v.tf32);
         try {
-          auto table = qad::bench::profile_kernels([&] {
-            step(warmup + iters + static_cast<int64_t>(vi));
-            torch::cuda::synchronize();
-          });
+          auto table = qad::bench::profile_kernels(
+              [&] {
+                step(warmup + iters + static_cast<int64_t>(vi));
+                torch::cuda::synchronize();
+              },
+              30, &profiled[vi]);
           profile_text += fmt::format("== Qwen3-{} {} step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
                                       v.label, batch, seq, measured_ms[v.key], table);
           // Written now, not at exit: on the H200 (LibTorch 2.11) a process that profiled and then ran the PyTorch
@@ -310,6 +341,14 @@ int main(int argc, char** argv) {
         } catch (const std::exception& e) {
           profile_text += fmt::format("== Qwen3-{} {}: profile failed: {}\n", name, v.label, e.what());
         }
+      }
+      if (!profiled[0].by_name.empty() && !profiled[1].by_name.empty()) {
+        // Kernel by kernel, what the second variant (the CKA term) adds to the QAD step.
+        auto diff = qad::bench::kernel_difference(profiled[0], profiled[1]);
+        profile_text += fmt::format("== Qwen3-{}: {} (B) against {} (A)\n{}\n", name, variants[1].label,
+                                    variants[0].label, diff);
+        fmt::print("{}", diff.substr(0, diff.find('\n') + 1));
+        std::ofstream(profile_path) << profile_text;
       }
       qad::compat::set_tf32_matmul(false);
     }  // qad's models, optimizer state and batch are freed here: the baseline gets the whole GPU

@@ -10,7 +10,8 @@
 #                                        MODEL:qad skips the PyTorch baselines; $BENCH_ARGS, default "--iters 6
 #                                        --warmup 3", e.g. "--iters 6 --warmup 3 --rounds 3") against PyTorch eager + Triton and
 #                                        torch.compile (warm cache) with the per-kernel profile, then, unless
-#                                        $EXTRA is empty, bench_generate and bench_moe, each bounded by what is left
+#                                        $EXTRA is empty, bench_generate and bench_moe ($MOE_ARGS, e.g. "--shape
+#                                        nemotron-3-nano"), each bounded by what is left
 #   scripts/gpu_wave.sh build,bench S    both in one call (a first compile of 0.6B alone takes ~4-6 minutes)
 # bench_train runs once per model: after a Kineto profile, a second model in the same process crashed
 # (LibTorch 2.11, 2026-12-02).
@@ -95,6 +96,6 @@ if [ -x build-gpu/bench_generate ] && [ "$(left)" -gt 60 ]; then
   stamp "bench_generate done"
 fi
 if [ -x build-gpu/bench_moe ] && [ "$(left)" -gt 40 ]; then
-  timeout $(( $(left) - 10 )) build-gpu/bench_moe 2>&1 | tee "$out/bench_moe.txt"
+  timeout $(( $(left) - 10 )) build-gpu/bench_moe ${MOE_ARGS:-} 2>&1 | tee "$out/bench_moe.txt"
 fi
 stamp "end"

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""transformers baseline for bench_moe: a Qwen3-30B-A3B-shaped Qwen3MoeForCausalLM (random BF16 weights, the first
---layers layers) on CUDA, sdpa attention, measured the way bench_moe measures qad:
+"""transformers baseline for bench_moe: a Qwen3-30B-A3B-shaped Qwen3MoeForCausalLM or (--shape nemotron-3-nano) a
+Nemotron-3-Nano-30B-A3B-shaped NemotronHForCausalLM (random BF16 weights, the first --layers layers / blocks) on
+CUDA, sdpa attention (NemotronH's Mamba-2 mixer on transformers' torch path: mamba_ssm and causal_conv1d are not
+installed, use_mamba_kernels=False), measured the way bench_moe measures qad:
   forward: no KV cache, all logits, torch.inference_mode(), once with the eager expert loop and once with
            transformers' default experts kernel when that is another one (5.x: grouped_mm on CUDA);
   QAD step: teacher forward (no grad) + student forward + KL(teacher || student) in FP32 + backward + AdamW
            (foreach, FP32 moments on BF16 weights), WITHOUT fake quantization: a lower bound of the cost of a real
            QAD step, which qad pays in full (every expert NVFP4).
 
-    python3 tools/bench_moe_hf.py --layers 8 --batch 4 --seq 2048 --iters 5 [--json]
+    python3 tools/bench_moe_hf.py [--shape qwen3-30b-a3b|nemotron-3-nano] --layers 8 --batch 4 --seq 2048 --iters 5 [--json]
 
 With --json, one JSON object per measurement and line (bench_moe parses them)."""
 import argparse
@@ -29,10 +31,34 @@ def shape(layers):
                 mlp_only_layers=[], rope_parameters=dict(rope_type="default", rope_theta=1000000.0))
 
 
+NEMOTRON_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
+
+
+def nemotron_config(layers):
+    """Nemotron 3 Nano 30B-A3B's config.json values, cut to the first `layers` blocks (as bench_moe.cc)."""
+    pattern = NEMOTRON_PATTERN[:layers]
+    kwargs = dict(vocab_size=131072, hidden_size=2688, num_attention_heads=32, num_key_value_heads=2, head_dim=128,
+                  intermediate_size=1856, mlp_hidden_act="relu2", mamba_num_heads=64, mamba_head_dim=64,
+                  ssm_state_size=128, n_groups=8, conv_kernel=4, chunk_size=128, expand=2, use_conv_bias=True,
+                  mamba_proj_bias=False, mamba_hidden_act="silu", layer_norm_epsilon=1e-5, n_routed_experts=128,
+                  num_experts_per_tok=6, moe_intermediate_size=1856, moe_shared_expert_intermediate_size=3712,
+                  n_shared_experts=1, n_group=1, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                  max_position_embeddings=262144, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                  use_mamba_kernels=False)
+    cls = transformers.NemotronHConfig
+    known = set(cls().to_dict().keys())
+    kwargs = {k: v for k, v in kwargs.items() if k in known}
+    try:
+        return cls(hybrid_override_pattern=pattern, num_hidden_layers=layers, attn_implementation="sdpa", **kwargs)
+    except TypeError:  # a config class that derives the layer count from the pattern
+        return cls(hybrid_override_pattern=pattern, attn_implementation="sdpa", **kwargs)
+
+
 def build(config, seed):
     torch.manual_seed(seed)
+    cls = transformers.NemotronHForCausalLM if config.model_type == "nemotron_h" else transformers.Qwen3MoeForCausalLM
     with torch.device("cuda"):
-        model = transformers.Qwen3MoeForCausalLM(config).to(torch.bfloat16)
+        model = cls(config).to(torch.bfloat16)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -69,6 +95,7 @@ def median_ms(warmup, iters, f):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen3-30b-a3b", choices=["qwen3-30b-a3b", "nemotron-3-nano"])
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=2048)
@@ -76,10 +103,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    config = transformers.Qwen3MoeConfig(**shape(a.layers), attn_implementation="sdpa")
+    if a.shape == "nemotron-3-nano":
+        config = nemotron_config(a.layers)
+    else:
+        config = transformers.Qwen3MoeConfig(**shape(a.layers), attn_implementation="sdpa")
     ids = torch.randint(0, config.vocab_size, (a.batch, a.seq), device="cuda")
     meta = {"version": transformers.__version__, "torch": torch.__version__, "device": torch.cuda.get_device_name(),
-            "layers": a.layers, "batch": a.batch, "seq": a.seq}
+            "shape": a.shape, "layers": a.layers, "batch": a.batch, "seq": a.seq}
 
     def report(what, label, ms):
         out = dict(impl="transformers", what=what, label=label, median_ms=ms,

@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "train/config.h"
 #include "train/config_sources.h"
 #include "train/distributed.h"
+#include "train/memory_plan.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/shell_quote.h"
@@ -28,7 +30,8 @@ struct DistillArgs {
   std::string recipe, method;
   std::vector<std::string> sets;
   std::vector<std::pair<std::string, std::string>> values;  // (config key, value) of flags given
-  bool resume = false, print_only = false;
+  bool resume = false, print_only = false, plan = false;
+  double gpu_memory_gb = 0;  // --plan's device memory (0: the CUDA device's)
   int nproc_per_node = 0;  // > 0: start that many local ranks (docs/dist.md)
   double dist_timeout = 600, bucket_mb = 25;
   int zero = 1;
@@ -41,6 +44,8 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--data", "data.path", "training data: a prepared dataset dir, or .jsonl/.txt (.xz/.zst) prepared with the teacher's tokenizer"},
     {"--valid-data", "data.valid_path", "held-out data (same forms); default: data.valid_fraction of --data"},
     {"--out", "run.out", "run directory (metrics.jsonl, run.json, checkpoints/, export/)"},
+    {"--teacher-cache", "run.teacher_cache", "train from a teacher cache (qad teacher-cache) instead of a teacher "
+                                            "model: top-k KL (and CKA rows) read from it (docs/teacher_cache.md)"},
     {"--student", "quant.student", "start from this checkpoint instead of PTQ-calibrating the teacher: an NVFP4 export "
                                   "or a training checkpoint / run directory keeps its quantization"},
     {"--steps", "run.steps", "optimizer steps"},
@@ -73,6 +78,8 @@ const std::vector<std::array<const char*, 3>> kValueFlags = {
     {"--seed", "run.seed", "seed of the step randomness (CKA subsampling)"},
     {"--data-seed", "data.seed", "shuffle seed"},
     {"--device", "run.device", "auto | cpu | cuda | cuda:N"},
+    {"--offload", "optim.offload", "none | optimizer: FP32 master weights and AdamW moments in pinned host memory, "
+                                   "streamed through the GPU update (one GPU too small for 12 bytes/parameter)"},
     {"--valid-every", "run.valid_every", "validate every N steps (0 = start and end only)"},
     {"--valid-batches", "run.valid_batches", "batches per validation (0: no validation)"},
     {"--checkpoint-every", "run.checkpoint_every", "checkpoint every N steps (0 = final only)"},
@@ -133,7 +140,7 @@ void register_distill(CLI::App& app) {
   auto a = std::make_shared<DistillArgs>();
   auto* cmd = app.add_subcommand("distill", "Quantization-aware distillation of a teacher into an NVFP4 student "
                                             "(QAD, CKA-QAD, QAT, PTQ)");
-  cmd->footer("Examples:\n  qad distill --config recipes/qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad\n  qad distill --config recipes/cka_qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/cka --steps 2000 --set loss.top_k=1024\n  qad distill --method ptq --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq --set quant.options.method=mse\n  qad distill --config recipes/qad.yaml --kv-cache fp8 --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad-kv-fp8\n  qad distill --method ptq --block-scales static_mse --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq-static");  // each one is run by tests/usage
+  cmd->footer("Examples:\n  qad distill --config recipes/qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad\n  qad distill --config recipes/cka_qad.yaml --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/cka --steps 2000 --set loss.top_k=1024\n  qad distill --method ptq --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq --set quant.options.method=mse\n  qad distill --config recipes/qad.yaml --kv-cache fp8 --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/qad-kv-fp8\n  qad distill --method ptq --block-scales static_mse --teacher ../shared/models/qwen3-16m-teacher --data ../shared/corpus/prose_train.jsonl.xz --out runs/ptq-static\n  qad distill --config recipes/qad.yaml --teacher ../shared/models/qwen3-16m-teacher --batch-size 4 --seq-len 2048 --offload optimizer --plan --gpu-memory 80");  // each one is run by tests/usage
   cmd->add_option("--config", a->recipe, "recipe YAML (recipes/qad.yaml, recipes/cka_qad.yaml, recipes/qat.yaml)");
   cmd->add_option("--method", a->method, "ptq | qat | qad | cka-qad | pretrain (default: the recipe's, else qad)");
   auto values = std::make_shared<std::vector<std::pair<CLI::Option*, std::string>>>();
@@ -152,6 +159,9 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--set", a->sets, "any setting as section.key=value (e.g. --set loss.top_k=1024); repeatable");
   cmd->add_flag("--resume", a->resume, "continue the run in --out from its latest checkpoint (same configuration)");
   cmd->add_flag("--print-config", a->print_only, "print the effective configuration and exit");
+  cmd->add_flag("--plan", a->plan, "print the predicted memory per GPU (weights, gradients, optimizer state, teacher, "
+                "activations) and whether it fits, then exit; reads only the teacher's config.json");
+  cmd->add_option("--gpu-memory", a->gpu_memory_gb, "device memory in GB for --plan (default: the CUDA device's)");
   auto nan_steps = std::make_shared<std::string>();
   auto kill_step = std::make_shared<std::string>();
   cmd->add_option("--debug-nan-at-steps", *nan_steps)->group("");  // test hooks, hidden from --help
@@ -199,6 +209,15 @@ void register_distill(CLI::App& app) {
     auto cfg = assemble(*a, /*print_warnings=*/env.rank == 0);
     if (a->print_only) {
       fmt::print("{}", train::describe(cfg));
+      return;
+    }
+    if (a->plan) {
+      train::PlanSettings ps;
+      ps.world_size = a->nproc_per_node > 0 ? a->nproc_per_node : env.world_size;
+      ps.zero = a->zero != 0;
+      ps.fully_sharded = a->zero == 3;
+      fmt::print("{}", train::plan_report(cfg, ps, a->gpu_memory_gb > 0 ? std::optional<double>(a->gpu_memory_gb)
+                                                                        : std::nullopt));
       return;
     }
     QAD_CHECK(std::isfinite(a->dist_timeout) && a->dist_timeout > 0, "--dist-timeout {}: must be a positive number of "

@@ -5,8 +5,10 @@
 
 #include <cmath>
 
+#include "loss/cka_kernels.h"
 #include "loss/token_rows.h"
 #include "util/error.h"
+#include "util/torch_compat.h"
 
 namespace qad::loss {
 namespace {
@@ -54,24 +56,45 @@ struct Core {
   torch::Tensor sx, sy;                  // debiased: FP64 row squared norms of Xc, Yc [L, n]
 };
 
-Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est) {
+Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est, bool bf16_products = false) {
   torch::NoGradGuard no_grad;
   Core c;
   const auto ct = compute_type(x, y);
   c.n = x.size(1);
   c.gram = use_gram_form(c.n, x.size(2), y.size(2));
-  // Read in the input dtype and computed in `ct`: the mean converts while it reduces and the subtraction
-  // promotes, so a BF16 input takes two passes instead of a cast, a mean and a subtraction over FP32 copies.
-  c.mean_x = x.detach().mean(1, /*keepdim=*/true, ct);
-  c.mean_y = y.detach().mean(1, /*keepdim=*/true, ct);
-  c.xc = torch::sub(x.detach(), c.mean_x);
-  c.yc = torch::sub(y.detach(), c.mean_y);
+  // On CUDA one kernel per side centres in one read for the means and one read + write (cka_kernels.h).
+  const bool use_kernels = x.is_cuda() && ct == torch::kFloat32;
+  // BF16 products: centred features stored in BF16, K and L in FP32 (linear_cka_batched's comment).
+  const bool bf16 = bf16_products && use_kernels && c.gram && est == CkaEstimator::kBiased;
+  auto centre = [&](const torch::Tensor& t, torch::Tensor& centred, torch::Tensor& mean) {
+    if (use_kernels) {
+      auto in = t.detach().contiguous();
+      centred = torch::empty(in.sizes(), in.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
+      mean = torch::empty({in.size(0), 1, in.size(2)}, in.options().dtype(torch::kFloat32));
+      kernels::CentreColumns a{in, centred, mean};
+      kernels::centre_columns(a);
+    } else {
+      // Read in the input dtype and computed in `ct`: the mean converts while it reduces and the subtraction
+      // promotes, so a BF16 input takes two passes instead of a cast, a mean and a subtraction over FP32 copies.
+      mean = t.detach().mean(1, /*keepdim=*/true, ct);
+      centred = torch::sub(t.detach(), mean);
+    }
+  };
+  centre(x, c.xc, c.mean_x);
+  centre(y, c.yc, c.mean_y);
   if (c.gram) {
-    c.k = c.xc.bmm(c.xc.transpose(1, 2));
-    c.l = c.yc.bmm(c.yc.transpose(1, 2));
-    c.f = (c.k * c.l).sum({1, 2}, false, torch::kFloat64);
-    c.fxx = sq_norms(c.k);
-    c.fyy = sq_norms(c.l);
+    c.k = bf16 ? compat::bmm_fp32_out(c.xc, c.xc.transpose(1, 2)) : c.xc.bmm(c.xc.transpose(1, 2));
+    c.l = bf16 ? compat::bmm_fp32_out(c.yc, c.yc.transpose(1, 2)) : c.yc.bmm(c.yc.transpose(1, 2));
+    if (use_kernels) {
+      auto sums = torch::empty({c.k.size(0), 3}, c.k.options().dtype(torch::kFloat64));
+      kernels::PairSums s{c.k, c.l, sums};
+      kernels::pair_sums(s);
+      c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
+    } else {
+      c.f = (c.k * c.l).sum({1, 2}, false, torch::kFloat64);
+      c.fxx = sq_norms(c.k);
+      c.fyy = sq_norms(c.l);
+    }
   } else {
     c.a = c.yc.transpose(1, 2).bmm(c.xc);
     c.gx = c.xc.transpose(1, 2).bmm(c.xc);
@@ -103,8 +126,8 @@ double hsic_scale(CkaEstimator est, int64_t n_rows) {
 // Batched over layers: x [L, n, p1], y [L, n, p2] -> CKA [L].
 struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
-                               CkaEstimator est, bool grad_x, bool grad_y) {
-    Core c = compute_core(x, y, est);
+                               CkaEstimator est, bool grad_x, bool grad_y, bool bf16_products) {
+    Core c = compute_core(x, y, est, bf16_products);
     auto root = torch::sqrt(c.fxx * c.fyy);
     auto cka = c.f / root;
     if (grad_x || grad_y) {
@@ -131,7 +154,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["fyy"] = c.fyy;
       ctx->saved_data["cka"] = cka;
     }
-    return cka.to(c.xc.scalar_type());
+    return cka.to(c.k.defined() ? c.k.scalar_type() : c.xc.scalar_type());  // FP32 (FP64) even for BF16 features
   }
 
   // d CKA / d Yc = (2/root) Xc A^T - (2 cka / fyy) Yc Gy  [biased part]
@@ -149,7 +172,8 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     auto xc = ctx->saved_data["xc"].toTensor();
     auto yc = ctx->saved_data["yc"].toTensor();
     const auto& own_c = grad_y ? yc : xc;
-    const auto ct = own_c.scalar_type();
+    // The per-layer factors in FP32 also when the centred features are BF16 (BF16 products).
+    const auto ct = own_c.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : own_c.scalar_type();
     auto fxx = ctx->saved_data["fxx"].toTensor();
     auto fyy = ctx->saved_data["fyy"].toTensor();
     auto cka = ctx->saved_data["cka"].toTensor();
@@ -176,7 +200,10 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       auto alpha_go = per_layer(alpha * go, ct);
       torch::Tensor g;
       if (gram) {
-        g = torch::addcmul(own_kernel * beta, other_kernel, alpha_go).bmm(own);
+        // BF16 features (BF16 products): the kernel combination rounded to BF16, a BF16 product accumulated in
+        // FP32 and stored in BF16, the hidden states' dtype.
+        auto m = torch::addcmul(own_kernel * beta, other_kernel, alpha_go);
+        g = m.to(own.scalar_type()).bmm(own);
       } else {
         g = own.bmm(own_gram * beta).baddbmm_(other, cross * alpha_go);
       }
@@ -197,7 +224,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
                 y_type);
     }
     if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k, l, fxx, sx, sy, nx, ny, x_type);
-    return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -209,11 +236,12 @@ torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEsti
   check_pair(x, y, estimator, "linear_cka");
   const bool grad = torch::GradMode::is_enabled();
   return FeatureCka::apply(x.unsqueeze(0), y.unsqueeze(0), estimator, grad && x.requires_grad(),
-                           grad && y.requires_grad())
+                           grad && y.requires_grad(), false)
       .squeeze(0);
 }
 
-torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {
+torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator,
+                                 bool bf16_products) {
   QAD_CHECK(x.defined() && y.defined() && x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0),
             "linear_cka_batched: features must be [layers, tokens, hidden] with the same number of layers; got x {} "
             "and y {}",
@@ -221,7 +249,7 @@ torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y,
             detail::shape_str(y.defined() ? y.sizes() : at::IntArrayRef{}));
   check_pair(x[0], y[0], estimator, "linear_cka_batched");
   const bool grad = torch::GradMode::is_enabled();
-  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad());
+  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad(), bf16_products);
 }
 
 HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {

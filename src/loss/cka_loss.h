@@ -23,6 +23,7 @@ struct CkaLossOptions {
   double balance_max_factor = 1e3;              // cap on the dynamic-balance factor (1 - CKA can approach 0)
   bool read_values = true;                      // false: leave per_layer_cka empty (no host synchronisation);
                                                 // the values stay on the device in CkaLossResult::per_layer
+  bool bf16_products = false;                   // BF16 products with FP32 accumulation on CUDA (cka.h)
 };
 
 struct CkaLossResult {

@@ -34,6 +34,28 @@ struct KLConfig {
   bool want_grad;
 };
 
+// One chunk of the KL: s, t [len, n] student / teacher logits (copies in the compute type, consumed). Returns
+// sum_tokens sum_v pt (log pt - log ps) in FP64 (0-dim); with grad_scale != 0, s holds the gradient
+// grad_scale * (ps - pt) afterwards (d(T^2 KL)/ds = T^2 * (ps - pt) / T; grad_scale = T / n_tokens).
+torch::Tensor chunk_kl(torch::Tensor& s, torch::Tensor& t, double T, double grad_scale) {
+  if (T != 1.0) {
+    s.div_(T);
+    t.div_(T);
+  }
+  auto log_ps = finite_log_softmax(s);
+  s = torch::Tensor();
+  auto log_pt = finite_log_softmax(t);
+  t = torch::Tensor();
+  auto pt = log_pt.exp();
+  // The difference in place, then one dot product (no further [len, V] temporary, and no cancellation between
+  // two entropy-sized sums when KL is tiny).
+  auto sum = torch::dot(pt.reshape({-1}), log_pt.sub_(log_ps).reshape({-1})).to(torch::kFloat64);
+  log_pt = torch::Tensor();
+  s = grad_scale != 0 ? log_ps.exp_().sub_(pt).mul_(grad_scale) : torch::Tensor();
+  return sum;
+}
+
+// KL over the full vocabulary, chunk by chunk.
 struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& student, const torch::Tensor& teacher,
                                const detail::TokenRows& rows, const KLConfig& cfg) {
@@ -51,35 +73,8 @@ struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
       // always copies (FP32 / FP64 inputs included): the chunk is modified in place below
       auto s = rows.take(s2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
       auto t = rows.take(t2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
-      torch::Tensor top;
-      if (cfg.top_k > 0) {
-        top = std::get<1>(t.topk(cfg.top_k, 1, /*largest=*/true, /*sorted=*/false));
-        t = t.gather(1, top);
-        s = s.gather(1, top);
-      }
-      if (T != 1.0) {
-        s.div_(T);
-        t.div_(T);
-      }
-      auto log_ps = finite_log_softmax(s);
-      s = torch::Tensor();
-      auto log_pt = finite_log_softmax(t);
-      t = torch::Tensor();
-      auto pt = log_pt.exp();
-      // sum_tokens sum_v pt (log pt - log ps): the difference in place, then one dot product (no further
-      // [len, V] temporary, and no cancellation between two entropy-sized sums when KL is tiny).
-      total += torch::dot(pt.reshape({-1}), log_pt.sub_(log_ps).reshape({-1})).to(torch::kFloat64);
-      log_pt = torch::Tensor();
-      if (cfg.want_grad) {
-        // d(T^2 KL)/ds = T^2 * (ps - pt) / T
-        auto g = log_ps.exp_().sub_(pt).mul_(T * inv_n);
-        if (cfg.top_k > 0) {
-          auto full = torch::zeros({len, vocab}, g.options());
-          full.scatter_(1, top, g);
-          g = full;
-        }
-        rows.put(grad, b, len, g.to(grad.scalar_type()));
-      }
+      total += chunk_kl(s, t, T, cfg.want_grad ? T * inv_n : 0.0);
+      if (cfg.want_grad) rows.put(grad, b, len, s.to(grad.scalar_type()));
     }
     if (cfg.want_grad) ctx->saved_data["grad"] = grad.view(student.sizes());
     return (total * (T * T * inv_n)).to(ct);
@@ -90,6 +85,44 @@ struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
     // rescale, cheaper than an FP32 pass over [tokens, vocab].
     auto grad = ctx->saved_data["grad"].toTensor();
     return {grad * grad_outputs[0].to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// KL over the teacher's top-k support S (ids given per token): the student's logits are gathered at S, the
+// teacher's come as [tokens, k] already.
+struct ChunkedTopKL : public torch::autograd::Function<ChunkedTopKL> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& student, const torch::Tensor& top_logits,
+                               const torch::Tensor& top_ids, const detail::TokenRows& rows, const KLConfig& cfg) {
+    const int64_t vocab = student.size(-1), k = top_logits.size(-1);
+    auto s2 = student.reshape({-1, vocab});
+    auto t2 = top_logits.reshape({-1, k});
+    auto i2 = top_ids.reshape({-1, k});
+    const auto ct = compute_type(student);
+    const double T = cfg.temperature;
+    const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(rows.count, 1));
+    auto total = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(student.device()));
+    torch::Tensor grad;
+    if (cfg.want_grad) grad = torch::zeros_like(s2);
+    for (int64_t b = 0; b < rows.count; b += cfg.chunk) {
+      const int64_t len = std::min(cfg.chunk, rows.count - b);
+      auto top = rows.take(i2, b, len);
+      auto s = rows.take(s2, b, len).gather(1, top).to(ct, /*non_blocking=*/false, /*copy=*/true);
+      auto t = rows.take(t2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+      total += chunk_kl(s, t, T, cfg.want_grad ? T * inv_n : 0.0);
+      if (cfg.want_grad) {
+        auto full = torch::zeros({len, vocab}, s.options());
+        full.scatter_(1, top, s);
+        rows.put(grad, b, len, full.to(grad.scalar_type()));
+      }
+    }
+    if (cfg.want_grad) ctx->saved_data["grad"] = grad.view(student.sizes());
+    return (total * (T * T * inv_n)).to(ct);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto grad = ctx->saved_data["grad"].toTensor();
+    return {grad * grad_outputs[0].to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -150,15 +183,56 @@ torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Te
   QAD_CHECK(options.temperature > 0, "kl_divergence: temperature must be > 0, got {}", options.temperature);
   QAD_CHECK(options.chunk_tokens > 0, "kl_divergence: chunk_tokens must be > 0, got {}", options.chunk_tokens);
   QAD_CHECK(options.top_k >= 0, "kl_divergence: top_k must be >= 0 (0 = full vocabulary), got {}", options.top_k);
+  const int64_t vocab = student_logits.size(-1);
+  if (options.top_k > 0 && options.top_k < vocab) {  // one top-k path, live or from a teacher cache
+    auto [top_logits, top_ids] = teacher_top_k(teacher_logits.detach(), options.top_k);
+    return kl_divergence_top_k(student_logits, top_logits, top_ids, mask, options);
+  }
   auto leading = student_logits.sizes().slice(0, student_logits.dim() - 1);
   auto keep = detail::mask_to_keep(mask, leading, "kl_divergence");
   if (keep.defined()) keep = keep.to(student_logits.device());
-  auto rows = detail::select_rows(keep,
-                                  student_logits.numel() / student_logits.size(-1));
-  const int64_t vocab = student_logits.size(-1);
-  KLConfig cfg{options.temperature, options.top_k >= vocab ? 0 : options.top_k, options.chunk_tokens,
+  auto rows = detail::select_rows(keep, student_logits.numel() / vocab);
+  KLConfig cfg{options.temperature, 0, options.chunk_tokens,
                torch::GradMode::is_enabled() && student_logits.requires_grad()};
   return ChunkedKL::apply(student_logits, teacher_logits.detach(), rows, cfg);
+}
+
+std::pair<torch::Tensor, torch::Tensor> teacher_top_k(const torch::Tensor& teacher_logits, int64_t k) {
+  check_logits(teacher_logits, "teacher_top_k");
+  QAD_CHECK(k > 0, "teacher_top_k: k must be > 0, got {}", k);
+  auto [values, ids] = teacher_logits.detach().topk(std::min(k, teacher_logits.size(-1)), -1, /*largest=*/true,
+                                                    /*sorted=*/true);
+  return {values, ids};
+}
+
+torch::Tensor kl_divergence_top_k(const torch::Tensor& student_logits, const torch::Tensor& teacher_top_logits,
+                                  const torch::Tensor& teacher_top_ids, const torch::Tensor& mask,
+                                  const KLOptions& options) {
+  check_logits(student_logits, "kl_divergence_top_k (student)");
+  check_logits(teacher_top_logits, "kl_divergence_top_k (teacher)");
+  const auto leading = student_logits.sizes().slice(0, student_logits.dim() - 1);
+  const int64_t vocab = student_logits.size(-1);
+  QAD_CHECK(teacher_top_logits.dim() == student_logits.dim() &&
+                teacher_top_logits.sizes().slice(0, teacher_top_logits.dim() - 1) == leading &&
+                teacher_top_logits.size(-1) <= vocab,
+            "kl_divergence_top_k: teacher top-k logits {} do not match the student logits {} (same tokens, k <= "
+            "vocabulary)", detail::shape_str(teacher_top_logits.sizes()), detail::shape_str(student_logits.sizes()));
+  QAD_CHECK(teacher_top_ids.defined() && teacher_top_ids.sizes() == teacher_top_logits.sizes() &&
+                teacher_top_ids.scalar_type() == torch::kInt64,
+            "kl_divergence_top_k: teacher top-k ids must be int64 of the logits' shape {}, got {}",
+            detail::shape_str(teacher_top_logits.sizes()),
+            teacher_top_ids.defined() ? detail::shape_str(teacher_top_ids.sizes()) : std::string("(undefined)"));
+  QAD_CHECK(student_logits.device() == teacher_top_logits.device() &&
+                student_logits.device() == teacher_top_ids.device(),
+            "kl_divergence_top_k: student logits and the teacher's top-k are on different devices");
+  QAD_CHECK(options.temperature > 0, "kl_divergence_top_k: temperature must be > 0, got {}", options.temperature);
+  QAD_CHECK(options.chunk_tokens > 0, "kl_divergence_top_k: chunk_tokens must be > 0, got {}", options.chunk_tokens);
+  auto keep = detail::mask_to_keep(mask, leading, "kl_divergence_top_k");
+  if (keep.defined()) keep = keep.to(student_logits.device());
+  auto rows = detail::select_rows(keep, student_logits.numel() / vocab);
+  KLConfig cfg{options.temperature, teacher_top_logits.size(-1), options.chunk_tokens,
+               torch::GradMode::is_enabled() && student_logits.requires_grad()};
+  return ChunkedTopKL::apply(student_logits, teacher_top_logits.detach(), teacher_top_ids, rows, cfg);
 }
 
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& mask,

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace qad::loss {
 
@@ -24,6 +25,19 @@ struct KLOptions {
 // No valid token: returns 0 (and zero gradient).
 torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
                             const torch::Tensor& mask, const KLOptions& options = {});
+
+// The teacher's k largest logits per token and their vocabulary ids (int64), both [..., k], in descending
+// order: the support S of the top-k KL. kl_divergence's top_k selects S with this very call, and a teacher cache
+// (qad teacher-cache) stores its result, so that the KL from a cache equals the live top-k KL bit for bit.
+std::pair<torch::Tensor, torch::Tensor> teacher_top_k(const torch::Tensor& teacher_logits, int64_t k);
+
+// The top-k KL given the teacher's side as teacher_top_k returns it (live, or read from a teacher cache):
+// KL(softmax(t_S/T) || softmax(s_S/T)) * T^2 on S = teacher_top_ids, both renormalised over S; the student's
+// logits outside S get zero gradient. teacher_top_logits [..., k] any float dtype, teacher_top_ids [..., k]
+// int64 in [0, V), leading dimensions those of student_logits. options.top_k is not used (k is the tensors').
+torch::Tensor kl_divergence_top_k(const torch::Tensor& student_logits, const torch::Tensor& teacher_top_logits,
+                                  const torch::Tensor& teacher_top_ids, const torch::Tensor& mask,
+                                  const KLOptions& options = {});
 
 // Token-level cross-entropy -log softmax(s)[label], averaged over tokens where mask != 0 and
 // label != ignore_index (labels already aligned with the logits: the caller shifts them). labels [...] int64.

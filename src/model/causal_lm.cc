@@ -220,8 +220,8 @@ ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const
             "would need slots too; decode with a KVCache and a MambaCache");
   QAD_CHECK((o.cache == nullptr) == (o.mamba_cache == nullptr),
             "NemotronHForCausalLM: decoding needs both a KVCache (attention layers) and a MambaCache (Mamba layers)");
-  QAD_CHECK(!(o.checkpoint_layers && torch::GradMode::is_enabled()),
-            "NemotronHForCausalLM: activation checkpointing is not implemented yet; train without checkpoint_layers");
+  QAD_CHECK(!(o.checkpoint_layers && (o.cache != nullptr || o.mamba_cache != nullptr)),
+            "activation checkpointing and a KV / Mamba cache do not mix");
   const int64_t b = input_ids.size(0), t = input_ids.size(1);
   const int64_t past = o.cache != nullptr ? o.cache->length : 0;
   const auto device = model->embed_tokens->weight.device();
@@ -254,7 +254,10 @@ ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const
   auto keep_hidden = [&](std::string name, torch::Tensor& x) { keep_hidden_state(o, out, std::move(name), x); };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->block_list.size(); ++l) {
-    h = model->block_list[l]->forward(h, ctx, o.mamba_cache != nullptr ? &o.mamba_cache->layers[l] : nullptr);
+    auto& block = *model->block_list[l];
+    h = o.checkpoint_layers && torch::GradMode::is_enabled()
+            ? checkpointed_block(block, h, ctx)
+            : block.forward(h, ctx, o.mamba_cache != nullptr ? &o.mamba_cache->layers[l] : nullptr);
     keep_hidden("layers." + std::to_string(l), h);
   }
   h = model->norm(h);

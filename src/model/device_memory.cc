@@ -23,4 +23,17 @@ std::optional<int64_t> free_device_bytes(torch::Device device) {
   return std::nullopt;
 }
 
+std::optional<int64_t> total_device_bytes(torch::Device device) {
+#ifdef QAD_HAS_CUDA
+  if (device.is_cuda()) {
+    c10::cuda::CUDAGuard guard(device.has_index() ? device.index() : c10::DeviceIndex{0});
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess) return static_cast<int64_t>(total);
+  }
+#else
+  (void)device;
+#endif
+  return std::nullopt;
+}
+
 }  // namespace qad::model

@@ -10,5 +10,7 @@ namespace qad::model {
 // Bytes free on a CUDA device (after returning the caching allocator's unused blocks to the driver);
 // nothing on CPU or in builds without CUDA.
 std::optional<int64_t> free_device_bytes(torch::Device device);
+// The device's total memory (CUDA; nothing on CPU or in builds without CUDA).
+std::optional<int64_t> total_device_bytes(torch::Device device);
 
 }  // namespace qad::model

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <utility>
 
+#include "fused/row_add.h"
 #include "util/error.h"
 
 namespace qad::model {
@@ -41,20 +42,25 @@ struct TapRowsBackward : public torch::autograd::Node {
     if (!g_h.defined()) {
       // Nothing downstream read h' (a final hidden state that only the CKA term uses).
       auto z = torch::zeros(sizes, g_rows.options());
-      return {flat_rows(z).index_add_(0, index, g_rows).view(sizes)};
+      auto flat = flat_rows(z);
+      fused::add_rows_(flat, index, g_rows);
+      return {z};
     }
     g_rows = g_rows.to(g_h.scalar_type());
     if (exclusively_owned(g_h)) {
       // The usual case in a decoder: the gradient is a fresh sum of the next layer's two uses of h'. Only the
       // selected rows are touched.
       g_in_place.fetch_add(1, std::memory_order_relaxed);
-      flat_rows(g_h).index_add_(0, index, g_rows);
+      auto flat = flat_rows(g_h);
+      fused::add_rows_(flat, index, g_rows);
       return {g_h};
     }
     // Shared (another node's input, a saved tensor, an expanded view): writing into it could change what
     // another node reads, so add out of place: one pass over h's gradient.
     g_copied.fetch_add(1, std::memory_order_relaxed);
-    return {flat_rows(g_h).index_add(0, index, g_rows).view(sizes)};
+    auto copy = flat_rows(g_h).clone(torch::MemoryFormat::Contiguous);
+    fused::add_rows_(copy, index, g_rows);
+    return {copy.view(sizes)};
   }
 
   void release_variables() override { index = torch::Tensor(); }

@@ -21,14 +21,14 @@ template <typename F> void fields(LossConfig& c, F&& f) {
   f("kl", c.kl); f("ce", c.ce); f("cka", c.cka); f("temperature", c.temperature);
   f("top_k", c.top_k); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
   f("cka_subsample_tokens", c.cka_subsample_tokens); f("cka_dynamic_balance", c.cka_dynamic_balance);
-  f("cka_layers", c.cka_layers); f("cka_tf32", c.cka_tf32); f("log_ce", c.log_ce);
+  f("cka_layers", c.cka_layers); f("cka_tf32", c.cka_tf32); f("cka_bf16_products", c.cka_bf16_products); f("log_ce", c.log_ce);
   f("router_balance", c.router_balance);
 }
 template <typename F> void fields(OptimConfig& c, F&& f) {
   f("lr", c.lr); f("min_lr_ratio", c.min_lr_ratio); f("schedule", c.schedule);
   f("warmup_fraction", c.warmup_fraction); f("warmup_steps", c.warmup_steps); f("weight_decay", c.weight_decay);
   f("beta1", c.beta1); f("beta2", c.beta2); f("eps", c.eps); f("grad_clip", c.grad_clip);
-  f("grad_accum", c.grad_accum); f("freeze_routers", c.freeze_routers);
+  f("grad_accum", c.grad_accum); f("freeze_routers", c.freeze_routers); f("offload", c.offload);
 }
 template <typename F> void fields(DataConfig& c, F&& f) {
   f("path", c.path); f("valid_path", c.valid_path); f("seq_len", c.seq_len); f("batch_size", c.batch_size);
@@ -44,7 +44,7 @@ template <typename F> void fields(RunConfig& c, F&& f) {
   f("max_bad_steps", c.max_bad_steps); f("seed", c.seed); f("activation_checkpointing", c.activation_checkpointing);
   f("export_bf16", c.export_bf16); f("export_nvfp4", c.export_nvfp4); f("valid_tasks", c.valid_tasks);
   f("valid_task_items", c.valid_task_items); f("valid_task_max_new_tokens", c.valid_task_max_new_tokens);
-  f("best_metric", c.best_metric);
+  f("best_metric", c.best_metric); f("teacher_cache", c.teacher_cache);
 }
 template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
@@ -178,6 +178,8 @@ void TrainConfig::validate() const {
          "optim.schedule must be cosine, linear or constant, got '" + optim.schedule + "'");
   c.range("optim.warmup_fraction", optim.warmup_fraction, 0.0, 1.0, "must be in [0, 1]");
   c.range<int64_t>("optim.warmup_steps", optim.warmup_steps, -1, kMaxInt, "must be >= 0 (-1 = use warmup_fraction)");
+  c.that(optim.offload == "none" || optim.offload == "optimizer",
+         "optim.offload must be none or optimizer (--offload), got '" + optim.offload + "'");
   c.range<int64_t>("optim.grad_accum", optim.grad_accum, 1, kMaxInt, "must be >= 1");
   c.range("optim.grad_clip", optim.grad_clip, 0.0, kInf, "must be >= 0 (0 = off)");
   c.range("optim.weight_decay", optim.weight_decay, 0.0, kInf, "must be >= 0");

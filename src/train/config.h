@@ -34,6 +34,9 @@ struct LossConfig {
   bool cka_dynamic_balance = false;      // scale the CKA term to the KL's magnitude
   std::vector<std::string> cka_layers;   // empty = every decoder layer's output ("layers.N")
   bool cka_tf32 = true;                  // TF32 for FP32 matmuls on CUDA (the CKA products; the model is BF16)
+  bool cka_bf16_products = false;        // CUDA: BF16 products with FP32 accumulation (the Gram form of the biased
+                                         // estimator; loss/cka.h); recipes/cka_qad.yaml turns it on; false:
+                                         // FP32 / TF32 products (what runs before this setting existed used)
   bool log_ce = true;                    // compute CE (no gradient) for the log even when its weight is 0
   int fused_head = -1;                   // lm_head + KL/CE fused over token chunks (loss/fused_head_losses.h):
                                          // -1 where the model is on CUDA, 1 always (tests), 0 never; not a YAML key
@@ -51,6 +54,7 @@ struct OptimConfig {
   double grad_clip = 1.0;       // max global L2 norm; 0 = off
   int64_t grad_accum = 1;       // micro-batches per optimizer step
   bool freeze_routers = false;  // MoE: keep the routers ("mlp.gate") at the teacher's weights
+  std::string offload = "none"; // none | optimizer: FP32 master + moments in host memory (train/offload_adamw.h)
 };
 
 struct DataConfig {
@@ -74,6 +78,7 @@ struct QuantConfig {
 
 struct RunConfig {
   std::string teacher;          // HF dir (the BF16 model; also the student's initial weights)
+  std::string teacher_cache;    // qad teacher-cache output: the teacher's targets come from it, no teacher model
   std::string out;              // run directory
   std::string name;             // run.json "name"; default = the out dir's name
   std::string device = "auto";  // auto | cpu | cuda | cuda:N

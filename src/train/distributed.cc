@@ -30,6 +30,9 @@ std::unique_ptr<Optimizer> DataParallel::make_optimizer(const NamedTensors& para
                                                         model::CausalLM* student, model::CausalLM* teacher) {
   QAD_CHECK(!reducer_ && !student_shards_, "DataParallel::make_optimizer called twice");
   if (dist_.fully_sharded) {
+    QAD_CHECK(options.offload == "none", "--offload optimizer with --zero 3: the fully sharded optimizer keeps only "
+              "its 1/{} of the state on each GPU and has no host-offload path; drop --offload, or use --zero 0 to "
+              "offload every rank's full state to host memory", dist_.world_size);
     QAD_CHECK(student != nullptr, "fully sharded training: make_optimizer needs the student model");
     for (const auto& [n, p] : params) p.set_requires_grad(true);
     student_shards_ = ShardedModel::attach(*student, params, *comm_, /*trained=*/true);
@@ -46,8 +49,13 @@ std::unique_ptr<Optimizer> DataParallel::make_optimizer(const NamedTensors& para
     ts.push_back(p);
   }
   reducer_ = std::make_unique<dist::GradReducer>(ts, static_cast<int64_t>(dist_.bucket_mb * 1024 * 1024), *comm_);
-  if (dist_.zero) return std::make_unique<ShardedAdamW>(params, options, *comm_, *reducer_);
-  return std::make_unique<AdamW>(params, options);
+  if (dist_.zero) {
+    QAD_CHECK(options.offload == "none", "--offload optimizer with ZeRO-1: the sharded optimizer keeps its 1/{} of the "
+              "state on the GPU; pass --zero 0 to offload every rank's full state to host memory instead, or drop "
+              "--offload", dist_.world_size);
+    return std::make_unique<ShardedAdamW>(params, options, *comm_, *reducer_);
+  }
+  return make_adamw(params, options);
 }
 
 int64_t DataParallel::sum_tokens(int64_t local) {

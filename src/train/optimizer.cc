@@ -5,6 +5,7 @@
 #include <map>
 
 #include "train/fused_adamw.h"
+#include "train/offload_adamw.h"
 #include "util/error.h"
 #include "util/torch_format.h"
 
@@ -75,15 +76,27 @@ void AdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const tor
   fused_adamw_(ts, adamw_scalars(lr, options_, t_), grad_scale, apply);
 }
 
-double AdamW::grad_norm() const {
+double global_grad_norm(const std::vector<torch::Tensor>& params) {
   torch::NoGradGuard ng;
   std::vector<torch::Tensor> sq;
-  for (const auto& s : slots_) {
-    const auto& g = s.param.grad();
+  for (const auto& p : params) {
+    const auto& g = p.grad();
     if (g.defined()) sq.push_back(g.to(torch::kFloat32).pow(2).sum().to(torch::kFloat64));
   }
   if (sq.empty()) return 0.0;
   return std::sqrt(torch::stack(sq).sum().item<double>());
+}
+
+double AdamW::grad_norm() const {
+  std::vector<torch::Tensor> ps;
+  for (const auto& s : slots_) ps.push_back(s.param);
+  return global_grad_norm(ps);
+}
+
+std::unique_ptr<Optimizer> make_adamw(NamedTensors params, const OptimConfig& options) {
+  if (options.offload == "optimizer") return std::make_unique<OffloadAdamW>(std::move(params), options);
+  QAD_CHECK(options.offload == "none", "optim.offload '{}': use none or optimizer (--offload)", options.offload);
+  return std::make_unique<AdamW>(std::move(params), options);
 }
 
 void AdamW::scale_grads(double factor) {

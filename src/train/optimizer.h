@@ -6,6 +6,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,14 @@ class Optimizer {
   virtual void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply);
   virtual void cancel_step();  // steps() back by one: the last step_on_device changed nothing
 };
+
+// Global L2 norm of the tensors' gradients (FP32 squares per tensor, summed in FP64; missing gradients count as 0).
+// One host synchronisation. AdamW::grad_norm and OffloadAdamW::grad_norm.
+double global_grad_norm(const std::vector<torch::Tensor>& params);
+
+// The optimizer of one process (or of every rank without ZeRO-1) for `options`: AdamW, or with options.offload
+// "optimizer" OffloadAdamW (train/offload_adamw.h: master weights and moments in host memory).
+std::unique_ptr<Optimizer> make_adamw(NamedTensors params, const OptimConfig& options);
 
 // PyTorch's AdamW update of one tensor's master weights and moments at step t (weight decay is applied by
 // the caller, before): shared by AdamW and ShardedAdamW so both do bit-identical arithmetic.

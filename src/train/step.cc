@@ -11,6 +11,7 @@
 #include "loss/cka_loss.h"
 #include "loss/fused_head_losses.h"
 #include "loss/logit_losses.h"
+#include "loss/teacher_targets.h"
 #include "train/distributed.h"
 #include "train/moe_training.h"
 #include "util/error.h"
@@ -72,8 +73,12 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
                                      const LossConfig& loss, bool activation_checkpointing, torch::Generator* gen,
                                      bool padded, bool labels_checked) {
   const bool want_cka = loss.cka > 0;
-  const bool need_teacher = loss.kl > 0 || want_cka;
-  QAD_CHECK(!need_teacher || teacher != nullptr, "the KL and CKA terms need a teacher model");
+  // From a teacher cache: the teacher's top-k logits and CKA rows come with the batch; no teacher forward.
+  const loss::TeacherTargets* cached = batch.teacher.get();
+  const bool need_teacher = (loss.kl > 0 || want_cka) && cached == nullptr;
+  QAD_CHECK(!need_teacher || teacher != nullptr, "the KL and CKA terms need a teacher model (or a teacher cache)");
+  QAD_CHECK(cached == nullptr || !want_cka || cached->cka_index.defined(),
+            "the CKA term is on but the teacher cache holds no hidden states; build it with the CKA settings");
   model::ForwardOptions fo;
   fo.return_hidden = want_cka;
   if (padded) fo.attention_mask = batch.attention_mask;
@@ -84,17 +89,19 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     co.subsample_tokens = loss.cka_subsample_tokens;
     co.dynamic_balance = loss.cka_dynamic_balance;
     co.read_values = loss.cka_dynamic_balance;  // balancing reads the values anyway
+    co.bf16_products = loss.cka_bf16_products;
     co.layers = loss.cka_layers.empty() ? default_cka_layers(student->config()) : loss.cka_layers;
     // CKA over the real input tokens (prompt and answer alike), not only the supervised ones. Chosen before the
     // forwards so that both models keep only these rows of each layer's output.
     const auto& ids = batch.input_ids;
     // (The lm_head's device, not parameters().front()'s: collecting every parameter of the model is host work
-    // the GPU waits for here, at the start of the step.)
-    fo.hidden_rows = loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
-                                             student->lm_head->weight.device()).index;
+    // the GPU waits for here, at the start of the step.) A teacher cache fixed the tokens when it was built.
+    fo.hidden_rows = cached != nullptr ? cached->cka_index
+                                       : loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
+                                                                 student->lm_head->weight.device()).index;
   }
 
-  const bool fused = use_fused_head(loss, student, teacher);
+  const bool fused = cached == nullptr && use_fused_head(loss, student, teacher);  // a cache: the top-k KL path
   fo.skip_logits = fused;
   model::ForwardOutput t_out;
   if (need_teacher) {
@@ -132,7 +139,9 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     torch::Tensor kl;
     if (loss.kl > 0) {
       loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.top_k, .chunk_tokens = loss.chunk_tokens};
-      kl = loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
+      kl = cached != nullptr ? loss::kl_divergence_top_k(s_out.logits, cached->top_logits, cached->top_ids,
+                                                         batch.loss_mask, ko)
+                             : loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
       v.kl = f64(kl);
       total = total + loss.kl * kl.to(acc);
     }
@@ -151,7 +160,11 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
   if (want_cka) {
     std::optional<double> kl_value;
     if (co.dynamic_balance) kl_value = v.kl.defined() ? v.kl.item<double>() : 0.0;
-    auto r = loss::cka_loss_on_tokens(t_out.hidden, s_out.hidden, co, kl_value);
+    loss::NamedHidden t_hidden;
+    if (cached != nullptr) {  // cached rows in the student's dtype (a cache may store them narrower)
+      for (const auto& [name, rows] : cached->cka_hidden) t_hidden.emplace_back(name, rows.to(model_dtype));
+    }
+    auto r = loss::cka_loss_on_tokens(cached != nullptr ? t_hidden : t_out.hidden, s_out.hidden, co, kl_value);
     v.cka = r.per_layer;
     v.cka_layers = r.layers;
     v.cka_term = (1 - r.per_layer).mean();

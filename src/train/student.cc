@@ -8,6 +8,7 @@
 #include "checkpoint/load.h"
 #include "io/safetensors_torch.h"
 #include "model/config.h"
+#include "model/param_count.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -18,6 +19,30 @@ namespace qad::train {
 namespace fs = std::filesystem;
 
 bool method_quantizes(Method m) { return m != Method::kPretrain; }
+
+int64_t fake_quantized_weight_elements(const model::ModelConfig& config, const TrainConfig& cfg) {
+  if (!method_quantizes(cfg.method)) return 0;
+  const auto& q = cfg.quant.options;
+  auto any = [](const std::vector<std::string>& globs, const std::string& name) {
+    for (const auto& g : globs) {
+      if (quant::glob_match(g, name)) return true;
+    }
+    return false;
+  };
+  std::vector<std::string> kept;
+  for (int64_t b : quant::kept_blocks(config, q.keep_blocks)) kept.push_back(fmt::format("backbone.layers.{}.mixer.*", b));
+  int64_t n = 0;
+  for (const auto& l : model::linear_shapes(config)) {
+    if (l.tied || any(kept, l.name)) continue;
+    bool on = any(q.include, l.name) && !any(q.exclude, l.name);
+    for (const auto& ov : q.overrides) {
+      if (ov.quantize && quant::glob_match(ov.pattern, l.name)) on = *ov.quantize;
+    }
+    const bool fp8 = any(q.fp8_layers, l.name);
+    if (fp8 || (on && l.in_features % 16 == 0)) n += l.in_features * l.out_features;
+  }
+  return n;
+}
 
 int64_t calibration_samples(const TrainConfig& cfg) {
   // The calibration loader reads the global batch (batch_size x world_size rows) on every rank (data_source.cc).

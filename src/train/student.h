@@ -42,6 +42,12 @@ Student build_student(const TrainConfig& cfg, torch::Device device, torch::Scala
 // Installs NVFP4 on an in-memory model (e.g. a random one in the benchmarks) and calibrates it on `calib`.
 Student quantize_student(model::CausalLM lm, const TrainConfig& cfg, const CalibSource& calib);
 
+// Elements of the weights whose fake-quantized copies the student's hooks keep (the NVFP4 and FP8 Linears that
+// apply_nvfp4 selects under cfg.quant.options), from the config alone: for `qad distill --plan`. The rules are
+// apply_nvfp4's (include / exclude / overrides / fp8_layers / keep_blocks, input size a multiple of 16, never a tied
+// lm_head) except its fused-group fallback, which only changes anything for configurations it warns about.
+int64_t fake_quantized_weight_elements(const model::ModelConfig& config, const TrainConfig& cfg);
+
 checkpoint::QuantizerSnapshot quantizer_state(const Student& s);
 void load_quantizer_state(Student& s, const TrainConfig& cfg, const checkpoint::QuantizerSnapshot& snap);
 

@@ -19,6 +19,7 @@
 #include "train/distributed.h"
 #include "train/memory.h"
 #include "train/moe_training.h"
+#include "train/offload_adamw.h"
 #include "train/run_paths.h"
 #include "train/validate.h"
 #include "util/atomic_file.h"
@@ -38,14 +39,21 @@ uint64_t mix(uint64_t x) {  // SplitMix64 finaliser: per-step seeds that do not 
   return x ^ (x >> 31);
 }
 
-// The first key whose value differs between two configs ("optim.lr: 1e-05 vs 2e-05"), ignoring debug.
-std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "") {
+// The first key whose value differs between two configs ("optim.lr: 1e-05 vs 2e-05"), ignoring debug. A key
+// the saved run lacks (a setting added after it was written) matches when it has its default value now, which
+// is the behaviour the run had (`defaults`: the default config, same layout).
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const nlohmann::json& defaults,
+                             const std::string& path = "") {
   if (a.is_object() && b.is_object()) {
     for (const auto& [k, v] : a.items()) {
       if (path.empty() && k == "debug") continue;
       const std::string p = path.empty() ? k : path + "." + k;
-      if (!b.contains(k)) return p + " is missing from the saved config";
-      auto d = first_difference(v, b[k], p);
+      const bool has_default = defaults.is_object() && defaults.contains(k);
+      if (!b.contains(k)) {
+        if (has_default && defaults[k] == v) continue;
+        return p + " is missing from the saved config";
+      }
+      auto d = first_difference(v, b[k], has_default ? defaults[k] : nlohmann::json(), p);
       if (!d.empty()) return d;
     }
     return "";
@@ -134,7 +142,9 @@ void Trainer::open_run_dir() {
                                              cfg_.data.batch_size * cfg_.dist.world_size) {
       saved_config["data"]["batch_size"] = cfg_.data.batch_size;
     }
-    auto diff = first_difference(config_json_, saved_config);
+    // Offloading the optimizer state changes where it lives, not the arithmetic: a run may resume with or without.
+    if (saved_config.contains("optim")) saved_config["optim"]["offload"] = cfg_.optim.offload;
+    auto diff = first_difference(config_json_, saved_config, TrainConfig{}.to_json());
     QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
               "command line, or start a new run in another --out directory", diff);
   } else {
@@ -173,7 +183,15 @@ void Trainer::load_models() {
   if (dp_ && !writer_) dp_->barrier("waiting for rank 0 to prepare the data");
   loaders_ = make_loaders(cfg_);
   if (dp_ && writer_) dp_->barrier("waiting for rank 0 to prepare the data");
-  if (cfg_.method != Method::kPretrain) {
+  if (!cfg_.run.teacher_cache.empty()) {
+    teacher_cache_ = std::make_unique<TeacherCache>(cfg_.run.teacher_cache);
+    teacher_cache_->check_run(cfg_, *loaders_.train);
+    if (writer_) {
+      fmt::print("teacher: from the cache {} (top-{} of its {} logits; no teacher model)\n", cfg_.run.teacher_cache,
+                 cfg_.loss.top_k > 0 ? cfg_.loss.top_k : teacher_cache_->manifest().layout.top_k,
+                 teacher_cache_->manifest().layout.top_k);
+    }
+  } else if (cfg_.method != Method::kPretrain) {
     teacher_ = checkpoint::load_model(cfg_.run.teacher, device_, dtype_);
     teacher_->eval();
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
@@ -189,7 +207,10 @@ void Trainer::load_models() {
   student_.lm->train();
   const auto trainable = trainable_tensors(student_.lm, cfg_.optim.freeze_routers);
   optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim, &student_.lm, teacher_ ? &teacher_ : nullptr)
-                   : std::make_unique<AdamW>(trainable, cfg_.optim);
+                   : make_adamw(trainable, cfg_.optim);
+  if (auto* off = dynamic_cast<OffloadAdamW*>(optimizer_.get()); off != nullptr && writer_) {
+    fmt::print("{}\n", off->describe());
+  }
   schedule_ = Schedule::from_config(cfg_.optim, cfg_.run.steps);
 }
 
@@ -243,7 +264,16 @@ void Trainer::loop() {
 
 StepResult Trainer::step(int64_t index, double lr) {
   std::vector<data::BatchTensors> micro;
-  for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) micro.push_back(data::to_tensors(loaders_.train->next(), device_));
+  for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) {
+    const auto batch = loaders_.train->next();
+    micro.push_back(data::to_tensors(batch, device_));
+    if (teacher_cache_) {  // the teacher's targets of these rows, read from the cache
+      const auto& l = cfg_.loss;
+      const auto layers = l.cka > 0 ? (l.cka_layers.empty() ? default_cka_layers(student_.lm->config()) : l.cka_layers)
+                                    : std::vector<std::string>{};
+      micro.back().teacher = teacher_cache_->targets(batch, loaders_.train->options(), device_, l.top_k, layers);
+    }
+  }
   const auto& nan_steps = cfg_.debug.nan_at_steps;
   const bool poison = std::find(nan_steps.begin(), nan_steps.end(), index + 1) != nan_steps.end();
   return train_step(student_.lm, teacher_ ? &teacher_ : nullptr, micro, *optimizer_,

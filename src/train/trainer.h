@@ -18,6 +18,7 @@
 #include "train/step.h"
 #include "train/student.h"
 #include "train/task_validation.h"
+#include "train/teacher_cache.h"
 #include "util/signals.h"
 
 namespace qad::train {
@@ -80,6 +81,7 @@ class Trainer {
   std::unique_ptr<DataParallel> dp_;
   Loaders loaders_;
   model::CausalLM teacher_{nullptr};
+  std::unique_ptr<TeacherCache> teacher_cache_;  // --teacher-cache: the teacher's targets, no teacher_
   Student student_;
   std::unique_ptr<Optimizer> optimizer_;
   Schedule schedule_;

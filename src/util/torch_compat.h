@@ -68,4 +68,14 @@ namespace qad::compat {
 // itself computes in BF16). A no-op on CPU.
 inline void set_tf32_matmul(bool on) { at::globalContext().setAllowTF32CuBLAS(on); }
 
+// a.bmm(b) of two BF16 / FP16 batches with an FP32 result: cuBLAS accumulates in FP32 and stores the accumulator
+// without rounding it to 16 bits (LibTorch >= 2.8's out_dtype overload, CUDA only); elsewhere the FP32 product of
+// the widened inputs (the same values up to the summation order).
+inline torch::Tensor bmm_fp32_out(const torch::Tensor& a, const torch::Tensor& b) {
+#if QAD_TORCH_AT_LEAST(2, 8)
+  if (a.is_cuda() && a.scalar_type() != at::kFloat) return at::bmm(a, b, at::kFloat);
+#endif
+  return a.to(at::kFloat).bmm(b.to(at::kFloat));
+}
+
 }  // namespace qad::compat

@@ -8,6 +8,7 @@
 #include "fused/autograd.h"
 #include "fused/rms_norm.h"
 #include "fused/rope.h"
+#include "fused/row_add.h"
 #include "fused/swiglu.h"
 #include "fused/unfused.h"
 #include "nvfp4/quantize.h"
@@ -247,6 +248,38 @@ TEST(FusedCuda, UnsupportedShapesAreRefusedClearly) {
   EXPECT_FALSE(rms_norm_cuda_supports(x));
   EXPECT_THROW(rms_norm_forward(x, torch::Tensor(), torch::ones({40}, torch::kCUDA), kEps, {}), qad::Error);
   EXPECT_FALSE(rope_cuda_supports(torch::randn({1, 2, 3, 48}, torch::kCUDA)));
+}
+
+}  // namespace
+}  // namespace qad::fused
+
+namespace qad::fused {
+namespace {
+
+// add_rows_'s kernel against its reference and against ATen's index_add_ on the GPU (both exact for distinct
+// rows): the CKA shape (1024 of 8192 rows of 2048), a width that is not a whole number of threads' vectors, and
+// an odd width (falls back to index_add_). The destination starts random, so untouched rows are checked too.
+TEST(FusedCuda, AddRowsEqualsReferenceAndIndexAdd) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(72);
+  struct Shape {
+    int64_t rows, n, width;
+  };
+  for (const auto& s : {Shape{8192, 1024, 2048}, Shape{300, 77, 40}, Shape{50, 9, 13}}) {
+    for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      auto dst = torch::randn({s.rows, s.width}, gen).to(dt);
+      auto src = torch::randn({s.n, s.width}, gen).to(dt);
+      auto index = torch::randperm(s.rows, gen, torch::kLong).narrow(0, 0, s.n).contiguous();
+      auto ref = dst.clone();
+      add_rows_reference(ref, index, src);
+      auto got = dst.cuda();
+      add_rows_(got, index.cuda(), src.cuda());
+      auto aten = dst.cuda().index_add_(0, index.cuda(), src.cuda());
+      const std::string what = std::string(c10::toString(dt)) + " width " + std::to_string(s.width);
+      EXPECT_TRUE(same_bits(got.cpu(), ref)) << what;
+      EXPECT_TRUE(same_bits(got.cpu(), aten.cpu())) << what;
+    }
+  }
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "fused/autograd.h"
 #include "fused/rms_norm.h"
 #include "fused/rope.h"
+#include "fused/row_add.h"
 #include "fused/swiglu.h"
 #include "fused/unfused.h"
 #include "nvfp4/quantize.h"
@@ -227,6 +228,37 @@ TEST(FusedReference, BadArgumentsGiveOneLineErrors) {
   EXPECT_THROW(swiglu_forward(x, torch::randn({4, 16}), {}), qad::Error);
   EXPECT_THROW(rope_forward(torch::randn({2, 3, 4}), torch::Tensor(), kEps, x, x), qad::Error);
   EXPECT_THROW(rms_norm_forward(x, torch::Tensor(), torch::ones({32}), kEps, {torch::ones({2}), false}), qad::Error);
+}
+
+}  // namespace
+}  // namespace qad::fused
+
+namespace qad::fused {
+namespace {
+
+// The reference of add_rows_ against float arithmetic written out: the chosen rows gain src (one rounding to the
+// dtype), every other row keeps its bits; and add_rows_ on the CPU (ATen's index_add_) gives the same bits.
+TEST(FusedReference, AddRowsAddsTheChosenRowsOnce) {
+  auto gen = qad::testing::seeded_generator(71);
+  for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    auto dst = torch::randn({40, 24}, gen).to(dt);
+    auto src = torch::randn({6, 24}, gen).to(dt);
+    auto index = torch::tensor({31, 0, 7, 39, 12, 5}, torch::kLong);
+    auto ref = dst.clone();
+    add_rows_reference(ref, index, src);
+    auto expect = dst.to(torch::kFloat32).clone();  // (to() of a float tensor is the tensor itself)
+    for (int64_t i = 0; i < index.size(0); ++i) {
+      const auto r = index[i].item<int64_t>();
+      expect[r] = (expect[r] + src[i].to(torch::kFloat32));
+    }
+    EXPECT_TRUE(qad::testing::same_bits(ref, expect.to(dt))) << c10::toString(dt);
+    auto got = dst.clone();
+    add_rows_(got, index, src);
+    EXPECT_TRUE(qad::testing::same_bits(got, ref)) << c10::toString(dt);
+  }
+  auto dst = torch::zeros({4, 8});
+  EXPECT_THROW(add_rows_reference(dst, torch::tensor({1, 1}, torch::kLong), torch::ones({2, 8})), qad::Error);
+  EXPECT_THROW(add_rows_(dst, torch::tensor({1}, torch::kLong), torch::ones({1, 8}, torch::kFloat64)), qad::Error);
 }
 
 }  // namespace

@@ -129,6 +129,34 @@ TEST(KLDivergence, TopKRenormalisesBothOverTheTeachersSet) {
               1e-13);
 }
 
+// The teacher's top-k given from outside (a teacher cache stores teacher_top_k's result): a cache of 8 read as
+// its first 5 gives the live top-5 KL and gradient bit for bit; bad inputs are refused.
+TEST(KLDivergence, TopKFromTheTeachersGivenTopKEqualsTheLiveTopK) {
+  auto x = random_batch(7, 3, 4, 13);
+  KLOptions o;
+  o.top_k = 5;
+  o.temperature = 1.3;
+  o.chunk_tokens = 3;
+  auto s1 = x.s.clone().requires_grad_(true), s2 = x.s.clone().requires_grad_(true);
+  auto live = kl_divergence(s1, x.t, x.mask, o);
+  auto [top, ids] = teacher_top_k(x.t, 8);
+  ASSERT_EQ(top.size(-1), 8);
+  EXPECT_TRUE((top.slice(-1, 0, 7) >= top.slice(-1, 1, 8)).all().item<bool>()) << "descending";
+  EXPECT_TRUE(qad::testing::same_bits(x.t.gather(-1, ids), top));
+  auto cached = kl_divergence_top_k(s2, top.narrow(-1, 0, 5), ids.narrow(-1, 0, 5), x.mask, o);
+  EXPECT_TRUE(qad::testing::same_bits(live, cached));
+  // the closed form on the teacher's top-5 set
+  auto idx5 = std::get<1>(x.t.topk(5, -1));
+  EXPECT_NEAR(cached.item<double>(), reference_kl(x.s.gather(-1, idx5), x.t.gather(-1, idx5), x.mask, 1.3).item<double>(),
+              1e-13);
+  live.backward();
+  cached.backward();
+  EXPECT_TRUE(qad::testing::same_bits(s1.grad(), s2.grad()));
+  EXPECT_THROW(kl_divergence_top_k(x.s, top, ids.to(torch::kInt32), x.mask, o), qad::Error);
+  EXPECT_THROW(kl_divergence_top_k(x.s, top.narrow(0, 0, 1), ids.narrow(0, 0, 1), x.mask, o), qad::Error);
+  EXPECT_THROW(teacher_top_k(x.t, 0), qad::Error);
+}
+
 TEST(KLDivergence, TeacherZeroProbabilitiesGiveAFiniteLoss) {
   auto x = random_batch(6);
   auto t = x.t.clone();

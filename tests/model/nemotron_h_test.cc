@@ -318,6 +318,42 @@ TEST(NemotronH, DecodingStateErrorsAreReadable) {
   }
 }
 
+// Activation checkpointing recomputes every block type (Mamba-2, attention, relu2 MLP, MoE) in backward: the same
+// loss and the same gradient for every parameter as the plain backward.
+TEST(NemotronH, CheckpointedBlocksGiveTheSameGradients) {
+  CausalLM lm(parse_config(tiny_config("M*-ME*M"), "g.json"));
+  auto gen = qad::testing::seeded_generator(10);
+  randomize(*lm, gen);
+  auto ids = torch::randint(0, 64, {2, 19}, gen);
+  auto grads = [&](bool checkpoint) {
+    lm->zero_grad();
+    ForwardOptions o;
+    o.checkpoint_layers = checkpoint;
+    auto loss = lm->forward(ids, o).logits.pow(2).mean();
+    loss.backward();
+    std::vector<torch::Tensor> g = {loss.detach()};
+    for (const auto& [name, p] : lm->hf_tensors()) g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    return g;
+  };
+  auto plain = grads(false), ckpt = grads(true);
+  auto named = lm->hf_tensors();
+  EXPECT_TRUE(torch::equal(plain[0], ckpt[0]));
+  int nonzero = 0;
+  for (size_t i = 0; i < named.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(plain[i + 1], ckpt[i + 1], 1e-5, 1e-7)) << named[i].first;
+    nonzero += plain[i + 1].abs().max().item<double>() > 0;
+  }
+  EXPECT_GT(nonzero, static_cast<int>(named.size()) / 2);  // the comparison is not of zeros
+  // With a cache it is refused (decoding does not train).
+  KVCache cache(lm->config(), 2, 19, torch::kCPU, torch::kFloat32);
+  MambaCache mamba;
+  ForwardOptions o;
+  o.checkpoint_layers = true;
+  o.cache = &cache;
+  o.mamba_cache = &mamba;
+  EXPECT_THROW(lm->forward(ids, o), Error);
+}
+
 TEST(NemotronH, HfNamesOfEveryBlockType) {
   CausalLM lm(parse_config(tiny_config("M*-E"), "n.json"));
   std::set<std::string> names;

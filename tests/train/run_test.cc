@@ -175,6 +175,75 @@ TEST_F(RunTest, SigkillMidRunThenResumeGivesTheSameLosses) {
   const auto from_run = generate(a, root_ / "g1.log");
   EXPECT_EQ(from_run.size(), 6u);
   EXPECT_EQ(from_run, generate(a / "checkpoints" / "step-00000009", root_ / "g2.log"));
+
+  // A run saved before a setting existed (its run.json lacks the key) resumes when the setting has its default
+  // (the behaviour that run had), and is refused, naming the key, when it is set otherwise.
+  auto saved = nlohmann::json::parse(slurp(b / "run.json"));
+  ASSERT_TRUE(saved["config"]["loss"].contains("cka_bf16_products"));
+  saved["config"]["loss"].erase("cka_bf16_products");
+  std::ofstream(b / "run.json") << saved.dump(2);
+  auto same = base_args(b);
+  same.push_back("--resume");
+  st = run_qad(same, root_ / "b4.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "b4.log");
+  std::ofstream(b / "run.json") << saved.dump(2);  // (the resume may have rewritten it)
+  same.insert(same.end(), {"--set", "loss.cka_bf16_products=true"});
+  st = run_qad(same, root_ / "b5.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+  EXPECT_NE(slurp(root_ / "b5.log").find("loss.cka_bf16_products is missing from the saved config"), std::string::npos)
+      << slurp(root_ / "b5.log");
+}
+
+// --offload optimizer through the binary (on the CPU: the state in a second host copy, the fused reference): a
+// killed offloaded run resumes to the uninterrupted one's losses bit for bit, and may resume without offload (the
+// state moves, the arithmetic is AdamW's). --plan reads only the teacher's config and creates nothing.
+TEST_F(RunTest, OffloadedRunResumesAndPlanCreatesNothing) {
+  const auto a = root_ / "offload_whole", b = root_ / "offload_killed", c = root_ / "offload_then_not";
+  // base_args with more flags; a flag base_args already has (--steps) gets the new value (CLI11 refuses repeats).
+  auto with = [](std::vector<std::string> args, std::vector<std::string> more) {
+    for (size_t i = 0; i < more.size(); ++i) {
+      auto it = std::find(args.begin(), args.end(), more[i]);
+      if (it != args.end() && i + 1 < more.size() && more[i + 1].rfind("--", 0) != 0) {
+        *(it + 1) = more[++i];
+      } else {
+        args.push_back(more[i]);
+      }
+    }
+    return args;
+  };
+  int st = run_qad(with(base_args(a), {"--steps", "6", "--offload", "optimizer"}), root_ / "o1.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "o1.log");
+  EXPECT_NE(slurp(root_ / "o1.log").find("optimizer offload:"), std::string::npos) << slurp(root_ / "o1.log");
+  for (const auto& dir : {b, c}) {
+    st = run_qad(with(base_args(dir), {"--steps", "6", "--offload", "optimizer", "--debug-kill-at-step", "5"}),
+                 root_ / "o2.log");
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << slurp(root_ / "o2.log");
+  }
+  st = run_qad(with(base_args(b), {"--steps", "6", "--offload", "optimizer", "--resume"}), root_ / "o3.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "o3.log");
+  st = run_qad(with(base_args(c), {"--steps", "6", "--resume"}), root_ / "o4.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "o4.log");
+  const auto la = losses(a), lb = losses(b), lc = losses(c);
+  ASSERT_EQ(la.size(), 6u);
+  ASSERT_EQ(lb.size(), 6u);
+  ASSERT_EQ(lc.size(), 6u);
+  for (const auto& [step, loss] : la) {
+    EXPECT_EQ(loss, lb.at(step)) << "step " << step << " (bitwise equality on CPU)";
+    // Without offload the CPU update is torch ops, which may contract multiply-adds: the same to float rounding.
+    EXPECT_NEAR(loss, lc.at(step), 1e-4 * std::abs(loss)) << "step " << step;
+  }
+
+  const auto plan_out = root_ / "plan_never_created";
+  auto plan_args = with(base_args(plan_out), {"--plan", "--gpu-memory", "80"});
+  st = run_qad(plan_args, root_ / "p1.log");
+  const auto text = slurp(root_ / "p1.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << text;
+  EXPECT_NE(text.find("predicted peak per GPU"), std::string::npos) << text;
+  EXPECT_NE(text.find("FITS"), std::string::npos) << text;
+  EXPECT_FALSE(fs::exists(plan_out));
+  st = run_qad(with(base_args(plan_out), {"--plan", "--gpu-memory", "0.5"}), root_ / "p2.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_NE(slurp(root_ / "p2.log").find("DOES NOT FIT"), std::string::npos) << slurp(root_ / "p2.log");
 }
 
 TEST_F(RunTest, NonFiniteStepsAreSkippedAndTooManyStopTheRun) {

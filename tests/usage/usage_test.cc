@@ -104,7 +104,7 @@ TEST(Usage, EveryHelpWorksAndListsTheCommands) {
   }
   // The commands the README documents (an independent list: a command that disappears from --help fails here).
   for (const char* c : {"demo", "distill", "report", "eval", "cka", "data", "quantize", "generate", "selfcheck",
-                        "tokenize"}) {
+                        "tokenize", "teacher-cache"}) {
     EXPECT_TRUE(top.count(c)) << "qad --help does not list " << c;
   }
   EXPECT_TRUE(help.count("data prepare") && help.count("data inspect"));
