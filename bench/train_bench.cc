@@ -40,6 +40,7 @@
 #include "data/batch_tensors.h"
 #include "io/safetensors_torch.h"
 #include "kernel_profile.h"
+#include "loss/stacked_rows.h"
 #include "model/causal_lm.h"
 #include "model/hidden_rows.h"
 #include "train/memory.h"
@@ -316,6 +317,9 @@ int main(int argc, char** argv) {
       if (taps.in_place + taps.copied > 0) {
         fmt::print("CKA rows' gradient added into the residual stream's gradient: {} times in place, {} into a copy\n",
                    taps.in_place, taps.copied);
+        const auto stacks = qad::loss::stack_rows_counts();
+        fmt::print("CKA rows of all layers stacked: {} times as a view of the rows buffer, {} times copied\n",
+                   stacks.views, stacks.copies);
       }
       // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel).
       qad::bench::KernelTotals profiled[2];

@@ -3,6 +3,7 @@
 # live teacher, 3 seeds, the same token budget (the study's: STEPS x 32 x 512 tokens), each NVFP4 export evaluated
 # for KL against the teacher, perplexity on prose_valid and arith accuracy; then step time and peak memory of
 # both, measured alone (one run at a time, TIME_STEPS steps). docs/teacher_cache.md has the results table.
+# Caches: runs/tcache/teacher-sN; runs: live-sN, cache-sN (trained from teacher-sN).
 #   scripts/gpu_teacher_cache.sh            (env: STEPS=400 K=64 SEEDS="1 2 3" TIME_STEPS=100 QAD=build-gpu/qad)
 # The live runs use the full KL (recipes/qad.yaml, loss.top_k 0): the comparison is "QAD from the cache" against
 # "QAD" as the study runs it. LIVE_TOPK=1 adds live top-K runs (the cache's exact live equivalent).
@@ -37,13 +38,13 @@ common=(--config recipes/qad.yaml --teacher $T --data runs/study/data_train --va
 quality=(--steps $STEPS --valid-batches 32 --checkpoint-every 0)
 # 1. One cache per seed (the data order follows data.seed).
 for s in $SEEDS; do
-  [ -f $dir/cache-s$s/manifest.json ] && grep -q '"complete": true' $dir/cache-s$s/manifest.json && continue
+  [ -f $dir/teacher-s$s/manifest.json ] && grep -q '"complete": true' $dir/teacher-s$s/manifest.json && continue
   /usr/bin/time -v $QAD teacher-cache --config recipes/qad.yaml --teacher $T --data runs/study/data_train \
     --valid-data runs/study/data_valid --steps $STEPS --batch-size 32 --seq-len 512 --data-seed $s --seed $s \
-    --top-k $K --device cuda --out $dir/cache-s$s > $dir/cache-s$s.log 2>&1
-  grep -E "^done|Maximum resident" $dir/cache-s$s.log
+    --top-k $K --device cuda --out $dir/teacher-s$s > $dir/teacher-s$s.log 2>&1
+  grep -E "^done|Maximum resident" $dir/teacher-s$s.log
 done
-echo "[$(( $(date +%s) - t0 )) s] caches built"; du -sh $dir/cache-s* 2>/dev/null
+echo "[$(( $(date +%s) - t0 )) s] caches built"; du -sh $dir/teacher-s* 2>/dev/null
 # 2. Quality: live and cached runs of every seed at once (a few percent of an H200 each), then their evaluations.
 pids=()
 for s in $SEEDS; do
@@ -52,7 +53,7 @@ for s in $SEEDS; do
     [ -f $run/final_metrics.json ] && continue
     rm -rf $run
     extra=()
-    [ $v = cache ] && extra=(--teacher-cache $dir/cache-s$s)
+    [ $v = cache ] && extra=(--teacher-cache $dir/teacher-s$s)
     [ $v = live-top$K ] && extra=(--top-k $K)
     $QAD distill "${common[@]}" "${quality[@]}" --seed $s --data-seed $s --out $run "${extra[@]}" > $dir/$v-s$s.log 2>&1 &
     pids+=($!)
@@ -76,7 +77,7 @@ for v in live cache; do
   run=$dir/time-$v
   rm -rf $run
   extra=()
-  [ $v = cache ] && extra=(--teacher-cache $dir/cache-s$s1)
+  [ $v = cache ] && extra=(--teacher-cache $dir/teacher-s$s1)
   $QAD distill "${common[@]}" --steps $TIME_STEPS --valid-batches 0 --seed $s1 --data-seed $s1 --out $run \
     --set run.export_nvfp4=false --checkpoint-every -1 "${extra[@]}" > $dir/time-$v.log 2>&1
 done
@@ -98,8 +99,8 @@ summary=$out/teacher_cache_summary.txt
     secs=$(grep -o '"train_seconds": *[0-9.eE+-]*' $dir/time-$v/final_metrics.json | sed 's/.*: *//')
     echo "cost $v: $TIME_STEPS steps in $secs s ($(awk "BEGIN{printf \"%.1f\", 1000*$secs/$TIME_STEPS}") ms/step), peak GPU memory $mem GB"
   done
-  for s in $SEEDS; do grep -h "^done" $dir/cache-s$s.log; done
-  du -sh $dir/cache-s* 2>/dev/null
+  for s in $SEEDS; do grep -h "^done" $dir/teacher-s$s.log; done
+  du -sh $dir/teacher-s* 2>/dev/null
 } | tee $summary
 tar czf $out/teacher_cache.tgz --exclude='*.safetensors' --exclude='*.bin' --exclude='checkpoints' --exclude='export' \
   --exclude='data' -C runs tcache

@@ -106,17 +106,29 @@ bool fused_kernels_allowed_by_environment() {
 }
 
 // A block's output for ForwardOutput::hidden (when asked for). With hidden_rows, x becomes a pass-through of
-// itself whose backward adds the rows' gradient in place of index_select's full-size zero tensor (hidden_rows.h).
-void keep_hidden_state(const ForwardOptions& o, ForwardOutput& out, std::string name, torch::Tensor& x) {
-  if (!o.return_hidden) return;
-  if (!o.hidden_rows.defined()) {
-    out.hidden.emplace_back(std::move(name), x);
-    return;
+// itself whose backward adds the rows' gradient in place of index_select's full-size zero tensor (hidden_rows.h),
+// and the rows of all `entries` states go into consecutive slices of one buffer (loss::stack_rows stacks them
+// without a copy).
+struct HiddenKeeper {
+  const ForwardOptions& o;
+  ForwardOutput& out;
+  int64_t entries = 0;
+  torch::Tensor buffer;  // [entries, n, H], allocated at the first state
+  int64_t next = 0;
+
+  void keep(std::string name, torch::Tensor& x) {
+    if (!o.return_hidden) return;
+    if (!o.hidden_rows.defined()) {
+      out.hidden.emplace_back(std::move(name), x);
+      return;
+    }
+    if (!buffer.defined()) buffer = torch::empty({entries, o.hidden_rows.size(0), x.size(-1)}, x.options());
+    QAD_CHECK(next < entries, "CausalLM: more hidden states than the {} the rows buffer holds", entries);
+    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows, buffer.select(0, next++));
+    x = std::move(passed);
+    out.hidden.emplace_back(std::move(name), std::move(rows));
   }
-  auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows);
-  x = std::move(passed);
-  out.hidden.emplace_back(std::move(name), std::move(rows));
-}
+};
 
 }  // namespace
 
@@ -181,7 +193,8 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   }
 
   ForwardOutput out;
-  auto keep_hidden = [&](std::string name, torch::Tensor& x) { keep_hidden_state(o, out, std::move(name), x); };
+  HiddenKeeper keeper{o, out, static_cast<int64_t>(model->layer_list.size()) + 1};  // every layer and the final norm
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) { keeper.keep(std::move(name), x); };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->layer_list.size(); ++l) {
     auto& layer = model->layer_list[l];
@@ -251,7 +264,8 @@ ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const
     ctx.causal = past == 0;  // a single new token after a cache attends to everything cached
   }
   ForwardOutput out;
-  auto keep_hidden = [&](std::string name, torch::Tensor& x) { keep_hidden_state(o, out, std::move(name), x); };
+  HiddenKeeper keeper{o, out, static_cast<int64_t>(model->block_list.size()) + 1};  // every block and the final norm
+  auto keep_hidden = [&](std::string name, torch::Tensor& x) { keeper.keep(std::move(name), x); };
   auto h = model->embed_tokens(input_ids.to(device));
   for (size_t l = 0; l < model->block_list.size(); ++l) {
     auto& block = *model->block_list[l];

@@ -68,13 +68,25 @@ struct TapRowsBackward : public torch::autograd::Node {
 
 }  // namespace
 
-std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index) {
+std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index,
+                                                        const torch::Tensor& into) {
   QAD_CHECK(h.dim() >= 2, "tap_hidden_rows: hidden state must have a feature dimension, got {} dims", h.dim());
   QAD_CHECK(index.scalar_type() == torch::kLong && index.dim() == 1,
             "tap_hidden_rows: index must be int64 [n], got {} with {} dims", c10::toString(index.scalar_type()),
             index.dim());
   const auto idx = index.device() == h.device() ? index : index.to(h.device());
-  auto rows = flat_rows(h.detach()).index_select(0, idx);
+  torch::Tensor rows;
+  if (into.defined()) {
+    QAD_CHECK(into.dim() == 2 && into.size(0) == idx.size(0) && into.size(1) == h.size(-1) && into.is_contiguous() &&
+                  into.scalar_type() == h.scalar_type() && into.device() == h.device(),
+              "tap_hidden_rows: the output slice must be a contiguous [{}, {}] tensor of the hidden state's dtype and "
+              "device", idx.size(0), h.size(-1));
+    torch::NoGradGuard no_grad;
+    torch::index_select_out(const_cast<torch::Tensor&>(into), flat_rows(h.detach()), 0, idx);
+    rows = into.detach();  // an alias with no view history: its gradient edge below is the only one it has
+  } else {
+    rows = flat_rows(h.detach()).index_select(0, idx);
+  }
   if (!torch::GradMode::is_enabled() || !h.requires_grad()) return {h, rows};
   auto node = std::shared_ptr<TapRowsBackward>(new TapRowsBackward(), torch::autograd::deleteNode);
   node->index = idx;

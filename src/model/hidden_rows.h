@@ -15,7 +15,11 @@ namespace qad::model {
 // mode, or h needs no gradient) it is index_select and h itself. When the backward holds the only reference to
 // h''s gradient (the usual case in a decoder) the rows are added into it in place, touching only those rows;
 // otherwise out of place (one pass over the gradient).
-std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index);
+// `into` (optional): a contiguous [n, H] tensor of h's dtype and device the rows are gathered into; rows is then
+// an alias of it. CausalLM gathers every layer's rows into consecutive slices of one buffer, which
+// loss::stack_rows then stacks without a copy.
+std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index,
+                                                        const torch::Tensor& into = {});
 
 // How many backward calls (process-wide, since start) added the rows in place / into a copy: tests and
 // benchmarks read these to see which path ran.

@@ -160,6 +160,15 @@ TEST(Decoder, HiddenRowsGiveTheGradientsOfGatheringFromTheFullHiddenStates) {
         o.return_hidden = true;
         if (tapped) o.hidden_rows = rows;
         auto out = lm->forward(ids, o);
+        if (tapped) {
+          // The rows of every state lie in consecutive slices of one buffer, in order (loss::stack_rows stacks
+          // them without a copy).
+          for (size_t i = 0; i < out.hidden.size(); ++i) {
+            const auto& r = out.hidden[i].second;
+            EXPECT_TRUE(r.is_contiguous() && r.is_alias_of(out.hidden[0].second)) << out.hidden[i].first;
+            EXPECT_EQ(r.storage_offset(), out.hidden[0].second.storage_offset() + static_cast<int64_t>(i) * r.numel());
+          }
+        }
         auto loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, 96}), ids.reshape({-1}));
         for (const auto& [name, h] : out.hidden) {
           auto r = tapped ? h : h.reshape({-1, 32}).index_select(0, rows);

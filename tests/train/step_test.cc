@@ -11,6 +11,7 @@
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "loss/cka.h"
+#include "loss/stacked_rows.h"
 #include "checkpoint/training_checkpoint.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -134,8 +135,13 @@ TEST_P(StepTest, LossAndGradientsEqualHandAssembledFp64) {
   cfg.loss.cka_estimator = GetParam() == loss::CkaEstimator::kDebiased ? "debiased" : "biased";
 
   zero(student);
+  const auto stacks_before = loss::stack_rows_counts();
   auto values = accumulate_gradients(student, &teacher, {b}, cfg, 7);
   auto got = grads_of(student);
+  // Both models' rows were stacked as views of their forwards' rows buffers (loss/stacked_rows.h), no copy.
+  const auto stacks_after = loss::stack_rows_counts();
+  EXPECT_EQ(stacks_after.views - stacks_before.views, 2);
+  EXPECT_EQ(stacks_after.copies - stacks_before.copies, 0);
 
   zero(student);
   auto ref = reference_loss(student, teacher, b, 1.0, 0.5, 0.3, GetParam());
