@@ -331,6 +331,17 @@ TEST_F(FsdpRunTest, CheckpointsResumeOnAnotherNumberOfRanks) {
   expect_close(ref, curve(b), "4 fully sharded ranks, then 1 process: loss");
 }
 
+TEST_F(FsdpRunTest, OffloadWithFullShardingIsRefusedWithTheFix) {
+  const auto out = root_ / "offload_refused";
+  auto a = args(out, 4, 1, "3", 2);
+  a.insert(a.end(), {"--offload", "optimizer"});
+  const int st = run(a, root_ / "offload_refused.log");
+  const auto log = slurp(root_ / "offload_refused.log");
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << log;
+  EXPECT_NE(log.find("--offload optimizer with --zero 3"), std::string::npos) << log;
+  EXPECT_NE(log.find("drop --offload"), std::string::npos) << log;
+}
+
 TEST_F(FsdpRunTest, AKilledRankStopsTheOtherWithAClearError) {
   // Launched torchrun-style (no local launcher to stop rank 0): rank 1 dies after step 2's update, while rank 0
   // goes on into the next step's layer all-gathers.

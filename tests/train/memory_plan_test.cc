@@ -1,7 +1,7 @@
 // `qad distill --plan`'s inputs and arithmetic on the CPU: parameter counts and Linear shapes from config.json equal
 // the loaded fixture models' (every architecture: Llama, Qwen2, Qwen3, Qwen3-MoE, NemotronH hybrid and MoE), the
 // fake-quantized weight count equals what apply_nvfp4 selects, and the plan's components for the Qwen3-8B shape
-// equal their closed forms (offload, ZeRO-1, checkpointing). The activation formula against a measured peak needs
+// equal their closed forms (offload, ZeRO-1, fully sharded, checkpointing). The activation formula against a measured peak needs
 // the GPU: bench_train prints the plan beside its measurement.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -157,6 +157,30 @@ TEST(MemoryPlan, Qwen3_8BComponentsAreTheirClosedForms) {
   const auto z = plan_memory(c, cfg, s);
   EXPECT_DOUBLE_EQ(gpu_of(z, "FP32 master"), 3 * P);
   EXPECT_DOUBLE_EQ(z.step_peak, p.step_peak - 9 * P + 2 * P);
+
+  // Fully sharded on 8 ranks (docs/dist.md): the decoder layers 1/8 and the root unit (embeddings, lm_head, final
+  // norm) whole, for both models; state and FP32 gradient shard 1/8; with checkpointing two gathered layers each.
+  s.world_size = 8;
+  s.zero = s.fully_sharded = true;
+  cfg.run.activation_checkpointing = true;
+  const auto f = plan_memory(c, cfg, s);
+  const double root = 2 * 151936.0 * 4096 + 4096;
+  const double per_layer = (P - root) / 36;
+  EXPECT_DOUBLE_EQ(gpu_of(f, "teacher weights"), 2 * ((P - root) / 8 + root));
+  EXPECT_DOUBLE_EQ(gpu_of(f, "student weights"), 2 * ((P - root) / 8 + root));
+  EXPECT_DOUBLE_EQ(gpu_of(f, "student: 2 gathered layers"), 2 * 2 * (per_layer + layer));
+  EXPECT_DOUBLE_EQ(gpu_of(f, "FP32 master"), 12 * P / 8);
+  EXPECT_DOUBLE_EQ(gpu_of(f, "gradients (FP32 shard"), 4 * P / 8 + 2 * root);
+  auto z1 = s;
+  z1.fully_sharded = false;  // ZeRO-1 on as many ranks keeps both models and the gradients whole: 4P + 2P more
+  EXPECT_LT(f.peak, plan_memory(c, cfg, z1).peak - 4 * P);
+  const auto f_text = format_plan(f, c, cfg, s, 80e9, std::nullopt);
+  EXPECT_NE(f_text.find("8 GPUs (fully sharded, --zero 3)"), std::string::npos) << f_text;
+  EXPECT_NE(f_text.find("not yet checked against a measured peak"), std::string::npos) << f_text;
+  // Without checkpointing every gathered student layer stays alive until its backward.
+  cfg.run.activation_checkpointing = false;
+  const auto g = plan_memory(c, cfg, s);
+  EXPECT_DOUBLE_EQ(gpu_of(g, "student: every layer gathered"), 2 * 36 * (per_layer + layer));
 }
 
 TEST(MemoryPlan, ReportReadsOnlyTheConfigAndNamesAMissingOne) {
