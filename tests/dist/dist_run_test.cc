@@ -23,84 +23,15 @@
 #include <thread>
 #include <vector>
 
+#include "common/test_util.h"
 #include "io/safetensors_torch.h"
+#include "qad_process.h"
 #include "util/remove_tree.h"
 
 namespace fs = std::filesystem;
+using namespace qad::testing;
 
 namespace {
-
-fs::path shared_dir() {
-  if (const char* s = std::getenv("QAD_SHARED_DIR")) return s;
-  return fs::path(QAD_SOURCE_DIR).parent_path() / "shared";
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
-// Starts the qad binary with extra environment variables; stdout+stderr go to `log`.
-pid_t spawn(const std::vector<std::string>& args, const fs::path& log, const std::map<std::string, std::string>& env) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-    FILE* out = std::freopen(log.c_str(), "w", stdout);
-    (void)out;
-    dup2(fileno(stdout), fileno(stderr));
-    std::vector<std::string> copy = args;
-    std::string bin = QAD_BINARY;
-    std::vector<char*> argv{bin.data()};
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Waits for a child; a child still running after `limit_s` is killed (a hang guard, not a timing check) and
-// the status says so.
-int wait_for(pid_t pid, double limit_s, bool* hung = nullptr) {
-  const auto start = std::chrono::steady_clock::now();
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      if (hung) *hung = true;
-      return status;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return status;
-}
-
-bool exited_ok(int st) { return WIFEXITED(st) && WEXITSTATUS(st) == 0; }
-
-// Sets `--flag value` in a command line, replacing the value when the flag is already there (CLI11 refuses
-// a flag given twice).
-void set_flag(std::vector<std::string>& a, const std::string& flag, const std::string& value) {
-  for (size_t i = 0; i + 1 < a.size(); ++i) {
-    if (a[i] == flag) {
-      a[i + 1] = value;
-      return;
-    }
-  }
-  a.insert(a.end(), {flag, value});
-}
 
 class DistRunTest : public ::testing::Test {
  protected:
