@@ -19,6 +19,7 @@
 #include "util/torch_compat.h"
 #include "train/offload_adamw.h"
 #include "train/student.h"
+#include "train/teacher_cache.h"
 
 namespace qad::train {
 namespace {
@@ -77,13 +78,14 @@ double layer_units(const ModelConfig& c, int64_t layer, bool* rough) {
 
 bool fused_head(const ModelConfig& c, const TrainConfig& cfg) {
   (void)c;
-  if (cfg.loss.fused_head == 0) return false;
+  if (cfg.loss.fused_head == 0 || !cfg.run.teacher_cache.empty()) return false;
   return !(cfg.loss.kl > 0 && cfg.loss.top_k > 0);  // the top-k KL keeps the logits path
 }
 
 double gb(double bytes) { return bytes / 1e9; }
 
-bool has_teacher(const TrainConfig& cfg) { return cfg.method != Method::kPretrain; }
+// A teacher model in memory: not for pretraining, nor when its targets come from a teacher cache.
+bool has_teacher(const TrainConfig& cfg) { return cfg.method != Method::kPretrain && cfg.run.teacher_cache.empty(); }
 
 // The NVFP4 hooks' cached weights by default: every Linear's but the untied lm_head's and the routers'.
 int64_t default_quantized_elements(const ModelConfig& c, const model::ParamCount& n) {
@@ -200,8 +202,14 @@ MemoryPlan plan_memory(const ModelConfig& c, const TrainConfig& cfg, const PlanS
         logits + kF32 * v * h + kBf16 * t * h * (has_teacher(cfg) ? 2 : 1), 0, "forward/backward");
   } else {
     const double chunk = static_cast<double>(std::min<int64_t>(cfg.loss.chunk_tokens, tokens));
-    // student logits (saved) and their gradient, the teacher's logits, FP32 chunks of the KL / CE
-    row("loss head (logits path)", (cfg.loss.kl > 0 ? 3 : 2) * t * v * kBf16 + 4 * chunk * v * kF32, 0,
+    // student logits (saved) and their gradient, the teacher's logits (live), FP32 chunks of the KL / CE
+    row("loss head (logits path)", (cfg.loss.kl > 0 && has_teacher(cfg) ? 3 : 2) * t * v * kBf16 + 4 * chunk * v * kF32,
+        0, "forward/backward");
+  }
+  if (!cfg.run.teacher_cache.empty()) {
+    // Per token: k BF16 logits and their int64 ids, the FP32 logsumexp (train/teacher_cache.h)
+    const double k = static_cast<double>(s.cache_top_k);
+    row(fmt::format("teacher targets from the cache (top-{})", s.cache_top_k), t * (k * (kBf16 + 8) + kF32), 0,
         "forward/backward");
   }
   if (cfg.loss.cka > 0) {
@@ -227,11 +235,15 @@ MemoryPlan plan_memory(const ModelConfig& c, const TrainConfig& cfg, const PlanS
 
 std::string format_plan(const MemoryPlan& p, const ModelConfig& c, const TrainConfig& cfg, const PlanSettings& s,
                         std::optional<double> device_bytes, std::optional<double> host_available) {
-  std::string out = fmt::format("memory plan: {}; {} GPU{}{}, micro-batch {} x {} tokens, BF16 on CUDA\n", p.model,
+  std::string out = fmt::format("memory plan: {}; {} GPU{}{}, micro-batch {} x {} tokens, BF16 on CUDA{}\n", p.model,
                                 s.world_size, s.world_size > 1 ? "s" : "",
                                 s.fully_sharded ? " (fully sharded, --zero 3)"
                                 : s.world_size > 1 ? (s.zero ? " (ZeRO-1)" : " (no ZeRO)") : "", cfg.data.batch_size,
-                                cfg.data.seq_len);
+                                cfg.data.seq_len,
+                                cfg.run.teacher_cache.empty()
+                                    ? std::string()
+                                    : fmt::format(", teacher targets from the cache (top-{}), no teacher model",
+                                                  s.cache_top_k));
   out += fmt::format("  {:<66} {:>10} {:>12}  {}\n", "component", "GB per GPU", "GB host", "held");
   for (const auto& r : p.rows) {
     out += fmt::format("  {:<66} {:>10.2f} {:>12}  {}\n", r.what, gb(r.gpu),
@@ -329,6 +341,11 @@ std::string plan_report(const TrainConfig& cfg, PlanSettings settings, std::opti
   }
   std::optional<double> host;
   if (auto b = available_host_bytes()) host = static_cast<double>(*b);
+  if (!cfg.run.teacher_cache.empty() && settings.cache_top_k <= 0) {
+    // The run reads the first loss.top_k of the cached k (all of them when 0).
+    const int64_t cached = TeacherCache(cfg.run.teacher_cache).manifest().layout.top_k;
+    settings.cache_top_k = cfg.loss.top_k > 0 ? std::min(cfg.loss.top_k, cached) : cached;
+  }
   const auto plan = plan_memory(config, cfg, settings);
   return format_plan(plan, config, cfg, settings, device_bytes, host);
 }

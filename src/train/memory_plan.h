@@ -19,6 +19,9 @@ struct PlanSettings {
   bool zero = true;                    // ZeRO-1 when world_size > 1
   bool fully_sharded = false;          // --zero 3 (any world size): weights, gradients and state 1/world_size
   int64_t quantized_weight_elements = -1;  // weights the NVFP4 hooks cache; -1: the default selection (see .cc)
+  // --teacher-cache: the cache's top-k (plan_report reads it from the manifest). No teacher model is loaded and the
+  // loss head takes the logits path (the fused lm_head + KL needs the teacher's hidden state).
+  int64_t cache_top_k = 0;
 };
 
 struct PlanRow {

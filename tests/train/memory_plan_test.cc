@@ -177,6 +177,20 @@ TEST(MemoryPlan, Qwen3_8BComponentsAreTheirClosedForms) {
   const auto f_text = format_plan(f, c, cfg, s, 80e9, std::nullopt);
   EXPECT_NE(f_text.find("8 GPUs (fully sharded, --zero 3)"), std::string::npos) << f_text;
   EXPECT_NE(f_text.find("not yet checked against a measured peak"), std::string::npos) << f_text;
+  // From a teacher cache (top-64): no teacher weights, the logits path without the teacher's logits, the targets.
+  {
+    auto cc = cfg;
+    cc.run.activation_checkpointing = false;
+    cc.run.teacher_cache = "cache";
+    PlanSettings one;
+    one.quantized_weight_elements = s.quantized_weight_elements;
+    one.cache_top_k = 64;
+    const auto q = plan_memory(c, cc, one);
+    for (const auto& r : q.rows) EXPECT_EQ(r.what.find("teacher weights"), std::string::npos) << r.what;
+    EXPECT_DOUBLE_EQ(gpu_of(q, "loss head (logits path)"), 2 * 8192.0 * 151936 * 2 + 4 * 4096.0 * 151936 * 4);
+    EXPECT_DOUBLE_EQ(gpu_of(q, "teacher targets from the cache (top-64)"), 8192.0 * (64 * 10 + 4));
+    EXPECT_NE(format_plan(q, c, cc, one, std::nullopt, std::nullopt).find("no teacher model"), std::string::npos);
+  }
   // Without checkpointing every gathered student layer stays alive until its backward.
   cfg.run.activation_checkpointing = false;
   const auto g = plan_memory(c, cfg, s);
