@@ -5,15 +5,18 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "checkpoint/load.h"
 #include "cli/commands.h"
 #include "dist/launch_env.h"
 #include "dist/local_launcher.h"
+#include "model/config.h"
 #include "train/config.h"
 #include "train/config_sources.h"
 #include "train/distributed.h"
@@ -211,6 +214,19 @@ void register_distill(CLI::App& app) {
       fmt::print("{}", train::describe(cfg));
       return;
     }
+    QAD_CHECK(a->zero == 0 || a->zero == 1 || a->zero == 3, "--zero {}: must be 0 (off), 1 (optimizer state "
+              "sharded) or 3 (fully sharded)", a->zero);
+    // Refused here, before minutes of loading: DataParallel::make_optimizer checks it again.
+    QAD_CHECK(!(a->zero == 3 && cfg.optim.offload == "optimizer"), "--offload optimizer with --zero 3: the fully "
+              "sharded optimizer keeps only its 1/N of the state on each GPU and has no host-offload path; drop "
+              "--offload, or use --zero 0 to offload every rank's full state to host memory");
+    if (a->zero == 3 && !cfg.run.teacher.empty()) {
+      const auto dir = checkpoint::model_dir(cfg.run.teacher);
+      if (std::filesystem::exists(dir / "config.json")) {
+        QAD_CHECK(!model::load_config(dir).hybrid, "--zero 3: fully sharded training is not implemented for hybrid "
+                  "(NemotronH) models yet ({}); use --zero 1", (dir / "config.json").string());
+      }
+    }
     if (a->plan) {
       train::PlanSettings ps;
       ps.world_size = a->nproc_per_node > 0 ? a->nproc_per_node : env.world_size;
@@ -224,8 +240,6 @@ void register_distill(CLI::App& app) {
               "seconds", a->dist_timeout);
     QAD_CHECK(std::isfinite(a->bucket_mb) && a->bucket_mb > 0, "--bucket-mb {}: must be a positive number",
               a->bucket_mb);
-    QAD_CHECK(a->zero == 0 || a->zero == 1 || a->zero == 3, "--zero {}: must be 0 (off), 1 (optimizer state "
-              "sharded) or 3 (fully sharded)", a->zero);
     cfg.validate();  // before anything runs, and before the launcher starts ranks that would each refuse it
     if (a->nproc_per_node > 0 && env.source == "none") {
       // The launcher: the same command line for every rank, without --nproc-per-node.

@@ -123,8 +123,11 @@ struct HiddenKeeper {
       return;
     }
     if (!buffer.defined()) buffer = torch::empty({entries, o.hidden_rows.size(0), x.size(-1)}, x.options());
-    QAD_CHECK(next < entries, "CausalLM: more hidden states than the {} the rows buffer holds", entries);
-    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows, buffer.select(0, next++));
+    // A state of another dtype, width or device than the first (none in the models today) gets rows of its own.
+    const bool fits = next < entries && x.scalar_type() == buffer.scalar_type() && x.size(-1) == buffer.size(2) &&
+                      x.device() == buffer.device();
+    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows, fits ? buffer.select(0, next) : torch::Tensor());
+    ++next;
     x = std::move(passed);
     out.hidden.emplace_back(std::move(name), std::move(rows));
   }

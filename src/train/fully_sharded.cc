@@ -240,6 +240,13 @@ void ShardedModel::finish_backward() {
 void ShardedModel::refresh() {
   for (auto& u : units_) {
     ++u.generation;
+    if (u.gathering) {
+      // A prefetch still in flight carries the weights from before the update: let it land (every rank started
+      // it) and drop it, so the next gather reads the new shard.
+      comm_.wait(*u.gathering);
+      u.gathering.reset();
+      u.gather_buffer = torch::Tensor();
+    }
     if (!u.resident || u.params.empty()) continue;
     u.gathered = false;  // the parameters still hold the old weights until finish_gather replaces them
     finish_gather(u);

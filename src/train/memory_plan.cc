@@ -93,10 +93,13 @@ int64_t default_quantized_elements(const ModelConfig& c, const model::ParamCount
 }
 
 // --zero 3 (train/fully_sharded.h, docs/dist.md "Fully sharded training"): each model's decoder layers are kept as
-// 1/world shards and gathered one layer at a time (the one computing and the prefetched next); the root unit
-// (embeddings, final norm, lm_head) stays whole. The student's gradients are an FP32 shard plus, in flight, one
-// layer's BF16 gradients and their flat buffer; the root's gradient is whole. Without activation checkpointing
-// autograd keeps every gathered student layer (and its fake-quantized copy) until its backward.
+// 1/world shards and gathered one layer at a time; the root unit (embeddings, final norm, lm_head) stays whole.
+// In the backward up to three student layers are gathered at once (the one whose gradients are being reduced, the
+// one computing, the prefetched one) and up to three layers' BF16 gradients exist (the .grad of the layer being
+// reduced, its flat buffer, the previous flat buffer still in flight); the root's gradient is reduced at the end of
+// the backward through a root-sized flat buffer. Without activation checkpointing autograd keeps every gathered
+// student layer (and its fake-quantized copy) until its backward. Loading holds both models whole before they are
+// sharded, and validation, checkpoints and exports gather the whole student.
 template <typename Row>
 void plan_fully_sharded(const ModelConfig& c, const TrainConfig& cfg, const model::ParamCount& n, int world, Row&& row) {
   const double total = static_cast<double>(n.total), h = static_cast<double>(c.hidden_size),
@@ -114,7 +117,7 @@ void plan_fully_sharded(const ModelConfig& c, const TrainConfig& cfg, const mode
                                ? static_cast<double>(default_quantized_elements(c, n)) / layers
                                : 0;  // per layer, about
   if (cfg.run.activation_checkpointing) {
-    row("student: 2 gathered layers + their fake-quantized copies", 2 * kBf16 * (per_layer + quantized), 0,
+    row("student: 3 gathered layers + their fake-quantized copies", 3 * kBf16 * (per_layer + quantized), 0,
         "forward/backward");
   } else {
     row("student: every layer gathered + fake-quantized, kept for the backward (no checkpointing)",
@@ -124,7 +127,12 @@ void plan_fully_sharded(const ModelConfig& c, const TrainConfig& cfg, const mode
   row(fmt::format("FP32 master + AdamW moments ({})", w), 3 * kF32 * trained / world, 0, "always");
   row(fmt::format("gradients (FP32 shard {}, root whole in BF16)", w), kF32 * trained / world + kBf16 * root, 0,
       "always");
-  row("gradients in flight (one layer's, + its flat buffer)", 2 * kBf16 * per_layer, 0, "forward/backward");
+  row("gradients in flight (3 layers': .grad, flat buffer, previous buffer)", 3 * kBf16 * per_layer, 0,
+      "forward/backward");
+  row("root gradient's reduce-scatter buffer", kBf16 * root, 0, "update");
+  row(has_teacher(cfg) ? "loading: both models whole before sharding" : "loading: the student whole before sharding",
+      kBf16 * total * (has_teacher(cfg) ? 2 : 1), 0, "start-up");
+  row("validation, checkpoints, exports: the whole student gathered", kBf16 * total, 0, "whole student");
 }
 
 }  // namespace
@@ -207,10 +215,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const TrainConfig& cfg, const PlanS
         0, "forward/backward");
   }
   if (!cfg.run.teacher_cache.empty()) {
-    // Per token: k BF16 logits and their int64 ids, the FP32 logsumexp (train/teacher_cache.h)
+    // Per token: k logits in the cache's value dtype, their ids as read (int32) and as the loss indexes them (int64)
     const double k = static_cast<double>(s.cache_top_k);
-    row(fmt::format("teacher targets from the cache (top-{})", s.cache_top_k), t * (k * (kBf16 + 8) + kF32), 0,
-        "forward/backward");
+    row(fmt::format("teacher targets from the cache (top-{})", s.cache_top_k),
+        t * k * (static_cast<double>(s.cache_value_bytes) + 4 + 8), 0, "forward/backward");
   }
   if (cfg.loss.cka > 0) {
     const double lc = cfg.loss.cka_layers.empty() ? layers : static_cast<double>(cfg.loss.cka_layers.size());
@@ -228,8 +236,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const TrainConfig& cfg, const PlanS
   for (const auto& r : p.rows) {
     if (r.when == "forward/backward") p.step_peak += r.gpu;
     if (r.when == "update") p.update_peak += r.gpu;
+    if (r.when == "start-up") p.startup_peak += r.gpu;
+    if (r.when == "whole student") p.whole_student_peak = p.resident + r.gpu;
   }
-  p.peak = std::max(p.step_peak, p.update_peak);
+  p.peak = std::max({p.step_peak, p.update_peak, p.startup_peak, p.whole_student_peak});
   return p;
 }
 
@@ -251,6 +261,10 @@ std::string format_plan(const MemoryPlan& p, const ModelConfig& c, const TrainCo
   }
   out += fmt::format("  peak of the forward/backward: {:.2f} GB; of the optimizer update: {:.2f} GB\n", gb(p.step_peak),
                      gb(p.update_peak));
+  if (s.fully_sharded) {
+    out += fmt::format("  peak of loading: {:.2f} GB; of validation / checkpoints / exports: {:.2f} GB\n",
+                       gb(p.startup_peak), gb(p.whole_student_peak));
+  }
   out += fmt::format("predicted peak per GPU: {:.2f} GB (the CUDA allocator's peak allocated bytes){}\n", gb(p.peak),
                      p.rough ? "; MoE / hybrid activations are a rough estimate" : "");
   if (cfg.optim.offload == "optimizer" && s.fully_sharded) {
@@ -300,7 +314,7 @@ std::string format_plan(const MemoryPlan& p, const ModelConfig& c, const TrainCo
     ss.zero = true;
     try_change("--zero 1", cfg, ss);
   }
-  if (s.world_size > 1 && !s.fully_sharded) {
+  if (s.world_size > 1 && !s.fully_sharded && cfg.optim.offload != "optimizer") {
     auto ss = s;
     ss.zero = ss.fully_sharded = true;
     try_change("--zero 3", cfg, ss);
@@ -343,8 +357,9 @@ std::string plan_report(const TrainConfig& cfg, PlanSettings settings, std::opti
   if (auto b = available_host_bytes()) host = static_cast<double>(*b);
   if (!cfg.run.teacher_cache.empty() && settings.cache_top_k <= 0) {
     // The run reads the first loss.top_k of the cached k (all of them when 0).
-    const int64_t cached = TeacherCache(cfg.run.teacher_cache).manifest().layout.top_k;
-    settings.cache_top_k = cfg.loss.top_k > 0 ? std::min(cfg.loss.top_k, cached) : cached;
+    const auto layout = TeacherCache(cfg.run.teacher_cache).manifest().layout;
+    settings.cache_top_k = cfg.loss.top_k > 0 ? std::min(cfg.loss.top_k, layout.top_k) : layout.top_k;
+    settings.cache_value_bytes = static_cast<int64_t>(c10::elementSize(layout.value_dtype));
   }
   const auto plan = plan_memory(config, cfg, settings);
   return format_plan(plan, config, cfg, settings, device_bytes, host);

@@ -22,6 +22,7 @@ struct PlanSettings {
   // --teacher-cache: the cache's top-k (plan_report reads it from the manifest). No teacher model is loaded and the
   // loss head takes the logits path (the fused lm_head + KL needs the teacher's hidden state).
   int64_t cache_top_k = 0;
+  int64_t cache_value_bytes = 2;  // bytes of a cached logit (the manifest's value dtype)
 };
 
 struct PlanRow {
@@ -38,7 +39,10 @@ struct MemoryPlan {
   double resident = 0;     // on the GPU for the whole run (weights, cache, optimizer state on the GPU, staging)
   double step_peak = 0;    // resident + what the forward/backward adds at its peak (end of the forward)
   double update_peak = 0;  // resident + what the optimizer update adds (every gradient)
-  double peak = 0;         // max of both: the prediction of the CUDA allocator's peak allocated bytes
+  // Fully sharded only (0 otherwise): loading (both models whole before they are sharded), and validation /
+  // checkpoints / exports (resident + the whole student gathered).
+  double startup_peak = 0, whole_student_peak = 0;
+  double peak = 0;         // max of all: the prediction of the CUDA allocator's peak allocated bytes
   double host = 0;         // page-locked host memory per rank
   bool rough = false;      // MoE / hybrid layers: the activation formula is an estimate, not measured
 };

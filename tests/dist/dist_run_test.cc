@@ -25,6 +25,7 @@
 
 #include "common/test_util.h"
 #include "io/safetensors_torch.h"
+#include "killed_rank.h"
 #include "qad_process.h"
 #include "util/remove_tree.h"
 
@@ -186,35 +187,8 @@ TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
 }
 
 TEST_F(DistRunTest, AKilledRankStopsTheOtherWithAClearError) {
-  // Launched torchrun-style (no local launcher to stop rank 0): rank 1 dies after step 2's update.
   const auto out = root_ / "killed_rank";
-  auto a = args(out, 2, 1, 40);
-  set_flag(a, "--checkpoint-every", "1");
-  set_flag(a, "--dist-timeout", "5");
-  a.insert(a.end(), {"--debug-kill-at-step", "2", "--debug-kill-rank", "1"});
-  const std::string port = std::to_string(free_port());
-  std::vector<pid_t> pids;
-  for (int r = 0; r < 2; ++r) {
-    pids.push_back(spawn(a, root_ / ("rank" + std::to_string(r) + ".log"),
-                         {{"RANK", std::to_string(r)}, {"LOCAL_RANK", std::to_string(r)}, {"WORLD_SIZE", "2"},
-                          {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}));
-  }
-  bool hung = false;
-  const int st1 = wait_for(pids[1], 120);
-  const int st0 = wait_for(pids[0], 60, &hung);
-  EXPECT_TRUE(WIFSIGNALED(st1) && WTERMSIG(st1) == SIGKILL);
-  EXPECT_FALSE(hung) << "rank 0 did not stop after rank 1 died";
-  EXPECT_TRUE(WIFEXITED(st0) && WEXITSTATUS(st0) == 1);
-  const auto log0 = slurp(root_ / "rank0.log");
-  EXPECT_NE(log0.find("qad: error: rank 0/2:"), std::string::npos) << log0;
-  EXPECT_NE(log0.find("Another rank has probably died"), std::string::npos) << log0;
-  // The last checkpoint is complete and loads.
-  const auto latest = slurp(out / "checkpoints/latest");
-  ASSERT_FALSE(latest.empty());
-  const auto dir = out / "checkpoints" / latest.substr(0, latest.find('\n'));
-  EXPECT_TRUE(fs::exists(dir / "trainer_state.json"));
-  EXPECT_FALSE(qad::io::read_tensors(dir / "optimizer.safetensors").empty());
-  EXPECT_FALSE(fs::exists(out / "final_metrics.json"));
+  expect_a_killed_rank_stops_the_other(args(out, 2, 1, 40), root_, out);
 
   // Through the local launcher: it names the dead rank and stops the other.
   const auto out2 = root_ / "killed_rank_launcher";

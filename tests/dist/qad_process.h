@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,23 +27,28 @@ inline std::string slurp(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
+// A port the kernel just gave out (another process may still take it before the rendezvous binds it: rare).
 inline int free_port() {
   const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (s < 0) throw std::runtime_error("free_port: socket() failed");
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof a;
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  const bool ok = ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0;
   ::close(s);
+  if (!ok) throw std::runtime_error("free_port: no port on the loopback interface");
   return ntohs(a.sin_port);
 }
 
-// Starts the qad binary with extra environment variables; stdout+stderr go to `log`.
+// Starts the qad binary with extra environment variables, in a process group of its own (so that the hang guard
+// below also stops the ranks a local launcher started); stdout+stderr go to `log`.
 inline pid_t spawn(const std::vector<std::string>& args, const std::filesystem::path& log,
                    const std::map<std::string, std::string>& env) {
   pid_t pid = fork();
   if (pid == 0) {
+    ::setpgid(0, 0);
     for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
     FILE* out = std::freopen(log.c_str(), "w", stdout);
     (void)out;
@@ -55,6 +61,7 @@ inline pid_t spawn(const std::vector<std::string>& args, const std::filesystem::
     execv(bin.c_str(), argv.data());
     _exit(127);
   }
+  if (pid > 0) ::setpgid(pid, pid);  // (both sides set it: whichever runs first)
   return pid;
 }
 
@@ -65,7 +72,7 @@ inline int wait_for(pid_t pid, double limit_s, bool* hung = nullptr) {
   int status = 0;
   while (::waitpid(pid, &status, WNOHANG) == 0) {
     if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit_s) {
-      ::kill(pid, SIGKILL);
+      ::kill(-pid, SIGKILL);  // the whole group: a launcher and its ranks
       ::waitpid(pid, &status, 0);
       if (hung) *hung = true;
       return status;
