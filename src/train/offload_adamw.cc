@@ -309,14 +309,9 @@ NamedTensors OffloadAdamW::state() const {
 void OffloadAdamW::load_state(const NamedTensors& state, int64_t steps) {
   torch::NoGradGuard ng;
   wait_for_copies();
-  std::map<std::string, torch::Tensor> by_name(state.begin(), state.end());
+  const StateByName by_name(state);
   auto take = [&](const std::string& key, const Param& q, const torch::Tensor& host) {
-    auto it = by_name.find(key);
-    QAD_CHECK(it != by_name.end(), "optimizer state: tensor '{}' is missing (the checkpoint was written for another "
-              "model or by another optimizer)", key);
-    QAD_CHECK(it->second.sizes() == q.param.sizes(), "optimizer state: '{}' has shape {}, the model needs {}", key,
-              shape_str(it->second.sizes()), shape_str(q.param.sizes()));
-    host.narrow(0, q.offset, q.param.numel()).copy_(it->second.reshape({-1}));
+    host.narrow(0, q.offset, q.param.numel()).copy_(by_name.at(key, q.param.sizes()).reshape({-1}));
   };
   for (auto& q : params_) {
     if (q.low) {

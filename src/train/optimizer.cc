@@ -149,17 +149,19 @@ NamedTensors AdamW::state() const {
   return out;
 }
 
+const torch::Tensor& StateByName::at(const std::string& key, at::IntArrayRef shape) const {
+  auto it = by_name_.find(key);
+  QAD_CHECK(it != by_name_.end(), "optimizer state: tensor '{}' is missing (the checkpoint was written for another "
+            "model or by another optimizer)", key);
+  QAD_CHECK(it->second.sizes() == shape, "optimizer state: '{}' has shape {}, the model needs {}", key,
+            shape_str(it->second.sizes()), shape_str(shape));
+  return it->second;
+}
+
 void AdamW::load_state(const NamedTensors& state, int64_t steps) {
   torch::NoGradGuard ng;
-  std::map<std::string, torch::Tensor> by_name(state.begin(), state.end());
-  auto take = [&](const std::string& key, torch::Tensor& dst) {
-    auto it = by_name.find(key);
-    QAD_CHECK(it != by_name.end(), "optimizer state: tensor '{}' is missing (the checkpoint was written for another "
-              "model or by another optimizer)", key);
-    QAD_CHECK(it->second.sizes() == dst.sizes(), "optimizer state: '{}' has shape {}, the model needs {}", key,
-              shape_str(it->second.sizes()), shape_str(dst.sizes()));
-    dst.copy_(it->second);
-  };
+  const StateByName by_name(state);
+  auto take = [&](const std::string& key, torch::Tensor& dst) { dst.copy_(by_name.at(key, dst.sizes())); };
   for (auto& s : slots_) {
     if (!s.master.is_same(s.param)) {
       take("master." + s.name, s.master);

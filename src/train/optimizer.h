@@ -6,6 +6,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -50,6 +51,17 @@ double global_grad_norm(const std::vector<torch::Tensor>& params);
 // The optimizer of one process (or of every rank without ZeRO-1) for `options`: AdamW, or with options.offload
 // "optimizer" OffloadAdamW (train/offload_adamw.h: master weights and moments in host memory).
 std::unique_ptr<Optimizer> make_adamw(NamedTensors params, const OptimConfig& options);
+
+// A checkpoint's optimizer state by name, as every implementation's load_state reads it: at(key, shape) is the
+// tensor, or an error naming the missing key or the shape mismatch.
+class StateByName {
+ public:
+  explicit StateByName(const NamedTensors& state) : by_name_(state.begin(), state.end()) {}
+  const torch::Tensor& at(const std::string& key, at::IntArrayRef shape) const;
+
+ private:
+  std::map<std::string, torch::Tensor> by_name_;
+};
 
 // PyTorch's AdamW update of one tensor's master weights and moments at step t (weight decay is applied by
 // the caller, before): shared by AdamW and ShardedAdamW so both do bit-identical arithmetic.

@@ -134,14 +134,9 @@ NamedTensors ShardedAdamW::state() const {
 
 void ShardedAdamW::load_state(const NamedTensors& state, int64_t steps) {
   torch::NoGradGuard ng;
-  std::map<std::string, torch::Tensor> by_name(state.begin(), state.end());
+  const StateByName by_name(state);
   auto find = [&](const std::string& key, const torch::Tensor& like) -> const torch::Tensor& {
-    auto it = by_name.find(key);
-    QAD_CHECK(it != by_name.end(), "optimizer state: tensor '{}' is missing (the checkpoint was written for another "
-              "model or by another optimizer)", key);
-    QAD_CHECK(it->second.sizes() == like.sizes(), "optimizer state: '{}' has shape {}, the model needs {}", key,
-              shape_str(it->second.sizes()), shape_str(like.sizes()));
-    return it->second;
+    return by_name.at(key, like.sizes());
   };
   for (const auto& pc : pieces_) {
     const auto& [name, p] = params_[pc.param];

@@ -76,18 +76,6 @@ class DistRunTest : public ::testing::Test {
 
   static int run(const std::vector<std::string>& a, const fs::path& log) { return wait_for(spawn(a, log, {}), 300); }
 
-  // step -> the last logged value of `key` for that step.
-  static std::map<int64_t, double> curve(const fs::path& run, const std::string& key = "loss") {
-    std::map<int64_t, double> out;
-    std::ifstream f(run / "metrics.jsonl");
-    std::string line;
-    while (std::getline(f, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j[key].is_null() ? NAN : j[key].get<double>();
-    }
-    return out;
-  }
-
   // FP32 on CPU: 4 rows in one forward vs 2 + 2 in two processes round differently; a few ulps per step
   // through 6 Adam steps stay far below this.
   static void expect_close(const std::map<int64_t, double>& ref, const std::map<int64_t, double>& got,

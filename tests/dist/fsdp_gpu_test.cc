@@ -60,16 +60,6 @@ TEST(FsdpGpu, OneShardedRankOverNcclFollowsOneProcess) {
   ASSERT_TRUE(exited_ok(wait_for(spawn(sharded, root / "fsdp.log", {}), 300))) << slurp(root / "fsdp.log");
   EXPECT_NE(slurp(root / "fsdp.log").find("1 ranks over nccl, fully sharded"), std::string::npos)
       << slurp(root / "fsdp.log");
-  auto curve = [](const fs::path& run) {
-    std::map<int64_t, double> out;
-    std::ifstream f(run / "metrics.jsonl");
-    std::string line;
-    while (std::getline(f, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j["loss"].get<double>();
-    }
-    return out;
-  };
   const auto a = curve(root / "plain"), b = curve(root / "fsdp");
   ASSERT_EQ(a.size(), 10u);
   ASSERT_EQ(b.size(), 10u);

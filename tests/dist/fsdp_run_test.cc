@@ -84,18 +84,6 @@ class FsdpRunTest : public ::testing::Test {
 
   static int run(const std::vector<std::string>& a, const fs::path& log) { return wait_for(spawn(a, log, {}), 300); }
 
-  // step -> the last logged value of `key` for that step.
-  static std::map<int64_t, double> curve(const fs::path& run, const std::string& key = "loss") {
-    std::map<int64_t, double> out;
-    std::ifstream f(run / "metrics.jsonl");
-    std::string line;
-    while (std::getline(f, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (j["type"] == "train") out[j["step"].get<int64_t>()] = j[key].is_null() ? NAN : j[key].get<double>();
-    }
-    return out;
-  }
-
   // FP32 on CPU: the sharded runs sum the gradients in another order (reduce-scatter of per-rank partial sums,
   // norms of shards); over 20 Adam steps that stays within a few 1e-5 relative. A wrong shard, a missed
   // reduction or a stale gathered layer moves the loss by percents within a step or two.

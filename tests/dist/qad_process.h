@@ -1,6 +1,6 @@
 // Running the qad binary (QAD_BINARY, set per test target) as child processes, for the multi-process tests of
 // data-parallel and fully sharded training: start it with extra environment variables and a log file, wait with a
-// hang guard, edit its command line, read its log, pick a free port for a rendezvous.
+// hang guard, edit its command line, read its log and its loss curves, pick a free port for a rendezvous.
 #pragma once
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -80,6 +82,18 @@ inline int wait_for(pid_t pid, double limit_s, bool* hung = nullptr) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return status;
+}
+
+// step -> the last logged value of `key` for that step in a run's metrics.jsonl train lines (NaN for null).
+inline std::map<int64_t, double> curve(const std::filesystem::path& run, const std::string& key = "loss") {
+  std::map<int64_t, double> out;
+  std::ifstream f(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j["type"] == "train") out[j["step"].get<int64_t>()] = j[key].is_null() ? NAN : j[key].get<double>();
+  }
+  return out;
 }
 
 inline bool exited_ok(int st) { return WIFEXITED(st) && WEXITSTATUS(st) == 0; }
