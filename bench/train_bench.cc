@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
       fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--ckpt] [--offload] "
-                 "[--variants qad,cka-fp32,cka-tf32,cka-2048,cka-1024-bf16,recipe,cka-512] [--torch eager,compile | --no-torch] "
+                 "[--variants qad,cka-fp32,cka-tf32,cka-2048,cka-1024-tf32,recipe,cka-512] [--torch eager,compile | --no-torch] "
                  "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
@@ -142,8 +142,8 @@ int main(int argc, char** argv) {
       {"cka-fp32", "CKA-QAD all tokens, FP32", 0.1, 0, false},
       {"cka-tf32", "CKA-QAD all tokens, TF32", 0.1, 0, true},
       {"cka-2048", "CKA-QAD 2048 tokens, TF32", 0.1, 2048, true},
-      {"recipe", "CKA-QAD 1024 tokens, TF32 (recipe)", 0.1, 1024, true},
-      {"cka-1024-bf16", "CKA-QAD 1024 tokens, BF16 products", 0.1, 1024, true, true},
+      {"recipe", "CKA-QAD 1024 tokens, BF16 products (recipe)", 0.1, 1024, true, true},
+      {"cka-1024-tf32", "CKA-QAD 1024 tokens, TF32", 0.1, 1024, true},
       {"cka-512", "CKA-QAD 512 tokens, TF32", 0.1, 512, true},
   };
   if (!variant_keys.empty()) {
@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
     for (const auto& k : variant_keys) {
       auto it = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.key == k; });
       if (it == variants.end()) {
-        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, cka-fp32, cka-tf32, cka-2048, cka-1024-bf16, recipe, cka-512)\n", k);
+        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, cka-fp32, cka-tf32, cka-2048, cka-1024-tf32, recipe, cka-512)\n", k);
         return 2;
       }
       if (it != variants.begin()) chosen.push_back(*it);

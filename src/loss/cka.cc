@@ -45,31 +45,70 @@ torch::Tensor per_layer(const torch::Tensor& v, torch::ScalarType ct) { return v
 // needs less memory) when there are fewer tokens than features, e.g. 1024 sampled tokens of a 2048-wide model.
 bool use_gram_form(int64_t n, int64_t p1, int64_t p2) { return n * (p1 + p2) < p1 * p2 + p1 * p1 + p2 * p2; }
 
+// Where the Gram form of the biased estimator forms its products: from FP32 (TF32) centred features, or from the
+// BF16 rows as they are with FP32 accumulation, centred in the Gram (cka.h, bf16_products). kBf16OnCuda is what
+// bf16_products asks for; kBf16 takes the BF16 path on any device (detail::linear_cka_batched_bf16, for tests).
+enum class Products { kFloat, kBf16OnCuda, kBf16 };
+
 // The three unscaled dps terms of L (X, Y) pairs at once, plus what the backward reuses.
 struct Core {
   int64_t n = 0;
   bool gram = false;
+  // Gram centring (the BF16 path): xc, yc hold the rows as they are in BF16, K and L are X X^T and Y Y^T, and the
+  // centring H K H happens in the n x n kernels (cka_kernels.h); the means are what the backward re-centres with.
+  bool gram_centred = false;
   torch::Tensor xc, yc, mean_x, mean_y;  // compute dtype, [L, n, p] and [L, 1, p]
   torch::Tensor a, gx, gy;               // feature form: A = Yc^T Xc [L,p2,p1], Gx [L,p1,p1], Gy [L,p2,p2]
   torch::Tensor k, l;                    // Gram form: K = Xc Xc^T, L = Yc Yc^T [L,n,n]
+  torch::Tensor k_row_means, l_row_means, k_mean, l_mean;  // gram_centred: FP32 [L, n] and [L]
   torch::Tensor f, fxx, fyy;             // FP64 [L]: dps(X,Y), dps(X,X), dps(Y,Y)
   torch::Tensor sx, sy;                  // debiased: FP64 row squared norms of Xc, Yc [L, n]
 };
 
-Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est, bool bf16_products = false) {
+// BF16 products of the uncentred rows, centred in the Gram: the forward writes no centred copy of either side, and
+// the products read the hidden states' own BF16 values (no rounding of centred values). The price is that K holds
+// the rows' raw second moments: its FP32 accumulation error is relative to |x_i||x_j| rather than to the centred
+// |xc_i||xc_j|. For the CKA value this stays far below the BF16 path's other rounding (docs/losses.md, "BF16
+// products"; tested against FP64 with column offsets of 20 spreads). The backward centres the differentiated side.
+void gram_centred_core(Core& c, const torch::Tensor& x, const torch::Tensor& y) {
+  auto rows = [](const torch::Tensor& t) {
+    auto d = t.detach();
+    return (d.scalar_type() == torch::kBFloat16 ? d : d.to(torch::kBFloat16)).contiguous();
+  };
+  c.gram_centred = true;
+  c.xc = rows(x);
+  c.yc = rows(y);
+  c.k = compat::bmm_fp32_out(c.xc, c.xc.transpose(1, 2));
+  c.l = compat::bmm_fp32_out(c.yc, c.yc.transpose(1, 2));
+  const int64_t L = c.k.size(0);
+  auto f32 = c.k.options();
+  auto sums = torch::empty({L, 3}, f32.dtype(torch::kFloat64));
+  c.k_row_means = torch::empty({L, c.n}, f32), c.l_row_means = torch::empty({L, c.n}, f32);
+  c.k_mean = torch::empty({L}, f32), c.l_mean = torch::empty({L}, f32);
+  kernels::GramSums g{c.k, c.l, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean};
+  kernels::centred_gram_sums(g);
+  c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
+}
+
+Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator est,
+                  Products products = Products::kFloat) {
   torch::NoGradGuard no_grad;
   Core c;
   const auto ct = compute_type(x, y);
   c.n = x.size(1);
   c.gram = use_gram_form(c.n, x.size(2), y.size(2));
+  const bool bf16 = (products == Products::kBf16 || (products == Products::kBf16OnCuda && x.is_cuda())) &&
+                    ct == torch::kFloat32 && c.gram && est == CkaEstimator::kBiased;
+  if (bf16) {
+    gram_centred_core(c, x, y);
+    return c;
+  }
   // On CUDA one kernel per side centres in one read for the means and one read + write (cka_kernels.h).
   const bool use_kernels = x.is_cuda() && ct == torch::kFloat32;
-  // BF16 products: centred features stored in BF16, K and L in FP32 (linear_cka_batched's comment).
-  const bool bf16 = bf16_products && use_kernels && c.gram && est == CkaEstimator::kBiased;
   auto centre = [&](const torch::Tensor& t, torch::Tensor& centred, torch::Tensor& mean) {
     if (use_kernels) {
       auto in = t.detach().contiguous();
-      centred = torch::empty(in.sizes(), in.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
+      centred = torch::empty(in.sizes(), in.options().dtype(torch::kFloat32));
       mean = torch::empty({in.size(0), 1, in.size(2)}, in.options().dtype(torch::kFloat32));
       kernels::CentreColumns a{in, centred, mean};
       kernels::centre_columns(a);
@@ -83,8 +122,8 @@ Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator e
   centre(x, c.xc, c.mean_x);
   centre(y, c.yc, c.mean_y);
   if (c.gram) {
-    c.k = bf16 ? compat::bmm_fp32_out(c.xc, c.xc.transpose(1, 2)) : c.xc.bmm(c.xc.transpose(1, 2));
-    c.l = bf16 ? compat::bmm_fp32_out(c.yc, c.yc.transpose(1, 2)) : c.yc.bmm(c.yc.transpose(1, 2));
+    c.k = c.xc.bmm(c.xc.transpose(1, 2));
+    c.l = c.yc.bmm(c.yc.transpose(1, 2));
     if (use_kernels) {
       auto sums = torch::empty({c.k.size(0), 3}, c.k.options().dtype(torch::kFloat64));
       kernels::PairSums s{c.k, c.l, sums};
@@ -126,8 +165,8 @@ double hsic_scale(CkaEstimator est, int64_t n_rows) {
 // Batched over layers: x [L, n, p1], y [L, n, p2] -> CKA [L].
 struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
-                               CkaEstimator est, bool grad_x, bool grad_y, bool bf16_products) {
-    Core c = compute_core(x, y, est, bf16_products);
+                               CkaEstimator est, bool grad_x, bool grad_y, Products products) {
+    Core c = compute_core(x, y, est, products);
     auto root = torch::sqrt(c.fxx * c.fyy);
     auto cka = c.f / root;
     if (grad_x || grad_y) {
@@ -143,6 +182,11 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["y_type"] = static_cast<int64_t>(y.scalar_type());
       ctx->saved_data["debiased"] = est == CkaEstimator::kDebiased;
       ctx->saved_data["gram"] = c.gram;
+      ctx->saved_data["gram_centred"] = c.gram_centred;
+      ctx->saved_data["k_row_means"] = c.k_row_means;
+      ctx->saved_data["l_row_means"] = c.l_row_means;
+      ctx->saved_data["k_mean"] = c.k_mean;
+      ctx->saved_data["l_mean"] = c.l_mean;
       ctx->saved_data["grad_x"] = grad_x;
       ctx->saved_data["grad_y"] = grad_y;
       ctx->saved_data["a"] = c.a;
@@ -160,11 +204,13 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   // d CKA / d Yc = (2/root) Xc A^T - (2 cka / fyy) Yc Gy  [biased part]
   //              + gamma Yc + diag(r) Yc                  [debiased corrections]
   // then centred over rows (the centring projection's adjoint). X is symmetric with A -> A^T. In the Gram form
-  // the biased part is ((2/root) K - (2 cka / fyy) L) Yc, since Xc A^T = K Yc and Yc Gy = L Yc.
+  // the biased part is ((2/root) K - (2 cka / fyy) L) Yc, since Xc A^T = K Yc and Yc Gy = L Yc. With Gram
+  // centring, K and L there are the centred H K H and H L H (centred on the fly), and Yc is centred here.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     torch::NoGradGuard no_grad;
     const bool debiased = ctx->saved_data["debiased"].toBool();
     const bool gram = ctx->saved_data["gram"].toBool();
+    const bool gram_centred = ctx->saved_data["gram_centred"].toBool();
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_y = ctx->saved_data["grad_y"].toBool();
     const auto x_type = static_cast<torch::ScalarType>(ctx->saved_data["x_type"].toInt());
@@ -192,18 +238,31 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     // s_* / n_* = row norms / sums; own_gram / cross = the feature-form matrices (own's Gram matrix, the product
     // mapping `other` into own's columns), or own_kernel / other_kernel = the Gram-form n x n kernels.
     auto side = [&](const torch::Tensor& own, const torch::Tensor& other, const torch::Tensor& own_gram,
-                    const torch::Tensor& cross, const torch::Tensor& own_kernel, const torch::Tensor& other_kernel,
-                    const torch::Tensor& f_own, const torch::Tensor& s_own, const torch::Tensor& s_other,
-                    const torch::Tensor& n_own, const torch::Tensor& n_other, torch::ScalarType input_type) {
+                    const torch::Tensor& cross, const kernels::GramKernel& own_kernel,
+                    const kernels::GramKernel& other_kernel, const torch::Tensor& f_own, const torch::Tensor& s_own,
+                    const torch::Tensor& s_other, const torch::Tensor& n_own, const torch::Tensor& n_other,
+                    torch::ScalarType input_type) {
       // The incoming gradient `go` scales the small per-layer factors, not the [L, n, p] result.
       auto beta = per_layer(-2.0 * cka / f_own * go, ct);
       auto alpha_go = per_layer(alpha * go, ct);
       torch::Tensor g;
-      if (gram) {
-        // BF16 features (BF16 products): the kernel combination rounded to BF16, a BF16 product accumulated in
-        // FP32 and stored in BF16, the hidden states' dtype.
-        auto m = torch::addcmul(own_kernel * beta, other_kernel, alpha_go);
-        g = m.to(own.scalar_type()).bmm(own);
+      if (gram_centred) {
+        // M = Kc·β + Lc·α centred on the fly and rounded to BF16 in one pass over both kernels (cka_kernels.h),
+        // then a BF16 product with own's centred rows, accumulated in FP32 and stored in BF16, the hidden states'
+        // dtype. M Y would equal M Yc if M's rows summed to zero; after M's BF16 rounding they do not, and the
+        // rounding error times the rows' column means would reach the gradient (9 % of its largest element for
+        // offsets of 20 spreads). Centring own's rows here costs one read and one write of one side.
+        auto m = torch::empty(own_kernel.gram.sizes(), own_kernel.gram.options().dtype(torch::kBFloat16));
+        kernels::CombineKernels ck{own_kernel, other_kernel, beta.reshape({-1}).contiguous(),
+                                   alpha_go.reshape({-1}).contiguous(), m};
+        kernels::combine_kernels(ck);
+        auto own_centred = torch::empty_like(own);
+        kernels::CentreColumns cc{own, own_centred, torch::empty({own.size(0), 1, own.size(2)},
+                                                                 own.options().dtype(torch::kFloat32))};
+        kernels::centre_columns(cc);
+        g = m.bmm(own_centred);
+      } else if (gram) {
+        g = torch::addcmul(own_kernel.gram * beta, other_kernel.gram, alpha_go).bmm(own);
       } else {
         g = own.bmm(own_gram * beta).baddbmm_(other, cross * alpha_go);
       }
@@ -218,12 +277,14 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     auto a = ctx->saved_data["a"].toTensor();
     auto k = ctx->saved_data["k"].toTensor();
     auto l = ctx->saved_data["l"].toTensor();
+    const kernels::GramKernel k_side{k, ctx->saved_data["k_row_means"].toTensor(), ctx->saved_data["k_mean"].toTensor()};
+    const kernels::GramKernel l_side{l, ctx->saved_data["l_row_means"].toTensor(), ctx->saved_data["l_mean"].toTensor()};
     torch::Tensor dx, dy;
     if (grad_y) {
-      dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l, k, fyy, sy, sx, ny, nx,
-                y_type);
+      dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l_side, k_side, fyy, sy, sx,
+                ny, nx, y_type);
     }
-    if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k, l, fxx, sx, sy, nx, ny, x_type);
+    if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k_side, l_side, fxx, sx, sy, nx, ny, x_type);
     return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -236,12 +297,13 @@ torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEsti
   check_pair(x, y, estimator, "linear_cka");
   const bool grad = torch::GradMode::is_enabled();
   return FeatureCka::apply(x.unsqueeze(0), y.unsqueeze(0), estimator, grad && x.requires_grad(),
-                           grad && y.requires_grad(), false)
+                           grad && y.requires_grad(), Products::kFloat)
       .squeeze(0);
 }
 
-torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator,
-                                 bool bf16_products) {
+namespace {
+
+torch::Tensor cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator, Products products) {
   QAD_CHECK(x.defined() && y.defined() && x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0),
             "linear_cka_batched: features must be [layers, tokens, hidden] with the same number of layers; got x {} "
             "and y {}",
@@ -249,7 +311,18 @@ torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y,
             detail::shape_str(y.defined() ? y.sizes() : at::IntArrayRef{}));
   check_pair(x[0], y[0], estimator, "linear_cka_batched");
   const bool grad = torch::GradMode::is_enabled();
-  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad(), bf16_products);
+  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad(), products);
+}
+
+}  // namespace
+
+torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator,
+                                 bool bf16_products) {
+  return cka_batched(x, y, estimator, bf16_products ? Products::kBf16OnCuda : Products::kFloat);
+}
+
+torch::Tensor detail::linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y) {
+  return cka_batched(x, y, CkaEstimator::kBiased, Products::kBf16);
 }
 
 HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {

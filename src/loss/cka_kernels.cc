@@ -36,6 +36,50 @@ void check_pair_sums(const PairSums& s) {
             "pair_sums: out must be a contiguous float64 [layers, 3] tensor on the inputs' device");
 }
 
+// A contiguous float32 tensor of the given shape on `device`.
+bool is_f32(const torch::Tensor& t, at::IntArrayRef shape, const torch::Device& device) {
+  return t.defined() && t.sizes() == shape && t.scalar_type() == torch::kFloat32 && t.is_contiguous() &&
+         t.device() == device;
+}
+
+void check_gram(const torch::Tensor& k, const char* what) {
+  QAD_CHECK(k.defined() && k.dim() == 3 && k.size(1) == k.size(2) && k.size(1) >= 1 && is_f32(k, k.sizes(), k.device()),
+            "{}: the Gram matrices must be contiguous float32 [layers, n, n] tensors with n >= 1", what);
+}
+
+void check_gram_sums(const GramSums& g) {
+  check_gram(g.k, "centred_gram_sums");
+  QAD_CHECK(g.l.defined() && g.l.sizes() == g.k.sizes() && is_f32(g.l, g.k.sizes(), g.k.device()),
+            "centred_gram_sums: k and l must have one shape and device");
+  const int64_t L = g.k.size(0), n = g.k.size(1);
+  const auto dev = g.k.device();
+  QAD_CHECK(g.sums.defined() && g.sums.dim() == 2 && g.sums.size(0) == L && g.sums.size(1) == 3 &&
+                g.sums.scalar_type() == torch::kFloat64 && g.sums.is_contiguous() && g.sums.device() == dev,
+            "centred_gram_sums: sums must be a contiguous float64 [layers, 3] tensor on the kernels' device");
+  QAD_CHECK(is_f32(g.k_row_means, {L, n}, dev) && is_f32(g.l_row_means, {L, n}, dev) && is_f32(g.k_mean, {L}, dev) &&
+                is_f32(g.l_mean, {L}, dev),
+            "centred_gram_sums: the row means must be contiguous float32 [layers, n] and the means float32 [layers] "
+            "tensors on the kernels' device");
+}
+
+void check_combine(const CombineKernels& c) {
+  check_gram(c.own.gram, "combine_kernels");
+  const auto shape = c.own.gram.sizes();
+  const int64_t L = shape[0], n = shape[1];
+  const auto dev = c.own.gram.device();
+  QAD_CHECK(is_f32(c.other.gram, shape, dev), "combine_kernels: the two Gram matrices must have one shape and device");
+  for (const auto* side : {&c.own, &c.other}) {
+    QAD_CHECK(is_f32(side->row_means, {L, n}, dev) && is_f32(side->mean, {L}, dev),
+              "combine_kernels: row means must be contiguous float32 [layers, n] and means float32 [layers] tensors "
+              "on the kernels' device");
+  }
+  QAD_CHECK(is_f32(c.beta, {L}, dev) && is_f32(c.alpha, {L}, dev),
+            "combine_kernels: beta and alpha must be contiguous float32 [layers] tensors on the kernels' device");
+  QAD_CHECK(c.out.defined() && c.out.sizes() == shape && c.out.scalar_type() == torch::kBFloat16 &&
+                c.out.is_contiguous() && c.out.device() == dev,
+            "combine_kernels: out must be a contiguous bfloat16 tensor of the kernels' shape on their device");
+}
+
 }  // namespace
 
 void centre_columns_reference(CentreColumns& a) {
@@ -95,6 +139,98 @@ void pair_sums(PairSums& s) {
   if (s.a.is_cuda()) return pair_sums_cuda(s);
 #endif
   pair_sums_reference(s);
+}
+
+void centred_gram_sums_reference(GramSums& g) {
+  auto k = g.k.to(torch::kCPU).contiguous(), l = g.l.to(torch::kCPU).contiguous();
+  const int64_t L = k.size(0), n = k.size(1);
+  auto sums = torch::empty({L, 3}, torch::kFloat64);
+  auto k_rows = torch::empty({L, n}, torch::kFloat32), l_rows = torch::empty({L, n}, torch::kFloat32);
+  auto k_mean = torch::empty({L}, torch::kFloat32), l_mean = torch::empty({L}, torch::kFloat32);
+  const float* ks = k.data_ptr<float>();
+  const float* ls = l.data_ptr<float>();
+  auto sum_a = sums.accessor<double, 2>();
+  auto k_rows_a = k_rows.accessor<float, 2>(), l_rows_a = l_rows.accessor<float, 2>();
+  auto k_mean_a = k_mean.accessor<float, 1>(), l_mean_a = l_mean.accessor<float, 1>();
+  std::vector<double> rk(static_cast<size_t>(n)), rl(static_cast<size_t>(n));
+  for (int64_t b = 0; b < L; ++b) {
+    double kl = 0, kk = 0, ll = 0, sk = 0, sl = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      double row_k = 0, row_l = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double a = ks[(b * n + i) * n + j], c = ls[(b * n + i) * n + j];
+        kl += a * c, kk += a * a, ll += c * c, row_k += a, row_l += c;
+      }
+      rk[static_cast<size_t>(i)] = row_k, rl[static_cast<size_t>(i)] = row_l;
+      sk += row_k, sl += row_l;
+    }
+    double rkl = 0, rkk = 0, rll = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double a = rk[static_cast<size_t>(i)], c = rl[static_cast<size_t>(i)];
+      rkl += a * c, rkk += a * a, rll += c * c;
+      k_rows_a[b][i] = static_cast<float>(a / static_cast<double>(n));
+      l_rows_a[b][i] = static_cast<float>(c / static_cast<double>(n));
+    }
+    const double dn = static_cast<double>(n), n2 = dn * dn;
+    sum_a[b][0] = kl - 2.0 / dn * rkl + sk * sl / n2;
+    sum_a[b][1] = kk - 2.0 / dn * rkk + sk * sk / n2;
+    sum_a[b][2] = ll - 2.0 / dn * rll + sl * sl / n2;
+    k_mean_a[b] = static_cast<float>(sk / n2);
+    l_mean_a[b] = static_cast<float>(sl / n2);
+  }
+  g.sums.copy_(sums);
+  g.k_row_means.copy_(k_rows), g.l_row_means.copy_(l_rows), g.k_mean.copy_(k_mean), g.l_mean.copy_(l_mean);
+}
+
+void centred_gram_sums(GramSums& g) {
+  check_gram_sums(g);
+#ifdef QAD_HAS_CUDA
+  if (g.k.is_cuda()) return centred_gram_sums_cuda(g);
+#endif
+  centred_gram_sums_reference(g);
+}
+
+void combine_kernels_reference(CombineKernels& c) {
+  auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); };
+  auto own = cpu(c.own.gram), other = cpu(c.other.gram);
+  auto own_rows = cpu(c.own.row_means), other_rows = cpu(c.other.row_means);
+  auto own_mean = cpu(c.own.mean), other_mean = cpu(c.other.mean);
+  auto beta = cpu(c.beta), alpha = cpu(c.alpha);
+  const int64_t L = own.size(0), n = own.size(1);
+  auto out = torch::empty(own.sizes(), torch::kFloat32);
+  const float* os = own.data_ptr<float>();
+  const float* ts = other.data_ptr<float>();
+  const float* orow = own_rows.data_ptr<float>();
+  const float* trow = other_rows.data_ptr<float>();
+  float* rs = out.data_ptr<float>();
+  for (int64_t l = 0; l < L; ++l) {
+    const float b = beta.data_ptr<float>()[l], a = alpha.data_ptr<float>()[l];
+    const float om = own_mean.data_ptr<float>()[l], tm = other_mean.data_ptr<float>()[l];
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t at = (l * n + i) * n + j;
+        // volatile: every operation rounded to float on its own (no contraction into a fused multiply-add)
+        volatile float kc = os[at] - orow[l * n + i];
+        kc = kc - orow[l * n + j];
+        kc = kc + om;
+        volatile float lc = ts[at] - trow[l * n + i];
+        lc = lc - trow[l * n + j];
+        lc = lc + tm;
+        volatile float p = kc * b;
+        volatile float q = lc * a;
+        rs[at] = p + q;
+      }
+    }
+  }
+  c.out.copy_(out);  // rounds to bfloat16, to nearest even
+}
+
+void combine_kernels(CombineKernels& c) {
+  check_combine(c);
+#ifdef QAD_HAS_CUDA
+  if (c.own.gram.is_cuda()) return combine_kernels_cuda(c);
+#endif
+  combine_kernels_reference(c);
 }
 
 }  // namespace qad::loss::kernels

@@ -1,18 +1,24 @@
-// The two memory-bound passes of the batched CKA term (cka.cc) as single kernels on CUDA, each beside a plain
-// loop reference that tests compare it with:
+// The memory-bound passes of the batched CKA term (cka.cc) as single kernels on CUDA, each beside a plain loop
+// reference that tests compare it with:
 // - centre_columns: the columns of every layer's token rows centred over the rows, read in the rows' own dtype
-//   (BF16 in training) and written in FP32 for the TF32 products. The tensor-op version (a converting mean, then
+//   (BF16 in training) and written in FP32 for the TF32 products (or BF16 for the BF16 path's backward). The tensor-op version (a converting mean, then
 //   a broadcast mixed-dtype subtraction) is three passes, the subtraction a non-vectorised kernel (0.63 ms of a
 //   1.7B step for 28 layers x 1024 tokens); this is one read for the means and one read + write.
 // - pair_sums: <a,b>, <a,a>, <b,b> of two [L, r, c] FP32 batches per layer in FP64, i.e. the three dot products
 //   of the Gram form's kernels K and L; one read of each where the tensor ops make five passes and two temporaries.
+// The BF16 products path (cka.h) forms K = X X^T and L = Y Y^T from the rows as they are (BF16, not centred: no
+// centred copy is written) and centres the n x n kernels instead, Kc = H K H with H = I - 11^T/n:
+// - centred_gram_sums: <Kc,Lc>, <Kc,Kc>, <Lc,Lc> per layer in FP64 from one read of K and L, plus the row means
+//   and the grand mean of K and L that the backward needs;
+// - combine_kernels: the backward's per-layer combination Kc·β + Lc·α, centred on the fly and rounded to BF16 for
+//   the BF16 product with the rows; one read of each kernel and one BF16 write.
 #pragma once
 #include <torch/torch.h>
 
 namespace qad::loss::kernels {
 
 // x [L, n, p] float32 / bfloat16 / float16, contiguous, n >= 1. Outputs (allocated by the caller, every element
-// written): centred [L, n, p] float32 or bfloat16 (for BF16 products) and mean [L, 1, p] float32, where
+// written): centred [L, n, p] float32 or bfloat16 (the BF16 path's backward) and mean [L, 1, p] float32, where
 //   mean[l, 0, j] = (sum_i float(x[l, i, j])) / n  rounded to float (the kernel's FP32 sum is in its own order),
 //   centred[l, i, j] = float(x[l, i, j]) - mean[l, 0, j]  (one FP32 subtraction, as the tensor ops), rounded
 //   once to centred's dtype.
@@ -37,5 +43,44 @@ void pair_sums_reference(PairSums& s);
 void pair_sums_cuda(PairSums& s);
 #endif
 void pair_sums(PairSums& s);
+
+// k, l [L, n, n] float32, contiguous, one shape: Gram matrices, symmetric: row sums stand for column sums (a GEMM
+// that rounds K[i, j] and K[j, i] differently shifts the result by the order of K's own FP32 rounding).
+// Outputs (allocated by the caller, every element written):
+//   sums [L, 3] float64 = (<Kc,Lc>, <Kc,Kc>, <Lc,Lc>) with Kc = H K H, from the identity
+//     <H K H, H L H> = <K,L> - (2/n) <K1, L1> + (1^T K 1)(1^T L 1) / n^2,
+//     every product of two floats exact in double and every sum in double (no n x n centred copy);
+//   k_row_means, l_row_means [L, n] float32 = float(row sum in double / n);
+//   k_mean, l_mean [L] float32 = float(sum of all elements in double / n^2).
+// The identity subtracts raw second moments, but in double: the products are exact and a sum of n^2 terms loses
+// ~n^2 * 2^-53 of the raw magnitude, far below K's own FP32 rounding.
+struct GramSums {
+  torch::Tensor k, l;
+  torch::Tensor sums, k_row_means, l_row_means, k_mean, l_mean;
+};
+void centred_gram_sums_reference(GramSums& g);  // sums in the plain loop order
+#ifdef QAD_HAS_CUDA
+void centred_gram_sums_cuda(GramSums& g);
+#endif
+void centred_gram_sums(GramSums& g);
+
+// One side's kernel for the backward: the uncentred Gram matrix [L, n, n] float32 and its means from GramSums.
+struct GramKernel {
+  torch::Tensor gram, row_means, mean;  // [L, n, n], [L, n], [L]; float32, contiguous
+};
+// own, other: the two sides' kernels (one shape); beta, alpha [L] float32. Output (allocated by the caller, every
+// element written): out [L, n, n] bfloat16 with, in float arithmetic, each operation rounded (no fused
+// multiply-add), bf16 rounding to nearest even,
+//   c(K)[l, i, j] = ((K[l, i, j] - row_means[l, i]) - row_means[l, j]) + mean[l]      (the centred kernel)
+//   out[l, i, j] = bf16( c(own)[l, i, j] * beta[l] + c(other)[l, i, j] * alpha[l] ).
+struct CombineKernels {
+  GramKernel own, other;
+  torch::Tensor beta, alpha, out;
+};
+void combine_kernels_reference(CombineKernels& c);
+#ifdef QAD_HAS_CUDA
+void combine_kernels_cuda(CombineKernels& c);
+#endif
+void combine_kernels(CombineKernels& c);
 
 }  // namespace qad::loss::kernels

@@ -3,7 +3,10 @@
 // g, g + 32, ...; the column sums meet in shared memory (in a fixed order), then the same threads read the rows
 // again (mostly from L2) and store them centred in FP32. pair_sums: a grid-stride pass over each layer's two
 // matrices with FP64 accumulators; per-CTA partial sums go to a [L, CTAs, 3] buffer that one ATen sum reduces,
-// so the result does not depend on scheduling (no atomics).
+// so the result does not depend on scheduling (no atomics). centred_gram_sums: a warp per row (grid-stride over
+// rows), FP64 accumulators for the three dot products and the row's two sums; the row sums and per-CTA partials go
+// to buffers that a second kernel (a CTA per layer) reduces in a fixed order: deterministic, no atomics.
+// combine_kernels: a grid-stride pass over each layer, four FP32 pairs in, four BF16 out per step.
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
@@ -157,6 +160,164 @@ __global__ void __launch_bounds__(kSumThreads)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+constexpr int kRowWarps = 8;  // rows in flight per CTA of centred_gram_sums
+constexpr int kRowThreads = kRowWarps * 32;
+
+// One row of K and L: its two sums (returned through the warp) and the three products (per thread).
+__device__ __forceinline__ void add_row_element(float k, float l, double& kl, double& kk, double& ll, double& rk,
+                                                double& rl) {
+  const double a = k, b = l;  // float * float is exact in double
+  kl += a * b, kk += a * a, ll += b * b, rk += a, rl += b;
+}
+
+// grid (ctas, L): warp w of CTA c takes rows c * kRowWarps + w, then every gridDim.x * kRowWarps-th. Writes
+// row_sums [L, 2, n] (K's, then L's) and partial [L, ctas, 3].
+__global__ void __launch_bounds__(kRowThreads)
+    gram_rows_kernel(const float* __restrict__ k, const float* __restrict__ l, int64_t n, bool vec,
+                     double* __restrict__ row_sums, double* __restrict__ partial) {
+  const int64_t layer = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float* kl_ = k + layer * n * n;
+  const float* ll_ = l + layer * n * n;
+  double kl = 0, kk = 0, ll = 0;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + warp; row < n;
+       row += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+    double rk = 0, rl = 0;
+    const float* kr = kl_ + row * n;
+    const float* lr = ll_ + row * n;
+    if (vec) {
+      const auto* k4 = reinterpret_cast<const float4*>(kr);
+      const auto* l4 = reinterpret_cast<const float4*>(lr);
+      for (int64_t v = lane; v < n / 4; v += 32) {
+        const float4 a = __ldg(k4 + v), b = __ldg(l4 + v);
+        add_row_element(a.x, b.x, kl, kk, ll, rk, rl);
+        add_row_element(a.y, b.y, kl, kk, ll, rk, rl);
+        add_row_element(a.z, b.z, kl, kk, ll, rk, rl);
+        add_row_element(a.w, b.w, kl, kk, ll, rk, rl);
+      }
+    } else {
+      for (int64_t j = lane; j < n; j += 32) add_row_element(__ldg(kr + j), __ldg(lr + j), kl, kk, ll, rk, rl);
+    }
+    rk = warp_sum(rk), rl = warp_sum(rl);
+    if (lane == 0) {
+      row_sums[(layer * 2) * n + row] = rk;
+      row_sums[(layer * 2 + 1) * n + row] = rl;
+    }
+  }
+  __shared__ double scratch[3][kRowWarps];
+  kl = warp_sum(kl), kk = warp_sum(kk), ll = warp_sum(ll);
+  if (lane == 0) scratch[0][warp] = kl, scratch[1][warp] = kk, scratch[2][warp] = ll;
+  __syncthreads();
+  if (threadIdx.x < 3) {
+    double s = 0;
+    for (int w = 0; w < kRowWarps; ++w) s += scratch[threadIdx.x][w];
+    partial[(layer * gridDim.x + blockIdx.x) * 3 + threadIdx.x] = s;
+  }
+}
+
+constexpr int kFinishThreads = 256;
+
+// grid (L): the centred sums from the partials and the row sums, and the means, all in a fixed order.
+__global__ void __launch_bounds__(kFinishThreads)
+    gram_finish_kernel(const double* __restrict__ row_sums, const double* __restrict__ partial, int64_t n, int ctas,
+                       double* __restrict__ sums, float* __restrict__ k_row_means, float* __restrict__ l_row_means,
+                       float* __restrict__ k_mean, float* __restrict__ l_mean) {
+  const int64_t layer = blockIdx.x;
+  const double dn = static_cast<double>(n);
+  const double* rk = row_sums + layer * 2 * n;
+  const double* rl = rk + n;
+  double v[5] = {0, 0, 0, 0, 0};  // <rk,rl>, <rk,rk>, <rl,rl>, sum rk, sum rl
+  for (int64_t i = threadIdx.x; i < n; i += kFinishThreads) {
+    const double a = rk[i], b = rl[i];
+    v[0] += a * b, v[1] += a * a, v[2] += b * b, v[3] += a, v[4] += b;
+    k_row_means[layer * n + i] = static_cast<float>(a / dn);
+    l_row_means[layer * n + i] = static_cast<float>(b / dn);
+  }
+  __shared__ double scratch[5][kFinishThreads / 32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < 5; ++j) {
+    v[j] = warp_sum(v[j]);
+    if (lane == 0) scratch[j][warp] = v[j];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t[5];
+    for (int j = 0; j < 5; ++j) {
+      t[j] = 0;
+      for (int w = 0; w < kFinishThreads / 32; ++w) t[j] += scratch[j][w];
+    }
+    double raw[3] = {0, 0, 0};  // <K,L>, <K,K>, <L,L>
+    for (int c = 0; c < ctas; ++c) {
+      for (int j = 0; j < 3; ++j) raw[j] += partial[(layer * ctas + c) * 3 + j];
+    }
+    const double n2 = dn * dn;
+    sums[layer * 3 + 0] = raw[0] - 2.0 / dn * t[0] + t[3] * t[4] / n2;
+    sums[layer * 3 + 1] = raw[1] - 2.0 / dn * t[1] + t[3] * t[3] / n2;
+    sums[layer * 3 + 2] = raw[2] - 2.0 / dn * t[2] + t[4] * t[4] / n2;
+    k_mean[layer] = static_cast<float>(t[3] / n2);
+    l_mean[layer] = static_cast<float>(t[4] / n2);
+  }
+}
+
+constexpr int kCombineThreads = 256;
+
+// The centred kernel's element and its share of the combination, each operation rounded to float (no contraction).
+__device__ __forceinline__ float centred_element(float k, float row_i, float row_j, float mean) {
+  return __fadd_rn(__fsub_rn(__fsub_rn(k, row_i), row_j), mean);
+}
+__device__ __forceinline__ float combine_one(float own, float other, float beta, float alpha) {
+  return __fadd_rn(__fmul_rn(own, beta), __fmul_rn(other, alpha));
+}
+
+struct KernelSide {
+  const float* gram;       // [L, n, n]
+  const float* row_means;  // [L, n]
+  const float* mean;       // [L]
+};
+
+// Grid-stride over one layer's n * n elements; grid (ctas, L). vec: n % 4 == 0 and 16-byte aligned inputs (four
+// elements of one row per step; the BF16 output is then 8-byte aligned per vector).
+__global__ void __launch_bounds__(kCombineThreads)
+    combine_kernels_kernel(KernelSide own, KernelSide other, const float* __restrict__ beta,
+                           const float* __restrict__ alpha, __nv_bfloat16* __restrict__ out, int64_t n, bool vec) {
+  const int64_t layer = blockIdx.y, m = n * n;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const float b = beta[layer], a = alpha[layer];
+  const float om = own.mean[layer], tm = other.mean[layer];
+  const float* ol = own.gram + layer * m;
+  const float* tl = other.gram + layer * m;
+  const float* orow = own.row_means + layer * n;
+  const float* trow = other.row_means + layer * n;
+  __nv_bfloat16* rl = out + layer * m;
+  if (vec) {
+    const auto* o4 = reinterpret_cast<const float4*>(ol);
+    const auto* t4 = reinterpret_cast<const float4*>(tl);
+    auto* r2 = reinterpret_cast<__nv_bfloat162*>(rl);
+    for (int64_t v = first; v < m / 4; v += stride) {
+      const int64_t i = (4 * v) / n, j = (4 * v) % n;
+      const float4 x = __ldg(o4 + v), y = __ldg(t4 + v);
+      const float4 oj = __ldg(reinterpret_cast<const float4*>(orow + j));
+      const float4 tj = __ldg(reinterpret_cast<const float4*>(trow + j));
+      const float oi = __ldg(orow + i), ti = __ldg(trow + i);
+      const float e0 = combine_one(centred_element(x.x, oi, oj.x, om), centred_element(y.x, ti, tj.x, tm), b, a);
+      const float e1 = combine_one(centred_element(x.y, oi, oj.y, om), centred_element(y.y, ti, tj.y, tm), b, a);
+      const float e2 = combine_one(centred_element(x.z, oi, oj.z, om), centred_element(y.z, ti, tj.z, tm), b, a);
+      const float e3 = combine_one(centred_element(x.w, oi, oj.w, om), centred_element(y.w, ti, tj.w, tm), b, a);
+      r2[2 * v] = __floats2bfloat162_rn(e0, e1);
+      r2[2 * v + 1] = __floats2bfloat162_rn(e2, e3);
+    }
+  } else {
+    for (int64_t e = first; e < m; e += stride) {
+      const int64_t i = e / n, j = e % n;
+      const float kc = centred_element(__ldg(ol + e), __ldg(orow + i), __ldg(orow + j), om);
+      const float lc = centred_element(__ldg(tl + e), __ldg(trow + i), __ldg(trow + j), tm);
+      rl[e] = __float2bfloat16_rn(combine_one(kc, lc, b, a));
+    }
+  }
+}
+
 }  // namespace
 
 void centre_columns_cuda(CentreColumns& a) {
@@ -207,6 +368,49 @@ void pair_sums_cuda(PairSums& s) {
                      at::cuda::getCurrentCUDAStream()>>>(as, bs, m, vec, partial.data_ptr<double>());
   check_launch();
   s.out.copy_(partial.sum(1));
+}
+
+void centred_gram_sums_cuda(GramSums& g) {
+  const int64_t L = g.k.size(0), n = g.k.size(1);
+  if (L == 0) return;
+  c10::cuda::CUDAGuard guard(g.k.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const float* ks = g.k.data_ptr<float>();
+  const float* ls = g.l.data_ptr<float>();
+  const bool vec = n % 4 == 0 && aligned16(ks) && aligned16(ls);
+  // About four CTAs per SM over all layers, and no more than there are rows for.
+  const int64_t ctas = std::max<int64_t>(
+      1, std::min<int64_t>((n + kRowWarps - 1) / kRowWarps, (4 * sm_count() + L - 1) / L));
+  auto f64 = g.sums.options();
+  auto row_sums = torch::empty({L, 2, n}, f64);
+  auto partial = torch::empty({L, ctas, 3}, f64);
+  gram_rows_kernel<<<dim3(static_cast<unsigned>(ctas), static_cast<unsigned>(L)), kRowThreads, 0, stream>>>(
+      ks, ls, n, vec, row_sums.data_ptr<double>(), partial.data_ptr<double>());
+  check_launch();
+  gram_finish_kernel<<<static_cast<unsigned>(L), kFinishThreads, 0, stream>>>(
+      row_sums.data_ptr<double>(), partial.data_ptr<double>(), n, static_cast<int>(ctas), g.sums.data_ptr<double>(),
+      g.k_row_means.data_ptr<float>(), g.l_row_means.data_ptr<float>(), g.k_mean.data_ptr<float>(),
+      g.l_mean.data_ptr<float>());
+  check_launch();
+}
+
+void combine_kernels_cuda(CombineKernels& c) {
+  const int64_t L = c.own.gram.size(0), n = c.own.gram.size(1), m = n * n;
+  if (L == 0 || m == 0) return;
+  c10::cuda::CUDAGuard guard(c.own.gram.device());
+  auto side = [](const GramKernel& k) {
+    return KernelSide{k.gram.data_ptr<float>(), k.row_means.data_ptr<float>(), k.mean.data_ptr<float>()};
+  };
+  const KernelSide own = side(c.own), other = side(c.other);
+  auto* rs = reinterpret_cast<__nv_bfloat16*>(c.out.data_ptr<at::BFloat16>());
+  const bool vec = n % 4 == 0 && aligned16(own.gram) && aligned16(other.gram) && aligned16(own.row_means) &&
+                   aligned16(other.row_means) && reinterpret_cast<uintptr_t>(rs) % 8 == 0;
+  const int64_t work = ((vec ? m / 4 : m) + kCombineThreads - 1) / kCombineThreads;
+  const int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(work, (8 * sm_count() + L - 1) / L));
+  combine_kernels_kernel<<<dim3(static_cast<unsigned>(ctas), static_cast<unsigned>(L)), kCombineThreads, 0,
+                           at::cuda::getCurrentCUDAStream()>>>(own, other, c.beta.data_ptr<float>(),
+                                                              c.alpha.data_ptr<float>(), rs, n, vec);
+  check_launch();
 }
 
 }  // namespace qad::loss::kernels

@@ -35,8 +35,9 @@ struct LossConfig {
   std::vector<std::string> cka_layers;   // empty = every decoder layer's output ("layers.N")
   bool cka_tf32 = true;                  // TF32 for FP32 matmuls on CUDA (the CKA products; the model is BF16)
   bool cka_bf16_products = false;        // CUDA: BF16 products with FP32 accumulation (the Gram form of the biased
-                                         // estimator; loss/cka.h); recipes/cka_qad.yaml turns it on; false:
-                                         // FP32 / TF32 products (what runs before this setting existed used)
+                                         // estimator; loss/cka.h); recipes/cka_qad.yaml turns it on; false (the
+                                         // default, so that runs saved before the setting existed resume as they
+                                         // ran): FP32 / TF32 products
   bool log_ce = true;                    // compute CE (no gradient) for the log even when its weight is 0
   int fused_head = -1;                   // lm_head + KL/CE fused over token chunks (loss/fused_head_losses.h):
                                          // -1 where the model is on CUDA, 1 always (tests), 0 never; not a YAML key

@@ -34,25 +34,31 @@ TEST(FsdpGpu, OneShardedRankOverNcclFollowsOneProcess) {
   ::qad::remove_tree(root);
   fs::create_directories(root);
   {
+    // Enough text for the validation split to hold a global batch of 64-token windows (200 stories of ~40 tokens,
+    // a fifth of them held out).
     std::ofstream f(root / "stories.jsonl");
     std::mt19937 rng(3);
+    const std::vector<std::string> names = {"Lily", "Tom", "Sue", "Ben", "Mia", "Max"};
     const std::vector<std::string> things = {"ball", "cat", "tree", "cake", "boat", "dog", "flower"};
-    for (int d = 0; d < 120; ++d) {
-      f << "{\"text\": \"Once upon a time, Lily had a big " << things[rng() % things.size()]
-        << ". One day she saw Tom in the park and they played all day.\"}\n";
+    for (int d = 0; d < 200; ++d) {
+      auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
+      const std::string a = pick(names), b = pick(names), t = pick(things);
+      f << "{\"text\": \"Once upon a time, " << a << " had a big " << t << ". One day, " << a << " saw " << b
+        << " in the park. " << b << " smiled and they played with the " << t << " all day.\"}\n";
     }
   }
   const auto model = shared_dir() / "models/stories260K";
   ASSERT_TRUE(exited_ok(wait_for(spawn({"data", "prepare", "--tokenizer", model.string(), "--input",
                                         (root / "stories.jsonl").string(), "--out", (root / "data").string(),
-                                        "--valid-fraction", "0.1", "--bos", "never"}, root / "prepare.log", {}), 120)))
+                                        "--valid-fraction", "0.2", "--bos", "never"}, root / "prepare.log", {}), 120)))
       << slurp(root / "prepare.log");
   auto args = [&](const fs::path& out) {
     return std::vector<std::string>{"distill", "--method", "cka-qad", "--teacher", model.string(), "--data",
                                     (root / "data").string(), "--out", out.string(), "--device", "cuda", "--steps", "10",
                                     "--batch-size", "4", "--seq-len", "64", "--lr", "3e-3", "--valid-every", "0",
                                     "--valid-batches", "1", "--checkpoint-every", "5", "--calib-batches", "2",
-                                    "--activation-checkpointing", "--set", "run.export_nvfp4=false"};
+                                    "--activation-checkpointing", "--set", "run.export_nvfp4=false",
+                                    "--set", "data.valid_fraction=0.2"};
   };
   auto plain = args(root / "plain"), sharded = args(root / "fsdp");
   sharded.insert(sharded.end(), {"--zero", "3"});

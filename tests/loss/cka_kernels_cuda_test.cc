@@ -1,9 +1,13 @@
 // The CKA kernels (loss/cka_kernels_cuda.cu) against their plain references on fresh random inputs with poisoned
 // (NaN) outputs: the vector path (widths that are multiples of the 16-byte vector, including a partial last
-// tile) and the scalar path (odd widths), one row, FP32 / BF16 / FP16 inputs; then the batched CKA on CUDA, which
-// now runs them, against FP64 on the CPU in both the Gram and the feature form, value and gradient.
+// tile) and the scalar path (odd widths), one row, FP32 / BF16 / FP16 inputs; the centred Gram sums and means;
+// the backward's centred kernel combination into BF16 bit for bit; then the batched CKA on CUDA, which runs them,
+// against FP64 on the CPU in both the Gram and the feature form and the BF16 path, value and gradient.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <iostream>
+#include <utility>
 
 #include "common/test_util.h"
 #include "loss/cka.h"
@@ -85,6 +89,83 @@ TEST(CkaKernelsCuda, PairSumsEqualReferenceWithPoisonedOutputs) {
   EXPECT_TRUE(torch::equal(s1.out, s2.out));
 }
 
+// GramSums with every output poisoned (NaN), on `device`.
+kernels::GramSums poisoned_gram_sums(const torch::Tensor& k, const torch::Tensor& l, torch::Device device) {
+  const int64_t L = k.size(0), n = k.size(1);
+  auto f32 = torch::dtype(torch::kFloat32).device(device);
+  return {k.to(device),
+          l.to(device),
+          torch::full({L, 3}, NAN, torch::dtype(torch::kFloat64).device(device)),
+          torch::full({L, n}, NAN, f32),
+          torch::full({L, n}, NAN, f32),
+          torch::full({L}, NAN, f32),
+          torch::full({L}, NAN, f32)};
+}
+
+TEST(CkaKernelsCuda, CentredGramSumsEqualReferenceWithPoisonedOutputs) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(72);
+  // The recipe's shape (28 layers x 1024 tokens: the vector path), odd sizes (the scalar path), one token.
+  for (const auto& shape : {std::vector<int64_t>{28, 1024, 256}, {3, 37, 20}, {2, 13, 8}, {1, 1, 4}}) {
+    auto x = torch::randn(shape, gen) + 3.0, y = torch::randn(shape, gen) * 2 - 1.0;
+    // Exactly symmetric, as the kernels assume (row sums stand for column sums).
+    auto k = x.bmm(x.transpose(1, 2)), l = y.bmm(y.transpose(1, 2));
+    k = (k + k.transpose(1, 2)) / 2, l = (l + l.transpose(1, 2)) / 2;
+    auto ref = poisoned_gram_sums(k, l, torch::kCPU);
+    kernels::centred_gram_sums_reference(ref);
+    auto gpu = poisoned_gram_sums(k, l, torch::kCUDA);
+    kernels::centred_gram_sums(gpu);
+    const std::string what = std::to_string(shape[0]) + "x" + std::to_string(shape[1]);
+    auto sums = gpu.sums.cpu();
+    ASSERT_TRUE(torch::isfinite(sums).all().item<bool>()) << what;
+    // The same exact products summed in double in another order: the difference is a few 2^-53 of the raw
+    // (uncentred) sums of |products|, which exceed the centred results by the offsets' factor (~1e4 here).
+    auto kd = k.to(torch::kFloat64), ld = l.to(torch::kFloat64);
+    auto raw = torch::stack({(kd * ld).abs().sum({1, 2}), (kd * kd).sum({1, 2}), (ld * ld).sum({1, 2})}, 1);
+    EXPECT_LE(((sums - ref.sums).abs() / raw).max().item<double>(), 1e-12) << what;
+    // Means: the double sums rounded to float; another summation order can move a rounding by one ulp.
+    for (const auto& [got, want] : {std::pair{gpu.k_row_means, ref.k_row_means}, {gpu.l_row_means, ref.l_row_means},
+                                    {gpu.k_mean, ref.k_mean}, {gpu.l_mean, ref.l_mean}}) {
+      auto g = got.cpu();
+      ASSERT_TRUE(torch::isfinite(g).all().item<bool>()) << what;
+      EXPECT_TRUE(torch::allclose(g, want, 1.2e-7, 0)) << what;
+    }
+  }
+  // Deterministic: the same inputs give the same bits.
+  auto x = torch::randn({4, 512, 64}, gen).cuda();
+  auto k = x.bmm(x.transpose(1, 2));
+  auto s1 = poisoned_gram_sums(k, k, torch::kCUDA), s2 = poisoned_gram_sums(k, k, torch::kCUDA);
+  kernels::centred_gram_sums(s1);
+  kernels::centred_gram_sums(s2);
+  EXPECT_TRUE(torch::equal(s1.sums, s2.sums));
+}
+
+TEST(CkaKernelsCuda, CombineKernelsEqualsReferenceBitForBitWithPoisonedOutputs) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(68);
+  // The vector path ([28, 1024, 1024]: the recipe's 1024 tokens, 28 layers; 12 x 12) and the scalar one (odd sizes).
+  for (const auto& shape : {std::vector<int64_t>{28, 1024, 1024}, {2, 12, 12}, {3, 7, 7}, {1, 1, 1}}) {
+    const int64_t L = shape[0], n = shape[1];
+    auto own = torch::randn(shape, gen) * 30, other = torch::randn(shape, gen) * 30;
+    auto own_rows = torch::randn({L, n}, gen), other_rows = torch::randn({L, n}, gen) * 3;
+    auto own_mean = torch::randn({L}, gen), other_mean = torch::randn({L}, gen);
+    auto beta = torch::randn({L}, gen), alpha = torch::randn({L}, gen);
+    kernels::CombineKernels ref{{own, own_rows, own_mean}, {other, other_rows, other_mean}, beta, alpha,
+                                torch::full(shape, NAN, torch::kBFloat16)};
+    kernels::combine_kernels_reference(ref);
+    auto cuda = [](const torch::Tensor& t) { return t.cuda(); };
+    kernels::CombineKernels gpu{{cuda(own), cuda(own_rows), cuda(own_mean)},
+                                {cuda(other), cuda(other_rows), cuda(other_mean)},
+                                cuda(beta),
+                                cuda(alpha),
+                                torch::full(shape, NAN, torch::dtype(torch::kBFloat16).device(torch::kCUDA))};
+    kernels::combine_kernels(gpu);
+    auto got = gpu.out.cpu();
+    ASSERT_TRUE(torch::isfinite(got.to(torch::kFloat32)).all().item<bool>()) << shape[0] << "x" << shape[1];
+    EXPECT_TRUE(qad::testing::same_bits(got, ref.out)) << shape[0] << "x" << shape[1];
+  }
+}
+
 TEST(CkaKernelsCuda, BatchedCkaOnCudaMatchesFp64OnTheCpu) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(65);
@@ -103,9 +184,9 @@ TEST(CkaKernelsCuda, BatchedCkaOnCudaMatchesFp64OnTheCpu) {
       const double scale = y_cpu.grad().abs().max().item<double>();
       EXPECT_LE((y_gpu.grad().cpu().to(torch::kFloat64) - y_cpu.grad()).abs().max().item<double>(), 2e-2 * scale)
           << shape[1];
-      // BF16 products with FP32 accumulation (the Gram form of the biased estimator takes them): CKA within
-      // 5e-5 of FP64 (the features' BF16 rounding lowers it by ~1e-6; the rest is accumulation order), and the
-      // gradient within the same bound as above.
+      // BF16 products with FP32 accumulation (the Gram form of the biased estimator takes them; the feature form
+      // and the debiased estimator keep the float path): CKA within 5e-5 of FP64 and the gradient within the
+      // bound above.
       auto y_bf = s.cuda().requires_grad_(true);
       auto c_bf = linear_cka_batched(t.cuda(), y_bf, est, /*bf16_products=*/true);
       EXPECT_EQ(c_bf.scalar_type(), torch::kFloat32);
@@ -114,6 +195,32 @@ TEST(CkaKernelsCuda, BatchedCkaOnCudaMatchesFp64OnTheCpu) {
       EXPECT_LE((y_bf.grad().cpu().to(torch::kFloat64) - y_cpu.grad()).abs().max().item<double>(), 2e-2 * scale)
           << shape[1];
     }
+  }
+}
+
+// The BF16 path at the recipe's size (28 layers, 1024 tokens, 2048 features) with the rows offset by 4 and by 20
+// times their spread in every column: the uncentred products hold the offsets' second moments, so this is where
+// FP32 accumulation would show. CKA within 5e-5 of FP64 and the gradient within 2 % of its largest element.
+TEST(CkaKernelsCuda, Bf16PathAtTheRecipesSizeWithLargeOffsetsMatchesFp64) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(73);
+  for (double offset : {4.0, 20.0}) {
+    const std::vector<int64_t> shape{28, 1024, 2048};
+    auto t = (torch::randn(shape, gen) + offset).to(torch::kBFloat16).cuda();
+    auto s = (t.to(torch::kFloat32) + 0.3 * torch::randn(shape, gen).cuda()).to(torch::kBFloat16);
+    auto y_bf = s.clone().requires_grad_(true);
+    auto c_bf = linear_cka_batched(t, y_bf, CkaEstimator::kBiased, /*bf16_products=*/true);
+    c_bf.sum().backward();
+    auto y_64 = s.to(torch::kFloat64).requires_grad_(true);
+    auto c_64 = linear_cka_batched(t.to(torch::kFloat64), y_64);
+    c_64.sum().backward();
+    const double value_err = (c_bf.to(torch::kFloat64) - c_64).abs().max().item<double>();
+    const double scale = y_64.grad().abs().max().item<double>();
+    const double grad_err = (y_bf.grad().to(torch::kFloat64) - y_64.grad()).abs().max().item<double>();
+    std::cout << "offset " << offset << ": |cka - fp64| " << value_err << ", gradient error " << grad_err / scale
+              << " of its largest element\n";
+    EXPECT_LE(value_err, 5e-5) << offset;
+    EXPECT_LE(grad_err, 2e-2 * scale) << offset;
   }
 }
 

@@ -1,10 +1,16 @@
 // The plain references of the CKA passes (loss/cka_kernels.h) against closed forms in double on the CPU: column
-// means and centred rows of every layer, and the three FP64 dot products of two batches. The CUDA kernels are
-// compared with these references in cka_kernels_cuda_test.cc.
+// means and centred rows of every layer, the three FP64 dot products of two batches, the centred Gram sums and
+// means, and the backward's per-layer combination of the two kernels, centred and rounded to BF16; then the BF16
+// path of the batched CKA (Gram centring) against FP64. The CUDA kernels are compared with these references in
+// cka_kernels_cuda_test.cc.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <iostream>
+
 #include "common/test_util.h"
+#include "loss/cka.h"
 #include "loss/cka_kernels.h"
 #include "util/error.h"
 
@@ -51,6 +57,123 @@ TEST(CkaKernelsReference, PairSumsAreTheThreeDotProductsPerLayer) {
   EXPECT_TRUE(torch::allclose(s.out, expect, 1e-12, 1e-12));
   // And close to the exact products.
   EXPECT_TRUE(torch::allclose(s.out.select(1, 0), (ad * bd).sum({1, 2}), 1e-6, 1e-6));
+}
+
+// Gram matrices of rows with a common offset (as residual streams have), in FP32 as the products store them, made
+// exactly symmetric (a GEMM need not round K[i, j] and K[j, i] alike; the kernels read row sums as column sums).
+torch::Tensor gram_of(const torch::Tensor& rows) {
+  auto k = rows.bmm(rows.transpose(1, 2));
+  return (k + k.transpose(1, 2)) / 2;
+}
+
+// H K H in double, per layer: the centred kernel the sums and the combination stand for.
+torch::Tensor centred_fp64(const torch::Tensor& k) {
+  auto d = k.to(torch::kFloat64);
+  return d - d.mean(1, true) - d.mean(2, true) + d.mean({1, 2}, true);
+}
+
+TEST(CkaKernelsReference, CentredGramSumsAreTheCentredKernelsDotProducts) {
+  auto gen = qad::testing::seeded_generator(69);
+  const int64_t L = 3, n = 40, p = 24;
+  auto x = torch::randn({L, n, p}, gen) + 5.0, y = torch::randn({L, n, p}, gen) * 2 - 3.0;
+  auto k = gram_of(x), l = gram_of(y);
+  auto f32 = torch::dtype(torch::kFloat32);
+  kernels::GramSums g{k, l, torch::full({L, 3}, NAN, torch::kFloat64), torch::full({L, n}, NAN, f32),
+                      torch::full({L, n}, NAN, f32), torch::full({L}, NAN, f32), torch::full({L}, NAN, f32)};
+  kernels::centred_gram_sums(g);
+  auto kc = centred_fp64(k), lc = centred_fp64(l);
+  auto expect = torch::stack({(kc * lc).sum({1, 2}), (kc * kc).sum({1, 2}), (lc * lc).sum({1, 2})}, 1);
+  // The identity in double against the explicit centring in double: equal to ~1e-13 of the raw magnitudes.
+  EXPECT_TRUE(torch::allclose(g.sums, expect, 1e-9, 0));
+  // The means are the double means rounded to float.
+  auto kd = k.to(torch::kFloat64);
+  EXPECT_TRUE(torch::equal(g.k_row_means, kd.mean(2).to(torch::kFloat32)));
+  EXPECT_TRUE(torch::equal(g.l_row_means, l.to(torch::kFloat64).mean(2).to(torch::kFloat32)));
+  EXPECT_TRUE(torch::equal(g.k_mean, kd.mean({1, 2}).to(torch::kFloat32)));
+  EXPECT_TRUE(torch::equal(g.l_mean, l.to(torch::kFloat64).mean({1, 2}).to(torch::kFloat32)));
+  // And the centred dot products of linear CKA: <Kc, Lc> = |Yc^T Xc|^2 for the centred rows.
+  auto xc = (x - x.mean(1, true)).to(torch::kFloat64), yc = (y - y.mean(1, true)).to(torch::kFloat64);
+  auto a = yc.transpose(1, 2).bmm(xc);
+  EXPECT_TRUE(torch::allclose(g.sums.select(1, 0), a.square().sum({1, 2}), 1e-4, 0));
+  kernels::GramSums bad{k, l, torch::empty({L, 3}), g.k_row_means, g.l_row_means, g.k_mean, g.l_mean};
+  EXPECT_THROW(kernels::centred_gram_sums(bad), qad::Error);
+  kernels::GramSums not_square{torch::randn({L, n, n + 1}), torch::randn({L, n, n + 1}), g.sums, g.k_row_means,
+                               g.l_row_means, g.k_mean, g.l_mean};
+  EXPECT_THROW(kernels::centred_gram_sums(not_square), qad::Error);
+}
+
+TEST(CkaKernelsReference, CombineKernelsCentresEachKernelThenRoundsTheCombinationToBf16) {
+  auto gen = qad::testing::seeded_generator(67);
+  const int64_t L = 3, n = 21;
+  auto own = gram_of(torch::randn({L, n, 16}, gen) + 2.0), other = gram_of(torch::randn({L, n, 16}, gen) - 1.0);
+  auto beta = torch::randn({L}, gen), alpha = torch::randn({L}, gen);
+  auto f32 = torch::dtype(torch::kFloat32);
+  kernels::GramSums g{own, other, torch::empty({L, 3}, torch::kFloat64), torch::empty({L, n}, f32),
+                      torch::empty({L, n}, f32), torch::empty({L}, f32), torch::empty({L}, f32)};
+  kernels::centred_gram_sums(g);
+  const kernels::GramKernel own_k{own, g.k_row_means, g.k_mean}, other_k{other, g.l_row_means, g.l_mean};
+  kernels::CombineKernels c{own_k, other_k, beta, alpha, torch::full({L, n, n}, NAN, torch::kBFloat16)};
+  kernels::combine_kernels(c);
+  // FP32 tensor ops round every subtraction, addition and product on their own; the cast rounds to nearest even.
+  auto centre = [](const torch::Tensor& k, const torch::Tensor& rows, const torch::Tensor& mean) {
+    return ((k - rows.unsqueeze(2)) - rows.unsqueeze(1)) + mean.view({-1, 1, 1});
+  };
+  auto kc = centre(own, g.k_row_means, g.k_mean), lc = centre(other, g.l_row_means, g.l_mean);
+  auto expect = (kc * beta.view({L, 1, 1}) + lc * alpha.view({L, 1, 1})).to(torch::kBFloat16);
+  EXPECT_TRUE(qad::testing::same_bits(c.out, expect));
+  // The centred kernel is H K H (to FP32 rounding of the raw values) and has zero row sums: what makes M Y = M Yc.
+  EXPECT_LE((kc.to(torch::kFloat64) - centred_fp64(own)).abs().max().item<double>(),
+            1e-5 * own.abs().max().item<double>());
+  // Per layer: layer 1 uses beta[1] and alpha[1], not another layer's.
+  auto layer1 = (kc[1] * beta[1].item<float>() + lc[1] * alpha[1].item<float>()).to(torch::kBFloat16);
+  EXPECT_TRUE(qad::testing::same_bits(c.out[1], layer1));
+  kernels::CombineKernels bad_out{own_k, other_k, beta, alpha, torch::empty({L, n, n})};
+  EXPECT_THROW(kernels::combine_kernels(bad_out), qad::Error);
+  kernels::CombineKernels bad_scale{own_k, other_k, torch::randn({2}), alpha, torch::empty({L, n, n}, torch::kBFloat16)};
+  EXPECT_THROW(kernels::combine_kernels(bad_scale), qad::Error);
+  kernels::CombineKernels bad_means{own_k, {other, g.l_row_means, torch::empty({L + 1})}, beta, alpha,
+                                    torch::empty({L, n, n}, torch::kBFloat16)};
+  EXPECT_THROW(kernels::combine_kernels(bad_means), qad::Error);
+}
+
+// The BF16 path (Gram centring) against FP64 on the CPU: with rows offset by 4 and by 20 times their spread in
+// every column (residual streams have offsets of the order of their spread), CKA within 5e-5 and the gradient
+// within 2 % of its largest element, as the CUDA test holds the kernels' version.
+TEST(CkaBf16Path, GramCentringMatchesFp64ValueAndGradient) {
+  auto gen = qad::testing::seeded_generator(70);
+  for (double offset : {4.0, 20.0}) {
+    const int64_t L = 3, n = 96, p = 512;
+    auto t = (torch::randn({L, n, p}, gen) + offset).to(torch::kBFloat16);
+    auto s = (t.to(torch::kFloat32) + 0.3 * torch::randn({L, n, p}, gen)).to(torch::kBFloat16);
+    auto y_bf = s.clone().requires_grad_(true);
+    auto y_64 = s.to(torch::kFloat64).requires_grad_(true);
+    auto c_bf = detail::linear_cka_batched_bf16(t, y_bf);
+    auto c_64 = linear_cka_batched(t.to(torch::kFloat64), y_64);
+    EXPECT_EQ(c_bf.scalar_type(), torch::kFloat32);
+    const double value_err = (c_bf.to(torch::kFloat64) - c_64).abs().max().item<double>();
+    EXPECT_LE(value_err, 5e-5) << "offset " << offset;
+    c_bf.sum().backward();
+    c_64.sum().backward();
+    ASSERT_EQ(y_bf.grad().scalar_type(), torch::kBFloat16);
+    const double scale = y_64.grad().abs().max().item<double>();
+    const double grad_err = (y_bf.grad().to(torch::kFloat64) - y_64.grad()).abs().max().item<double>();
+    EXPECT_LE(grad_err, 2e-2 * scale) << "offset " << offset;
+    // The gradient is centred over the rows (the centring's adjoint) up to the BF16 rounding of M and of the result.
+    const double col_sum = y_bf.grad().to(torch::kFloat64).sum(1).abs().max().item<double>();
+    EXPECT_LE(col_sum, 2e-2 * scale * std::sqrt(static_cast<double>(n))) << "offset " << offset;
+    std::cout << "offset " << offset << ": |cka - fp64| " << value_err << ", gradient error " << grad_err / scale
+              << " of its largest element, column sums " << col_sum / scale << "\n";
+  }
+}
+
+// Where the path does not apply it is not taken: the feature form (more tokens than features) and FP64 give the
+// float path's values.
+TEST(CkaBf16Path, FeatureFormAndFp64KeepTheFloatPath) {
+  auto gen = qad::testing::seeded_generator(71);
+  auto x = torch::randn({2, 600, 64}, gen) + 1.0, y = torch::randn({2, 600, 64}, gen);
+  EXPECT_TRUE(torch::equal(detail::linear_cka_batched_bf16(x, y), linear_cka_batched(x, y)));
+  auto xd = torch::randn({2, 30, 64}, gen).to(torch::kFloat64), yd = torch::randn({2, 30, 64}, gen).to(torch::kFloat64);
+  EXPECT_TRUE(torch::equal(detail::linear_cka_batched_bf16(xd, yd), linear_cka_batched(xd, yd)));
 }
 
 TEST(CkaKernelsReference, RejectsWrongShapesAndTypes) {
