@@ -3,13 +3,14 @@
 # live teacher, 3 seeds, the same token budget (the study's: STEPS x 32 x 512 tokens), each NVFP4 export evaluated
 # for KL against the teacher, perplexity on prose_valid and arith accuracy; then step time and peak memory of
 # both, measured alone (one run at a time, TIME_STEPS steps). docs/teacher_cache.md has the results table.
-# Caches: runs/tcache/teacher-sN; runs: live-sN, cache-sN (trained from teacher-sN).
+# Caches: runs/tcache/teacher-sN; runs: live-sN, cache-sN (trained from teacher-sN), cache-tail-sN (TAIL=1).
 #   scripts/gpu_teacher_cache.sh            (env: STEPS=400 K=64 SEEDS="1 2 3" TIME_STEPS=100 QAD=build-gpu/qad)
 # The live runs use the full KL (recipes/qad.yaml, loss.top_k 0): the comparison is "QAD from the cache" against
 # "QAD" as the study runs it. LIVE_TOPK=1 adds live top-K runs (the cache's exact live equivalent). TAIL=1 adds
 # cache-tail runs: the same caches with the top-K KL's tail category (--top-k-tail, docs/losses.md) and its cost line.
 # VARIANTS overrides the list of quality variants (e.g. VARIANTS="live cache-tail" TAIL=1: only those two).
 # The summary gives each variant's mean ± sd over the seeds and its paired difference from live (95 % t-interval).
+# BUILD_ONLY=1 stops after the build (a call of its own when the build and the runs would not fit in one).
 # Builds build-gpu/qad unless it is there (or .device/qad.gz is); carry .shared/ as scripts/gpu_study.sh says.
 # Everything small (logs, metrics, eval JSON, the summary) is packed into $OUT/teacher_cache.tgz.
 set -uo pipefail
@@ -27,6 +28,7 @@ if [ ! -x "$QAD" ]; then
   strip -o build-gpu/qad.stripped "$QAD" && gzip -9c build-gpu/qad.stripped > "$out/qad.gz"
   echo "[$(( $(date +%s) - t0 )) s] built $QAD"
 fi
+[ -n "${BUILD_ONLY:-}" ] && exit 0  # a first call that only builds (its $OUT/qad.gz, carried as .device/qad.gz)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 S=../shared; [ -d .shared ] && S=$PWD/.shared
 T=$S/models/qwen3-16m-teacher
