@@ -95,6 +95,9 @@ const std::vector<std::array<const char*, 4>> kBoolFlags = {
     {"--activation-checkpointing", "run.activation_checkpointing", "true", "recompute each layer in backward"},
     {"--export-bf16", "run.export_bf16", "true", "also export the student in BF16 (export/bf16)"},
     {"--cka-dynamic-balance", "loss.cka_dynamic_balance", "true", "scale the CKA term to the KL's magnitude"},
+    {"--top-k-tail", "loss.top_k_tail", "true",
+     "top-k KL with the rest of the vocabulary as one category (teacher's true probabilities, dense gradient) "
+     "instead of renormalising over the top k; with --teacher-cache only at --temperature 1"},
     {"--weight-only", "quant.options.quantize_inputs", "false",
      "NVFP4 weights only, activations unquantized (W4A16_NVFP4, what Hopper serves)"},
 };

@@ -32,6 +32,7 @@ struct KLConfig {
   int64_t top_k;
   int64_t chunk;
   bool want_grad;
+  bool tail = false;  // top-k with the tail category (chunk_kl_tail)
 };
 
 // One chunk of the KL: s, t [len, n] student / teacher logits (copies in the compute type, consumed). Returns
@@ -52,6 +53,48 @@ torch::Tensor chunk_kl(torch::Tensor& s, torch::Tensor& t, double T, double grad
   auto sum = torch::dot(pt.reshape({-1}), log_pt.sub_(log_ps).reshape({-1})).to(torch::kFloat64);
   log_pt = torch::Tensor();
   s = grad_scale != 0 ? log_ps.exp_().sub_(pt).mul_(grad_scale) : torch::Tensor();
+  return sum;
+}
+
+// One chunk of the top-k KL with a tail category: s [len, V] the student's logits (a copy in the compute type,
+// consumed), t [len, k] the teacher's logits on S (a copy, consumed), lse [len, 1] logsumexp(t/T) over the teacher's
+// full vocabulary, top [len, k] the ids of S. Returns the chunk's sum of
+//   sum_S p (log p - log q) + p_tail (log p_tail - log q_tail)
+// in FP64 (0-dim); with grad_scale != 0, s holds grad_scale * (q - p on S - p_tail q / q_tail outside S) afterwards
+// (d(T^2 KL)/ds = T (...) / n; grad_scale = T / n_tokens). Derivation, with z = s/T and c over S and the tail:
+// d log q_v/dz_u = [u = v] - q_u, d log q_tail/dz_u = [u not in S] q_u / q_tail - q_u, and sum_c p_c = 1.
+torch::Tensor chunk_kl_tail(torch::Tensor& s, torch::Tensor& t, const torch::Tensor& lse, const torch::Tensor& top,
+                            double T, double grad_scale) {
+  const bool f64 = s.scalar_type() == torch::kFloat64;
+  const double lowest = f64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
+  const double inf = std::numeric_limits<double>::infinity();
+  if (T != 1.0) {
+    s.div_(T);
+    t.div_(T);
+  }
+  const bool no_tail = top.size(1) == s.size(1);  // S is the whole vocabulary
+  auto log_q = finite_log_softmax(s);  // the student over the full vocabulary
+  s = torch::Tensor();
+  // log q_tail = logsumexp of the student's log-probabilities outside S: accurate however small the tail is (1 -
+  // sum_S q would be rounding noise below ~1e-7 in FP32). An empty tail gives -inf, clamped to stay finite.
+  auto tail = log_q.scatter(1, top, -inf);
+  auto log_q_tail = torch::logsumexp(tail, 1, /*keepdim=*/true).clamp_min_(lowest);
+  // The teacher's true probabilities on S and the mass it puts outside (no renormalisation).
+  auto log_p = t.sub_(lse).clamp_min_(lowest);  // -inf logits (a masked entry) would give 0 * -inf below
+  t = torch::Tensor();
+  auto p = log_p.exp();
+  auto p_tail = (1 - p.sum(1, /*keepdim=*/true)).clamp_min_(0);
+  if (no_tail) p_tail.zero_();  // what 1 - sum_S p holds then is rounding, not mass
+  auto sum = torch::dot(p.reshape({-1}), (log_p - log_q.gather(1, top)).reshape({-1})).to(torch::kFloat64);
+  auto tail_terms = torch::where(p_tail > 0, p_tail * (p_tail.log() - log_q_tail), torch::zeros_like(p_tail));
+  sum += tail_terms.sum().to(torch::kFloat64);
+  if (grad_scale == 0) return sum;
+  // Outside S: q_u - p_tail q_u / q_tail, with q_u / q_tail = exp(log q_u - log q_tail) (no overflow when q_tail is
+  // tiny; 0 on S, where `tail` is -inf). On S: q_u - p_u.
+  auto within_tail = tail.sub_(log_q_tail).exp_();
+  s = log_q.exp_().sub_(within_tail.mul_(p_tail));
+  s.scatter_add_(1, top, p.neg_());
+  s.mul_(grad_scale);
   return sum;
 }
 
@@ -90,13 +133,17 @@ struct ChunkedKL : public torch::autograd::Function<ChunkedKL> {
 
 // KL over the teacher's top-k support S (ids given per token): the student's logits are gathered at S, the
 // teacher's come as [tokens, k] already.
+// With cfg.tail, the KL over S and the tail category (chunk_kl_tail), the teacher's lse [...] given.
 struct ChunkedTopKL : public torch::autograd::Function<ChunkedTopKL> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& student, const torch::Tensor& top_logits,
-                               const torch::Tensor& top_ids, const detail::TokenRows& rows, const KLConfig& cfg) {
+                               const torch::Tensor& top_ids, const c10::optional<torch::Tensor>& lse,
+                               const detail::TokenRows& rows, const KLConfig& cfg) {
     const int64_t vocab = student.size(-1), k = top_logits.size(-1);
     auto s2 = student.reshape({-1, vocab});
     auto t2 = top_logits.reshape({-1, k});
     auto i2 = top_ids.reshape({-1, k});
+    torch::Tensor l2;
+    if (cfg.tail) l2 = lse.value().reshape({-1, 1});
     const auto ct = compute_type(student);
     const double T = cfg.temperature;
     const double inv_n = 1.0 / static_cast<double>(std::max<int64_t>(rows.count, 1));
@@ -106,8 +153,14 @@ struct ChunkedTopKL : public torch::autograd::Function<ChunkedTopKL> {
     for (int64_t b = 0; b < rows.count; b += cfg.chunk) {
       const int64_t len = std::min(cfg.chunk, rows.count - b);
       auto top = rows.take(i2, b, len);
-      auto s = rows.take(s2, b, len).gather(1, top).to(ct, /*non_blocking=*/false, /*copy=*/true);
       auto t = rows.take(t2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+      if (cfg.tail) {  // the student's full rows: the tail needs them all, and the gradient is dense
+        auto s = rows.take(s2, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+        total += chunk_kl_tail(s, t, rows.take(l2, b, len).to(ct), top, T, cfg.want_grad ? T * inv_n : 0.0);
+        if (cfg.want_grad) rows.put(grad, b, len, s.to(grad.scalar_type()));
+        continue;
+      }
+      auto s = rows.take(s2, b, len).gather(1, top).to(ct, /*non_blocking=*/false, /*copy=*/true);
       total += chunk_kl(s, t, T, cfg.want_grad ? T * inv_n : 0.0);
       if (cfg.want_grad) {
         auto full = torch::zeros({len, vocab}, s.options());
@@ -122,7 +175,7 @@ struct ChunkedTopKL : public torch::autograd::Function<ChunkedTopKL> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto grad = ctx->saved_data["grad"].toTensor();
     return {grad * grad_outputs[0].to(grad.scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor()};
+            torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -186,7 +239,9 @@ torch::Tensor kl_divergence(const torch::Tensor& student_logits, const torch::Te
   const int64_t vocab = student_logits.size(-1);
   if (options.top_k > 0 && options.top_k < vocab) {  // one top-k path, live or from a teacher cache
     auto [top_logits, top_ids] = teacher_top_k(teacher_logits.detach(), options.top_k);
-    return kl_divergence_top_k(student_logits, top_logits, top_ids, mask, options);
+    torch::Tensor lse;
+    if (options.top_k_tail) lse = teacher_logsumexp(teacher_logits.detach(), options.temperature);
+    return kl_divergence_top_k(student_logits, top_logits, top_ids, mask, options, lse);
   }
   auto leading = student_logits.sizes().slice(0, student_logits.dim() - 1);
   auto keep = detail::mask_to_keep(mask, leading, "kl_divergence");
@@ -205,9 +260,28 @@ std::pair<torch::Tensor, torch::Tensor> teacher_top_k(const torch::Tensor& teach
   return {values, ids};
 }
 
+torch::Tensor teacher_logsumexp(const torch::Tensor& teacher_logits, double temperature) {
+  check_logits(teacher_logits, "teacher_logsumexp");
+  QAD_CHECK(temperature > 0, "teacher_logsumexp: temperature must be > 0, got {}", temperature);
+  // Fixed row chunks (not loss.chunk_tokens): the cache builder and the live step then reduce the same shapes, so a
+  // reduction whose order depends on the shape (CUDA) gives the same bits in both. Transient: one FP32 chunk.
+  constexpr int64_t kRows = 2048;
+  const int64_t vocab = teacher_logits.size(-1);
+  auto t2 = teacher_logits.detach().reshape({-1, vocab});
+  const auto ct = compute_type(teacher_logits);
+  auto out = torch::empty({t2.size(0)}, t2.options().dtype(ct));
+  for (int64_t b = 0; b < t2.size(0); b += kRows) {
+    const int64_t len = std::min(kRows, t2.size(0) - b);
+    auto chunk = t2.narrow(0, b, len).to(ct, /*non_blocking=*/false, /*copy=*/true);
+    if (temperature != 1.0) chunk.div_(temperature);
+    out.narrow(0, b, len).copy_(torch::logsumexp(chunk, 1));
+  }
+  return out.view(teacher_logits.sizes().slice(0, teacher_logits.dim() - 1));
+}
+
 torch::Tensor kl_divergence_top_k(const torch::Tensor& student_logits, const torch::Tensor& teacher_top_logits,
                                   const torch::Tensor& teacher_top_ids, const torch::Tensor& mask,
-                                  const KLOptions& options) {
+                                  const KLOptions& options, const torch::Tensor& teacher_lse) {
   check_logits(student_logits, "kl_divergence_top_k (student)");
   check_logits(teacher_top_logits, "kl_divergence_top_k (teacher)");
   const auto leading = student_logits.sizes().slice(0, student_logits.dim() - 1);
@@ -227,12 +301,22 @@ torch::Tensor kl_divergence_top_k(const torch::Tensor& student_logits, const tor
             "kl_divergence_top_k: student logits and the teacher's top-k are on different devices");
   QAD_CHECK(options.temperature > 0, "kl_divergence_top_k: temperature must be > 0, got {}", options.temperature);
   QAD_CHECK(options.chunk_tokens > 0, "kl_divergence_top_k: chunk_tokens must be > 0, got {}", options.chunk_tokens);
+  if (options.top_k_tail) {
+    QAD_CHECK(teacher_lse.defined() && teacher_lse.is_floating_point() && teacher_lse.sizes() == leading &&
+                  teacher_lse.device() == student_logits.device(),
+              "kl_divergence_top_k: the tail KL (top_k_tail) needs the teacher's logsumexp over the full vocabulary "
+              "per token, a float tensor {} on the student's device; got {}", detail::shape_str(leading),
+              teacher_lse.defined() ? detail::shape_str(teacher_lse.sizes()) : std::string("(undefined)"));
+  }
   auto keep = detail::mask_to_keep(mask, leading, "kl_divergence_top_k");
   if (keep.defined()) keep = keep.to(student_logits.device());
   auto rows = detail::select_rows(keep, student_logits.numel() / vocab);
   KLConfig cfg{options.temperature, teacher_top_logits.size(-1), options.chunk_tokens,
-               torch::GradMode::is_enabled() && student_logits.requires_grad()};
-  return ChunkedTopKL::apply(student_logits, teacher_top_logits.detach(), teacher_top_ids, rows, cfg);
+               torch::GradMode::is_enabled() && student_logits.requires_grad(), options.top_k_tail};
+  // (an optional: autograd's apply refuses an undefined tensor argument)
+  c10::optional<torch::Tensor> lse;
+  if (options.top_k_tail) lse = teacher_lse.detach();
+  return ChunkedTopKL::apply(student_logits, teacher_top_logits.detach(), teacher_top_ids, lse, rows, cfg);
 }
 
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, const torch::Tensor& mask,

@@ -19,7 +19,7 @@ namespace qad::train {
 // that argument-dependent lookup finds them from util/config_fields.h.
 template <typename F> void fields(LossConfig& c, F&& f) {
   f("kl", c.kl); f("ce", c.ce); f("cka", c.cka); f("temperature", c.temperature);
-  f("top_k", c.top_k); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
+  f("top_k", c.top_k); f("top_k_tail", c.top_k_tail); f("chunk_tokens", c.chunk_tokens); f("cka_estimator", c.cka_estimator);
   f("cka_subsample_tokens", c.cka_subsample_tokens); f("cka_dynamic_balance", c.cka_dynamic_balance);
   f("cka_layers", c.cka_layers); f("cka_tf32", c.cka_tf32); f("cka_bf16_products", c.cka_bf16_products); f("log_ce", c.log_ce);
   f("router_balance", c.router_balance);

@@ -28,6 +28,8 @@ struct LossConfig {
   double cka = 0.0;             // lambda of the CKA term (0 = off)
   double temperature = 1.0;     // KL temperature (loss scaled by T^2)
   int64_t top_k = 0;            // top-k KL; 0 = full vocabulary
+  bool top_k_tail = false;      // top-k KL over the top k and one tail category (the rest of the vocabulary) with
+                                // the teacher's true probabilities, instead of renormalising both over the top k
   int64_t chunk_tokens = 4096;  // tokens per FP32 chunk of the KL / CE
   std::string cka_estimator = "biased";  // biased | debiased
   int64_t cka_subsample_tokens = 1024;   // random valid tokens per micro-batch for the CKA term; 0 = all

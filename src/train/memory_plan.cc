@@ -215,10 +215,11 @@ MemoryPlan plan_memory(const ModelConfig& c, const TrainConfig& cfg, const PlanS
         0, "forward/backward");
   }
   if (!cfg.run.teacher_cache.empty()) {
-    // Per token: k logits in the cache's value dtype, their ids as read (int32) and as the loss indexes them (int64)
+    // Per token: k logits in the cache's value dtype, their ids as read (int32) and as the loss indexes them (int64),
+    // and the teacher's logsumexp (FP32; the tail KL's)
     const double k = static_cast<double>(s.cache_top_k);
     row(fmt::format("teacher targets from the cache (top-{})", s.cache_top_k),
-        t * k * (static_cast<double>(s.cache_value_bytes) + 4 + 8), 0, "forward/backward");
+        t * k * (static_cast<double>(s.cache_value_bytes) + 4 + 8) + t * 4, 0, "forward/backward");
   }
   if (cfg.loss.cka > 0) {
     const double lc = cfg.loss.cka_layers.empty() ? layers : static_cast<double>(cfg.loss.cka_layers.size());

@@ -138,9 +138,10 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
   } else {
     torch::Tensor kl;
     if (loss.kl > 0) {
-      loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.top_k, .chunk_tokens = loss.chunk_tokens};
+      loss::KLOptions ko{.temperature = loss.temperature, .top_k = loss.top_k, .top_k_tail = loss.top_k_tail,
+                         .chunk_tokens = loss.chunk_tokens};
       kl = cached != nullptr ? loss::kl_divergence_top_k(s_out.logits, cached->top_logits, cached->top_ids,
-                                                         batch.loss_mask, ko)
+                                                         batch.loss_mask, ko, cached->lse)
                              : loss::kl_divergence(s_out.logits, t_out.logits, batch.loss_mask, ko);
       v.kl = f64(kl);
       total = total + loss.kl * kl.to(acc);

@@ -261,6 +261,10 @@ void TeacherCache::check_run(const TrainConfig& cfg, const data::Loader& loader)
   QAD_CHECK(cfg.loss.top_k <= m_.layout.top_k, "{}: holds the teacher's top {} logits but loss.top_k is {}; rebuild "
             "it with --top-k {} or lower loss.top_k (0 = the cache's k)", where, m_.layout.top_k, cfg.loss.top_k,
             cfg.loss.top_k, m_.layout.top_k);
+  QAD_CHECK(!cfg.loss.top_k_tail || cfg.loss.temperature == 1.0, "{}: loss.top_k_tail needs the teacher's "
+            "logsumexp at the run's temperature, and the cache holds it at temperature 1 only (it has the top-k logits, "
+            "not the whole vocabulary), but loss.temperature is {}; run with --temperature 1, or without "
+            "--top-k-tail (the renormalised top-k KL works at any temperature)", where, cfg.loss.temperature);
   const auto hash = teacher_config_hash(cfg.run.teacher);
   QAD_CHECK(hash == m_.teacher_config_hash, "{}: built from teacher {} whose config.json differs from --teacher {}'s; "
             "the student starts from --teacher's weights: use the cache's teacher or rebuild the cache", where,
@@ -304,6 +308,7 @@ std::shared_ptr<const loss::TeacherTargets> TeacherCache::targets(const data::Ba
   const int64_t vsize = static_cast<int64_t>(c10::elementSize(l.value_dtype));
   auto values = torch::empty({B, T, K}, vopt);
   auto ids = torch::empty({B, T, K}, torch::kInt32);
+  auto lse = torch::empty({B, T}, torch::kFloat32);
   // Which cached layers are asked for, in the order asked.
   std::vector<int64_t> layer_at;
   for (const auto& name : cka_layers) {
@@ -328,6 +333,7 @@ std::shared_ptr<const loss::TeacherTargets> TeacherCache::targets(const data::Ba
               "trains on (sample {} vs {}, input hash differs: {}); the cache was built for other data or another "
               "order: rebuild it with this run's settings", dir_.string(), g, batch.epoch, batch.step, j, o.rank,
               sample, batch.sample_ids[static_cast<size_t>(j)], hash != row_hash(in, T) ? "yes" : "no");
+    std::memcpy(lse.data_ptr<float>() + j * T, r + kRowHeader, static_cast<size_t>(4 * T));
     const char* at = r + kRowHeader + 4 * T;
     std::memcpy(static_cast<char*>(values.data_ptr()) + j * T * K * vsize, at, static_cast<size_t>(T * K * vsize));
     at += T * K * vsize;
@@ -352,6 +358,7 @@ std::shared_ptr<const loss::TeacherTargets> TeacherCache::targets(const data::Ba
   }
   out->top_logits = values.to(device);
   out->top_ids = ids.to(device).to(torch::kInt64);  // int32 over the bus, widened there
+  out->lse = lse.to(device);
   if (!layer_at.empty()) {
     out->cka_index = torch::tensor(index, torch::kLong).to(device);
     for (size_t li = 0; li < layer_at.size(); ++li) {

@@ -85,11 +85,11 @@ class TeacherCache {
 
   // Refuses (qad::Error naming the setting and the fix) a run the cache does not fit: another dataset, split,
   // seed, sequence length, row order (global batch) or teacher; more rows than cached; a top-k above the cache's;
-  // a CKA term with layers or a subsample the cache was not built for.
+  // a CKA term with layers or a subsample the cache was not built for; the tail KL at a temperature other than 1.
   void check_run(const TrainConfig& cfg, const data::Loader& train_loader) const;
 
   // The teacher's targets for a batch the train loader returned, on `device`: the first `top_k` of the cached
-  // logits (0: all), the CKA rows of `cka_layers` (empty: none). Each row's input ids are checked against the
+  // logits (0: all) and the logsumexp, the CKA rows of `cka_layers` (empty: none). Each row's input ids are checked against the
   // cached hash.
   std::shared_ptr<const loss::TeacherTargets> targets(const data::Batch& batch, const data::LoaderOptions& o,
                                                       torch::Device device, int64_t top_k,

@@ -187,7 +187,7 @@ TeacherCacheSummary build_teacher_cache(const TrainConfig& cfg_in, const Teacher
         }
         auto t_out = teacher->forward(bt.input_ids.narrow(0, j0, b), fo);
         auto [top, ids] = loss::teacher_top_k(t_out.logits, K);
-        auto lse = torch::logsumexp(t_out.logits.to(torch::kFloat32), -1);
+        auto lse = loss::teacher_logsumexp(t_out.logits).to(torch::kFloat32);  // the live tail KL's very call
         {  // the top-k mass over trained tokens: how much of the teacher's distribution the cache keeps
           auto mass = (top.to(torch::kFloat32) - lse.unsqueeze(-1)).exp().sum(-1);
           auto lm = bt.loss_mask.narrow(0, j0, b);

@@ -187,9 +187,9 @@ void Trainer::load_models() {
     teacher_cache_ = std::make_unique<TeacherCache>(cfg_.run.teacher_cache);
     teacher_cache_->check_run(cfg_, *loaders_.train);
     if (writer_) {
-      fmt::print("teacher: from the cache {} (top-{} of its {} logits; no teacher model)\n", cfg_.run.teacher_cache,
+      fmt::print("teacher: from the cache {} (top-{} of its {} logits{}; no teacher model)\n", cfg_.run.teacher_cache,
                  cfg_.loss.top_k > 0 ? cfg_.loss.top_k : teacher_cache_->manifest().layout.top_k,
-                 teacher_cache_->manifest().layout.top_k);
+                 teacher_cache_->manifest().layout.top_k, cfg_.loss.top_k_tail ? ", KL with the tail category" : "");
     }
   } else if (cfg_.method != Method::kPretrain) {
     teacher_ = checkpoint::load_model(cfg_.run.teacher, device_, dtype_);

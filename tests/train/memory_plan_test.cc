@@ -193,7 +193,7 @@ TEST(MemoryPlan, Qwen3_8BComponentsAreTheirClosedForms) {
     const auto q = plan_memory(c, cc, one);
     for (const auto& r : q.rows) EXPECT_EQ(r.what.find("teacher weights"), std::string::npos) << r.what;
     EXPECT_DOUBLE_EQ(gpu_of(q, "loss head (logits path)"), 2 * 8192.0 * 151936 * 2 + 4 * 4096.0 * 151936 * 4);
-    EXPECT_DOUBLE_EQ(gpu_of(q, "teacher targets from the cache (top-64)"), 8192.0 * 64 * (2 + 4 + 8));
+    EXPECT_DOUBLE_EQ(gpu_of(q, "teacher targets from the cache (top-64)"), 8192.0 * 64 * (2 + 4 + 8) + 8192.0 * 4);
     EXPECT_NE(format_plan(q, c, cc, one, std::nullopt, std::nullopt).find("no teacher model"), std::string::npos);
   }
   // Without checkpointing every gathered student layer stays alive until its backward.

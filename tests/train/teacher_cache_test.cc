@@ -128,6 +128,7 @@ TEST_F(TeacherCacheTest, RowsAreTheTeachersTopKLogsumexpAndShardsRoundTrip) {
     auto [top, ids] = loss::teacher_top_k(logits, 8);
     EXPECT_TRUE(same_bits(got->top_logits, top)) << "batch " << i;
     EXPECT_TRUE(same_bits(got->top_ids, ids)) << "batch " << i;
+    EXPECT_TRUE(same_bits(got->lse, loss::teacher_logsumexp(logits))) << "batch " << i;  // what the tail KL reads
     EXPECT_FALSE(got->cka_index.defined());
     // A smaller k is the prefix of the cached (descending) list: the live top-k of that k.
     auto got3 = cache.targets(b, l->options(), torch::kCPU, 3, {});
@@ -146,48 +147,56 @@ TEST_F(TeacherCacheTest, RowsAreTheTeachersTopKLogsumexpAndShardsRoundTrip) {
   EXPECT_NEAR(lse0, lse_ref, 1e-5);
 }
 
+// Both top-k KLs: renormalised, and with the tail category (the cached logsumexp against the live one).
 TEST_F(TeacherCacheTest, StepFromTheCacheEqualsTheLiveTopKStepBitForBit) {
   auto cfg = config("cache_step");
   build_teacher_cache(cfg, options(8));
   TeacherCache cache(cfg.run.out);
-  auto l = loader(cfg);
   auto t = teacher();
   cfg.loss.top_k = 5;  // a k below the cache's: its prefix
-  for (int step = 0; step < 2; ++step) {
-    std::vector<data::BatchTensors> live, cached;
-    for (int i = 0; i < 2; ++i) {
-      const auto b = l->next();
-      live.push_back(data::to_tensors(b));
-      cached.push_back(data::to_tensors(b));
-      cached.back().teacher = cache.targets(b, l->options(), torch::kCPU, cfg.loss.top_k, {});
-    }
-    auto s1 = checkpoint::load_model(teacher_dir(), torch::kCPU, torch::kFloat32);
-    auto s2 = checkpoint::load_model(teacher_dir(), torch::kCPU, torch::kFloat32);
-    {  // a student away from the teacher
-      torch::NoGradGuard ng;
-      auto gen = qad::testing::seeded_generator(step);
+  std::vector<double> kl_of_variant;
+  for (const bool tail : {false, true}) {
+    cfg.loss.top_k_tail = tail;
+    auto l = loader(cfg);
+    for (int step = 0; step < 2; ++step) {
+      std::vector<data::BatchTensors> live, cached;
+      for (int i = 0; i < 2; ++i) {
+        const auto b = l->next();
+        live.push_back(data::to_tensors(b));
+        cached.push_back(data::to_tensors(b));
+        cached.back().teacher = cache.targets(b, l->options(), torch::kCPU, cfg.loss.top_k, {});
+      }
+      auto s1 = checkpoint::load_model(teacher_dir(), torch::kCPU, torch::kFloat32);
+      auto s2 = checkpoint::load_model(teacher_dir(), torch::kCPU, torch::kFloat32);
+      {  // a student away from the teacher
+        torch::NoGradGuard ng;
+        auto gen = qad::testing::seeded_generator(step);
+        auto p1 = s1->parameters(), p2 = s2->parameters();
+        for (size_t i = 0; i < p1.size(); ++i) {
+          auto noise = torch::randn(p1[i].sizes(), gen) * 0.02;
+          p1[i].add_(noise);
+          p2[i].add_(noise);
+        }
+      }
+      for (auto* m : {&s1, &s2}) {
+        for (auto& p : (*m)->parameters()) p.set_requires_grad(true);
+      }
+      const auto a = accumulate_gradients(s1, &t, live, cfg, 11);
+      const auto c = accumulate_gradients(s2, nullptr, cached, cfg, 11);
+      ASSERT_TRUE(a.kl && c.kl);
+      EXPECT_GT(*a.kl, 1e-4);
+      EXPECT_EQ(*a.kl, *c.kl) << "step " << step << (tail ? ", tail" : "");
+      EXPECT_EQ(a.loss, c.loss);
+      if (step == 0) kl_of_variant.push_back(*a.kl);
       auto p1 = s1->parameters(), p2 = s2->parameters();
       for (size_t i = 0; i < p1.size(); ++i) {
-        auto noise = torch::randn(p1[i].sizes(), gen) * 0.02;
-        p1[i].add_(noise);
-        p2[i].add_(noise);
+        ASSERT_TRUE(p1[i].grad().defined());
+        EXPECT_TRUE(same_bits(p1[i].grad(), p2[i].grad())) << "parameter " << i << (tail ? ", tail" : "");
       }
     }
-    for (auto* m : {&s1, &s2}) {
-      for (auto& p : (*m)->parameters()) p.set_requires_grad(true);
-    }
-    const auto a = accumulate_gradients(s1, &t, live, cfg, 11);
-    const auto c = accumulate_gradients(s2, nullptr, cached, cfg, 11);
-    ASSERT_TRUE(a.kl && c.kl);
-    EXPECT_GT(*a.kl, 1e-4);
-    EXPECT_EQ(*a.kl, *c.kl) << "step " << step;
-    EXPECT_EQ(a.loss, c.loss);
-    auto p1 = s1->parameters(), p2 = s2->parameters();
-    for (size_t i = 0; i < p1.size(); ++i) {
-      ASSERT_TRUE(p1[i].grad().defined());
-      EXPECT_TRUE(same_bits(p1[i].grad(), p2[i].grad())) << "parameter " << i;
-    }
   }
+  ASSERT_EQ(kl_of_variant.size(), 2u);
+  EXPECT_GT(std::abs(kl_of_variant[1] - kl_of_variant[0]), 1e-4) << "the tail KL is another objective";
 }
 
 TEST_F(TeacherCacheTest, CkaFromTheCacheEqualsLiveCkaOnTheSameTokens) {
@@ -317,6 +326,16 @@ TEST_F(TeacherCacheTest, MismatchedRunsAndDamagedShardsAreRefused) {
   c = cfg;
   c.method = Method::kQat;
   expect(c, "method qat does not use one");
+  c = cfg;
+  c.loss.top_k_tail = true;
+  c.loss.temperature = 2;
+  expect(c, "loss.top_k_tail needs the teacher's logsumexp at the run's temperature");
+  expect(c, "run with --temperature 1, or without --top-k-tail");
+  c.loss.temperature = 1;  // the cache's logsumexp is at T = 1
+  EXPECT_NO_THROW(cache.check_run(c, *loader(c)));
+  c.loss.top_k_tail = false;
+  c.loss.temperature = 2;  // the renormalised top-k KL needs no logsumexp
+  EXPECT_NO_THROW(cache.check_run(c, *loader(c)));
 
   // A row that is not the cached one (another shuffle, the check bypassed): the hash check refuses it.
   c = cfg;
@@ -358,7 +377,7 @@ TEST_F(TeacherCacheTest, AStoppedBuildResumesWithTheSameRows) {
 }
 
 // A whole qad distill run from the cache logs the live top-k run's losses exactly (the trainer's wiring: rows,
-// ranks' loader options, the top-k prefix).
+// ranks' loader options, the top-k prefix, the logsumexp of the tail KL), with and without the tail category.
 TEST_F(TeacherCacheTest, DistillRunFromTheCacheLogsTheLiveTopKRun) {
   auto base = config("unused");
   base.loss.top_k = 6;
@@ -370,30 +389,34 @@ TEST_F(TeacherCacheTest, DistillRunFromTheCacheLogsTheLiveTopKRun) {
   auto cache_cfg = base;
   cache_cfg.run.out = (root_ / "cache_run").string();
   build_teacher_cache(cache_cfg, options(8));
-  auto live = base;
-  live.run.out = (root_ / "run_live").string();
-  auto cached = base;
-  cached.run.out = (root_ / "run_cached").string();
-  cached.run.teacher_cache = cache_cfg.run.out;
-  run_training(live, false);
-  run_training(cached, false);
-  auto read = [](const std::string& dir) {
-    std::vector<nlohmann::json> steps;
-    std::ifstream f(fs::path(dir) / "metrics.jsonl");
-    std::string line;
-    while (std::getline(f, line)) {
-      auto j = nlohmann::json::parse(line);
-      if (j.contains("kl") && j.contains("grad_norm")) steps.push_back(j);
+  for (const bool tail : {false, true}) {
+    base.loss.top_k_tail = tail;
+    const std::string suffix = tail ? "_tail" : "";
+    auto live = base;
+    live.run.out = (root_ / ("run_live" + suffix)).string();
+    auto cached = base;
+    cached.run.out = (root_ / ("run_cached" + suffix)).string();
+    cached.run.teacher_cache = cache_cfg.run.out;
+    run_training(live, false);
+    run_training(cached, false);
+    auto read = [](const std::string& dir) {
+      std::vector<nlohmann::json> steps;
+      std::ifstream f(fs::path(dir) / "metrics.jsonl");
+      std::string line;
+      while (std::getline(f, line)) {
+        auto j = nlohmann::json::parse(line);
+        if (j.contains("kl") && j.contains("grad_norm")) steps.push_back(j);
+      }
+      return steps;
+    };
+    const auto a = read(live.run.out), b = read(cached.run.out);
+    ASSERT_EQ(a.size(), 3u);
+    ASSERT_EQ(b.size(), 3u);
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i]["kl"], b[i]["kl"]) << "step " << i + 1 << suffix;
+      EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1 << suffix;
+      EXPECT_EQ(a[i]["grad_norm"], b[i]["grad_norm"]) << "step " << i + 1 << suffix;
     }
-    return steps;
-  };
-  const auto a = read(live.run.out), b = read(cached.run.out);
-  ASSERT_EQ(a.size(), 3u);
-  ASSERT_EQ(b.size(), 3u);
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_EQ(a[i]["kl"], b[i]["kl"]) << "step " << i + 1;
-    EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
-    EXPECT_EQ(a[i]["grad_norm"], b[i]["grad_norm"]) << "step " << i + 1;
   }
 }
 
