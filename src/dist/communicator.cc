@@ -68,7 +68,8 @@ std::unique_ptr<Communicator> Communicator::connect(const LaunchEnv& env, torch:
   }
   if (device.is_cuda()) {
 #if QAD_HAVE_NCCL
-    c10::cuda::set_device(device.index());
+    // "cuda" without an index means the current device (NCCL binds the group to one).
+    c10::cuda::set_device(device.has_index() ? device.index() : c10::cuda::current_device());
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = timeout;
     impl->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, env.rank, env.world_size, opts);

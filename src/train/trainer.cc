@@ -61,10 +61,11 @@ std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, c
   return a == b ? "" : fmt::format("{}: {} now vs {} in the saved run", path, a.dump(), b.dump());
 }
 
-// Data parallel on CUDA: rank i computes on cuda:LOCAL_RANK (unless --device names a GPU explicitly).
+// Data parallel on CUDA: rank i computes on cuda:LOCAL_RANK (unless --device names a GPU explicitly); so does one
+// fully sharded process, whose NCCL group needs a device index.
 torch::Device training_device(const TrainConfig& cfg) {
-  const bool per_rank_gpu = cfg.dist.world_size > 1 && (cfg.run.device == "auto" || cfg.run.device == "cuda") &&
-                            compat::cuda_available();
+  const bool per_rank_gpu = (cfg.dist.world_size > 1 || cfg.dist.fully_sharded) &&
+                            (cfg.run.device == "auto" || cfg.run.device == "cuda") && compat::cuda_available();
   return model::parse_device(per_rank_gpu ? fmt::format("cuda:{}", cfg.dist.local_rank) : cfg.run.device);
 }
 
