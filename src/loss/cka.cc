@@ -71,10 +71,7 @@ struct Core {
 // |xc_i||xc_j|. For the CKA value this stays far below the BF16 path's other rounding (docs/losses.md, "BF16
 // products"; tested against FP64 with column offsets of 20 spreads). The backward centres the differentiated side.
 void gram_centred_core(Core& c, const torch::Tensor& x, const torch::Tensor& y) {
-  auto rows = [](const torch::Tensor& t) {
-    auto d = t.detach();
-    return (d.scalar_type() == torch::kBFloat16 ? d : d.to(torch::kBFloat16)).contiguous();
-  };
+  auto rows = [](const torch::Tensor& t) { return t.detach().contiguous(); };  // BF16 (compute_core's gate)
   c.gram_centred = true;
   c.xc = rows(x);
   c.yc = rows(y);
@@ -97,8 +94,11 @@ Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator e
   const auto ct = compute_type(x, y);
   c.n = x.size(1);
   c.gram = use_gram_form(c.n, x.size(2), y.size(2));
+  // BF16 rows only: rounding FP32 (or FP16) features to BF16 before the centring would add noise of 2^-9 times
+  // their column offsets, where the BF16 path otherwise reads the hidden states exactly.
   const bool bf16 = (products == Products::kBf16 || (products == Products::kBf16OnCuda && x.is_cuda())) &&
-                    ct == torch::kFloat32 && c.gram && est == CkaEstimator::kBiased;
+                    x.scalar_type() == torch::kBFloat16 && y.scalar_type() == torch::kBFloat16 && c.gram &&
+                    est == CkaEstimator::kBiased;
   if (bf16) {
     gram_centred_core(c, x, y);
     return c;

@@ -20,7 +20,7 @@ torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEsti
 // linear_cka, in one set of batched products (a handful of kernels instead of L times as many). When n is
 // smaller than the features it works on the n x n Gram matrices instead of the p x p products (cheaper then;
 // same result up to rounding).
-// bf16_products (CUDA, the Gram form of the biased estimator; ignored elsewhere): K = X X^T and L = Y Y^T are
+// bf16_products (CUDA, BF16 x and y, the Gram form of the biased estimator; ignored elsewhere): K = X X^T and L = Y Y^T are
 // BF16 tensor-core products of the rows as they are (the hidden states' own BF16 values), accumulated and stored
 // in FP32 (twice the TF32 rate), and the centring happens on the n x n kernels (H K H) instead of the features:
 // no centred copy of the rows is written. The backward's combination of the two kernels is rounded to BF16 for
@@ -29,8 +29,8 @@ torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y,
                                  CkaEstimator estimator = CkaEstimator::kBiased, bool bf16_products = false);
 
 namespace detail {
-// linear_cka_batched's BF16 path (biased estimator) on any device, also where bf16_products would ignore it: the
-// CPU tests check its algebra (the Gram centring, the backward on the rows as they are) against FP64.
+// linear_cka_batched's BF16 path (biased estimator, BF16 x and y, the Gram form) on any device, also where
+// bf16_products would ignore it: the CPU tests check its algebra (the Gram centring, the backward) against FP64.
 torch::Tensor linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y);
 }  // namespace detail
 

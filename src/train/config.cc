@@ -167,6 +167,9 @@ void TrainConfig::validate() const {
          "loss.router_balance needs the router logits' gradient, which activation checkpointing drops: set "
          "run.activation_checkpointing false or loss.router_balance 0");
   c.range<int64_t>("loss.top_k", loss.top_k, 0, kMaxInt, "must be >= 0 (0 = full vocabulary)");
+  c.that(!loss.top_k_tail || loss.top_k > 0 || !run.teacher_cache.empty(),
+         "loss.top_k_tail is the tail category of the top-k KL, but loss.top_k is 0 (the full KL, which has no tail): "
+         "set loss.top_k (--top-k K) or train from a teacher cache, or drop --top-k-tail");
   c.range<int64_t>("loss.chunk_tokens", loss.chunk_tokens, 1, kMaxInt, "must be >= 1");
   c.range<int64_t>("loss.cka_subsample_tokens", loss.cka_subsample_tokens, 0, kMaxInt, "must be >= 0 (0 = all)");
   c.that(loss.cka_estimator == "biased" || loss.cka_estimator == "debiased",

@@ -55,6 +55,8 @@ T read_at(const std::string& s, size_t off) {
 
 }  // namespace
 
+std::string cache_dtype_name(torch::ScalarType t) { return dtype_name(t); }
+
 int64_t TeacherCacheLayout::row_bytes() const {
   const int64_t v = static_cast<int64_t>(c10::elementSize(value_dtype));
   const int64_t layers = static_cast<int64_t>(cka_layers.size());
@@ -70,7 +72,7 @@ nlohmann::json TeacherCacheManifest::to_json() const {
           {"row_bytes", l.row_bytes()}, {"rows", rows}, {"rows_per_shard", rows_per_shard},
           {"global_batch", global_batch}, {"rows_per_epoch", rows_per_epoch}, {"data_seed", data_seed},
           {"loader", loader}, {"cka_subsample_tokens", cka_subsample_tokens}, {"cka_seed", cka_seed},
-          {"teacher", teacher}, {"teacher_config_hash", teacher_config_hash},
+          {"teacher", teacher}, {"teacher_config_hash", teacher_config_hash}, {"logits_dtype", logits_dtype},
           {"compression_level", compression_level}, {"complete", complete}, {"stats", stats}};
 }
 
@@ -97,6 +99,7 @@ TeacherCacheManifest TeacherCacheManifest::from_json(const nlohmann::json& j, co
     m.cka_seed = j.at("cka_seed").get<uint64_t>();
     m.teacher = j.at("teacher").get<std::string>();
     m.teacher_config_hash = j.at("teacher_config_hash").get<std::string>();
+    m.logits_dtype = j.value("logits_dtype", "");
     m.compression_level = j.at("compression_level").get<int>();
     m.complete = j.at("complete").get<bool>();
     m.stats = j.value("stats", nlohmann::json::object());
@@ -261,6 +264,17 @@ void TeacherCache::check_run(const TrainConfig& cfg, const data::Loader& loader)
   QAD_CHECK(cfg.loss.top_k <= m_.layout.top_k, "{}: holds the teacher's top {} logits but loss.top_k is {}; rebuild "
             "it with --top-k {} or lower loss.top_k (0 = the cache's k)", where, m_.layout.top_k, cfg.loss.top_k,
             cfg.loss.top_k, m_.layout.top_k);
+  if (cfg.loss.top_k_tail) {
+    QAD_CHECK(!m_.logits_dtype.empty(), "{}: built before caches recorded the teacher's logits dtype, which the tail "
+              "category needs to know that the cached logits are exact (loss.top_k_tail); rebuild it with qad "
+              "teacher-cache, or train without --top-k-tail", where);
+    const auto logits = dtype_of(m_.logits_dtype, where);
+    // float32 holds BF16 and FP16 values exactly; anything else must be the logits' own dtype.
+    QAD_CHECK(m_.layout.value_dtype == logits || m_.layout.value_dtype == torch::kFloat32, "{}: holds the teacher's "
+              "{} logits rounded to {} (--values), and the tail category's mass (1 - the top-k probabilities) would "
+              "be that rounding's noise; rebuild it with --values auto or float32, or train without --top-k-tail",
+              where, m_.logits_dtype, dtype_name(m_.layout.value_dtype));
+  }
   QAD_CHECK(!cfg.loss.top_k_tail || cfg.loss.temperature == 1.0, "{}: loss.top_k_tail needs the teacher's "
             "logsumexp at the run's temperature, and the cache holds it at temperature 1 only (it has the top-k logits, "
             "not the whole vocabulary), but loss.temperature is {}; run with --temperature 1, or without "

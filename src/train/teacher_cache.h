@@ -47,6 +47,10 @@ struct TeacherCacheManifest {
   uint64_t cka_seed = 0;
   std::string teacher;         // where the teacher was read from, and a hash of its config.json
   std::string teacher_config_hash;
+  // The dtype of the teacher's logits the top-k values were taken from ("": a cache built before it was recorded,
+  // which the tail category refuses): values in a narrower dtype are rounded, and the tail's mass 1 - sum_S p
+  // would be rounding noise.
+  std::string logits_dtype;
   int compression_level = 0;   // zstd level of the shards (0: stored raw)
   bool complete = false;       // every shard written
   nlohmann::json stats;        // written at the end: top-k mass, bytes per token, seconds
@@ -55,6 +59,8 @@ struct TeacherCacheManifest {
   static TeacherCacheManifest from_json(const nlohmann::json& j, const std::string& where);
 };
 
+// The manifest's name of a dtype: bfloat16, float16, float32 or float64.
+std::string cache_dtype_name(torch::ScalarType t);
 // FNV-1a over a row's int32 input ids: a cached row must be the row the loader gives.
 uint64_t row_hash(const int32_t* ids, int64_t n);
 // A hash of the teacher directory's config.json ("" when it has none).

@@ -86,6 +86,7 @@ TeacherCacheSummary build_teacher_cache(const TrainConfig& cfg_in, const Teacher
   l.seq_len = cfg.data.seq_len;
   l.top_k = std::min(opt.top_k, teacher->config().vocab_size);
   l.value_dtype = value_dtype(opt.values, model_dtype);
+  m.logits_dtype = cache_dtype_name(model_dtype);
   const bool cka = cfg.loss.cka > 0;
   if (cka) {
     l.cka_layers = cfg.loss.cka_layers.empty() ? default_cka_layers(teacher->config()) : cfg.loss.cka_layers;

@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <iostream>
+#include <utility>
+#include <vector>
 
 #include "common/test_util.h"
 #include "loss/cka.h"
@@ -145,35 +147,48 @@ TEST(CkaBf16Path, GramCentringMatchesFp64ValueAndGradient) {
     const int64_t L = 3, n = 96, p = 512;
     auto t = (torch::randn({L, n, p}, gen) + offset).to(torch::kBFloat16);
     auto s = (t.to(torch::kFloat32) + 0.3 * torch::randn({L, n, p}, gen)).to(torch::kBFloat16);
-    auto y_bf = s.clone().requires_grad_(true);
-    auto y_64 = s.to(torch::kFloat64).requires_grad_(true);
-    auto c_bf = detail::linear_cka_batched_bf16(t, y_bf);
-    auto c_64 = linear_cka_batched(t.to(torch::kFloat64), y_64);
-    EXPECT_EQ(c_bf.scalar_type(), torch::kFloat32);
-    const double value_err = (c_bf.to(torch::kFloat64) - c_64).abs().max().item<double>();
-    EXPECT_LE(value_err, 5e-5) << "offset " << offset;
-    c_bf.sum().backward();
-    c_64.sum().backward();
-    ASSERT_EQ(y_bf.grad().scalar_type(), torch::kBFloat16);
-    const double scale = y_64.grad().abs().max().item<double>();
-    const double grad_err = (y_bf.grad().to(torch::kFloat64) - y_64.grad()).abs().max().item<double>();
-    EXPECT_LE(grad_err, 2e-2 * scale) << "offset " << offset;
-    // The gradient is centred over the rows (the centring's adjoint) up to the BF16 rounding of M and of the result.
-    const double col_sum = y_bf.grad().to(torch::kFloat64).sum(1).abs().max().item<double>();
-    EXPECT_LE(col_sum, 2e-2 * scale * std::sqrt(static_cast<double>(n))) << "offset " << offset;
-    std::cout << "offset " << offset << ": |cka - fp64| " << value_err << ", gradient error " << grad_err / scale
-              << " of its largest element, column sums " << col_sum / scale << "\n";
+    // The student's side (y) as in training, then both sides at once (x's gradient takes the other argument order).
+    for (bool grad_x : {false, true}) {
+      const std::string what = "offset " + std::to_string(offset) + (grad_x ? ", both gradients" : ", y's gradient");
+      auto x_bf = t.clone().requires_grad_(grad_x), y_bf = s.clone().requires_grad_(true);
+      auto x_64 = t.to(torch::kFloat64).requires_grad_(grad_x), y_64 = s.to(torch::kFloat64).requires_grad_(true);
+      auto c_bf = detail::linear_cka_batched_bf16(x_bf, y_bf);
+      auto c_64 = linear_cka_batched(x_64, y_64);
+      EXPECT_EQ(c_bf.scalar_type(), torch::kFloat32);
+      const double value_err = (c_bf.to(torch::kFloat64) - c_64).abs().max().item<double>();
+      EXPECT_LE(value_err, 5e-5) << what;
+      c_bf.sum().backward();
+      c_64.sum().backward();
+      std::vector<std::pair<torch::Tensor, torch::Tensor>> grads = {{y_bf.grad(), y_64.grad()}};
+      if (grad_x) grads.emplace_back(x_bf.grad(), x_64.grad());
+      for (const auto& [got, want] : grads) {
+        ASSERT_EQ(got.scalar_type(), torch::kBFloat16) << what;
+        const double scale = want.abs().max().item<double>();
+        const double grad_err = (got.to(torch::kFloat64) - want).abs().max().item<double>();
+        EXPECT_LE(grad_err, 2e-2 * scale) << what;
+        // Centred over the rows (the centring's adjoint) up to the BF16 rounding of M and of the result.
+        const double col_sum = got.to(torch::kFloat64).sum(1).abs().max().item<double>();
+        EXPECT_LE(col_sum, 2e-2 * scale * std::sqrt(static_cast<double>(n))) << what;
+        std::cout << what << ": |cka - fp64| " << value_err << ", gradient error " << grad_err / scale
+                  << " of its largest element, column sums " << col_sum / scale << "\n";
+      }
+    }
   }
 }
 
-// Where the path does not apply it is not taken: the feature form (more tokens than features) and FP64 give the
-// float path's values.
-TEST(CkaBf16Path, FeatureFormAndFp64KeepTheFloatPath) {
+// Where the path does not apply it is not taken: the feature form (more tokens than features), FP64, and FP32 rows
+// (which it would have to round) give the float path's values.
+TEST(CkaBf16Path, FeatureFormFp64AndFp32RowsKeepTheFloatPath) {
   auto gen = qad::testing::seeded_generator(71);
-  auto x = torch::randn({2, 600, 64}, gen) + 1.0, y = torch::randn({2, 600, 64}, gen);
+  auto x = (torch::randn({2, 600, 64}, gen) + 1.0).to(torch::kBFloat16), y = torch::randn({2, 600, 64}, gen).to(torch::kBFloat16);
   EXPECT_TRUE(torch::equal(detail::linear_cka_batched_bf16(x, y), linear_cka_batched(x, y)));
   auto xd = torch::randn({2, 30, 64}, gen).to(torch::kFloat64), yd = torch::randn({2, 30, 64}, gen).to(torch::kFloat64);
   EXPECT_TRUE(torch::equal(detail::linear_cka_batched_bf16(xd, yd), linear_cka_batched(xd, yd)));
+  auto xf = torch::randn({2, 30, 64}, gen) + 5.0, yf = torch::randn({2, 30, 64}, gen);
+  EXPECT_TRUE(torch::equal(detail::linear_cka_batched_bf16(xf, yf), linear_cka_batched(xf, yf)));
+  // ... while BF16 rows of the same shape take it (values differ from the float path in the last digits).
+  auto xb = xf.to(torch::kBFloat16), yb = yf.to(torch::kBFloat16);
+  EXPECT_FALSE(torch::equal(detail::linear_cka_batched_bf16(xb, yb), linear_cka_batched(xb, yb)));
 }
 
 TEST(CkaKernelsReference, RejectsWrongShapesAndTypes) {

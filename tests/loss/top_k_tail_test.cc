@@ -9,6 +9,7 @@
 
 #include "common/test_util.h"
 #include "loss/gradcheck.h"
+#include "loss/logit_batch.h"
 #include "loss/logit_losses.h"
 #include "util/error.h"
 
@@ -54,19 +55,9 @@ std::pair<double, torch::Tensor> reference_with_grad(const torch::Tensor& s, con
   return {v.item<double>(), leaf.grad()};
 }
 
-struct Batch {
-  torch::Tensor s, t, mask;
-};
-
+using Batch = testing::LogitBatch;
 Batch random_batch(uint64_t salt, int64_t b = 2, int64_t n = 5, int64_t v = 13) {
-  auto gen = qad::testing::seeded_generator(salt);
-  Batch x;
-  x.s = torch::randn({b, n, v}, gen, kF64) * 2;
-  x.t = torch::randn({b, n, v}, gen, kF64) * 2;
-  x.mask = torch::rand({b, n}, gen, kF64) > 0.3;
-  x.mask[0][0] = true;
-  x.mask[1][n - 1] = false;
-  return x;
+  return testing::random_logit_batch(salt, b, n, v);
 }
 
 // Logits whose first k entries (random in [0, 1]) hold 1 - tail of the probability and whose other entries (around

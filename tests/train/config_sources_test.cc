@@ -4,7 +4,9 @@
 
 #include <string>
 
+#include "train/config.h"
 #include "train/config_sources.h"
+#include "util/error.h"
 
 namespace qad::train {
 namespace {
@@ -97,6 +99,27 @@ TEST(ConfigSources, PtqIgnoresStepsWithAWarning) {
   const auto a = assemble_config(sources("", "ptq", {{"run", {{"steps", 50}}}}));
   EXPECT_EQ(a.config.run.steps, 0);
   EXPECT_TRUE(any_contains(a.warnings, "--steps 50 is ignored"));
+}
+
+// --top-k-tail without a top-k would be silently ignored by the full KL: refused, naming the fix; with a top-k or a
+// teacher cache (whose k is the default) it is valid.
+TEST(ConfigSources, TheTailCategoryNeedsATopK) {
+  auto c = defaults_for(Method::kQad);
+  c.run.teacher = "T", c.run.out = "O", c.data.path = "D";
+  EXPECT_NO_THROW(c.validate());
+  c.loss.top_k_tail = true;
+  try {
+    c.validate();
+    ADD_FAILURE() << "loss.top_k_tail with loss.top_k 0 was accepted";
+  } catch (const qad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("set loss.top_k (--top-k K) or train from a teacher cache"), std::string::npos)
+        << e.what();
+  }
+  c.loss.top_k = 64;
+  EXPECT_NO_THROW(c.validate());
+  c.loss.top_k = 0;
+  c.run.teacher_cache = "runs/tcache";
+  EXPECT_NO_THROW(c.validate());
 }
 
 }  // namespace

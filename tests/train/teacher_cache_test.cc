@@ -337,6 +337,36 @@ TEST_F(TeacherCacheTest, MismatchedRunsAndDamagedShardsAreRefused) {
   c.loss.temperature = 2;  // the renormalised top-k KL needs no logsumexp
   EXPECT_NO_THROW(cache.check_run(c, *loader(c)));
 
+  // The tail category needs exact logits: a cache of the FP32 teacher's logits rounded to BF16 is refused for it
+  // (and still serves the renormalised KL), and so is a cache whose manifest predates the logits dtype.
+  ASSERT_EQ(cache.manifest().logits_dtype, "float32");
+  auto narrow = config("cache_bf16_values");
+  auto narrow_options = options(8);
+  narrow_options.values = "bfloat16";
+  build_teacher_cache(narrow, narrow_options);
+  {
+    TeacherCache rounded(narrow.run.out);
+    c = narrow;
+    EXPECT_NO_THROW(rounded.check_run(c, *loader(c)));
+    c.loss.top_k_tail = true;
+    const auto msg = error_of([&] { rounded.check_run(c, *loader(c)); });
+    EXPECT_NE(msg.find("holds the teacher's float32 logits rounded to bfloat16"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rebuild it with --values auto or float32, or train without --top-k-tail"), std::string::npos)
+        << msg;
+  }
+  {
+    auto m = nlohmann::json::parse(read_file(fs::path(cfg.run.out) / "manifest.json"));
+    m.erase("logits_dtype");
+    std::ofstream(fs::path(cfg.run.out) / "manifest.json") << m.dump();
+    TeacherCache old_cache(cfg.run.out);
+    c = cfg;
+    EXPECT_NO_THROW(old_cache.check_run(c, *loader(c)));
+    c.loss.top_k_tail = true;
+    EXPECT_NE(error_of([&] { old_cache.check_run(c, *loader(c)); }).find("built before caches recorded the teacher's "
+                                                                          "logits dtype"),
+              std::string::npos);
+  }
+
   // A row that is not the cached one (another shuffle, the check bypassed): the hash check refuses it.
   c = cfg;
   c.data.seed = 4;
