@@ -7,7 +7,7 @@
 
 #include "common/test_util.h"
 
-namespace qad::loss::testing {
+namespace qad::loss {
 
 struct LogitBatch {
   torch::Tensor s, t, mask;
@@ -25,4 +25,4 @@ inline LogitBatch random_logit_batch(uint64_t salt, int64_t b, int64_t n, int64_
   return x;
 }
 
-}  // namespace qad::loss::testing
+}  // namespace qad::loss

@@ -24,9 +24,9 @@ torch::Tensor reference_kl(const torch::Tensor& s, const torch::Tensor& t, const
   return T * T * (per_token * m).sum() / m.sum();
 }
 
-using Batch = testing::LogitBatch;
+using Batch = LogitBatch;
 Batch random_batch(uint64_t salt, int64_t b = 2, int64_t n = 5, int64_t v = 11) {
-  return testing::random_logit_batch(salt, b, n, v);
+  return random_logit_batch(salt, b, n, v);
 }
 
 TEST(KLDivergence, MatchesUnchunkedReferenceForEveryChunkSize) {

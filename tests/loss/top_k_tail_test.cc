@@ -55,9 +55,9 @@ std::pair<double, torch::Tensor> reference_with_grad(const torch::Tensor& s, con
   return {v.item<double>(), leaf.grad()};
 }
 
-using Batch = testing::LogitBatch;
+using Batch = LogitBatch;
 Batch random_batch(uint64_t salt, int64_t b = 2, int64_t n = 5, int64_t v = 13) {
-  return testing::random_logit_batch(salt, b, n, v);
+  return random_logit_batch(salt, b, n, v);
 }
 
 // Logits whose first k entries (random in [0, 1]) hold 1 - tail of the probability and whose other entries (around
