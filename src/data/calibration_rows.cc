@@ -10,8 +10,7 @@ namespace qad::data {
 LoaderOptions calibration_loader_options(LoaderOptions training) {
   training.seed += kCalibrationSeedOffset;
   training.shuffle = true;
-  training.batch_size *= training.world_size;
-  training.rank = 0;
+  training.rank = 0;  // every rank reads all the rows, in forwards of one rank's micro-batch (see the header)
   training.world_size = 1;
   return training;
 }

@@ -14,7 +14,9 @@ namespace qad::data {
 inline constexpr uint64_t kCalibrationSeedOffset = 0x9e3779b97f4a7c15ull;
 
 // The calibration loader's options from the training loader's: its own shuffle order; every rank reads the
-// same rows (rank 0 of 1), so that the quantizer's scales agree across ranks.
+// same rows (rank 0 of 1), so that the quantizer's scales agree across ranks, in forwards of batch_size rows (one
+// rank's micro-batch, whatever the number of ranks): another forward batch size moves activations by an ulp (GEMM
+// blocking) and with them amaxes, so W ranks calibrate exactly as one process of the same micro-batch does.
 LoaderOptions calibration_loader_options(LoaderOptions training);
 
 // Calls sink with the first min(samples, rows of one pass) rows, batch by batch (the last batch cut to size);

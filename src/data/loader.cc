@@ -154,16 +154,20 @@ Batch Loader::next() {
   build_epoch(epoch_);
   const auto& o = options_;
   const int64_t W = o.world_size, B = o.batch_size, T = o.seq_len;
-  // Step s covers positions [s*B*W, (s+1)*B*W) of the epoch's order; rank r takes every W-th of them, so
-  // in a final partial step the ranks' row counts differ by at most one.
+  // Step s covers positions [s*B*W, (s+1)*B*W) of the epoch's order, cut into W contiguous blocks: rank r takes
+  // block r, the rows a one-process run with W micro-batches (grad_accum W) takes as its micro-batch r, so that
+  // W ranks can reproduce that run exactly (docs/dist.md). In a final partial step the first n % W blocks are one
+  // row longer (the ranks' row counts differ by at most one).
   const int64_t base = step_ * B * W;
+  const int64_t n = std::min(B * W, samples_ - base), q = n / W, rem = n % W;
+  const int64_t first = base + o.rank * q + std::min<int64_t>(o.rank, rem);
+  const int64_t count = q + (o.rank < rem ? 1 : 0);
   Batch b;
   b.seq_len = T;
   b.epoch = epoch_;
   b.step = step_;
-  for (int64_t j = 0; j < B; ++j) {
-    const int64_t pos = base + j * W + o.rank;
-    if (pos >= samples_) break;
+  b.position = first;
+  for (int64_t pos = first; pos < first + count; ++pos) {
     b.sample_ids.push_back(o.mode == PackMode::pack ? windows_[pos] : order_[pos]);
   }
   b.batch = static_cast<int64_t>(b.sample_ids.size());

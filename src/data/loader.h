@@ -38,6 +38,7 @@ struct Batch {
   int64_t batch = 0, seq_len = 0;
   std::vector<int64_t> sample_ids;  // per row: the window index (pack) or document index (pad) in the epoch
   int64_t epoch = 0, step = 0;      // where this batch was taken from
+  int64_t position = 0;             // row r is position `position + r` of the epoch's order (rows are consecutive)
 };
 
 // The resume position plus everything that must match for "continue exactly" to mean something.

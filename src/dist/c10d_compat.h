@@ -41,13 +41,15 @@ inline void shutdown(BackendBase& b) {
 }
 
 // Reduce-scatter of one flat buffer into this rank's equal chunk `shard`. NCCL: _reduce_scatter_base (the same
-// name in 1.13 and 2.x). Gloo has no reduce-scatter in LibTorch 1.13: the buffer is all-reduced in place instead,
-// and the caller copies its chunk out after the wait (Communicator::wait).
+// name in 1.13 and 2.x). Gloo (no reduce-scatter in LibTorch 1.13): an all-to-all of the chunks into `received`
+// ([ranks x chunk], allocated here), which the caller sums in rank order after the wait (Communicator::wait):
+// the same bandwidth, and a summation order that does not depend on Gloo's algorithm or the number of ranks.
 inline c10::intrusive_ptr<c10d::Work> reduce_scatter_flat(BackendBase& b, bool nccl, at::Tensor& flat,
-                                                          at::Tensor& shard) {
+                                                          at::Tensor& shard, at::Tensor& received) {
   if (nccl) return b._reduce_scatter_base(shard, flat, c10d::ReduceScatterOptions());
-  std::vector<at::Tensor> ts{flat};
-  return b.allreduce(ts, c10d::AllreduceOptions());
+  received = at::empty_like(flat);
+  std::vector<int64_t> equal_splits;  // empty: equal chunks
+  return b.alltoall_base(received, flat, equal_splits, equal_splits, c10d::AllToAllOptions());
 }
 
 }  // namespace qad::dist::compat

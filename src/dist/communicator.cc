@@ -191,7 +191,7 @@ void Communicator::allgather_in_place(torch::Tensor flat, const std::string& wha
 struct Communicator::Pending {
   c10::intrusive_ptr<c10d::Work> work;
   std::string what;
-  torch::Tensor flat, shard;  // Gloo's emulated reduce-scatter: copy flat's chunk into shard after the wait
+  torch::Tensor received, shard;  // Gloo's reduce-scatter: the ranks' chunks, summed in rank order after the wait
   bool done = false;
 };
 
@@ -226,14 +226,11 @@ std::shared_ptr<Communicator::Pending> Communicator::reduce_scatter_async(torch:
   auto p = std::make_shared<Pending>();
   p->what = what;
   try {
-    p->work = compat::reduce_scatter_flat(*impl_->pg, impl_->backend_name == "nccl", flat, shard);
+    p->work = compat::reduce_scatter_flat(*impl_->pg, impl_->backend_name == "nccl", flat, shard, p->received);
   } catch (const std::exception& e) {
     impl_->failed(what, e);
   }
-  if (impl_->backend_name != "nccl") {
-    p->flat = flat;
-    p->shard = shard;
-  }
+  if (p->received.defined()) p->shard = shard;
   return p;
 }
 
@@ -241,12 +238,17 @@ void Communicator::wait(Pending& p) {
   if (p.done) return;
   p.done = true;
   impl_->wait(p.work, p.what);
-  if (p.flat.defined()) {
+  if (p.received.defined()) {
+    // Rank 0's chunk, then + rank 1's, + rank 2's, ...: the order in which one process accumulates the gradients
+    // of its micro-batches 0, 1, 2, ... (the loader gives rank r the rows of micro-batch r), so W ranks sum the
+    // same numbers in the same order as one process with W micro-batches (docs/dist.md).
     const int64_t chunk = p.shard.numel();
-    p.shard.copy_(p.flat.narrow(0, rank() * chunk, chunk).view(p.shard.sizes()));
+    auto sum = p.shard.view({-1});
+    sum.copy_(p.received.narrow(0, 0, chunk));
+    for (int q = 1; q < size(); ++q) sum.add_(p.received.narrow(0, q * chunk, chunk));
   }
   p.work.reset();
-  p.flat = p.shard = torch::Tensor();
+  p.received = p.shard = torch::Tensor();
 }
 
 void Communicator::barrier(const std::string& what) {

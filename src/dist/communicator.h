@@ -44,7 +44,8 @@ class Communicator {
   // allgather_in_place, started.
   std::shared_ptr<Pending> allgather_async(torch::Tensor flat, const std::string& what);
   // Sums `flat` (size() equal chunks) over the ranks and leaves chunk rank() of the sum in `shard`: NCCL's
-  // reduce-scatter; Gloo (which has none in LibTorch 1.13) all-reduces `flat` and copies the chunk in wait().
+  // reduce-scatter; Gloo (which has none in LibTorch 1.13) exchanges the chunks all-to-all and wait() sums them
+  // in rank order (layout-invariant: docs/dist.md). `flat` is left as it was on Gloo, undefined on NCCL.
   std::shared_ptr<Pending> reduce_scatter_async(torch::Tensor flat, torch::Tensor shard, const std::string& what);
   void wait(Pending& p);
 

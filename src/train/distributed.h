@@ -50,6 +50,7 @@ class DataParallel {
   std::unique_ptr<FullParameters> full_parameters();
   bool fully_sharded() const { return dist_.fully_sharded; }
 
+  int rank() const { return dist_.rank; }
   int64_t sum_tokens(int64_t local);                      // loss tokens of this step over all ranks
   void begin_step();                                      // gradients become views of the bucket buffer
   void before_last_backward();                            // buckets go out as their gradients complete

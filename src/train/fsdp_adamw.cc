@@ -45,8 +45,7 @@ double FsdpAdamW::grad_norm() const {
   auto ssq = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat64).device(comm.device()));
   for (const auto& u : model_->units()) {
     for (int64_t at = 0; at < u.grad.numel(); at += kSliceElements) {
-      const auto g = u.grad.narrow(0, at, std::min(kSliceElements, u.grad.numel() - at));
-      ssq += g.to(torch::kFloat32).pow(2).sum().to(torch::kFloat64).to(comm.device());
+      ssq += square_sum_f64(u.grad.narrow(0, at, std::min(kSliceElements, u.grad.numel() - at))).to(comm.device());
     }
   }
   comm.allreduce_sum(ssq, "gradient norm all-reduce");

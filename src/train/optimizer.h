@@ -44,9 +44,15 @@ class Optimizer {
   virtual void cancel_step();  // steps() back by one: the last step_on_device changed nothing
 };
 
-// Global L2 norm of the tensors' gradients (FP32 squares per tensor, summed in FP64; missing gradients count as 0).
-// One host synchronisation. AdamW::grad_norm and OffloadAdamW::grad_norm.
+// Global L2 norm of the tensors' gradients (square_sum_f64 per tensor; missing gradients count as 0). One host
+// synchronisation. AdamW::grad_norm and OffloadAdamW::grad_norm.
 double global_grad_norm(const std::vector<torch::Tensor>& params);
+
+// The sum of g's squares as an FP64 0-dim tensor on g's device. On the CPU every square (exact in FP64) is added
+// in FP64, so the sum hardly depends on how the gradients are cut (per tensor, flat shards of any rank count):
+// the clipping factor of every layout rounds to the same FP32 value and the layouts stay bit for bit together
+// (docs/dist.md, "Layout-invariant training"). On CUDA: FP32 squares and sum, then FP64 (no FP64 temporary).
+torch::Tensor square_sum_f64(const torch::Tensor& g);
 
 // The optimizer of one process (or of every rank without ZeRO-1) for `options`: AdamW, or with options.offload
 // "optimizer" OffloadAdamW (train/offload_adamw.h: master weights and moments in host memory).

@@ -53,11 +53,11 @@ torch::Tensor ShardedAdamW::grad_shard() const { return reducer_.flat().narrow(0
 
 double ShardedAdamW::grad_norm() const {
   torch::NoGradGuard ng;
-  // Squares in FP32 like AdamW::grad_norm, summed in FP64 across slices and shards.
+  // Squares summed like AdamW::grad_norm's (square_sum_f64), then across slices and shards in FP64.
   const auto g = grad_shard();
   auto ssq = torch::zeros({1}, g.options().dtype(torch::kFloat64));
   for (int64_t at = 0; at < g.numel(); at += kSliceElements) {
-    ssq += g.narrow(0, at, std::min(kSliceElements, g.numel() - at)).to(torch::kFloat32).pow(2).sum().to(torch::kFloat64);
+    ssq += square_sum_f64(g.narrow(0, at, std::min(kSliceElements, g.numel() - at)));
   }
   if (comm_.device() != ssq.device()) ssq = ssq.to(comm_.device());
   comm_.allreduce_sum(ssq, "gradient norm all-reduce");

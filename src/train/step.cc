@@ -319,7 +319,10 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
     for (const auto& b : micro_batches) local += b.loss_mask.sum().item<int64_t>();
     const int64_t global = dp->sum_tokens(local);
     dp->begin_step();
-    auto values = accumulate_gradients(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan,
+    // Rank r's micro-batch i draws from stream rng_seed + r * A + i (A micro-batches per rank): with A = 1 the
+    // streams a one-process run gives its micro-batches 0 .. W-1, whose rows these ranks hold (docs/dist.md).
+    const uint64_t seed = o.rng_seed + static_cast<uint64_t>(dp->rank()) * micro_batches.size();
+    auto values = accumulate_gradients(student, teacher, micro_batches, c, seed, o.inject_nan,
                                        std::max<int64_t>(global, 1), [dp] { dp->before_last_backward(); });
     dp->finish_gradients();
     // A non-finite loss on any rank makes the reduced loss (and gradient) non-finite on all: they skip together.

@@ -45,9 +45,11 @@ int64_t fake_quantized_weight_elements(const model::ModelConfig& config, const T
 }
 
 int64_t calibration_samples(const TrainConfig& cfg) {
-  // The calibration loader reads the global batch (batch_size x world_size rows) on every rank (data_source.cc).
-  return cfg.quant.options.calib_samples > 0 ? cfg.quant.options.calib_samples
-                                             : cfg.quant.calib_batches * cfg.data.batch_size * cfg.dist.world_size;
+  // calib_batches global batches (batch_size x world_size x grad_accum rows each), read on every rank
+  // (data_source.cc): W ranks and one process with W micro-batches calibrate on the same rows.
+  return cfg.quant.options.calib_samples > 0
+             ? cfg.quant.options.calib_samples
+             : cfg.quant.calib_batches * cfg.data.batch_size * cfg.dist.world_size * cfg.optim.grad_accum;
 }
 
 namespace {

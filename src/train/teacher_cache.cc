@@ -129,8 +129,8 @@ nlohmann::json cache_loader_key(const data::Loader& loader) {
   return c;
 }
 
-int64_t global_row_index(const data::Batch& batch, int64_t j, const data::LoaderOptions& o, int64_t rows_per_epoch) {
-  return batch.epoch * rows_per_epoch + batch.step * o.batch_size * o.world_size + j * o.world_size + o.rank;
+int64_t global_row_index(const data::Batch& batch, int64_t j, int64_t rows_per_epoch) {
+  return batch.epoch * rows_per_epoch + batch.position + j;
 }
 
 fs::path shard_path(const fs::path& dir, int64_t shard) { return dir / fmt::format("shard-{:06d}.bin", shard); }
@@ -333,7 +333,7 @@ std::shared_ptr<const loss::TeacherTargets> TeacherCache::targets(const data::Ba
   std::vector<int64_t> index;
   std::vector<std::vector<torch::Tensor>> hidden(layer_at.size());
   for (int64_t j = 0; j < B; ++j) {
-    const int64_t g = global_row_index(batch, j, o, m_.rows_per_epoch);
+    const int64_t g = global_row_index(batch, j, m_.rows_per_epoch);
     const char* r = row(g);
     uint64_t hash = 0;
     int64_t sample = 0;

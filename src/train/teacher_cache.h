@@ -67,9 +67,9 @@ uint64_t row_hash(const int32_t* ids, int64_t n);
 std::string teacher_config_hash(const std::filesystem::path& teacher_dir);
 // The loader settings a cache is keyed by: Loader::state().config without the per-rank split.
 nlohmann::json cache_loader_key(const data::Loader& loader);
-// Global index of row j of a batch the loader returned (its epoch and step), for `rows_per_epoch` as above:
-// epoch * rows_per_epoch + step * batch_size * world_size + j * world_size + rank.
-int64_t global_row_index(const data::Batch& batch, int64_t j, const data::LoaderOptions& o, int64_t rows_per_epoch);
+// Global index of row j of a batch the loader returned, for `rows_per_epoch` as above: epoch * rows_per_epoch +
+// the row's position in the epoch's order (the same whichever rank, or split of the global batch, reads it).
+int64_t global_row_index(const data::Batch& batch, int64_t j, int64_t rows_per_epoch);
 
 // Shard files "shard-NNNNNN.bin": a 64-byte header (magic "QADTCSH1", uint64 first row, uint64 rows, uint64 row
 // bytes, uint64 payload bytes, uint32 zstd level, padding) and the rows, zstd-compressed unless the level is 0.

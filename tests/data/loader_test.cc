@@ -3,6 +3,7 @@
 // chat masks in batches and damaged shards.
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 
@@ -242,6 +243,36 @@ TEST_F(LoaderTest, RanksAreDisjointAndTogetherCoverTheEpoch) {
   }
 }
 
+// W ranks of B rows take, at step s, exactly the rows one rank of B rows takes at steps sW .. sW + W - 1 (its
+// micro-batches 0 .. W-1 with grad_accum W): what lets data-parallel training reproduce one process
+// (docs/dist.md). Pack and pad; `position` is the first row's place in the epoch's order.
+TEST_F(LoaderTest, RankBlocksAreTheMicroBatchesOfOneProcess) {
+  for (auto mode : {PackMode::pack, PackMode::pad}) {
+    const int W = 3;
+    auto single = opts(mode, 4);
+    single.batch_size = 2;
+    Loader one(ds(), single);
+    std::vector<std::unique_ptr<Loader>> ranks;
+    for (int r = 0; r < W; ++r) {
+      auto o = opts(mode, 4, r, W);
+      o.batch_size = 2;
+      ranks.push_back(std::make_unique<Loader>(ds(), o));
+    }
+    const int64_t steps = ranks[0]->steps_per_epoch();  // one epoch: one rank's may be longer (drop_last)
+    ASSERT_GT(steps, 1);
+    for (int64_t s = 0; s < steps; ++s) {
+      for (int r = 0; r < W; ++r) {
+        const Batch got = ranks[r]->next(), want = one.next();
+        ASSERT_EQ(got.sample_ids, want.sample_ids) << "step " << s << " rank " << r;
+        ASSERT_EQ(got.input_ids, want.input_ids) << "step " << s << " rank " << r;
+        EXPECT_EQ(got.epoch, want.epoch);
+        EXPECT_EQ(got.position, want.position);
+        EXPECT_EQ(got.position, s * 2 * W + r * 2) << "step " << s << " rank " << r;
+      }
+    }
+  }
+}
+
 TEST_F(LoaderTest, ValidationSplitIsDocumentLevelDisjointAndComplete) {
   std::set<int64_t> train, valid;
   for (auto split : {Split::train, Split::valid}) {
@@ -320,8 +351,8 @@ TEST_F(LoaderTest, DamagedShardsAreRejectedWithAMessage) {
   EXPECT_NO_THROW(TokenDataset{copy});
 }
 
-// A state taken on 2 ranks x 2 rows continues exactly on 1 rank x 4 rows: the same global rows, interleaved
-// (rank r holds rows r, r + 2 of each global step). Another global batch is refused by name.
+// A state taken on 2 ranks x 2 rows continues exactly on 1 rank x 4 rows: the same global rows, in blocks
+// (rank r holds rows 2r, 2r + 1 of each global step). Another global batch is refused by name.
 TEST_F(LoaderTest, RestoreAcrossWorldSizesKeepsTheGlobalBatch) {
   auto two = opts(PackMode::pack, 1, 0, 2);
   two.batch_size = 2;
@@ -335,7 +366,7 @@ TEST_F(LoaderTest, RestoreAcrossWorldSizesKeepsTheGlobalBatch) {
   Loader a(ds(), one);
   a.restore(r1.state());
   const auto x = r0.next(), y = r1.next(), b = a.next();
-  EXPECT_EQ(b.sample_ids, std::vector<int64_t>({x.sample_ids[0], y.sample_ids[0], x.sample_ids[1], y.sample_ids[1]}));
+  EXPECT_EQ(b.sample_ids, std::vector<int64_t>({x.sample_ids[0], x.sample_ids[1], y.sample_ids[0], y.sample_ids[1]}));
   one.batch_size = 3;
   Loader c(ds(), one);
   try {

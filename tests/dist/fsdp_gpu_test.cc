@@ -69,9 +69,26 @@ TEST(FsdpGpu, OneShardedRankOverNcclFollowsOneProcess) {
   const auto a = curve(root / "plain"), b = curve(root / "fsdp");
   ASSERT_EQ(a.size(), 10u);
   ASSERT_EQ(b.size(), 10u);
-  // BF16 weights: the fused AdamW of the ordinary run and FsdpAdamW's update round alike, but the gradient
-  // summation order differs; a few BF16 ulps of the loss.
-  for (const auto& [s, v] : a) EXPECT_NEAR(b.at(s), v, 2e-2 * std::abs(v)) << "step " << s;
+  // Step 1 computes everything from the same weights: the loss agrees to FP32 rounding, the gradient norm to its
+  // summation order (the ordinary run's fused norm kernel, FsdpAdamW's slices). From then on the two runs are two
+  // implementations of the update (the fused AdamW kernel; FsdpAdamW's tensor ops), which differ in the last bit of
+  // some FP32 masters; with BF16 weights and an NVFP4 student that moves weights across rounding boundaries, and the
+  // curves separate by percents within a few steps (measured on the H200: 3 % and 7 % at steps 6 and 8; docs/dist.md).
+  // A wrong shard, a missed reduction or a stale gathered layer moves step 2 by far more than 1e-3.
+  EXPECT_NEAR(b.at(1), a.at(1), 1e-5 * std::abs(a.at(1)));
+  EXPECT_NEAR(b.at(2), a.at(2), 1e-3 * std::abs(a.at(2)));
+  const auto ga = curve(root / "plain", "grad_norm"), gb = curve(root / "fsdp", "grad_norm");
+  EXPECT_NEAR(gb.at(1), ga.at(1), 1e-4 * ga.at(1));
+  // Both stay finite and end alike (the last steps' mean loss; a broken sharded update ends far apart).
+  auto mean = [](const std::map<int64_t, double>& c, int64_t from, int64_t to) {
+    double sum = 0;
+    for (int64_t s = from; s <= to; ++s) sum += c.at(s);
+    return sum / static_cast<double>(to - from + 1);
+  };
+  for (const auto* c : {&a, &b}) {
+    for (const auto& [s, v] : *c) EXPECT_TRUE(std::isfinite(v)) << "step " << s;
+  }
+  EXPECT_NEAR(mean(b, 8, 10), mean(a, 8, 10), 0.2 * mean(a, 8, 10)) << "the two runs train alike";
   ::qad::remove_tree(root);
 }
 

@@ -1,11 +1,12 @@
 // Fully sharded (--zero 3) runs of the qad binary on stories260K over Gloo (CPU, FP32, seconds each):
 // - without fake quantization (method pretrain), 1, 2 and 4 fully sharded processes give the loss and
-//   gradient-norm curves of one ordinary process at the same global batch over 20 steps, and a checkpoint written
-//   by 2 fully sharded ranks resumes on 4, one written by 4 resumes on 1 ordinary process, on the same curve;
-// - QAD (NVFP4 student): the same, up to the step where a rounding difference first moves a weight across an
-//   NVFP4 bin in one run and not the other (docs/dist.md, "Why QAD curves of different layouts separate");
-// - CKA-QAD with activation checkpointing: fully sharded equals the unsharded computation of the same rows (one
-//   process; 2 and 4 ranks against ZeRO-1 at the same rank count: the CKA term is per rank, docs/dist.md);
+//   gradient-norm curves of one ordinary process of the same global batch (4 rows) within FP32 tolerance over 20
+//   steps, and a checkpoint written by 2 fully sharded ranks resumes on 4, one written by 4 resumes on 1 ordinary
+//   process, on the same curve;
+// - QAD (NVFP4 student) and CKA-QAD (activation checkpointing, subsampled CKA tokens): W fully sharded ranks equal
+//   one process with W micro-batches (grad_accum W) over all 20 steps, bit for bit in practice (docs/dist.md,
+//   "Layout-invariant training"; without that, a last-bit difference moves a weight across an NVFP4 rounding
+//   boundary and the curves separate by percents);
 // - a rank killed with SIGKILL stops the other within --dist-timeout with a clear error; the last checkpoint loads.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -69,14 +70,15 @@ class FsdpRunTest : public ::testing::Test {
   // A run of `steps` steps with `rows` rows per rank on `nproc` ranks (the local launcher when > 1); zero: the
   // --zero value, "" for an ordinary one-process run.
   static std::vector<std::string> args(const fs::path& out, int rows, int nproc, const std::string& zero,
-                                       int steps = 20, const std::string& method = "qad") {
+                                       int steps = 20, const std::string& method = "qad", int grad_accum = 1) {
     std::vector<std::string> a = {"distill", "--method", method, "--teacher", model().string(), "--data",
                                   data().string(), "--out", out.string(), "--device", "cpu", "--steps",
                                   std::to_string(steps), "--batch-size", std::to_string(rows), "--seq-len", "32",
                                   "--lr", "3e-3", "--warmup-ratio", "0.2", "--valid-every", "0", "--valid-batches", "1",
                                   "--checkpoint-every", "5", "--set", "run.keep_checkpoints=4", "--calib-batches", "2", "--dist-timeout", "20",
                                   "--set", "run.export_nvfp4=false", "--set", "data.valid_fraction=0.2"};
-    if (method == "cka-qad") a.insert(a.end(), {"--activation-checkpointing", "--set", "loss.cka_subsample_tokens=0"});
+    if (method == "cka-qad") a.insert(a.end(), {"--activation-checkpointing", "--set", "loss.cka_subsample_tokens=16"});
+    if (grad_accum > 1) a.insert(a.end(), {"--set", "optim.grad_accum=" + std::to_string(grad_accum)});
     if (nproc > 1) a.insert(a.end(), {"--nproc-per-node", std::to_string(nproc)});
     if (!zero.empty()) a.insert(a.end(), {"--zero", zero});
     return a;
@@ -101,15 +103,17 @@ class FsdpRunTest : public ::testing::Test {
     ASSERT_TRUE(exited_ok(st)) << slurp(root_ / (name + ".log"));
   }
 
-  // The reference: one ordinary process x 4 rows, 20 steps of `method` (computed once per method).
-  static const fs::path& reference(const std::string& method = "qad") {
+  // The reference: one ordinary process of the global batch of 4 rows as `micro` micro-batches of 4 / micro rows,
+  // 20 steps of `method` (computed once per method and split).
+  static const fs::path& reference(const std::string& method = "qad", int micro = 1) {
     static std::map<std::string, fs::path> refs;
-    auto it = refs.find(method);
+    const auto name = "ref_" + std::to_string(micro) + "x" + std::to_string(4 / micro) + "_" + method;
+    auto it = refs.find(name);
     if (it == refs.end()) {
-      const auto out = root_ / ("ref_1x4_" + method);
-      const int st = run(args(out, 4, 1, "", 20, method), root_ / ("ref_" + method + ".log"));
-      EXPECT_TRUE(exited_ok(st)) << slurp(root_ / ("ref_" + method + ".log"));
-      it = refs.emplace(method, out).first;
+      const auto out = root_ / name;
+      const int st = run(args(out, 4 / micro, 1, "", 20, method, micro), root_ / (name + ".log"));
+      EXPECT_TRUE(exited_ok(st)) << slurp(root_ / (name + ".log"));
+      it = refs.emplace(name, out).first;
     }
     return it->second;
   }
@@ -128,7 +132,7 @@ class FsdpRunTest : public ::testing::Test {
   // element's step by its own gradient magnitude, so an element whose gradient is summation noise may take a
   // different step in another layout; a wrong or stale shard differs by O(1).
   static void expect_same_checkpoint(const fs::path& names, const fs::path& ref, const fs::path& got,
-                                     const std::string& what) {
+                                     const std::string& what, double tolerance = 3e-4) {
     for (const char* file : {"optimizer.safetensors", "model/model.safetensors"}) {
       const auto n = qad::io::read_tensors(names / file), r = qad::io::read_tensors(ref / file),
                  g = qad::io::read_tensors(got / file);
@@ -139,7 +143,7 @@ class FsdpRunTest : public ::testing::Test {
         ASSERT_EQ(n[i].second.sizes(), g[i].second.sizes()) << what << ": " << g[i].first;
         const auto x = r[i].second.to(torch::kDouble), y = g[i].second.to(torch::kDouble);
         const double rel = (x - y).norm().item<double>() / std::max(x.norm().item<double>(), 1e-30);
-        EXPECT_LT(rel, 3e-4) << what << ": " << g[i].first << " differs by " << rel << " (relative norm)";
+        EXPECT_LE(rel, tolerance) << what << ": " << g[i].first << " differs by " << rel << " (relative norm)";
       }
     }
   }
@@ -169,59 +173,50 @@ TEST_F(FsdpRunTest, WithoutFakeQuantizationOneTwoAndFourShardedProcessesMatchOne
   }
 }
 
-// With an NVFP4 student, a last-bit difference of a master weight (another summation order of the gradient or
-// its norm) moves that weight across a rounding boundary of the 4-bit grid in one run and not in the other, and
-// from that step the curves separate by percents: ZeRO-1 on 2 ranks does the same against one process. Until
-// then they agree to FP32 tolerance. Measured on this data (1 / 2 / 4 ranks): the first separation at step
-// 17 / 4 / 7 against one process, and at 19 / 18 against ZeRO-1 at the same rank count (2 / 4 ranks).
-TEST_F(FsdpRunTest, QadMatchesOneProcessAndZeroOneUntilNvfp4RoundingSeparatesTheCurves) {
-  const auto& ref_dir = reference("qad");
-  const auto ref = curve(ref_dir);
-  ASSERT_EQ(ref.size(), 20u);
+// W fully sharded ranks hold the rows of one process's W micro-batches (the loader's rank blocks), calibrate in
+// forwards of the same size, sum the ranks' gradients in rank order (the order in which one process accumulates its
+// micro-batches) and compute the norm so that the clipping factor rounds alike: the same numbers in the same order.
+// An NVFP4 student turns any last-bit difference into a separation of the curves by percents within a few steps
+// (measured before: at step 4 for 2 ranks against one process of 4 rows), so "within 1e-6 over all 20 steps" is
+// "bit for bit" here; the loss is reported through another sum (FP64 across ranks), hence not EXPECT_EQ.
+TEST_F(FsdpRunTest, QadOnWRanksEqualsOneProcessWithWMicroBatchesOverTwentySteps) {
   for (const int n : {1, 2, 4}) {
+    const auto& ref_dir = reference("qad", n);
+    const auto ref = curve(ref_dir);
+    ASSERT_EQ(ref.size(), 20u);
     const auto name = "qad_fsdp_" + std::to_string(n);
     const auto out = root_ / name;
     ASSERT_NO_FATAL_FAILURE(expect_ok(args(out, 4 / n, n, "3"), name));
-    const std::string what = std::to_string(n) + " fully sharded rank(s), QAD";
-    // Step 1 computes every gradient from the same weights: loss and gradient norm agree whatever the layout.
-    expect_close(first(ref, 2), curve(out), what + " vs 1 process: loss (steps 1-2)");
-    expect_close(first(curve(ref_dir, "grad_norm"), 1), curve(out, "grad_norm"), what + " vs 1 process: grad norm (step 1)",
-                 1e-3);
+    const std::string what = std::to_string(n) + " fully sharded rank(s) vs 1 process of " + std::to_string(n) +
+                             " micro-batch(es), QAD";
+    expect_close(ref, curve(out), what + ": loss", 1e-6);
+    expect_close(curve(ref_dir, "grad_norm"), curve(out, "grad_norm"), what + ": grad norm", 1e-6);
     EXPECT_EQ(curve(ref_dir, "tokens"), curve(out, "tokens")) << what;
-    const auto step5 = fs::path("checkpoints/step-00000005");
-    if (n > 1) {
-      const auto z = root_ / ("qad_zero1_" + std::to_string(n));
-      ASSERT_NO_FATAL_FAILURE(expect_ok(args(z, 4 / n, n, "1"), z.filename().string()));
-      expect_close(first(curve(z), 12), curve(out), what + " vs ZeRO-1: loss (steps 1-12)");
-      expect_close(first(curve(z, "grad_norm"), 12), curve(out, "grad_norm"), what + " vs ZeRO-1: grad norm (steps 1-12)",
-                   1e-3);
-      ASSERT_NO_FATAL_FAILURE(expect_same_checkpoint(ref_dir / step5, z / step5, out / step5, what + " vs ZeRO-1"));
-    } else {
-      expect_close(first(ref, 12), curve(out), what + " vs 1 process: loss (steps 1-12)");
-      ASSERT_NO_FATAL_FAILURE(expect_same_checkpoint(ref_dir / step5, ref_dir / step5, out / step5, what));
-    }
+    const auto step15 = fs::path("checkpoints/step-00000015");
+    ASSERT_NO_FATAL_FAILURE(expect_same_checkpoint(ref_dir / step15, ref_dir / step15, out / step15, what, 1e-6));
   }
 }
 
-TEST_F(FsdpRunTest, CkaQadWithActivationCheckpointingMatchesTheUnshardedComputation) {
-  // One process: fully sharded vs ordinary. 2 and 4 ranks: vs ZeRO-1 on as many ranks (the same rows per rank
-  // and the same per-rank CKA minibatches).
-  const std::vector<std::pair<int, std::string>> cases = {{1, ""}, {2, "1"}, {4, "1"}};
-  for (const auto& [n, plain_zero] : cases) {
-    const auto plain = root_ / ("cka_plain_" + std::to_string(n)), sharded = root_ / ("cka_fsdp_" + std::to_string(n));
-    ASSERT_NO_FATAL_FAILURE(expect_ok(args(plain, 4 / n, n, plain_zero, 20, "cka-qad"), plain.filename().string()));
-    ASSERT_NO_FATAL_FAILURE(expect_ok(args(sharded, 4 / n, n, "3", 20, "cka-qad"), sharded.filename().string()));
-    const std::string what = "CKA-QAD, " + std::to_string(n) + " rank(s), fully sharded vs unsharded";
-    const auto ref = curve(plain);
+// The same for CKA-QAD with activation checkpointing and subsampled CKA tokens: the CKA term is per micro-batch, and
+// rank r draws its tokens from the stream one process gives its micro-batch r.
+TEST_F(FsdpRunTest, CkaQadOnWRanksEqualsOneProcessWithWMicroBatches) {
+  for (const int n : {1, 2, 4}) {
+    const auto& ref_dir = reference("cka-qad", n);
+    const auto ref = curve(ref_dir);
     ASSERT_EQ(ref.size(), 20u);
-    expect_close(ref, curve(sharded), what + ": loss");
-    expect_close(curve(plain, "cka_loss"), curve(sharded, "cka_loss"), what + ": CKA term", 1e-3);
-    expect_close(curve(plain, "grad_norm"), curve(sharded, "grad_norm"), what + ": grad norm", 1e-3);
+    const auto sharded = root_ / ("cka_fsdp_" + std::to_string(n));
+    ASSERT_NO_FATAL_FAILURE(expect_ok(args(sharded, 4 / n, n, "3", 20, "cka-qad"), sharded.filename().string()));
+    const std::string what = "CKA-QAD, " + std::to_string(n) + " fully sharded rank(s) vs 1 process of " +
+                             std::to_string(n) + " micro-batch(es)";
+    expect_close(ref, curve(sharded), what + ": loss", 1e-6);
+    expect_close(curve(ref_dir, "cka_loss"), curve(sharded, "cka_loss"), what + ": CKA term", 1e-6);
+    expect_close(curve(ref_dir, "grad_norm"), curve(sharded, "grad_norm"), what + ": grad norm", 1e-6);
   }
 }
 
-// Without fake quantization (QAD's curves separate anyway, see above), so that the resumed runs can be held to
-// the uninterrupted one-process curve over all 20 steps.
+// Without fake quantization, so that the resumed runs (2 ranks, then 4: another split of the global batch, whose
+// gradients are summed in another order) can be held to the one-process curve over all 20 steps within FP32
+// tolerance; an NVFP4 student would separate at the first rounding flip after the change of split.
 TEST_F(FsdpRunTest, CheckpointsResumeOnAnotherNumberOfRanks) {
   const auto ref = curve(reference("pretrain"));
   // 2 fully sharded ranks killed after step 12 (last checkpoint: step 10), resumed on 4 fully sharded ranks.
