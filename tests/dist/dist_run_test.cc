@@ -63,7 +63,7 @@ class DistRunTest : public ::testing::Test {
   static fs::path data() { return root_ / "data"; }
 
   // A QAD run of `steps` steps with `rows` rows per rank; `nproc` > 1 uses the local launcher.
-  static std::vector<std::string> args(const fs::path& out, int rows, int nproc, int steps = 6) {
+  static std::vector<std::string> args(const fs::path& out, int rows, int nproc, int steps = 6, int grad_accum = 1) {
     std::vector<std::string> a = {"distill", "--method", "qad", "--teacher", model().string(), "--data",
                                   data().string(), "--out", out.string(), "--device", "cpu", "--steps",
                                   std::to_string(steps), "--batch-size", std::to_string(rows), "--seq-len", "32",
@@ -71,6 +71,7 @@ class DistRunTest : public ::testing::Test {
                                   "--checkpoint-every", "3", "--calib-batches", "2", "--dist-timeout", "20",
                                   "--set", "run.export_nvfp4=false", "--set", "data.valid_fraction=0.2"};
     if (nproc > 1) a.insert(a.end(), {"--nproc-per-node", std::to_string(nproc)});
+    if (grad_accum > 1) a.insert(a.end(), {"--set", "optim.grad_accum=" + std::to_string(grad_accum)});
     return a;
   }
 
@@ -98,11 +99,23 @@ class DistRunTest : public ::testing::Test {
     return ref;
   }
 
+  // 1 rank x 2 micro-batches of 2 rows: what 2 ranks x 2 rows compute, in the same order (docs/dist.md,
+  // "Layout-invariant training"; with 2 ranks Gloo's all-reduce a + b equals b + a).
+  static const fs::path& reference_two_micro_batches() {
+    static const fs::path ref = [] {
+      const auto out = root_ / "ref_1x2x2";
+      const int st = run(args(out, 2, 1, 6, 2), root_ / "ref_1x2x2.log");
+      EXPECT_TRUE(exited_ok(st)) << slurp(root_ / "ref_1x2x2.log");
+      return out;
+    }();
+    return ref;
+  }
+
   static inline fs::path root_;
 };
 
 TEST_F(DistRunTest, TwoRanksMatchOneRankAtTheSameGlobalBatchWithAndWithoutZero) {
-  const auto ref = curve(reference());
+  const auto ref = curve(reference_two_micro_batches());
   ASSERT_EQ(ref.size(), 6u);
   EXPECT_GT(std::abs(ref.at(1) - ref.at(6)), 1e-3);  // the loss really moves
 
@@ -114,10 +127,15 @@ TEST_F(DistRunTest, TwoRanksMatchOneRankAtTheSameGlobalBatchWithAndWithoutZero) 
   st = run(no_zero, root_ / "plain.log");
   ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "plain.log");
 
-  expect_close(ref, curve(zero), "2 ranks ZeRO-1 vs 1 rank: loss");
-  expect_close(ref, curve(plain), "2 ranks unsharded vs 1 rank: loss");
-  expect_close(curve(reference(), "grad_norm"), curve(zero, "grad_norm"), "grad norm", 1, 1e-3);
-  expect_close(curve(plain), curve(zero), "ZeRO-1 vs unsharded: loss", 1, 2e-5);
+  expect_close(ref, curve(zero), "2 ranks ZeRO-1 vs 1 rank of 2 micro-batches: loss", 1, 1e-6);
+  expect_close(ref, curve(plain), "2 ranks unsharded vs 1 rank of 2 micro-batches: loss", 1, 1e-6);
+  expect_close(curve(reference_two_micro_batches(), "grad_norm"), curve(zero, "grad_norm"), "grad norm", 1, 1e-6);
+  expect_close(curve(plain), curve(zero), "ZeRO-1 vs unsharded: loss", 1, 1e-6);
+  // One rank of 4 rows: another summation (one GEMM over 4 rows), within FP32 tolerance until an NVFP4 rounding
+  // flip (docs/dist.md): the first steps.
+  auto first3 = curve(reference());
+  first3.erase(first3.upper_bound(3), first3.end());
+  expect_close(first3, curve(zero), "2 ranks ZeRO-1 vs 1 rank of 4 rows: loss");
   EXPECT_EQ(curve(reference(), "tokens"), curve(zero, "tokens"));  // tokens counted over both ranks
 
   // Only rank 0 prints progress; the log says what ran.
@@ -128,12 +146,12 @@ TEST_F(DistRunTest, TwoRanksMatchOneRankAtTheSameGlobalBatchWithAndWithoutZero) 
   EXPECT_EQ(n, 1u) << log;
   // The checkpoint holds the whole optimizer state (gathered), named as a one-process run names it.
   auto s2 = qad::io::read_tensors(zero / "checkpoints/step-00000003/optimizer.safetensors");
-  auto s1 = qad::io::read_tensors(reference() / "checkpoints/step-00000003/optimizer.safetensors");
+  auto s1 = qad::io::read_tensors(reference_two_micro_batches() / "checkpoints/step-00000003/optimizer.safetensors");
   ASSERT_EQ(s1.size(), s2.size());
   for (size_t i = 0; i < s1.size(); ++i) {
     EXPECT_EQ(s1[i].first, s2[i].first);
     EXPECT_EQ(s1[i].second.sizes(), s2[i].second.sizes()) << s1[i].first;
-    EXPECT_TRUE(torch::allclose(s1[i].second, s2[i].second, 1e-3, 1e-8)) << s1[i].first;
+    EXPECT_TRUE(torch::allclose(s1[i].second, s2[i].second, 1e-6, 1e-12)) << s1[i].first;
   }
 }
 
@@ -151,7 +169,15 @@ TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
   resume.push_back("--resume");
   st = run(resume, root_ / "a2.log");
   ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "a2.log");
-  expect_close(ref, curve(a), "2 ranks then 1: loss");
+  // Steps 1-4 (the checkpoint is step 3's; step 4 is the first resumed one) to FP32 tolerance; later steps of
+  // another split of the global batch may cross an NVFP4 rounding boundary that the reference did not (docs/dist.md):
+  // within 1 % (a wrong resume position, optimizer state or quantizer scale moves the loss by far more).
+  auto upto = [](std::map<int64_t, double> c, int64_t last) {
+    c.erase(c.upper_bound(last), c.end());
+    return c;
+  };
+  expect_close(upto(ref, 4), curve(a), "2 ranks then 1: loss");
+  expect_close(ref, curve(a), "2 ranks then 1: loss", 5, 1e-2);
 
   // 1 rank x 4 rows killed after step 4, resumed on 2 ranks x 2 rows.
   const auto b = root_ / "one_then_two";
@@ -164,7 +190,8 @@ TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
   st = run(resume2, root_ / "b2.log");
   ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "b2.log");
   EXPECT_NE(slurp(root_ / "b2.log").find("resumed from"), std::string::npos);
-  expect_close(ref, curve(b), "1 rank then 2: loss");
+  expect_close(upto(ref, 4), curve(b), "1 rank then 2: loss");
+  expect_close(ref, curve(b), "1 rank then 2: loss", 5, 1e-2);
 
   // Another global batch is refused, naming it.
   auto other = args(b, 4, 2);
