@@ -79,16 +79,7 @@ void AdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const tor
 torch::Tensor square_sum_f64(const torch::Tensor& g) {
   torch::NoGradGuard ng;
   if (!g.is_cpu()) return g.to(torch::kFloat32).pow(2).sum().to(torch::kFloat64);
-  const auto x = g.to(torch::kFloat64).contiguous();
-  const double* v = x.data_ptr<double>();
-  const int64_t n = x.numel();
-  double acc[4] = {0, 0, 0, 0};  // four running sums (fixed order): the loop vectorises
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int k = 0; k < 4; ++k) acc[k] += v[i + k] * v[i + k];
-  }
-  for (; i < n; ++i) acc[0] += v[i] * v[i];
-  return torch::full({}, (acc[0] + acc[1]) + (acc[2] + acc[3]), torch::kFloat64);
+  return g.to(torch::kFloat64).pow(2).sum();  // FP64 squares of FP32/BF16 values are exact
 }
 
 double global_grad_norm(const std::vector<torch::Tensor>& params) {

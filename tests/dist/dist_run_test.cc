@@ -77,6 +77,12 @@ class DistRunTest : public ::testing::Test {
 
   static int run(const std::vector<std::string>& a, const fs::path& log) { return wait_for(spawn(a, log, {}), 300); }
 
+  // The steps of a curve up to `last`.
+  static std::map<int64_t, double> upto(std::map<int64_t, double> c, int64_t last) {
+    c.erase(c.upper_bound(last), c.end());
+    return c;
+  }
+
   // FP32 on CPU: 4 rows in one forward vs 2 + 2 in two processes round differently; a few ulps per step
   // through 6 Adam steps stay far below this.
   static void expect_close(const std::map<int64_t, double>& ref, const std::map<int64_t, double>& got,
@@ -133,9 +139,7 @@ TEST_F(DistRunTest, TwoRanksMatchOneRankAtTheSameGlobalBatchWithAndWithoutZero) 
   expect_close(curve(plain), curve(zero), "ZeRO-1 vs unsharded: loss", 1, 1e-6);
   // One rank of 4 rows: another summation (one GEMM over 4 rows), within FP32 tolerance until an NVFP4 rounding
   // flip (docs/dist.md): the first steps.
-  auto first3 = curve(reference());
-  first3.erase(first3.upper_bound(3), first3.end());
-  expect_close(first3, curve(zero), "2 ranks ZeRO-1 vs 1 rank of 4 rows: loss");
+  expect_close(upto(curve(reference()), 3), curve(zero), "2 ranks ZeRO-1 vs 1 rank of 4 rows: loss");
   EXPECT_EQ(curve(reference(), "tokens"), curve(zero, "tokens"));  // tokens counted over both ranks
 
   // Only rank 0 prints progress; the log says what ran.
@@ -172,10 +176,6 @@ TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
   // Steps 1-4 (the checkpoint is step 3's; step 4 is the first resumed one) to FP32 tolerance; later steps of
   // another split of the global batch may cross an NVFP4 rounding boundary that the reference did not (docs/dist.md):
   // within 1 % (a wrong resume position, optimizer state or quantizer scale moves the loss by far more).
-  auto upto = [](std::map<int64_t, double> c, int64_t last) {
-    c.erase(c.upper_bound(last), c.end());
-    return c;
-  };
   expect_close(upto(ref, 4), curve(a), "2 ranks then 1: loss");
   expect_close(ref, curve(a), "2 ranks then 1: loss", 5, 1e-2);
 

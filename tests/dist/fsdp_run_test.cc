@@ -118,15 +118,6 @@ class FsdpRunTest : public ::testing::Test {
     return it->second;
   }
 
-  // The first `n` steps of a curve.
-  static std::map<int64_t, double> first(const std::map<int64_t, double>& c, int64_t n) {
-    std::map<int64_t, double> out;
-    for (const auto& [s, v] : c) {
-      if (s <= n) out[s] = v;
-    }
-    return out;
-  }
-
   // The whole optimizer state and model of a checkpoint: named and shaped as `names`' (a one-process run's),
   // equal to `ref`'s. Equal as whole tensors (relative Frobenius norm of the difference): Adam divides each
   // element's step by its own gradient magnitude, so an element whose gradient is summation noise may take a
