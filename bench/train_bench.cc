@@ -42,6 +42,7 @@
 #include "kernel_profile.h"
 #include "loss/stacked_rows.h"
 #include "model/causal_lm.h"
+#include "model/device_memory.h"
 #include "model/hidden_rows.h"
 #include "train/memory.h"
 #include "train/memory_plan.h"
@@ -214,8 +215,11 @@ int main(int argc, char** argv) {
 
       fmt::print("\nQwen3-{} shape: {:.0f}M matmul params, {} layers, hidden {}; {} NVFP4 Linears\n", name,
                  matmul_params / 1e6, config.num_layers, config.hidden_size, student.quantized_modules.size());
+      // The device's own size, so that the plan's fit line names this GPU (not "device: unknown").
+      std::optional<double> device_bytes;
+      if (auto total = qad::model::total_device_bytes(dev)) device_bytes = static_cast<double>(*total);
       fmt::print("{}", qad::train::format_plan(qad::train::plan_memory(config, cfg, plan_settings), config, cfg,
-                                               plan_settings, std::nullopt, std::nullopt));
+                                               plan_settings, device_bytes, std::nullopt));
       fmt::print("{:<36} {:>9} {:>10} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8}\n", "variant", "ms/step", "tokens/s", "MFU",
                  "peak GB", "time x", "mem x", "plan GB", "plan err");
       auto step = [&](int64_t it) {

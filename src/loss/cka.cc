@@ -71,7 +71,12 @@ struct Core {
 // |xc_i||xc_j|. For the CKA value this stays far below the BF16 path's other rounding (docs/losses.md, "BF16
 // products"; tested against FP64 with column offsets of 20 spreads). The backward centres the differentiated side.
 void gram_centred_core(Core& c, const torch::Tensor& x, const torch::Tensor& y) {
-  auto rows = [](const torch::Tensor& t) { return t.detach().contiguous(); };  // BF16 (compute_core's gate)
+  // BF16 (compute_core's gate). Rows of contiguous features are read where they lie, whatever the layer stride: a
+  // contiguous copy of rows with scratch rows between the layers (linear_cka_batched) would lose the scratch.
+  auto rows = [](const torch::Tensor& t) {
+    const bool row_major = t.stride(2) == 1 && t.stride(1) == t.size(2) && t.stride(0) >= t.size(1) * t.size(2);
+    return row_major ? t.detach() : t.detach().contiguous();
+  };
   c.gram_centred = true;
   c.xc = rows(x);
   c.yc = rows(y);
@@ -162,10 +167,26 @@ double hsic_scale(CkaEstimator est, int64_t n_rows) {
   return est == CkaEstimator::kBiased ? 1.0 / ((n - 1) * (n - 1)) : 1.0 / (n * (n - 3));
 }
 
+// The width of the rank-1 correction in the Gram-centred backward: one column of M (and one row of the rows, their
+// column means) carries it, zero-padded to 8 so that the product's inner dimension stays a multiple of 8 (16-byte
+// BF16 rows for the tensor cores).
+constexpr int64_t kCorrectionWidth = 8;
+
+// rows [L, n, p] as the backward saw them: whether kCorrectionWidth rows after each layer's n rows are scratch the
+// caller gave us (scratch_rows) and lie inside the storage, so that the rows with their column means appended are
+// one strided [L, n + 8, p] tensor.
+bool has_correction_room(const torch::Tensor& rows, int64_t scratch_rows) {
+  if (scratch_rows < kCorrectionWidth || rows.scalar_type() != torch::kBFloat16 || !rows.has_storage()) return false;
+  const int64_t L = rows.size(0), n = rows.size(1), p = rows.size(2);
+  if (rows.stride(2) != 1 || rows.stride(1) != p || rows.stride(0) < (n + kCorrectionWidth) * p) return false;
+  const int64_t end = rows.storage_offset() + (L - 1) * rows.stride(0) + (n + kCorrectionWidth) * p;
+  return end * rows.element_size() <= static_cast<int64_t>(rows.storage().nbytes());
+}
+
 // Batched over layers: x [L, n, p1], y [L, n, p2] -> CKA [L].
 struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
-                               CkaEstimator est, bool grad_x, bool grad_y, Products products) {
+                               CkaEstimator est, bool grad_x, bool grad_y, Products products, int64_t scratch_rows) {
     Core c = compute_core(x, y, est, products);
     auto root = torch::sqrt(c.fxx * c.fyy);
     auto cka = c.f / root;
@@ -183,6 +204,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["debiased"] = est == CkaEstimator::kDebiased;
       ctx->saved_data["gram"] = c.gram;
       ctx->saved_data["gram_centred"] = c.gram_centred;
+      ctx->saved_data["scratch_rows"] = scratch_rows;
       ctx->saved_data["k_row_means"] = c.k_row_means;
       ctx->saved_data["l_row_means"] = c.l_row_means;
       ctx->saved_data["k_mean"] = c.k_mean;
@@ -211,6 +233,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     const bool debiased = ctx->saved_data["debiased"].toBool();
     const bool gram = ctx->saved_data["gram"].toBool();
     const bool gram_centred = ctx->saved_data["gram_centred"].toBool();
+    const int64_t scratch_rows = ctx->saved_data["scratch_rows"].toInt();
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_y = ctx->saved_data["grad_y"].toBool();
     const auto x_type = static_cast<torch::ScalarType>(ctx->saved_data["x_type"].toInt());
@@ -248,19 +271,31 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       torch::Tensor g;
       if (gram_centred) {
         // M = Kc·β + Lc·α centred on the fly and rounded to BF16 in one pass over both kernels (cka_kernels.h),
-        // then a BF16 product with own's centred rows, accumulated in FP32 and stored in BF16, the hidden states'
-        // dtype. M Y would equal M Yc if M's rows summed to zero; after M's BF16 rounding they do not, and the
-        // rounding error times the rows' column means would reach the gradient (9 % of its largest element for
-        // offsets of 20 spreads). Centring own's rows here costs one read and one write of one side.
-        auto m = torch::empty(own_kernel.gram.sizes(), own_kernel.gram.options().dtype(torch::kBFloat16));
+        // then a BF16 product with own's rows, accumulated in FP32 and stored in BF16, the hidden states' dtype.
+        // M Y would equal M Yc if M's rows summed to zero; after M's BF16 rounding they do not (r = M 1 != 0), and
+        // r times the rows' column means mu would reach the gradient (9 % of its largest element for offsets of
+        // 20 spreads). With scratch rows after own's rows the correction rides in the product itself:
+        // [M | -r | 0] · [Y; mu^T; 0] = M Y - r mu^T = M Yc, one extra column and row in the inner dimension,
+        // no centred copy of the rows. Otherwise own's rows are centred first (one read and one write).
+        const int64_t L = own.size(0), n_rows = own.size(1), p = own.size(2);
+        const bool fold = has_correction_room(own, scratch_rows);
+        auto m = torch::empty({L, n_rows, n_rows + (fold ? kCorrectionWidth : 0)},
+                              own_kernel.gram.options().dtype(torch::kBFloat16));
         kernels::CombineKernels ck{own_kernel, other_kernel, beta.reshape({-1}).contiguous(),
                                    alpha_go.reshape({-1}).contiguous(), m};
         kernels::combine_kernels(ck);
-        auto own_centred = torch::empty_like(own);
-        kernels::CentreColumns cc{own, own_centred, torch::empty({own.size(0), 1, own.size(2)},
-                                                                 own.options().dtype(torch::kFloat32))};
-        kernels::centre_columns(cc);
-        g = m.bmm(own_centred);
+        if (fold) {
+          auto rows = own.as_strided({L, n_rows + kCorrectionWidth, p}, {own.stride(0), p, 1}, own.storage_offset());
+          kernels::AppendColumnMeans am{rows, n_rows};
+          kernels::append_column_means(am);
+          g = m.bmm(rows);
+        } else {
+          auto own_centred = torch::empty(own.sizes(), own.options());
+          kernels::CentreColumns cc{own.contiguous(), own_centred,
+                                    torch::empty({L, 1, p}, own.options().dtype(torch::kFloat32))};
+          kernels::centre_columns(cc);
+          g = m.bmm(own_centred);
+        }
       } else if (gram) {
         g = torch::addcmul(own_kernel.gram * beta, other_kernel.gram, alpha_go).bmm(own);
       } else {
@@ -285,7 +320,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
                 ny, nx, y_type);
     }
     if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k_side, l_side, fxx, sx, sy, nx, ny, x_type);
-    return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -297,13 +332,14 @@ torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEsti
   check_pair(x, y, estimator, "linear_cka");
   const bool grad = torch::GradMode::is_enabled();
   return FeatureCka::apply(x.unsqueeze(0), y.unsqueeze(0), estimator, grad && x.requires_grad(),
-                           grad && y.requires_grad(), Products::kFloat)
+                           grad && y.requires_grad(), Products::kFloat, int64_t{0})
       .squeeze(0);
 }
 
 namespace {
 
-torch::Tensor cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator, Products products) {
+torch::Tensor cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator, Products products,
+                          int64_t scratch_rows) {
   QAD_CHECK(x.defined() && y.defined() && x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0),
             "linear_cka_batched: features must be [layers, tokens, hidden] with the same number of layers; got x {} "
             "and y {}",
@@ -311,18 +347,20 @@ torch::Tensor cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEst
             detail::shape_str(y.defined() ? y.sizes() : at::IntArrayRef{}));
   check_pair(x[0], y[0], estimator, "linear_cka_batched");
   const bool grad = torch::GradMode::is_enabled();
-  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad(), products);
+  QAD_CHECK(scratch_rows >= 0, "linear_cka_batched: scratch_rows must be >= 0, got {}", scratch_rows);
+  return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad(), products,
+                           scratch_rows);
 }
 
 }  // namespace
 
 torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator,
-                                 bool bf16_products) {
-  return cka_batched(x, y, estimator, bf16_products ? Products::kBf16OnCuda : Products::kFloat);
+                                 bool bf16_products, int64_t scratch_rows) {
+  return cka_batched(x, y, estimator, bf16_products ? Products::kBf16OnCuda : Products::kFloat, scratch_rows);
 }
 
-torch::Tensor detail::linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y) {
-  return cka_batched(x, y, CkaEstimator::kBiased, Products::kBf16);
+torch::Tensor detail::linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y, int64_t scratch_rows) {
+  return cka_batched(x, y, CkaEstimator::kBiased, Products::kBf16, scratch_rows);
 }
 
 HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {

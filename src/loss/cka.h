@@ -25,13 +25,18 @@ torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEsti
 // in FP32 (twice the TF32 rate), and the centring happens on the n x n kernels (H K H) instead of the features:
 // no centred copy of the rows is written. The backward's combination of the two kernels is rounded to BF16 for
 // its product with the rows. Error budget and tests: docs/losses.md, "BF16 products".
+// scratch_rows: the caller's promise that this many rows after each layer's n rows of x and of y (rows of contiguous
+// features at a layer stride of at least (n + scratch_rows) * p, e.g. model::ForwardOutput's gathered rows) belong
+// to nothing else. With 8 or more the BF16 path's backward writes the differentiated side's column means there and
+// folds the centring into its product (cka.cc) instead of writing a centred copy of the rows.
 torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y,
-                                 CkaEstimator estimator = CkaEstimator::kBiased, bool bf16_products = false);
+                                 CkaEstimator estimator = CkaEstimator::kBiased, bool bf16_products = false,
+                                 int64_t scratch_rows = 0);
 
 namespace detail {
 // linear_cka_batched's BF16 path (biased estimator, BF16 x and y, the Gram form) on any device, also where
 // bf16_products would ignore it: the CPU tests check its algebra (the Gram centring, the backward) against FP64.
-torch::Tensor linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y);
+torch::Tensor linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y, int64_t scratch_rows = 0);
 }  // namespace detail
 
 // Gram form on K = X X^T, L = Y Y^T (n x n memory): the reference for tests; differentiable by autograd.

@@ -75,9 +75,17 @@ void check_combine(const CombineKernels& c) {
   }
   QAD_CHECK(is_f32(c.beta, {L}, dev) && is_f32(c.alpha, {L}, dev),
             "combine_kernels: beta and alpha must be contiguous float32 [layers] tensors on the kernels' device");
-  QAD_CHECK(c.out.defined() && c.out.sizes() == shape && c.out.scalar_type() == torch::kBFloat16 &&
-                c.out.is_contiguous() && c.out.device() == dev,
-            "combine_kernels: out must be a contiguous bfloat16 tensor of the kernels' shape on their device");
+  QAD_CHECK(c.out.defined() && c.out.dim() == 3 && c.out.size(0) == L && c.out.size(1) == n && c.out.size(2) >= n &&
+                c.out.scalar_type() == torch::kBFloat16 && c.out.is_contiguous() && c.out.device() == dev,
+            "combine_kernels: out must be a contiguous bfloat16 [layers, n, n + extra] tensor on the kernels' device");
+}
+
+void check_append(const AppendColumnMeans& a) {
+  const auto& r = a.rows;
+  QAD_CHECK(r.defined() && r.dim() == 3 && r.scalar_type() == torch::kBFloat16 && a.n >= 1 && r.size(1) > a.n &&
+                r.size(2) >= 1 && r.stride(2) == 1 && r.stride(1) == r.size(2),
+            "append_column_means: rows must be a bfloat16 [layers, n + extra, features] tensor with extra >= 1 and "
+            "rows of contiguous features (n = {})", a.n);
 }
 
 }  // namespace
@@ -196,7 +204,7 @@ void combine_kernels_reference(CombineKernels& c) {
   auto own_rows = cpu(c.own.row_means), other_rows = cpu(c.other.row_means);
   auto own_mean = cpu(c.own.mean), other_mean = cpu(c.other.mean);
   auto beta = cpu(c.beta), alpha = cpu(c.alpha);
-  const int64_t L = own.size(0), n = own.size(1);
+  const int64_t L = own.size(0), n = own.size(1), cols = c.out.size(2);
   auto out = torch::empty(own.sizes(), torch::kFloat32);
   const float* os = own.data_ptr<float>();
   const float* ts = other.data_ptr<float>();
@@ -222,7 +230,23 @@ void combine_kernels_reference(CombineKernels& c) {
       }
     }
   }
-  c.out.copy_(out);  // rounds to bfloat16, to nearest even
+  auto rounded = out.to(torch::kBFloat16);  // to nearest even
+  if (cols == n) {
+    c.out.copy_(rounded);
+    return;
+  }
+  // The rank-1 correction column: minus each rounded row's sum (in double, plain order), then zeros.
+  auto full = torch::zeros({L, n, cols}, torch::kBFloat16);
+  full.narrow(2, 0, n).copy_(rounded);
+  auto widened = rounded.to(torch::kFloat64);
+  const double* ws = widened.data_ptr<double>();
+  auto* fs = full.data_ptr<at::BFloat16>();
+  for (int64_t r = 0; r < L * n; ++r) {
+    double sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += ws[r * n + j];
+    fs[r * cols + n] = at::BFloat16(static_cast<float>(-sum));
+  }
+  c.out.copy_(full);
 }
 
 void combine_kernels(CombineKernels& c) {
@@ -231,6 +255,33 @@ void combine_kernels(CombineKernels& c) {
   if (c.own.gram.is_cuda()) return combine_kernels_cuda(c);
 #endif
   combine_kernels_reference(c);
+}
+
+void append_column_means_reference(AppendColumnMeans& a) {
+  const int64_t L = a.rows.size(0), e = a.rows.size(1) - a.n, p = a.rows.size(2);
+  auto data = a.rows.narrow(1, 0, a.n).to(torch::kCPU, torch::kFloat64).contiguous();  // exact
+  const double* ds = data.data_ptr<double>();
+  auto tail = torch::zeros({L, e, p}, torch::kFloat32);
+  float* ts = tail.data_ptr<float>();
+  std::vector<double> sum(static_cast<size_t>(p));
+  for (int64_t l = 0; l < L; ++l) {
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (int64_t i = 0; i < a.n; ++i) {
+      for (int64_t j = 0; j < p; ++j) sum[static_cast<size_t>(j)] += ds[(l * a.n + i) * p + j];
+    }
+    for (int64_t j = 0; j < p; ++j) {
+      ts[l * e * p + j] = static_cast<float>(sum[static_cast<size_t>(j)] / static_cast<double>(a.n));
+    }
+  }
+  a.rows.narrow(1, a.n, e).copy_(tail);  // rounds the means to bfloat16, to nearest even
+}
+
+void append_column_means(AppendColumnMeans& a) {
+  check_append(a);
+#ifdef QAD_HAS_CUDA
+  if (a.rows.is_cuda()) return append_column_means_cuda(a);
+#endif
+  append_column_means_reference(a);
 }
 
 }  // namespace qad::loss::kernels

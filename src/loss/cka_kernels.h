@@ -11,7 +11,9 @@
 // - centred_gram_sums: <Kc,Lc>, <Kc,Kc>, <Lc,Lc> per layer in FP64 from one read of K and L, plus the row means
 //   and the grand mean of K and L that the backward needs;
 // - combine_kernels: the backward's per-layer combination Kc·β + Lc·α, centred on the fly and rounded to BF16 for
-//   the BF16 product with the rows; one read of each kernel and one BF16 write.
+//   the BF16 product with the rows; one read of each kernel and one BF16 write. Its optional extra columns carry
+//   the rank-1 correction that makes the product with the uncentred rows equal the product with the centred ones
+//   (append_column_means writes the matching extra rows), so the backward centres no copy of the rows.
 #pragma once
 #include <torch/torch.h>
 
@@ -69,10 +71,16 @@ struct GramKernel {
   torch::Tensor gram, row_means, mean;  // [L, n, n], [L, n], [L]; float32, contiguous
 };
 // own, other: the two sides' kernels (one shape); beta, alpha [L] float32. Output (allocated by the caller, every
-// element written): out [L, n, n] bfloat16 with, in float arithmetic, each operation rounded (no fused
+// element written): out [L, n, n + e] bfloat16, e >= 0, with, in float arithmetic, each operation rounded (no fused
 // multiply-add), bf16 rounding to nearest even,
 //   c(K)[l, i, j] = ((K[l, i, j] - row_means[l, i]) - row_means[l, j]) + mean[l]      (the centred kernel)
-//   out[l, i, j] = bf16( c(own)[l, i, j] * beta[l] + c(other)[l, i, j] * alpha[l] ).
+//   out[l, i, j] = bf16( c(own)[l, i, j] * beta[l] + c(other)[l, i, j] * alpha[l] )   for j < n,
+// and with e >= 1 the rank-1 correction column and zeros:
+//   out[l, i, n] = bf16( float( -(sum over j < n of double(out[l, i, j])) ) ),   out[l, i, n + 1 ..] = 0.
+// (The sum of n BF16 values in double is exact unless their magnitudes span more than 2^(45 - log2 n): any order
+// gives the same bits.) With rows R' from append_column_means, out · R' = M · (R - 1 mu^T) + (r - bf16(r)) mu^T for
+// M = out[.., :n]: the product with the centred rows, up to the rounding of the small correction r = M 1 (M's
+// rows would sum to zero but for their BF16 rounding).
 struct CombineKernels {
   GramKernel own, other;
   torch::Tensor beta, alpha, out;
@@ -82,5 +90,20 @@ void combine_kernels_reference(CombineKernels& c);
 void combine_kernels_cuda(CombineKernels& c);
 #endif
 void combine_kernels(CombineKernels& c);
+
+// rows [L, n + e, p] bfloat16, e >= 1, rows of p contiguous elements (any layer stride): the first n rows of each
+// layer are data, the e after them scratch. Writes, for every layer and column,
+//   rows[l, n, j] = bf16( float( (sum over i < n of double(rows[l, i, j])) / n ) )   (the column mean; the double
+//   sum is exact as in combine_kernels), rows[l, n + 1 .., j] = 0,
+// and leaves the data rows as they are: the rows that combine_kernels' extra columns multiply.
+struct AppendColumnMeans {
+  torch::Tensor rows;
+  int64_t n = 0;
+};
+void append_column_means_reference(AppendColumnMeans& a);
+#ifdef QAD_HAS_CUDA
+void append_column_means_cuda(AppendColumnMeans& a);
+#endif
+void append_column_means(AppendColumnMeans& a);
 
 }  // namespace qad::loss::kernels

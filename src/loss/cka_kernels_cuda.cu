@@ -6,7 +6,9 @@
 // so the result does not depend on scheduling (no atomics). centred_gram_sums: a warp per row (grid-stride over
 // rows), FP64 accumulators for the three dot products and the row's two sums; the row sums and per-CTA partials go
 // to buffers that a second kernel (a CTA per layer) reduces in a fixed order: deterministic, no atomics.
-// combine_kernels: a grid-stride pass over each layer, four FP32 pairs in, four BF16 out per step.
+// combine_kernels: a CTA per row, four FP32 pairs in, four BF16 out per step, and with the correction column the
+// row's sum in double. append_column_means: the column sums in double, as centre_columns sums (a CTA per layer and
+// 64 columns).
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
@@ -276,46 +278,113 @@ struct KernelSide {
   const float* mean;       // [L]
 };
 
-// Grid-stride over one layer's n * n elements; grid (ctas, L). vec: n % 4 == 0 and 16-byte aligned inputs (four
-// elements of one row per step; the BF16 output is then 8-byte aligned per vector).
+// One CTA per row of one layer: grid (n, L). vec: n % 4 == 0, cols % 4 == 0 and 16-byte aligned inputs (four
+// elements of one row per step; the BF16 output is then 8-byte aligned per vector). With cols > n the CTA also sums
+// its row's rounded values in double (exact, so the order does not matter) for the correction column.
 __global__ void __launch_bounds__(kCombineThreads)
     combine_kernels_kernel(KernelSide own, KernelSide other, const float* __restrict__ beta,
-                           const float* __restrict__ alpha, __nv_bfloat16* __restrict__ out, int64_t n, bool vec) {
-  const int64_t layer = blockIdx.y, m = n * n;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+                           const float* __restrict__ alpha, __nv_bfloat16* __restrict__ out, int64_t n, int64_t cols,
+                           bool vec) {
+  const int64_t layer = blockIdx.y, i = blockIdx.x, m = n * n;
   const float b = beta[layer], a = alpha[layer];
   const float om = own.mean[layer], tm = other.mean[layer];
-  const float* ol = own.gram + layer * m;
-  const float* tl = other.gram + layer * m;
+  const float* ol = own.gram + layer * m + i * n;
+  const float* tl = other.gram + layer * m + i * n;
   const float* orow = own.row_means + layer * n;
   const float* trow = other.row_means + layer * n;
-  __nv_bfloat16* rl = out + layer * m;
+  const float oi = __ldg(orow + i), ti = __ldg(trow + i);
+  __nv_bfloat16* rl = out + (layer * n + i) * cols;
+  const bool correct = cols > n;
+  double sum = 0.0;
   if (vec) {
     const auto* o4 = reinterpret_cast<const float4*>(ol);
     const auto* t4 = reinterpret_cast<const float4*>(tl);
     auto* r2 = reinterpret_cast<__nv_bfloat162*>(rl);
-    for (int64_t v = first; v < m / 4; v += stride) {
-      const int64_t i = (4 * v) / n, j = (4 * v) % n;
+    for (int64_t v = threadIdx.x; v < n / 4; v += blockDim.x) {
+      const int64_t j = 4 * v;
       const float4 x = __ldg(o4 + v), y = __ldg(t4 + v);
       const float4 oj = __ldg(reinterpret_cast<const float4*>(orow + j));
       const float4 tj = __ldg(reinterpret_cast<const float4*>(trow + j));
-      const float oi = __ldg(orow + i), ti = __ldg(trow + i);
       const float e0 = combine_one(centred_element(x.x, oi, oj.x, om), centred_element(y.x, ti, tj.x, tm), b, a);
       const float e1 = combine_one(centred_element(x.y, oi, oj.y, om), centred_element(y.y, ti, tj.y, tm), b, a);
       const float e2 = combine_one(centred_element(x.z, oi, oj.z, om), centred_element(y.z, ti, tj.z, tm), b, a);
       const float e3 = combine_one(centred_element(x.w, oi, oj.w, om), centred_element(y.w, ti, tj.w, tm), b, a);
-      r2[2 * v] = __floats2bfloat162_rn(e0, e1);
-      r2[2 * v + 1] = __floats2bfloat162_rn(e2, e3);
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(e0, e1), hi = __floats2bfloat162_rn(e2, e3);
+      r2[2 * v] = lo;
+      r2[2 * v + 1] = hi;
+      if (correct) {
+        const float2 fl = __bfloat1622float2(lo), fh = __bfloat1622float2(hi);
+        sum += (static_cast<double>(fl.x) + static_cast<double>(fl.y)) +
+               (static_cast<double>(fh.x) + static_cast<double>(fh.y));
+      }
     }
   } else {
-    for (int64_t e = first; e < m; e += stride) {
-      const int64_t i = e / n, j = e % n;
-      const float kc = centred_element(__ldg(ol + e), __ldg(orow + i), __ldg(orow + j), om);
-      const float lc = centred_element(__ldg(tl + e), __ldg(trow + i), __ldg(trow + j), tm);
-      rl[e] = __float2bfloat16_rn(combine_one(kc, lc, b, a));
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const float kc = centred_element(__ldg(ol + j), oi, __ldg(orow + j), om);
+      const float lc = centred_element(__ldg(tl + j), ti, __ldg(trow + j), tm);
+      const __nv_bfloat16 r = __float2bfloat16_rn(combine_one(kc, lc, b, a));
+      rl[j] = r;
+      if (correct) sum += static_cast<double>(__bfloat162float(r));
     }
   }
+  if (!correct) return;
+  __shared__ double warp_sums[kCombineThreads / 32];
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kCombineThreads / 32; ++w) total += warp_sums[w];
+    rl[n] = __float2bfloat16_rn(static_cast<float>(-total));
+  }
+  for (int64_t j = n + 1 + threadIdx.x; j < cols; j += blockDim.x) rl[j] = __float2bfloat16_rn(0.0f);
+}
+
+constexpr int kMeanLanes = 8;    // 16-byte column vectors (8 BF16 columns each) per CTA
+constexpr int kMeanGroups = 32;  // row groups per CTA
+
+// append_column_means, vector path (p % 8 == 0, 16-byte aligned rows): grid (ceil(p / 64), L); 32 row groups of 8
+// threads sum 16-byte vectors in double; the groups meet in shared memory. Scalar path: one thread per column.
+__global__ void __launch_bounds__(kMeanLanes * kMeanGroups)
+    append_column_means_kernel(__nv_bfloat16* __restrict__ rows, int64_t layer_stride, int64_t n, int64_t extra,
+                               int64_t p) {
+  __shared__ double partial[kMeanGroups][kMeanLanes * 8];
+  const int lane = threadIdx.x % kMeanLanes, group = threadIdx.x / kMeanLanes;
+  const int64_t vcol = static_cast<int64_t>(blockIdx.x) * kMeanLanes + lane;
+  __nv_bfloat16* rl = rows + blockIdx.y * layer_stride;
+  double acc[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] = 0.0;
+  if (vcol * 8 < p) {
+    for (int64_t i = group; i < n; i += kMeanGroups) {
+      const uint4 bits = __ldg(reinterpret_cast<const uint4*>(rl + i * p) + vcol);
+      const auto* e = reinterpret_cast<const __nv_bfloat16*>(&bits);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(__bfloat162float(e[j]));
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) partial[group][lane * 8 + j] = acc[j];
+  __syncthreads();
+  for (int c = threadIdx.x; c < kMeanLanes * 8; c += blockDim.x) {
+    const int64_t col = static_cast<int64_t>(blockIdx.x) * kMeanLanes * 8 + c;
+    if (col >= p) continue;
+    double s = 0.0;
+    for (int g = 0; g < kMeanGroups; ++g) s += partial[g][c];
+    rl[n * p + col] = __float2bfloat16_rn(static_cast<float>(s / static_cast<double>(n)));
+    for (int64_t r = 1; r < extra; ++r) rl[(n + r) * p + col] = __float2bfloat16_rn(0.0f);
+  }
+}
+
+__global__ void append_column_means_scalar_kernel(__nv_bfloat16* __restrict__ rows, int64_t layer_stride, int64_t n,
+                                                  int64_t extra, int64_t p) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p) return;
+  __nv_bfloat16* rl = rows + blockIdx.y * layer_stride;
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(__bfloat162float(rl[i * p + col]));
+  rl[n * p + col] = __float2bfloat16_rn(static_cast<float>(s / static_cast<double>(n)));
+  for (int64_t r = 1; r < extra; ++r) rl[(n + r) * p + col] = __float2bfloat16_rn(0.0f);
 }
 
 }  // namespace
@@ -395,21 +464,36 @@ void centred_gram_sums_cuda(GramSums& g) {
 }
 
 void combine_kernels_cuda(CombineKernels& c) {
-  const int64_t L = c.own.gram.size(0), n = c.own.gram.size(1), m = n * n;
-  if (L == 0 || m == 0) return;
+  const int64_t L = c.own.gram.size(0), n = c.own.gram.size(1), cols = c.out.size(2);
+  if (L == 0 || n == 0) return;
   c10::cuda::CUDAGuard guard(c.own.gram.device());
   auto side = [](const GramKernel& k) {
     return KernelSide{k.gram.data_ptr<float>(), k.row_means.data_ptr<float>(), k.mean.data_ptr<float>()};
   };
   const KernelSide own = side(c.own), other = side(c.other);
   auto* rs = reinterpret_cast<__nv_bfloat16*>(c.out.data_ptr<at::BFloat16>());
-  const bool vec = n % 4 == 0 && aligned16(own.gram) && aligned16(other.gram) && aligned16(own.row_means) &&
-                   aligned16(other.row_means) && reinterpret_cast<uintptr_t>(rs) % 8 == 0;
-  const int64_t work = ((vec ? m / 4 : m) + kCombineThreads - 1) / kCombineThreads;
-  const int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(work, (8 * sm_count() + L - 1) / L));
-  combine_kernels_kernel<<<dim3(static_cast<unsigned>(ctas), static_cast<unsigned>(L)), kCombineThreads, 0,
+  const bool vec = n % 4 == 0 && cols % 4 == 0 && aligned16(own.gram) && aligned16(other.gram) &&
+                   aligned16(own.row_means) && aligned16(other.row_means) && reinterpret_cast<uintptr_t>(rs) % 8 == 0;
+  combine_kernels_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(L)), kCombineThreads, 0,
                            at::cuda::getCurrentCUDAStream()>>>(own, other, c.beta.data_ptr<float>(),
-                                                              c.alpha.data_ptr<float>(), rs, n, vec);
+                                                              c.alpha.data_ptr<float>(), rs, n, cols, vec);
+  check_launch();
+}
+
+void append_column_means_cuda(AppendColumnMeans& a) {
+  const int64_t L = a.rows.size(0), extra = a.rows.size(1) - a.n, p = a.rows.size(2);
+  if (L == 0) return;
+  c10::cuda::CUDAGuard guard(a.rows.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto* rs = reinterpret_cast<__nv_bfloat16*>(a.rows.data_ptr<at::BFloat16>());
+  const int64_t stride = a.rows.stride(0);
+  if (p % 8 == 0 && stride % 8 == 0 && aligned16(rs)) {
+    const dim3 grid(static_cast<unsigned>((p / 8 + kMeanLanes - 1) / kMeanLanes), static_cast<unsigned>(L));
+    append_column_means_kernel<<<grid, kMeanLanes * kMeanGroups, 0, stream>>>(rs, stride, a.n, extra, p);
+  } else {
+    const dim3 grid(static_cast<unsigned>((p + 255) / 256), static_cast<unsigned>(L));
+    append_column_means_scalar_kernel<<<grid, 256, 0, stream>>>(rs, stride, a.n, extra, p);
+  }
   check_launch();
 }
 

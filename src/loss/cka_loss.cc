@@ -136,7 +136,8 @@ CkaLossResult cka_loss_on_tokens(const NamedHidden& teacher_rows, const NamedHid
             xs[0].size(0), need);
 
   // One batched CKA over all layers: a few large kernels instead of a dozen small ones per layer.
-  auto stacked = linear_cka_batched(stack_rows(xs), stack_rows(ys), options.estimator, options.bf16_products);
+  auto stacked = linear_cka_batched(stack_rows(xs), stack_rows(ys), options.estimator, options.bf16_products,
+                                    options.scratch_rows);
   auto term = (1 - stacked).mean();
   CkaLossResult result;
   result.per_layer = stacked.detach().to(torch::kFloat64);

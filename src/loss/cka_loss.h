@@ -24,6 +24,8 @@ struct CkaLossOptions {
   bool read_values = true;                      // false: leave per_layer_cka empty (no host synchronisation);
                                                 // the values stay on the device in CkaLossResult::per_layer
   bool bf16_products = false;                   // BF16 products with FP32 accumulation on CUDA (cka.h)
+  int64_t scratch_rows = 0;                     // rows of scratch after each layer's rows (linear_cka_batched):
+                                                // model::ForwardOutput::hidden_scratch_rows of the forwards
 };
 
 struct CkaLossResult {

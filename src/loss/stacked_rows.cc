@@ -36,7 +36,10 @@ bool rows_are_consecutive_slices(const std::vector<torch::Tensor>& rows) {
   if (!first.defined() || first.dim() != 2 || !first.is_contiguous() || !first.has_storage() || first.numel() == 0) {
     return false;
   }
-  const int64_t step = first.numel();
+  // A uniform step between the slices, at least one slice long: rows gathered with scratch rows between them
+  // (model::ForwardOutput::hidden_scratch_rows) stack as a view as well.
+  const int64_t step = rows.size() > 1 ? rows[1].storage_offset() - first.storage_offset() : first.numel();
+  if (step < first.numel()) return false;
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
     if (!r.defined() || r.sizes() != first.sizes() || r.scalar_type() != first.scalar_type() ||
@@ -47,7 +50,8 @@ bool rows_are_consecutive_slices(const std::vector<torch::Tensor>& rows) {
   }
   // The view must stay inside the storage (a truncated buffer would be a bug of the caller, not a reason to read
   // past the end).
-  const int64_t end = (first.storage_offset() + static_cast<int64_t>(rows.size()) * step) * first.element_size();
+  const int64_t end =
+      (first.storage_offset() + static_cast<int64_t>(rows.size() - 1) * step + first.numel()) * first.element_size();
   return end <= static_cast<int64_t>(first.storage().nbytes());
 }
 
@@ -59,10 +63,11 @@ torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
   g_views.fetch_add(1, std::memory_order_relaxed);
   const auto& first = rows[0];
   const int64_t count = static_cast<int64_t>(rows.size()), n = first.size(0), h = first.size(1);
+  const int64_t step = count > 1 ? rows[1].storage_offset() - first.storage_offset() : n * h;
   torch::Tensor stacked;
   {
     torch::NoGradGuard no_grad;
-    stacked = first.detach().as_strided({count, n, h}, {n * h, h, 1}, first.storage_offset()).detach();
+    stacked = first.detach().as_strided({count, n, h}, {step, h, 1}, first.storage_offset()).detach();
   }
   bool any_grad = false;
   for (const auto& r : rows) any_grad = any_grad || r.requires_grad();

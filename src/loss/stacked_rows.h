@@ -8,8 +8,9 @@
 
 namespace qad::loss {
 
-// torch::stack(rows) (dim 0). When rows are contiguous [n, H] tensors at consecutive offsets of one storage, in
-// order, the result is a view of that storage instead of a copy (differentiable: rows[i] receives the result's
+// torch::stack(rows) (dim 0). When rows are contiguous [n, H] tensors of one storage at offsets a uniform step of
+// at least n * H apart, in order (consecutive slices, or slices with scratch rows between them), the result is a
+// view of that storage instead of a copy (layer stride = the step; differentiable: rows[i] receives the result's
 // gradient at i); otherwise torch::stack itself.
 torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows);
 

@@ -107,13 +107,15 @@ bool fused_kernels_allowed_by_environment() {
 
 // A block's output for ForwardOutput::hidden (when asked for). With hidden_rows, x becomes a pass-through of
 // itself whose backward adds the rows' gradient in place of index_select's full-size zero tensor (hidden_rows.h),
-// and the rows of all `entries` states go into consecutive slices of one buffer (loss::stack_rows stacks them
-// without a copy).
+// and the rows of all `entries` states go into slices of one buffer (loss::stack_rows stacks them without a copy),
+// each followed by kScratchRows rows of no state: the CKA backward writes its centring correction there instead of
+// a centred copy of the rows (loss/cka.h, scratch_rows; 8 rows of 1024 are 0.8 % more buffer).
 struct HiddenKeeper {
+  static constexpr int64_t kScratchRows = 8;
   const ForwardOptions& o;
   ForwardOutput& out;
   int64_t entries = 0;
-  torch::Tensor buffer;  // [entries, n, H], allocated at the first state
+  torch::Tensor buffer;  // [entries, n + kScratchRows, H], allocated at the first state
   int64_t next = 0;
 
   void keep(std::string name, torch::Tensor& x) {
@@ -122,11 +124,16 @@ struct HiddenKeeper {
       out.hidden.emplace_back(std::move(name), x);
       return;
     }
-    if (!buffer.defined()) buffer = torch::empty({entries, o.hidden_rows.size(0), x.size(-1)}, x.options());
+    const int64_t n = o.hidden_rows.size(0);
+    if (!buffer.defined()) {
+      buffer = torch::empty({entries, n + kScratchRows, x.size(-1)}, x.options());
+      out.hidden_scratch_rows = kScratchRows;
+    }
     // A state of another dtype, width or device than the first (none in the models today) gets rows of its own.
     const bool fits = next < entries && x.scalar_type() == buffer.scalar_type() && x.size(-1) == buffer.size(2) &&
                       x.device() == buffer.device();
-    auto [passed, rows] = tap_hidden_rows(x, o.hidden_rows, fits ? buffer.select(0, next) : torch::Tensor());
+    auto [passed, rows] =
+        tap_hidden_rows(x, o.hidden_rows, fits ? buffer.select(0, next).narrow(0, 0, n) : torch::Tensor());
     ++next;
     x = std::move(passed);
     out.hidden.emplace_back(std::move(name), std::move(rows));

@@ -50,6 +50,9 @@ struct ForwardOutput {
   // "layers.0" … "layers.{L-1}" (each decoder layer's output, the residual stream) and "norm" (after the
   // final RMSNorm): the tensors the model computed, not copies; [n, H] gathers when hidden_rows is given.
   std::vector<std::pair<std::string, torch::Tensor>> hidden;
+  // With hidden_rows: how many rows of scratch follow each state's [n, H] rows in the buffer they were gathered
+  // into (rows of no state, that a consumer may overwrite: loss::linear_cka_batched's scratch_rows); 0 otherwise.
+  int64_t hidden_scratch_rows = 0;
   // MoE models with return_router_logits: "layers.N" -> the router logits [B*T, num_experts] of each sparse
   // layer, model dtype, differentiable (without grad under activation checkpointing).
   std::vector<std::pair<std::string, torch::Tensor>> router_logits;

@@ -165,6 +165,7 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     if (cached != nullptr) {  // cached rows in the student's dtype (a cache may store them narrower)
       for (const auto& [name, rows] : cached->cka_hidden) t_hidden.emplace_back(name, rows.to(model_dtype));
     }
+    co.scratch_rows = s_out.hidden_scratch_rows;  // the student's rows: the side the CKA backward writes to
     auto r = loss::cka_loss_on_tokens(cached != nullptr ? t_hidden : t_out.hidden, s_out.hidden, co, kl_value);
     v.cka = r.per_layer;
     v.cka_layers = r.layers;

@@ -150,19 +150,51 @@ TEST(CkaKernelsCuda, CombineKernelsEqualsReferenceBitForBitWithPoisonedOutputs) 
     auto own_rows = torch::randn({L, n}, gen), other_rows = torch::randn({L, n}, gen) * 3;
     auto own_mean = torch::randn({L}, gen), other_mean = torch::randn({L}, gen);
     auto beta = torch::randn({L}, gen), alpha = torch::randn({L}, gen);
-    kernels::CombineKernels ref{{own, own_rows, own_mean}, {other, other_rows, other_mean}, beta, alpha,
-                                torch::full(shape, NAN, torch::kBFloat16)};
-    kernels::combine_kernels_reference(ref);
-    auto cuda = [](const torch::Tensor& t) { return t.cuda(); };
-    kernels::CombineKernels gpu{{cuda(own), cuda(own_rows), cuda(own_mean)},
-                                {cuda(other), cuda(other_rows), cuda(other_mean)},
-                                cuda(beta),
-                                cuda(alpha),
-                                torch::full(shape, NAN, torch::dtype(torch::kBFloat16).device(torch::kCUDA))};
-    kernels::combine_kernels(gpu);
-    auto got = gpu.out.cpu();
-    ASSERT_TRUE(torch::isfinite(got.to(torch::kFloat32)).all().item<bool>()) << shape[0] << "x" << shape[1];
-    EXPECT_TRUE(qad::testing::same_bits(got, ref.out)) << shape[0] << "x" << shape[1];
+    // Without and with the correction columns (8: the backward's; 3: an odd width takes the scalar path).
+    for (int64_t extra : {0, 8, 3}) {
+      const std::vector<int64_t> out_shape{L, n, n + extra};
+      kernels::CombineKernels ref{{own, own_rows, own_mean}, {other, other_rows, other_mean}, beta, alpha,
+                                  torch::full(out_shape, NAN, torch::kBFloat16)};
+      kernels::combine_kernels_reference(ref);
+      auto cuda = [](const torch::Tensor& t) { return t.cuda(); };
+      kernels::CombineKernels gpu{{cuda(own), cuda(own_rows), cuda(own_mean)},
+                                  {cuda(other), cuda(other_rows), cuda(other_mean)},
+                                  cuda(beta),
+                                  cuda(alpha),
+                                  torch::full(out_shape, NAN, torch::dtype(torch::kBFloat16).device(torch::kCUDA))};
+      kernels::combine_kernels(gpu);
+      auto got = gpu.out.cpu();
+      const std::string what = std::to_string(L) + "x" + std::to_string(n) + " + " + std::to_string(extra);
+      ASSERT_TRUE(torch::isfinite(got.to(torch::kFloat32)).all().item<bool>()) << what;
+      EXPECT_TRUE(qad::testing::same_bits(got, ref.out)) << what;
+    }
+  }
+}
+
+// append_column_means against its reference, bit for bit, on rows inside a larger poisoned buffer (the layer
+// stride of model::ForwardOutput's rows): the vector path (widths a multiple of 8) and the scalar one.
+TEST(CkaKernelsCuda, AppendColumnMeansEqualsReferenceWithPoisonedScratch) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(77);
+  for (const auto& dims : {std::vector<int64_t>{28, 1024, 2048, 8}, {3, 37, 72, 8}, {2, 5, 13, 9}, {1, 1, 8, 1}}) {
+    const int64_t L = dims[0], n = dims[1], p = dims[2], e = dims[3];
+    auto data = (torch::randn({L, n, p}, gen) * 2 + 7).to(torch::kBFloat16);
+    auto make = [&](torch::Device device) {
+      auto buffer = torch::full({L, n + e + 3, p}, NAN, torch::dtype(torch::kBFloat16).device(device));
+      buffer.narrow(1, 0, n).copy_(data);
+      return buffer;
+    };
+    auto ref_buffer = make(torch::kCPU), gpu_buffer = make(torch::kCUDA);
+    kernels::AppendColumnMeans ref{ref_buffer.narrow(1, 0, n + e), n};
+    kernels::append_column_means_reference(ref);
+    kernels::AppendColumnMeans gpu{gpu_buffer.narrow(1, 0, n + e), n};
+    kernels::append_column_means(gpu);
+    const std::string what = std::to_string(L) + "x" + std::to_string(n) + "x" + std::to_string(p);
+    auto got = gpu_buffer.cpu();
+    EXPECT_TRUE(qad::testing::same_bits(got.narrow(1, 0, n + e).contiguous(), ref_buffer.narrow(1, 0, n + e).contiguous()))
+        << what;
+    EXPECT_TRUE(torch::isfinite(got.narrow(1, 0, n + e).to(torch::kFloat32)).all().item<bool>()) << what;
+    EXPECT_TRUE(torch::isnan(got.narrow(1, n + e, 3).to(torch::kFloat32)).all().item<bool>()) << what;
   }
 }
 
@@ -221,6 +253,19 @@ TEST(CkaKernelsCuda, Bf16PathAtTheRecipesSizeWithLargeOffsetsMatchesFp64) {
               << " of its largest element\n";
     EXPECT_LE(value_err, 5e-5) << offset;
     EXPECT_LE(grad_err, 2e-2 * scale) << offset;
+    // The student's rows with scratch rows after them (as the training forward gathers them): the centring folded
+    // into the backward's product, within the same bounds.
+    auto buffer = torch::full({shape[0], shape[1] + 8, shape[2]}, NAN, s.options());
+    buffer.narrow(1, 0, shape[1]).copy_(s);
+    auto y_fold = buffer.narrow(1, 0, shape[1]).detach().requires_grad_(true);
+    auto c_fold = linear_cka_batched(t, y_fold, CkaEstimator::kBiased, /*bf16_products=*/true, /*scratch_rows=*/8);
+    c_fold.sum().backward();
+    EXPECT_TRUE(torch::equal(c_fold, c_bf)) << offset;
+    const double fold_err = (y_fold.grad().to(torch::kFloat64) - y_64.grad()).abs().max().item<double>();
+    std::cout << "offset " << offset << ", centring folded into the product: gradient error " << fold_err / scale
+              << " of its largest element\n";
+    EXPECT_LE(fold_err, 2e-2 * scale) << offset;
+    EXPECT_TRUE(torch::isfinite(buffer.narrow(1, shape[1], 8).to(torch::kFloat32)).all().item<bool>()) << offset;
   }
 }
 

@@ -129,6 +129,23 @@ TEST(CkaKernelsReference, CombineKernelsCentresEachKernelThenRoundsTheCombinatio
   // Per layer: layer 1 uses beta[1] and alpha[1], not another layer's.
   auto layer1 = (kc[1] * beta[1].item<float>() + lc[1] * alpha[1].item<float>()).to(torch::kBFloat16);
   EXPECT_TRUE(qad::testing::same_bits(c.out[1], layer1));
+  // The correction columns (out wider than n): the first n columns are the plain combination's bits, column n
+  // minus the rounded row's sum (in double, then float, then BF16), the rest zeros; with them the row sums of the
+  // widened M cancel to the rounding of that one value.
+  const int64_t e = 8;
+  kernels::CombineKernels wide{own_k, other_k, beta, alpha, torch::full({L, n, n + e}, NAN, torch::kBFloat16)};
+  kernels::combine_kernels(wide);
+  EXPECT_TRUE(qad::testing::same_bits(wide.out.narrow(2, 0, n).contiguous(), c.out));
+  auto row_sums = c.out.to(torch::kFloat64).sum(2);
+  auto want = (-row_sums).to(torch::kFloat32).to(torch::kBFloat16);
+  EXPECT_TRUE(qad::testing::same_bits(wide.out.select(2, n).contiguous(), want));
+  EXPECT_EQ(wide.out.narrow(2, n + 1, e - 1).abs().max().item<float>(), 0.0f);
+  // The correction is real (M's rows do not sum to zero after rounding) and cancels them to its own rounding.
+  EXPECT_GT(row_sums.abs().max().item<double>(), 0.0);
+  const double left = wide.out.to(torch::kFloat64).sum(2).abs().max().item<double>();
+  EXPECT_LE(left, std::ldexp(row_sums.abs().max().item<double>(), -8));
+  kernels::CombineKernels narrow{own_k, other_k, beta, alpha, torch::empty({L, n, n - 1}, torch::kBFloat16)};
+  EXPECT_THROW(kernels::combine_kernels(narrow), qad::Error);
   kernels::CombineKernels bad_out{own_k, other_k, beta, alpha, torch::empty({L, n, n})};
   EXPECT_THROW(kernels::combine_kernels(bad_out), qad::Error);
   kernels::CombineKernels bad_scale{own_k, other_k, torch::randn({2}), alpha, torch::empty({L, n, n}, torch::kBFloat16)};
@@ -136,6 +153,78 @@ TEST(CkaKernelsReference, CombineKernelsCentresEachKernelThenRoundsTheCombinatio
   kernels::CombineKernels bad_means{own_k, {other, g.l_row_means, torch::empty({L + 1})}, beta, alpha,
                                     torch::empty({L, n, n}, torch::kBFloat16)};
   EXPECT_THROW(kernels::combine_kernels(bad_means), qad::Error);
+}
+
+// Column means of the first n rows into row n (double sum, float mean, BF16), zeros after it, the data untouched;
+// the layers a stride apart (the rows inside a larger buffer).
+TEST(CkaKernelsReference, AppendColumnMeansWritesTheMeansAndZerosIntoTheScratch) {
+  auto gen = qad::testing::seeded_generator(75);
+  const int64_t L = 3, n = 10, e = 8, p = 24;
+  auto buffer = torch::full({L, n + e + 2, p}, NAN, torch::kBFloat16);
+  auto data = (torch::randn({L, n, p}, gen) * 3 + 5).to(torch::kBFloat16);
+  buffer.narrow(1, 0, n).copy_(data);
+  kernels::AppendColumnMeans a{buffer.narrow(1, 0, n + e), n};
+  kernels::append_column_means(a);
+  EXPECT_TRUE(qad::testing::same_bits(buffer.narrow(1, 0, n).contiguous(), data));
+  auto want = (data.to(torch::kFloat64).sum(1) / static_cast<double>(n)).to(torch::kFloat32).to(torch::kBFloat16);
+  EXPECT_TRUE(qad::testing::same_bits(buffer.select(1, n).contiguous(), want));
+  EXPECT_EQ(buffer.narrow(1, n + 1, e - 1).abs().max().item<float>(), 0.0f);
+  EXPECT_TRUE(torch::isnan(buffer.narrow(1, n + e, 2).to(torch::kFloat32)).all().item<bool>());  // past the scratch
+  kernels::AppendColumnMeans no_room{buffer.narrow(1, 0, n), n};
+  EXPECT_THROW(kernels::append_column_means(no_room), qad::Error);
+  kernels::AppendColumnMeans fp32{torch::zeros({L, n + e, p}), n};
+  EXPECT_THROW(kernels::append_column_means(fp32), qad::Error);
+}
+
+// rows [L, n, p] inside a buffer with `scratch` poisoned rows after each layer's rows (as model::ForwardOutput
+// gathers them), as a leaf that needs a gradient.
+std::pair<torch::Tensor, torch::Tensor> leaf_with_scratch(const torch::Tensor& rows, int64_t scratch) {
+  auto buffer = torch::full({rows.size(0), rows.size(1) + scratch, rows.size(2)}, NAN, rows.options());
+  buffer.narrow(1, 0, rows.size(1)).copy_(rows);
+  return {buffer, buffer.narrow(1, 0, rows.size(1)).detach().requires_grad_(true)};
+}
+
+// With scratch rows after the student's rows the backward folds the centring into its product ([M | -r] times
+// [Y; mu]) instead of centring a copy: the same FP64 bounds as the copy, a gradient within BF16 rounding of the
+// copy's, the column means written into the scratch and the rows themselves untouched. Too little scratch (or none)
+// takes the copy.
+TEST(CkaBf16Path, ScratchRowsFoldTheCentringIntoTheProduct) {
+  auto gen = qad::testing::seeded_generator(76);
+  for (double offset : {4.0, 20.0}) {
+    const int64_t L = 3, n = 96, p = 512;
+    auto t = (torch::randn({L, n, p}, gen) + offset).to(torch::kBFloat16);
+    auto s = (t.to(torch::kFloat32) + 0.3 * torch::randn({L, n, p}, gen)).to(torch::kBFloat16);
+    auto y_64 = s.to(torch::kFloat64).requires_grad_(true);
+    linear_cka_batched(t.to(torch::kFloat64), y_64).sum().backward();
+    auto y_copy = s.clone().requires_grad_(true);
+    auto c_copy = detail::linear_cka_batched_bf16(t, y_copy);
+    c_copy.sum().backward();
+    const double scale = y_64.grad().abs().max().item<double>();
+    for (int64_t scratch : {8, 12, 7}) {
+      const std::string what = "offset " + std::to_string(offset) + ", scratch " + std::to_string(scratch);
+      auto [buffer, y] = leaf_with_scratch(s, scratch);
+      auto c = detail::linear_cka_batched_bf16(t, y, scratch);
+      EXPECT_TRUE(torch::equal(c, c_copy)) << what;  // the forward is the same
+      c.sum().backward();
+      const double err = (y.grad().to(torch::kFloat64) - y_64.grad()).abs().max().item<double>();
+      const double vs_copy = (y.grad().to(torch::kFloat64) - y_copy.grad().to(torch::kFloat64)).abs().max().item<double>();
+      std::cout << what << ": gradient error " << err / scale << " of its largest element, " << vs_copy / scale
+                << " from the centred copy's\n";
+      EXPECT_LE(err, 2e-2 * scale) << what;
+      EXPECT_LE(vs_copy, 2e-2 * scale) << what;
+      EXPECT_TRUE(qad::testing::same_bits(buffer.narrow(1, 0, n).contiguous(), s)) << what;
+      auto scratch_rows = buffer.narrow(1, n, scratch).to(torch::kFloat32);
+      if (scratch < 8) {
+        EXPECT_TRUE(torch::isnan(scratch_rows).all().item<bool>()) << what;  // the copy's path: untouched
+        EXPECT_TRUE(qad::testing::same_bits(y.grad(), y_copy.grad())) << what;
+      } else {
+        auto mean = (s.to(torch::kFloat64).sum(1) / static_cast<double>(n)).to(torch::kFloat32).to(torch::kBFloat16);
+        EXPECT_TRUE(qad::testing::same_bits(buffer.select(1, n).contiguous(), mean)) << what;
+        EXPECT_EQ(buffer.narrow(1, n + 1, 7).abs().max().item<float>(), 0.0f) << what;
+        EXPECT_FALSE(qad::testing::same_bits(y.grad(), y_copy.grad())) << what;  // the other path really ran
+      }
+    }
+  }
 }
 
 // The BF16 path (Gram centring) against FP64 on the CPU: with rows offset by 4 and by 20 times their spread in

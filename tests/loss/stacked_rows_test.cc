@@ -1,8 +1,8 @@
 // stack_rows against torch::stack: the same values and, through a loss that weights every element, the same
 // gradient for every row (bit for bit: each row's gradient is the same slice of the same tensor); no copy when the
-// rows are consecutive slices of one buffer (a write into the buffer shows through), torch::stack otherwise
-// (another order, a gap, a row that is not a slice, different shapes); rows without gradients; only some rows
-// needing one.
+// rows are slices of one buffer a uniform step apart (consecutive, or with scratch rows between them: a write into
+// the buffer shows through), torch::stack otherwise (another order, an uneven gap, a row that is not a slice,
+// different shapes); rows without gradients; only some rows needing one.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -57,6 +57,37 @@ TEST(StackRows, ConsecutiveSlicesAreStackedWithoutACopyAndGetTheirGradients) {
     buffer.select(0, 1).fill_(7);
     EXPECT_EQ(stacked.select(0, 1).max().item<double>(), 7);
   }
+}
+
+// What model::ForwardOutput gathers with hidden_scratch_rows: each layer's rows followed by scratch rows. The view's
+// layer stride is the step; values and gradients are torch::stack's; the scratch is not part of the view.
+TEST(StackRows, SlicesWithScratchRowsBetweenThemAreAView) {
+  auto gen = qad::testing::seeded_generator(8);
+  auto buffer = torch::randn({4, 6 + 3, 8}, gen);
+  auto leaf = buffer.narrow(1, 0, 6).clone().requires_grad_(true);
+  std::vector<torch::Tensor> rows;
+  for (int64_t i = 0; i < 4; ++i) {
+    auto r = leaf.select(0, i) * static_cast<double>(i + 1);
+    buffer.select(0, i).narrow(0, 0, 6).copy_(r.detach());
+    auto alias = buffer.select(0, i).narrow(0, 0, 6).detach();
+    torch::autograd::impl::set_gradient_edge(alias, {r.grad_fn(), r.output_nr()});
+    rows.push_back(alias);
+  }
+  ASSERT_TRUE(rows_are_consecutive_slices(rows));
+  auto stacked = stack_rows(rows);
+  EXPECT_TRUE(stacked.is_alias_of(buffer));
+  EXPECT_EQ(stacked.sizes(), torch::IntArrayRef({4, 6, 8}));
+  EXPECT_EQ(stacked.stride(0), 9 * 8);
+  EXPECT_TRUE(qad::testing::same_bits(stacked.detach(), torch::stack(rows).detach()));
+  auto w = torch::randn({4, 6, 8}, gen);
+  (stacked * w).sum().backward();
+  EXPECT_TRUE(qad::testing::same_bits(leaf.grad().select(0, 2), w.select(0, 2) * 3.0));
+  // Every other slice of a buffer is such a view too (the step is two slices).
+  auto plain = torch::randn({5, 3, 4}, gen);
+  auto every_other = slices(plain, {0, 2, 4});
+  ASSERT_TRUE(rows_are_consecutive_slices(every_other));
+  EXPECT_TRUE(qad::testing::same_bits(stack_rows(every_other), torch::stack(every_other)));
+  EXPECT_TRUE(stack_rows(every_other).is_alias_of(plain));
 }
 
 TEST(StackRows, AnythingElseIsTorchStack) {

@@ -161,12 +161,14 @@ TEST(Decoder, HiddenRowsGiveTheGradientsOfGatheringFromTheFullHiddenStates) {
         if (tapped) o.hidden_rows = rows;
         auto out = lm->forward(ids, o);
         if (tapped) {
-          // The rows of every state lie in consecutive slices of one buffer, in order (loss::stack_rows stacks
-          // them without a copy).
+          // The rows of every state lie in slices of one buffer, in order, each followed by the scratch rows
+          // ForwardOutput names (loss::stack_rows stacks them without a copy; the CKA backward uses the scratch).
+          EXPECT_EQ(out.hidden_scratch_rows, 8);
           for (size_t i = 0; i < out.hidden.size(); ++i) {
             const auto& r = out.hidden[i].second;
+            const int64_t step = (r.size(0) + out.hidden_scratch_rows) * r.size(1);
             EXPECT_TRUE(r.is_contiguous() && r.is_alias_of(out.hidden[0].second)) << out.hidden[i].first;
-            EXPECT_EQ(r.storage_offset(), out.hidden[0].second.storage_offset() + static_cast<int64_t>(i) * r.numel());
+            EXPECT_EQ(r.storage_offset(), out.hidden[0].second.storage_offset() + static_cast<int64_t>(i) * step);
           }
         }
         auto loss = torch::nn::functional::cross_entropy(out.logits.reshape({-1, 96}), ids.reshape({-1}));
