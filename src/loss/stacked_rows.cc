@@ -28,6 +28,11 @@ struct StackedRowsBackward : public torch::autograd::Node {
   }
 };
 
+// The storage distance between consecutive slices (one slice's size when there is only one).
+int64_t slice_step(const std::vector<torch::Tensor>& rows) {
+  return rows.size() > 1 ? rows[1].storage_offset() - rows[0].storage_offset() : rows[0].numel();
+}
+
 }  // namespace
 
 bool rows_are_consecutive_slices(const std::vector<torch::Tensor>& rows) {
@@ -38,7 +43,7 @@ bool rows_are_consecutive_slices(const std::vector<torch::Tensor>& rows) {
   }
   // A uniform step between the slices, at least one slice long: rows gathered with scratch rows between them
   // (model::ForwardOutput::hidden_scratch_rows) stack as a view as well.
-  const int64_t step = rows.size() > 1 ? rows[1].storage_offset() - first.storage_offset() : first.numel();
+  const int64_t step = slice_step(rows);
   if (step < first.numel()) return false;
   for (size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
@@ -63,7 +68,7 @@ torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
   g_views.fetch_add(1, std::memory_order_relaxed);
   const auto& first = rows[0];
   const int64_t count = static_cast<int64_t>(rows.size()), n = first.size(0), h = first.size(1);
-  const int64_t step = count > 1 ? rows[1].storage_offset() - first.storage_offset() : n * h;
+  const int64_t step = slice_step(rows);
   torch::Tensor stacked;
   {
     torch::NoGradGuard no_grad;
