@@ -3,8 +3,10 @@
 #include "model/causal_lm.h"
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 
+#include "fused/add_gather_rows.h"
 #include "fused/autograd.h"
 #include "model/checkpointing.h"
 #include "model/hidden_rows.h"
@@ -109,7 +111,8 @@ bool fused_kernels_allowed_by_environment() {
 // itself whose backward adds the rows' gradient in place of index_select's full-size zero tensor (hidden_rows.h),
 // and the rows of all `entries` states go into slices of one buffer (loss::stack_rows stacks them without a copy),
 // each followed by kScratchRows rows of no state: the CKA backward writes its centring correction there instead of
-// a centred copy of the rows (loss/cka.h, scratch_rows; 8 rows of 1024 are 0.8 % more buffer).
+// a centred copy of the rows (loss/cka.h, scratch_rows; 8 rows of 1024 are 0.8 % more buffer). A decoder layer
+// that is not checkpointed gathers its own rows (tap_like, record).
 struct HiddenKeeper {
   static constexpr int64_t kScratchRows = 8;
   const ForwardOptions& o;
@@ -120,24 +123,66 @@ struct HiddenKeeper {
 
   void keep(std::string name, torch::Tensor& x) {
     if (!o.return_hidden) return;
-    if (!o.hidden_rows.defined()) {
+    if (wants_rows()) resolve_rows();
+    if (!wants_rows()) {
       out.hidden.emplace_back(std::move(name), x);
       return;
     }
-    const int64_t n = o.hidden_rows.size(0);
-    if (!buffer.defined()) {
-      buffer = torch::empty({entries, n + kScratchRows, x.size(-1)}, x.options());
-      out.hidden_scratch_rows = kScratchRows;
-    }
-    // A state of another dtype, width or device than the first (none in the models today) gets rows of its own.
-    const bool fits = next < entries && x.scalar_type() == buffer.scalar_type() && x.size(-1) == buffer.size(2) &&
-                      x.device() == buffer.device();
-    auto [passed, rows] =
-        tap_hidden_rows(x, o.hidden_rows, fits ? buffer.select(0, next).narrow(0, 0, n) : torch::Tensor());
-    ++next;
+    allocate(x);
+    auto [passed, rows] = tap_hidden_rows(x, out.hidden_rows, fits(x) ? slice() : torch::Tensor());
     x = std::move(passed);
+    record(std::move(name), std::move(rows));
+  }
+
+  // The rows a layer whose output is like x (dtype, width, device) taps itself (DecoderLayer::forward_tapped), or
+  // none: no rows wanted; rows not chosen yet (hidden_rows_source: the first layer is tapped by keep(), after its
+  // work is queued); or a state unlike the first, which keep() gives rows of their own. The caller records the
+  // rows the layer returns.
+  std::optional<RowTap> tap_like(const torch::Tensor& x) {
+    if (!o.return_hidden || !wants_rows()) return std::nullopt;
+    if (o.hidden_rows.defined()) resolve_rows();
+    if (!resolved) return std::nullopt;
+    allocate(x);
+    if (!fits(x)) return std::nullopt;
+    if (!index.defined()) {
+      index = out.hidden_rows.to(x.device());
+      // The fused add's row-to-slot map (fused/add_gather_rows.h): built once per forward, used by every layer.
+      if (x.is_cuda()) slots = fused::slots_of_rows(index, x.numel() / x.size(-1));
+    }
+    return RowTap{index, slots, slice()};
+  }
+
+  void record(std::string name, torch::Tensor rows) {
+    ++next;
     out.hidden.emplace_back(std::move(name), std::move(rows));
   }
+
+  torch::Tensor index, slots;  // tap_like's, on the states' device
+
+  // Rows of the states rather than the states: asked for, and (once chosen) not "every row", which a source
+  // says with an undefined tensor (loss::select_cka_tokens when nothing is subsampled).
+  bool resolved = false;
+  bool wants_rows() const {
+    return resolved ? out.hidden_rows.defined() : o.hidden_rows.defined() || static_cast<bool>(o.hidden_rows_source);
+  }
+  void resolve_rows() {
+    if (resolved) return;
+    resolved = true;
+    out.hidden_rows = o.hidden_rows.defined() ? o.hidden_rows : o.hidden_rows_source();
+    QAD_CHECK(!out.hidden_rows.defined() || out.hidden_rows.dim() == 1,
+              "CausalLM::forward: the hidden rows to keep must be an int64 [n] tensor");
+  }
+  void allocate(const torch::Tensor& x) {
+    if (buffer.defined()) return;
+    buffer = torch::empty({entries, out.hidden_rows.size(0) + kScratchRows, x.size(-1)}, x.options());
+    out.hidden_scratch_rows = kScratchRows;
+  }
+  // A state of another dtype, width or device than the first (none in the models today) gets rows of its own.
+  bool fits(const torch::Tensor& x) const {
+    return next < entries && x.scalar_type() == buffer.scalar_type() && x.size(-1) == buffer.size(2) &&
+           x.device() == buffer.device();
+  }
+  torch::Tensor slice() const { return buffer.select(0, next).narrow(0, 0, out.hidden_rows.size(0)); }
 };
 
 }  // namespace
@@ -206,14 +251,28 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   HiddenKeeper keeper{o, out, static_cast<int64_t>(model->layer_list.size()) + 1};  // every layer and the final norm
   auto keep_hidden = [&](std::string name, torch::Tensor& x) { keeper.keep(std::move(name), x); };
   auto h = model->embed_tokens(input_ids.to(device));
+  torch::Tensor residual;  // a tapped layer's output again, for the next layer's residual add (DecoderLayer)
   for (size_t l = 0; l < model->layer_list.size(); ++l) {
     auto& layer = model->layer_list[l];
     const auto hooks = layer_hooks;  // (a copy: the hooks may be removed while they run)
     if (hooks) hooks->before_layer(static_cast<int64_t>(l));
     const auto input = h;
-    h = o.checkpoint_layers && torch::GradMode::is_enabled() ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
+    const bool checkpointed = o.checkpoint_layers && torch::GradMode::is_enabled();
+    // Outside a checkpoint the layer gathers its rows itself, in its last residual add; a checkpointed layer
+    // (recomputed in backward) is tapped from outside.
+    const auto tap = checkpointed ? std::nullopt : keeper.tap_like(h);
+    std::string name = "layers." + std::to_string(l);
+    if (tap) {
+      auto t = layer->forward_tapped(h, ctx, *tap, residual);
+      h = std::move(t.sum);
+      residual = std::move(t.residual);
+      keeper.record(std::move(name), std::move(t.rows));
+    } else {
+      h = checkpointed ? checkpointed_layer(layer, h, ctx) : layer(h, ctx);
+      residual = torch::Tensor();
+    }
     if (hooks) hooks->after_layer(static_cast<int64_t>(l), input, h);
-    keep_hidden("layers." + std::to_string(l), h);
+    if (!tap) keep_hidden(std::move(name), h);
   }
   h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
   keep_hidden("norm", h);

@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -23,6 +25,11 @@ struct ForwardOptions {
   bool return_hidden = false;     // fill ForwardOutput::hidden
   torch::Tensor hidden_rows;      // int64 [n]: keep only these rows of each flattened [B*T, H] hidden state
                                   // (the CKA term's tokens; the teacher then holds n rows per layer, not B*T)
+  // Instead of hidden_rows: called once, after the first layer's work is queued, for the rows to keep. Choosing
+  // them is host work (the CKA term's random sample, ~0.3 ms) that the GPU, idle at a step's start, would
+  // otherwise wait for. An undefined tensor from it keeps every row. ForwardOutput::hidden_rows returns them, for
+  // the student's forward.
+  std::function<torch::Tensor()> hidden_rows_source;
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
@@ -53,6 +60,8 @@ struct ForwardOutput {
   // With hidden_rows: how many rows of scratch follow each state's [n, H] rows in the buffer they were gathered
   // into (rows of no state, that a consumer may overwrite: loss::linear_cka_batched's scratch_rows); 0 otherwise.
   int64_t hidden_scratch_rows = 0;
+  torch::Tensor hidden_rows;  // the rows kept: ForwardOptions::hidden_rows or what hidden_rows_source gave
+                              // (undefined: every row)
   // MoE models with return_router_logits: "layers.N" -> the router logits [B*T, num_experts] of each sparse
   // layer, model dtype, differentiable (without grad under activation checkpointing).
   std::vector<std::pair<std::string, torch::Tensor>> router_logits;

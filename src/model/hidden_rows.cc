@@ -1,4 +1,4 @@
-// tap_hidden_rows (see hidden_rows.h): one autograd node per layer with two outputs, the hidden state passed on
+// tap_hidden_rows and add_and_tap_rows (see hidden_rows.h): one autograd node per layer with two outputs, the hidden state passed on
 // and its selected rows. A plain autograd Node rather than a custom Function: the engine moves the gradients
 // into Node::apply, so the node can tell when it holds the only reference to h's gradient and add the rows into
 // it in place (LibTorch 1.13's custom Functions receive copies of the references, which hides that).
@@ -9,6 +9,7 @@
 #include <atomic>
 #include <utility>
 
+#include "fused/add_gather_rows.h"
 #include "fused/row_add.h"
 #include "util/error.h"
 
@@ -28,23 +29,62 @@ bool exclusively_owned(const torch::Tensor& g) {
          !g.requires_grad() && g.layout() == torch::kStrided;
 }
 
+// The gradient of h (tap_hidden_rows) or of a + b (add_and_tap_rows): the passed-on state's gradient with the
+// rows' gradient added. `inputs` is 1 for h, 2 for a and b (an add gives both operands its output's gradient).
+// Outputs: the state, its rows, and (add_and_tap_rows) the state again for the next layer's residual, whose
+// gradient arrives apart from the first's and is summed here, with the rows, in one pass.
 struct TapRowsBackward : public torch::autograd::Node {
   torch::Tensor index;
+  torch::Tensor slot_of_row;  // add_and_tap_rows' fused path: add_scatter_rows sums the two gradients and the rows
   std::vector<int64_t> sizes;
+  size_t inputs = 1;
 
   std::string name() const override { return "TapRowsBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     torch::Tensor g_h = std::move(grads[0]);
     torch::Tensor g_rows = std::move(grads[1]);
+    torch::Tensor g_residual = grads.size() > 2 ? std::move(grads[2]) : torch::Tensor();
     grads.clear();
-    if (!g_rows.defined()) return {g_h};
+    if (g_h.defined() && g_residual.defined()) {
+      return variable_list(inputs, sum_with_rows(std::move(g_h), std::move(g_residual), std::move(g_rows)));
+    }
+    return variable_list(inputs, with_rows(g_h.defined() ? std::move(g_h) : std::move(g_residual), std::move(g_rows)));
+  }
+
+  // g_h + g_residual with the rows' gradient added at their rows: autograd's own sum of two gradients and then
+  // with_rows, in one kernel where add_scatter_rows takes them (the same bits: two roundings either way).
+  torch::Tensor sum_with_rows(torch::Tensor g_h, torch::Tensor g_residual, torch::Tensor g_rows) const {
+    if (g_rows.defined()) g_rows = g_rows.to(g_h.scalar_type()).contiguous();
+    const bool fused = g_rows.defined() && slot_of_row.defined() && g_h.sizes() == g_residual.sizes() &&
+                       g_h.scalar_type() == g_residual.scalar_type() && g_h.is_contiguous() &&
+                       g_residual.is_contiguous() && fused::add_gather_rows_cuda_supports(g_h);
+    if (!fused) {
+      // (Moved out of the owned gradient, so that with_rows finds it unshared and adds the rows in place.)
+      auto sum = exclusively_owned(g_h)          ? std::move(g_h.add_(g_residual))
+                 : exclusively_owned(g_residual) ? std::move(g_residual.add_(g_h))
+                                                 : g_h + g_residual;
+      return with_rows(std::move(sum), std::move(g_rows));
+    }
+    // Into whichever gradient nothing else holds (the norm's, usually; the residual's is shared by both operands
+    // of the next layer's add), else a new tensor: one pass over the state's gradient either way. The kernel may
+    // write into its first operand only, so an owned g_residual goes first (the sum is the same either way).
+    if (!exclusively_owned(g_h) && exclusively_owned(g_residual)) std::swap(g_h, g_residual);
+    const bool in_place = exclusively_owned(g_h);
+    (in_place ? g_in_place : g_copied).fetch_add(1, std::memory_order_relaxed);
+    torch::Tensor out = in_place ? std::move(g_h) : torch::empty(g_h.sizes(), g_h.options());
+    fused::add_scatter_rows_out(out, in_place ? out : g_h, g_residual, slot_of_row, g_rows);
+    return out;
+  }
+
+  torch::Tensor with_rows(torch::Tensor g_h, torch::Tensor g_rows) const {
+    if (!g_rows.defined()) return g_h;
     if (!g_h.defined()) {
       // Nothing downstream read h' (a final hidden state that only the CKA term uses).
       auto z = torch::zeros(sizes, g_rows.options());
       auto flat = flat_rows(z);
       fused::add_rows_(flat, index, g_rows);
-      return {z};
+      return z;
     }
     g_rows = g_rows.to(g_h.scalar_type());
     if (exclusively_owned(g_h)) {
@@ -53,34 +93,60 @@ struct TapRowsBackward : public torch::autograd::Node {
       g_in_place.fetch_add(1, std::memory_order_relaxed);
       auto flat = flat_rows(g_h);
       fused::add_rows_(flat, index, g_rows);
-      return {g_h};
+      return g_h;
     }
     // Shared (another node's input, a saved tensor, an expanded view): writing into it could change what
     // another node reads, so add out of place: one pass over h's gradient.
     g_copied.fetch_add(1, std::memory_order_relaxed);
     auto copy = flat_rows(g_h).clone(torch::MemoryFormat::Contiguous);
     fused::add_rows_(copy, index, g_rows);
-    return {copy.view(sizes)};
+    return copy.view(sizes);
   }
 
-  void release_variables() override { index = torch::Tensor(); }
+  void release_variables() override {
+    index = torch::Tensor();
+    slot_of_row = torch::Tensor();
+  }
 };
+
+void check_index(const torch::Tensor& index, const char* what) {
+  QAD_CHECK(index.defined() && index.scalar_type() == torch::kLong && index.dim() == 1,
+            "{}: index must be int64 [n], got {} with {} dims", what,
+            index.defined() ? c10::toString(index.scalar_type()) : "nothing", index.defined() ? index.dim() : 0);
+}
+
+void check_into(const torch::Tensor& into, const torch::Tensor& h, int64_t n, const char* what) {
+  QAD_CHECK(into.dim() == 2 && into.size(0) == n && into.size(1) == h.size(-1) && into.is_contiguous() &&
+                into.scalar_type() == h.scalar_type() && into.device() == h.device(),
+            "{}: the output slice must be a contiguous [{}, {}] tensor of the hidden state's dtype and device", what, n,
+            h.size(-1));
+}
+
+// Makes `passed` (a tensor of no history sharing the state's memory), `rows` and, if given, `residual` (another
+// such tensor) the outputs of a TapRowsBackward whose inputs are `from` (h, or a and b).
+void connect(const torch::autograd::variable_list& from, const torch::Tensor& index, const torch::Tensor& slot_of_row,
+             torch::Tensor& passed, torch::Tensor& rows, torch::Tensor* residual = nullptr) {
+  auto node = std::shared_ptr<TapRowsBackward>(new TapRowsBackward(), torch::autograd::deleteNode);
+  node->index = index;
+  node->slot_of_row = slot_of_row;
+  node->sizes = passed.sizes().vec();
+  node->inputs = from.size();
+  node->set_next_edges(torch::autograd::collect_next_edges(from));
+  torch::autograd::create_gradient_edge(passed, node);
+  torch::autograd::create_gradient_edge(rows, node);
+  if (residual != nullptr) torch::autograd::create_gradient_edge(*residual, node);
+}
 
 }  // namespace
 
 std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index,
                                                         const torch::Tensor& into) {
   QAD_CHECK(h.dim() >= 2, "tap_hidden_rows: hidden state must have a feature dimension, got {} dims", h.dim());
-  QAD_CHECK(index.scalar_type() == torch::kLong && index.dim() == 1,
-            "tap_hidden_rows: index must be int64 [n], got {} with {} dims", c10::toString(index.scalar_type()),
-            index.dim());
+  check_index(index, "tap_hidden_rows");
   const auto idx = index.device() == h.device() ? index : index.to(h.device());
   torch::Tensor rows;
   if (into.defined()) {
-    QAD_CHECK(into.dim() == 2 && into.size(0) == idx.size(0) && into.size(1) == h.size(-1) && into.is_contiguous() &&
-                  into.scalar_type() == h.scalar_type() && into.device() == h.device(),
-              "tap_hidden_rows: the output slice must be a contiguous [{}, {}] tensor of the hidden state's dtype and "
-              "device", idx.size(0), h.size(-1));
+    check_into(into, h, idx.size(0), "tap_hidden_rows");
     torch::NoGradGuard no_grad;
     torch::index_select_out(const_cast<torch::Tensor&>(into), flat_rows(h.detach()), 0, idx);
     rows = into.detach();  // an alias with no view history: its gradient edge below is the only one it has
@@ -88,15 +154,42 @@ std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, 
     rows = flat_rows(h.detach()).index_select(0, idx);
   }
   if (!torch::GradMode::is_enabled() || !h.requires_grad()) return {h, rows};
-  auto node = std::shared_ptr<TapRowsBackward>(new TapRowsBackward(), torch::autograd::deleteNode);
-  node->index = idx;
-  node->sizes = h.sizes().vec();
-  node->set_next_edges(torch::autograd::collect_next_edges(h));
-  // h' shares h's memory and version counter (detach), with this node as its gradient function.
+  // h' shares h's memory and version counter (detach), with the node as its gradient function.
   auto passed = h.detach();
-  torch::autograd::create_gradient_edge(passed, node);
-  torch::autograd::create_gradient_edge(rows, node);
+  connect({h}, idx, torch::Tensor(), passed, rows);
   return {passed, rows};
+}
+
+TappedSum add_and_tap_rows(const torch::Tensor& a, const torch::Tensor& b, const RowTap& tap) {
+  check_index(tap.index, "add_and_tap_rows");
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type() || a.dim() < 2 || b.device() != a.device()) {
+    auto [sum, rows] = tap_hidden_rows(a + b, tap.index, tap.into);  // (broadcasting or promoting: no layer's add)
+    return {sum, rows, torch::Tensor()};
+  }
+  const auto idx = tap.index.device() == a.device() ? tap.index : tap.index.to(a.device());
+  const int64_t n = idx.size(0);
+  if (tap.into.defined()) check_into(tap.into, a, n, "add_and_tap_rows");
+  const bool fused = tap.slot_of_row.defined() && a.is_contiguous() && b.is_contiguous() &&
+                     tap.slot_of_row.device() == a.device() && fused::add_gather_rows_cuda_supports(a);
+  TappedSum t;
+  {
+    torch::NoGradGuard no_grad;
+    if (fused) {
+      t.sum = torch::empty(a.sizes(), a.options().requires_grad(false));
+      t.rows = tap.into.defined() ? tap.into.detach() : torch::empty({n, a.size(-1)}, t.sum.options());
+      fused::add_gather_rows_out(t.sum, a.detach(), b.detach(), tap.slot_of_row, t.rows);
+    } else {
+      t.sum = a.detach() + b.detach();
+      const auto flat = flat_rows(t.sum);
+      t.rows = tap.into.defined() ? torch::index_select_out(const_cast<torch::Tensor&>(tap.into), flat, 0, idx).detach()
+                                  : flat.index_select(0, idx);
+    }
+  }
+  if (torch::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad())) {
+    t.residual = t.sum.detach();  // the same memory, a second output of the node
+    connect({a, b}, idx, fused ? tap.slot_of_row : torch::Tensor(), t.sum, t.rows, &t.residual);
+  }
+  return t;
 }
 
 TapRowsCounts tap_rows_backward_counts() {

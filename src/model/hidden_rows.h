@@ -21,6 +21,29 @@ namespace qad::model {
 std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, const torch::Tensor& index,
                                                         const torch::Tensor& into = {});
 
+// The rows a decoder layer taps from its last residual add (CausalLM gives each layer one).
+struct RowTap {
+  torch::Tensor index;        // int64 [n] on the hidden states' device, distinct rows of the [B*T, H] view
+  torch::Tensor slot_of_row;  // int32 [B*T] (fused::slots_of_rows(index)); undefined: no fused kernel
+  torch::Tensor into;         // as tap_hidden_rows' `into`, or undefined
+};
+
+// A decoder layer's output with its rows (add_and_tap_rows).
+struct TappedSum {
+  torch::Tensor sum;       // a + b
+  torch::Tensor rows;      // its rows at tap.index
+  torch::Tensor residual;  // sum again (the same memory), for the next layer's residual add; undefined without
+                           // autograd. The backward then receives the next layer's two gradients apart.
+};
+
+// tap_hidden_rows(a + b, tap.index, tap.into), with the add and the gather in one kernel (fused/add_gather_rows.h)
+// where the kernel takes a and tap.slot_of_row is given: the rows are stored while they are in registers instead
+// of read back by a gather of their own. The backward gives a and b the sum's gradient with the rows' gradient
+// added, as tap_hidden_rows' does; when the next layer reads `sum` in its norm and `residual` in its residual
+// add, the two gradients and the rows' are summed in one pass (add_scatter_rows) instead of autograd's sum and
+// an add of the rows. a and b: one shape and dtype (else a + b is tapped as it is and residual is undefined).
+TappedSum add_and_tap_rows(const torch::Tensor& a, const torch::Tensor& b, const RowTap& tap);
+
 // How many backward calls (process-wide, since start) added the rows in place / into a copy: tests and
 // benchmarks read these to see which path ran.
 struct TapRowsCounts {

@@ -218,10 +218,24 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  auto [h, added] = residual_and_mlp(x, ctx);
+  return h + added;
+}
+
+TappedSum DecoderLayerImpl::forward_tapped(const torch::Tensor& x, const AttentionContext& ctx, const RowTap& tap,
+                                          const torch::Tensor& x_residual) {
+  auto [h, added] = residual_and_mlp(x, ctx, x_residual);
+  return add_and_tap_rows(h, added, tap);
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::residual_and_mlp(const torch::Tensor& x,
+                                                                           const AttentionContext& ctx,
+                                                                           const torch::Tensor& x_residual) {
+  const auto& residual = x_residual.defined() ? x_residual : x;
   if (!use_fused_kernels(ctx, x)) {
-    auto h = x + self_attn(input_layernorm(x), ctx);
+    auto h = residual + self_attn(input_layernorm(x), ctx);
     auto normed = post_attention_layernorm(h);
-    return h + (moe ? moe->forward(normed, ctx) : mlp(normed));
+    return {h, moe ? moe->forward(normed, ctx) : mlp(normed)};
   }
   // Each norm also applies the input quantizer its readers share, so they skip their own; the residual add
   // before the second norm is part of its kernel.
@@ -231,15 +245,15 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const AttentionC
   auto attn_out = attn.forward(normed, ctx, attn_q.has_value());
   if (moe) {
     // Experts quantize their own inputs (each has its own input scale): the norm output stays unquantized.
-    auto [h, moe_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
+    auto [h, moe_in] = fused::add_rms_norm(residual, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
                                            output_quant(std::nullopt));
-    return h + moe->forward(moe_in, ctx);
+    return {h, moe->forward(moe_in, ctx)};
   }
   auto& m = *mlp;
   auto mlp_q = shared_input_quant({m.gate_proj.get(), m.up_proj.get()}, x.device());
-  auto [h, mlp_in] = fused::add_rms_norm(x, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
+  auto [h, mlp_in] = fused::add_rms_norm(residual, attn_out, post_attention_layernorm->weight, post_attention_layernorm->eps,
                                          output_quant(mlp_q));
-  return h + m.forward(mlp_in, mlp_q.has_value(), ctx.fused);
+  return {h, m.forward(mlp_in, mlp_q.has_value(), ctx.fused)};
 }
 
 }  // namespace qad::model

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/hidden_rows.h"
 #include "model/kv_cache.h"
 #include "model/linear.h"
 
@@ -93,10 +94,22 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& c, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // forward(x, ctx) with the output's rows tapped for the CKA term as tap_hidden_rows would, the gather done by
+  // the layer's last residual add (add_and_tap_rows). x_residual: the previous tapped layer's `residual` (x's
+  // values), read by this layer's residual add in place of x, so that the two gradients of x meet in the previous
+  // layer's backward; undefined: x.
+  TappedSum forward_tapped(const torch::Tensor& x, const AttentionContext& ctx, const RowTap& tap,
+                           const torch::Tensor& x_residual = {});
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   MLP mlp{nullptr};                   // dense layers
   std::shared_ptr<MoeBlockImpl> moe;  // sparse layers (config.is_moe_layer), registered as "mlp" instead
+
+ private:
+  // Everything but the last residual add: {h, what the MLP (or the experts) adds to it}. The first residual add
+  // reads x_residual (x when undefined).
+  std::pair<torch::Tensor, torch::Tensor> residual_and_mlp(const torch::Tensor& x, const AttentionContext& ctx,
+                                                           const torch::Tensor& x_residual = {});
 };
 TORCH_MODULE(DecoderLayer);
 

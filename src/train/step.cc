@@ -96,9 +96,16 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     const auto& ids = batch.input_ids;
     // (The lm_head's device, not parameters().front()'s: collecting every parameter of the model is host work
     // the GPU waits for here, at the start of the step.) A teacher cache fixed the tokens when it was built.
-    fo.hidden_rows = cached != nullptr ? cached->cka_index
-                                       : loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen,
-                                                                 student->lm_head->weight.device()).index;
+    auto choose = [&, device = student->lm_head->weight.device()] {
+      return loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen, device).index;
+    };
+    if (cached != nullptr) {
+      fo.hidden_rows = cached->cka_index;
+    } else if (need_teacher) {
+      fo.hidden_rows_source = choose;  // chosen once the teacher's first layer is queued (ForwardOptions)
+    } else {
+      fo.hidden_rows = choose();
+    }
   }
 
   const bool fused = cached == nullptr && use_fused_head(loss, student, teacher);  // a cache: the top-k KL path
@@ -109,6 +116,10 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     t_out = (*teacher)->forward(batch.input_ids, fo);
   }
   model::ForwardOptions so = fo;
+  if (fo.hidden_rows_source) {
+    so.hidden_rows = t_out.hidden_rows;  // the teacher's rows (undefined: every token): the same in both models
+    so.hidden_rows_source = nullptr;
+  }
   so.checkpoint_layers = activation_checkpointing;
   so.return_router_logits = loss.router_balance > 0;
   auto s_out = student->forward(batch.input_ids, so);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "common/test_util.h"
+#include "fused/add_gather_rows.h"
 #include "fused/autograd.h"
 #include "fused/rms_norm.h"
 #include "fused/rope.h"
@@ -280,6 +281,56 @@ TEST(FusedCuda, AddRowsEqualsReferenceAndIndexAdd) {
       EXPECT_TRUE(same_bits(got.cpu(), aten.cpu())) << what;
     }
   }
+}
+
+// add_gather_rows' and add_scatter_rows' kernels against their references and against ATen's add + index_select
+// (add + add_rows_) on the GPU, into poisoned outputs: the CKA shape (1024 of 4 x 2048 rows of 2048), a width of
+// 1.5 threads' vectors with a slot beyond the sampled rows that must keep its poison, and every dtype.
+TEST(FusedCuda, AddGatherRowsEqualsReferenceAndTheUnfusedOps) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(74);
+  struct Shape {
+    std::vector<int64_t> sizes;
+    int64_t n;
+  };
+  for (const auto& s : {Shape{{4, 2048, 2048}, 1024}, Shape{{3, 100, 48}, 77}, Shape{{16, 4096}, 9}}) {
+    for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      const int64_t H = s.sizes.back(), N = torch::empty(s.sizes).numel() / H;
+      auto a = random(s.sizes, gen, dt), b = random(s.sizes, gen, dt);
+      auto index = torch::randperm(N, gen, torch::kLong).narrow(0, 0, s.n).contiguous();
+      auto slots = slots_of_rows(index.cuda(), N);
+      const std::string what = std::string(c10::toString(dt)) + " width " + std::to_string(H);
+      ASSERT_TRUE(add_gather_rows_cuda_supports(a.cuda())) << what;
+      auto out = torch::full(s.sizes, std::nan(""), a.options()).cuda();
+      auto rows = torch::full({s.n + 1, H}, std::nan(""), a.options()).cuda();
+      add_gather_rows_out(out, a.cuda(), b.cuda(), slots, rows);
+      auto ref_out = torch::empty_like(a), ref_rows = torch::full({s.n + 1, H}, std::nan(""), a.options());
+      add_gather_rows_reference(ref_out, a, b, slots.cpu(), ref_rows);
+      EXPECT_TRUE(same_bits(out.cpu(), ref_out)) << what;
+      EXPECT_TRUE(same_bits(rows.cpu(), ref_rows)) << what;  // NaN in both at the unnamed slot: same bits
+      auto aten = a.cuda() + b.cuda();
+      EXPECT_TRUE(same_bits(out, aten)) << what;
+      EXPECT_TRUE(same_bits(rows.narrow(0, 0, s.n), aten.reshape({N, H}).index_select(0, index.cuda()))) << what;
+      EXPECT_TRUE(rows[s.n].isnan().all().item<bool>()) << what;
+
+      // The scatter (its backward): (a + b) and then the rows' gradient at the sampled rows, as ATen's add and
+      // add_rows_ give, into a poisoned output and in place into a; the extra slot is never read (NaN there).
+      auto g = torch::cat({random({s.n, H}, gen, dt), torch::full({1, H}, std::nan(""), a.options())}).cuda();
+      auto sc = torch::full(s.sizes, std::nan(""), a.options()).cuda();
+      add_scatter_rows_out(sc, a.cuda(), b.cuda(), slots, g);
+      auto ref_sc = torch::empty_like(a);
+      add_scatter_rows_reference(ref_sc, a, b, slots.cpu(), g.cpu());
+      auto unfused = aten.reshape({N, H}).clone();
+      add_rows_(unfused, index.cuda(), g.narrow(0, 0, s.n));
+      EXPECT_TRUE(same_bits(sc.cpu(), ref_sc)) << what;
+      EXPECT_TRUE(same_bits(sc, unfused.view(s.sizes))) << what;
+      auto in_place = a.cuda();
+      add_scatter_rows_out(in_place, in_place, b.cuda(), slots, g);
+      EXPECT_TRUE(same_bits(in_place, sc)) << what;
+    }
+  }
+  // A width that is not whole 16-byte vectors is not the kernel's (add_and_tap_rows then adds and gathers apart).
+  EXPECT_FALSE(add_gather_rows_cuda_supports(torch::zeros({4, 13}, torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA))));
 }
 
 }  // namespace

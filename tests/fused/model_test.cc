@@ -9,6 +9,7 @@
 #include "common/test_util.h"
 #include "fused/unfused.h"
 #include "model/causal_lm.h"
+#include "model/hidden_rows.h"
 #include "quant/linear_quant.h"
 #include "quant/quantize_model.h"
 
@@ -153,6 +154,49 @@ TEST_P(FusedModel, UnquantizedTeacherForwardMatches) {
   on.fused_kernels = kFused;
   auto out = lm->forward(ids, on).logits;
   EXPECT_LE(fused::testing::normalised_error(out, ref), 1e-2);
+}
+
+// The CKA rows each decoder layer gathers in its last residual add (on the GPU the fused add_gather_rows kernel)
+// against the same rows taken from the full hidden states with index_select: the same rows and logits bit for bit,
+// and the same gradients up to the order in which the rows' gradient joins the residual stream's.
+TEST_P(FusedModel, TappedRowsAreTheFullStatesRows) {
+  REQUIRE_DEVICE();
+  auto gen = qad::testing::seeded_generator(35);
+  auto ids = torch::randint(0, 128, {2, 48}, gen);
+  auto q = quantized_model(GetParam(), ids);
+  auto rows = torch::randperm(96, gen, torch::kLong).narrow(0, 0, 20).to(kDevice);
+  auto weights = torch::randn({20, 256}, gen).to(kDevice, kDtype);
+  auto run = [&](bool tapped) {
+    ForwardOptions o;
+    o.fused_kernels = kFused;
+    o.return_hidden = true;
+    if (tapped) o.hidden_rows = rows;
+    auto out = q.lm->forward(ids, o);
+    std::vector<torch::Tensor> taken;
+    auto loss = out.logits.to(torch::kFloat32).square().mean();
+    for (const auto& [name, h] : out.hidden) {
+      taken.push_back(tapped ? h : h.reshape({-1, 256}).index_select(0, rows));
+      loss = loss + (taken.back() * weights).sum().to(torch::kFloat32) * 1e-3;
+    }
+    loss.backward();
+    for (auto& t : taken) t = t.detach().clone();
+    return std::make_tuple(out.logits.detach(), taken, grads_of(q.lm));
+  };
+  auto [ref_logits, ref_rows, ref_grads] = run(false);
+  const auto before = tap_rows_backward_counts();
+  auto [logits, taken, grads] = run(true);
+  const auto after = tap_rows_backward_counts();
+  // Both layers' rows went into their gradients in place (the final norm's may be copied: see decoder_test.cc).
+  EXPECT_GE(after.in_place - before.in_place, 2);
+  EXPECT_EQ(after.in_place - before.in_place + after.copied - before.copied, 3);
+  EXPECT_TRUE(qad::testing::same_bits(logits, ref_logits));
+  ASSERT_EQ(taken.size(), ref_rows.size());
+  for (size_t i = 0; i < taken.size(); ++i) EXPECT_TRUE(qad::testing::same_bits(taken[i], ref_rows[i])) << i;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    EXPECT_GT(ref_grads[i].abs().sum().item<double>(), 0.0) << "parameter " << i;
+    // The rows' gradient may join the others in another order: a BF16 ulp at most where they meet.
+    EXPECT_LE(fused::testing::normalised_error(grads[i], ref_grads[i]), kGpu ? 2e-2 : 1e-5) << "parameter " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FusedModel, ::testing::Values("Qwen3ForCausalLM", "LlamaForCausalLM"));

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "common/test_util.h"
+#include "fused/add_gather_rows.h"
 #include "fused/autograd.h"
 #include "fused/rms_norm.h"
 #include "fused/rope.h"
@@ -259,6 +260,50 @@ TEST(FusedReference, AddRowsAddsTheChosenRowsOnce) {
   auto dst = torch::zeros({4, 8});
   EXPECT_THROW(add_rows_reference(dst, torch::tensor({1, 1}, torch::kLong), torch::ones({2, 8})), qad::Error);
   EXPECT_THROW(add_rows_(dst, torch::tensor({1}, torch::kLong), torch::ones({1, 8}, torch::kFloat64)), qad::Error);
+}
+
+// The reference of add_gather_rows against independent arithmetic: out is ATen's add (float math rounded once,
+// bit for bit), each sampled row lands in its slot, and the slots no row names keep their poison.
+TEST(FusedReference, AddGatherRowsIsTheAddAndTheSampledRows) {
+  auto gen = qad::testing::seeded_generator(73);
+  for (auto dt : {torch::kFloat64, torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    auto a = torch::randn({3, 10, 24}, gen).to(dt), b = torch::randn({3, 10, 24}, gen).to(dt);
+    auto index = torch::tensor({29, 0, 7, 13, 12}, torch::kLong);
+    auto slots = slots_of_rows(index, 30);
+    EXPECT_EQ(slots.scalar_type(), torch::kInt);
+    EXPECT_EQ(slots[29].item<int>(), 0);
+    EXPECT_EQ(slots[12].item<int>(), 4);
+    EXPECT_EQ((slots >= 0).sum().item<int64_t>(), 5);
+    auto out = torch::full({3, 10, 24}, std::nan(""), a.options());
+    auto rows = torch::full({6, 24}, std::nan(""), a.options());  // one more row than sampled: must stay poisoned
+    add_gather_rows_reference(out, a, b, slots, rows);
+    const std::string what = c10::toString(dt);
+    EXPECT_TRUE(same_bits(out, a + b)) << what;
+    EXPECT_TRUE(same_bits(rows.narrow(0, 0, 5), (a + b).reshape({30, 24}).index_select(0, index))) << what;
+    EXPECT_TRUE(rows[5].isnan().all().item<bool>()) << what;
+    // The dispatcher on the CPU is the reference.
+    auto out2 = torch::empty_like(out), rows2 = rows.clone();
+    add_gather_rows_out(out2, a, b, slots, rows2);
+    EXPECT_TRUE(same_bits(out2, out) && same_bits(rows2.narrow(0, 0, 5), rows.narrow(0, 0, 5))) << what;
+
+    // The scatter: (a + b) rounded, then the sampled rows' gradient added (as add_rows_ does), in place into a too.
+    auto g = torch::randn({5, 24}, gen).to(dt);
+    auto expect = (a + b).reshape({30, 24}).index_add_(0, index, g);  // one addition per element: exact for FP64
+    auto sc = torch::full({3, 10, 24}, std::nan(""), a.options());
+    add_scatter_rows_reference(sc, a, b, slots, torch::cat({g, torch::full({1, 24}, std::nan(""), g.options())}));
+    EXPECT_TRUE(same_bits(sc, expect.view({3, 10, 24}))) << what;
+    auto in_place = a.clone();
+    add_scatter_rows_out(in_place, in_place, b, slots, torch::cat({g, g.narrow(0, 0, 1)}));
+    EXPECT_TRUE(same_bits(in_place, sc)) << what;
+  }
+  auto a = torch::ones({4, 8}), rows = torch::empty({2, 8});
+  auto out = torch::empty({4, 8});
+  EXPECT_THROW(add_scatter_rows_out(out, a, a, torch::tensor({0, 2, -1, -1}, torch::kInt), rows), qad::Error);
+  EXPECT_THROW(add_gather_rows_out(out, a, a, torch::tensor({0, 1, -1, -1}, torch::kLong), rows), qad::Error);  // int64
+  EXPECT_THROW(add_gather_rows_out(out, a, a, torch::tensor({0, 2, -1, -1}, torch::kInt), rows), qad::Error);  // slot 2 of 2
+  EXPECT_THROW(add_gather_rows_out(out, a, a.to(torch::kFloat64), torch::tensor({0, 1, -1, -1}, torch::kInt), rows),
+               qad::Error);
+  EXPECT_FALSE(add_gather_rows_cuda_supports(a));  // a CPU tensor
 }
 
 }  // namespace

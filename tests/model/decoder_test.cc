@@ -203,6 +203,46 @@ TEST(Decoder, HiddenRowsGiveTheGradientsOfGatheringFromTheFullHiddenStates) {
   }
 }
 
+// hidden_rows_source (rows chosen once the first layer is queued) keeps the same rows as hidden_rows, calls the
+// source once, and returns what it chose in ForwardOutput::hidden_rows; an undefined choice keeps every row.
+TEST(Decoder, HiddenRowsFromASourceAreTheGivenRows) {
+  auto lm = random_model(tiny_config("Qwen3ForCausalLM", false), 13);
+  auto gen = qad::testing::seeded_generator(14);
+  auto ids = torch::randint(0, 96, {2, 12}, gen);
+  auto rows = std::get<0>(torch::randperm(24, gen, torch::kLong).narrow(0, 0, 7).sort());
+  torch::NoGradGuard no_grad;
+  ForwardOptions given;
+  given.return_hidden = true;
+  given.hidden_rows = rows;
+  auto ref = lm->forward(ids, given);
+  EXPECT_TRUE(ref.hidden_rows.equal(rows));
+  int calls = 0;
+  ForwardOptions lazy;
+  lazy.return_hidden = true;
+  lazy.hidden_rows_source = [&] {
+    ++calls;
+    return rows;
+  };
+  auto out = lm->forward(ids, lazy);
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(out.hidden_rows.equal(rows));
+  ASSERT_EQ(out.hidden.size(), ref.hidden.size());
+  for (size_t i = 0; i < out.hidden.size(); ++i) {
+    EXPECT_EQ(out.hidden[i].first, ref.hidden[i].first);
+    EXPECT_TRUE(qad::testing::same_bits(out.hidden[i].second, ref.hidden[i].second)) << out.hidden[i].first;
+  }
+  EXPECT_EQ(out.hidden_scratch_rows, 8);
+  // A source that gives no tensor keeps every row: the full states, as without rows.
+  ForwardOptions every;
+  every.return_hidden = true;
+  every.hidden_rows_source = [] { return torch::Tensor(); };
+  auto full = lm->forward(ids, every);
+  EXPECT_FALSE(full.hidden_rows.defined());
+  EXPECT_EQ(full.hidden_scratch_rows, 0);
+  ASSERT_EQ(full.hidden.size(), ref.hidden.size());
+  EXPECT_EQ(full.hidden[0].second.sizes(), torch::IntArrayRef({2, 12, 32}));
+}
+
 TEST(Decoder, SaveLoadRoundTripIsBitwiseShardedOrNot) {
   for (const auto& [arch, tied] : kFamilies) {
     SCOPED_TRACE(arch);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/test_util.h"
+#include "fused/add_gather_rows.h"
 #include "model/hidden_rows.h"
 
 namespace qad::model {
@@ -138,6 +139,58 @@ TEST(TapHiddenRows, WithoutAutogradIsIndexSelect) {
   auto [passed, rows] = tap_hidden_rows(c.h, c.index);  // needs no gradient
   EXPECT_FALSE(rows.requires_grad());
   EXPECT_THROW(tap_hidden_rows(c.h, c.index.to(torch::kInt)), std::exception);
+}
+
+// add_and_tap_rows (a decoder layer's last residual add with its rows gathered; on the GPU one kernel) against
+// tap_hidden_rows(a + b): the same sum and rows, written into the given slice, and the same gradients for a and b
+// bit for bit, whether the sum's two readers use `sum` for both or `sum` and `residual` (then the node sums their
+// gradients with the rows', on the GPU in one kernel), the result written into a gradient nothing else holds.
+TEST(AddAndTapRows, EqualsTheAddThenTapHiddenRows) {
+  REQUIRE_DEVICE();
+  for (auto dtype : kTypes) {
+    for (bool apart : {false, true}) {
+      SCOPED_TRACE(std::string(c10::toString(dtype)) + (apart ? ", residual apart" : ", one output"));
+      const auto c = make_case(5, dtype);
+      auto gen = qad::testing::seeded_generator(6);
+      const auto b0 = torch::randn({3, 5, 8}, gen).to(kDevice, dtype);
+      auto a1 = c.h.clone().requires_grad_(true), b1 = b0.clone().requires_grad_(true);
+      auto [sum1, r1] = tap_hidden_rows(a1 + b1, c.index);
+      ((sum1 * c.w_down).sum() + sum1.square().sum() + (r1 * c.w_rows).sum()).backward();
+
+      auto a2 = c.h.clone().requires_grad_(true), b2 = b0.clone().requires_grad_(true);
+      auto into = torch::full({6, 8}, std::nan(""), c.h.options());
+      const RowTap tap{c.index, fused::slots_of_rows(c.index, 15), into};
+      const auto before = tap_rows_backward_counts();
+      auto t = add_and_tap_rows(a2, b2, tap);
+      EXPECT_TRUE(t.rows.is_alias_of(into));
+      EXPECT_TRUE(t.residual.is_alias_of(t.sum));
+      EXPECT_TRUE(qad::testing::same_bits(t.sum, sum1.detach()));
+      EXPECT_TRUE(qad::testing::same_bits(t.rows, r1.detach()));
+      const auto& second = apart ? t.residual : t.sum;
+      ((t.sum * c.w_down).sum() + second.square().sum() + (t.rows * c.w_rows).sum()).backward();
+      const auto after = tap_rows_backward_counts();
+      EXPECT_EQ(after.in_place - before.in_place, 1);
+      EXPECT_EQ(after.copied - before.copied, 0);
+      EXPECT_TRUE(qad::testing::same_bits(a2.grad(), a1.grad()));
+      EXPECT_TRUE(qad::testing::same_bits(b2.grad(), b1.grad()));
+      EXPECT_TRUE(qad::testing::same_bits(b2.grad(), a2.grad()));
+    }
+    const auto c = make_case(5, dtype);
+    const auto b0 = torch::randn({3, 5, 8}, qad::testing::seeded_generator(7)).to(kDevice, dtype);
+    const RowTap tap{c.index, fused::slots_of_rows(c.index, 15), {}};
+    // Only one operand needs a gradient (a frozen residual): it gets it, also when only `residual` is read.
+    auto b3 = b0.clone().requires_grad_(true);
+    auto t3 = add_and_tap_rows(c.h, b3, tap);
+    ((t3.residual * c.w_down).sum() + (t3.rows * c.w_rows).sum()).backward();
+    auto rows_grad = torch::zeros({15, 8}, c.w_rows.options()).index_add_(0, c.index, c.w_rows);
+    EXPECT_TRUE(qad::testing::same_bits(b3.grad(), c.w_down.reshape({15, 8}).add(rows_grad).view({3, 5, 8})));
+    // Without autograd: the sum and its rows, no residual.
+    torch::NoGradGuard no_grad;
+    auto t4 = add_and_tap_rows(c.h, b0, RowTap{c.index, {}, {}});
+    EXPECT_FALSE(t4.rows.requires_grad());
+    EXPECT_FALSE(t4.residual.defined());
+    EXPECT_TRUE(qad::testing::same_bits(t4.rows, (c.h + b0).reshape({15, 8}).index_select(0, c.index)));
+  }
 }
 
 }  // namespace
