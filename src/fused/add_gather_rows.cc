@@ -45,7 +45,8 @@ bool add_gather_rows_cuda_supports(const torch::Tensor& a) {
 #ifdef QAD_HAS_CUDA
   const auto dt = a.scalar_type();
   if (!a.is_cuda() || (dt != torch::kFloat32 && dt != torch::kBFloat16 && dt != torch::kFloat16)) return false;
-  return a.dim() >= 1 && (a.size(-1) * static_cast<int64_t>(a.element_size())) % 16 == 0;
+  return a.dim() >= 1 && (a.size(-1) * static_cast<int64_t>(a.element_size())) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 == 0;
 #else
   (void)a;
   return false;

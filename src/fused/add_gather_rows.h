@@ -18,8 +18,8 @@ namespace qad::fused {
 torch::Tensor& add_gather_rows_out(torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
                                    const torch::Tensor& slot_of_row, torch::Tensor& rows);
 
-// Whether the CUDA kernel takes a (a CUDA tensor of float32, bfloat16 or float16 whose rows are whole 16-byte
-// vectors).
+// Whether the CUDA kernels take a (a CUDA tensor of float32, bfloat16 or float16 whose rows are whole 16-byte
+// vectors, starting at a 16-byte boundary). Callers ask it of every operand; the kernels refuse others.
 bool add_gather_rows_cuda_supports(const torch::Tensor& a);
 
 // out = a + b (rounded once), then out[r] += rows[slot[r]] (rounded once more) where slot[r] >= 0: bit for bit

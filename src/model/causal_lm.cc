@@ -138,7 +138,7 @@ struct HiddenKeeper {
   // none: no rows wanted; rows not chosen yet (hidden_rows_source: the first layer is tapped by keep(), after its
   // work is queued); or a state unlike the first, which keep() gives rows of their own. The caller records the
   // rows the layer returns.
-  std::optional<RowTap> tap_like(const torch::Tensor& x) {
+  std::optional<RowTap> tap_like(const torch::Tensor& x, bool fused) {
     if (!o.return_hidden || !wants_rows()) return std::nullopt;
     if (o.hidden_rows.defined()) resolve_rows();
     if (!resolved) return std::nullopt;
@@ -147,7 +147,8 @@ struct HiddenKeeper {
     if (!index.defined()) {
       index = out.hidden_rows.to(x.device());
       // The fused add's row-to-slot map (fused/add_gather_rows.h): built once per forward, used by every layer.
-      if (x.is_cuda()) slots = fused::slots_of_rows(index, x.numel() / x.size(-1));
+      // Without it the layers add and gather with ATen's ops (fused kernels off: FusedKernels, QAD_FUSED_KERNELS).
+      if (fused && x.is_cuda()) slots = fused::slots_of_rows(index, x.numel() / x.size(-1));
     }
     return RowTap{index, slots, slice()};
   }
@@ -260,7 +261,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
     const bool checkpointed = o.checkpoint_layers && torch::GradMode::is_enabled();
     // Outside a checkpoint the layer gathers its rows itself, in its last residual add; a checkpointed layer
     // (recomputed in backward) is tapped from outside.
-    const auto tap = checkpointed ? std::nullopt : keeper.tap_like(h);
+    const auto tap = checkpointed ? std::nullopt : keeper.tap_like(h, use_fused_kernels(ctx, h));
     std::string name = "layers." + std::to_string(l);
     if (tap) {
       auto t = layer->forward_tapped(h, ctx, *tap, residual);

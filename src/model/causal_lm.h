@@ -99,7 +99,10 @@ class LayerHooks {
  public:
   virtual ~LayerHooks() = default;
   virtual void before_layer(int64_t layer) = 0;
-  // input / output: the tensors the layer took and returned (in the autograd graph when grad mode is on).
+  // input / output: the tensors the layer took and returned (in the autograd graph when grad mode is on). With
+  // CKA rows tapped inside the layers (ForwardOptions::hidden_rows), the next layer's residual add reads a second
+  // output of the same autograd node as `output`: a hook on `output` fires when that node runs, with the gradient
+  // of the next layer's norm path only; it is a signal, not the whole gradient.
   virtual void after_layer(int64_t layer, const torch::Tensor& input, const torch::Tensor& output) = 0;
 };
 

@@ -58,7 +58,8 @@ struct TapRowsBackward : public torch::autograd::Node {
     if (g_rows.defined()) g_rows = g_rows.to(g_h.scalar_type()).contiguous();
     const bool fused = g_rows.defined() && slot_of_row.defined() && g_h.sizes() == g_residual.sizes() &&
                        g_h.scalar_type() == g_residual.scalar_type() && g_h.is_contiguous() &&
-                       g_residual.is_contiguous() && fused::add_gather_rows_cuda_supports(g_h);
+                       g_residual.is_contiguous() && fused::add_gather_rows_cuda_supports(g_h) &&
+                       fused::add_gather_rows_cuda_supports(g_residual) && fused::add_gather_rows_cuda_supports(g_rows);
     if (!fused) {
       // (Moved out of the owned gradient, so that with_rows finds it unshared and adds the rows in place.)
       auto sum = exclusively_owned(g_h)          ? std::move(g_h.add_(g_residual))
@@ -163,14 +164,19 @@ std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, 
 TappedSum add_and_tap_rows(const torch::Tensor& a, const torch::Tensor& b, const RowTap& tap) {
   check_index(tap.index, "add_and_tap_rows");
   if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type() || a.dim() < 2 || b.device() != a.device()) {
-    auto [sum, rows] = tap_hidden_rows(a + b, tap.index, tap.into);  // (broadcasting or promoting: no layer's add)
-    return {sum, rows, torch::Tensor()};
+    // (Broadcasting or promoting: no layer's add today.) A sum of another dtype than the slice gets rows of its own.
+    auto sum = a + b;
+    const bool fits = tap.into.defined() && tap.into.scalar_type() == sum.scalar_type();
+    auto [passed, rows] = tap_hidden_rows(sum, tap.index, fits ? tap.into : torch::Tensor());
+    return {passed, rows, torch::Tensor()};
   }
   const auto idx = tap.index.device() == a.device() ? tap.index : tap.index.to(a.device());
   const int64_t n = idx.size(0);
   if (tap.into.defined()) check_into(tap.into, a, n, "add_and_tap_rows");
   const bool fused = tap.slot_of_row.defined() && a.is_contiguous() && b.is_contiguous() &&
-                     tap.slot_of_row.device() == a.device() && fused::add_gather_rows_cuda_supports(a);
+                     tap.slot_of_row.device() == a.device() && fused::add_gather_rows_cuda_supports(a) &&
+                     fused::add_gather_rows_cuda_supports(b) &&
+                     (!tap.into.defined() || fused::add_gather_rows_cuda_supports(tap.into));
   TappedSum t;
   {
     torch::NoGradGuard no_grad;

@@ -96,15 +96,13 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     const auto& ids = batch.input_ids;
     // (The lm_head's device, not parameters().front()'s: collecting every parameter of the model is host work
     // the GPU waits for here, at the start of the step.) A teacher cache fixed the tokens when it was built.
-    auto choose = [&, device = student->lm_head->weight.device()] {
-      return loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen, device).index;
-    };
     if (cached != nullptr) {
       fo.hidden_rows = cached->cka_index;
-    } else if (need_teacher) {
-      fo.hidden_rows_source = choose;  // chosen once the teacher's first layer is queued (ForwardOptions)
     } else {
-      fo.hidden_rows = choose();
+      // Chosen once the teacher's first layer is queued (ForwardOptions::hidden_rows_source).
+      fo.hidden_rows_source = [&, device = student->lm_head->weight.device()] {
+        return loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen, device).index;
+      };
     }
   }
 

@@ -184,6 +184,11 @@ TEST(AddAndTapRows, EqualsTheAddThenTapHiddenRows) {
     ((t3.residual * c.w_down).sum() + (t3.rows * c.w_rows).sum()).backward();
     auto rows_grad = torch::zeros({15, 8}, c.w_rows.options()).index_add_(0, c.index, c.w_rows);
     EXPECT_TRUE(qad::testing::same_bits(b3.grad(), c.w_down.reshape({15, 8}).add(rows_grad).view({3, 5, 8})));
+    // A promoting add (no decoder layer's, but allowed): the sum's rows come in its own dtype, not in the slice.
+    const auto wide = b0.to(torch::kFloat64);
+    auto t5 = add_and_tap_rows(c.h, wide, RowTap{c.index, {}, torch::empty({6, 8}, c.h.options())});
+    EXPECT_EQ(t5.rows.scalar_type(), torch::kFloat64);
+    EXPECT_TRUE(qad::testing::same_bits(t5.rows, (c.h + wide).reshape({15, 8}).index_select(0, c.index)));
     // Without autograd: the sum and its rows, no residual.
     torch::NoGradGuard no_grad;
     auto t4 = add_and_tap_rows(c.h, b0, RowTap{c.index, {}, {}});
