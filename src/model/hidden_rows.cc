@@ -1,5 +1,6 @@
-// tap_hidden_rows and add_and_tap_rows (see hidden_rows.h): one autograd node per layer with two outputs, the hidden state passed on
-// and its selected rows. A plain autograd Node rather than a custom Function: the engine moves the gradients
+// tap_hidden_rows and add_and_tap_rows (see hidden_rows.h): one autograd node per layer whose outputs are the
+// hidden state passed on, its selected rows and (add_and_tap_rows) the state again for the next layer's residual
+// add. A plain autograd Node rather than a custom Function: the engine moves the gradients
 // into Node::apply, so the node can tell when it holds the only reference to h's gradient and add the rows into
 // it in place (LibTorch 1.13's custom Functions receive copies of the references, which hides that).
 #include "model/hidden_rows.h"
@@ -30,14 +31,14 @@ bool exclusively_owned(const torch::Tensor& g) {
 }
 
 // The gradient of h (tap_hidden_rows) or of a + b (add_and_tap_rows): the passed-on state's gradient with the
-// rows' gradient added. `inputs` is 1 for h, 2 for a and b (an add gives both operands its output's gradient).
+// rows' gradient added, given to each of the node's inputs (h; or a and b, since an add gives both operands its
+// output's gradient).
 // Outputs: the state, its rows, and (add_and_tap_rows) the state again for the next layer's residual, whose
 // gradient arrives apart from the first's and is summed here, with the rows, in one pass.
 struct TapRowsBackward : public torch::autograd::Node {
   torch::Tensor index;
   torch::Tensor slot_of_row;  // add_and_tap_rows' fused path: add_scatter_rows sums the two gradients and the rows
   std::vector<int64_t> sizes;
-  size_t inputs = 1;
 
   std::string name() const override { return "TapRowsBackward"; }
 
@@ -47,9 +48,9 @@ struct TapRowsBackward : public torch::autograd::Node {
     torch::Tensor g_residual = grads.size() > 2 ? std::move(grads[2]) : torch::Tensor();
     grads.clear();
     if (g_h.defined() && g_residual.defined()) {
-      return variable_list(inputs, sum_with_rows(std::move(g_h), std::move(g_residual), std::move(g_rows)));
+      return variable_list(num_outputs(), sum_with_rows(std::move(g_h), std::move(g_residual), std::move(g_rows)));
     }
-    return variable_list(inputs, with_rows(g_h.defined() ? std::move(g_h) : std::move(g_residual), std::move(g_rows)));
+    return variable_list(num_outputs(), with_rows(g_h.defined() ? std::move(g_h) : std::move(g_residual), std::move(g_rows)));
   }
 
   // g_h + g_residual with the rows' gradient added at their rows: autograd's own sum of two gradients and then
@@ -131,11 +132,19 @@ void connect(const torch::autograd::variable_list& from, const torch::Tensor& in
   node->index = index;
   node->slot_of_row = slot_of_row;
   node->sizes = passed.sizes().vec();
-  node->inputs = from.size();
   node->set_next_edges(torch::autograd::collect_next_edges(from));
   torch::autograd::create_gradient_edge(passed, node);
   torch::autograd::create_gradient_edge(rows, node);
   if (residual != nullptr) torch::autograd::create_gradient_edge(*residual, node);
+}
+
+// The rows `idx` of `flat` ([N, H], no history), into `into` when given (its storage, with no view history, so
+// the node's gradient edge is the only one the rows have), else a new tensor.
+torch::Tensor gather_rows(const torch::Tensor& flat, const torch::Tensor& idx, const torch::Tensor& into) {
+  torch::NoGradGuard no_grad;
+  if (!into.defined()) return flat.index_select(0, idx);
+  torch::index_select_out(const_cast<torch::Tensor&>(into), flat, 0, idx);
+  return into.detach();
 }
 
 }  // namespace
@@ -145,15 +154,8 @@ std::pair<torch::Tensor, torch::Tensor> tap_hidden_rows(const torch::Tensor& h, 
   QAD_CHECK(h.dim() >= 2, "tap_hidden_rows: hidden state must have a feature dimension, got {} dims", h.dim());
   check_index(index, "tap_hidden_rows");
   const auto idx = index.device() == h.device() ? index : index.to(h.device());
-  torch::Tensor rows;
-  if (into.defined()) {
-    check_into(into, h, idx.size(0), "tap_hidden_rows");
-    torch::NoGradGuard no_grad;
-    torch::index_select_out(const_cast<torch::Tensor&>(into), flat_rows(h.detach()), 0, idx);
-    rows = into.detach();  // an alias with no view history: its gradient edge below is the only one it has
-  } else {
-    rows = flat_rows(h.detach()).index_select(0, idx);
-  }
+  if (into.defined()) check_into(into, h, idx.size(0), "tap_hidden_rows");
+  auto rows = gather_rows(flat_rows(h.detach()), idx, into);
   if (!torch::GradMode::is_enabled() || !h.requires_grad()) return {h, rows};
   // h' shares h's memory and version counter (detach), with the node as its gradient function.
   auto passed = h.detach();
@@ -186,9 +188,7 @@ TappedSum add_and_tap_rows(const torch::Tensor& a, const torch::Tensor& b, const
       fused::add_gather_rows_out(t.sum, a.detach(), b.detach(), tap.slot_of_row, t.rows);
     } else {
       t.sum = a.detach() + b.detach();
-      const auto flat = flat_rows(t.sum);
-      t.rows = tap.into.defined() ? torch::index_select_out(const_cast<torch::Tensor&>(tap.into), flat, 0, idx).detach()
-                                  : flat.index_select(0, idx);
+      t.rows = gather_rows(flat_rows(t.sum), idx, tap.into);
     }
   }
   if (torch::GradMode::is_enabled() && (a.requires_grad() || b.requires_grad())) {
