@@ -1,8 +1,8 @@
 // tap_hidden_rows and add_and_tap_rows (see hidden_rows.h): one autograd node per layer whose outputs are the
 // hidden state passed on, its selected rows and (add_and_tap_rows) the state again for the next layer's residual
-// add. A plain autograd Node rather than a custom Function: the engine moves the gradients
-// into Node::apply, so the node can tell when it holds the only reference to h's gradient and add the rows into
-// it in place (LibTorch 1.13's custom Functions receive copies of the references, which hides that).
+// add. A plain autograd Node rather than a custom Function: the engine moves the gradients into Node::apply, so
+// the node can tell when it holds the only reference to h's gradient and add the rows into it in place (LibTorch
+// 1.13's custom Functions receive copies of the references, which hides that).
 #include "model/hidden_rows.h"
 
 #include <torch/csrc/autograd/function.h>
@@ -47,10 +47,10 @@ struct TapRowsBackward : public torch::autograd::Node {
     torch::Tensor g_rows = std::move(grads[1]);
     torch::Tensor g_residual = grads.size() > 2 ? std::move(grads[2]) : torch::Tensor();
     grads.clear();
-    if (g_h.defined() && g_residual.defined()) {
-      return variable_list(num_outputs(), sum_with_rows(std::move(g_h), std::move(g_residual), std::move(g_rows)));
-    }
-    return variable_list(num_outputs(), with_rows(g_h.defined() ? std::move(g_h) : std::move(g_residual), std::move(g_rows)));
+    auto g = g_h.defined() && g_residual.defined()
+                 ? sum_with_rows(std::move(g_h), std::move(g_residual), std::move(g_rows))
+                 : with_rows(g_h.defined() ? std::move(g_h) : std::move(g_residual), std::move(g_rows));
+    return variable_list(num_outputs(), g);
   }
 
   // g_h + g_residual with the rows' gradient added at their rows: autograd's own sum of two gradients and then
