@@ -150,6 +150,7 @@ int main(int argc, char** argv) {
     b.targets = torch::randint(0, config.vocab_size, {batch, seq}, ids.options());
     b.loss_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kFloat32).device(dev));
     b.attention_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kBool).device(dev));
+    b.host = qad::data::read_host_facts(b);  // as to_tensors gives the trainer's batches: no device read per step
     qad::train::TrainConfig cfg;
     cfg.loss.log_ce = false;
     auto student = qad::train::quantize_student(qad::bench::random_cuda_model(config, 1), cfg, [&](const qad::train::CalibSink& sink) {

@@ -182,6 +182,7 @@ int main(int argc, char** argv) {
       b.targets = torch::randint(config.vocab_size, {batch, seq}, gen, torch::kLong).to(dev);
       b.loss_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kFloat32).device(dev));
       b.attention_mask = torch::ones({batch, seq}, torch::TensorOptions().dtype(torch::kBool).device(dev));
+      b.host = qad::data::read_host_facts(b);  // as to_tensors gives the trainer's batches: no device read per step
 
       qad::train::TrainConfig cfg;
       cfg.run.activation_checkpointing = ckpt;

@@ -19,10 +19,6 @@
 namespace qad::train {
 namespace {
 
-bool has_padding(const data::BatchTensors& b) {
-  return b.attention_mask.defined() && !b.attention_mask.all().item<bool>();
-}
-
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(torch::kFloat64); }
 
 // a + w * b on device tensors, where a may be undefined (0) and w is a 0-dim tensor or undefined (1).
@@ -33,8 +29,10 @@ torch::Tensor add_weighted(const torch::Tensor& a, const torch::Tensor& b, const
 }
 
 // Labels outside [0, V) where the loss reads them: checked before the step's work is queued (cross_entropy then
-// skips its own check, which would wait for the device in the middle of the step).
+// skips its own check, which would wait for the device in the middle of the step). A batch from to_tensors shows its
+// label range on the host; the device is read only when it does not (or shows a label outside, for the message).
 void check_labels(const data::BatchTensors& b, int64_t vocab) {
+  if (data::labels_known_in_range(b, vocab)) return;
   auto used = b.targets != -100;
   if (b.loss_mask.defined()) used = used.logical_and(b.loss_mask.to(used.device()) != 0);
   auto bad = used.logical_and(b.targets.lt(0).logical_or(b.targets.ge(vocab)));
@@ -240,8 +238,8 @@ LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tenso
 LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, const data::BatchTensors& batch,
                          const LossConfig& loss, bool activation_checkpointing, torch::Generator* gen) {
   if (loss.ce > 0 || loss.log_ce) check_labels(batch, student->config().vocab_size);
-  auto p = compute_losses_on_device(student, teacher, batch, loss, activation_checkpointing, gen, has_padding(batch),
-                                    /*labels_checked=*/true);
+  auto p = compute_losses_on_device(student, teacher, batch, loss, activation_checkpointing, gen,
+                                    data::has_padding(batch), /*labels_checked=*/true);
   return {p.total, read_values(p.values)};
 }
 
@@ -249,12 +247,13 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
                                                 const std::vector<data::BatchTensors>& micro_batches,
                                                 const TrainConfig& c, uint64_t rng_seed, bool inject_nan,
                                                 int64_t global_tokens, const std::function<void()>& before_last_backward) {
-  // The host reads of the step happen here, before any of its work is queued: which batches have padding (the
-  // attention path depends on it) and, where CE is computed, whether every label is in the vocabulary.
+  // The step's host decisions happen here, before any of its work is queued: which batches have padding (the
+  // attention path depends on it) and, where CE is computed, whether every label is in the vocabulary. Batches from
+  // to_tensors answer both from their host facts; others are read from the device.
   const bool ce_read = c.loss.ce > 0 || c.loss.log_ce;
   std::vector<bool> padded;
   for (const auto& b : micro_batches) {
-    padded.push_back(has_padding(b));
+    padded.push_back(data::has_padding(b));
     if (ce_read) check_labels(b, student->config().vocab_size);
   }
   const size_t n = micro_batches.size();
@@ -326,7 +325,7 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
   }
   if (DataParallel* dp = o.parallel) {
     int64_t local = 0;
-    for (const auto& b : micro_batches) local += b.loss_mask.sum().item<int64_t>();
+    for (const auto& b : micro_batches) local += data::loss_tokens(b);
     const int64_t global = dp->sum_tokens(local);
     dp->begin_step();
     // Rank r's micro-batch i draws from stream rng_seed + r * A + i (A micro-batches per rank): with A = 1 the

@@ -73,7 +73,8 @@ LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teach
                                 uint64_t rng_seed, bool inject_nan = false, int64_t global_tokens = 0,
                                 const std::function<void()>& before_last_backward = nullptr);
 
-// accumulate_gradients without reading the values (no host synchronisation after the padding check at the start).
+// accumulate_gradients without reading the values (no host synchronisation; batches without host facts,
+// data::HostFacts, are read for their padding and labels at the start).
 DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model::CausalLM* teacher,
                                                 const std::vector<data::BatchTensors>& micro_batches,
                                                 const TrainConfig& config, uint64_t rng_seed, bool inject_nan = false,
@@ -85,9 +86,9 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
 // one batch holding all of them (the CKA term is computed per micro-batch: minibatch CKA).
 // Where the optimizer has a device-side step (AdamW on CUDA) and there is one process, nothing in the step waits
 // for the device: the loss parts, token counts, gradient norm, clipping factor and the non-finite skip stay on
-// the device, and the values are read once, after the whole step is queued. The exceptions, each before any of
-// the step's work is queued or documented where it happens: the padding check of the batches, the CE label
-// check (when CE is computed) and CKA dynamic balancing (which needs the KL's value).
+// the device, and the values are read once, after the whole step is queued. Padding and the CE label range come
+// from the batches' host facts (data::HostFacts); the exceptions: batches without them (read from the device
+// before any of the step's work is queued) and CKA dynamic balancing (which needs the KL's value).
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
                       const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer, const StepOptions& o);
 

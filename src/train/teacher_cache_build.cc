@@ -169,7 +169,7 @@ TeacherCacheSummary build_teacher_cache(const TrainConfig& cfg_in, const Teacher
         model::ForwardOptions fo;
         auto mask = bt.attention_mask.narrow(0, j0, b);
         // As the training step: the attention mask only where the micro-batch has padding.
-        if (!mask.all().item<bool>()) fo.attention_mask = mask;
+        if (data::has_padding(batch, j0, b)) fo.attention_mask = mask;
         std::vector<std::vector<int32_t>> pos(static_cast<size_t>(b));
         if (cka) {
           auto mask_cpu = mask.to(torch::kCPU).contiguous();

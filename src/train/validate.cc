@@ -39,7 +39,7 @@ ValidResult validate(model::CausalLM& student, model::CausalLM* teacher, data::L
     model::ForwardOptions fo;
     fo.return_hidden = teacher != nullptr;
     fo.return_router_logits = moe;
-    if (!b.attention_mask.all().item<bool>()) fo.attention_mask = b.attention_mask;
+    if (data::has_padding(b)) fo.attention_mask = b.attention_mask;
     auto s = student->forward(b.input_ids, fo);
     const auto scored = loss::scored_rows(s.logits, b.targets, b.loss_mask);
     if (scored.rows.size(0) == 0) continue;

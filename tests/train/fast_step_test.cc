@@ -1,16 +1,19 @@
 // The training step's fast paths against its plain ones, on the CPU: the fused lm_head + KL/CE (FP64: same loss
 // values and gradients), and the device-side step (fused AdamW's reference on FP32: same update, the poisoned
 // step skipped with the weights untouched and the step count unchanged).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
 #include <map>
+#include <string>
 
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "train/optimizer.h"
 #include "train/step.h"
+#include "util/error.h"
 
 namespace qad::train {
 namespace {
@@ -124,6 +127,54 @@ TEST(FastStepTest, DeviceSideStepMatchesHostStepAndSkipsPoisonedSteps) {
   EXPECT_FALSE(std::isfinite(r.values.loss));
   EXPECT_EQ(fused.steps(), 2);
   for (auto& [n, p] : b->hf_tensors()) EXPECT_TRUE(qad::testing::same_bits(p.detach(), before[n])) << n;
+}
+
+// A batch from to_tensors decides padding and checks labels from its host facts: the same loss as the same tensors
+// without facts (read from the device), another loss when the facts are made to say "no padding" (the step does
+// use them), and a label outside the vocabulary still stops the step by name.
+TEST(FastStepTest, BatchesWithHostFactsGiveTheSameLossAndLabelErrors) {
+  auto teacher = fixture(torch::kFloat64, 0);
+  auto student = fixture(torch::kFloat64, 41);
+  const int64_t v = teacher->config().vocab_size, t = 12;
+  data::Batch b;
+  b.batch = 2;
+  b.seq_len = t;
+  auto gen = seeded_generator(42);
+  auto ids = torch::randint(v, {2 * t}, gen, torch::kInt);
+  b.input_ids.assign(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + 2 * t);
+  b.targets = b.input_ids;
+  b.loss_mask.assign(2 * t, 1);
+  b.attention_mask.assign(2 * t, 1);
+  // Row 1 is padded on the left (5 positions): unmasked, its real tokens would attend to the padding and take
+  // other positions, so the masked and unmasked paths give different losses.
+  for (int64_t i = t; i < t + 5; ++i) b.attention_mask[i] = 0, b.loss_mask[i] = 0;
+  TrainConfig cfg;
+  cfg.loss.kl = 1.0;
+  cfg.loss.ce = 0.5;
+  auto x = data::to_tensors(b);
+  ASSERT_TRUE(x.host.known && x.host.padded);
+  auto y = x;
+  y.host = {};
+  auto with_facts = compute_losses(student, &teacher, x, cfg.loss, false, nullptr);
+  auto without = compute_losses(student, &teacher, y, cfg.loss, false, nullptr);
+  EXPECT_EQ(with_facts.values.loss, without.values.loss);
+  EXPECT_EQ(with_facts.values.tokens, 12 + 7);
+  auto wrong = x;
+  wrong.host.padded = false;
+  const double unmasked = compute_losses(student, &teacher, wrong, cfg.loss, false, nullptr).values.loss;
+  EXPECT_GT(std::abs(unmasked - with_facts.values.loss), 1e-6 * std::abs(with_facts.values.loss));
+
+  b.targets[t + 2] = static_cast<int32_t>(v);  // not trained on (padding): ignored
+  EXPECT_NO_THROW(compute_losses(student, &teacher, data::to_tensors(b), cfg.loss, false, nullptr));
+  b.targets[3] = static_cast<int32_t>(v);
+  try {
+    compute_losses(student, &teacher, data::to_tensors(b), cfg.loss, false, nullptr);
+    ADD_FAILURE() << "no error for a label outside the vocabulary";
+  } catch (const qad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format("label {} at token 3 (flattened) is outside the vocabulary", v)),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace
