@@ -186,6 +186,30 @@ struct HiddenKeeper {
   torch::Tensor slice() const { return buffer.select(0, next).narrow(0, 0, out.hidden_rows.size(0)); }
 };
 
+// The end of both forwards, after the final norm: the positions whose logits are wanted, then the lm_head (or,
+// with skip_logits, the hidden states it would take) and the router logits by layer name.
+ForwardOutput finish_forward(torch::Tensor h, const ForwardOptions& o, Linear& lm_head,
+                             const std::vector<std::pair<int64_t, torch::Tensor>>& router_logits, ForwardOutput out) {
+  const int64_t b = h.size(0), t = h.size(1);
+  if (o.logits_positions.defined()) {
+    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}",
+              b, shape_str(o.logits_positions.sizes()));
+    auto index = o.logits_positions.to(h.device()).view({b, 1, 1}).expand({b, 1, h.size(-1)});
+    h = h.gather(1, index);
+  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
+    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
+  }
+  if (o.skip_logits) {
+    out.final_hidden = h;
+    return out;
+  }
+  out.logits = lm_head(h);
+  for (const auto& [layer, logits] : router_logits) {
+    out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
+  }
+  return out;
+}
+
 }  // namespace
 
 ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& o) {
@@ -278,21 +302,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const Forwar
   h = use_fused_kernels(ctx, h) ? fused::rms_norm(h, model->norm->weight, model->norm->eps) : model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
-  if (o.logits_positions.defined()) {
-    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
-              shape_str(o.logits_positions.sizes()));
-    auto index = o.logits_positions.to(device).view({b, 1, 1}).expand({b, 1, h.size(-1)});
-    h = h.gather(1, index);
-  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
-    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
-  }
-  if (o.skip_logits) {
-    out.final_hidden = h;
-    return out;
-  }
-  out.logits = lm_head(h);
-  for (auto& [layer, logits] : router_logits) out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
-  return out;
+  return finish_forward(std::move(h), o, lm_head, router_logits, std::move(out));
 }
 
 // NemotronH: the blocks in order, no positions (its attention has no RoPE); the same options as above, with the
@@ -347,21 +357,7 @@ ForwardOutput CausalLMImpl::forward_hybrid(const torch::Tensor& input_ids, const
   h = model->norm(h);
   keep_hidden("norm", h);
   if (o.cache != nullptr) o.cache->advance(t);
-  if (o.logits_positions.defined()) {
-    QAD_CHECK(o.logits_positions.dim() == 1 && o.logits_positions.size(0) == b, "logits_positions must be [{}], got {}", b,
-              shape_str(o.logits_positions.sizes()));
-    auto index = o.logits_positions.to(device).view({b, 1, 1}).expand({b, 1, h.size(-1)});
-    h = h.gather(1, index);
-  } else if (o.logits_to_keep > 0 && o.logits_to_keep < t) {
-    h = h.narrow(1, t - o.logits_to_keep, o.logits_to_keep);
-  }
-  if (o.skip_logits) {
-    out.final_hidden = h;
-    return out;
-  }
-  out.logits = lm_head(h);
-  for (auto& [layer, logits] : router_logits) out.router_logits.emplace_back("layers." + std::to_string(layer), logits);
-  return out;
+  return finish_forward(std::move(h), o, lm_head, router_logits, std::move(out));
 }
 
 torch::ScalarType CausalLM::default_dtype(torch::Device device) {
