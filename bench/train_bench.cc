@@ -38,6 +38,7 @@
 
 #include "bench_common.h"
 #include "data/batch_tensors.h"
+#include "experiment/stats.h"
 #include "io/safetensors_torch.h"
 #include "kernel_profile.h"
 #include "loss/stacked_rows.h"
@@ -306,6 +307,14 @@ int main(int argc, char** argv) {
               const auto q = [&](double f) { return ratios[static_cast<size_t>(f * static_cast<double>(ratios.size() - 1) + 0.5)]; };
               per_round += fmt::format("; per-round ratio median {:.4f}, quartiles {:.4f} .. {:.4f} over {} rounds",
                                        q(0.5), q(0.25), q(0.75), ratios.size());
+              // The mean of the per-round ratios with its Student-t 95 % interval, taking the rounds as independent
+              // draws: how far this call's estimate may sit from the cost itself. (Not an interval of the "time x"
+              // column, which is a ratio of medians over all timed steps.)
+              const auto s = qad::experiment::describe(ratios);
+              if (s.ci_low && s.ci_high) {
+                per_round += fmt::format("; mean {:.4f}, 95 % interval {:.4f} .. {:.4f}", s.mean, *s.ci_low,
+                                         *s.ci_high);
+              }
             }
           }
           fmt::print("  {:<34} steps {:.1f} .. {:.1f} ms, median {:.1f}{}\n", v.label,
