@@ -52,7 +52,9 @@ TEST(FlatLayout, BucketsCoverTheBufferContiguously) {
         EXPECT_GE(l.offset[p], b.begin);
         EXPECT_LE(l.offset[p] + numel[p], b.end);
       }
-      if (&b != &l.buckets.back()) EXPECT_GE(b.end - b.begin, 4000);
+      if (&b != &l.buckets.back()) {
+        EXPECT_GE(b.end - b.begin, 4000);
+      }
     }
     EXPECT_EQ(at, l.padded);
     EXPECT_EQ(l.padded % (world * kAlign), 0);

@@ -61,7 +61,9 @@ TEST(SafetensorsTorch, EveryDtypeRoundTrips) {
 TEST(SafetensorsTorch, Float8MapsToTheTorchType) {
   EXPECT_EQ(to_scalar_type(DType::F8_E4M3), compat::float8_e4m3_type());
   EXPECT_EQ(to_scalar_type(DType::U8), torch::kUInt8);
-  if (compat::kHasFloat8) EXPECT_EQ(from_scalar_type(compat::float8_e4m3_type()), DType::F8_E4M3);
+  if (compat::kHasFloat8) {
+    EXPECT_EQ(from_scalar_type(compat::float8_e4m3_type()), DType::F8_E4M3);
+  }
   // 0x38 is 1.0 in E4M3; read through the mapping it keeps its bits.
   const auto p = temp_file("f8.safetensors");
   std::vector<std::byte> bytes = {std::byte{0x38}, std::byte{0xC0}, std::byte{0x00}};

@@ -153,7 +153,9 @@ TEST(CkaLoss, SubsampledTokensAreDistinctSortedAndUniform) {
     const int64_t* p = idx.data_ptr<int64_t>();
     for (int64_t i = 0; i < 8; ++i) {
       ASSERT_TRUE(p[i] >= 0 && p[i] < 64);
-      if (i > 0) ASSERT_LT(p[i - 1], p[i]);  // ascending, so distinct
+      if (i > 0) {  // ascending, so distinct
+        ASSERT_LT(p[i - 1], p[i]);
+      }
       ++count[static_cast<size_t>(p[i])];
     }
     if (draw == 0) first_draw.assign(p, p + 8);

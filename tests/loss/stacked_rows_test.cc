@@ -42,7 +42,7 @@ TEST(StackRows, ConsecutiveSlicesAreStackedWithoutACopyAndGetTheirGradients) {
       auto r = leaf.select(0, i) * static_cast<double>(i + 1);
       buffer.select(0, i).copy_(r.detach());
       auto alias = buffer.select(0, i).detach();
-      torch::autograd::impl::set_gradient_edge(alias, {r.grad_fn(), r.output_nr()});
+      torch::autograd::impl::set_gradient_edge(alias, {r.grad_fn(), static_cast<uint32_t>(r.output_nr())});
       rows.push_back(alias);
     }
     ASSERT_TRUE(rows_are_consecutive_slices(rows));
@@ -70,7 +70,7 @@ TEST(StackRows, SlicesWithScratchRowsBetweenThemAreAView) {
     auto r = leaf.select(0, i) * static_cast<double>(i + 1);
     buffer.select(0, i).narrow(0, 0, 6).copy_(r.detach());
     auto alias = buffer.select(0, i).narrow(0, 0, 6).detach();
-    torch::autograd::impl::set_gradient_edge(alias, {r.grad_fn(), r.output_nr()});
+    torch::autograd::impl::set_gradient_edge(alias, {r.grad_fn(), static_cast<uint32_t>(r.output_nr())});
     rows.push_back(alias);
   }
   ASSERT_TRUE(rows_are_consecutive_slices(rows));
@@ -126,7 +126,7 @@ TEST(StackRows, OnlyTheRowsThatNeedAGradientGetOne) {
   buffer.select(0, 0).copy_(r0.detach());
   buffer.select(0, 1).copy_(torch::randn({3, 4}, gen));
   auto a0 = buffer.select(0, 0).detach(), a1 = buffer.select(0, 1).detach();
-  torch::autograd::impl::set_gradient_edge(a0, {r0.grad_fn(), r0.output_nr()});
+  torch::autograd::impl::set_gradient_edge(a0, {r0.grad_fn(), static_cast<uint32_t>(r0.output_nr())});
   auto s = stack_rows({a0, a1});
   ASSERT_TRUE(s.requires_grad());
   auto w = torch::randn({2, 3, 4}, gen);

@@ -283,7 +283,9 @@ TEST(Qwen3Moe, GradientsReachRouterAndRoutedExpertsAlsoUnderCheckpointing) {
   auto named = lm->hf_tensors();
   for (size_t i = 0; i < named.size(); ++i) {
     EXPECT_TRUE(torch::allclose(plain[i], ckpt[i], 1e-5, 1e-7)) << named[i].first;
-    if (named[i].first == "model.layers.1.mlp.gate.weight") EXPECT_GT(plain[i].abs().max().item<double>(), 0.0);
+    if (named[i].first == "model.layers.1.mlp.gate.weight") {
+      EXPECT_GT(plain[i].abs().max().item<double>(), 0.0);
+    }
   }
 }
 

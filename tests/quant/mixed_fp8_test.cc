@@ -137,7 +137,9 @@ TEST(MixedFp8, QuantizerStateCarriesTheFormat) {
   EXPECT_FALSE(same_bits(fresh->forward(ids).logits, want)) << "the marker must decide the format";
   quant::load_quantizer_state(fresh, state, weight_only);
   for (const auto& l : fresh->linears()) {
-    if (auto* h = quant::nvfp4_hook(l)) EXPECT_EQ(h->quantize_inputs, h->fp8) << l->name();
+    if (auto* h = quant::nvfp4_hook(l)) {
+      EXPECT_EQ(h->quantize_inputs, h->fp8) << l->name();
+    }
   }
   auto bad = state;
   for (auto& [n, t] : bad) {
@@ -199,7 +201,9 @@ TEST(MixedFp8, ExportIsModelOptMixedPrecisionAndRoundTrips) {
   EXPECT_EQ(fp8_targets.front(), "lm_head");
   // The FP8 tensors as vLLM's ModelOpt FP8 loader reads them.
   for (const auto& [name, t] : io::read_tensors(out)) {
-    if (name == "lm_head.weight") EXPECT_EQ(t.numel(), lm->lm_head->weight.numel());
+    if (name == "lm_head.weight") {
+      EXPECT_EQ(t.numel(), lm->lm_head->weight.numel());
+    }
     if (name == "lm_head.weight_scale" || name == "lm_head.input_scale") {
       EXPECT_EQ(t.scalar_type(), torch::kFloat32) << name;
       EXPECT_EQ(t.dim(), 0) << name;

@@ -39,7 +39,9 @@ TEST(FusedAdamWCuda, KernelEqualsReferenceBitForBit) {
     EXPECT_TRUE(same_bits(gpu[i].master.cpu(), cpu[i].master)) << "tensor " << i;
     EXPECT_TRUE(same_bits(gpu[i].exp_avg.cpu(), cpu[i].exp_avg)) << "tensor " << i;
     EXPECT_TRUE(same_bits(gpu[i].exp_avg_sq.cpu(), cpu[i].exp_avg_sq)) << "tensor " << i;
-    if (cpu[i].param.defined()) EXPECT_TRUE(same_bits(gpu[i].param.cpu(), cpu[i].param)) << "tensor " << i;
+    if (cpu[i].param.defined()) {
+      EXPECT_TRUE(same_bits(gpu[i].param.cpu(), cpu[i].param)) << "tensor " << i;
+    }
   }
   // A skipped step leaves every buffer as it was.
   auto before = gpu[4].master.clone();

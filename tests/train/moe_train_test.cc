@@ -136,7 +136,9 @@ TEST(MoeQad, RouterBalanceLossAddsItsWeightTimesTheAuxLoss) {
   EXPECT_NEAR(parts.values.loss, *parts.values.kl + 0.25 * aux.item<double>(), 1e-6);
   parts.total.backward();
   for (auto& [n, p] : student->hf_tensors()) {
-    if (n == "model.layers.1.mlp.gate.weight") EXPECT_GT(p.grad().abs().max().item<double>(), 0.0) << n;
+    if (n == "model.layers.1.mlp.gate.weight") {
+      EXPECT_GT(p.grad().abs().max().item<double>(), 0.0) << n;
+    }
   }
   cfg.run.teacher = "teacher";  // the fields validate() requires of any run
   cfg.run.out = "out";

@@ -114,7 +114,9 @@ TEST(NemotronHQad, FrozenRoutersStayAtTheTeachersWeights) {
   int moved = 0;
   for (auto& [n, p] : student.lm->hf_tensors()) {
     const bool same = torch::equal(p.detach(), before[n]);
-    if (n.ends_with(".mixer.gate.weight") || n.ends_with(".e_score_correction_bias")) EXPECT_TRUE(same) << n;
+    if (n.ends_with(".mixer.gate.weight") || n.ends_with(".e_score_correction_bias")) {
+      EXPECT_TRUE(same) << n;
+    }
     moved += !same;
   }
   EXPECT_GT(moved, 10);

@@ -197,7 +197,9 @@ TEST(Usage, HelpShowsTypesAndDefaults) {
   for (const auto& [path, text] : help) {
     EXPECT_EQ(text.find("BOOLEAN:value"), std::string::npos) << "qad " << path << " --help:\n" << text;
     const auto device = help_line(text, "--device");
-    if (!device.empty()) EXPECT_NE(device.find("cuda:N"), std::string::npos) << "qad " << path << ": " << device;
+    if (!device.empty()) {
+      EXPECT_NE(device.find("cuda:N"), std::string::npos) << "qad " << path << ": " << device;
+    }
   }
 }
 
