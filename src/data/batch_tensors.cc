@@ -18,9 +18,7 @@ HostFacts facts_of(const torch::Tensor& targets, const torch::Tensor& loss_mask,
   f.attention_mask = b.attention_mask;
   if (attention_mask.defined()) f.padded = !attention_mask.all().item<bool>();
   if (targets.defined()) {
-    auto used = targets != -100;
-    if (loss_mask.defined()) used = used.logical_and(loss_mask != 0);
-    const auto labels = targets.masked_select(used);
+    const auto labels = targets.masked_select(labels_read(targets, loss_mask));
     f.labels = labels.numel();
     if (f.labels > 0) {
       f.min_label = labels.min().item<int64_t>();
@@ -85,6 +83,11 @@ bool labels_known_in_range(const BatchTensors& b, int64_t vocab) {
   const auto& h = b.host;
   return describes(h, h.targets, b.targets) && describes(h, h.loss_mask, b.loss_mask) &&
          (h.labels == 0 || (h.min_label >= 0 && h.max_label < vocab));
+}
+
+torch::Tensor labels_read(const torch::Tensor& targets, const torch::Tensor& loss_mask) {
+  auto used = targets != -100;
+  return loss_mask.defined() ? used.logical_and(loss_mask.to(targets.device()) != 0) : used;
 }
 
 int64_t loss_tokens(const BatchTensors& b) {

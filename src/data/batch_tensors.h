@@ -56,6 +56,10 @@ bool has_padding(const Batch& b, int64_t first, int64_t count);
 // the label and its position.
 bool labels_known_in_range(const BatchTensors& b, int64_t vocab);
 
+// The positions whose label the loss reads, one definition for the host facts and the device check: target != -100
+// and, when there is a loss mask, loss_mask != 0. bool, of targets' shape and on its device.
+torch::Tensor labels_read(const torch::Tensor& targets, const torch::Tensor& loss_mask);
+
 // loss_mask.sum() as an integer: from b.host while it describes b's loss mask, otherwise read from the device.
 int64_t loss_tokens(const BatchTensors& b);
 

@@ -33,9 +33,7 @@ torch::Tensor add_weighted(const torch::Tensor& a, const torch::Tensor& b, const
 // label range on the host; the device is read only when it does not (or shows a label outside, for the message).
 void check_labels(const data::BatchTensors& b, int64_t vocab) {
   if (data::labels_known_in_range(b, vocab)) return;
-  auto used = b.targets != -100;
-  if (b.loss_mask.defined()) used = used.logical_and(b.loss_mask.to(used.device()) != 0);
-  auto bad = used.logical_and(b.targets.lt(0).logical_or(b.targets.ge(vocab)));
+  auto bad = data::labels_read(b.targets, b.loss_mask).logical_and(b.targets.lt(0).logical_or(b.targets.ge(vocab)));
   if (bad.any().item<bool>()) {
     const int64_t i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
     fail("cross_entropy: label {} at token {} (flattened) is outside the vocabulary [0, {}); use -100 to ignore a "
