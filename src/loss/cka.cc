@@ -63,6 +63,7 @@ struct Core {
   torch::Tensor k_row_means, l_row_means, k_mean, l_mean;  // gram_centred: FP32 [L, n] and [L]
   torch::Tensor f, fxx, fyy;             // FP64 [L]: dps(X,Y), dps(X,X), dps(Y,Y)
   torch::Tensor sx, sy;                  // debiased: FP64 row squared norms of Xc, Yc [L, n]
+  torch::Tensor cka, cka_float;          // gram_centred: f / sqrt(fxx fyy), FP64 and FP32 [L] (GramSums')
 };
 
 // BF16 products of the uncentred rows, centred in the Gram: the forward writes no centred copy of either side, and
@@ -87,7 +88,8 @@ void gram_centred_core(Core& c, const torch::Tensor& x, const torch::Tensor& y) 
   auto sums = torch::empty({L, 3}, f32.dtype(torch::kFloat64));
   c.k_row_means = torch::empty({L, c.n}, f32), c.l_row_means = torch::empty({L, c.n}, f32);
   c.k_mean = torch::empty({L}, f32), c.l_mean = torch::empty({L}, f32);
-  kernels::GramSums g{c.k, c.l, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean};
+  c.cka = torch::empty({L}, f32.dtype(torch::kFloat64)), c.cka_float = torch::empty({L}, f32);
+  kernels::GramSums g{c.k, c.l, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean, c.cka, c.cka_float};
   kernels::centred_gram_sums(g);
   c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
 }
@@ -188,8 +190,8 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
                                CkaEstimator est, bool grad_x, bool grad_y, Products products, int64_t scratch_rows) {
     Core c = compute_core(x, y, est, products);
-    auto root = torch::sqrt(c.fxx * c.fyy);
-    auto cka = c.f / root;
+    // (The BF16 path's sums kernel computed the values in the same operations.)
+    auto cka = c.cka.defined() ? c.cka : c.f / torch::sqrt(c.fxx * c.fyy);
     if (grad_x || grad_y) {
       // The centred features themselves, not x and y: the backward would otherwise cast and centre both again
       // (four passes over [L, n, p]). Only what the requested gradients read is kept: in the Gram form the
@@ -220,6 +222,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["fyy"] = c.fyy;
       ctx->saved_data["cka"] = cka;
     }
+    if (c.cka_float.defined()) return c.cka_float;
     return cka.to(c.k.defined() ? c.k.scalar_type() : c.xc.scalar_type());  // FP32 (FP64) even for BF16 features
   }
 
@@ -246,9 +249,13 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     auto fxx = ctx->saved_data["fxx"].toTensor();
     auto fyy = ctx->saved_data["fyy"].toTensor();
     auto cka = ctx->saved_data["cka"].toTensor();
-    auto go = grad_outputs[0].to(torch::kFloat64);
-    auto root = torch::sqrt(fxx * fyy);
-    auto alpha = 2.0 / root;
+    // The per-layer factors: in the BF16 path one kernel forms them (backward_factors), else tensor ops.
+    torch::Tensor go, root, alpha;
+    if (!gram_centred) {
+      go = grad_outputs[0].to(torch::kFloat64);
+      root = torch::sqrt(fxx * fyy);
+      alpha = 2.0 / root;
+    }
     const double n = static_cast<double>(own_c.size(1));
     torch::Tensor sx, sy, nx, ny;
     if (debiased) {
@@ -266,8 +273,17 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
                     const torch::Tensor& s_other, const torch::Tensor& n_own, const torch::Tensor& n_other,
                     torch::ScalarType input_type) {
       // The incoming gradient `go` scales the small per-layer factors, not the [L, n, p] result.
-      auto beta = per_layer(-2.0 * cka / f_own * go, ct);
-      auto alpha_go = per_layer(alpha * go, ct);
+      torch::Tensor beta, alpha_go;
+      if (gram_centred) {
+        auto f32 = fxx.options().dtype(torch::kFloat32);
+        kernels::BackwardFactors bf{cka, f_own, fxx, fyy, grad_outputs[0], torch::empty(cka.sizes(), f32),
+                                    torch::empty(cka.sizes(), f32)};
+        kernels::backward_factors(bf);
+        beta = bf.beta, alpha_go = bf.alpha;
+      } else {
+        beta = per_layer(-2.0 * cka / f_own * go, ct);
+        alpha_go = per_layer(alpha * go, ct);
+      }
       torch::Tensor g;
       if (gram_centred) {
         // M = Kc·β + Lc·α centred on the fly and rounded to BF16 in one pass over both kernels (cka_kernels.h),
@@ -281,8 +297,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
         const bool fold = has_correction_room(own, scratch_rows);
         auto m = torch::empty({L, n_rows, n_rows + (fold ? kCorrectionWidth : 0)},
                               own_kernel.gram.options().dtype(torch::kBFloat16));
-        kernels::CombineKernels ck{own_kernel, other_kernel, beta.reshape({-1}).contiguous(),
-                                   alpha_go.reshape({-1}).contiguous(), m};
+        kernels::CombineKernels ck{own_kernel, other_kernel, beta, alpha_go, m};
         kernels::combine_kernels(ck);
         if (fold) {
           auto rows = own.as_strided({L, n_rows + kCorrectionWidth, p}, {own.stride(0), p, 1}, own.storage_offset());

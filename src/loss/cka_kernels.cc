@@ -2,6 +2,7 @@
 #include "loss/cka_kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "util/error.h"
@@ -60,6 +61,12 @@ void check_gram_sums(const GramSums& g) {
                 is_f32(g.l_mean, {L}, dev),
             "centred_gram_sums: the row means must be contiguous float32 [layers, n] and the means float32 [layers] "
             "tensors on the kernels' device");
+  QAD_CHECK(g.cka.defined() == g.cka_float.defined() &&
+                (!g.cka.defined() || (g.cka.dim() == 1 && g.cka.size(0) == L && g.cka.is_contiguous() &&
+                                      g.cka.scalar_type() == torch::kFloat64 && g.cka.device() == dev &&
+                                      is_f32(g.cka_float, {L}, dev))),
+            "centred_gram_sums: cka and cka_float must both be given (contiguous float64 and float32 [layers] tensors "
+            "on the kernels' device) or neither");
 }
 
 void check_combine(const CombineKernels& c) {
@@ -188,6 +195,14 @@ void centred_gram_sums_reference(GramSums& g) {
   }
   g.sums.copy_(sums);
   g.k_row_means.copy_(k_rows), g.l_row_means.copy_(l_rows), g.k_mean.copy_(k_mean), g.l_mean.copy_(l_mean);
+  if (g.cka.defined()) {
+    auto cka = torch::empty({L}, torch::kFloat64);
+    for (int64_t b = 0; b < L; ++b) {
+      cka.data_ptr<double>()[b] = sum_a[b][0] / std::sqrt(sum_a[b][1] * sum_a[b][2]);
+    }
+    g.cka.copy_(cka);
+    g.cka_float.copy_(cka.to(torch::kFloat32));
+  }
 }
 
 void centred_gram_sums(GramSums& g) {
@@ -196,6 +211,41 @@ void centred_gram_sums(GramSums& g) {
   if (g.k.is_cuda()) return centred_gram_sums_cuda(g);
 #endif
   centred_gram_sums_reference(g);
+}
+
+void backward_factors_reference(BackwardFactors& b) {
+  auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat64).contiguous(); };  // exact
+  auto cka = cpu(b.cka), f_own = cpu(b.f_own), fxx = cpu(b.fxx), fyy = cpu(b.fyy), go = cpu(b.go);
+  const int64_t L = cka.size(0);
+  auto beta = torch::empty({L}, torch::kFloat32), alpha = torch::empty({L}, torch::kFloat32);
+  for (int64_t l = 0; l < L; ++l) {
+    const double g = go.data_ptr<double>()[l];
+    beta.data_ptr<float>()[l] = static_cast<float>(-2.0 * cka.data_ptr<double>()[l] / f_own.data_ptr<double>()[l] * g);
+    alpha.data_ptr<float>()[l] =
+        static_cast<float>(2.0 / std::sqrt(fxx.data_ptr<double>()[l] * fyy.data_ptr<double>()[l]) * g);
+  }
+  b.beta.copy_(beta);
+  b.alpha.copy_(alpha);
+}
+
+void backward_factors(BackwardFactors& b) {
+  QAD_CHECK(b.cka.defined() && b.cka.dim() == 1, "backward_factors: cka must be a [layers] tensor");
+  const int64_t L = b.cka.size(0);
+  const auto dev = b.cka.device();
+  for (const auto* t : {&b.cka, &b.f_own, &b.fxx, &b.fyy}) {
+    QAD_CHECK(t->defined() && t->dim() == 1 && t->size(0) == L && t->scalar_type() == torch::kFloat64 &&
+                  t->device() == dev,
+              "backward_factors: cka, f_own, fxx and fyy must be float64 [layers] tensors on one device");
+  }
+  QAD_CHECK(b.go.defined() && b.go.dim() == 1 && b.go.size(0) == L && b.go.device() == dev &&
+                (b.go.scalar_type() == torch::kFloat32 || b.go.scalar_type() == torch::kFloat64),
+            "backward_factors: the incoming gradient must be a float32 or float64 [layers] tensor on cka's device");
+  QAD_CHECK(is_f32(b.beta, {L}, dev) && is_f32(b.alpha, {L}, dev),
+            "backward_factors: beta and alpha must be contiguous float32 [layers] tensors on cka's device");
+#ifdef QAD_HAS_CUDA
+  if (dev.is_cuda()) return backward_factors_cuda(b);
+#endif
+  backward_factors_reference(b);
 }
 
 void combine_kernels_reference(CombineKernels& c) {

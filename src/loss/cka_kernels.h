@@ -56,9 +56,13 @@ void pair_sums(PairSums& s);
 //   k_mean, l_mean [L] float32 = float(sum of all elements in double / n^2).
 // The identity subtracts raw second moments, but in double: the products are exact and a sum of n^2 terms loses
 // ~n^2 * 2^-53 of the raw magnitude, far below K's own FP32 rounding.
+// Optional outputs (both or neither), the layers' CKA from those sums in the tensor ops' order, each operation of
+// double rounded once: cka [L] float64 = sums[l, 0] / sqrt(sums[l, 1] * sums[l, 2]) and cka_float [L] float32 =
+// float(cka). (Four small kernels of tensor ops otherwise, each a launch in the step.)
 struct GramSums {
   torch::Tensor k, l;
   torch::Tensor sums, k_row_means, l_row_means, k_mean, l_mean;
+  torch::Tensor cka, cka_float;
 };
 void centred_gram_sums_reference(GramSums& g);  // sums in the plain loop order
 #ifdef QAD_HAS_CUDA
@@ -90,6 +94,23 @@ void combine_kernels_reference(CombineKernels& c);
 void combine_kernels_cuda(CombineKernels& c);
 #endif
 void combine_kernels(CombineKernels& c);
+
+// The backward's per-layer factors of the BF16 path (cka.cc) from the forward's values: cka, f_own (the
+// differentiated side's centred dot product), fxx, fyy [L] float64 and the incoming gradient go [L] float32 or
+// float64 (any 1-D strides). Outputs (allocated by the caller): beta, alpha [L] float32 with, in double, each
+// operation rounded once (the order of the tensor ops they replace, so the same bits):
+//   beta[l] = float(((-2 * cka[l]) / f_own[l]) * double(go[l])),
+//   alpha[l] = float((2 / sqrt(fxx[l] * fyy[l])) * double(go[l])).
+// One launch where the tensor ops take eleven, each a gap in the backward.
+struct BackwardFactors {
+  torch::Tensor cka, f_own, fxx, fyy, go;
+  torch::Tensor beta, alpha;
+};
+void backward_factors_reference(BackwardFactors& b);
+#ifdef QAD_HAS_CUDA
+void backward_factors_cuda(BackwardFactors& b);
+#endif
+void backward_factors(BackwardFactors& b);
 
 // rows [L, n + e, p] bfloat16, e >= 1, rows of p contiguous elements (any layer stride): the first n rows of each
 // layer are data, the e after them scratch. Writes, for every layer and column,

@@ -223,7 +223,8 @@ constexpr int kFinishThreads = 256;
 __global__ void __launch_bounds__(kFinishThreads)
     gram_finish_kernel(const double* __restrict__ row_sums, const double* __restrict__ partial, int64_t n, int ctas,
                        double* __restrict__ sums, float* __restrict__ k_row_means, float* __restrict__ l_row_means,
-                       float* __restrict__ k_mean, float* __restrict__ l_mean) {
+                       float* __restrict__ k_mean, float* __restrict__ l_mean, double* __restrict__ cka,
+                       float* __restrict__ cka_float) {
   const int64_t layer = blockIdx.x;
   const double dn = static_cast<double>(n);
   const double* rk = row_sums + layer * 2 * n;
@@ -254,12 +255,36 @@ __global__ void __launch_bounds__(kFinishThreads)
       for (int j = 0; j < 3; ++j) raw[j] += partial[(layer * ctas + c) * 3 + j];
     }
     const double n2 = dn * dn;
-    sums[layer * 3 + 0] = raw[0] - 2.0 / dn * t[0] + t[3] * t[4] / n2;
-    sums[layer * 3 + 1] = raw[1] - 2.0 / dn * t[1] + t[3] * t[3] / n2;
-    sums[layer * 3 + 2] = raw[2] - 2.0 / dn * t[2] + t[4] * t[4] / n2;
+    double c[3];
+    c[0] = raw[0] - 2.0 / dn * t[0] + t[3] * t[4] / n2;
+    c[1] = raw[1] - 2.0 / dn * t[1] + t[3] * t[3] / n2;
+    c[2] = raw[2] - 2.0 / dn * t[2] + t[4] * t[4] / n2;
+    for (int j = 0; j < 3; ++j) sums[layer * 3 + j] = c[j];
     k_mean[layer] = static_cast<float>(t[3] / n2);
     l_mean[layer] = static_cast<float>(t[4] / n2);
+    if (cka != nullptr) {
+      // sums[0] / sqrt(sums[1] * sums[2]), each operation rounded once (what the tensor ops give).
+      const double value = __ddiv_rn(c[0], __dsqrt_rn(__dmul_rn(c[1], c[2])));
+      cka[layer] = value;
+      cka_float[layer] = __double2float_rn(value);
+    }
   }
+}
+
+// One thread per layer: the backward's factors (BackwardFactors in cka_kernels.h), each double operation rounded
+// once in the tensor ops' order.
+__global__ void backward_factors_kernel(const double* __restrict__ cka, const double* __restrict__ f_own,
+                                        const double* __restrict__ fxx, const double* __restrict__ fyy,
+                                        const void* __restrict__ go, bool go_double, int64_t L, int64_t s_cka,
+                                        int64_t s_own, int64_t s_xx, int64_t s_yy, int64_t s_go,
+                                        float* __restrict__ beta, float* __restrict__ alpha) {
+  const int64_t l = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (l >= L) return;
+  const double g = go_double ? static_cast<const double*>(go)[l * s_go]
+                             : static_cast<double>(static_cast<const float*>(go)[l * s_go]);
+  beta[l] = __double2float_rn(__dmul_rn(__ddiv_rn(__dmul_rn(-2.0, cka[l * s_cka]), f_own[l * s_own]), g));
+  const double root = __dsqrt_rn(__dmul_rn(fxx[l * s_xx], fyy[l * s_yy]));
+  alpha[l] = __double2float_rn(__dmul_rn(__ddiv_rn(2.0, root), g));
 }
 
 constexpr int kCombineThreads = 256;
@@ -459,7 +484,22 @@ void centred_gram_sums_cuda(GramSums& g) {
   gram_finish_kernel<<<static_cast<unsigned>(L), kFinishThreads, 0, stream>>>(
       row_sums.data_ptr<double>(), partial.data_ptr<double>(), n, static_cast<int>(ctas), g.sums.data_ptr<double>(),
       g.k_row_means.data_ptr<float>(), g.l_row_means.data_ptr<float>(), g.k_mean.data_ptr<float>(),
-      g.l_mean.data_ptr<float>());
+      g.l_mean.data_ptr<float>(), g.cka.defined() ? g.cka.data_ptr<double>() : nullptr,
+      g.cka.defined() ? g.cka_float.data_ptr<float>() : nullptr);
+  check_launch();
+}
+
+void backward_factors_cuda(BackwardFactors& b) {
+  const int64_t L = b.cka.size(0);
+  if (L == 0) return;
+  c10::cuda::CUDAGuard guard(b.cka.device());
+  const bool go_double = b.go.scalar_type() == torch::kFloat64;
+  constexpr int kThreads = 128;
+  backward_factors_kernel<<<static_cast<unsigned>((L + kThreads - 1) / kThreads), kThreads, 0,
+                            at::cuda::getCurrentCUDAStream()>>>(
+      b.cka.data_ptr<double>(), b.f_own.data_ptr<double>(), b.fxx.data_ptr<double>(), b.fyy.data_ptr<double>(),
+      b.go.data_ptr(), go_double, L, b.cka.stride(0), b.f_own.stride(0), b.fxx.stride(0), b.fyy.stride(0),
+      b.go.stride(0), b.beta.data_ptr<float>(), b.alpha.data_ptr<float>());
   check_launch();
 }
 

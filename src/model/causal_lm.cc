@@ -146,9 +146,17 @@ struct HiddenKeeper {
     if (!fits(x)) return std::nullopt;
     if (!index.defined()) {
       index = out.hidden_rows.to(x.device());
-      // The fused add's row-to-slot map (fused/add_gather_rows.h): built once per forward, used by every layer.
-      // Without it the layers add and gather with ATen's ops (fused kernels off: FusedKernels, QAD_FUSED_KERNELS).
-      if (fused && x.is_cuda()) slots = fused::slots_of_rows(index, x.numel() / x.size(-1));
+      // The fused add's row-to-slot map (fused/add_gather_rows.h): built once per forward (or taken from the
+      // forward the caller ran over the same rows), used by every layer. Without it the layers add and gather with
+      // ATen's ops (fused kernels off: FusedKernels, QAD_FUSED_KERNELS).
+      if (fused && x.is_cuda()) {
+        const int64_t rows = x.numel() / x.size(-1);
+        const auto& given = o.hidden_row_slots;
+        slots = given.defined() && given.dim() == 1 && given.size(0) == rows && given.device() == x.device()
+                    ? given
+                    : fused::slots_of_rows(index, rows);
+        out.hidden_row_slots = slots;
+      }
     }
     return RowTap{index, slots, slice()};
   }

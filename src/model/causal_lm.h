@@ -30,6 +30,9 @@ struct ForwardOptions {
   // otherwise wait for. An undefined tensor from it keeps every row. ForwardOutput::hidden_rows returns them, for
   // the student's forward.
   std::function<torch::Tensor()> hidden_rows_source;
+  // With hidden_rows: ForwardOutput::hidden_row_slots of a forward over the same rows and batch shape (the
+  // teacher's, for the student), instead of building the map again; undefined: built here.
+  torch::Tensor hidden_row_slots;
   torch::Tensor attention_mask;   // [B, past + T], 1 = token, 0 = padding; undefined = no padding
   torch::Tensor position_ids;     // [B, T]; undefined = from attention_mask (HF generate's rule) or past + arange
   KVCache* cache = nullptr;       // incremental decoding: reads past keys/values, appends this step's
@@ -62,6 +65,7 @@ struct ForwardOutput {
   int64_t hidden_scratch_rows = 0;
   torch::Tensor hidden_rows;  // the rows kept: ForwardOptions::hidden_rows or what hidden_rows_source gave
                               // (undefined: every row)
+  torch::Tensor hidden_row_slots;  // the fused row taps' row -> slot map of hidden_rows (CUDA; else undefined)
   // MoE models with return_router_logits: "layers.N" -> the router logits [B*T, num_experts] of each sparse
   // layer, model dtype, differentiable (without grad under activation checkpointing).
   std::vector<std::pair<std::string, torch::Tensor>> router_logits;

@@ -112,6 +112,8 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
   model::ForwardOptions so = fo;
   if (fo.hidden_rows_source) {
     so.hidden_rows = t_out.hidden_rows;  // the teacher's rows (undefined: every token): the same in both models
+    so.hidden_row_slots = t_out.hidden_row_slots;  // and their slot map (a shape the teacher's map does not fit
+                                                   // is built again)
     so.hidden_rows_source = nullptr;
   }
   so.checkpoint_layers = activation_checkpointing;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "common/test_util.h"
+#include "fused/add_gather_rows.h"
 #include "fused/unfused.h"
 #include "model/causal_lm.h"
 #include "model/hidden_rows.h"
@@ -197,6 +198,41 @@ TEST_P(FusedModel, TappedRowsAreTheFullStatesRows) {
     // The rows' gradient may join the others in another order: a BF16 ulp at most where they meet.
     EXPECT_LE(fused::testing::normalised_error(grads[i], ref_grads[i]), kGpu ? 2e-2 : 1e-5) << "parameter " << i;
   }
+}
+
+// The row -> slot map of the fused taps: a forward returns it (CUDA), and a second forward over the same rows that
+// is given it (the student after the teacher) uses it as it is and gets the same rows and logits; a map that does
+// not fit the batch is not used.
+TEST_P(FusedModel, SecondForwardReusesTheSlotMap) {
+  REQUIRE_DEVICE();
+  auto gen = qad::testing::seeded_generator(36);
+  auto ids = torch::randint(0, 128, {2, 48}, gen);
+  auto q = quantized_model(GetParam(), ids);
+  auto rows = torch::randperm(96, gen, torch::kLong).narrow(0, 0, 20).to(kDevice);
+  torch::NoGradGuard ng;
+  ForwardOptions o;
+  o.fused_kernels = kFused;
+  o.return_hidden = true;
+  o.hidden_rows = rows;
+  auto first = q.lm->forward(ids, o);
+  if (!kGpu) {
+    EXPECT_FALSE(first.hidden_row_slots.defined());  // the CPU takes ATen's add and gather: no map
+    return;
+  }
+  ASSERT_TRUE(first.hidden_row_slots.defined());
+  EXPECT_TRUE(torch::equal(first.hidden_row_slots, fused::slots_of_rows(rows, 96)));
+  o.hidden_row_slots = first.hidden_row_slots;
+  auto second = q.lm->forward(ids, o);
+  EXPECT_TRUE(second.hidden_row_slots.is_same(first.hidden_row_slots));
+  EXPECT_TRUE(qad::testing::same_bits(second.logits, first.logits));
+  ASSERT_EQ(second.hidden.size(), first.hidden.size());
+  for (size_t i = 0; i < first.hidden.size(); ++i) {
+    EXPECT_TRUE(qad::testing::same_bits(second.hidden[i].second, first.hidden[i].second)) << i;
+  }
+  o.hidden_row_slots = fused::slots_of_rows(rows, 192);  // a map for a batch of another shape
+  auto third = q.lm->forward(ids, o);
+  EXPECT_FALSE(third.hidden_row_slots.is_same(o.hidden_row_slots));
+  EXPECT_TRUE(torch::equal(third.hidden_row_slots, first.hidden_row_slots));
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, FusedModel, ::testing::Values("Qwen3ForCausalLM", "LlamaForCausalLM"));

@@ -99,6 +99,8 @@ kernels::GramSums poisoned_gram_sums(const torch::Tensor& k, const torch::Tensor
           torch::full({L, n}, NAN, f32),
           torch::full({L, n}, NAN, f32),
           torch::full({L}, NAN, f32),
+          torch::full({L}, NAN, f32),
+          torch::full({L}, NAN, torch::dtype(torch::kFloat64).device(device)),
           torch::full({L}, NAN, f32)};
 }
 
@@ -118,6 +120,10 @@ TEST(CkaKernelsCuda, CentredGramSumsEqualReferenceWithPoisonedOutputs) {
     const std::string what = std::to_string(shape[0]) + "x" + std::to_string(shape[1]);
     auto sums = gpu.sums.cpu();
     ASSERT_TRUE(torch::isfinite(sums).all().item<bool>()) << what;
+    // The layers' CKA from the kernel's own sums, as the tensor ops form it (bit for bit).
+    auto cka = gpu.sums.select(1, 0) / torch::sqrt(gpu.sums.select(1, 1) * gpu.sums.select(1, 2));
+    EXPECT_TRUE(torch::equal(gpu.cka, cka)) << what;
+    EXPECT_TRUE(torch::equal(gpu.cka_float, cka.to(torch::kFloat32))) << what;
     // The same exact products summed in double in another order: the difference is a few 2^-53 of the raw
     // (uncentred) sums of |products|, which exceed the centred results by the offsets' factor (~1e4 here).
     auto kd = k.to(torch::kFloat64), ld = l.to(torch::kFloat64);
@@ -138,6 +144,36 @@ TEST(CkaKernelsCuda, CentredGramSumsEqualReferenceWithPoisonedOutputs) {
   kernels::centred_gram_sums(s1);
   kernels::centred_gram_sums(s2);
   EXPECT_TRUE(torch::equal(s1.sums, s2.sums));
+}
+
+TEST(CkaKernelsCuda, BackwardFactorsEqualReferenceAndTensorOpsBitForBitWithPoisonedOutputs) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(75);
+  auto f64 = torch::dtype(torch::kFloat64);
+  for (const int64_t L : {int64_t{1}, int64_t{28}, int64_t{200}}) {  // 200: more than one CTA
+    auto sums = torch::rand({L, 3}, gen, f64) * 1e7 + 0.5;
+    auto cka = torch::rand({L}, gen, f64);
+    for (auto go_type : {torch::kFloat32, torch::kFloat64}) {
+      auto go = (torch::randn({2 * L}, gen, f64) * 0.04).to(go_type).slice(0, 0, 2 * L, 2);
+      auto make = [&](torch::Device d) {
+        auto s = sums.to(d);
+        auto f32 = torch::dtype(torch::kFloat32).device(d);
+        return kernels::BackwardFactors{cka.to(d), s.select(1, 1), s.select(1, 1), s.select(1, 2), go.to(d),
+                                        torch::full({L}, NAN, f32), torch::full({L}, NAN, f32)};
+      };
+      auto ref = make(torch::kCPU);
+      kernels::backward_factors_reference(ref);
+      auto gpu = make(torch::kCUDA);
+      kernels::backward_factors(gpu);
+      const std::string what = std::to_string(L) + " layers, go " + c10::toString(go_type);
+      EXPECT_TRUE(torch::equal(gpu.beta.cpu(), ref.beta)) << what;
+      EXPECT_TRUE(torch::equal(gpu.alpha.cpu(), ref.alpha)) << what;
+      // The tensor ops the kernel replaces, on the GPU.
+      auto g = gpu.go.to(torch::kFloat64);
+      EXPECT_TRUE(torch::equal(gpu.beta, (-2.0 * gpu.cka / gpu.f_own * g).to(torch::kFloat32))) << what;
+      EXPECT_TRUE(torch::equal(gpu.alpha, (2.0 / torch::sqrt(gpu.fxx * gpu.fyy) * g).to(torch::kFloat32))) << what;
+    }
+  }
 }
 
 TEST(CkaKernelsCuda, CombineKernelsEqualsReferenceBitForBitWithPoisonedOutputs) {

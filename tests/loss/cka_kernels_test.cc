@@ -99,6 +99,9 @@ TEST(CkaKernelsReference, CentredGramSumsAreTheCentredKernelsDotProducts) {
   EXPECT_TRUE(torch::allclose(g.sums.select(1, 0), a.square().sum({1, 2}), 1e-4, 0));
   kernels::GramSums bad{k, l, torch::empty({L, 3}), g.k_row_means, g.l_row_means, g.k_mean, g.l_mean};
   EXPECT_THROW(kernels::centred_gram_sums(bad), qad::Error);
+  kernels::GramSums only_one{k, l, g.sums, g.k_row_means, g.l_row_means, g.k_mean, g.l_mean,
+                             torch::empty({L}, torch::kFloat64)};
+  EXPECT_THROW(kernels::centred_gram_sums(only_one), qad::Error);
   kernels::GramSums not_square{torch::randn({L, n, n + 1}), torch::randn({L, n, n + 1}), g.sums, g.k_row_means,
                                g.l_row_means, g.k_mean, g.l_mean};
   EXPECT_THROW(kernels::centred_gram_sums(not_square), qad::Error);
@@ -278,6 +281,65 @@ TEST(CkaBf16Path, FeatureFormFp64AndFp32RowsKeepTheFloatPath) {
   // ... while BF16 rows of the same shape take it (values differ from the float path in the last digits).
   auto xb = xf.to(torch::kBFloat16), yb = yf.to(torch::kBFloat16);
   EXPECT_FALSE(torch::equal(detail::linear_cka_batched_bf16(xb, yb), linear_cka_batched(xb, yb)));
+}
+
+TEST(CkaKernelsReference, CentredGramSumsGiveTheLayersCkaAsTheTensorOpsDo) {
+  auto gen = qad::testing::seeded_generator(73);
+  const int64_t L = 4, n = 24, p = 16;
+  auto x = torch::randn({L, n, p}, gen) + 2.0, y = torch::randn({L, n, p}, gen) * 3 - 1.0;
+  y.select(0, 1).copy_(x.select(0, 1) * 2);  // one layer where the two sides agree: CKA 1
+  auto f32 = torch::dtype(torch::kFloat32);
+  kernels::GramSums g{gram_of(x),
+                      gram_of(y),
+                      torch::full({L, 3}, NAN, torch::kFloat64),
+                      torch::full({L, n}, NAN, f32),
+                      torch::full({L, n}, NAN, f32),
+                      torch::full({L}, NAN, f32),
+                      torch::full({L}, NAN, f32),
+                      torch::full({L}, NAN, torch::kFloat64),
+                      torch::full({L}, NAN, f32)};
+  kernels::centred_gram_sums(g);
+  auto f = g.sums.select(1, 0), fxx = g.sums.select(1, 1), fyy = g.sums.select(1, 2);
+  const auto expect = f / torch::sqrt(fxx * fyy);  // what the batched CKA computed from the sums before
+  EXPECT_TRUE(torch::equal(g.cka, expect)) << g.cka << expect;
+  EXPECT_TRUE(torch::equal(g.cka_float, expect.to(torch::kFloat32)));
+  EXPECT_NEAR(g.cka[1].item<double>(), 1.0, 1e-9);
+  EXPECT_LT(g.cka[0].item<double>(), 0.9);
+}
+
+// The tensor ops the kernel replaces (cka.cc's backward before it), in their order.
+std::pair<torch::Tensor, torch::Tensor> factors_by_tensor_ops(const kernels::BackwardFactors& b) {
+  auto go = b.go.to(torch::kFloat64);
+  auto alpha = 2.0 / torch::sqrt(b.fxx * b.fyy);
+  return {(-2.0 * b.cka / b.f_own * go).to(torch::kFloat32), (alpha * go).to(torch::kFloat32)};
+}
+
+TEST(CkaKernelsReference, BackwardFactorsAreTheTensorOpsBitForBit) {
+  auto gen = qad::testing::seeded_generator(74);
+  const int64_t L = 29;
+  auto f64 = torch::dtype(torch::kFloat64);
+  // fxx, fyy, f_own as the columns of one [L, 3] sums tensor (strided views), as the backward passes them.
+  auto sums = torch::rand({L, 3}, gen, f64) * 1e6 + 1.0;
+  auto cka = torch::rand({L}, gen, f64);
+  for (auto go_type : {torch::kFloat32, torch::kFloat64}) {
+    auto go = (torch::randn({2 * L}, gen, f64) * 0.03).to(go_type).slice(0, 0, 2 * L, 2);  // stride 2
+    kernels::BackwardFactors b{cka, sums.select(1, 2), sums.select(1, 1), sums.select(1, 2), go,
+                               torch::full({L}, NAN, torch::kFloat32), torch::full({L}, NAN, torch::kFloat32)};
+    kernels::backward_factors(b);
+    auto [beta, alpha] = factors_by_tensor_ops(b);
+    EXPECT_TRUE(torch::equal(b.beta, beta)) << c10::toString(go_type);
+    EXPECT_TRUE(torch::equal(b.alpha, alpha)) << c10::toString(go_type);
+    // And the closed form of one layer.
+    const double g = go[3].item<double>(), root = std::sqrt(sums[3][1].item<double>() * sums[3][2].item<double>());
+    EXPECT_FLOAT_EQ(b.alpha[3].item<float>(), static_cast<float>(2.0 / root * g));
+    EXPECT_FLOAT_EQ(b.beta[3].item<float>(), static_cast<float>(-2.0 * cka[3].item<double>() / sums[3][2].item<double>() * g));
+  }
+  kernels::BackwardFactors wrong{cka.to(torch::kFloat32), sums.select(1, 0), sums.select(1, 1), sums.select(1, 2),
+                                 cka, torch::empty({L}), torch::empty({L})};
+  EXPECT_THROW(kernels::backward_factors(wrong), qad::Error);
+  kernels::BackwardFactors short_out{cka, sums.select(1, 0), sums.select(1, 1), sums.select(1, 2), cka,
+                                     torch::empty({L - 1}), torch::empty({L})};
+  EXPECT_THROW(kernels::backward_factors(short_out), qad::Error);
 }
 
 TEST(CkaKernelsReference, RejectsWrongShapesAndTypes) {
