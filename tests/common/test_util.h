@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace qad::testing {
@@ -43,6 +44,16 @@ inline bool gpu_build() {
 #else
   return false;
 #endif
+}
+
+// What fn throws (std::exception's what()), or "(nothing thrown)": for asserting that an error names what it should.
+inline std::string thrown_message(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(nothing thrown)";
 }
 
 // Fills a tensor with a NaN pattern (floats) or 0xA5 bytes (integers) so unwritten outputs show.
