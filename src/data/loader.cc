@@ -219,16 +219,6 @@ void Loader::restore(const LoaderState& s) {
   QAD_CHECK(s.seed == options_.seed, "cannot resume: the saved loader state has seed {} but this loader has seed {}",
             s.seed, options_.seed);
   const auto mine = config();
-  // The position is a step of batch_size x world_size rows: a state taken with another split of the same
-  // global batch over ranks (2 ranks x 4 rows, then 1 rank x 8) continues exactly.
-  const auto global = [](const nlohmann::json& c) {
-    return c.value("batch_size", int64_t{0}) * c.value("world_size", int64_t{1});
-  };
-  QAD_CHECK(global(s.config) == global(mine),
-            "cannot resume: the saved loader state has a global batch of {} rows (batch_size {} x world_size {}) but "
-            "this loader has {} ({} x {}); keep batch_size x world_size the same when changing the number of ranks",
-            global(s.config), s.config.value("batch_size", int64_t{0}), s.config.value("world_size", int64_t{1}),
-            global(mine), options_.batch_size, options_.world_size);
   for (const auto& [key, value] : mine.items()) {
     if (key == "batch_size" || key == "world_size") continue;
     QAD_CHECK(s.config.contains(key) && s.config.at(key) == value,
@@ -236,11 +226,27 @@ void Loader::restore(const LoaderState& s) {
               "settings and dataset",
               key, s.config.contains(key) ? s.config.at(key).dump() : "(missing)", value.dump());
   }
-  QAD_CHECK(s.epoch >= 0 && s.step >= 0 && s.step <= steps_per_epoch_,
-            "cannot resume: the saved position (epoch {}, step {}) is outside an epoch of {} steps", s.epoch, s.step,
-            steps_per_epoch_);
+  // The position is a step of batch_size x world_size rows, that is a row of the epoch's order, which no batch size
+  // changes: a state taken with another global batch (2 ranks x 4 rows, then 1 rank x 8, or 1 x 4 with two
+  // micro-batches per step) continues exactly where its rows end, when that row begins one of this loader's steps.
+  const int64_t saved_b = s.config.value("batch_size", int64_t{0}), saved_w = s.config.value("world_size", int64_t{1});
+  const int64_t saved_global = saved_b * saved_w, global = options_.batch_size * options_.world_size;
+  QAD_CHECK(saved_global > 0, "cannot resume: the saved loader state has batch_size {} x world_size {}", saved_b,
+            saved_w);
+  const int64_t saved_steps = options_.drop_last ? samples_ / saved_global : (samples_ + saved_global - 1) / saved_global;
+  QAD_CHECK(s.epoch >= 0 && s.step >= 0 && s.step <= saved_steps,
+            "cannot resume: the saved position (epoch {}, step {}) is outside an epoch of {} steps of {} rows", s.epoch,
+            s.step, saved_steps, saved_global);
+  const int64_t row = s.step * saved_global;
+  QAD_CHECK(s.step == saved_steps || row % global == 0,
+            "cannot resume: the saved loader state stopped after row {} of epoch {} (step {} of {} rows: batch_size "
+            "{} x world_size {}), which does not begin a step of this loader's global batch of {} rows (batch_size {} "
+            "x world_size {}); resume with a global batch that divides {}, such as the saved one",
+            row, s.epoch, s.step, saved_global, saved_b, saved_w, global, options_.batch_size, options_.world_size,
+            row);
   epoch_ = s.epoch;
-  step_ = s.step;
+  // A finished epoch stays finished (the next step starts the next epoch, as it would have in the saved run).
+  step_ = s.step == saved_steps ? steps_per_epoch_ : std::min(row / global, steps_per_epoch_);
 }
 
 }  // namespace qad::data

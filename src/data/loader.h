@@ -64,8 +64,9 @@ class Loader {
   const TokenDataset& dataset() const { return *dataset_; }
 
   LoaderState state() const;
-  // Continues exactly where `state` was taken (by this or another rank); throws qad::Error naming the
-  // first setting that differs between the state and this loader.
+  // Continues exactly where `state` was taken (by this or another rank, with this or another global batch whose
+  // position is a step boundary here); throws qad::Error naming the first setting that differs between the state
+  // and this loader, or the row that does not begin a step of this loader.
   void restore(const LoaderState& state);
 
  private:

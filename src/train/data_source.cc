@@ -39,7 +39,7 @@ fs::path resolve_dataset(const std::string& path, const fs::path& tokenizer_dir,
   return out;
 }
 
-Loaders make_loaders(const TrainConfig& cfg) {
+Loaders make_loaders(const TrainConfig& cfg, int64_t valid_batch_rows) {
   const fs::path teacher(cfg.run.teacher), run_dir(cfg.run.out);
   const auto& d = cfg.data;
   const bool separate_valid = !d.valid_path.empty();
@@ -73,6 +73,7 @@ Loaders make_loaders(const TrainConfig& cfg) {
 
   auto vo = whole;
   vo.shuffle = false;
+  if (valid_batch_rows > 0) vo.batch_size = valid_batch_rows;
   if (separate_valid) {
     const auto valid_dir = resolve_dataset(d.valid_path, teacher, run_dir, "valid", 0.0, d.doc_end, d.bos);
     l.valid = std::make_unique<data::Loader>(std::make_shared<const data::TokenDataset>(valid_dir), vo);

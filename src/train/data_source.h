@@ -23,6 +23,7 @@ struct Loaders {
 };
 
 // The teacher's tokenizer (when its directory has one) must have encoded the data: checked by fingerprint.
-Loaders make_loaders(const TrainConfig& cfg);
+// valid_batch_rows: rows per validation batch (0: batch_size x world_size, the global batch of one micro-batch).
+Loaders make_loaders(const TrainConfig& cfg, int64_t valid_batch_rows = 0);
 
 }  // namespace qad::train

@@ -246,7 +246,8 @@ LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, con
 DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model::CausalLM* teacher,
                                                 const std::vector<data::BatchTensors>& micro_batches,
                                                 const TrainConfig& c, uint64_t rng_seed, bool inject_nan,
-                                                int64_t global_tokens, const std::function<void()>& before_last_backward) {
+                                                int64_t global_tokens, const std::function<void()>& before_last_backward,
+                                                uint64_t seed_stride) {
   // The step's host decisions happen here, before any of its work is queued: which batches have padding (the
   // attention path depends on it) and, where CE is computed, whether every label is in the vocabulary. Batches from
   // to_tensors answer both from their host facts; others are read from the device.
@@ -269,7 +270,7 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
   const double poison = inject_nan ? std::numeric_limits<double>::quiet_NaN() : 1.0;
   DeviceLossValues acc;
   for (size_t i = 0; i < n; ++i) {
-    auto gen = torch::make_generator<at::CPUGeneratorImpl>(rng_seed + i);
+    auto gen = torch::make_generator<at::CPUGeneratorImpl>(rng_seed + i * seed_stride);
     auto parts = compute_losses_on_device(student, teacher, micro_batches[i], c.loss, c.run.activation_checkpointing,
                                           &gen, padded[i], ce_read);
     // The micro-batch's share of the step's tokens (1 for one micro-batch); data parallel: of the global tokens.
@@ -295,9 +296,9 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
 LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teacher,
                                 const std::vector<data::BatchTensors>& micro_batches, const TrainConfig& c,
                                 uint64_t rng_seed, bool inject_nan, int64_t global_tokens,
-                                const std::function<void()>& before_last_backward) {
+                                const std::function<void()>& before_last_backward, uint64_t seed_stride) {
   return read_values(accumulate_gradients_on_device(student, teacher, micro_batches, c, rng_seed, inject_nan,
-                                                    global_tokens, before_last_backward));
+                                                    global_tokens, before_last_backward, seed_stride));
 }
 
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
@@ -328,11 +329,13 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
     for (const auto& b : micro_batches) local += data::loss_tokens(b);
     const int64_t global = dp->sum_tokens(local);
     dp->begin_step();
-    // Rank r's micro-batch i draws from stream rng_seed + r * A + i (A micro-batches per rank): with A = 1 the
-    // streams a one-process run gives its micro-batches 0 .. W-1, whose rows these ranks hold (docs/dist.md).
-    const uint64_t seed = o.rng_seed + static_cast<uint64_t>(dp->rank()) * micro_batches.size();
+    // Rank r's micro-batch i holds the rows of the global batch's micro-batch i * W + r (the loader's step i, block
+    // r) and draws from that index's stream, rng_seed + i * W + r: the stream that a one-process run of W * A
+    // micro-batches (or any other split with this batch_size) gives the same rows (docs/dist.md).
+    const auto world = static_cast<uint64_t>(dp->config().world_size);
+    const uint64_t seed = o.rng_seed + static_cast<uint64_t>(dp->rank());
     auto values = accumulate_gradients(student, teacher, micro_batches, c, seed, o.inject_nan,
-                                       std::max<int64_t>(global, 1), [dp] { dp->before_last_backward(); });
+                                       std::max<int64_t>(global, 1), [dp] { dp->before_last_backward(); }, world);
     dp->finish_gradients();
     // A non-finite loss on any rank makes the reduced loss (and gradient) non-finite on all: they skip together.
     r.values = dp->reduce_values(values, global);

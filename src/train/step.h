@@ -67,11 +67,13 @@ struct StepResult {
 // Data parallel: `global_tokens` (> 0) is the step's loss tokens over all ranks, the denominator of the weights
 // (so that the sum over ranks is the global batch's gradient), and `before_last_backward` runs before the last
 // micro-batch's backward (the gradient buckets' all-reduce overlaps it). The returned values stay weighted by
-// this rank's own tokens.
+// this rank's own tokens. Micro-batch i's randomness (the CKA subsample) is stream rng_seed + i * seed_stride: data
+// parallel passes rng_seed + rank and stride W, so that every micro-batch of a step draws from its index in the
+// global batch's row order (i * W + rank), whatever the split into ranks and micro-batches.
 LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teacher,
                                 const std::vector<data::BatchTensors>& micro_batches, const TrainConfig& config,
                                 uint64_t rng_seed, bool inject_nan = false, int64_t global_tokens = 0,
-                                const std::function<void()>& before_last_backward = nullptr);
+                                const std::function<void()>& before_last_backward = nullptr, uint64_t seed_stride = 1);
 
 // accumulate_gradients without reading the values (no host synchronisation; batches without host facts,
 // data::HostFacts, are read for their padding and labels at the start).
@@ -79,7 +81,8 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
                                                 const std::vector<data::BatchTensors>& micro_batches,
                                                 const TrainConfig& config, uint64_t rng_seed, bool inject_nan = false,
                                                 int64_t global_tokens = 0,
-                                                const std::function<void()>& before_last_backward = nullptr);
+                                                const std::function<void()>& before_last_backward = nullptr,
+                                                uint64_t seed_stride = 1);
 
 // micro_batches: the k micro-batches of this optimizer step (already on the device). Each micro-batch's loss
 // is weighted by its share of the step's loss tokens, so k micro-batches give the same KL / CE gradient as

@@ -137,14 +137,32 @@ void Trainer::open_run_dir() {
     auto saved = nlohmann::json::parse(read_file(run_json_path));
     auto saved_config = saved.at("config");
     reconcile_paths(cfg_, saved_config, saved.value("paths", nlohmann::json::object()));
-    // Another number of ranks with the same global batch (batch_size x world_size) continues the same run.
+    // Another split of the same global batch (batch_size x world_size x grad_accum rows per step) continues the
+    // same run: another number of ranks, rows per rank or micro-batches per step (the loader resumes at the same
+    // row; docs/dist.md, "Checkpoints and resume").
     const int64_t saved_world = saved.value("world_size", int64_t{1});
-    if (saved_config.contains("data") && saved_config["data"].value("batch_size", int64_t{0}) * saved_world ==
-                                             cfg_.data.batch_size * cfg_.dist.world_size) {
+    const auto section = [&](const char* key) {
+      return saved_config.contains(key) && saved_config[key].is_object() ? saved_config[key] : nlohmann::json::object();
+    };
+    const int64_t saved_batch = section("data").value("batch_size", int64_t{0});
+    const int64_t saved_accum = section("optim").value("grad_accum", int64_t{1});
+    const int64_t saved_rows = saved_batch * saved_world * saved_accum;
+    const int64_t rows = cfg_.data.batch_size * cfg_.dist.world_size * cfg_.optim.grad_accum;
+    if (saved_rows == rows && saved_config.contains("data")) {
       saved_config["data"]["batch_size"] = cfg_.data.batch_size;
+      if (saved_config.contains("optim")) saved_config["optim"]["grad_accum"] = cfg_.optim.grad_accum;
     }
+    // Validation keeps the batches it started with (their rows, and the per-batch CKA it averages), whatever the
+    // new split: the first run's batch_size x world_size rows (run.json records them).
+    valid_batch_rows_ = saved.value("valid_batch_rows", saved_batch * saved_world);
     // Offloading the optimizer state changes where it lives, not the arithmetic: a run may resume with or without.
     if (saved_config.contains("optim")) saved_config["optim"]["offload"] = cfg_.optim.offload;
+    QAD_CHECK(saved_rows == rows || saved_batch <= 0, "--resume: the global batch differs from the saved run's ({} "
+              "rows per step: batch_size {} x {} rank(s) x grad_accum {}; now {} x {} x {} = {}); another number of "
+              "ranks resumes when batch_size x ranks x grad_accum stays {}, or start a new run in another --out "
+              "directory",
+              saved_rows, saved_batch, saved_world, saved_accum, cfg_.data.batch_size, cfg_.dist.world_size,
+              cfg_.optim.grad_accum, rows, saved_rows);
     auto diff = first_difference(config_json_, saved_config, TrainConfig{}.to_json());
     QAD_CHECK(diff.empty(), "--resume: the configuration differs from the saved run ({}); resume with the same "
               "command line, or start a new run in another --out directory", diff);
@@ -152,11 +170,13 @@ void Trainer::open_run_dir() {
     QAD_CHECK(!fs::exists(run_dir_ / "metrics.jsonl") && !checkpoint::latest_checkpoint(run_dir_),
               "{} already holds a run; pass --resume to continue it or choose another --out", run_dir_.string());
   }
+  if (valid_batch_rows_ <= 0) valid_batch_rows_ = cfg_.data.batch_size * cfg_.dist.world_size;
   if (!writer_) return;
   const std::string name =
       cfg_.run.name.empty() ? fs::absolute(run_dir_).lexically_normal().filename().string() : cfg_.run.name;
   write_file_atomic(run_json_path, nlohmann::json{{"name", name}, {"method", method_name(cfg_.method)},
                                                   {"world_size", cfg_.dist.world_size},
+                                                  {"valid_batch_rows", valid_batch_rows_},
                                                   {"device", device_.str()},  // what --device auto resolved to
                                                   {"config", config_json_},
                                                   {"paths", describe_paths(cfg_)}}
@@ -182,7 +202,7 @@ void Trainer::join_ranks() {
 void Trainer::load_models() {
   // Rank 0 prepares a .jsonl / .txt dataset on the fly; the others wait and then open what it wrote.
   if (dp_ && !writer_) dp_->barrier("waiting for rank 0 to prepare the data");
-  loaders_ = make_loaders(cfg_);
+  loaders_ = make_loaders(cfg_, valid_batch_rows_);
   if (dp_ && writer_) dp_->barrier("waiting for rank 0 to prepare the data");
   if (!cfg_.run.teacher_cache.empty()) {
     teacher_cache_ = std::make_unique<TeacherCache>(cfg_.run.teacher_cache);

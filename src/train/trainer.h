@@ -91,6 +91,7 @@ class Trainer {
   checkpoint::TrainerState state_;
   std::optional<ValidResult> last_valid_;
   int64_t last_valid_step_ = -1, last_checkpoint_step_ = -1;
+  int64_t valid_batch_rows_ = 0;  // rows per validation batch: the first run's batch_size x world_size
   int stop_signal_ = 0;
 };
 

@@ -373,7 +373,65 @@ TEST_F(LoaderTest, RestoreAcrossWorldSizesKeepsTheGlobalBatch) {
     c.restore(r0.state());
     ADD_FAILURE() << "no error";
   } catch (const qad::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("global batch of 4 rows"), std::string::npos) << e.what();
+    // Row 8 (two steps of 4) does not begin a step of 3 rows.
+    EXPECT_NE(std::string(e.what()).find("stopped after row 8 of epoch 0 (step 2 of 4 rows"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("global batch of 3 rows"), std::string::npos) << e.what();
+  }
+}
+
+// The position is a row of the epoch's order: a state of 4-row steps continues on 2-row steps (gradient
+// accumulation over two micro-batches) and on 6-row steps where its row begins one; a finished epoch stays finished.
+TEST_F(LoaderTest, RestoreWithAnotherGlobalBatchContinuesAtTheSameRow) {
+  auto four = opts(PackMode::pack, 5);
+  Loader a(ds(), four);
+  for (int i = 0; i < 3; ++i) a.next();
+  const auto at_row_12 = a.state();
+  auto rows = [](std::initializer_list<Batch> bs) {
+    std::vector<int64_t> out;
+    for (const auto& b : bs) out.insert(out.end(), b.sample_ids.begin(), b.sample_ids.end());
+    return out;
+  };
+  const auto b3 = a.next(), b4 = a.next();
+  auto two = four;
+  two.batch_size = 2;
+  Loader t(ds(), two);
+  t.restore(at_row_12);
+  const auto t1 = t.next(), t2 = t.next(), t3 = t.next();
+  EXPECT_EQ(rows({t1, t2}), b3.sample_ids);
+  EXPECT_EQ(t1.epoch, 0);
+  EXPECT_EQ(t1.step, 6);  // row 12 / 2
+  EXPECT_EQ(t1.position, 12);
+  EXPECT_EQ(t3.sample_ids, std::vector<int64_t>(b4.sample_ids.begin(), b4.sample_ids.begin() + 2));
+  auto six = four;
+  six.batch_size = 6;
+  Loader x(ds(), six);
+  x.restore(at_row_12);
+  std::vector<int64_t> want = b3.sample_ids;
+  want.insert(want.end(), b4.sample_ids.begin(), b4.sample_ids.begin() + 2);
+  EXPECT_EQ(x.next().sample_ids, want);
+  // After the epoch's last step: the next batch is the next epoch's first, in any global batch.
+  Loader end(ds(), four);
+  for (int64_t s = 0; s < end.steps_per_epoch(); ++s) end.next();
+  const auto finished = end.state();
+  const auto e1 = end.next();
+  Loader t_end(ds(), two);
+  t_end.restore(finished);
+  const auto f = t_end.next();
+  EXPECT_EQ(f.epoch, 1);
+  EXPECT_EQ(f.step, 0);
+  EXPECT_EQ(f.sample_ids, std::vector<int64_t>(e1.sample_ids.begin(), e1.sample_ids.begin() + 2));
+  // Row 12 is inside a step of 8 rows: refused, naming the row and both batches.
+  auto eight = four;
+  eight.batch_size = 8;
+  Loader y(ds(), eight);
+  try {
+    y.restore(at_row_12);
+    ADD_FAILURE() << "no error";
+  } catch (const qad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stopped after row 12 of epoch 0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("global batch of 8 rows (batch_size 8 x world_size 1)"), std::string::npos)
+        << e.what();
   }
 }
 

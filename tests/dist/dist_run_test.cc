@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -76,6 +77,27 @@ class DistRunTest : public ::testing::Test {
   }
 
   static int run(const std::vector<std::string>& a, const fs::path& log) { return wait_for(spawn(a, log, {}), 300); }
+
+  // Runs `first` killed with SIGKILL after step 4 (its last checkpoint: step 3's), then `then` with --resume, logging
+  // to LOG1.log and LOG2.log. Several ranks: the launcher exits 1 naming the killed rank; one process dies of it.
+  static void kill_then_resume(std::vector<std::string> first, std::vector<std::string> then, const fs::path& out,
+                               const std::string& log) {
+    const bool ranks = std::find(first.begin(), first.end(), "--nproc-per-node") != first.end();
+    first.insert(first.end(), {"--debug-kill-at-step", "4"});
+    const auto log1 = root_ / (log + "1.log"), log2 = root_ / (log + "2.log");
+    int st = run(first, log1);
+    if (ranks) {
+      EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << slurp(log1);
+      EXPECT_NE(slurp(log1).find("was killed by signal 9"), std::string::npos) << slurp(log1);
+    } else {
+      EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << slurp(log1);
+    }
+    ASSERT_TRUE(fs::exists(out / "checkpoints/step-00000003/trainer_state.json"));
+    then.push_back("--resume");
+    st = run(then, log2);
+    ASSERT_TRUE(exited_ok(st)) << slurp(log2);
+    EXPECT_NE(slurp(log2).find("resumed from"), std::string::npos) << slurp(log2);
+  }
 
   // The steps of a curve up to `last`.
   static std::map<int64_t, double> upto(std::map<int64_t, double> c, int64_t last) {
@@ -163,16 +185,7 @@ TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
   const auto ref = curve(reference());
   // 2 ranks killed after step 4 (last checkpoint: step 3), resumed on 1 rank x 4 rows.
   const auto a = root_ / "two_then_one";
-  auto killed = args(a, 2, 2);
-  killed.insert(killed.end(), {"--debug-kill-at-step", "4"});
-  int st = run(killed, root_ / "a1.log");
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << slurp(root_ / "a1.log");
-  EXPECT_NE(slurp(root_ / "a1.log").find("was killed by signal 9"), std::string::npos) << slurp(root_ / "a1.log");
-  ASSERT_TRUE(fs::exists(a / "checkpoints/step-00000003/trainer_state.json"));
-  auto resume = args(a, 4, 1);
-  resume.push_back("--resume");
-  st = run(resume, root_ / "a2.log");
-  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "a2.log");
+  ASSERT_NO_FATAL_FAILURE(kill_then_resume(args(a, 2, 2), args(a, 4, 1), a, "a"));
   // Steps 1-4 (the checkpoint is step 3's; step 4 is the first resumed one) to FP32 tolerance; later steps of
   // another split of the global batch may cross an NVFP4 rounding boundary that the reference did not (docs/dist.md):
   // within 1 % (a wrong resume position, optimizer state or quantizer scale moves the loss by far more).
@@ -181,24 +194,81 @@ TEST_F(DistRunTest, CheckpointsResumeWithAnotherNumberOfRanks) {
 
   // 1 rank x 4 rows killed after step 4, resumed on 2 ranks x 2 rows.
   const auto b = root_ / "one_then_two";
-  auto killed1 = args(b, 4, 1);
-  killed1.insert(killed1.end(), {"--debug-kill-at-step", "4"});
-  st = run(killed1, root_ / "b1.log");
-  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << slurp(root_ / "b1.log");
-  auto resume2 = args(b, 2, 2);
-  resume2.push_back("--resume");
-  st = run(resume2, root_ / "b2.log");
-  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "b2.log");
-  EXPECT_NE(slurp(root_ / "b2.log").find("resumed from"), std::string::npos);
+  ASSERT_NO_FATAL_FAILURE(kill_then_resume(args(b, 4, 1), args(b, 2, 2), b, "b"));
   expect_close(upto(ref, 4), curve(b), "1 rank then 2: loss");
   expect_close(ref, curve(b), "1 rank then 2: loss", 5, 1e-2);
 
   // Another global batch is refused, naming it.
   auto other = args(b, 4, 2);
   other.push_back("--resume");
-  st = run(other, root_ / "b3.log");
+  const int st = run(other, root_ / "b3.log");
   EXPECT_FALSE(exited_ok(st));
-  EXPECT_NE(slurp(root_ / "b3.log").find("data.batch_size"), std::string::npos) << slurp(root_ / "b3.log");
+  EXPECT_NE(slurp(root_ / "b3.log").find("the global batch differs from the saved run's (4 rows per step"),
+            std::string::npos) << slurp(root_ / "b3.log");
+}
+
+// step -> tokens_evaluated of each validation line in a run's metrics.jsonl.
+std::map<int64_t, int64_t> validation_tokens(const fs::path& run) {
+  std::map<int64_t, int64_t> out;
+  std::ifstream f(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j["type"] == "valid") out[j["step"].get<int64_t>()] = j["tokens_evaluated"].get<int64_t>();
+  }
+  return out;
+}
+
+// The global batch split another way: 2 ranks x 2 rows resume on 1 rank with 2 micro-batches of 2 rows (a GPU
+// lost) and the other way round. Both compute what 1 rank x 2 micro-batches computes from the start, in the same
+// order (the loader resumes at the same row, micro-batch i * W + r draws the same CKA stream), so the whole curve
+// matches it to FP32 rounding; validation keeps the first run's batches of 4 rows.
+TEST_F(DistRunTest, CheckpointsResumeWithFewerRanksAndMoreMicroBatches) {
+  const auto ref = curve(reference_two_micro_batches());
+  auto with_validation = [](std::vector<std::string> a) {
+    set_flag(a, "--valid-every", "2");
+    return a;
+  };
+  const auto a = root_ / "two_then_accum";
+  ASSERT_NO_FATAL_FAILURE(
+      kill_then_resume(with_validation(args(a, 2, 2)), with_validation(args(a, 2, 1, 6, 2)), a, "c"));
+  expect_close(ref, curve(a), "2 ranks, then 1 rank x 2 micro-batches: loss", 1, 1e-6);
+  const auto valid = validation_tokens(a);
+  ASSERT_GE(valid.size(), 4u);  // steps 0 and 2 before the kill, 4 and 6 after the resume
+  ASSERT_TRUE(valid.count(6));
+  for (const auto& [step, tokens] : valid) {
+    EXPECT_EQ(tokens, valid.begin()->second) << "validation at step " << step << " read other rows";
+  }
+  EXPECT_GT(valid.begin()->second, 2 * 32) << "more than one 2-row batch: the 2-rank run's 4 rows";
+
+  const auto b = root_ / "accum_then_two";
+  ASSERT_NO_FATAL_FAILURE(kill_then_resume(args(b, 2, 1, 6, 2), args(b, 2, 2), b, "d"));
+  expect_close(ref, curve(b), "1 rank x 2 micro-batches, then 2 ranks: loss", 1, 1e-6);
+
+  // CKA-QAD with two micro-batches on each of 2 ranks: rank r's micro-batch i holds the rows of the one-process
+  // run's micro-batch i * 2 + r and draws its CKA subsample from that micro-batch's stream, so step 1 (before any
+  // update, where the gradients' summation order cannot reach the loss) gives the one-process loss and CKA term.
+  auto cka = [](std::vector<std::string> a) {
+    set_flag(a, "--method", "cka-qad");
+    a.insert(a.end(), {"--set", "loss.cka_subsample_tokens=16"});
+    return a;
+  };
+  const auto split = root_ / "cka_2x1x2", whole = root_ / "cka_1x1x4";
+  int st = run(cka(args(split, 1, 2, 2, 2)), root_ / "e1.log");
+  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "e1.log");
+  st = run(cka(args(whole, 1, 1, 2, 4)), root_ / "e2.log");
+  ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "e2.log");
+  expect_close(upto(curve(whole), 1), curve(split), "CKA-QAD 2 ranks x 2 micro-batches vs 1 x 4: loss", 1, 1e-6);
+  expect_close(upto(curve(whole, "cka_loss"), 1), curve(split, "cka_loss"), "the CKA term", 1, 1e-6);
+
+  // Another global batch (2 rows per step where the run had 4) is refused, naming both splits.
+  auto other = args(b, 2, 1);
+  other.push_back("--resume");
+  st = run(other, root_ / "d3.log");
+  EXPECT_FALSE(exited_ok(st));
+  const auto log = slurp(root_ / "d3.log");
+  EXPECT_NE(log.find("the global batch differs from the saved run's (4 rows per step: batch_size 2 x 2 rank(s) x "
+                     "grad_accum 1; now 2 x 1 x 1 = 2)"), std::string::npos) << log;
 }
 
 TEST_F(DistRunTest, AKilledRankStopsTheOtherWithAClearError) {
