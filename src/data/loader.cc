@@ -14,6 +14,11 @@ constexpr uint64_t kDocOrderStream = 1, kWindowOrderStream = 2;
 const char* mode_name(PackMode m) { return m == PackMode::pack ? "pack" : "pad"; }
 const char* split_name(Split s) { return s == Split::train ? "train" : s == Split::valid ? "valid" : "all"; }
 
+// Steps of `global` rows in an epoch of `samples` rows; with drop_last the short final batch is not a step.
+int64_t steps_in_epoch(int64_t samples, int64_t global, bool drop_last) {
+  return drop_last ? samples / global : (samples + global - 1) / global;
+}
+
 }  // namespace
 
 nlohmann::json LoaderState::to_json() const {
@@ -74,7 +79,7 @@ Loader::Loader(std::shared_ptr<const TokenDataset> dataset, LoaderOptions option
     samples_ = static_cast<int64_t>(docs_.size());
   }
   const int64_t global = o.batch_size * o.world_size;
-  steps_per_epoch_ = o.drop_last ? samples_ / global : (samples_ + global - 1) / global;
+  steps_per_epoch_ = steps_in_epoch(samples_, global, o.drop_last);
   QAD_CHECK(steps_per_epoch_ > 0,
             "dataset {} ({} split: {} documents, {} tokens) gives {} {} of length {}, fewer than one global batch "
             "of {} (batch_size {} x world_size {}); use more data, or a smaller batch size or sequence length",
@@ -233,7 +238,7 @@ void Loader::restore(const LoaderState& s) {
   const int64_t saved_global = saved_b * saved_w, global = options_.batch_size * options_.world_size;
   QAD_CHECK(saved_global > 0, "cannot resume: the saved loader state has batch_size {} x world_size {}", saved_b,
             saved_w);
-  const int64_t saved_steps = options_.drop_last ? samples_ / saved_global : (samples_ + saved_global - 1) / saved_global;
+  const int64_t saved_steps = steps_in_epoch(samples_, saved_global, options_.drop_last);
   QAD_CHECK(s.epoch >= 0 && s.step >= 0 && s.step <= saved_steps,
             "cannot resume: the saved position (epoch {}, step {}) is outside an epoch of {} steps of {} rows", s.epoch,
             s.step, saved_steps, saved_global);
