@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "fixture_teacher.h"
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "loss/logit_losses.h"
@@ -20,41 +21,7 @@ namespace {
 
 using qad::testing::seeded_generator;
 
-model::CausalLM load_teacher() {
-  auto t = model::CausalLM::load(qad::testing::source_dir() / "tests/fixtures/models/qwen3_moe_sparse_step",
-                                 torch::kCPU, torch::kFloat32);
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-data::BatchTensors random_batch(int64_t rows, int64_t t, uint64_t salt) {
-  auto gen = seeded_generator(salt);
-  data::BatchTensors b;
-  b.input_ids = torch::randint(256, {rows, t}, gen, torch::kLong);
-  b.targets = torch::randint(256, {rows, t}, gen, torch::kLong);
-  b.loss_mask = torch::ones({rows, t}, torch::kFloat32);
-  b.attention_mask = torch::ones({rows, t}, torch::kBool);
-  return b;
-}
-
-// The PTQ student: NVFP4 with the default quant config (routers excluded), calibrated on 4 random batches.
-Student ptq_student(const TrainConfig& cfg) {
-  return quantize_student(load_teacher(), cfg, [](const CalibSink& sink) {
-    for (uint64_t i = 0; i < 4; ++i) sink(random_batch(4, 32, 100 + i).input_ids, {});
-  });
-}
-
-double heldout_kl(model::CausalLM& student, model::CausalLM& teacher) {
-  torch::NoGradGuard ng;
-  double sum = 0;
-  for (uint64_t i = 0; i < 4; ++i) {
-    auto b = random_batch(4, 32, 900 + i);
-    sum += loss::kl_divergence(student->forward(b.input_ids).logits, teacher->forward(b.input_ids).logits,
-                               b.loss_mask).item<double>();
-  }
-  return sum / 4;
-}
+const FixtureTeacher kFixture{qad::testing::source_dir() / "tests/fixtures/models/qwen3_moe_sparse_step", 256, 32};
 
 TrainConfig qad_config() {
   TrainConfig c;
@@ -70,17 +37,17 @@ TEST(MoeQad, LowersHeldOutKlBelowPtq) {
   // 0.154 after 40 steps); at 3e-4 it falls steadily (0.115 after 40, 0.112 after 150 steps).
   constexpr int steps = 80;
   constexpr double lr = 3e-4;
-  auto teacher = load_teacher();
-  auto student = ptq_student(cfg);
-  const double ptq = heldout_kl(student.lm, teacher);
+  auto teacher = kFixture.load();
+  auto student = kFixture.ptq_student(cfg);
+  const double ptq = kFixture.heldout_kl(student.lm, teacher);
   student.lm->train();
   AdamW opt(trainable_tensors(student.lm, cfg.optim.freeze_routers), cfg.optim);
   for (int step = 0; step < steps; ++step) {
-    auto r = train_step(student.lm, &teacher, {random_batch(8, 32, 1000 + step)}, opt,
+    auto r = train_step(student.lm, &teacher, {kFixture.batch(8, 32, 1000 + step)}, opt,
                         {.lr = lr, .config = &cfg, .rng_seed = static_cast<uint64_t>(step)});
     ASSERT_FALSE(r.skipped) << step;
   }
-  const double qad = heldout_kl(student.lm, teacher);
+  const double qad = kFixture.heldout_kl(student.lm, teacher);
   std::cout << "  held-out KL: PTQ " << ptq << ", after " << steps << " QAD steps " << qad << "\n";
   EXPECT_GT(ptq, 1e-3);  // quantization visibly hurts this teacher: the comparison means something
   EXPECT_LT(qad, 0.8 * ptq);  // measured 0.74x on this fixture (CPU, FP32)
@@ -89,15 +56,15 @@ TEST(MoeQad, LowersHeldOutKlBelowPtq) {
 TEST(MoeQad, FrozenRoutersStayAtTheTeachersWeights) {
   auto cfg = qad_config();
   cfg.optim.freeze_routers = true;
-  auto teacher = load_teacher();
-  auto student = ptq_student(cfg);
+  auto teacher = kFixture.load();
+  auto student = kFixture.ptq_student(cfg);
   auto trainable = trainable_tensors(student.lm, true);
   for (const auto& [name, t] : trainable) EXPECT_FALSE(name.ends_with(".mlp.gate.weight")) << name;
   std::map<std::string, torch::Tensor> before;
   for (auto& [n, p] : student.lm->hf_tensors()) before[n] = p.detach().clone();
   AdamW opt(trainable, cfg.optim);
   for (int step = 0; step < 3; ++step) {
-    train_step(student.lm, &teacher, {random_batch(4, 16, 50 + step)}, opt, {.lr = 1e-2, .config = &cfg});
+    train_step(student.lm, &teacher, {kFixture.batch(4, 16, 50 + step)}, opt, {.lr = 1e-2, .config = &cfg});
   }
   int routers = 0, moved_experts = 0;
   for (auto& [n, p] : student.lm->hf_tensors()) {
@@ -116,12 +83,12 @@ TEST(MoeQad, FrozenRoutersStayAtTheTeachersWeights) {
 }
 
 TEST(MoeQad, RouterBalanceLossAddsItsWeightTimesTheAuxLoss) {
-  auto teacher = load_teacher();
-  auto student = load_teacher();  // the teacher's weights as the student: KL 0, only the balance term moves
+  auto teacher = kFixture.load();
+  auto student = kFixture.load();  // the teacher's weights as the student: KL 0, only the balance term moves
   for (auto& p : student->parameters()) p.set_requires_grad(true);
   auto cfg = qad_config();
   cfg.loss.router_balance = 0.25;
-  auto b = random_batch(2, 16, 7);
+  auto b = kFixture.batch(2, 16, 7);
   auto gen = seeded_generator(1);
   auto parts = compute_losses(student, &teacher, b, cfg.loss, false, &gen);
   model::ForwardOptions fo;
@@ -157,14 +124,14 @@ TEST(MoeQad, RouterBalanceLossAddsItsWeightTimesTheAuxLoss) {
 
 TEST(MoeQad, RouterAgreementIsOneForTheTeacherAndLowerForTheNvfp4Student) {
   auto cfg = qad_config();
-  auto teacher = load_teacher();
-  auto student = ptq_student(cfg);
+  auto teacher = kFixture.load();
+  auto student = kFixture.ptq_student(cfg);
   model::ForwardOptions fo;
   fo.return_router_logits = true;
   torch::NoGradGuard ng;
   RouterAgreement self, quantized;
   for (uint64_t i = 0; i < 3; ++i) {
-    auto b = random_batch(4, 32, 300 + i);
+    auto b = kFixture.batch(4, 32, 300 + i);
     auto t = teacher->forward(b.input_ids, fo);
     self.add(t, t, 2, b.loss_mask > 0);
     quantized.add(student.lm->forward(b.input_ids, fo), t, 2, b.loss_mask > 0);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "fixture_teacher.h"
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
 #include "loss/logit_losses.h"
@@ -15,60 +16,24 @@
 namespace qad::train {
 namespace {
 
-using qad::testing::seeded_generator;
-
-const auto kTeacher = qad::testing::source_dir() / "tests/fixtures/models/nemotronh_moe";
-
-model::CausalLM load_teacher() {
-  auto t = model::CausalLM::load(kTeacher, torch::kCPU, torch::kFloat32);
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-data::BatchTensors random_batch(int64_t rows, int64_t t, uint64_t salt) {
-  auto gen = seeded_generator(salt);
-  data::BatchTensors b;
-  b.input_ids = torch::randint(128, {rows, t}, gen, torch::kLong);
-  b.targets = torch::randint(128, {rows, t}, gen, torch::kLong);
-  b.loss_mask = torch::ones({rows, t}, torch::kFloat32);
-  b.attention_mask = torch::ones({rows, t}, torch::kBool);
-  return b;
-}
-
-Student ptq_student(const TrainConfig& cfg) {
-  return quantize_student(load_teacher(), cfg, [](const CalibSink& sink) {
-    for (uint64_t i = 0; i < 4; ++i) sink(random_batch(4, 40, 100 + i).input_ids, {});
-  });
-}
-
-double heldout_kl(model::CausalLM& student, model::CausalLM& teacher) {
-  torch::NoGradGuard ng;
-  double sum = 0;
-  for (uint64_t i = 0; i < 4; ++i) {
-    auto b = random_batch(4, 40, 900 + i);
-    sum += loss::kl_divergence(student->forward(b.input_ids).logits, teacher->forward(b.input_ids).logits,
-                               b.loss_mask).item<double>();
-  }
-  return sum / 4;
-}
+const FixtureTeacher kFixture{qad::testing::source_dir() / "tests/fixtures/models/nemotronh_moe", 128, 40};
 
 // KL after `steps` of training from the PTQ student, and PTQ's.
 std::pair<double, double> train(TrainConfig cfg, int steps, double lr) {
-  if (!std::filesystem::exists(kTeacher / "model.safetensors")) return {-1, -1};
-  auto teacher = load_teacher();
-  auto student = ptq_student(cfg);
-  const double ptq = heldout_kl(student.lm, teacher);
+  if (!kFixture.exists()) return {-1, -1};
+  auto teacher = kFixture.load();
+  auto student = kFixture.ptq_student(cfg);
+  const double ptq = kFixture.heldout_kl(student.lm, teacher);
   student.lm->train();
   auto trainable = trainable_tensors(student.lm, cfg.optim.freeze_routers);
   for (const auto& [n, t] : trainable) EXPECT_FALSE(n.ends_with("e_score_correction_bias")) << n;
   AdamW opt(trainable, cfg.optim);
   for (int step = 0; step < steps; ++step) {
-    auto r = train_step(student.lm, &teacher, {random_batch(8, 40, 1000 + step)}, opt,
+    auto r = train_step(student.lm, &teacher, {kFixture.batch(8, 40, 1000 + step)}, opt,
                         {.lr = lr, .config = &cfg, .rng_seed = static_cast<uint64_t>(step)});
     EXPECT_FALSE(r.skipped) << step;
   }
-  return {ptq, heldout_kl(student.lm, teacher)};
+  return {ptq, kFixture.heldout_kl(student.lm, teacher)};
 }
 
 TrainConfig qad_config() {
@@ -101,15 +66,15 @@ TEST(NemotronHQad, CkaQadOverEveryBlockTypeLowersHeldOutKlBelowPtq) {
 TEST(NemotronHQad, FrozenRoutersStayAtTheTeachersWeights) {
   auto cfg = qad_config();
   cfg.optim.freeze_routers = true;
-  auto student = ptq_student(cfg);
-  auto teacher = load_teacher();
+  auto student = kFixture.ptq_student(cfg);
+  auto teacher = kFixture.load();
   auto trainable = trainable_tensors(student.lm, true);
   for (const auto& [name, t] : trainable) EXPECT_FALSE(name.ends_with(".mixer.gate.weight")) << name;
   std::map<std::string, torch::Tensor> before;
   for (auto& [n, p] : student.lm->hf_tensors()) before[n] = p.detach().clone();
   AdamW opt(trainable, cfg.optim);
   for (int step = 0; step < 3; ++step) {
-    train_step(student.lm, &teacher, {random_batch(4, 16, 50 + step)}, opt, {.lr = 1e-2, .config = &cfg});
+    train_step(student.lm, &teacher, {kFixture.batch(4, 16, 50 + step)}, opt, {.lr = 1e-2, .config = &cfg});
   }
   int moved = 0;
   for (auto& [n, p] : student.lm->hf_tensors()) {
