@@ -21,6 +21,7 @@
 
 #include "common/test_util.h"
 #include "qad_process.h"
+#include "stories_data.h"
 #include "util/remove_tree.h"
 
 namespace fs = std::filesystem;
@@ -33,25 +34,10 @@ TEST(FsdpGpu, OneShardedRankOverNcclFollowsOneProcess) {
   const auto root = fs::temp_directory_path() / ("qad_fsdp_gpu_" + std::to_string(::getpid()));
   ::qad::remove_tree(root);
   fs::create_directories(root);
-  {
-    // Enough text for the validation split to hold a global batch of 64-token windows (200 stories of ~40 tokens,
-    // a fifth of them held out).
-    std::ofstream f(root / "stories.jsonl");
-    std::mt19937 rng(3);
-    const std::vector<std::string> names = {"Lily", "Tom", "Sue", "Ben", "Mia", "Max"};
-    const std::vector<std::string> things = {"ball", "cat", "tree", "cake", "boat", "dog", "flower"};
-    for (int d = 0; d < 200; ++d) {
-      auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
-      const std::string a = pick(names), b = pick(names), t = pick(things);
-      f << "{\"text\": \"Once upon a time, " << a << " had a big " << t << ". One day, " << a << " saw " << b
-        << " in the park. " << b << " smiled and they played with the " << t << " all day.\"}\n";
-    }
-  }
-  const auto model = shared_dir() / "models/stories260K";
-  ASSERT_TRUE(exited_ok(wait_for(spawn({"data", "prepare", "--tokenizer", model.string(), "--input",
-                                        (root / "stories.jsonl").string(), "--out", (root / "data").string(),
-                                        "--valid-fraction", "0.2", "--bos", "never"}, root / "prepare.log", {}), 120)))
-      << slurp(root / "prepare.log");
+  // Enough text for the validation split to hold a global batch of 64-token windows (200 stories of ~40 tokens,
+  // a fifth of them held out).
+  ASSERT_TRUE(prepare_stories(root, root / "data", 200, 3, 0.2));
+  const auto model = stories_model();
   auto args = [&](const fs::path& out) {
     return std::vector<std::string>{"distill", "--method", "cka-qad", "--teacher", model.string(), "--data",
                                     (root / "data").string(), "--out", out.string(), "--device", "cuda", "--steps", "10",

@@ -32,6 +32,7 @@
 #include "io/safetensors_torch.h"
 #include "killed_rank.h"
 #include "qad_process.h"
+#include "stories_data.h"
 #include "util/remove_tree.h"
 
 namespace fs = std::filesystem;
@@ -46,25 +47,11 @@ class FsdpRunTest : public ::testing::Test {
     root_ = fs::temp_directory_path() / ("qad_fsdp_test_" + std::to_string(::getpid()));
     ::qad::remove_tree(root_);
     fs::create_directories(root_);
-    std::mt19937 rng(7);
-    const std::vector<std::string> names = {"Lily", "Tom", "Sue", "Ben", "Mia", "Max"};
-    const std::vector<std::string> things = {"ball", "cat", "tree", "cake", "boat", "dog", "flower"};
-    std::ofstream f(root_ / "stories.jsonl");
-    for (int d = 0; d < 200; ++d) {
-      auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
-      std::string a = pick(names), b = pick(names), t = pick(things);
-      f << "{\"text\": \"Once upon a time, " << a << " had a big " << t << ". One day, " << a << " saw " << b
-        << " in the park. " << b << " smiled and they played with the " << t << " all day.\"}\n";
-    }
-    f.close();
-    const int st = wait_for(spawn({"data", "prepare", "--tokenizer", model().string(), "--input",
-                                   (root_ / "stories.jsonl").string(), "--out", data().string(),
-                                   "--valid-fraction", "0.1", "--bos", "never"}, root_ / "prepare.log", {}), 120);
-    ASSERT_TRUE(exited_ok(st)) << slurp(root_ / "prepare.log");
+    ASSERT_TRUE(prepare_stories(root_, data(), 200, 7, 0.1));
   }
   static void TearDownTestSuite() { if (!std::getenv("QAD_KEEP_TEST_DIR")) ::qad::remove_tree(root_); }
 
-  static fs::path model() { return shared_dir() / "models/stories260K"; }
+  static fs::path model() { return stories_model(); }
   static fs::path data() { return root_ / "data"; }
 
   // A run of `steps` steps with `rows` rows per rank on `nproc` ranks (the local launcher when > 1); zero: the
