@@ -21,47 +21,14 @@
 #include "nvfp4/fake_quantize_autograd.h"
 #include "nvfp4/quantize.h"
 #include "quant/linear_quant.h"
-
-#ifdef QAD_HAS_CUDA
-#include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
+#include "timing.h"
 
 namespace {
 
+using qad::bench::time_ms;
 using qad::fused::OutputQuant;
 
 bool g_cuda = false;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double time_ms(const std::function<void()>& fn, int warmup = 3, int iters = 20) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
-#ifdef QAD_HAS_CUDA
-  if (g_cuda) {
-    auto stream = c10::cuda::getCurrentCUDAStream();
-    for (int i = 0; i < iters; ++i) {
-      at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-      start.record(stream);
-      fn();
-      stop.record(stream);
-      stop.synchronize();
-      ms.push_back(start.elapsed_time(stop));
-    }
-    return median(ms);
-  }
-#endif
-  for (int i = 0; i < iters; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    fn();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(ms);
-}
 
 torch::TensorOptions opts() {
   return torch::TensorOptions().dtype(torch::kBFloat16).device(g_cuda ? torch::kCUDA : torch::kCPU);
@@ -70,7 +37,7 @@ torch::TensorOptions opts() {
 // One table row: fused time, its bandwidth as a share of the copy's, speed-up over the unfused sequence.
 void row(const std::string& name, double bytes, double copy_gbps, const std::function<void()>& fused,
          const std::function<void()>& unfused) {
-  const double f = time_ms(fused), u = time_ms(unfused);
+  const double f = time_ms(fused, g_cuda, 3, 20), u = time_ms(unfused, g_cuda, 3, 20);
   const double gbps = bytes / (f * 1e-3) / 1e9;
   fmt::print("{:<34} {:>9.3f} {:>9.1f} {:>8.0f}% {:>9.3f} {:>8.2f}x\n", name, f, gbps, 100.0 * gbps / copy_gbps, u,
              u / f);
@@ -187,7 +154,7 @@ void layer_row(const Shape& s, int64_t tokens) {
     auto y = layer->forward(x, ctx);
     torch::autograd::grad({y}, inputs, {gy});
   };
-  const double f = time_ms([&] { step(true); }, 2, 10), u = time_ms([&] { step(false); }, 2, 10);
+  const double f = time_ms([&] { step(true); }, g_cuda, 2, 10), u = time_ms([&] { step(false); }, g_cuda, 2, 10);
   fmt::print("{:<34} {:>9.3f} {:>9} {:>9} {:>9.3f} {:>8.2f}x\n", "decoder layer fwd+bwd (W4A4 fq)", f, "", "", u, u / f);
 }
 
@@ -200,7 +167,7 @@ int main(int argc, char** argv) {
   fmt::print("Fused kernels vs unfused LibTorch ops on {}, BF16, median times (ms)\n", g_cuda ? "CUDA" : "CPU");
   auto big = torch::empty({tokens * 2048 * 4}, opts());
   auto big2 = torch::empty_like(big);
-  const double copy_ms = time_ms([&] { big2.copy_(big); });
+  const double copy_ms = time_ms([&] { big2.copy_(big); }, g_cuda, 3, 20);
   const double copy_gbps = 2.0 * big.numel() * 2 / (copy_ms * 1e-3) / 1e9;
   fmt::print("device copy: {:.1f} GB/s (read + write of {} MiB)\n", copy_gbps, big.numel() * 2 >> 20);
   big = big2 = torch::Tensor();

@@ -14,28 +14,9 @@
 
 #include "loss/cka_loss.h"
 #include "loss/logit_losses.h"
+#include "timing.h"
 
-namespace {
-
-// Median milliseconds of fn over `iters` runs after `warmup` runs (device-synchronised on CUDA).
-double time_ms(const std::function<void()>& fn, bool cuda, int warmup, int iters) {
-  auto sync = [&] {
-    if (cuda) torch::cuda::synchronize();
-  };
-  for (int i = 0; i < warmup; ++i) fn();
-  sync();
-  std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    fn();
-    sync();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-}  // namespace
+using qad::bench::time_ms;
 
 int main(int argc, char** argv) {
   using namespace qad::loss;

@@ -13,44 +13,11 @@
 #include <vector>
 
 #include "nvfp4/quantize.h"
-
-#ifdef QAD_HAS_CUDA
-#include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
+#include "timing.h"
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median milliseconds of fn over `iters` runs after `warmup` runs.
-double time_ms(const std::function<void()>& fn, bool cuda, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
-#ifdef QAD_HAS_CUDA
-  if (cuda) {
-    auto stream = c10::cuda::getCurrentCUDAStream();
-    for (int i = 0; i < iters; ++i) {
-      at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-      start.record(stream);
-      fn();
-      stop.record(stream);
-      stop.synchronize();
-      ms.push_back(start.elapsed_time(stop));
-    }
-    return median(ms);
-  }
-#endif
-  for (int i = 0; i < iters; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    fn();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(ms);
-}
+using qad::bench::time_ms;
 
 }  // namespace
 
