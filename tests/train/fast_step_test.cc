@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/test_util.h"
+#include "random_batch.h"
 #include "data/batch_tensors.h"
 #include "train/optimizer.h"
 #include "train/step.h"
@@ -35,21 +36,6 @@ model::CausalLM fixture(torch::ScalarType dtype, uint64_t noise_salt) {
   return m;
 }
 
-data::BatchTensors batch(const std::vector<int64_t>& lens, int64_t t, int64_t vocab, uint64_t salt) {
-  auto gen = seeded_generator(salt);
-  const int64_t b = static_cast<int64_t>(lens.size());
-  data::BatchTensors x;
-  x.input_ids = torch::randint(vocab, {b, t}, gen, torch::kLong);
-  x.targets = torch::randint(vocab, {b, t}, gen, torch::kLong);
-  x.loss_mask = torch::zeros({b, t}, torch::kFloat32);
-  x.attention_mask = torch::zeros({b, t}, torch::kBool);
-  for (int64_t r = 0; r < b; ++r) {
-    x.loss_mask[r].narrow(0, 0, lens[r]).fill_(1);
-    x.attention_mask[r].narrow(0, 0, lens[r]).fill_(true);
-  }
-  return x;
-}
-
 std::map<std::string, torch::Tensor> grads_and_reset(model::CausalLM& m) {
   std::map<std::string, torch::Tensor> g;
   for (auto& [n, p] : m->hf_tensors()) {
@@ -64,7 +50,8 @@ TEST(FastStepTest, FusedHeadGivesTheLogitsPathsLossAndGradients) {
   auto student = fixture(torch::kFloat64, 21);
   for (auto& [n, p] : student->hf_tensors()) p.set_requires_grad(true);
   const int64_t v = teacher->config().vocab_size;
-  std::vector<data::BatchTensors> micro = {batch({16, 9, 12}, 16, v, 22), batch({5, 16}, 16, v, 23)};
+  std::vector<data::BatchTensors> micro = {padded_random_batch({16, 9, 12}, 16, v, 22),
+                                           padded_random_batch({5, 16}, 16, v, 23)};
   TrainConfig cfg;
   cfg.loss.kl = 1.0;
   cfg.loss.ce = 0.4;
@@ -102,7 +89,7 @@ TEST(FastStepTest, DeviceSideStepMatchesHostStepAndSkipsPoisonedSteps) {
   AdamW host(a->hf_tensors(), cfg.optim), fused(b->hf_tensors(), cfg.optim);
   fused.set_fused(true);
   for (int step = 0; step < 2; ++step) {
-    auto x = batch({16, 11}, 16, v, 40 + static_cast<uint64_t>(step));
+    auto x = padded_random_batch({16, 11}, 16, v, 40 + static_cast<uint64_t>(step));
     StepOptions so{.lr = 1e-3, .config = &cfg, .rng_seed = 5};
     auto rh = train_step(a, &teacher, {x}, host, so);
     auto rf = train_step(b, &teacher, {x}, fused, so);
@@ -120,7 +107,7 @@ TEST(FastStepTest, DeviceSideStepMatchesHostStepAndSkipsPoisonedSteps) {
 
   std::map<std::string, torch::Tensor> before;
   for (auto& [n, p] : b->hf_tensors()) before[n] = p.detach().clone();
-  auto x = batch({16, 16}, 16, v, 50);
+  auto x = padded_random_batch({16, 16}, 16, v, 50);
   auto r = train_step(b, &teacher, {x}, fused, {.lr = 1e-3, .config = &cfg, .rng_seed = 0, .inject_nan = true});
   EXPECT_TRUE(r.skipped);
   EXPECT_FALSE(std::isfinite(r.values.loss));

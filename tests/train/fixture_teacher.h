@@ -8,6 +8,7 @@
 
 #include "common/test_util.h"
 #include "data/batch_tensors.h"
+#include "random_batch.h"
 #include "loss/logit_losses.h"
 #include "train/student.h"
 
@@ -27,15 +28,7 @@ struct FixtureTeacher {
     return t;
   }
 
-  data::BatchTensors batch(int64_t rows, int64_t t, uint64_t salt) const {
-    auto gen = qad::testing::seeded_generator(salt);
-    data::BatchTensors b;
-    b.input_ids = torch::randint(vocab, {rows, t}, gen, torch::kLong);
-    b.targets = torch::randint(vocab, {rows, t}, gen, torch::kLong);
-    b.loss_mask = torch::ones({rows, t}, torch::kFloat32);
-    b.attention_mask = torch::ones({rows, t}, torch::kBool);
-    return b;
-  }
+  data::BatchTensors batch(int64_t rows, int64_t t, uint64_t salt) const { return random_batch(rows, t, vocab, salt); }
 
   // NVFP4 with cfg's quant settings, calibrated on 4 random batches of 4 rows.
   Student ptq_student(const TrainConfig& cfg) const {

@@ -9,6 +9,7 @@
 
 #include "util/remove_tree.h"
 #include "common/test_util.h"
+#include "random_batch.h"
 #include "data/batch_tensors.h"
 #include "loss/cka.h"
 #include "loss/stacked_rows.h"
@@ -42,22 +43,6 @@ model::CausalLM perturbed_student(uint64_t salt) {
     q.add_(torch::randn(p.sizes(), gen, torch::kFloat64) * 0.05 * (p.std().item<double>() + 1e-3));
   }
   return s;
-}
-
-// A padded batch: row r has `lens[r]` real tokens, the rest padding (masked out).
-data::BatchTensors make_batch(const std::vector<int64_t>& lens, int64_t t, int64_t vocab, uint64_t salt) {
-  auto gen = seeded_generator(salt);
-  const int64_t b = static_cast<int64_t>(lens.size());
-  data::BatchTensors x;
-  x.input_ids = torch::randint(vocab, {b, t}, gen, torch::kLong);
-  x.targets = torch::randint(vocab, {b, t}, gen, torch::kLong);
-  x.loss_mask = torch::zeros({b, t}, torch::kFloat32);
-  x.attention_mask = torch::zeros({b, t}, torch::kBool);
-  for (int64_t r = 0; r < b; ++r) {
-    x.loss_mask[r].narrow(0, 0, lens[r]).fill_(1);
-    x.attention_mask[r].narrow(0, 0, lens[r]).fill_(true);
-  }
-  return x;
 }
 
 TrainConfig config(double kl, double ce, double cka) {
@@ -130,7 +115,7 @@ class StepTest : public ::testing::TestWithParam<loss::CkaEstimator> {};
 TEST_P(StepTest, LossAndGradientsEqualHandAssembledFp64) {
   auto teacher = load64();
   auto student = perturbed_student(1);
-  auto b = make_batch({12, 9, 16}, 16, teacher->config().vocab_size, 2);
+  auto b = padded_random_batch({12, 9, 16}, 16, teacher->config().vocab_size, 2);
   auto cfg = config(1.0, 0.5, 0.3);
   cfg.loss.cka_estimator = GetParam() == loss::CkaEstimator::kDebiased ? "debiased" : "biased";
 
@@ -164,7 +149,7 @@ TEST(StepTest, MicroBatchesAccumulateToOneBatchGradient) {
   auto teacher = load64();
   auto student = perturbed_student(3);
   const int64_t v = teacher->config().vocab_size;
-  auto big = make_batch({16, 5, 11, 16, 2}, 16, v, 4);  // unequal token counts per micro-batch
+  auto big = padded_random_batch({16, 5, 11, 16, 2}, 16, v, 4);  // unequal token counts per micro-batch
   auto cfg = config(1.0, 0.7, 0.0);
 
   zero(student);
@@ -192,7 +177,7 @@ TEST(StepTest, MicroBatchesAccumulateToOneBatchGradient) {
 TEST(StepTest, PoisonedStepIsSkippedAndLeavesWeightsAlone) {
   auto teacher = load64();
   auto student = perturbed_student(5);
-  auto b = make_batch({16, 16}, 16, teacher->config().vocab_size, 6);
+  auto b = padded_random_batch({16, 16}, 16, teacher->config().vocab_size, 6);
   auto cfg = config(1.0, 0.0, 0.0);
   AdamW opt(student->hf_tensors(), cfg.optim);
   std::map<std::string, torch::Tensor> before;
@@ -270,7 +255,7 @@ TEST(CheckpointTest, RoundTripIsBitwise) {
   student->to(torch::kFloat32);
   auto teacher = load64();
   teacher->to(torch::kFloat32);
-  auto b = make_batch({16, 16}, 16, teacher->config().vocab_size, 10);
+  auto b = padded_random_batch({16, 16}, 16, teacher->config().vocab_size, 10);
   auto cfg = config(1.0, 0.0, 0.0);
   AdamW opt(student->hf_tensors(), cfg.optim);
   for (int i = 0; i < 2; ++i) train_step(student, &teacher, {b}, opt, {.lr = 1e-3, .config = &cfg});
