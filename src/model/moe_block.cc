@@ -34,13 +34,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, const AttentionConte
   auto flat = x.reshape({-1, hidden});
   torch::Tensor keep;
   if (ctx.token_mask.defined()) keep = ctx.token_mask.reshape({-1}).to(x.device(), torch::kBool);
-  if (ctx.calibrate_all_experts) {
-    // ModelOpt's MoE calibration: every expert sees every (real) token once, so that no expert is left
-    // without an input scale; the outputs are thrown away and the routed forward below is the result.
-    torch::NoGradGuard no_grad;
-    auto tokens = keep.defined() ? flat.index_select(0, keep.nonzero().reshape({-1})) : flat;
-    for (auto& e : expert_list) e(tokens);
-  }
+  if (ctx.calibrate_all_experts) calibrate_every_expert(expert_list, flat, keep);
   auto logits = gate(flat);
   if (ctx.router_logits != nullptr) ctx.router_logits->emplace_back(layer_, logits);
   auto routing = softmax_topk(logits, router_);
@@ -49,16 +43,7 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x, const AttentionConte
   auto weights = routing.weights.gather(1, perm);
   const auto d = dispatch_by_expert(experts_sorted, num_experts(), keep);
 
-  auto rows = flat.index_select(0, d.token_of_row);
-  std::vector<torch::Tensor> outs;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < num_experts(); ++e) {
-    const int64_t n = d.counts[static_cast<size_t>(e)];
-    if (n == 0) continue;
-    outs.push_back(expert_list[static_cast<size_t>(e)](rows.narrow(0, offset, n)));
-    offset += n;
-  }
-  auto out_rows = outs.empty() ? torch::zeros({0, hidden}, x.options()) : torch::cat(outs, 0);
+  auto out_rows = run_experts(expert_list, flat, d, x.options());
   // transformers: expert output x routing weight in the model dtype, then the per-token sum.
   out_rows = out_rows * weights.reshape({-1}).index_select(0, d.slot_of_row).unsqueeze(1);
   return combine_by_token(out_rows, d).reshape(x.sizes());

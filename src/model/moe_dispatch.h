@@ -27,4 +27,31 @@ ExpertDispatch dispatch_by_expert(const torch::Tensor& experts, int64_t num_expe
 // transformers' order; MoeBlock sorts them). Tokens with no row get zeros.
 torch::Tensor combine_by_token(const torch::Tensor& rows, const ExpertDispatch& d);
 
+// Each expert over its dispatched rows of `flat` ([N, H]: the layer's tokens), one call per expert with rows; the
+// outputs [M, H] in dispatch order (an empty [0, H] of `empty_options` when no row was dispatched).
+template <typename Expert>
+torch::Tensor run_experts(std::vector<Expert>& experts, const torch::Tensor& flat, const ExpertDispatch& d,
+                          const torch::TensorOptions& empty_options) {
+  auto rows = flat.index_select(0, d.token_of_row);
+  std::vector<torch::Tensor> outs;
+  int64_t offset = 0;
+  for (size_t e = 0; e < experts.size(); ++e) {
+    const int64_t n = d.counts[e];
+    if (n == 0) continue;
+    outs.push_back(experts[e](rows.narrow(0, offset, n)));
+    offset += n;
+  }
+  return outs.empty() ? torch::zeros({0, flat.size(-1)}, empty_options) : torch::cat(outs, 0);
+}
+
+// ModelOpt's MoE calibration: every expert sees every token of `flat` where `keep` (bool [N], or undefined: all)
+// holds, once, so that no expert is left without an input scale; the outputs are thrown away (the routed forward
+// is the layer's result).
+template <typename Expert>
+void calibrate_every_expert(std::vector<Expert>& experts, const torch::Tensor& flat, const torch::Tensor& keep) {
+  torch::NoGradGuard no_grad;
+  auto tokens = keep.defined() ? flat.index_select(0, keep.nonzero().reshape({-1})) : flat;
+  for (auto& e : experts) e(tokens);
+}
+
 }  // namespace qad::model

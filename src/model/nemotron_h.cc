@@ -55,30 +55,16 @@ torch::Tensor NemotronHMoeImpl::forward(const torch::Tensor& x, const AttentionC
   auto flat = x.reshape({-1, hidden});
   torch::Tensor keep;
   if (ctx.token_mask.defined()) keep = ctx.token_mask.reshape({-1}).to(x.device(), torch::kBool);
-  if (ctx.calibrate_all_experts) {
-    torch::NoGradGuard no_grad;
-    auto tokens = keep.defined() ? flat.index_select(0, keep.nonzero().reshape({-1})) : flat;
-    for (auto& ex : expert_list) ex(tokens);
-  }
+  if (ctx.calibrate_all_experts) calibrate_every_expert(expert_list, flat, keep);
   // NemotronHTopkRouter: the router runs in FP32 whatever the model dtype (the hook of a quantized router is not
   // applied; ModelOpt's defaults leave routers unquantized).
   auto logits = torch::linear(flat.to(torch::kFloat32), gate->weight.to(torch::kFloat32));
   if (ctx.router_logits != nullptr) ctx.router_logits->emplace_back(layer_, logits);
   auto routing = group_topk_route(logits, correction_bias, cfg_);
   const auto d = dispatch_by_expert(routing.experts, num_experts(), keep);
-  auto rows = flat.index_select(0, d.token_of_row);
-  std::vector<torch::Tensor> outs;
-  int64_t offset = 0;
-  for (int64_t i = 0; i < num_experts(); ++i) {
-    const int64_t cnt = d.counts[static_cast<size_t>(i)];
-    if (cnt == 0) continue;
-    outs.push_back(expert_list[static_cast<size_t>(i)](rows.narrow(0, offset, cnt)));
-    offset += cnt;
-  }
   // NemotronHExperts: output x weight and the sum over a token's experts in FP32 (the weights' dtype), then the
   // cast to the model dtype and the shared expert added.
-  auto out_rows = outs.empty() ? torch::zeros({0, hidden}, x.options().dtype(torch::kFloat32))
-                               : torch::cat(outs, 0).to(torch::kFloat32);
+  auto out_rows = run_experts(expert_list, flat, d, x.options()).to(torch::kFloat32);
   out_rows = out_rows * routing.weights.reshape({-1}).index_select(0, d.slot_of_row).unsqueeze(1);
   auto routed = combine_by_token(out_rows, d).to(x.scalar_type()).reshape(x.sizes());
   return routed + shared_experts(x);
