@@ -17,7 +17,7 @@ B=build-gpu
 cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=ON -DQAD_BUILD_BENCH=ON >/tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
 TESTS=${TESTS:-test_loss_cuda test_train_cuda}
 [ -d .shared ] && export QAD_SHARED_DIR=$PWD/.shared
-timeout ${BUILD_S:-380} ninja -C $B -k 0 qad bench_train $TESTS >"$out/build.log" 2>&1 || grep -E "error|FAILED" "$out/build.log" | head -30
+timeout ${BUILD_S:-380} ninja -C $B -k 0 $([ -z "${NO_8B:-}" ] && echo qad) bench_train $TESTS >"$out/build.log" 2>&1 || grep -E "error|FAILED" "$out/build.log" | head -30
 echo "[$(( $(date +%s) - t0 )) s] build done"
 for t in $TESTS; do
   bin=$(find $B/tests -name $t -type f | head -1); [ -n "$bin" ] || { echo "$t NOT BUILT"; continue; }
