@@ -7,9 +7,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
-#include <functional>
 #include <vector>
 
 #include "loss/cka_loss.h"
