@@ -133,6 +133,11 @@ int64_t global_row_index(const data::Batch& batch, int64_t j, int64_t rows_per_e
   return batch.epoch * rows_per_epoch + batch.position + j;
 }
 
+int64_t cka_tokens_per_row(int64_t subsample_tokens, int64_t micro_batch, int64_t seq_len) {
+  if (subsample_tokens <= 0) return seq_len;
+  return std::min<int64_t>((subsample_tokens + micro_batch - 1) / micro_batch, seq_len);
+}
+
 fs::path shard_path(const fs::path& dir, int64_t shard) { return dir / fmt::format("shard-{:06d}.bin", shard); }
 
 void write_shard(const fs::path& path, int64_t first_row, int64_t rows, int64_t row_bytes, const std::string& raw,
@@ -243,19 +248,21 @@ void TeacherCache::check_run(const TrainConfig& cfg, const data::Loader& loader)
   QAD_CHECK(o.seed == m_.data_seed, "{}: built for data.seed {} but this run has {}; the rows would differ: rebuild "
             "the cache with --data-seed {} or run with --data-seed {}", where, m_.data_seed, o.seed, o.seed,
             m_.data_seed);
+  // Rows are read by their position in the epoch's order, so any global batch (batch_size x ranks) reads the same
+  // rows as long as the epoch holds as many of them (the loader drops the last partial global batch).
   const int64_t global = o.batch_size * o.world_size;
-  QAD_CHECK(global == m_.global_batch, "{}: built for a global batch of {} rows (data.batch_size x ranks) but this "
-            "run has {} ({} x {} ranks); the row order would differ: rebuild with --batch-size {} --ranks {}, or "
-            "keep batch_size x ranks = {}", where, m_.global_batch, global, o.batch_size, o.world_size, o.batch_size,
-            o.world_size, m_.global_batch);
   const auto key = cache_loader_key(loader);
   for (const auto& [k, v] : key.items()) {
     QAD_CHECK(m_.loader.contains(k) && m_.loader.at(k) == v, "{}: built with loader setting {} = {} but this run has "
               "{}; the rows would differ: rebuild the cache with this run's data settings", where, k,
               m_.loader.contains(k) ? m_.loader.at(k).dump() : "(missing)", v.dump());
   }
-  QAD_CHECK(loader.steps_per_epoch() * global == m_.rows_per_epoch, "{}: {} rows per epoch in the cache but {} in "
-            "this run; rebuild the cache", where, m_.rows_per_epoch, loader.steps_per_epoch() * global);
+  QAD_CHECK(loader.steps_per_epoch() * global == m_.rows_per_epoch, "{}: built for a global batch of {} rows "
+            "(data.batch_size x ranks), {} rows per epoch, but this run's global batch of {} rows ({} x {} ranks) "
+            "leaves {} rows per epoch (the loader drops each epoch's last partial global batch), so the row order "
+            "would differ: keep batch_size x ranks = {}, or rebuild with --batch-size {} --ranks {}", where,
+            m_.global_batch, m_.rows_per_epoch, global, o.batch_size, o.world_size, loader.steps_per_epoch() * global,
+            m_.global_batch, o.batch_size, o.world_size);
   const int64_t needed = cfg.run.steps * cfg.optim.grad_accum * global;
   QAD_CHECK(needed <= m_.rows, "{}: holds {} rows ({} optimizer steps of {} x {} rows) but this run trains on {} "
             "({} steps); rebuild it with --steps {} or run at most {} steps", where, m_.rows,
@@ -289,6 +296,13 @@ void TeacherCache::check_run(const TrainConfig& cfg, const data::Loader& loader)
     QAD_CHECK(cfg.loss.cka_subsample_tokens == m_.cka_subsample_tokens, "{}: CKA rows drawn for "
               "loss.cka_subsample_tokens {} but this run has {}; rebuild the cache with --cka-subsample {}", where,
               m_.cka_subsample_tokens, cfg.loss.cka_subsample_tokens, cfg.loss.cka_subsample_tokens);
+    // The subsample is spread over a micro-batch's rows: another data.batch_size needs another count per row.
+    const int64_t per_row = cka_tokens_per_row(cfg.loss.cka_subsample_tokens, o.batch_size, o.seq_len);
+    QAD_CHECK(per_row == m_.layout.cka_tokens_per_row, "{}: holds {} CKA tokens per row (loss.cka_subsample_tokens "
+              "{} spread over the rows of the micro-batches it was built with), but this run's micro-batches of {} "
+              "rows need {} per row; keep the data.batch_size the cache was built with (another number of ranks or "
+              "grad_accum is fine), or rebuild the cache with --batch-size {}", where, m_.layout.cka_tokens_per_row,
+              m_.cka_subsample_tokens, o.batch_size, per_row, o.batch_size);
     for (const auto& l : cfg.loss.cka_layers) {
       QAD_CHECK(std::find(m_.layout.cka_layers.begin(), m_.layout.cka_layers.end(), l) != m_.layout.cka_layers.end(),
                 "{}: holds no hidden states of '{}' (it has {} layers: {}...); rebuild the cache with --cka-layers",

@@ -1,7 +1,8 @@
 // A teacher cache (docs/teacher_cache.md): the teacher's top-k logits (and, for CKA-QAD, its hidden-state rows of
 // fixed token subsamples) for every row a `qad distill` run will train on, so that the run needs no teacher in
 // memory. Rows are keyed by their global index in the train loader's deterministic order, not by rank: any split
-// of the same global batch over ranks reads the same cache. The manifest records the data and order the rows were
+// over ranks, micro-batches and grad_accum whose epoch holds the same rows reads the same cache (with CKA rows:
+// at the data.batch_size it was built with). The manifest records the data and order the rows were
 // taken with; a run with another is refused, and every row is checked against a hash of its input ids.
 #pragma once
 #include <torch/torch.h>
@@ -70,6 +71,9 @@ nlohmann::json cache_loader_key(const data::Loader& loader);
 // Global index of row j of a batch the loader returned, for `rows_per_epoch` as above: epoch * rows_per_epoch +
 // the row's position in the epoch's order (the same whichever rank, or split of the global batch, reads it).
 int64_t global_row_index(const data::Batch& batch, int64_t j, int64_t rows_per_epoch);
+// CKA positions cached per row: the micro-batch's subsample (loss.cka_subsample_tokens) spread evenly over its
+// data.batch_size rows, at most the row's length (a subsample of 0 means every position).
+int64_t cka_tokens_per_row(int64_t subsample_tokens, int64_t micro_batch, int64_t seq_len);
 
 // Shard files "shard-NNNNNN.bin": a 64-byte header (magic "QADTCSH1", uint64 first row, uint64 rows, uint64 row
 // bytes, uint64 payload bytes, uint32 zstd level, padding) and the rows, zstd-compressed unless the level is 0.
@@ -90,7 +94,7 @@ class TeacherCache {
   const std::filesystem::path& dir() const { return dir_; }
 
   // Refuses (qad::Error naming the setting and the fix) a run the cache does not fit: another dataset, split,
-  // seed, sequence length, row order (global batch) or teacher; more rows than cached; a top-k above the cache's;
+  // seed, sequence length, row order (a global batch that leaves another number of rows per epoch) or teacher; more rows than cached; a top-k above the cache's;
   // a CKA term with layers or a subsample the cache was not built for; the tail KL at a temperature other than 1.
   void check_run(const TrainConfig& cfg, const data::Loader& train_loader) const;
 

@@ -91,10 +91,7 @@ TeacherCacheSummary build_teacher_cache(const TrainConfig& cfg_in, const Teacher
   if (cka) {
     l.cka_layers = cfg.loss.cka_layers.empty() ? default_cka_layers(teacher->config()) : cfg.loss.cka_layers;
     const int64_t sub = cfg.loss.cka_subsample_tokens;
-    // Per row: the micro-batch's subsample spread evenly over its data.batch_size rows (0: every position).
-    l.cka_tokens_per_row = sub > 0 ? std::min<int64_t>((sub + cfg_in.data.batch_size - 1) / cfg_in.data.batch_size,
-                                                       l.seq_len)
-                                   : l.seq_len;
+    l.cka_tokens_per_row = cka_tokens_per_row(sub, cfg_in.data.batch_size, l.seq_len);
     l.hidden_size = teacher->config().hidden_size;
     m.cka_subsample_tokens = sub;
     m.cka_seed = cfg.run.seed;

@@ -259,15 +259,19 @@ TEST_F(TeacherCacheTest, CkaFromTheCacheEqualsLiveCkaOnTheSameTokens) {
 }
 
 TEST_F(TeacherCacheTest, RanksReadTheirRowsByGlobalIndex) {
-  // Built for 1 rank x 4 rows; read by 2 ranks x 2 rows and 4 ranks x 1 row (the same global batch).
+  // Built for 1 rank x 4 rows x 2 micro-batches; read by 2 ranks x 2 rows and 4 ranks x 1 row (the same global
+  // batch), and by 1 rank x 2 rows x 4 micro-batches (another global batch, the same rows per epoch: the loader's
+  // epoch order does not depend on the batch).
   auto cfg = config("cache_ranks");
   build_teacher_cache(cfg, options(4));
   TeacherCache cache(cfg.run.out);
+  ASSERT_LT(loader(cfg)->samples_per_epoch() % 4, 2) << "the 2-row split needs the same rows per epoch";
   auto t = teacher();
   torch::NoGradGuard ng;
-  for (const int world : {2, 4}) {
+  for (const auto& [world, rows] : std::vector<std::pair<int, int64_t>>{{2, 2}, {4, 1}, {1, 2}}) {
     auto c = cfg;
-    c.data.batch_size = 4 / world;
+    c.data.batch_size = rows;
+    c.optim.grad_accum = 8 / (world * rows);
     for (int rank = 0; rank < world; ++rank) {
       auto l = loader(c, rank, world);
       c.dist.rank = rank;
@@ -293,6 +297,24 @@ std::string error_of(const std::function<void()>& f) {
   return "(no error)";
 }
 
+TEST_F(TeacherCacheTest, CkaRowsServeOtherRankSplitsButNotAnotherMicroBatch) {
+  // Built for micro-batches of 4 rows (3 CKA tokens each, of the 12-token subsample) x 2 accumulated.
+  auto cfg = config("cache_cka_split", Method::kCkaQad);
+  build_teacher_cache(cfg, options(4));
+  TeacherCache cache(cfg.run.out);
+  auto c = cfg;  // 2 ranks x 4 rows, 1 micro-batch per step: the same micro-batch size and rows per step
+  c.dist.world_size = 2;
+  c.optim.grad_accum = 1;
+  EXPECT_NO_THROW(cache.check_run(c, *loader(c, 0, 2)));
+  c = cfg;  // micro-batches of 2 rows would need 6 tokens per row
+  c.data.batch_size = 2;
+  c.optim.grad_accum = 4;
+  const auto msg = error_of([&] { cache.check_run(c, *loader(c)); });
+  EXPECT_NE(msg.find("holds 3 CKA tokens per row"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("micro-batches of 2 rows need 6 per row"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rebuild the cache with --batch-size 2"), std::string::npos) << msg;
+}
+
 TEST_F(TeacherCacheTest, MismatchedRunsAndDamagedShardsAreRefused) {
   auto cfg = config("cache_bad");
   build_teacher_cache(cfg, options(8));
@@ -307,9 +329,15 @@ TEST_F(TeacherCacheTest, MismatchedRunsAndDamagedShardsAreRefused) {
   c = cfg;
   c.data.seq_len = 32;
   expect(c, "data.seq_len 16 but this run has 32");
+  // A global batch that leaves another number of rows per epoch (the last partial batch is dropped).
   c = cfg;
-  c.data.batch_size = 2;
-  expect(c, "global batch of 4 rows");
+  const int64_t samples = loader(cfg)->samples_per_epoch();
+  c.data.batch_size = 5;
+  while (samples / c.data.batch_size * c.data.batch_size == samples / 4 * 4) ++c.data.batch_size;
+  c.optim.grad_accum = 1;
+  c.run.steps = 1;
+  expect(c, "built for a global batch of 4 rows (data.batch_size x ranks), " + std::to_string(samples / 4 * 4) +
+                " rows per epoch, but this run's global batch of " + std::to_string(c.data.batch_size) + " rows");
   c = cfg;
   c.data.mode = "pad";
   expect(c, "loader setting mode");
