@@ -14,6 +14,10 @@
 // steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
 // start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
 // alternates the variants step by step, which cancels drifts of the GPU's clocks between them.
+// --chain C: each timed step is the mean of C steps taken back to back (one device sync before and after them, as
+// a training run, whose host never waits for the GPU between steps, takes them: the host work at a step's start
+// overlaps the previous step's kernels). Default 1: a sync before and after every step, so a step's host work
+// before its first kernel counts in full.
 // Beside each measured peak: `qad distill --plan`'s prediction for the same configuration (train/memory_plan.h) and
 // the relative error; the plan's table is printed once per model.
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
@@ -96,7 +100,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> models = {"0.6b", "1.7b"};
   std::vector<std::string> torch_modes = {"eager", "compile"};
   std::vector<std::string> variant_keys;  // empty = all
-  int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1;
+  int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1, chain = 1;
   bool ckpt = false, offload = false;
   std::string python = "python3", profile_path;
   int64_t torch_timeout_s = 420;
@@ -110,6 +114,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::stoll(next());
     else if (a == "--rounds") rounds = std::stoll(next());
     else if (a == "--turn-warmup") turn_warmup = std::stoll(next());
+    else if (a == "--chain") chain = std::stoll(next());
     else if (a == "--ckpt") ckpt = true;
     else if (a == "--offload") offload = true;
     else if (a == "--variants") variant_keys = split_list(next());
@@ -119,15 +124,15 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile_path = next();
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
-      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--ckpt] [--offload] "
+      fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--chain C] [--ckpt] [--offload] "
                  "[--variants qad,cka-fp32,cka-tf32,cka-2048,cka-1024-tf32,recipe,cka-512] [--torch eager,compile | --no-torch] "
                  "[--python PY] [--torch-timeout S] [--profile FILE]\n");
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
-  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0) {
-    fmt::print(stderr, "bench_train: --iters, --warmup and --rounds must be at least 1\n");
+  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1) {
+    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds and --chain must be at least 1\n");
     return 2;
   }
   if (!torch::cuda::is_available()) {
@@ -255,9 +260,15 @@ int main(int argc, char** argv) {
               torch::cuda::synchronize();
               const auto t0 = std::chrono::steady_clock::now();
               auto r = step(step_no[v.key]++);
-              torch::cuda::synchronize();
               if (round == 0 && it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
-              if (it >= w) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+              // A timed step with --chain C: C steps with no wait between them, as a training run takes them.
+              const int64_t chained = it >= w ? chain : 1;
+              for (int64_t c = 1; c < chained; ++c) step(step_no[v.key]++);
+              torch::cuda::synchronize();
+              if (it >= w) {
+                ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+                             static_cast<double>(chained));
+              }
             }
           } catch (const std::exception& e) {
             fmt::print("{:<36} failed: {}\n", v.label, std::string(e.what()).substr(0, 200));
@@ -289,7 +300,8 @@ int main(int argc, char** argv) {
       }
       // The spread: each round's time ratio against QAD's in the same round, and the timed steps' range.
       if (rounds > 1 || iters >= 4) {
-        fmt::print("spread ({} round(s) x {} timed steps per variant):\n", rounds, iters);
+        fmt::print("spread ({} round(s) x {} timed steps per variant{}):\n", rounds, iters,
+                   chain > 1 ? fmt::format(", each the mean of {} steps back to back", chain) : std::string());
         for (const auto& v : variants) {
           if (!measured_ms.count(v.key)) continue;
           const auto& t = times[v.key];

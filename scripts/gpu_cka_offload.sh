@@ -5,7 +5,8 @@
 # (`qad distill --plan` for a Qwen3-8B shape with and without offload, then bench_train --models 8b --offload:
 # tokens/s, peak memory and the plan's error). Results go to $OUT. Env: BUDGET (s), BUILD_S (build limit),
 # TESTS (GPU test binaries to build and run; default test_loss_cuda test_train_cuda), NO_8B=1 skips the 8B part,
-# VARIANTS (bench_train's, default qad,recipe,cka-1024-tf32).
+# VARIANTS (bench_train's, default qad,recipe,cka-1024-tf32), CHAIN (bench_train --chain: steps back to back per
+# timed step, default 1).
 # Tests that read ../shared (test_fsdp_gpu: stories260K) find it in .shared/ when it is carried.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ for t in $TESTS; do
   grep -E "^\[  FAILED  \]|Failure$" "$out/$t.log" | head -8
 done
 [ -x $B/bench_train ] || exit 1
-timeout $(( 40 + ${ROUNDS:-20} * 3 )) $B/bench_train --models 1.7b --variants ${VARIANTS:-qad,recipe,cka-1024-tf32} --iters 1 --warmup 3 --rounds ${ROUNDS:-20} --turn-warmup 0 \
+timeout $(( 40 + ${ROUNDS:-20} * 3 * ${CHAIN:-1} )) $B/bench_train --models 1.7b --variants ${VARIANTS:-qad,recipe,cka-1024-tf32} --iters 1 --warmup 3 --rounds ${ROUNDS:-20} --turn-warmup 0 --chain ${CHAIN:-1} \
   --no-torch --profile "$out/profile_1.7b.txt" 2>&1 | grep -v -E "^ +[0-9]+ +[0-9.]+ +[0-9.]+% " > "$out/cka_1.7b.txt"
 grep -A14 "^variant\|Qwen3-1.7b shape" "$out/cka_1.7b.txt" | head -30; grep -A14 "against QAD" "$out/profile_1.7b.txt" | head -16
 [ -z "${NO_8B:-}" ] && [ "$(left)" -gt 60 ] && [ -x $B/qad ] || { echo "[$(( $(date +%s) - t0 )) s] no time / no qad binary for the 8B runs"; exit 0; }
