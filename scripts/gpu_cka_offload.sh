@@ -5,7 +5,7 @@
 # (`qad distill --plan` for a Qwen3-8B shape with and without offload, then bench_train --models 8b --offload:
 # tokens/s, peak memory and the plan's error). Results go to $OUT. Env: BUDGET (s), BUILD_S (build limit),
 # TESTS (GPU test binaries to build and run; default test_loss_cuda test_train_cuda), NO_8B=1 skips the 8B part,
-# VARIANTS (bench_train's, default qad,recipe,cka-1024-tf32), CHAIN (bench_train --chain: steps back to back per
+# VARIANTS (bench_train's, default qad,recipe,cka-1024-tf32), MODELS (default 1.7b; e.g. 0.6b,1.7b), CHAIN (bench_train --chain: steps back to back per
 # timed step, default 1).
 # Tests that read ../shared (test_fsdp_gpu: stories260K) find it in .shared/ when it is carried.
 set -uo pipefail
@@ -26,9 +26,9 @@ for t in $TESTS; do
   grep -E "^\[  FAILED  \]|Failure$" "$out/$t.log" | head -8
 done
 [ -x $B/bench_train ] || exit 1
-timeout $(( 40 + ${ROUNDS:-20} * 3 * ${CHAIN:-1} )) $B/bench_train --models 1.7b --variants ${VARIANTS:-qad,recipe,cka-1024-tf32} --iters 1 --warmup 3 --rounds ${ROUNDS:-20} --turn-warmup 0 --chain ${CHAIN:-1} \
-  --no-torch --profile "$out/profile_1.7b.txt" 2>&1 | grep -v -E "^ +[0-9]+ +[0-9.]+ +[0-9.]+% " > "$out/cka_1.7b.txt"
-grep -A14 "^variant\|Qwen3-1.7b shape" "$out/cka_1.7b.txt" | head -30; grep -A14 "against QAD" "$out/profile_1.7b.txt" | head -16
+timeout $(( 40 + ${ROUNDS:-20} * 3 * ${CHAIN:-1} * $(echo ${MODELS:-1.7b} | tr ',' ' ' | wc -w) )) $B/bench_train --models ${MODELS:-1.7b} --variants ${VARIANTS:-qad,recipe,cka-1024-tf32} --iters 1 --warmup 3 --rounds ${ROUNDS:-20} --turn-warmup 0 --chain ${CHAIN:-1} \
+  --no-torch --profile "$out/profile_cka.txt" 2>&1 | grep -v -E "^ +[0-9]+ +[0-9.]+ +[0-9.]+% " > "$out/cka.txt"
+grep -A14 "^variant\|Qwen3-.* shape" "$out/cka.txt" | head -60; grep -A14 "against QAD" "$out/profile_cka.txt" | head -34
 [ -z "${NO_8B:-}" ] && [ "$(left)" -gt 60 ] && [ -x $B/qad ] || { echo "[$(( $(date +%s) - t0 )) s] no time / no qad binary for the 8B runs"; exit 0; }
 mkdir -p /tmp/q8 && python3 -c 'import json;json.dump(dict(architectures=["Qwen3ForCausalLM"],model_type="qwen3",vocab_size=151936,hidden_size=4096,intermediate_size=12288,num_hidden_layers=36,num_attention_heads=32,num_key_value_heads=8,head_dim=128,max_position_embeddings=40960,rms_norm_eps=1e-6,tie_word_embeddings=False,rope_theta=1e6,torch_dtype="bfloat16"),open("/tmp/q8/config.json","w"))'
 { $B/qad distill --teacher /tmp/q8 --batch-size 4 --seq-len 2048 --plan; $B/qad distill --teacher /tmp/q8 --batch-size 4 --seq-len 2048 --offload optimizer --plan; } > "$out/plan_8b.txt" 2>&1
