@@ -14,10 +14,10 @@
 // steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
 // start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
 // alternates the variants step by step, which cancels drifts of the GPU's clocks between them.
-// --chain C: each timed step is the mean of C steps taken back to back (one device sync before and after them, as
-// a training run, whose host never waits for the GPU between steps, takes them: the host work at a step's start
-// overlaps the previous step's kernels). Default 1: a sync before and after every step, so a step's host work
-// before its first kernel counts in full.
+// --chain C: each timed step is the mean of C steps taken back to back (one device sync before and after them, so
+// the host work at a step's start overlaps the previous step's kernels). Default 1: a sync before and after every
+// step, as `qad distill` takes them (it reads each step's values at its end), so a step's host work before its
+// first kernel counts in full.
 // Beside each measured peak: `qad distill --plan`'s prediction for the same configuration (train/memory_plan.h) and
 // the relative error; the plan's table is printed once per model.
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
@@ -261,7 +261,7 @@ int main(int argc, char** argv) {
               const auto t0 = std::chrono::steady_clock::now();
               auto r = step(step_no[v.key]++);
               if (round == 0 && it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
-              // A timed step with --chain C: C steps with no wait between them, as a training run takes them.
+              // A timed step with --chain C: C steps with no wait between them.
               const int64_t chained = it >= w ? chain : 1;
               for (int64_t c = 1; c < chained; ++c) step(step_no[v.key]++);
               torch::cuda::synchronize();

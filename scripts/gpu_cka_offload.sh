@@ -5,8 +5,8 @@
 # (`qad distill --plan` for a Qwen3-8B shape with and without offload, then bench_train --models 8b --offload:
 # tokens/s, peak memory and the plan's error). Results go to $OUT. Env: BUDGET (s), BUILD_S (build limit),
 # TESTS (GPU test binaries to build and run; default test_loss_cuda test_train_cuda), NO_8B=1 skips the 8B part,
-# VARIANTS (bench_train's, default qad,recipe,cka-1024-tf32), MODELS (default 1.7b; e.g. 0.6b,1.7b), CHAIN (bench_train --chain: steps back to back per
-# timed step, default 1).
+# VARIANTS (bench_train's, default qad,recipe,cka-1024-tf32), MODELS (default 1.7b; e.g. 0.6b,1.7b),
+# CHAIN (bench_train --chain: steps back to back per timed step, default 1).
 # Tests that read ../shared (test_fsdp_gpu: stories260K) find it in .shared/ when it is carried.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -257,12 +257,12 @@ void TeacherCache::check_run(const TrainConfig& cfg, const data::Loader& loader)
               "{}; the rows would differ: rebuild the cache with this run's data settings", where, k,
               m_.loader.contains(k) ? m_.loader.at(k).dump() : "(missing)", v.dump());
   }
-  QAD_CHECK(loader.steps_per_epoch() * global == m_.rows_per_epoch, "{}: built for a global batch of {} rows "
-            "(data.batch_size x ranks), {} rows per epoch, but this run's global batch of {} rows ({} x {} ranks) "
-            "leaves {} rows per epoch (the loader drops each epoch's last partial global batch), so the row order "
-            "would differ: keep batch_size x ranks = {}, or rebuild with --batch-size {} --ranks {}", where,
-            m_.global_batch, m_.rows_per_epoch, global, o.batch_size, o.world_size, loader.steps_per_epoch() * global,
-            m_.global_batch, o.batch_size, o.world_size);
+  const int64_t rows_per_epoch = loader.steps_per_epoch() * global;
+  QAD_CHECK(rows_per_epoch == m_.rows_per_epoch, "{}: built for a global batch of {} rows (data.batch_size x ranks), "
+            "{} rows per epoch, but this run's global batch of {} rows ({} x {} ranks) leaves {} rows per epoch (the "
+            "loader drops each epoch's last partial global batch), so the row order would differ: keep batch_size x "
+            "ranks = {}, or rebuild with --batch-size {} --ranks {}", where, m_.global_batch, m_.rows_per_epoch, global,
+            o.batch_size, o.world_size, rows_per_epoch, m_.global_batch, o.batch_size, o.world_size);
   const int64_t needed = cfg.run.steps * cfg.optim.grad_accum * global;
   QAD_CHECK(needed <= m_.rows, "{}: holds {} rows ({} optimizer steps of {} x {} rows) but this run trains on {} "
             "({} steps); rebuild it with --steps {} or run at most {} steps", where, m_.rows,

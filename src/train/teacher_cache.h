@@ -94,8 +94,9 @@ class TeacherCache {
   const std::filesystem::path& dir() const { return dir_; }
 
   // Refuses (qad::Error naming the setting and the fix) a run the cache does not fit: another dataset, split,
-  // seed, sequence length, row order (a global batch that leaves another number of rows per epoch) or teacher; more rows than cached; a top-k above the cache's;
-  // a CKA term with layers or a subsample the cache was not built for; the tail KL at a temperature other than 1.
+  // seed, sequence length, row order (a global batch that leaves another number of rows per epoch) or teacher;
+  // more rows than cached; a top-k above the cache's; a CKA term with layers, a subsample or CKA tokens per row
+  // (data.batch_size) the cache was not built for; the tail KL at a temperature other than 1.
   void check_run(const TrainConfig& cfg, const data::Loader& train_loader) const;
 
   // The teacher's targets for a batch the train loader returned, on `device`: the first `top_k` of the cached
