@@ -229,15 +229,19 @@ int main(int argc, char** argv) {
                                                plan_settings, device_bytes, std::nullopt));
       fmt::print("{:<36} {:>9} {:>10} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8}\n", "variant", "ms/step", "tokens/s", "MFU",
                  "peak GB", "time x", "mem x", "plan GB", "plan err");
+      // When the host had queued the step's last work (train_step's on_queued): the host's share of the step.
+      std::chrono::steady_clock::time_point queued_at;
       auto step = [&](int64_t it) {
         return qad::train::train_step(student.lm, &teacher, {b}, opt,
-                                      {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it)});
+                                      {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it),
+                                       .on_queued = [&] { queued_at = std::chrono::steady_clock::now(); }});
       };
       // Rounds: every variant runs `iters` timed steps per round, the variants taking turns, so that slow drifts
       // of the machine (clocks, temperature) fall on all of them alike; the first round starts each with `warmup`
       // steps, later rounds with one (the step's shapes change with the variant).
       std::map<std::string, std::vector<double>> times;       // every timed step, per variant
       std::map<std::string, std::vector<double>> round_median;  // per round, per variant
+      std::map<std::string, std::vector<double>> queued_ms;     // per timed step (--chain 1): host time to queue it
       std::map<std::string, double> peak_gb;
       std::map<std::string, int64_t> step_no;
       std::set<std::string> failed;
@@ -260,6 +264,7 @@ int main(int argc, char** argv) {
               torch::cuda::synchronize();
               const auto t0 = std::chrono::steady_clock::now();
               auto r = step(step_no[v.key]++);
+              const double queued = std::chrono::duration<double, std::milli>(queued_at - t0).count();
               if (round == 0 && it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
               // A timed step with --chain C: C steps with no wait between them.
               const int64_t chained = it >= w ? chain : 1;
@@ -268,6 +273,7 @@ int main(int argc, char** argv) {
               if (it >= w) {
                 ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
                              static_cast<double>(chained));
+                if (chained == 1) queued_ms[v.key].push_back(queued);
               }
             }
           } catch (const std::exception& e) {
@@ -332,6 +338,19 @@ int main(int argc, char** argv) {
           fmt::print("  {:<34} steps {:.1f} .. {:.1f} ms, median {:.1f}{}\n", v.label,
                      *std::min_element(t.begin(), t.end()), *std::max_element(t.begin(), t.end()), measured_ms[v.key],
                      per_round);
+        }
+        // Host-bound or not: how long the host took to queue a step, and how long the device ran on after that. A
+        // small remainder means the host sets the pace there, and host work a variant adds costs its full time.
+        for (const auto& v : variants) {
+          const auto& q = queued_ms[v.key];
+          const auto& t = times[v.key];
+          if (!measured_ms.count(v.key) || q.size() != t.size() || q.empty()) continue;
+          std::vector<double> after(q.size());
+          for (size_t i = 0; i < q.size(); ++i) after[i] = t[i] - q[i];
+          fmt::print("  {:<34} host queued the step in {:.2f} ms (median; {:.2f} .. {:.2f}), the device ran {:.2f} ms "
+                     "after (median; {:.2f} .. {:.2f})\n", v.label, median(q), *std::min_element(q.begin(), q.end()),
+                     *std::max_element(q.begin(), q.end()), median(after),
+                     *std::min_element(after.begin(), after.end()), *std::max_element(after.begin(), after.end()));
         }
       }
       if (offloaded != nullptr) {

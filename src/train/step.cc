@@ -317,6 +317,7 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
     optimizer.step_on_device(o.lr, scale.to(torch::kFloat32), apply);
     optimizer.zero_grad();
     // The step's only read: after all of its work is queued.
+    if (o.on_queued) o.on_queued();
     std::vector<double> extra;
     r.values = read_values(values, {norm, apply}, &extra);
     r.grad_norm = extra[0];

@@ -54,6 +54,9 @@ struct StepOptions {
   uint64_t rng_seed = 0;   // the step's generator seed (the CKA subsample of micro-batch i uses rng_seed + i)
   bool inject_nan = false; // test hook: poison this step's loss
   DataParallel* parallel = nullptr;  // data parallel over several ranks; null for one process
+  // Called once the whole step is queued, just before its one read waits for the device (one process, device-side
+  // step only): bench_train times the host's share of the step with it.
+  std::function<void()> on_queued;
 };
 
 struct StepResult {
