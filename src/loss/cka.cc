@@ -4,6 +4,7 @@
 #include "loss/cka.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "loss/cka_kernels.h"
 #include "loss/token_rows.h"
@@ -60,6 +61,7 @@ struct Core {
   torch::Tensor xc, yc, mean_x, mean_y;  // compute dtype, [L, n, p] and [L, 1, p]
   torch::Tensor a, gx, gy;               // feature form: A = Yc^T Xc [L,p2,p1], Gx [L,p1,p1], Gy [L,p2,p2]
   torch::Tensor k, l;                    // Gram form: K = Xc Xc^T, L = Yc Yc^T [L,n,n]
+  kernels::GramStrips k_strips, l_strips;  // gram_centred: K = X X^T, L = Y Y^T as upper block strips
   torch::Tensor k_row_means, l_row_means, k_mean, l_mean;  // gram_centred: FP32 [L, n] and [L]
   torch::Tensor f, fxx, fyy;             // FP64 [L]: dps(X,Y), dps(X,X), dps(Y,Y)
   torch::Tensor sx, sy;                  // debiased: FP64 row squared norms of Xc, Yc [L, n]
@@ -81,15 +83,16 @@ void gram_centred_core(Core& c, const torch::Tensor& x, const torch::Tensor& y) 
   c.gram_centred = true;
   c.xc = rows(x);
   c.yc = rows(y);
-  c.k = compat::bmm_fp32_out(c.xc, c.xc.transpose(1, 2));
-  c.l = compat::bmm_fp32_out(c.yc, c.yc.transpose(1, 2));
-  const int64_t L = c.k.size(0);
-  auto f32 = c.k.options();
+  // K and L are symmetric: only their upper block triangle is formed (5/8 of the products for 1024 tokens).
+  std::tie(c.k_strips, c.l_strips) = kernels::gram_strips(c.xc, c.yc);
+  const int64_t L = c.xc.size(0);
+  auto f32 = c.k_strips.strips[0].options();
   auto sums = torch::empty({L, 3}, f32.dtype(torch::kFloat64));
   c.k_row_means = torch::empty({L, c.n}, f32), c.l_row_means = torch::empty({L, c.n}, f32);
   c.k_mean = torch::empty({L}, f32), c.l_mean = torch::empty({L}, f32);
   c.cka = torch::empty({L}, f32.dtype(torch::kFloat64)), c.cka_float = torch::empty({L}, f32);
-  kernels::GramSums g{c.k, c.l, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean, c.cka, c.cka_float};
+  kernels::GramSums g{c.k_strips, c.l_strips, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean, c.cka,
+                      c.cka_float};
   kernels::centred_gram_sums(g);
   c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
 }
@@ -218,6 +221,8 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["gy"] = grad_y ? c.gy : torch::Tensor();
       ctx->saved_data["k"] = c.k;
       ctx->saved_data["l"] = c.l;
+      ctx->saved_data["k_strips"] = c10::List<at::Tensor>(c.k_strips.strips);
+      ctx->saved_data["l_strips"] = c10::List<at::Tensor>(c.l_strips.strips);
       ctx->saved_data["fxx"] = c.fxx;
       ctx->saved_data["fyy"] = c.fyy;
       ctx->saved_data["cka"] = cka;
@@ -296,7 +301,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
         const int64_t L = own.size(0), n_rows = own.size(1), p = own.size(2);
         const bool fold = has_correction_room(own, scratch_rows);
         auto m = torch::empty({L, n_rows, n_rows + (fold ? kCorrectionWidth : 0)},
-                              own_kernel.gram.options().dtype(torch::kBFloat16));
+                              own_kernel.gram.strips[0].options().dtype(torch::kBFloat16));
         kernels::CombineKernels ck{own_kernel, other_kernel, beta, alpha_go, m};
         kernels::combine_kernels(ck);
         if (fold) {
@@ -312,7 +317,7 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
           g = m.bmm(own_centred);
         }
       } else if (gram) {
-        g = torch::addcmul(own_kernel.gram * beta, other_kernel.gram, alpha_go).bmm(own);
+        g = torch::addcmul(own_kernel.gram.strips[0] * beta, other_kernel.gram.strips[0], alpha_go).bmm(own);
       } else {
         g = own.bmm(own_gram * beta).baddbmm_(other, cross * alpha_go);
       }
@@ -327,8 +332,14 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     auto a = ctx->saved_data["a"].toTensor();
     auto k = ctx->saved_data["k"].toTensor();
     auto l = ctx->saved_data["l"].toTensor();
-    const kernels::GramKernel k_side{k, ctx->saved_data["k_row_means"].toTensor(), ctx->saved_data["k_mean"].toTensor()};
-    const kernels::GramKernel l_side{l, ctx->saved_data["l_row_means"].toTensor(), ctx->saved_data["l_mean"].toTensor()};
+    // The Gram-centred path's kernels as strips; the plain Gram form's as whole matrices (one strip).
+    auto strips = [&](const char* key, const torch::Tensor& whole) {
+      return gram_centred ? kernels::GramStrips(ctx->saved_data[key].toTensorVector()) : kernels::GramStrips(whole);
+    };
+    const kernels::GramKernel k_side{strips("k_strips", k), ctx->saved_data["k_row_means"].toTensor(),
+                                     ctx->saved_data["k_mean"].toTensor()};
+    const kernels::GramKernel l_side{strips("l_strips", l), ctx->saved_data["l_row_means"].toTensor(),
+                                     ctx->saved_data["l_mean"].toTensor()};
     torch::Tensor dx, dy;
     if (grad_y) {
       dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l_side, k_side, fyy, sy, sx,

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "util/error.h"
+#include "util/torch_compat.h"
 
 namespace qad::loss::kernels {
 namespace {
@@ -43,17 +44,37 @@ bool is_f32(const torch::Tensor& t, at::IntArrayRef shape, const torch::Device& 
          t.device() == device;
 }
 
-void check_gram(const torch::Tensor& k, const char* what) {
-  QAD_CHECK(k.defined() && k.dim() == 3 && k.size(1) == k.size(2) && k.size(1) >= 1 && is_f32(k, k.sizes(), k.device()),
-            "{}: the Gram matrices must be contiguous float32 [layers, n, n] tensors with n >= 1", what);
+// The strips of an [L, n, n] Gram matrix (GramStrips): nb <= kMaxGramStrips contiguous float32 tensors on one
+// device, strip b [L, block, n - b * block], nb * block = n >= 1.
+void check_gram(const GramStrips& g, const char* what) {
+  const auto& s = g.strips;
+  const bool first_ok = !s.empty() && s[0].defined() && s[0].dim() == 3 && s[0].size(1) >= 1;
+  const int64_t nb = static_cast<int64_t>(s.size());
+  QAD_CHECK(first_ok && nb <= kMaxGramStrips && g.block() * nb == g.n(),
+            "{}: the Gram matrices must be float32 [layers, n, n] tensors (n >= 1) or at most {} strips of one "
+            "(GramStrips), got {} tensor(s)", what, kMaxGramStrips, nb);
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto& t = s[static_cast<size_t>(b)];
+    const int64_t width = g.n() - b * g.block();
+    const bool ok = t.defined() && t.dim() == 3 && t.size(0) == s[0].size(0) && t.size(1) == g.block() &&
+                    t.size(2) == width && t.scalar_type() == torch::kFloat32 && t.device() == s[0].device() &&
+                    t.stride(2) == 1 && t.stride(1) >= width && t.stride(0) >= g.block() * t.stride(1);
+    QAD_CHECK(ok, "{}: strip {} of the Gram matrix must be a float32 [layers, {}, {}] tensor with contiguous rows "
+              "on the first's device", what, b, g.block(), width);
+  }
+}
+
+bool same_layout(const GramStrips& a, const GramStrips& b) {
+  return a.strips.size() == b.strips.size() && a.n() == b.n() && a.block() == b.block() &&
+         a.strips[0].size(0) == b.strips[0].size(0) && a.strips[0].device() == b.strips[0].device();
 }
 
 void check_gram_sums(const GramSums& g) {
   check_gram(g.k, "centred_gram_sums");
-  QAD_CHECK(g.l.defined() && g.l.sizes() == g.k.sizes() && is_f32(g.l, g.k.sizes(), g.k.device()),
-            "centred_gram_sums: k and l must have one shape and device");
-  const int64_t L = g.k.size(0), n = g.k.size(1);
-  const auto dev = g.k.device();
+  check_gram(g.l, "centred_gram_sums");
+  QAD_CHECK(same_layout(g.k, g.l), "centred_gram_sums: k and l must have one shape, strip layout and device");
+  const int64_t L = g.k.strips[0].size(0), n = g.k.n();
+  const auto dev = g.k.strips[0].device();
   QAD_CHECK(g.sums.defined() && g.sums.dim() == 2 && g.sums.size(0) == L && g.sums.size(1) == 3 &&
                 g.sums.scalar_type() == torch::kFloat64 && g.sums.is_contiguous() && g.sums.device() == dev,
             "centred_gram_sums: sums must be a contiguous float64 [layers, 3] tensor on the kernels' device");
@@ -71,10 +92,11 @@ void check_gram_sums(const GramSums& g) {
 
 void check_combine(const CombineKernels& c) {
   check_gram(c.own.gram, "combine_kernels");
-  const auto shape = c.own.gram.sizes();
-  const int64_t L = shape[0], n = shape[1];
-  const auto dev = c.own.gram.device();
-  QAD_CHECK(is_f32(c.other.gram, shape, dev), "combine_kernels: the two Gram matrices must have one shape and device");
+  check_gram(c.other.gram, "combine_kernels");
+  QAD_CHECK(same_layout(c.own.gram, c.other.gram),
+            "combine_kernels: the two Gram matrices must have one shape, strip layout and device");
+  const int64_t L = c.own.gram.strips[0].size(0), n = c.own.gram.n();
+  const auto dev = c.own.gram.strips[0].device();
   for (const auto* side : {&c.own, &c.other}) {
     QAD_CHECK(is_f32(side->row_means, {L, n}, dev) && is_f32(side->mean, {L}, dev),
               "combine_kernels: row means must be contiguous float32 [layers, n] and means float32 [layers] tensors "
@@ -96,6 +118,65 @@ void check_append(const AppendColumnMeans& a) {
 }
 
 }  // namespace
+
+int64_t gram_blocks(int64_t n) {
+  for (const int64_t nb : {int64_t{4}, int64_t{2}}) {
+    if (n % nb == 0 && (n / nb) % 8 == 0 && n / nb >= 256) return nb;
+  }
+  return 1;
+}
+
+GramStrips gram_strips(const torch::Tensor& x) {
+  QAD_CHECK(x.defined() && x.dim() == 3 && x.size(1) >= 1, "gram_strips: x must be a [layers, rows, features] tensor");
+  const int64_t n = x.size(1), nb = gram_blocks(n), block = n / nb;
+  std::vector<torch::Tensor> strips;
+  for (int64_t b = 0; b < nb; ++b) {
+    strips.push_back(compat::bmm_fp32_out(x.narrow(1, b * block, block),
+                                          x.narrow(1, b * block, n - b * block).transpose(1, 2))
+                         .contiguous());
+  }
+  return GramStrips(std::move(strips));
+}
+
+std::pair<GramStrips, GramStrips> gram_strips(const torch::Tensor& x, const torch::Tensor& y) {
+  QAD_CHECK(x.defined() && y.defined() && x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) &&
+                x.size(1) == y.size(1) && x.size(1) >= 1,
+            "gram_strips: x and y must be [layers, rows, features] tensors with the same layers and rows");
+#ifdef QAD_HAS_CUDA
+  const int64_t n = x.size(1), nb = gram_blocks(n), block = n / nb;
+  if (nb > 1 && gram_blocks_cuda_supports(x, y, block)) {
+    auto k = torch::empty({x.size(0), n, n}, x.options().dtype(torch::kFloat32));
+    auto l = torch::empty({x.size(0), n, n}, x.options().dtype(torch::kFloat32));
+    gram_blocks_cuda(x, y, block, k, l);
+    auto strips = [&](const torch::Tensor& full) {
+      std::vector<torch::Tensor> out;
+      for (int64_t b = 0; b < nb; ++b) {
+        out.push_back(full.narrow(1, b * block, block).narrow(2, b * block, n - b * block));
+      }
+      return GramStrips(std::move(out));
+    };
+    return {strips(k), strips(l)};
+  }
+#endif
+  return {gram_strips(x), gram_strips(y)};
+}
+
+torch::Tensor full_gram(const GramStrips& g) {
+  check_gram(g, "full_gram");
+  const auto& s = g.strips;
+  const int64_t n = g.n(), block = g.block(), nb = static_cast<int64_t>(s.size());
+  auto full = torch::empty({s[0].size(0), n, n}, s[0].options());
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto& strip = s[static_cast<size_t>(b)];
+    full.narrow(1, b * block, block).narrow(2, b * block, n - b * block).copy_(strip);
+    // Below the diagonal block: the transposes of the strip's blocks to its right.
+    for (int64_t c = b + 1; c < nb; ++c) {
+      full.narrow(1, c * block, block).narrow(2, b * block, block).copy_(
+          strip.narrow(2, (c - b) * block, block).transpose(1, 2));
+    }
+  }
+  return full;
+}
 
 void centre_columns_reference(CentreColumns& a) {
   auto x = a.x.to(torch::kCPU, torch::kFloat32).contiguous();  // exact: every input type widens to float
@@ -157,7 +238,8 @@ void pair_sums(PairSums& s) {
 }
 
 void centred_gram_sums_reference(GramSums& g) {
-  auto k = g.k.to(torch::kCPU).contiguous(), l = g.l.to(torch::kCPU).contiguous();
+  check_gram_sums(g);
+  auto k = full_gram(g.k).to(torch::kCPU).contiguous(), l = full_gram(g.l).to(torch::kCPU).contiguous();
   const int64_t L = k.size(0), n = k.size(1);
   auto sums = torch::empty({L, 3}, torch::kFloat64);
   auto k_rows = torch::empty({L, n}, torch::kFloat32), l_rows = torch::empty({L, n}, torch::kFloat32);
@@ -208,7 +290,7 @@ void centred_gram_sums_reference(GramSums& g) {
 void centred_gram_sums(GramSums& g) {
   check_gram_sums(g);
 #ifdef QAD_HAS_CUDA
-  if (g.k.is_cuda()) return centred_gram_sums_cuda(g);
+  if (g.k.strips[0].is_cuda()) return centred_gram_sums_cuda(g);
 #endif
   centred_gram_sums_reference(g);
 }
@@ -249,8 +331,9 @@ void backward_factors(BackwardFactors& b) {
 }
 
 void combine_kernels_reference(CombineKernels& c) {
+  check_combine(c);
   auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); };
-  auto own = cpu(c.own.gram), other = cpu(c.other.gram);
+  auto own = cpu(full_gram(c.own.gram)), other = cpu(full_gram(c.other.gram));
   auto own_rows = cpu(c.own.row_means), other_rows = cpu(c.other.row_means);
   auto own_mean = cpu(c.own.mean), other_mean = cpu(c.other.mean);
   auto beta = cpu(c.beta), alpha = cpu(c.alpha);
@@ -302,7 +385,7 @@ void combine_kernels_reference(CombineKernels& c) {
 void combine_kernels(CombineKernels& c) {
   check_combine(c);
 #ifdef QAD_HAS_CUDA
-  if (c.own.gram.is_cuda()) return combine_kernels_cuda(c);
+  if (c.own.gram.strips[0].is_cuda()) return combine_kernels_cuda(c);
 #endif
   combine_kernels_reference(c);
 }

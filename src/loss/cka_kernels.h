@@ -7,7 +7,8 @@
 // - pair_sums: <a,b>, <a,a>, <b,b> of two [L, r, c] FP32 batches per layer in FP64, i.e. the three dot products
 //   of the Gram form's kernels K and L; one read of each where the tensor ops make five passes and two temporaries.
 // The BF16 products path (cka.h) forms K = X X^T and L = Y Y^T from the rows as they are (BF16, not centred: no
-// centred copy is written) and centres the n x n kernels instead, Kc = H K H with H = I - 11^T/n:
+// centred copy is written) and centres the n x n kernels instead, Kc = H K H with H = I - 11^T/n. K and L are
+// symmetric, so only the strips of their upper block triangle are formed and read (GramStrips):
 // - centred_gram_sums: <Kc,Lc>, <Kc,Kc>, <Lc,Lc> per layer in FP64 from one read of K and L, plus the row means
 //   and the grand mean of K and L that the backward needs;
 // - combine_kernels: the backward's per-layer combination Kc·β + Lc·α, centred on the fly and rounded to BF16 for
@@ -16,6 +17,9 @@
 //   (append_column_means writes the matching extra rows), so the backward centres no copy of the rows.
 #pragma once
 #include <torch/torch.h>
+
+#include <utility>
+#include <vector>
 
 namespace qad::loss::kernels {
 
@@ -46,9 +50,48 @@ void pair_sums_cuda(PairSums& s);
 #endif
 void pair_sums(PairSums& s);
 
-// k, l [L, n, n] float32, contiguous, one shape: Gram matrices, symmetric: row sums stand for column sums (a GEMM
-// that rounds K[i, j] and K[j, i] differently shifts the result by the order of K's own FP32 rounding).
-// Outputs (allocated by the caller, every element written):
+// A symmetric n x n Gram matrix per layer, stored as the strips of its upper block triangle: with nb blocks of
+// `block` rows (n = nb * block), strip b holds the rows [b * block, (b + 1) * block) from column b * block on, a
+// float32 [L, block, n - b * block] tensor with contiguous rows (any row and layer strides: contiguous, or a view of
+// an [L, n, n] buffer whose lower blocks were never written). An entry below the block diagonal (its column's block
+// before its row's) is the transpose's: K[i, j] = K[j, i]. The products that form the strips cost (nb + 1) / (2 nb)
+// of the full matrix's (5/8 for four blocks), and the passes below read that share of it. One strip (block = n) is
+// the whole matrix, as it is (a tensor converts to that).
+constexpr int64_t kMaxGramStrips = 8;
+struct GramStrips {
+  std::vector<torch::Tensor> strips;
+  GramStrips() = default;
+  GramStrips(torch::Tensor full) : strips{std::move(full)} {}  // NOLINT: one strip, the whole matrix
+  explicit GramStrips(std::vector<torch::Tensor> s) : strips(std::move(s)) {}
+  int64_t n() const { return strips.empty() ? 0 : strips[0].size(2); }
+  int64_t block() const { return strips.empty() ? 0 : strips[0].size(1); }
+};
+// The blocks per side that gram_strips uses for n rows: four where the strips stay large products (blocks of at
+// least 256 rows, a multiple of 8), else two, else one.
+int64_t gram_blocks(int64_t n);
+// x [L, n, p] (rows of contiguous features, any layer stride): the strips of X X^T with gram_blocks(n) blocks, each
+// a product of x's own dtype with an FP32 result (compat::bmm_fp32_out), contiguous.
+GramStrips gram_strips(const torch::Tensor& x);
+// Both sides' strips, {X X^T, Y Y^T} (y [L, n, q], the same L and n). On CUDA with BF16 rows (gram_blocks_cuda's
+// conditions) every block of both upper triangles is a product of one grouped cuBLAS call, written into [L, n, n]
+// buffers whose strips are views: one call keeps the GPU full, where a product per strip leaves it partly idle (the
+// small strips are a fraction of a wave). Otherwise gram_strips of each side.
+std::pair<GramStrips, GramStrips> gram_strips(const torch::Tensor& x, const torch::Tensor& y);
+#ifdef QAD_HAS_CUDA
+// Whether gram_blocks_cuda takes these rows: CUDA BF16 [L, n, p] with contiguous rows, p % 8 == 0, 16-byte aligned
+// layers, and blocks of a multiple of 8 rows.
+bool gram_blocks_cuda_supports(const torch::Tensor& x, const torch::Tensor& y, int64_t block);
+// k, l [L, n, n] float32, contiguous: writes the blocks on and above the block diagonal of X X^T and Y Y^T (FP32
+// accumulation and result), one cublasGemmBatchedEx call per distinct feature width.
+void gram_blocks_cuda(const torch::Tensor& x, const torch::Tensor& y, int64_t block, torch::Tensor& k,
+                      torch::Tensor& l);
+#endif
+// The whole [L, n, n] matrix the strips stand for (references and tests).
+torch::Tensor full_gram(const GramStrips& g);
+
+// k, l: the Gram matrices as strips (one layout for both), float32; within a diagonal block row sums stand for
+// column sums (a GEMM that rounds K[i, j] and K[j, i] differently shifts the result by the order of K's own FP32
+// rounding). Outputs (allocated by the caller, every element written):
 //   sums [L, 3] float64 = (<Kc,Lc>, <Kc,Kc>, <Lc,Lc>) with Kc = H K H, from the identity
 //     <H K H, H L H> = <K,L> - (2/n) <K1, L1> + (1^T K 1)(1^T L 1) / n^2,
 //     every product of two floats exact in double and every sum in double (no n x n centred copy);
@@ -60,7 +103,7 @@ void pair_sums(PairSums& s);
 // double rounded once: cka [L] float64 = sums[l, 0] / sqrt(sums[l, 1] * sums[l, 2]) and cka_float [L] float32 =
 // float(cka). (Four small kernels of tensor ops otherwise, each a launch in the step.)
 struct GramSums {
-  torch::Tensor k, l;
+  GramStrips k, l;
   torch::Tensor sums, k_row_means, l_row_means, k_mean, l_mean;
   torch::Tensor cka, cka_float;
 };
@@ -70,13 +113,15 @@ void centred_gram_sums_cuda(GramSums& g);
 #endif
 void centred_gram_sums(GramSums& g);
 
-// One side's kernel for the backward: the uncentred Gram matrix [L, n, n] float32 and its means from GramSums.
+// One side's kernel for the backward: the uncentred Gram matrix (strips) and its means from GramSums.
 struct GramKernel {
-  torch::Tensor gram, row_means, mean;  // [L, n, n], [L, n], [L]; float32, contiguous
+  GramStrips gram;                // float32 strips of an [L, n, n] matrix
+  torch::Tensor row_means, mean;  // [L, n], [L]; float32, contiguous
 };
-// own, other: the two sides' kernels (one shape); beta, alpha [L] float32. Output (allocated by the caller, every
-// element written): out [L, n, n + e] bfloat16, e >= 0, with, in float arithmetic, each operation rounded (no fused
-// multiply-add), bf16 rounding to nearest even,
+// own, other: the two sides' kernels (one strip layout); beta, alpha [L] float32. Output (allocated by the caller,
+// every element written): out [L, n, n + e] bfloat16, e >= 0, with K the whole matrix the strips stand for (an entry
+// below the block diagonal read from its transpose, then centred in its own row's order), in float arithmetic, each
+// operation rounded (no fused multiply-add), bf16 rounding to nearest even,
 //   c(K)[l, i, j] = ((K[l, i, j] - row_means[l, i]) - row_means[l, j]) + mean[l]      (the centred kernel)
 //   out[l, i, j] = bf16( c(own)[l, i, j] * beta[l] + c(other)[l, i, j] * alpha[l] )   for j < n,
 // and with e >= 1 the rank-1 correction column and zeros:

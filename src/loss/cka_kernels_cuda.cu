@@ -3,15 +3,20 @@
 // g, g + 32, ...; the column sums meet in shared memory (in a fixed order), then the same threads read the rows
 // again (mostly from L2) and store them centred in FP32. pair_sums: a grid-stride pass over each layer's two
 // matrices with FP64 accumulators; per-CTA partial sums go to a [L, CTAs, 3] buffer that one ATen sum reduces,
-// so the result does not depend on scheduling (no atomics). centred_gram_sums: a warp per row (grid-stride over
-// rows), FP64 accumulators for the three dot products and the row's two sums; the row sums and per-CTA partials go
-// to buffers that a second kernel (a CTA per layer) reduces in a fixed order: deterministic, no atomics.
-// combine_kernels: a CTA per row, four FP32 pairs in, four BF16 out per step, and with the correction column the
-// row's sum in double. append_column_means: the column sums in double, as centre_columns sums (a CTA per layer and
-// 64 columns).
+// so the result does not depend on scheduling (no atomics). centred_gram_sums and combine_kernels read the Gram
+// matrices' upper block strips (GramStrips) in tiles of 128 x 128, a CTA each: the sums go to per-tile slots (FP64)
+// that later kernels reduce in a fixed order (deterministic, no atomics); an entry right of the diagonal block
+// counts for its transpose too (twice in the products, once in its column's row sum), and combine_kernels writes its
+// mirrored value through a transposed tile in shared memory. append_column_means: the column sums in double, as
+// centre_columns sums (a CTA per layer and 64 columns).
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cublas_v2.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "fused/cuda_util.cuh"
 #include "loss/cka_kernels.h"
@@ -162,64 +167,183 @@ __global__ void __launch_bounds__(kSumThreads)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-constexpr int kRowWarps = 8;  // rows in flight per CTA of centred_gram_sums
-constexpr int kRowThreads = kRowWarps * 32;
+// The strip passes (GramStrips): a CTA per tile of kTileRows rows x kTileCols columns of one strip of one layer.
+// Warp w takes the tile's rows w, w + 8, ...; lane q of a warp its 4 columns (one 16-byte vector in the vector
+// path, columns lane + 32 q in the scalar one). Every sum goes to a per-tile slot and is reduced in a fixed order
+// by a later kernel: deterministic, no atomics.
+constexpr int kTileRows = 128;
+constexpr int kTileCols = 128;
+constexpr int kTileWarps = 8;
+constexpr int kTileThreads = kTileWarps * 32;
+constexpr int kRowsInFlight = 4;  // rows a warp loads before it uses the first
 
-// One row of K and L: its two sums (returned through the warp) and the three products (per thread).
-__device__ __forceinline__ void add_row_element(float k, float l, double& kl, double& kk, double& ll, double& rk,
-                                                double& rl) {
-  const double a = k, b = l;  // float * float is exact in double
-  kl += a * b, kk += a * a, ll += b * b, rk += a, rl += b;
+// One side's strips: base pointers, row strides and layer strides (elements).
+struct StripSet {
+  const float* p[kMaxGramStrips];
+  int64_t ld[kMaxGramStrips];
+  int64_t layer_stride[kMaxGramStrips];
+  __device__ __forceinline__ const float* layer(int b, int64_t l) const { return p[b] + l * layer_stride[b]; }
+};
+
+// A layer's tiles in order: strip by strip, row tile by row tile, column tile by column tile.
+struct StripTiles {
+  int nb = 0;
+  int64_t n = 0, block = 0;
+  int row_tiles = 0;                   // per strip: ceil(block / kTileRows)
+  int col_tiles[kMaxGramStrips] = {};  // strip b: ceil((n - b * block) / kTileCols)
+  int first[kMaxGramStrips + 1] = {};  // strip b's first tile; first[nb] = tiles per layer
+  __host__ __device__ int max_col_tiles() const { return col_tiles[0]; }
+  __host__ __device__ int all_row_tiles() const { return nb * row_tiles; }
+};
+
+struct Tile {
+  int b;              // strip
+  int64_t r0, c0;     // first row and column of the tile within the strip
+  int64_t width;      // the strip's width, n - b * block
+  int ct, g;          // column tile within the strip; row tile over all strips (b * row_tiles + row tile)
+};
+
+__device__ __forceinline__ Tile tile_of(const StripTiles& t, int index) {
+  int b = 0;
+  while (b + 1 < t.nb && index >= t.first[b + 1]) ++b;
+  const int local = index - t.first[b];
+  const int rt = local / t.col_tiles[b], ct = local % t.col_tiles[b];
+  return {b, static_cast<int64_t>(rt) * kTileRows, static_cast<int64_t>(ct) * kTileCols, t.n - b * t.block, ct,
+          b * t.row_tiles + rt};
 }
 
-// grid (ctas, L): warp w of CTA c takes rows c * kRowWarps + w, then every gridDim.x * kRowWarps-th. Writes
-// row_sums [L, 2, n] (K's, then L's) and partial [L, ctas, 3].
-__global__ void __launch_bounds__(kRowThreads)
-    gram_rows_kernel(const float* __restrict__ k, const float* __restrict__ l, int64_t n, bool vec,
-                     double* __restrict__ row_sums, double* __restrict__ partial) {
-  const int64_t layer = blockIdx.y;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const float* kl_ = k + layer * n * n;
-  const float* ll_ = l + layer * n * n;
-  double kl = 0, kk = 0, ll = 0;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + warp; row < n;
-       row += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    double rk = 0, rl = 0;
-    const float* kr = kl_ + row * n;
-    const float* lr = ll_ + row * n;
-    if (vec) {
-      const auto* k4 = reinterpret_cast<const float4*>(kr);
-      const auto* l4 = reinterpret_cast<const float4*>(lr);
-      for (int64_t v = lane; v < n / 4; v += 32) {
-        const float4 a = __ldg(k4 + v), b = __ldg(l4 + v);
-        add_row_element(a.x, b.x, kl, kk, ll, rk, rl);
-        add_row_element(a.y, b.y, kl, kk, ll, rk, rl);
-        add_row_element(a.z, b.z, kl, kk, ll, rk, rl);
-        add_row_element(a.w, b.w, kl, kk, ll, rk, rl);
-      }
+// Column of the strip that lane `lane`'s value q stands for, and its slot in the tile.
+__device__ __forceinline__ int tile_col(bool vec, int lane, int q) { return vec ? 4 * lane + q : lane + 32 * q; }
+
+// The lane's 4 values of one strip row (0 past the strip's width). vec: width % 4 == 0, 16-byte aligned rows.
+__device__ __forceinline__ void load_four(const float* __restrict__ row, bool vec, int64_t c0, int lane, int64_t width,
+                                          float (&v)[4]) {
+  if (vec) {
+    const int64_t c = c0 + 4 * lane;
+    if (c < width) {
+      const float4 x = __ldg(reinterpret_cast<const float4*>(row + c));
+      v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
     } else {
-      for (int64_t j = lane; j < n; j += 32) add_row_element(__ldg(kr + j), __ldg(lr + j), kl, kk, ll, rk, rl);
+      v[0] = v[1] = v[2] = v[3] = 0.0f;
     }
-    rk = warp_sum(rk), rl = warp_sum(rl);
-    if (lane == 0) {
-      row_sums[(layer * 2) * n + row] = rk;
-      row_sums[(layer * 2 + 1) * n + row] = rl;
+    return;
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int64_t c = c0 + lane + 32 * q;
+    v[q] = c < width ? __ldg(row + c) : 0.0f;
+  }
+}
+
+// Rows first, first + kTileWarps, ... (kRowsInFlight of them, those before r_end) of two strips, each lane's four
+// values of each: all issued before any is used, enough reads in flight to keep up with the memory.
+__device__ __forceinline__ void load_rows_in_flight(const float* __restrict__ a, int64_t lda,
+                                                    const float* __restrict__ b, int64_t ldb, int64_t first,
+                                                    int64_t r_end, bool vec, int64_t c0, int lane, int64_t width,
+                                                    float (&ra)[kRowsInFlight][4], float (&rb)[kRowsInFlight][4]) {
+#pragma unroll
+  for (int u = 0; u < kRowsInFlight; ++u) {
+    const int64_t r = first + u * kTileWarps;
+    if (r < r_end) {
+      load_four(a + r * lda, vec, c0, lane, width, ra[u]);
+      load_four(b + r * ldb, vec, c0, lane, width, rb[u]);
     }
   }
-  __shared__ double scratch[3][kRowWarps];
+}
+
+// grid (tiles per layer, L). Per tile: partial [L, tiles, 3] (<K,L>, <K,K>, <L,L> over the tile, entries right of
+// the diagonal block counted twice: they stand for their transposes too); for each of its rows the sums over its
+// columns, row_part [L, 2, max column tiles, n] (K's, then L's); for each of its columns right of the diagonal block
+// the sums over its rows, col_part [L, 2, all row tiles, n]: the row sums of the rows those columns are.
+__global__ void __launch_bounds__(kTileThreads)
+    strip_sums_kernel(StripSet ks, StripSet ls, StripTiles t, bool vec, double* __restrict__ partial,
+                      double* __restrict__ row_part, double* __restrict__ col_part) {
+  __shared__ double col_sums[2][kTileWarps][kTileCols];
+  __shared__ double scratch[3][kTileWarps];
+  const int64_t layer = blockIdx.y;
+  const Tile tile = tile_of(t, static_cast<int>(blockIdx.x));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t n = t.n, block = t.block, width = tile.width, row0 = tile.b * block;
+  const int CT = t.max_col_tiles(), RT = t.all_row_tiles();
+  const float* kb = ks.layer(tile.b, layer);
+  const float* lb = ls.layer(tile.b, layer);
+  const int64_t kld = ks.ld[tile.b], lld = ls.ld[tile.b];
+  double kl = 0, kk = 0, ll = 0;
+  double ck[4] = {0, 0, 0, 0}, cl[4] = {0, 0, 0, 0};
+  const int64_t r_end = tile.r0 + kTileRows < block ? tile.r0 + kTileRows : block;
+  for (int64_t first = tile.r0 + warp; first < r_end; first += kRowsInFlight * kTileWarps) {
+    float a[kRowsInFlight][4], c[kRowsInFlight][4];
+    load_rows_in_flight(kb, kld, lb, lld, first, r_end, vec, tile.c0, lane, width, a, c);
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int64_t r = first + u * kTileWarps;
+      if (r >= r_end) break;  // the same for the whole warp
+      double rk = 0, rl = 0;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const double x = a[u][q], y = c[u][q];  // float * float is exact in double, and so is twice it
+        const double w = tile.c0 + tile_col(vec, lane, q) < block ? 1.0 : 2.0;
+        kl += w * (x * y), kk += w * (x * x), ll += w * (y * y);
+        rk += x, rl += y, ck[q] += x, cl[q] += y;
+      }
+      rk = warp_sum(rk), rl = warp_sum(rl);
+      if (lane == 0) {
+        row_part[((layer * 2) * CT + tile.ct) * n + row0 + r] = rk;
+        row_part[((layer * 2 + 1) * CT + tile.ct) * n + row0 + r] = rl;
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    col_sums[0][warp][tile_col(vec, lane, q)] = ck[q];
+    col_sums[1][warp][tile_col(vec, lane, q)] = cl[q];
+  }
   kl = warp_sum(kl), kk = warp_sum(kk), ll = warp_sum(ll);
   if (lane == 0) scratch[0][warp] = kl, scratch[1][warp] = kk, scratch[2][warp] = ll;
   __syncthreads();
+  {
+    const int side = threadIdx.x / kTileCols, slot = threadIdx.x % kTileCols;  // 256 threads: 2 sides x 128 columns
+    const int64_t col = tile.c0 + slot;
+    if (col >= block && col < width) {
+      double s = 0;
+      for (int w = 0; w < kTileWarps; ++w) s += col_sums[side][w][slot];
+      col_part[((layer * 2 + side) * RT + tile.g) * n + row0 + col] = s;
+    }
+  }
   if (threadIdx.x < 3) {
     double s = 0;
-    for (int w = 0; w < kRowWarps; ++w) s += scratch[threadIdx.x][w];
+    for (int w = 0; w < kTileWarps; ++w) s += scratch[threadIdx.x][w];
     partial[(layer * gridDim.x + blockIdx.x) * 3 + threadIdx.x] = s;
+  }
+}
+
+// Sum of row i's parts in a fixed order: its strip's column tiles, then the earlier strips' row tiles (the part of
+// row i left of its diagonal block, read as a column of those strips). row_part, col_part: one matrix's parts,
+// [max column tiles, n] and [all row tiles, n].
+__device__ __forceinline__ double row_total(const double* __restrict__ row_part, const double* __restrict__ col_part,
+                                            const StripTiles& t, int64_t i) {
+  const int B = static_cast<int>(i / t.block);
+  double s = 0;
+  for (int ct = 0; ct < t.col_tiles[B]; ++ct) s += row_part[ct * t.n + i];
+  for (int g = 0; g < B * t.row_tiles; ++g) s += col_part[g * t.n + i];
+  return s;
+}
+
+// grid (ceil(n / 256), L): row_sums [L, 2, n] from strip_sums_kernel's parts.
+__global__ void strip_row_sums_kernel(const double* __restrict__ row_part, const double* __restrict__ col_part,
+                                      StripTiles t, double* __restrict__ row_sums) {
+  const int64_t layer = blockIdx.y, i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= t.n) return;
+  const int64_t CT = t.max_col_tiles(), RT = t.all_row_tiles();
+  for (int side = 0; side < 2; ++side) {
+    row_sums[(layer * 2 + side) * t.n + i] =
+        row_total(row_part + (layer * 2 + side) * CT * t.n, col_part + (layer * 2 + side) * RT * t.n, t, i);
   }
 }
 
 constexpr int kFinishThreads = 256;
 
-// grid (L): the centred sums from the partials and the row sums, and the means, all in a fixed order.
+// grid (L): the centred sums from the tiles' partials and the row sums, and the means, all in a fixed order.
 __global__ void __launch_bounds__(kFinishThreads)
     gram_finish_kernel(const double* __restrict__ row_sums, const double* __restrict__ partial, int64_t n, int ctas,
                        double* __restrict__ sums, float* __restrict__ k_row_means, float* __restrict__ l_row_means,
@@ -229,31 +353,32 @@ __global__ void __launch_bounds__(kFinishThreads)
   const double dn = static_cast<double>(n);
   const double* rk = row_sums + layer * 2 * n;
   const double* rl = rk + n;
-  double v[5] = {0, 0, 0, 0, 0};  // <rk,rl>, <rk,rk>, <rl,rl>, sum rk, sum rl
+  // <rk,rl>, <rk,rk>, <rl,rl>, sum rk, sum rl, then the raw <K,L>, <K,K>, <L,L> from the partials
+  double v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = threadIdx.x; i < n; i += kFinishThreads) {
     const double a = rk[i], b = rl[i];
     v[0] += a * b, v[1] += a * a, v[2] += b * b, v[3] += a, v[4] += b;
     k_row_means[layer * n + i] = static_cast<float>(a / dn);
     l_row_means[layer * n + i] = static_cast<float>(b / dn);
   }
-  __shared__ double scratch[5][kFinishThreads / 32];
+  for (int c = threadIdx.x; c < ctas; c += kFinishThreads) {
+    for (int j = 0; j < 3; ++j) v[5 + j] += partial[(layer * ctas + c) * 3 + j];
+  }
+  __shared__ double scratch[8][kFinishThreads / 32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
-  for (int j = 0; j < 5; ++j) {
+  for (int j = 0; j < 8; ++j) {
     v[j] = warp_sum(v[j]);
     if (lane == 0) scratch[j][warp] = v[j];
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    double t[5];
-    for (int j = 0; j < 5; ++j) {
+    double t[8];
+    for (int j = 0; j < 8; ++j) {
       t[j] = 0;
       for (int w = 0; w < kFinishThreads / 32; ++w) t[j] += scratch[j][w];
     }
-    double raw[3] = {0, 0, 0};  // <K,L>, <K,K>, <L,L>
-    for (int c = 0; c < ctas; ++c) {
-      for (int j = 0; j < 3; ++j) raw[j] += partial[(layer * ctas + c) * 3 + j];
-    }
+    const double* raw = t + 5;  // <K,L>, <K,K>, <L,L>
     const double n2 = dn * dn;
     double c[3];
     c[0] = raw[0] - 2.0 / dn * t[0] + t[3] * t[4] / n2;
@@ -287,8 +412,6 @@ __global__ void backward_factors_kernel(const double* __restrict__ cka, const do
   alpha[l] = __double2float_rn(__dmul_rn(__ddiv_rn(2.0, root), g));
 }
 
-constexpr int kCombineThreads = 256;
-
 // The centred kernel's element and its share of the combination, each operation rounded to float (no contraction).
 __device__ __forceinline__ float centred_element(float k, float row_i, float row_j, float mean) {
   return __fadd_rn(__fsub_rn(__fsub_rn(k, row_i), row_j), mean);
@@ -298,71 +421,141 @@ __device__ __forceinline__ float combine_one(float own, float other, float beta,
 }
 
 struct KernelSide {
-  const float* gram;       // [L, n, n]
+  StripSet gram;
   const float* row_means;  // [L, n]
   const float* mean;       // [L]
 };
 
-// One CTA per row of one layer: grid (n, L). vec: n % 4 == 0, cols % 4 == 0 and 16-byte aligned inputs (four
-// elements of one row per step; the BF16 output is then 8-byte aligned per vector). With cols > n the CTA also sums
-// its row's rounded values in double (exact, so the order does not matter) for the correction column.
-__global__ void __launch_bounds__(kCombineThreads)
-    combine_kernels_kernel(KernelSide own, KernelSide other, const float* __restrict__ beta,
-                           const float* __restrict__ alpha, __nv_bfloat16* __restrict__ out, int64_t n, int64_t cols,
-                           bool vec) {
-  const int64_t layer = blockIdx.y, i = blockIdx.x, m = n * n;
+// grid (tiles per layer, L). Each entry (i, j) of a tile gives out[i, j] and, right of the diagonal block, the
+// mirrored out[j, i] (K[j, i] = K[i, j], centred in row j's order), staged transposed in shared memory and stored
+// row by row. vec: 16-byte aligned strips, n, block and cols multiples of 4, 8-byte aligned out; pairs: cols and
+// block even (the mirrored rows stored two BF16 at a time). correct (cols > n): the rounded values' sums in double,
+// per row of the tile into row_part [L, max column tiles, n] and per mirrored row into col_part [L, all row tiles,
+// n], for correction_column_kernel. At most 128 registers a thread (two CTAs per SM; ptxas wants 152 otherwise and
+// then fits one CTA per SM, too few loads in flight: 0.135 ms at the 0.6B shape on an H100, where the plain full-matrix
+// combination took 0.094).
+__global__ void __launch_bounds__(kTileThreads, 2)
+    strip_combine_kernel(KernelSide own, KernelSide other, const float* __restrict__ beta,
+                         const float* __restrict__ alpha, StripTiles t, bool vec, bool pairs,
+                         __nv_bfloat16* __restrict__ out, int64_t cols, bool correct, double* __restrict__ row_part,
+                         double* __restrict__ col_part) {
+  __shared__ __nv_bfloat16 mirror[kTileCols][kTileRows + 2];  // 65 words a row: column-wise stores spread over banks
+  __shared__ double col_sums[kTileWarps][kTileCols];
+  const int64_t layer = blockIdx.y;
+  const Tile tile = tile_of(t, static_cast<int>(blockIdx.x));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t n = t.n, block = t.block, width = tile.width, row0 = tile.b * block;
   const float b = beta[layer], a = alpha[layer];
   const float om = own.mean[layer], tm = other.mean[layer];
-  const float* ol = own.gram + layer * m + i * n;
-  const float* tl = other.gram + layer * m + i * n;
   const float* orow = own.row_means + layer * n;
   const float* trow = other.row_means + layer * n;
-  const float oi = __ldg(orow + i), ti = __ldg(trow + i);
-  __nv_bfloat16* rl = out + (layer * n + i) * cols;
-  const bool correct = cols > n;
-  double sum = 0.0;
-  if (vec) {
-    const auto* o4 = reinterpret_cast<const float4*>(ol);
-    const auto* t4 = reinterpret_cast<const float4*>(tl);
-    auto* r2 = reinterpret_cast<__nv_bfloat162*>(rl);
-    for (int64_t v = threadIdx.x; v < n / 4; v += blockDim.x) {
-      const int64_t j = 4 * v;
-      const float4 x = __ldg(o4 + v), y = __ldg(t4 + v);
-      const float4 oj = __ldg(reinterpret_cast<const float4*>(orow + j));
-      const float4 tj = __ldg(reinterpret_cast<const float4*>(trow + j));
-      const float e0 = combine_one(centred_element(x.x, oi, oj.x, om), centred_element(y.x, ti, tj.x, tm), b, a);
-      const float e1 = combine_one(centred_element(x.y, oi, oj.y, om), centred_element(y.y, ti, tj.y, tm), b, a);
-      const float e2 = combine_one(centred_element(x.z, oi, oj.z, om), centred_element(y.z, ti, tj.z, tm), b, a);
-      const float e3 = combine_one(centred_element(x.w, oi, oj.w, om), centred_element(y.w, ti, tj.w, tm), b, a);
-      const __nv_bfloat162 lo = __floats2bfloat162_rn(e0, e1), hi = __floats2bfloat162_rn(e2, e3);
-      r2[2 * v] = lo;
-      r2[2 * v + 1] = hi;
+  const float* ob = own.gram.layer(tile.b, layer);
+  const float* tb = other.gram.layer(tile.b, layer);
+  const int64_t own_ld = own.gram.ld[tile.b], tld = other.gram.ld[tile.b];
+  // The lane's columns: their row means and whether they lie right of the diagonal block (mirrored).
+  float oj[4], tj[4];
+  bool in[4], off[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int64_t col = tile.c0 + tile_col(vec, lane, q);
+    in[q] = col < width;
+    off[q] = in[q] && col >= block;
+    oj[q] = in[q] ? __ldg(orow + row0 + col) : 0.0f;
+    tj[q] = in[q] ? __ldg(trow + row0 + col) : 0.0f;
+  }
+  const bool mirrored = tile.c0 + kTileCols > block && tile.c0 < width;  // the same for the whole CTA
+  double cs[4] = {0, 0, 0, 0};
+  const int64_t r_end = tile.r0 + kTileRows < block ? tile.r0 + kTileRows : block;
+  for (int64_t first = tile.r0 + warp; first < r_end; first += kRowsInFlight * kTileWarps) {
+    float xs[kRowsInFlight][4], ys[kRowsInFlight][4], ois[kRowsInFlight], tis[kRowsInFlight];
+    load_rows_in_flight(ob, own_ld, tb, tld, first, r_end, vec, tile.c0, lane, width, xs, ys);
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int64_t r = first + u * kTileWarps;
+      if (r < r_end) ois[u] = __ldg(orow + row0 + r), tis[u] = __ldg(trow + row0 + r);
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int64_t r = first + u * kTileWarps;
+      if (r >= r_end) break;  // the same for the whole warp
+      const int64_t i = row0 + r;
+      const float(&x)[4] = xs[u];
+      const float(&y)[4] = ys[u];
+      const float oi = ois[u], ti = tis[u];
+      __nv_bfloat16 d[4];
+      double rs = 0;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        d[q] = __float2bfloat16_rn(combine_one(centred_element(x[q], oi, oj[q], om),
+                                               centred_element(y[q], ti, tj[q], tm), b, a));
+        if (in[q]) rs += static_cast<double>(__bfloat162float(d[q]));
+        if (mirrored && off[q]) {
+          const __nv_bfloat16 m = __float2bfloat16_rn(combine_one(centred_element(x[q], oj[q], oi, om),
+                                                                  centred_element(y[q], tj[q], ti, tm), b, a));
+          mirror[tile_col(vec, lane, q)][r - tile.r0] = m;
+          cs[q] += static_cast<double>(__bfloat162float(m));
+        }
+      }
+      __nv_bfloat16* dst = out + (layer * n + i) * cols + row0 + tile.c0;
+      if (vec) {
+        if (in[0]) {
+          auto* d2 = reinterpret_cast<__nv_bfloat162*>(dst + 4 * lane);
+          d2[0] = __halves2bfloat162(d[0], d[1]);
+          d2[1] = __halves2bfloat162(d[2], d[3]);
+        }
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          if (in[q]) dst[lane + 32 * q] = d[q];
+        }
+      }
       if (correct) {
-        const float2 fl = __bfloat1622float2(lo), fh = __bfloat1622float2(hi);
-        sum += (static_cast<double>(fl.x) + static_cast<double>(fl.y)) +
-               (static_cast<double>(fh.x) + static_cast<double>(fh.y));
+        rs = warp_sum(rs);
+        if (lane == 0) row_part[(layer * t.max_col_tiles() + tile.ct) * n + i] = rs;
       }
     }
-  } else {
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const float kc = centred_element(__ldg(ol + j), oi, __ldg(orow + j), om);
-      const float lc = centred_element(__ldg(tl + j), ti, __ldg(trow + j), tm);
-      const __nv_bfloat16 r = __float2bfloat16_rn(combine_one(kc, lc, b, a));
-      rl[j] = r;
-      if (correct) sum += static_cast<double>(__bfloat162float(r));
+  }
+  if (!mirrored) return;
+  if (correct) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) col_sums[warp][tile_col(vec, lane, q)] = cs[q];
+  }
+  __syncthreads();
+  // The mirrored rows j = row0 + col: the tile's rows as their columns row0 + r0 ...
+  const int64_t rows_here = r_end - tile.r0;
+  for (int slot = warp; slot < kTileCols; slot += kTileWarps) {
+    const int64_t col = tile.c0 + slot;
+    if (col < block || col >= width) continue;
+    __nv_bfloat16* dst = out + (layer * n + row0 + col) * cols + row0 + tile.r0;
+    for (int64_t rr = 2 * lane; rr < rows_here; rr += 64) {
+      if (pairs && rr + 1 < rows_here) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + rr) = __halves2bfloat162(mirror[slot][rr], mirror[slot][rr + 1]);
+      } else {
+        dst[rr] = mirror[slot][rr];
+        if (rr + 1 < rows_here) dst[rr + 1] = mirror[slot][rr + 1];
+      }
     }
   }
-  if (!correct) return;
-  __shared__ double warp_sums[kCombineThreads / 32];
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kCombineThreads / 32; ++w) total += warp_sums[w];
-    rl[n] = __float2bfloat16_rn(static_cast<float>(-total));
+  if (correct && threadIdx.x < kTileCols) {
+    const int64_t col = tile.c0 + threadIdx.x;
+    if (col >= block && col < width) {
+      double s = 0;
+      for (int w = 0; w < kTileWarps; ++w) s += col_sums[w][threadIdx.x];
+      col_part[(layer * t.all_row_tiles() + tile.g) * n + row0 + col] = s;
+    }
   }
-  for (int64_t j = n + 1 + threadIdx.x; j < cols; j += blockDim.x) rl[j] = __float2bfloat16_rn(0.0f);
+}
+
+// grid (ceil(n / 256), L): the correction column, out[i, n] = bf16(-(row i's sum)), and zeros after it.
+__global__ void correction_column_kernel(const double* __restrict__ row_part, const double* __restrict__ col_part,
+                                         StripTiles t, __nv_bfloat16* __restrict__ out, int64_t cols) {
+  const int64_t layer = blockIdx.y, i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= t.n) return;
+  const double total = row_total(row_part + layer * t.max_col_tiles() * t.n,
+                                 col_part + layer * t.all_row_tiles() * t.n, t, i);
+  __nv_bfloat16* r = out + (layer * t.n + i) * cols;
+  r[t.n] = __float2bfloat16_rn(static_cast<float>(-total));
+  for (int64_t j = t.n + 1; j < cols; ++j) r[j] = __float2bfloat16_rn(0.0f);
 }
 
 constexpr int kMeanLanes = 8;    // 16-byte column vectors (8 BF16 columns each) per CTA
@@ -464,25 +657,121 @@ void pair_sums_cuda(PairSums& s) {
   s.out.copy_(partial.sum(1));
 }
 
+namespace {
+
+// The tile order of a strip layout, and the strips' base pointers (vec: every strip 16-byte aligned).
+StripTiles strip_tiles(const GramStrips& g) {
+  StripTiles t;
+  t.nb = static_cast<int>(g.strips.size());
+  t.n = g.n();
+  t.block = g.block();
+  t.row_tiles = static_cast<int>((t.block + kTileRows - 1) / kTileRows);
+  for (int b = 0; b < t.nb; ++b) {
+    t.col_tiles[b] = static_cast<int>((t.n - b * t.block + kTileCols - 1) / kTileCols);
+    t.first[b + 1] = t.first[b] + t.row_tiles * t.col_tiles[b];
+  }
+  return t;
+}
+
+StripSet strip_set(const GramStrips& g, bool& aligned) {
+  StripSet s{};
+  for (size_t b = 0; b < g.strips.size(); ++b) {
+    const auto& t = g.strips[b];
+    s.p[b] = t.data_ptr<float>();
+    s.ld[b] = t.stride(1);
+    s.layer_stride[b] = t.stride(0);
+    aligned = aligned && aligned16(s.p[b]) && s.ld[b] % 4 == 0 && s.layer_stride[b] % 4 == 0;
+  }
+  return s;
+}
+
+}  // namespace
+
+bool gram_blocks_cuda_supports(const torch::Tensor& x, const torch::Tensor& y, int64_t block) {
+  auto rows_ok = [](const torch::Tensor& t) {
+    return t.is_cuda() && t.scalar_type() == torch::kBFloat16 && t.dim() == 3 && t.stride(2) == 1 &&
+           t.stride(1) == t.size(2) && t.size(2) % 8 == 0 && t.stride(0) % 8 == 0 && aligned16(t.data_ptr());
+  };
+  return rows_ok(x) && rows_ok(y) && x.device() == y.device() && x.size(0) == y.size(0) && x.size(1) == y.size(1) &&
+         block >= 8 && block % 8 == 0 && x.size(1) % block == 0;
+}
+
+void gram_blocks_cuda(const torch::Tensor& x, const torch::Tensor& y, int64_t block, torch::Tensor& k,
+                      torch::Tensor& l) {
+  TORCH_CHECK(gram_blocks_cuda_supports(x, y, block) && k.is_contiguous() && l.is_contiguous() &&
+                  k.scalar_type() == torch::kFloat32 && l.scalar_type() == torch::kFloat32,
+              "gram_blocks_cuda: unsupported rows or outputs");
+  const int64_t L = x.size(0), n = x.size(1), nb = n / block;
+  c10::cuda::CUDAGuard guard(x.device());
+  // Row-major C = A B^T of two blocks of rows is, to column-major cuBLAS, C^T = op_T(B rows) op_N(A rows) with
+  // ld = the feature width: so the "A" pointers are the column blocks' rows and the "B" pointers the row blocks'.
+  struct Side {
+    const torch::Tensor* rows;
+    torch::Tensor* gram;
+  };
+  std::vector<std::vector<Side>> calls;  // sides sharing a feature width go into one call
+  if (x.size(2) == y.size(2)) {
+    calls.push_back({{&x, &k}, {&y, &l}});
+  } else {
+    calls.push_back({{&x, &k}});
+    calls.push_back({{&y, &l}});
+  }
+  const float one = 1.0f, zero = 0.0f;
+  for (const auto& sides : calls) {
+    const int64_t p = sides[0].rows->size(2);
+    const int64_t per_side = L * nb * (nb + 1) / 2, count = per_side * static_cast<int64_t>(sides.size());
+    // The pointer arrays (A, B, C, each `count` long) from pinned memory, copied without blocking.
+    auto host = torch::empty({3 * count}, torch::TensorOptions().dtype(torch::kLong).pinned_memory(true));
+    auto* h = reinterpret_cast<uintptr_t*>(host.data_ptr<int64_t>());
+    int64_t at = 0;
+    for (const auto& side : sides) {
+      const auto* xs = reinterpret_cast<const at::BFloat16*>(side.rows->data_ptr<at::BFloat16>());
+      float* ks = side.gram->data_ptr<float>();
+      const int64_t layer_rows = side.rows->stride(0);
+      for (int64_t layer = 0; layer < L; ++layer) {
+        for (int64_t bi = 0; bi < nb; ++bi) {
+          for (int64_t bj = bi; bj < nb; ++bj, ++at) {
+            h[at] = reinterpret_cast<uintptr_t>(xs + layer * layer_rows + bj * block * p);
+            h[count + at] = reinterpret_cast<uintptr_t>(xs + layer * layer_rows + bi * block * p);
+            h[2 * count + at] = reinterpret_cast<uintptr_t>(ks + (layer * n + bi * block) * n + bj * block);
+          }
+        }
+      }
+    }
+    auto device = host.to(x.device(), /*non_blocking=*/true);
+    auto* d = reinterpret_cast<void**>(device.data_ptr<int64_t>());
+    cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+    TORCH_CUDABLAS_CHECK(cublasGemmBatchedEx(
+        handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(block), static_cast<int>(block), static_cast<int>(p), &one,
+        const_cast<const void* const*>(d), CUDA_R_16BF, static_cast<int>(p), const_cast<const void* const*>(d + count),
+        CUDA_R_16BF, static_cast<int>(p), &zero, d + 2 * count, CUDA_R_32F, static_cast<int>(n),
+        static_cast<int>(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
 void centred_gram_sums_cuda(GramSums& g) {
-  const int64_t L = g.k.size(0), n = g.k.size(1);
+  const int64_t L = g.k.strips[0].size(0), n = g.k.n();
   if (L == 0) return;
-  c10::cuda::CUDAGuard guard(g.k.device());
+  c10::cuda::CUDAGuard guard(g.k.strips[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const float* ks = g.k.data_ptr<float>();
-  const float* ls = g.l.data_ptr<float>();
-  const bool vec = n % 4 == 0 && aligned16(ks) && aligned16(ls);
-  // About four CTAs per SM over all layers, and no more than there are rows for.
-  const int64_t ctas = std::max<int64_t>(
-      1, std::min<int64_t>((n + kRowWarps - 1) / kRowWarps, (4 * sm_count() + L - 1) / L));
+  const StripTiles t = strip_tiles(g.k);
+  bool aligned = true;
+  const StripSet ks = strip_set(g.k, aligned), ls = strip_set(g.l, aligned);
+  const bool vec = n % 4 == 0 && t.block % 4 == 0 && aligned;
+  const int tiles = t.first[t.nb];
   auto f64 = g.sums.options();
+  auto partial = torch::empty({L, tiles, 3}, f64);
+  auto row_part = torch::empty({L, 2, t.max_col_tiles(), n}, f64);
+  auto col_part = torch::empty({L, 2, t.all_row_tiles(), n}, f64);
   auto row_sums = torch::empty({L, 2, n}, f64);
-  auto partial = torch::empty({L, ctas, 3}, f64);
-  gram_rows_kernel<<<dim3(static_cast<unsigned>(ctas), static_cast<unsigned>(L)), kRowThreads, 0, stream>>>(
-      ks, ls, n, vec, row_sums.data_ptr<double>(), partial.data_ptr<double>());
+  strip_sums_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(L)), kTileThreads, 0, stream>>>(
+      ks, ls, t, vec, partial.data_ptr<double>(), row_part.data_ptr<double>(), col_part.data_ptr<double>());
+  check_launch();
+  strip_row_sums_kernel<<<dim3(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(L)), 256, 0, stream>>>(
+      row_part.data_ptr<double>(), col_part.data_ptr<double>(), t, row_sums.data_ptr<double>());
   check_launch();
   gram_finish_kernel<<<static_cast<unsigned>(L), kFinishThreads, 0, stream>>>(
-      row_sums.data_ptr<double>(), partial.data_ptr<double>(), n, static_cast<int>(ctas), g.sums.data_ptr<double>(),
+      row_sums.data_ptr<double>(), partial.data_ptr<double>(), n, tiles, g.sums.data_ptr<double>(),
       g.k_row_means.data_ptr<float>(), g.l_row_means.data_ptr<float>(), g.k_mean.data_ptr<float>(),
       g.l_mean.data_ptr<float>(), g.cka.defined() ? g.cka.data_ptr<double>() : nullptr,
       g.cka.defined() ? g.cka_float.data_ptr<float>() : nullptr);
@@ -504,20 +793,37 @@ void backward_factors_cuda(BackwardFactors& b) {
 }
 
 void combine_kernels_cuda(CombineKernels& c) {
-  const int64_t L = c.own.gram.size(0), n = c.own.gram.size(1), cols = c.out.size(2);
+  const int64_t L = c.own.gram.strips[0].size(0), n = c.own.gram.n(), cols = c.out.size(2);
   if (L == 0 || n == 0) return;
-  c10::cuda::CUDAGuard guard(c.own.gram.device());
-  auto side = [](const GramKernel& k) {
-    return KernelSide{k.gram.data_ptr<float>(), k.row_means.data_ptr<float>(), k.mean.data_ptr<float>()};
+  c10::cuda::CUDAGuard guard(c.own.gram.strips[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const StripTiles t = strip_tiles(c.own.gram);
+  bool aligned = true;
+  auto side = [&](const GramKernel& k) {
+    return KernelSide{strip_set(k.gram, aligned), k.row_means.data_ptr<float>(), k.mean.data_ptr<float>()};
   };
   const KernelSide own = side(c.own), other = side(c.other);
   auto* rs = reinterpret_cast<__nv_bfloat16*>(c.out.data_ptr<at::BFloat16>());
-  const bool vec = n % 4 == 0 && cols % 4 == 0 && aligned16(own.gram) && aligned16(other.gram) &&
-                   aligned16(own.row_means) && aligned16(other.row_means) && reinterpret_cast<uintptr_t>(rs) % 8 == 0;
-  combine_kernels_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(L)), kCombineThreads, 0,
-                           at::cuda::getCurrentCUDAStream()>>>(own, other, c.beta.data_ptr<float>(),
-                                                              c.alpha.data_ptr<float>(), rs, n, cols, vec);
+  const bool vec = aligned && n % 4 == 0 && t.block % 4 == 0 && cols % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(rs) % 8 == 0;
+  const bool pairs = cols % 2 == 0 && t.block % 2 == 0 && reinterpret_cast<uintptr_t>(rs) % 4 == 0;
+  const bool correct = cols > n;
+  const int tiles = t.first[t.nb];
+  auto f64 = c.beta.options().dtype(torch::kFloat64);
+  torch::Tensor row_part, col_part;
+  if (correct) {
+    row_part = torch::empty({L, t.max_col_tiles(), n}, f64);
+    col_part = torch::empty({L, t.all_row_tiles(), n}, f64);
+  }
+  strip_combine_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(L)), kTileThreads, 0, stream>>>(
+      own, other, c.beta.data_ptr<float>(), c.alpha.data_ptr<float>(), t, vec, pairs, rs, cols, correct,
+      correct ? row_part.data_ptr<double>() : nullptr, correct ? col_part.data_ptr<double>() : nullptr);
   check_launch();
+  if (correct) {
+    correction_column_kernel<<<dim3(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(L)), 256, 0,
+                               stream>>>(row_part.data_ptr<double>(), col_part.data_ptr<double>(), t, rs, cols);
+    check_launch();
+  }
 }
 
 void append_column_means_cuda(AppendColumnMeans& a) {

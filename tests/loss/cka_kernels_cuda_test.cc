@@ -7,7 +7,9 @@
 #include <torch/torch.h>
 
 #include <iostream>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "common/test_util.h"
 #include "loss/cka.h"
@@ -89,12 +91,19 @@ TEST(CkaKernelsCuda, PairSumsEqualReferenceWithPoisonedOutputs) {
   EXPECT_TRUE(torch::equal(s1.out, s2.out));
 }
 
+// The strips (or the whole matrix) on `device`.
+kernels::GramStrips strips_on(const kernels::GramStrips& g, torch::Device device) {
+  std::vector<torch::Tensor> out;
+  for (const auto& s : g.strips) out.push_back(s.to(device));
+  return kernels::GramStrips(out);
+}
+
 // GramSums with every output poisoned (NaN), on `device`.
-kernels::GramSums poisoned_gram_sums(const torch::Tensor& k, const torch::Tensor& l, torch::Device device) {
-  const int64_t L = k.size(0), n = k.size(1);
+kernels::GramSums poisoned_gram_sums(const kernels::GramStrips& k, const kernels::GramStrips& l, torch::Device device) {
+  const int64_t L = k.strips[0].size(0), n = k.n();
   auto f32 = torch::dtype(torch::kFloat32).device(device);
-  return {k.to(device),
-          l.to(device),
+  return {strips_on(k, device),
+          strips_on(l, device),
           torch::full({L, 3}, NAN, torch::dtype(torch::kFloat64).device(device)),
           torch::full({L, n}, NAN, f32),
           torch::full({L, n}, NAN, f32),
@@ -102,6 +111,23 @@ kernels::GramSums poisoned_gram_sums(const torch::Tensor& k, const torch::Tensor
           torch::full({L}, NAN, f32),
           torch::full({L}, NAN, torch::dtype(torch::kFloat64).device(device)),
           torch::full({L}, NAN, f32)};
+}
+
+// The kernel's sums and means against the reference's: the same exact products summed in double in another
+// order differ by a few 2^-53 of the raw (uncentred) sums of |products| (k, l: the whole matrices), which exceed
+// the centred results by the offsets' factor (~1e4 in these tests); the means are the double sums rounded to
+// float, and another summation order can move a rounding by one ulp.
+void expect_sums_near_reference(const kernels::GramSums& gpu, const kernels::GramSums& ref, const torch::Tensor& k,
+                                const torch::Tensor& l, const std::string& what) {
+  auto kd = k.to(torch::kFloat64), ld = l.to(torch::kFloat64);
+  auto raw = torch::stack({(kd * ld).abs().sum({1, 2}), (kd * kd).sum({1, 2}), (ld * ld).sum({1, 2})}, 1);
+  EXPECT_LE(((gpu.sums.cpu() - ref.sums).abs() / raw).max().item<double>(), 1e-12) << what;
+  for (const auto& [got, want] : {std::pair{gpu.k_row_means, ref.k_row_means}, {gpu.l_row_means, ref.l_row_means},
+                                  {gpu.k_mean, ref.k_mean}, {gpu.l_mean, ref.l_mean}}) {
+    auto g = got.cpu();
+    ASSERT_TRUE(torch::isfinite(g).all().item<bool>()) << what;
+    EXPECT_TRUE(torch::allclose(g, want, 1.2e-7, 0)) << what;
+  }
 }
 
 TEST(CkaKernelsCuda, CentredGramSumsEqualReferenceWithPoisonedOutputs) {
@@ -128,18 +154,7 @@ TEST(CkaKernelsCuda, CentredGramSumsEqualReferenceWithPoisonedOutputs) {
     if (shape[1] > 1) {
       EXPECT_TRUE(torch::isfinite(gpu.cka).all().item<bool>()) << what;
     }
-    // The same exact products summed in double in another order: the difference is a few 2^-53 of the raw
-    // (uncentred) sums of |products|, which exceed the centred results by the offsets' factor (~1e4 here).
-    auto kd = k.to(torch::kFloat64), ld = l.to(torch::kFloat64);
-    auto raw = torch::stack({(kd * ld).abs().sum({1, 2}), (kd * kd).sum({1, 2}), (ld * ld).sum({1, 2})}, 1);
-    EXPECT_LE(((sums - ref.sums).abs() / raw).max().item<double>(), 1e-12) << what;
-    // Means: the double sums rounded to float; another summation order can move a rounding by one ulp.
-    for (const auto& [got, want] : {std::pair{gpu.k_row_means, ref.k_row_means}, {gpu.l_row_means, ref.l_row_means},
-                                    {gpu.k_mean, ref.k_mean}, {gpu.l_mean, ref.l_mean}}) {
-      auto g = got.cpu();
-      ASSERT_TRUE(torch::isfinite(g).all().item<bool>()) << what;
-      EXPECT_TRUE(torch::allclose(g, want, 1.2e-7, 0)) << what;
-    }
+    expect_sums_near_reference(gpu, ref, k, l, what);
   }
   // Deterministic: the same inputs give the same bits.
   auto x = torch::randn({4, 512, 64}, gen).cuda();
@@ -208,6 +223,116 @@ TEST(CkaKernelsCuda, CombineKernelsEqualsReferenceBitForBitWithPoisonedOutputs) 
       ASSERT_TRUE(torch::isfinite(got.to(torch::kFloat32)).all().item<bool>()) << what;
       EXPECT_TRUE(qad::testing::same_bits(got, ref.out)) << what;
     }
+  }
+}
+
+// The strip kernels (centred_gram_sums and combine_kernels on GramStrips) against the references, which read the
+// whole matrix the strips stand for: random strips (their diagonal blocks not symmetric, as a GEMM may round them),
+// poisoned outputs. Layouts: the recipe's (28 layers x 1024 tokens, four strips: the vector path), blocks that end
+// inside a tile (600 = 2 x 300), blocks of 6 (the scalar path, mirrored rows stored in pairs), odd blocks of 5
+// (single stores) and eight blocks of one row.
+TEST(CkaKernelsCuda, StripKernelsEqualReferenceWithPoisonedOutputs) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(80);
+  for (const auto& dims : {std::vector<int64_t>{28, 1024, 4}, {3, 600, 2}, {2, 18, 3}, {2, 15, 3}, {1, 8, 8}}) {
+    const int64_t L = dims[0], n = dims[1], nb = dims[2], block = n / nb;
+    std::vector<torch::Tensor> k_strips, l_strips;
+    for (int64_t b = 0; b < nb; ++b) {
+      k_strips.push_back(torch::randn({L, block, n - b * block}, gen) * 3 + 40.0);
+      l_strips.push_back(torch::randn({L, block, n - b * block}, gen) * 2 - 10.0);
+    }
+    const kernels::GramStrips k(k_strips), l(l_strips);
+    const std::string what = std::to_string(L) + "x" + std::to_string(n) + " in " + std::to_string(nb) + " strips";
+    auto ref = poisoned_gram_sums(k, l, torch::kCPU);
+    kernels::centred_gram_sums_reference(ref);
+    auto gpu = poisoned_gram_sums(k, l, torch::kCUDA);
+    kernels::centred_gram_sums(gpu);
+    auto sums = gpu.sums.cpu();
+    ASSERT_TRUE(torch::isfinite(sums).all().item<bool>()) << what;
+    expect_sums_near_reference(gpu, ref, kernels::full_gram(k), kernels::full_gram(l), what);
+    auto cka = gpu.sums.select(1, 0) / torch::sqrt(gpu.sums.select(1, 1) * gpu.sums.select(1, 2));
+    EXPECT_TRUE(qad::testing::same_bits(gpu.cka, cka)) << what;
+    // Deterministic: the same strips give the same bits.
+    auto again = poisoned_gram_sums(k, l, torch::kCUDA);
+    kernels::centred_gram_sums(again);
+    EXPECT_TRUE(torch::equal(again.sums, gpu.sums)) << what;
+    // The combination on the reference's own means, bit for bit, without and with correction columns.
+    auto beta = torch::randn({L}, gen), alpha = torch::randn({L}, gen) * 0.5;
+    for (int64_t extra : {0, 8, 3}) {
+      const std::vector<int64_t> shape{L, n, n + extra};
+      kernels::CombineKernels want{{ref.k, ref.k_row_means, ref.k_mean}, {ref.l, ref.l_row_means, ref.l_mean}, beta,
+                                   alpha, torch::full(shape, NAN, torch::kBFloat16)};
+      kernels::combine_kernels_reference(want);
+      auto cuda = [](const torch::Tensor& t) { return t.cuda(); };
+      kernels::CombineKernels got{{gpu.k, cuda(ref.k_row_means), cuda(ref.k_mean)},
+                                  {gpu.l, cuda(ref.l_row_means), cuda(ref.l_mean)},
+                                  cuda(beta),
+                                  cuda(alpha),
+                                  torch::full(shape, NAN, torch::dtype(torch::kBFloat16).device(torch::kCUDA))};
+      kernels::combine_kernels(got);
+      auto out = got.out.cpu();
+      ASSERT_TRUE(torch::isfinite(out.to(torch::kFloat32)).all().item<bool>()) << what << " + " << extra;
+      EXPECT_TRUE(qad::testing::same_bits(out, want.out)) << what << " + " << extra;
+    }
+  }
+}
+
+// Both sides' strips from one grouped cuBLAS call (gram_strips(x, y) on CUDA BF16 rows): integer rows make every
+// product and sum exact in FP32, so the blocks equal the plain products bit for bit whatever order cuBLAS sums in.
+// Rows with scratch between the layers (a layer stride beyond n rows), the same and different feature widths.
+TEST(CkaKernelsCuda, GroupedGramBlocksEqualThePlainProducts) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(81);
+  for (const auto& [n, px, py] : {std::tuple<int64_t, int64_t, int64_t>{1024, 64, 64}, {512, 32, 48}}) {
+    const int64_t L = 3;
+    auto rows = [&](int64_t p) {
+      auto buffer = torch::randint(-8, 9, {L, n + 8, p}, gen).to(torch::kBFloat16).cuda();
+      return buffer.narrow(1, 0, n);
+    };
+    auto x = rows(px), y = rows(py);
+    const int64_t nb = kernels::gram_blocks(n), block = n / nb;
+#ifdef QAD_HAS_CUDA  // declared on CUDA builds only (the test skips elsewhere)
+    ASSERT_TRUE(kernels::gram_blocks_cuda_supports(x, y, block)) << n;
+#endif
+    const auto [k, l] = kernels::gram_strips(x, y);
+    ASSERT_EQ(static_cast<int64_t>(k.strips.size()), nb);
+    // Views of one [L, n, n] buffer per side.
+    EXPECT_EQ(k.strips[1].data_ptr<float>() - k.strips[0].data_ptr<float>(), block * n + block) << n;
+    EXPECT_EQ(k.strips[0].stride(1), n);
+    auto xf = x.to(torch::kFloat32), yf = y.to(torch::kFloat32);
+    const std::string what = std::to_string(n) + " rows, widths " + std::to_string(px) + "/" + std::to_string(py);
+    for (int64_t b = 0; b < nb; ++b) {
+      auto want_k = xf.narrow(1, b * block, block).bmm(xf.narrow(1, b * block, n - b * block).transpose(1, 2));
+      auto want_l = yf.narrow(1, b * block, block).bmm(yf.narrow(1, b * block, n - b * block).transpose(1, 2));
+      EXPECT_TRUE(torch::equal(k.strips[static_cast<size_t>(b)], want_k)) << what << ", strip " << b;
+      EXPECT_TRUE(torch::equal(l.strips[static_cast<size_t>(b)], want_l)) << what << ", strip " << b;
+    }
+    // And the passes take the views as they take contiguous strips.
+    auto f32 = torch::dtype(torch::kFloat32).device(torch::kCUDA);
+    kernels::GramSums views{k, l, torch::empty({L, 3}, torch::dtype(torch::kFloat64).device(torch::kCUDA)),
+                            torch::empty({L, n}, f32), torch::empty({L, n}, f32), torch::empty({L}, f32),
+                            torch::empty({L}, f32)};
+    kernels::centred_gram_sums(views);
+    auto copies = kernels::gram_strips(x);
+    for (auto& t : copies.strips) t = t.contiguous();
+    kernels::GramSums plain{copies,
+                            kernels::gram_strips(y),
+                            torch::empty({L, 3}, torch::dtype(torch::kFloat64).device(torch::kCUDA)),
+                            torch::empty({L, n}, f32),
+                            torch::empty({L, n}, f32),
+                            torch::empty({L}, f32),
+                            torch::empty({L}, f32)};
+    kernels::centred_gram_sums(plain);
+    EXPECT_TRUE(torch::equal(views.sums, plain.sums)) << what;
+    EXPECT_TRUE(torch::equal(views.k_row_means, plain.k_row_means)) << what;
+    auto beta = torch::randn({L}, gen).cuda(), alpha = torch::randn({L}, gen).cuda();
+    auto combined = [&](const kernels::GramSums& g) {
+      kernels::CombineKernels c{{g.k, g.k_row_means, g.k_mean}, {g.l, g.l_row_means, g.l_mean}, beta, alpha,
+                                torch::full({L, n, n + 8}, NAN, torch::dtype(torch::kBFloat16).device(torch::kCUDA))};
+      kernels::combine_kernels(c);
+      return c.out;
+    };
+    EXPECT_TRUE(qad::testing::same_bits(combined(views), combined(plain))) << what;
   }
 }
 

@@ -354,5 +354,89 @@ TEST(CkaKernelsReference, RejectsWrongShapesAndTypes) {
   EXPECT_THROW(kernels::pair_sums(bad_shape), qad::Error);
 }
 
+// GramStrips: the upper block strips stand for the whole symmetric matrix. Integer rows make every product exact, so
+// the strips, the whole product and the mirrored matrix agree bit for bit, and the passes give on the strips exactly
+// what they give on the whole matrix.
+TEST(CkaKernelsReference, GramStripsStandForTheWholeSymmetricMatrix) {
+  EXPECT_EQ(kernels::gram_blocks(1024), 4);
+  EXPECT_EQ(kernels::gram_blocks(2048), 4);
+  EXPECT_EQ(kernels::gram_blocks(512), 2);
+  EXPECT_EQ(kernels::gram_blocks(600), 1);  // blocks of 300 rows are not a multiple of 8
+  EXPECT_EQ(kernels::gram_blocks(256), 1);
+  EXPECT_EQ(kernels::gram_blocks(7), 1);
+  auto gen = qad::testing::seeded_generator(78);
+  const int64_t L = 2, n = 512, p = 16;
+  auto x = torch::randint(-8, 9, {L, n, p}, gen).to(torch::kBFloat16) + 3;
+  auto y = torch::randint(-8, 9, {L, n, p}, gen).to(torch::kBFloat16) - 1;
+  const auto ks = kernels::gram_strips(x), ls = kernels::gram_strips(y);
+  ASSERT_EQ(ks.strips.size(), 2u);
+  EXPECT_EQ(ks.block(), 256);
+  EXPECT_EQ(ks.n(), n);
+  EXPECT_EQ(ks.strips[1].sizes(), (std::vector<int64_t>{L, 256, 256}));
+  auto xf = x.to(torch::kFloat32), yf = y.to(torch::kFloat32);
+  auto k = xf.bmm(xf.transpose(1, 2)), l = yf.bmm(yf.transpose(1, 2));
+  EXPECT_TRUE(torch::equal(kernels::full_gram(ks), k));
+  EXPECT_TRUE(torch::equal(kernels::full_gram(ls), l));
+  auto f32 = torch::dtype(torch::kFloat32);
+  auto sums = [&](const kernels::GramStrips& a, const kernels::GramStrips& b) {
+    kernels::GramSums g{a, b, torch::full({L, 3}, NAN, torch::kFloat64), torch::full({L, n}, NAN, f32),
+                        torch::full({L, n}, NAN, f32), torch::full({L}, NAN, f32), torch::full({L}, NAN, f32),
+                        torch::full({L}, NAN, torch::kFloat64), torch::full({L}, NAN, f32)};
+    kernels::centred_gram_sums(g);
+    return g;
+  };
+  const auto on_strips = sums(ks, ls), on_whole = sums(k, l);
+  EXPECT_TRUE(torch::equal(on_strips.sums, on_whole.sums));
+  EXPECT_TRUE(torch::equal(on_strips.k_row_means, on_whole.k_row_means));
+  EXPECT_TRUE(torch::equal(on_strips.cka, on_whole.cka));
+  auto beta = torch::randn({L}, gen), alpha = torch::randn({L}, gen);
+  for (int64_t e : {0, 8}) {
+    auto combine = [&](const kernels::GramStrips& a, const kernels::GramStrips& b, const kernels::GramSums& g) {
+      kernels::CombineKernels c{{a, g.k_row_means, g.k_mean}, {b, g.l_row_means, g.l_mean}, beta, alpha,
+                                torch::full({L, n, n + e}, NAN, torch::kBFloat16)};
+      kernels::combine_kernels(c);
+      return c.out;
+    };
+    EXPECT_TRUE(qad::testing::same_bits(combine(ks, ls, on_strips), combine(k, l, on_whole))) << e;
+  }
+  // An entry below the block diagonal is its transpose's, whatever the strips hold (here: not a symmetric matrix).
+  kernels::GramStrips odd(
+      std::vector<torch::Tensor>{torch::randn({L, 256, 512}, gen), torch::randn({L, 256, 256}, gen)});
+  auto whole = kernels::full_gram(odd);
+  EXPECT_EQ(whole[1][300][10].item<float>(), odd.strips[0][1][10][300].item<float>());
+  EXPECT_EQ(whole[1][300][260].item<float>(), odd.strips[1][1][44][4].item<float>());
+  EXPECT_EQ(whole[0][10][300].item<float>(), odd.strips[0][0][10][300].item<float>());
+  // Strips of another layout, or of the wrong width, are refused with what was expected.
+  kernels::GramSums mixed{ks, l, torch::empty({L, 3}, torch::kFloat64), torch::empty({L, n}, f32),
+                          torch::empty({L, n}, f32), torch::empty({L}, f32), torch::empty({L}, f32)};
+  EXPECT_THROW(kernels::centred_gram_sums(mixed), qad::Error);
+  kernels::GramStrips narrow(std::vector<torch::Tensor>{torch::randn({L, 256, 512}), torch::randn({L, 256, 255})});
+  try {
+    kernels::full_gram(narrow);
+    ADD_FAILURE() << "a strip of the wrong width was accepted";
+  } catch (const qad::Error& err) {
+    const std::string want = "strip 1 of the Gram matrix must be a float32 [layers, 256, 256] tensor with contiguous";
+    EXPECT_NE(std::string(err.what()).find(want), std::string::npos) << err.what();
+  }
+}
+
+// The BF16 path with more tokens than one block (512: two strips) against FP64, value and gradient, within the
+// bounds of GramCentringMatchesFp64ValueAndGradient.
+TEST(CkaBf16Path, TwoStripsMatchFp64ValueAndGradient) {
+  auto gen = qad::testing::seeded_generator(79);
+  const int64_t L = 2, n = 512, p = 512;
+  ASSERT_EQ(kernels::gram_blocks(n), 2);
+  auto t = (torch::randn({L, n, p}, gen) + 20.0).to(torch::kBFloat16);
+  auto s = (t.to(torch::kFloat32) + 0.3 * torch::randn({L, n, p}, gen)).to(torch::kBFloat16);
+  auto y_bf = s.clone().requires_grad_(true), y_64 = s.to(torch::kFloat64).requires_grad_(true);
+  auto c_bf = detail::linear_cka_batched_bf16(t, y_bf);
+  auto c_64 = linear_cka_batched(t.to(torch::kFloat64), y_64);
+  EXPECT_LE((c_bf.to(torch::kFloat64) - c_64).abs().max().item<double>(), 5e-5);
+  c_bf.sum().backward();
+  c_64.sum().backward();
+  const double scale = y_64.grad().abs().max().item<double>();
+  EXPECT_LE((y_bf.grad().to(torch::kFloat64) - y_64.grad()).abs().max().item<double>(), 2e-2 * scale);
+}
+
 }  // namespace
 }  // namespace qad::loss
