@@ -60,8 +60,9 @@ struct Core {
   bool gram_centred = false;
   torch::Tensor xc, yc, mean_x, mean_y;  // compute dtype, [L, n, p] and [L, 1, p]
   torch::Tensor a, gx, gy;               // feature form: A = Yc^T Xc [L,p2,p1], Gx [L,p1,p1], Gy [L,p2,p2]
-  torch::Tensor k, l;                    // Gram form: K = Xc Xc^T, L = Yc Yc^T [L,n,n]
-  kernels::GramStrips k_strips, l_strips;  // gram_centred: K = X X^T, L = Y Y^T as upper block strips
+  // Gram form: K = Xc Xc^T, L = Yc Yc^T [L,n,n] as one strip each; gram_centred: K = X X^T, L = Y Y^T as the
+  // strips of their upper block triangle (cka_kernels.h)
+  kernels::GramStrips k, l;
   torch::Tensor k_row_means, l_row_means, k_mean, l_mean;  // gram_centred: FP32 [L, n] and [L]
   torch::Tensor f, fxx, fyy;             // FP64 [L]: dps(X,Y), dps(X,X), dps(Y,Y)
   torch::Tensor sx, sy;                  // debiased: FP64 row squared norms of Xc, Yc [L, n]
@@ -84,15 +85,14 @@ void gram_centred_core(Core& c, const torch::Tensor& x, const torch::Tensor& y) 
   c.xc = rows(x);
   c.yc = rows(y);
   // K and L are symmetric: only their upper block triangle is formed (5/8 of the products for 1024 tokens).
-  std::tie(c.k_strips, c.l_strips) = kernels::gram_strips(c.xc, c.yc);
+  std::tie(c.k, c.l) = kernels::gram_strips(c.xc, c.yc);
   const int64_t L = c.xc.size(0);
-  auto f32 = c.k_strips.strips[0].options();
+  auto f32 = c.k.strips[0].options();
   auto sums = torch::empty({L, 3}, f32.dtype(torch::kFloat64));
   c.k_row_means = torch::empty({L, c.n}, f32), c.l_row_means = torch::empty({L, c.n}, f32);
   c.k_mean = torch::empty({L}, f32), c.l_mean = torch::empty({L}, f32);
   c.cka = torch::empty({L}, f32.dtype(torch::kFloat64)), c.cka_float = torch::empty({L}, f32);
-  kernels::GramSums g{c.k_strips, c.l_strips, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean, c.cka,
-                      c.cka_float};
+  kernels::GramSums g{c.k, c.l, sums, c.k_row_means, c.l_row_means, c.k_mean, c.l_mean, c.cka, c.cka_float};
   kernels::centred_gram_sums(g);
   c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
 }
@@ -132,18 +132,18 @@ Core compute_core(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator e
   centre(x, c.xc, c.mean_x);
   centre(y, c.yc, c.mean_y);
   if (c.gram) {
-    c.k = c.xc.bmm(c.xc.transpose(1, 2));
-    c.l = c.yc.bmm(c.yc.transpose(1, 2));
+    auto k = c.xc.bmm(c.xc.transpose(1, 2)), l = c.yc.bmm(c.yc.transpose(1, 2));
     if (use_kernels) {
-      auto sums = torch::empty({c.k.size(0), 3}, c.k.options().dtype(torch::kFloat64));
-      kernels::PairSums s{c.k, c.l, sums};
+      auto sums = torch::empty({k.size(0), 3}, k.options().dtype(torch::kFloat64));
+      kernels::PairSums s{k, l, sums};
       kernels::pair_sums(s);
       c.f = sums.select(1, 0), c.fxx = sums.select(1, 1), c.fyy = sums.select(1, 2);
     } else {
-      c.f = (c.k * c.l).sum({1, 2}, false, torch::kFloat64);
-      c.fxx = sq_norms(c.k);
-      c.fyy = sq_norms(c.l);
+      c.f = (k * l).sum({1, 2}, false, torch::kFloat64);
+      c.fxx = sq_norms(k);
+      c.fyy = sq_norms(l);
     }
+    c.k = k, c.l = l;
   } else {
     c.a = c.yc.transpose(1, 2).bmm(c.xc);
     c.gx = c.xc.transpose(1, 2).bmm(c.xc);
@@ -219,16 +219,14 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["a"] = c.a;
       ctx->saved_data["gx"] = grad_x ? c.gx : torch::Tensor();
       ctx->saved_data["gy"] = grad_y ? c.gy : torch::Tensor();
-      ctx->saved_data["k"] = c.k;
-      ctx->saved_data["l"] = c.l;
-      ctx->saved_data["k_strips"] = c10::List<at::Tensor>(c.k_strips.strips);
-      ctx->saved_data["l_strips"] = c10::List<at::Tensor>(c.l_strips.strips);
+      ctx->saved_data["k"] = c10::List<at::Tensor>(c.k.strips);
+      ctx->saved_data["l"] = c10::List<at::Tensor>(c.l.strips);
       ctx->saved_data["fxx"] = c.fxx;
       ctx->saved_data["fyy"] = c.fyy;
       ctx->saved_data["cka"] = cka;
     }
     if (c.cka_float.defined()) return c.cka_float;
-    return cka.to(c.k.defined() ? c.k.scalar_type() : c.xc.scalar_type());  // FP32 (FP64) even for BF16 features
+    return cka.to(c.xc.scalar_type());  // the centred features' FP32 (FP64), even for BF16 features
   }
 
   // d CKA / d Yc = (2/root) Xc A^T - (2 cka / fyy) Yc Gy  [biased part]
@@ -330,16 +328,10 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       return g.to(input_type);
     };
     auto a = ctx->saved_data["a"].toTensor();
-    auto k = ctx->saved_data["k"].toTensor();
-    auto l = ctx->saved_data["l"].toTensor();
-    // The Gram-centred path's kernels as strips; the plain Gram form's as whole matrices (one strip).
-    auto strips = [&](const char* key, const torch::Tensor& whole) {
-      return gram_centred ? kernels::GramStrips(ctx->saved_data[key].toTensorVector()) : kernels::GramStrips(whole);
-    };
-    const kernels::GramKernel k_side{strips("k_strips", k), ctx->saved_data["k_row_means"].toTensor(),
-                                     ctx->saved_data["k_mean"].toTensor()};
-    const kernels::GramKernel l_side{strips("l_strips", l), ctx->saved_data["l_row_means"].toTensor(),
-                                     ctx->saved_data["l_mean"].toTensor()};
+    const kernels::GramKernel k_side{kernels::GramStrips(ctx->saved_data["k"].toTensorVector()),
+                                     ctx->saved_data["k_row_means"].toTensor(), ctx->saved_data["k_mean"].toTensor()};
+    const kernels::GramKernel l_side{kernels::GramStrips(ctx->saved_data["l"].toTensorVector()),
+                                     ctx->saved_data["l_row_means"].toTensor(), ctx->saved_data["l_mean"].toTensor()};
     torch::Tensor dx, dy;
     if (grad_y) {
       dy = side(yc, xc, ctx->saved_data["gy"].toTensor(), gram ? a : a.transpose(1, 2), l_side, k_side, fyy, sy, sx,
