@@ -175,14 +175,29 @@ constexpr int kTileRows = 128;
 constexpr int kTileCols = 128;
 constexpr int kTileWarps = 8;
 constexpr int kTileThreads = kTileWarps * 32;
-constexpr int kRowsInFlight = 4;  // rows a warp loads before it uses the first
+// Rows a warp loads before it uses the first: as many as the registers of two CTAs per SM hold without spilling.
+constexpr int kSumRowsInFlight = 4;
+constexpr int kCombineRowsInFlight = 3;
+
+// a[i] through a fully unrolled select: indexing a kernel parameter's array with a run-time index makes the
+// compiler copy the whole parameter to local memory first.
+template <typename T, int N>
+__device__ __forceinline__ T pick(const T (&a)[N], int i) {
+  T v = a[0];
+#pragma unroll
+  for (int s = 1; s < N; ++s) v = s == i ? a[s] : v;
+  return v;
+}
 
 // One side's strips: base pointers, row strides and layer strides (elements).
 struct StripSet {
   const float* p[kMaxGramStrips];
   int64_t ld[kMaxGramStrips];
   int64_t layer_stride[kMaxGramStrips];
-  __device__ __forceinline__ const float* layer(int b, int64_t l) const { return p[b] + l * layer_stride[b]; }
+  __device__ __forceinline__ const float* layer(int b, int64_t l) const {
+    return pick(p, b) + l * pick(layer_stride, b);
+  }
+  __device__ __forceinline__ int64_t row_stride(int b) const { return pick(ld, b); }
 };
 
 // A layer's tiles in order: strip by strip, row tile by row tile, column tile by column tile.
@@ -205,9 +220,10 @@ struct Tile {
 
 __device__ __forceinline__ Tile tile_of(const StripTiles& t, int index) {
   int b = 0;
-  while (b + 1 < t.nb && index >= t.first[b + 1]) ++b;
-  const int local = index - t.first[b];
-  const int rt = local / t.col_tiles[b], ct = local % t.col_tiles[b];
+#pragma unroll
+  for (int s = 1; s < kMaxGramStrips; ++s) b = s < t.nb && index >= t.first[s] ? s : b;  // first[] ascends
+  const int local = index - pick(t.first, b), cols = pick(t.col_tiles, b);
+  const int rt = local / cols, ct = local % cols;
   return {b, static_cast<int64_t>(rt) * kTileRows, static_cast<int64_t>(ct) * kTileCols, t.n - b * t.block, ct,
           b * t.row_tiles + rt};
 }
@@ -235,14 +251,15 @@ __device__ __forceinline__ void load_four(const float* __restrict__ row, bool ve
   }
 }
 
-// Rows first, first + kTileWarps, ... (kRowsInFlight of them, those before r_end) of two strips, each lane's four
-// values of each: all issued before any is used, enough reads in flight to keep up with the memory.
+// Rows first, first + kTileWarps, ... (R of them, those before r_end) of two strips, each lane's four values of
+// each: all issued before any is used, enough reads in flight to keep up with the memory.
+template <int R>
 __device__ __forceinline__ void load_rows_in_flight(const float* __restrict__ a, int64_t lda,
                                                     const float* __restrict__ b, int64_t ldb, int64_t first,
                                                     int64_t r_end, bool vec, int64_t c0, int lane, int64_t width,
-                                                    float (&ra)[kRowsInFlight][4], float (&rb)[kRowsInFlight][4]) {
+                                                    float (&ra)[R][4], float (&rb)[R][4]) {
 #pragma unroll
-  for (int u = 0; u < kRowsInFlight; ++u) {
+  for (int u = 0; u < R; ++u) {
     const int64_t r = first + u * kTileWarps;
     if (r < r_end) {
       load_four(a + r * lda, vec, c0, lane, width, ra[u]);
@@ -267,15 +284,15 @@ __global__ void __launch_bounds__(kTileThreads)
   const int CT = t.max_col_tiles(), RT = t.all_row_tiles();
   const float* kb = ks.layer(tile.b, layer);
   const float* lb = ls.layer(tile.b, layer);
-  const int64_t kld = ks.ld[tile.b], lld = ls.ld[tile.b];
+  const int64_t kld = ks.row_stride(tile.b), lld = ls.row_stride(tile.b);
   double kl = 0, kk = 0, ll = 0;
   double ck[4] = {0, 0, 0, 0}, cl[4] = {0, 0, 0, 0};
   const int64_t r_end = tile.r0 + kTileRows < block ? tile.r0 + kTileRows : block;
-  for (int64_t first = tile.r0 + warp; first < r_end; first += kRowsInFlight * kTileWarps) {
-    float a[kRowsInFlight][4], c[kRowsInFlight][4];
+  for (int64_t first = tile.r0 + warp; first < r_end; first += kSumRowsInFlight * kTileWarps) {
+    float a[kSumRowsInFlight][4], c[kSumRowsInFlight][4];
     load_rows_in_flight(kb, kld, lb, lld, first, r_end, vec, tile.c0, lane, width, a, c);
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
+    for (int u = 0; u < kSumRowsInFlight; ++u) {
       const int64_t r = first + u * kTileWarps;
       if (r >= r_end) break;  // the same for the whole warp
       double rk = 0, rl = 0;
@@ -324,7 +341,7 @@ __device__ __forceinline__ double row_total(const double* __restrict__ row_part,
                                             const StripTiles& t, int64_t i) {
   const int B = static_cast<int>(i / t.block);
   double s = 0;
-  for (int ct = 0; ct < t.col_tiles[B]; ++ct) s += row_part[ct * t.n + i];
+  for (int ct = 0; ct < pick(t.col_tiles, B); ++ct) s += row_part[ct * t.n + i];
   for (int g = 0; g < B * t.row_tiles; ++g) s += col_part[g * t.n + i];
   return s;
 }
@@ -451,7 +468,7 @@ __global__ void __launch_bounds__(kTileThreads, 2)
   const float* trow = other.row_means + layer * n;
   const float* ob = own.gram.layer(tile.b, layer);
   const float* tb = other.gram.layer(tile.b, layer);
-  const int64_t own_ld = own.gram.ld[tile.b], tld = other.gram.ld[tile.b];
+  const int64_t own_ld = own.gram.row_stride(tile.b), tld = other.gram.row_stride(tile.b);
   // The lane's columns: their row means and whether they lie right of the diagonal block (mirrored).
   float oj[4], tj[4];
   bool in[4], off[4];
@@ -466,16 +483,17 @@ __global__ void __launch_bounds__(kTileThreads, 2)
   const bool mirrored = tile.c0 + kTileCols > block && tile.c0 < width;  // the same for the whole CTA
   double cs[4] = {0, 0, 0, 0};
   const int64_t r_end = tile.r0 + kTileRows < block ? tile.r0 + kTileRows : block;
-  for (int64_t first = tile.r0 + warp; first < r_end; first += kRowsInFlight * kTileWarps) {
-    float xs[kRowsInFlight][4], ys[kRowsInFlight][4], ois[kRowsInFlight], tis[kRowsInFlight];
+  constexpr int R = kCombineRowsInFlight;
+  for (int64_t first = tile.r0 + warp; first < r_end; first += R * kTileWarps) {
+    float xs[R][4], ys[R][4], ois[R], tis[R];
     load_rows_in_flight(ob, own_ld, tb, tld, first, r_end, vec, tile.c0, lane, width, xs, ys);
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
+    for (int u = 0; u < R; ++u) {
       const int64_t r = first + u * kTileWarps;
       if (r < r_end) ois[u] = __ldg(orow + row0 + r), tis[u] = __ldg(trow + row0 + r);
     }
 #pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
+    for (int u = 0; u < R; ++u) {
       const int64_t r = first + u * kTileWarps;
       if (r >= r_end) break;  // the same for the whole warp
       const int64_t i = row0 + r;
