@@ -55,6 +55,10 @@ endif()
 find_package(Torch REQUIRED)
 if(QAD_HAS_CUDA)
   find_package(CUDAToolkit REQUIRED)
+  # What every library's kernels compile with: line info for profiles, and ptxas warnings for register spills and
+  # local memory, so that a kernel that spills, or copies a parameter it indexes at run time to a stack frame,
+  # shows in the build log.
+  set(QAD_CUDA_OPTIONS -lineinfo --expt-relaxed-constexpr -Xptxas=-warn-spills,-warn-lmem-usage)
 endif()
 
 # The CUDA headers (cuda_fp4.h, cuda_fp8.h) are the oracle for E2M1/E4M3 in the CPU tests; they are

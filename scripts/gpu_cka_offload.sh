@@ -20,6 +20,7 @@ TESTS=${TESTS:-test_loss_cuda test_train_cuda}
 [ -d .shared ] && export QAD_SHARED_DIR=$PWD/.shared
 timeout ${BUILD_S:-380} ninja -C $B -k 0 $([ -z "${NO_8B:-}" ] && echo qad) bench_train $TESTS >"$out/build.log" 2>&1 || grep -E "error|FAILED" "$out/build.log" | head -30
 echo "[$(( $(date +%s) - t0 )) s] build done"
+grep "ptxas warning" "$out/build.log" | sort -u | cut -c1-220 | head -20  # spills and stack frames (QAD_CUDA_OPTIONS)
 for t in $TESTS; do
   bin=$(find $B/tests -name $t -type f | head -1); [ -n "$bin" ] || { echo "$t NOT BUILT"; continue; }
   timeout 120 $bin --gtest_color=no > "$out/$t.log" 2>&1; echo "$t rc=$?: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/$t.log" | tr '\n' ' ')"
