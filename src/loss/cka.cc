@@ -188,13 +188,27 @@ bool has_correction_room(const torch::Tensor& rows, int64_t scratch_rows) {
   return end * rows.element_size() <= static_cast<int64_t>(rows.storage().nbytes());
 }
 
-// Batched over layers: x [L, n, p1], y [L, n, p2] -> CKA [L].
+// What FeatureCka returns: the layers' CKA [L] (differentiable), or the CKA-QAD term of them,
+// {weight * mean_l(1 - CKA_l) (differentiable), mean_l(1 - CKA_l) FP64, CKA FP64 [L]} (kernels::CkaTerm).
+struct Output {
+  bool term = false;
+  double weight = 1.0;
+};
+
+// Batched over layers: x [L, n, p1], y [L, n, p2] -> CKA [L], or the term (Output).
 struct FeatureCka : public torch::autograd::Function<FeatureCka> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
-                               CkaEstimator est, bool grad_x, bool grad_y, Products products, int64_t scratch_rows) {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& y,
+                               CkaEstimator est, bool grad_x, bool grad_y, Products products, int64_t scratch_rows,
+                               Output output) {
     Core c = compute_core(x, y, est, products);
     // (The BF16 path's sums kernel computed the values in the same operations.)
     auto cka = c.cka.defined() ? c.cka : c.f / torch::sqrt(c.fxx * c.fyy);
+    // The values' dtype: the centred features' FP32 (FP64), even for BF16 features.
+    const auto value_type = c.cka_float.defined() ? torch::kFloat32 : c.xc.scalar_type();
+    // The backward reads only the first output's gradient: no zero tensors for the others (each a launch).
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["term"] = output.term;
+    ctx->saved_data["term_weight"] = output.weight;
     if (grad_x || grad_y) {
       // The centred features themselves, not x and y: the backward would otherwise cast and centre both again
       // (four passes over [L, n, p]). Only what the requested gradients read is kept: in the Gram form the
@@ -225,8 +239,15 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       ctx->saved_data["fyy"] = c.fyy;
       ctx->saved_data["cka"] = cka;
     }
-    if (c.cka_float.defined()) return c.cka_float;
-    return cka.to(c.xc.scalar_type());  // the centred features' FP32 (FP64), even for BF16 features
+    if (output.term) {
+      auto f64 = cka.options().dtype(torch::kFloat64);
+      kernels::CkaTerm t{cka, output.weight, torch::empty({}, f64), torch::empty({}, f64.dtype(value_type))};
+      kernels::cka_term(t);
+      ctx->mark_non_differentiable({t.term, cka});
+      return {t.loss, t.term, cka};
+    }
+    if (c.cka_float.defined()) return {c.cka_float};
+    return {cka.to(value_type)};
   }
 
   // d CKA / d Yc = (2/root) Xc A^T - (2 cka / fyy) Yc Gy  [biased part]
@@ -236,6 +257,8 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
   // centring, K and L there are the centred H K H and H L H (centred on the fly), and Yc is centred here.
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     torch::NoGradGuard no_grad;
+    const variable_list none(8);
+    if (!grad_outputs[0].defined()) return none;
     const bool debiased = ctx->saved_data["debiased"].toBool();
     const bool gram = ctx->saved_data["gram"].toBool();
     const bool gram_centred = ctx->saved_data["gram_centred"].toBool();
@@ -250,12 +273,17 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
     // The per-layer factors in FP32 also when the centred features are BF16 (BF16 products).
     const auto ct = own_c.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : own_c.scalar_type();
     auto fxx = ctx->saved_data["fxx"].toTensor();
-    auto fyy = ctx->saved_data["fyy"].toTensor();
     auto cka = ctx->saved_data["cka"].toTensor();
+    auto fyy = ctx->saved_data["fyy"].toTensor();
+    // The incoming gradient per layer: the values' own, or the term's scalar times d term / d CKA_l = -weight / L
+    // (go_scale), folded into the factors below.
+    const bool term = ctx->saved_data["term"].toBool();
+    const double go_scale = term ? -ctx->saved_data["term_weight"].toDouble() / static_cast<double>(cka.size(0)) : 1.0;
+    const auto go_in = term ? grad_outputs[0].reshape({1}).expand({cka.size(0)}) : grad_outputs[0];
     // The per-layer factors: in the BF16 path one kernel forms them (backward_factors), else tensor ops.
     torch::Tensor go, root, alpha;
     if (!gram_centred) {
-      go = grad_outputs[0].to(torch::kFloat64);
+      go = term ? go_in.to(torch::kFloat64) * go_scale : go_in.to(torch::kFloat64);
       root = torch::sqrt(fxx * fyy);
       alpha = 2.0 / root;
     }
@@ -279,8 +307,8 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
       torch::Tensor beta, alpha_go;
       if (gram_centred) {
         auto f32 = fxx.options().dtype(torch::kFloat32);
-        kernels::BackwardFactors bf{cka, f_own, fxx, fyy, grad_outputs[0], torch::empty(cka.sizes(), f32),
-                                    torch::empty(cka.sizes(), f32)};
+        kernels::BackwardFactors bf{cka,    f_own, fxx, fyy, go_in, torch::empty(cka.sizes(), f32),
+                                    torch::empty(cka.sizes(), f32), go_scale};
         kernels::backward_factors(bf);
         beta = bf.beta, alpha_go = bf.alpha;
       } else {
@@ -338,7 +366,9 @@ struct FeatureCka : public torch::autograd::Function<FeatureCka> {
                 ny, nx, y_type);
     }
     if (grad_x) dx = side(xc, yc, ctx->saved_data["gx"].toTensor(), a, k_side, l_side, fxx, sx, sy, nx, ny, x_type);
-    return {dx, dy, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    variable_list grads = none;
+    grads[0] = dx, grads[1] = dy;
+    return grads;
   }
 };
 
@@ -350,14 +380,14 @@ torch::Tensor linear_cka(const torch::Tensor& x, const torch::Tensor& y, CkaEsti
   check_pair(x, y, estimator, "linear_cka");
   const bool grad = torch::GradMode::is_enabled();
   return FeatureCka::apply(x.unsqueeze(0), y.unsqueeze(0), estimator, grad && x.requires_grad(),
-                           grad && y.requires_grad(), Products::kFloat, int64_t{0})
+                           grad && y.requires_grad(), Products::kFloat, int64_t{0}, Output{})[0]
       .squeeze(0);
 }
 
 namespace {
 
-torch::Tensor cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator, Products products,
-                          int64_t scratch_rows) {
+variable_list cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator, Products products,
+                          int64_t scratch_rows, Output output) {
   QAD_CHECK(x.defined() && y.defined() && x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0),
             "linear_cka_batched: features must be [layers, tokens, hidden] with the same number of layers; got x {} "
             "and y {}",
@@ -366,19 +396,34 @@ torch::Tensor cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEst
   check_pair(x[0], y[0], estimator, "linear_cka_batched");
   const bool grad = torch::GradMode::is_enabled();
   QAD_CHECK(scratch_rows >= 0, "linear_cka_batched: scratch_rows must be >= 0, got {}", scratch_rows);
+  QAD_CHECK(std::isfinite(output.weight), "cka_term_batched: the weight must be finite, got {}", output.weight);
   return FeatureCka::apply(x, y, estimator, grad && x.requires_grad(), grad && y.requires_grad(), products,
-                           scratch_rows);
+                           scratch_rows, output);
 }
+
+CkaTermResult term_of(const variable_list& v) { return {v[0], v[1], v[2]}; }
 
 }  // namespace
 
 torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator,
                                  bool bf16_products, int64_t scratch_rows) {
-  return cka_batched(x, y, estimator, bf16_products ? Products::kBf16OnCuda : Products::kFloat, scratch_rows);
+  return cka_batched(x, y, estimator, bf16_products ? Products::kBf16OnCuda : Products::kFloat, scratch_rows,
+                     Output{})[0];
+}
+
+CkaTermResult cka_term_batched(const torch::Tensor& x, const torch::Tensor& y, double weight, CkaEstimator estimator,
+                               bool bf16_products, int64_t scratch_rows) {
+  return term_of(cka_batched(x, y, estimator, bf16_products ? Products::kBf16OnCuda : Products::kFloat, scratch_rows,
+                             Output{true, weight}));
 }
 
 torch::Tensor detail::linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y, int64_t scratch_rows) {
-  return cka_batched(x, y, CkaEstimator::kBiased, Products::kBf16, scratch_rows);
+  return cka_batched(x, y, CkaEstimator::kBiased, Products::kBf16, scratch_rows, Output{})[0];
+}
+
+CkaTermResult detail::cka_term_batched_bf16(const torch::Tensor& x, const torch::Tensor& y, double weight,
+                                            int64_t scratch_rows) {
+  return term_of(cka_batched(x, y, CkaEstimator::kBiased, Products::kBf16, scratch_rows, Output{true, weight}));
 }
 
 HsicTerms hsic_terms(const torch::Tensor& x, const torch::Tensor& y, CkaEstimator estimator) {

@@ -33,7 +33,23 @@ torch::Tensor linear_cka_batched(const torch::Tensor& x, const torch::Tensor& y,
                                  CkaEstimator estimator = CkaEstimator::kBiased, bool bf16_products = false,
                                  int64_t scratch_rows = 0);
 
+// The CKA-QAD term over the layers, weight * mean_l(1 - CKA_l), as one operation: the values of
+// linear_cka_batched (the same products, kernels and options), then kernels::CkaTerm's single launch where tensor
+// ops take six in the forward and three in the backward (the term's gradient rides in the backward's per-layer
+// factors). loss: 0-dim in the values' dtype (FP32; FP64 for FP64 inputs), differentiable as linear_cka_batched;
+// term: mean_l(1 - CKA_l) and per_layer: CKA_l, FP64 on the inputs' device, not differentiable. The values are the
+// FP64 CKA the FP32 values of linear_cka_batched round, and loss rounds weight * term once.
+struct CkaTermResult {
+  torch::Tensor loss, term, per_layer;
+};
+CkaTermResult cka_term_batched(const torch::Tensor& x, const torch::Tensor& y, double weight,
+                               CkaEstimator estimator = CkaEstimator::kBiased, bool bf16_products = false,
+                               int64_t scratch_rows = 0);
+
 namespace detail {
+// cka_term_batched on the BF16 path on any device (as linear_cka_batched_bf16).
+CkaTermResult cka_term_batched_bf16(const torch::Tensor& x, const torch::Tensor& y, double weight,
+                                    int64_t scratch_rows = 0);
 // linear_cka_batched's BF16 path (biased estimator, BF16 x and y, the Gram form) on any device, also where
 // bf16_products would ignore it: the CPU tests check its algebra (the Gram centring, the backward) against FP64.
 torch::Tensor linear_cka_batched_bf16(const torch::Tensor& x, const torch::Tensor& y, int64_t scratch_rows = 0);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "util/error.h"
@@ -117,9 +118,22 @@ void check_append(const AppendColumnMeans& a) {
             "rows of contiguous features (n = {})", a.n);
 }
 
+// QAD_CKA_GRAM_BLOCKS=N (2 to kMaxGramStrips) asks for N blocks wherever n allows them (blocks of a multiple of 8
+// rows): for A/B measurements of the block size; 0 (or unset) is the rule below.
+int64_t gram_blocks_from_environment() {
+  static const int64_t asked = [] {
+    const char* v = std::getenv("QAD_CKA_GRAM_BLOCKS");
+    const int64_t nb = v == nullptr ? 0 : std::atoll(v);
+    return nb >= 2 && nb <= kMaxGramStrips ? nb : 0;
+  }();
+  return asked;
+}
+
 }  // namespace
 
 int64_t gram_blocks(int64_t n) {
+  const int64_t asked = gram_blocks_from_environment();
+  if (asked > 0 && n % asked == 0 && (n / asked) % 8 == 0) return asked;
   for (const int64_t nb : {int64_t{4}, int64_t{2}}) {
     if (n % nb == 0 && (n / nb) % 8 == 0 && n / nb >= 256) return nb;
   }
@@ -301,7 +315,7 @@ void backward_factors_reference(BackwardFactors& b) {
   const int64_t L = cka.size(0);
   auto beta = torch::empty({L}, torch::kFloat32), alpha = torch::empty({L}, torch::kFloat32);
   for (int64_t l = 0; l < L; ++l) {
-    const double g = go.data_ptr<double>()[l];
+    const double g = go.data_ptr<double>()[l] * b.go_scale;
     beta.data_ptr<float>()[l] = static_cast<float>(-2.0 * cka.data_ptr<double>()[l] / f_own.data_ptr<double>()[l] * g);
     alpha.data_ptr<float>()[l] =
         static_cast<float>(2.0 / std::sqrt(fxx.data_ptr<double>()[l] * fyy.data_ptr<double>()[l]) * g);
@@ -319,6 +333,7 @@ void backward_factors(BackwardFactors& b) {
                   t->device() == dev,
               "backward_factors: cka, f_own, fxx and fyy must be float64 [layers] tensors on one device");
   }
+  QAD_CHECK(std::isfinite(b.go_scale), "backward_factors: go_scale must be finite, got {}", b.go_scale);
   QAD_CHECK(b.go.defined() && b.go.dim() == 1 && b.go.size(0) == L && b.go.device() == dev &&
                 (b.go.scalar_type() == torch::kFloat32 || b.go.scalar_type() == torch::kFloat64),
             "backward_factors: the incoming gradient must be a float32 or float64 [layers] tensor on cka's device");
@@ -328,6 +343,42 @@ void backward_factors(BackwardFactors& b) {
   if (dev.is_cuda()) return backward_factors_cuda(b);
 #endif
   backward_factors_reference(b);
+}
+
+namespace {
+void check_cka_term(const CkaTerm& t) {
+  QAD_CHECK(t.cka.defined() && t.cka.dim() == 1 && t.cka.size(0) >= 1 && t.cka.scalar_type() == torch::kFloat64,
+            "cka_term: cka must be a float64 [layers] tensor with at least one layer");
+  QAD_CHECK(std::isfinite(t.weight), "cka_term: the weight must be finite, got {}", t.weight);
+  const auto dev = t.cka.device();
+  QAD_CHECK(t.term.defined() && t.term.dim() == 0 && t.term.scalar_type() == torch::kFloat64 &&
+                t.term.device() == dev,
+            "cka_term: term must be a 0-dim float64 tensor on cka's device");
+  QAD_CHECK(t.loss.defined() && t.loss.dim() == 0 &&
+                (t.loss.scalar_type() == torch::kFloat32 || t.loss.scalar_type() == torch::kFloat64) &&
+                t.loss.device() == dev,
+            "cka_term: loss must be a 0-dim float32 or float64 tensor on cka's device");
+}
+}  // namespace
+
+void cka_term_reference(CkaTerm& t) {
+  check_cka_term(t);
+  auto cka = t.cka.to(torch::kCPU).contiguous();
+  const int64_t L = cka.size(0);
+  double sum = 0;
+  for (int64_t l = 0; l < L; ++l) sum += 1.0 - cka.data_ptr<double>()[l];
+  const double term = sum / static_cast<double>(L);
+  t.term.fill_(term);
+  // fill_ with a double rounds it once to the tensor's dtype.
+  t.loss.fill_(term * t.weight);
+}
+
+void cka_term(CkaTerm& t) {
+  check_cka_term(t);
+#ifdef QAD_HAS_CUDA
+  if (t.cka.is_cuda()) return cka_term_cuda(t);
+#endif
+  cka_term_reference(t);
 }
 
 void combine_kernels_reference(CombineKernels& c) {

@@ -67,7 +67,8 @@ struct GramStrips {
   int64_t block() const { return strips.empty() ? 0 : strips[0].size(1); }
 };
 // The blocks per side that gram_strips uses for n rows: four where the strips stay large products (blocks of at
-// least 256 rows, a multiple of 8), else two, else one.
+// least 256 rows, a multiple of 8), else two, else one; QAD_CKA_GRAM_BLOCKS=N (2 to 8) asks for N where n allows
+// (A/B measurements).
 int64_t gram_blocks(int64_t n);
 // x [L, n, p] (rows of contiguous features, any layer stride): the strips of X X^T with gram_blocks(n) blocks, each
 // a product of x's own dtype with an FP32 result (compat::bmm_fp32_out), contiguous.
@@ -142,20 +143,39 @@ void combine_kernels(CombineKernels& c);
 
 // The backward's per-layer factors of the BF16 path (cka.cc) from the forward's values: cka, f_own (the
 // differentiated side's centred dot product), fxx, fyy [L] float64 and the incoming gradient go [L] float32 or
-// float64 (any 1-D strides). Outputs (allocated by the caller): beta, alpha [L] float32 with, in double, each
-// operation rounded once (the order of the tensor ops they replace, so the same bits):
-//   beta[l] = float(((-2 * cka[l]) / f_own[l]) * double(go[l])),
-//   alpha[l] = float((2 / sqrt(fxx[l] * fyy[l])) * double(go[l])).
-// One launch where the tensor ops take eleven, each a gap in the backward.
+// float64 (any 1-D strides: an expanded scalar has stride 0), times go_scale. Outputs (allocated by the caller):
+// beta, alpha [L] float32 with, in double, each operation rounded once (the order of the tensor ops they replace,
+// so the same bits; go_scale = 1 leaves g = double(go[l]) as it is):
+//   g = double(go[l]) * go_scale,
+//   beta[l] = float(((-2 * cka[l]) / f_own[l]) * g),
+//   alpha[l] = float((2 / sqrt(fxx[l] * fyy[l])) * g).
+// One launch where the tensor ops take eleven, each a gap in the backward. go_scale carries the CKA-QAD term's
+// d term / d cka[l] = -weight / L (CkaTerm) into the factors, so that the term's backward launches nothing.
 struct BackwardFactors {
   torch::Tensor cka, f_own, fxx, fyy, go;
   torch::Tensor beta, alpha;
+  double go_scale = 1.0;
 };
 void backward_factors_reference(BackwardFactors& b);
 #ifdef QAD_HAS_CUDA
 void backward_factors_cuda(BackwardFactors& b);
 #endif
 void backward_factors(BackwardFactors& b);
+
+// The CKA-QAD term of the layers' CKA values, cka [L] float64 (L >= 1, any 1-D stride), in one launch where the
+// tensor ops take six (1 - x, a mean, a cast, the weight; the logged mean once more). Outputs (allocated by the
+// caller): term, a 0-dim float64, and loss, a 0-dim float32 or float64, with the sum in layer order in double:
+//   term = (sum over l of (1 - cka[l])) / L,   loss = (loss's dtype)(term * weight).
+struct CkaTerm {
+  torch::Tensor cka;
+  double weight = 1.0;
+  torch::Tensor term, loss;
+};
+void cka_term_reference(CkaTerm& t);
+#ifdef QAD_HAS_CUDA
+void cka_term_cuda(CkaTerm& t);
+#endif
+void cka_term(CkaTerm& t);
 
 // rows [L, n + e, p] bfloat16, e >= 1, rows of p contiguous elements (any layer stride): the first n rows of each
 // layer are data, the e after them scratch. Writes, for every layer and column,

@@ -419,14 +419,26 @@ __global__ void backward_factors_kernel(const double* __restrict__ cka, const do
                                         const double* __restrict__ fxx, const double* __restrict__ fyy,
                                         const void* __restrict__ go, bool go_double, int64_t L, int64_t s_cka,
                                         int64_t s_own, int64_t s_xx, int64_t s_yy, int64_t s_go,
-                                        float* __restrict__ beta, float* __restrict__ alpha) {
+                                        double go_scale, float* __restrict__ beta, float* __restrict__ alpha) {
   const int64_t l = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (l >= L) return;
-  const double g = go_double ? static_cast<const double*>(go)[l * s_go]
-                             : static_cast<double>(static_cast<const float*>(go)[l * s_go]);
+  const double g = __dmul_rn(go_double ? static_cast<const double*>(go)[l * s_go]
+                                       : static_cast<double>(static_cast<const float*>(go)[l * s_go]),
+                             go_scale);
   beta[l] = __double2float_rn(__dmul_rn(__ddiv_rn(__dmul_rn(-2.0, cka[l * s_cka]), f_own[l * s_own]), g));
   const double root = __dsqrt_rn(__dmul_rn(fxx[l * s_xx], fyy[l * s_yy]));
   alpha[l] = __double2float_rn(__dmul_rn(__ddiv_rn(2.0, root), g));
+}
+
+// One thread: the CKA-QAD term (CkaTerm in cka_kernels.h), the sum in layer order.
+template <typename Loss>
+__global__ void cka_term_kernel(const double* __restrict__ cka, int64_t L, int64_t stride, double weight,
+                                double* __restrict__ term, Loss* __restrict__ loss) {
+  double sum = 0;
+  for (int64_t l = 0; l < L; ++l) sum = __dadd_rn(sum, __dsub_rn(1.0, cka[l * stride]));
+  const double t = __ddiv_rn(sum, static_cast<double>(L));
+  *term = t;
+  *loss = static_cast<Loss>(__dmul_rn(t, weight));
 }
 
 // The centred kernel's element and its share of the combination, each operation rounded to float (no contraction).
@@ -806,7 +818,21 @@ void backward_factors_cuda(BackwardFactors& b) {
                             at::cuda::getCurrentCUDAStream()>>>(
       b.cka.data_ptr<double>(), b.f_own.data_ptr<double>(), b.fxx.data_ptr<double>(), b.fyy.data_ptr<double>(),
       b.go.data_ptr(), go_double, L, b.cka.stride(0), b.f_own.stride(0), b.fxx.stride(0), b.fyy.stride(0),
-      b.go.stride(0), b.beta.data_ptr<float>(), b.alpha.data_ptr<float>());
+      b.go.stride(0), b.go_scale, b.beta.data_ptr<float>(), b.alpha.data_ptr<float>());
+  check_launch();
+}
+
+void cka_term_cuda(CkaTerm& t) {
+  c10::cuda::CUDAGuard guard(t.cka.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t L = t.cka.size(0), stride = t.cka.stride(0);
+  if (t.loss.scalar_type() == torch::kFloat64) {
+    cka_term_kernel<<<1, 1, 0, stream>>>(t.cka.data_ptr<double>(), L, stride, t.weight, t.term.data_ptr<double>(),
+                                         t.loss.data_ptr<double>());
+  } else {
+    cka_term_kernel<<<1, 1, 0, stream>>>(t.cka.data_ptr<double>(), L, stride, t.weight, t.term.data_ptr<double>(),
+                                         t.loss.data_ptr<float>());
+  }
   check_launch();
 }
 

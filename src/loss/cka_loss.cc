@@ -63,21 +63,33 @@ CkaTokens select_cka_tokens(const torch::Tensor& mask, int64_t batch, int64_t to
   auto keep = detail::mask_to_keep(mask, {batch, tokens}, "cka_loss");
   if (keep.defined()) keep = keep.to(device);
   auto rows = detail::select_rows(keep, n_rows);
+  torch::Tensor slots;
   if (options.subsample_tokens > 0 && options.subsample_tokens < rows.count) {
-    const auto positions = sample_positions(rows.count, options.subsample_tokens, gen);
-    // From pinned memory without blocking: a plain copy of a pageable CPU tensor waits for the GPU to drain its
-    // queue, once per training step.
-    auto pick = torch::empty({options.subsample_tokens},
-                             torch::TensorOptions().dtype(torch::kLong).pinned_memory(device.is_cuda()));
-    std::memcpy(pick.data_ptr<int64_t>(), positions.data(), positions.size() * sizeof(int64_t));
-    pick = device.is_cuda() ? pick.to(device, /*non_blocking=*/true) : pick.to(device);
+    const int64_t k = options.subsample_tokens;
+    const auto positions = sample_positions(rows.count, k, gen);
+    // Without a mask the positions are the rows themselves, and their slot map is built here too. Both go in one
+    // pinned buffer, copied without blocking: a plain copy of a pageable CPU tensor waits for the GPU to drain its
+    // queue, once per training step. (int64 index first: the int32 map after it stays aligned.)
+    const bool with_slots = !rows.index.defined();
+    const int64_t map_rows = with_slots ? n_rows : 0;
+    auto staged = torch::empty({k * 8 + map_rows * 4},
+                               torch::TensorOptions().dtype(torch::kByte).pinned_memory(device.is_cuda()));
+    std::memcpy(staged.data_ptr(), positions.data(), positions.size() * sizeof(int64_t));
+    if (with_slots) {
+      auto* slot = reinterpret_cast<int32_t*>(staged.data_ptr<uint8_t>() + k * 8);
+      std::fill(slot, slot + n_rows, -1);
+      for (int64_t i = 0; i < k; ++i) slot[positions[static_cast<size_t>(i)]] = static_cast<int32_t>(i);
+    }
+    staged = device.is_cuda() ? staged.to(device, /*non_blocking=*/true) : staged.to(device);
+    auto pick = staged.narrow(0, 0, k * 8).view(torch::kLong);
+    if (with_slots) slots = staged.narrow(0, k * 8, map_rows * 4).view(torch::kInt);
     rows.index = rows.index.defined() ? rows.index.index_select(0, pick) : pick;
-    rows.count = options.subsample_tokens;
+    rows.count = k;
   }
   const int64_t need = options.estimator == CkaEstimator::kDebiased ? 4 : 2;
   QAD_CHECK(rows.count >= need, "cka_loss: only {} valid tokens in this batch; CKA needs at least {}", rows.count,
             need);
-  return {rows.index, rows.count};
+  return {rows.index, rows.count, slots};
 }
 
 CkaLossResult cka_loss(const NamedHidden& teacher_hidden, const NamedHidden& student_hidden, const torch::Tensor& mask,
@@ -135,18 +147,18 @@ CkaLossResult cka_loss_on_tokens(const NamedHidden& teacher_rows, const NamedHid
   QAD_CHECK(xs[0].size(0) >= need, "cka_loss: only {} valid tokens in this batch; CKA needs at least {}",
             xs[0].size(0), need);
 
-  // One batched CKA over all layers: a few large kernels instead of a dozen small ones per layer.
-  auto stacked = linear_cka_batched(stack_rows(xs), stack_rows(ys), options.estimator, options.bf16_products,
-                                    options.scratch_rows);
-  auto term = (1 - stacked).mean();
+  // One batched CKA over all layers and the term of them: a few large kernels instead of a dozen small ones per
+  // layer. Dynamic balancing weighs the term once its value is known.
+  QAD_CHECK(options.read_values || !options.dynamic_balance,
+            "cka_loss: dynamic balancing reads the values (read_values must be true)");
+  auto t = cka_term_batched(stack_rows(xs), stack_rows(ys), options.dynamic_balance ? 1.0 : options.weight,
+                            options.estimator, options.bf16_products, options.scratch_rows);
   CkaLossResult result;
-  result.per_layer = stacked.detach().to(torch::kFloat64);
+  result.per_layer = t.per_layer;
+  result.term = t.term;
   result.layers = layers;
-  if (!options.read_values) {
-    QAD_CHECK(!options.dynamic_balance, "cka_loss: dynamic balancing reads the values (read_values must be true)");
-    result.loss = term * options.weight;
-    return result;
-  }
+  result.loss = t.loss;
+  if (!options.read_values) return result;
   auto host = result.per_layer.to(torch::kCPU);
 
   double term_value = 0;
@@ -161,7 +173,7 @@ CkaLossResult cka_loss_on_tokens(const NamedHidden& teacher_rows, const NamedHid
                             : term_value > 0  ? std::min(kl / term_value, options.balance_max_factor)
                                               : options.balance_max_factor;
   }
-  result.loss = term * (options.weight * result.balance_factor);
+  if (options.dynamic_balance) result.loss = t.loss * (options.weight * result.balance_factor);
   return result;
 }
 

@@ -32,6 +32,7 @@ struct CkaLossResult {
   torch::Tensor loss;                                        // 0-dim, differentiable in the student's hidden states
   std::vector<std::pair<std::string, double>> per_layer_cka;  // detached values, in layer order (if read_values)
   torch::Tensor per_layer;                                   // the same, [layers] FP64 on the device
+  torch::Tensor term;                                        // mean over layers of (1 - CKA), FP64 0-dim, unweighted
   std::vector<std::string> layers;                           // their names
   double balance_factor = 1.0;                               // the factor applied (1 without dynamic balancing)
 };
@@ -40,9 +41,13 @@ struct CkaLossResult {
 // undefined = all), then `subsample_tokens` of them drawn from gen (sorted). index is int64 on `device`, or
 // undefined when every row counts. The trainer passes index to the model forward (ForwardOptions::hidden_rows)
 // so that only these rows of each layer are kept. Throws when fewer than the estimator's minimum remain.
+// slots: where the sample was drawn on the host (no mask), its row -> slot map for the fused row taps, int32
+// [batch * tokens] on `device`, -1 for a row not drawn (fused/add_gather_rows.h), copied in one transfer with the
+// index; undefined otherwise (the forward builds it from the index).
 struct CkaTokens {
   torch::Tensor index;
   int64_t count = 0;
+  torch::Tensor slots;
 };
 CkaTokens select_cka_tokens(const torch::Tensor& mask, int64_t batch, int64_t tokens, const CkaLossOptions& options,
                             torch::Generator* gen, torch::Device device);

@@ -151,7 +151,7 @@ struct HiddenKeeper {
       // ATen's ops (fused kernels off: FusedKernels, QAD_FUSED_KERNELS).
       if (fused && x.is_cuda()) {
         const int64_t rows = x.numel() / x.size(-1);
-        const auto& given = o.hidden_row_slots;
+        const auto& given = chosen_slots.defined() ? chosen_slots : o.hidden_row_slots;
         slots = given.defined() && given.dim() == 1 && given.size(0) == rows && given.device() == x.device()
                     ? given
                     : fused::slots_of_rows(index, rows);
@@ -167,6 +167,7 @@ struct HiddenKeeper {
   }
 
   torch::Tensor index, slots;  // tap_like's, on the states' device
+  torch::Tensor chosen_slots;  // the slot map hidden_rows_source gave with the rows, if any
 
   // Rows of the states rather than the states: asked for, and (once chosen) not "every row", which a source
   // says with an undefined tensor (loss::select_cka_tokens when nothing is subsampled).
@@ -177,7 +178,13 @@ struct HiddenKeeper {
   void resolve_rows() {
     if (resolved) return;
     resolved = true;
-    out.hidden_rows = o.hidden_rows.defined() ? o.hidden_rows : o.hidden_rows_source();
+    if (o.hidden_rows.defined()) {
+      out.hidden_rows = o.hidden_rows;
+    } else {
+      auto chosen = o.hidden_rows_source();
+      out.hidden_rows = std::move(chosen.index);
+      chosen_slots = std::move(chosen.slots);
+    }
     QAD_CHECK(!out.hidden_rows.defined() || out.hidden_rows.dim() == 1,
               "CausalLM::forward: the hidden rows to keep must be an int64 [n] tensor");
   }

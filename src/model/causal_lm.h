@@ -21,6 +21,14 @@ namespace qad::model {
 
 struct MambaCache;  // mamba2.h
 
+// The rows a forward keeps of each hidden state (ForwardOptions::hidden_rows_source): their int64 [n] index, and
+// optionally the fused row taps' row -> slot map of it (int32 [B*T], -1 for a row not kept; fused/add_gather_rows.h)
+// where the chooser built it on the host with the index (one copy instead of three kernels); else undefined.
+struct ChosenRows {
+  torch::Tensor index, slots;
+  ChosenRows(torch::Tensor i = {}, torch::Tensor s = {}) : index(std::move(i)), slots(std::move(s)) {}  // NOLINT
+};
+
 struct ForwardOptions {
   bool return_hidden = false;     // fill ForwardOutput::hidden
   torch::Tensor hidden_rows;      // int64 [n]: keep only these rows of each flattened [B*T, H] hidden state
@@ -29,7 +37,7 @@ struct ForwardOptions {
   // them is host work (the CKA term's random sample, ~0.3 ms) that the GPU, idle at a step's start, would
   // otherwise wait for. An undefined tensor from it keeps every row. ForwardOutput::hidden_rows returns them, for
   // the student's forward.
-  std::function<torch::Tensor()> hidden_rows_source;
+  std::function<ChosenRows()> hidden_rows_source;
   // With hidden_rows: ForwardOutput::hidden_row_slots of a forward over the same rows and batch shape (the
   // teacher's, for the student), instead of building the map again; undefined: built here.
   torch::Tensor hidden_row_slots;

@@ -97,7 +97,8 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     } else {
       // Chosen once the teacher's first layer is queued (ForwardOptions::hidden_rows_source).
       fo.hidden_rows_source = [&, device = student->lm_head->weight.device()] {
-        return loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen, device).index;
+        auto chosen = loss::select_cka_tokens(fo.attention_mask, ids.size(0), ids.size(1), co, gen, device);
+        return model::ChosenRows{chosen.index, chosen.slots};
       };
     }
   }
@@ -176,7 +177,7 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
     auto r = loss::cka_loss_on_tokens(cached != nullptr ? t_hidden : t_out.hidden, s_out.hidden, co, kl_value);
     v.cka = r.per_layer;
     v.cka_layers = r.layers;
-    v.cka_term = (1 - r.per_layer).mean();
+    v.cka_term = r.term;
     total = total + r.loss.to(acc);
   }
   if (loss.router_balance > 0) {

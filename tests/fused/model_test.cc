@@ -235,6 +235,35 @@ TEST_P(FusedModel, SecondForwardReusesTheSlotMap) {
   EXPECT_TRUE(torch::equal(third.hidden_row_slots, first.hidden_row_slots));
 }
 
+// A map the row chooser built with the rows (hidden_rows_source, loss::select_cka_tokens on the host) is used as it
+// is: the forward returns that tensor, and the rows and logits are those of a forward given the rows alone.
+TEST_P(FusedModel, SlotMapFromTheRowChooserIsUsed) {
+  REQUIRE_DEVICE();
+  auto gen = qad::testing::seeded_generator(37);
+  auto ids = torch::randint(0, 128, {2, 48}, gen);
+  auto q = quantized_model(GetParam(), ids);
+  auto rows = std::get<0>(torch::randperm(96, gen, torch::kLong).narrow(0, 0, 20).sort()).to(kDevice);
+  torch::NoGradGuard ng;
+  ForwardOptions given;
+  given.fused_kernels = kFused;
+  given.return_hidden = true;
+  given.hidden_rows = rows;
+  auto ref = q.lm->forward(ids, given);
+  auto slots = fused::slots_of_rows(rows, 96);
+  ForwardOptions chosen;
+  chosen.fused_kernels = kFused;
+  chosen.return_hidden = true;
+  chosen.hidden_rows_source = [&] { return ChosenRows{rows, slots}; };
+  auto out = q.lm->forward(ids, chosen);
+  EXPECT_TRUE(torch::equal(out.hidden_rows, rows));
+  if (kGpu) EXPECT_TRUE(out.hidden_row_slots.is_same(slots));
+  EXPECT_TRUE(qad::testing::same_bits(out.logits, ref.logits));
+  ASSERT_EQ(out.hidden.size(), ref.hidden.size());
+  for (size_t i = 0; i < ref.hidden.size(); ++i) {
+    EXPECT_TRUE(qad::testing::same_bits(out.hidden[i].second, ref.hidden[i].second)) << i;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, FusedModel, ::testing::Values("Qwen3ForCausalLM", "LlamaForCausalLM"));
 
 }  // namespace

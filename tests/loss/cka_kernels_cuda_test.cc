@@ -195,6 +195,53 @@ TEST(CkaKernelsCuda, BackwardFactorsEqualReferenceAndTensorOpsBitForBitWithPoiso
   }
 }
 
+// go_scale and an expanded scalar go (the CKA-QAD term's backward): the reference's bits.
+TEST(CkaKernelsCuda, BackwardFactorsWithGoScaleEqualReferenceBitForBit) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(79);
+  auto f64 = torch::dtype(torch::kFloat64);
+  const int64_t L = 28;
+  auto sums = torch::rand({L, 3}, gen, f64) * 1e7 + 0.5;
+  auto cka = torch::rand({L}, gen, f64);
+  for (const double scale : {1.0, -0.1 / 28, 3.7}) {
+    auto make = [&](torch::Device d) {
+      auto s = sums.to(d);
+      auto f32 = torch::dtype(torch::kFloat32).device(d);
+      return kernels::BackwardFactors{cka.to(d), s.select(1, 0), s.select(1, 1), s.select(1, 2),
+                                      torch::full({1}, 0.8125f, f32).expand({L}), torch::full({L}, NAN, f32),
+                                      torch::full({L}, NAN, f32), scale};
+    };
+    auto ref = make(torch::kCPU);
+    kernels::backward_factors_reference(ref);
+    auto gpu = make(torch::kCUDA);
+    kernels::backward_factors(gpu);
+    EXPECT_TRUE(torch::equal(gpu.beta.cpu(), ref.beta)) << scale;
+    EXPECT_TRUE(torch::equal(gpu.alpha.cpu(), ref.alpha)) << scale;
+  }
+}
+
+TEST(CkaKernelsCuda, CkaTermEqualsReferenceBitForBitWithPoisonedOutputs) {
+  QAD_REQUIRE_GPU();
+  auto gen = qad::testing::seeded_generator(80);
+  for (const int64_t L : {int64_t{1}, int64_t{28}, int64_t{61}}) {
+    auto cka = torch::rand({2 * L}, gen, torch::kFloat64).slice(0, 0, 2 * L, 2);  // stride 2
+    for (auto loss_type : {torch::kFloat32, torch::kFloat64}) {
+      auto make = [&](torch::Device d) {
+        auto f64 = torch::dtype(torch::kFloat64).device(d);
+        return kernels::CkaTerm{cka.to(d), 0.1, torch::full({}, NAN, f64), torch::full({}, NAN, f64.dtype(loss_type))};
+      };
+      auto ref = make(torch::kCPU);
+      kernels::cka_term_reference(ref);
+      auto gpu = make(torch::kCUDA);
+      kernels::cka_term(gpu);
+      const std::string what = std::to_string(L) + " layers, loss " + c10::toString(loss_type);
+      EXPECT_TRUE(torch::equal(gpu.term.cpu(), ref.term)) << what;
+      EXPECT_TRUE(torch::equal(gpu.loss.cpu(), ref.loss)) << what;
+      EXPECT_NEAR(ref.term.item<double>(), (1 - cka).mean().item<double>(), 1e-15) << what;
+    }
+  }
+}
+
 TEST(CkaKernelsCuda, CombineKernelsEqualsReferenceBitForBitWithPoisonedOutputs) {
   QAD_REQUIRE_GPU();
   auto gen = qad::testing::seeded_generator(68);
@@ -395,6 +442,10 @@ TEST(CkaKernelsCuda, BatchedCkaOnCudaMatchesFp64OnTheCpu) {
   }
 }
 
+torch::Tensor c_fold_again(const torch::Tensor& t, const torch::Tensor& y) {
+  return linear_cka_batched(t, y, CkaEstimator::kBiased, /*bf16_products=*/true, /*scratch_rows=*/8);
+}
+
 // The BF16 path at the recipe's size (28 layers, 1024 tokens, 2048 features) with the rows offset by 4 and by 20
 // times their spread in every column: the uncentred products hold the offsets' second moments, so this is where
 // FP32 accumulation would show. CKA within 5e-5 of FP64 and the gradient within 2 % of its largest element.
@@ -431,6 +482,19 @@ TEST(CkaKernelsCuda, Bf16PathAtTheRecipesSizeWithLargeOffsetsMatchesFp64) {
               << " of its largest element\n";
     EXPECT_LE(fold_err, 2e-2 * scale) << offset;
     EXPECT_TRUE(torch::isfinite(buffer.narrow(1, shape[1], 8).to(torch::kFloat32)).all().item<bool>()) << offset;
+    // The CKA-QAD term as the training step forms it (one operation, cka_term_batched): the same values, and a
+    // gradient within the rounding of its per-layer factors of the composition's.
+    auto y_term = buffer.narrow(1, 0, shape[1]).detach().requires_grad_(true);
+    auto term = cka_term_batched(t, y_term, 0.1, CkaEstimator::kBiased, /*bf16_products=*/true, /*scratch_rows=*/8);
+    EXPECT_TRUE(torch::equal(term.per_layer.to(torch::kFloat32), c_fold.detach())) << offset;
+    y_fold.grad().zero_();
+    ((1 - c_fold_again(t, y_fold)).mean() * 0.1).backward();
+    term.loss.backward();
+    const double term_scale = y_fold.grad().abs().max().item<double>();
+    const double term_diff =
+        (y_term.grad().to(torch::kFloat64) - y_fold.grad().to(torch::kFloat64)).abs().max().item<double>();
+    EXPECT_LE(term_diff, 1e-2 * term_scale) << offset;
+    EXPECT_GT(term_scale, 0.0) << offset;
   }
 }
 

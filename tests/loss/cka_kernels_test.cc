@@ -230,6 +230,32 @@ TEST(CkaBf16Path, ScratchRowsFoldTheCentringIntoTheProduct) {
   }
 }
 
+// The CKA-QAD term on the BF16 path (with scratch rows, as in training): the values the composition's FP32 values
+// round, its loss to float rounding, and its gradient up to the rounding of the per-layer factors (the term scales
+// the incoming gradient in double where the composition's backward forms -weight / L in float ops).
+TEST(CkaBf16Path, TermEqualsTheValuesCompositionInValueAndGradient) {
+  auto gen = qad::testing::seeded_generator(78);
+  const int64_t L = 3, n = 96, p = 512;
+  auto t = (torch::randn({L, n, p}, gen) + 4.0).to(torch::kBFloat16);
+  auto s = (t.to(torch::kFloat32) + 0.3 * torch::randn({L, n, p}, gen)).to(torch::kBFloat16);
+  auto [buffer1, y1] = leaf_with_scratch(s, 8);
+  auto [buffer2, y2] = leaf_with_scratch(s, 8);
+  const double weight = 0.1;
+  auto term = detail::cka_term_batched_bf16(t, y1, weight, 8);
+  auto values = detail::linear_cka_batched_bf16(t, y2, 8);
+  auto composed = (1 - values).mean() * weight;
+  EXPECT_EQ(term.loss.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(term.per_layer.to(torch::kFloat32), values.detach()));
+  EXPECT_NEAR(term.loss.item<double>(), composed.item<double>(), 1e-8);
+  EXPECT_NEAR(term.term.item<double>(), (1 - values.to(torch::kFloat64)).mean().item<double>(), 1e-7);
+  term.loss.backward();
+  composed.backward();
+  const double scale = y2.grad().abs().max().item<double>();
+  const double diff = (y1.grad().to(torch::kFloat64) - y2.grad().to(torch::kFloat64)).abs().max().item<double>();
+  EXPECT_GT(scale, 0.0);
+  EXPECT_LE(diff, 1e-2 * scale);
+}
+
 // The BF16 path (Gram centring) against FP64 on the CPU: with rows offset by 4 and by 20 times their spread in
 // every column (residual streams have offsets of the order of their spread), CKA within 5e-5 and the gradient
 // within 2 % of its largest element, as the CUDA test holds the kernels' version.
@@ -340,6 +366,60 @@ TEST(CkaKernelsReference, BackwardFactorsAreTheTensorOpsBitForBit) {
   kernels::BackwardFactors short_out{cka, sums.select(1, 0), sums.select(1, 1), sums.select(1, 2), cka,
                                      torch::empty({L - 1}), torch::empty({L})};
   EXPECT_THROW(kernels::backward_factors(short_out), qad::Error);
+}
+
+// go_scale multiplies the incoming gradient in double before the factors: with a power of two (exact) the same bits
+// as the incoming gradient scaled beforehand; otherwise the closed form.
+TEST(CkaKernelsReference, BackwardFactorsScaleTheIncomingGradientByGoScale) {
+  auto gen = qad::testing::seeded_generator(77);
+  const int64_t L = 7;
+  auto f64 = torch::dtype(torch::kFloat64);
+  auto sums = torch::rand({L, 3}, gen, f64) * 1e5 + 1.0;
+  auto cka = torch::rand({L}, gen, f64);
+  auto go = torch::full({1}, 0.75f).expand({L});  // an expanded scalar, as the CKA-QAD term's backward passes it
+  auto run = [&](const torch::Tensor& g, double scale) {
+    kernels::BackwardFactors b{cka, sums.select(1, 0), sums.select(1, 1), sums.select(1, 2), g,
+                               torch::full({L}, NAN, torch::kFloat32), torch::full({L}, NAN, torch::kFloat32), scale};
+    kernels::backward_factors(b);
+    return b;
+  };
+  auto scaled = run(go, -0.25), prescaled = run(go.to(torch::kFloat64) * -0.25, 1.0);
+  EXPECT_TRUE(torch::equal(scaled.beta, prescaled.beta));
+  EXPECT_TRUE(torch::equal(scaled.alpha, prescaled.alpha));
+  const double w = -0.1 / 28;
+  auto b = run(go, w);
+  for (int64_t l = 0; l < L; ++l) {
+    const double g = 0.75 * w, root = std::sqrt(sums[l][1].item<double>() * sums[l][2].item<double>());
+    EXPECT_EQ(b.alpha[l].item<float>(), static_cast<float>(2.0 / root * g)) << l;
+    EXPECT_EQ(b.beta[l].item<float>(), static_cast<float>(-2.0 * cka[l].item<double>() / sums[l][0].item<double>() * g))
+        << l;
+  }
+  EXPECT_THROW(run(go, NAN), qad::Error);
+}
+
+// The CKA-QAD term: the layers' (1 - CKA) summed in layer order in double, divided by L, and the loss rounding
+// weight times that once to its dtype.
+TEST(CkaKernelsReference, CkaTermIsTheWeightedMeanOfOneMinusCka) {
+  auto f64 = torch::dtype(torch::kFloat64);
+  auto cka = torch::tensor({0.9, 0.25, -0.5, 1.0, 0.999, 0.3, 0.7, 0.125}, f64).slice(0, 0, 8, 2);  // stride 2
+  for (auto loss_type : {torch::kFloat32, torch::kFloat64}) {
+    kernels::CkaTerm t{cka, 0.3, torch::full({}, NAN, f64), torch::full({}, NAN, torch::dtype(loss_type))};
+    kernels::cka_term(t);
+    const double term = ((((1 - 0.9) + (1 - -0.5)) + (1 - 0.999)) + (1 - 0.7)) / 4;
+    EXPECT_EQ(t.term.item<double>(), term);
+    const double loss = term * 0.3;
+    EXPECT_EQ(t.loss.item<double>(),
+              loss_type == torch::kFloat32 ? static_cast<double>(static_cast<float>(loss)) : loss);
+  }
+  auto term = torch::empty({}, f64);
+  kernels::CkaTerm no_layers{torch::empty({0}, f64), 1.0, term, torch::empty({})};
+  EXPECT_THROW(kernels::cka_term(no_layers), qad::Error);
+  kernels::CkaTerm float_cka{cka.to(torch::kFloat32), 1.0, term, torch::empty({})};
+  EXPECT_THROW(kernels::cka_term(float_cka), qad::Error);
+  kernels::CkaTerm vector_loss{cka, 1.0, term, torch::empty({1})};
+  EXPECT_THROW(kernels::cka_term(vector_loss), qad::Error);
+  kernels::CkaTerm nan_weight{cka, NAN, term, torch::empty({})};
+  EXPECT_THROW(kernels::cka_term(nan_weight), qad::Error);
 }
 
 TEST(CkaKernelsReference, RejectsWrongShapesAndTypes) {

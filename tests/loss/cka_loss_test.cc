@@ -151,11 +151,19 @@ TEST(CkaLoss, SubsampledTokensAreDistinctSortedAndUniform) {
     ASSERT_EQ(t.count, 8);
     auto idx = t.index.contiguous();
     const int64_t* p = idx.data_ptr<int64_t>();
+    // Without a mask the slot map comes with the draw: row p[i] -> slot i, every other row -1.
+    ASSERT_TRUE(t.slots.defined());
+    ASSERT_EQ(t.slots.scalar_type(), torch::kInt);
+    ASSERT_EQ(t.slots.numel(), 64);
+    auto slots = t.slots.contiguous();
+    const int32_t* sp = slots.data_ptr<int32_t>();
+    ASSERT_EQ(std::count(sp, sp + 64, -1), 56);
     for (int64_t i = 0; i < 8; ++i) {
       ASSERT_TRUE(p[i] >= 0 && p[i] < 64);
       if (i > 0) {  // ascending, so distinct
         ASSERT_LT(p[i - 1], p[i]);
       }
+      ASSERT_EQ(sp[p[i]], i);
       ++count[static_cast<size_t>(p[i])];
     }
     if (draw == 0) first_draw.assign(p, p + 8);
@@ -164,6 +172,12 @@ TEST(CkaLoss, SubsampledTokensAreDistinctSortedAndUniform) {
   auto again = torch::make_generator<at::CPUGeneratorImpl>(5);
   auto t = select_cka_tokens(torch::Tensor(), 4, 16, o, &again, torch::kCPU);
   EXPECT_EQ(std::vector<int64_t>(t.index.data_ptr<int64_t>(), t.index.data_ptr<int64_t>() + 8), first_draw);
+  // With a mask the rows are chosen on the device: no map (the forward builds it from the index).
+  auto mask = torch::ones({4, 16}, torch::kLong);
+  mask[0][3] = 0;
+  auto masked = select_cka_tokens(mask, 4, 16, o, &again, torch::kCPU);
+  EXPECT_EQ(masked.count, 8);
+  EXPECT_FALSE(masked.slots.defined());
 }
 
 TEST(CkaLoss, DynamicBalancingMatchesTheKlMagnitude) {

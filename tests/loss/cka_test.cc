@@ -181,6 +181,56 @@ TEST(LinearCkaBatched, EqualsOneCallPerLayerInValueAndGradient) {
   }
 }
 
+// The CKA-QAD term as one operation against the composition the loss built from the values before, weight *
+// mean(1 - CKA): the same value, the layers' FP64 values that the composition's ones round, and the same gradient
+// into both sides, both estimators, both regimes, FP64 and FP32.
+TEST(CkaTermBatched, IsTheWeightedMeanOfOneMinusTheValuesInValueAndGradient) {
+  struct Shape {
+    int64_t n, p1, p2;
+  };
+  for (auto [n, p1, p2] : {Shape{30, 6, 5}, Shape{9, 14, 12}}) {
+    std::vector<torch::Tensor> xs, ys;
+    for (int64_t l = 0; l < 3; ++l) {
+      auto [x, y] = correlated(300 + l * 5 + n, n, p1, p2, 0.2 + 0.5 * l);
+      xs.push_back(x);
+      ys.push_back(y);
+    }
+    for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+      const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-6;
+      for (auto est : kBoth) {
+        const std::string what = std::string(name(est)) + " " + c10::toString(dtype) + " n=" + std::to_string(n);
+        const double weight = 0.37;
+        auto x1 = torch::stack(xs).to(dtype).requires_grad_(true), y1 = torch::stack(ys).to(dtype).requires_grad_(true);
+        auto x2 = x1.detach().clone().requires_grad_(true), y2 = y1.detach().clone().requires_grad_(true);
+        auto t = cka_term_batched(x1, y1, weight, est);
+        auto values = linear_cka_batched(x2, y2, est);
+        auto composed = (1 - values).mean() * weight;
+        EXPECT_EQ(t.loss.dim(), 0) << what;
+        EXPECT_EQ(t.loss.scalar_type(), dtype) << what;
+        EXPECT_TRUE(t.loss.requires_grad()) << what;
+        EXPECT_FALSE(t.term.requires_grad() || t.per_layer.requires_grad()) << what;
+        ASSERT_EQ(t.per_layer.scalar_type(), torch::kFloat64) << what;
+        EXPECT_TRUE(torch::equal(t.per_layer.to(dtype), values.detach())) << what;
+        const double expect_term = (1 - t.per_layer).mean().item<double>();
+        EXPECT_EQ(t.term.item<double>(), expect_term) << what;
+        EXPECT_NEAR(t.loss.item<double>(), composed.item<double>(), tol) << what;
+        EXPECT_EQ(t.loss.item<double>(), static_cast<double>(
+                                             dtype == torch::kFloat32
+                                                 ? static_cast<double>(static_cast<float>(expect_term * weight))
+                                                 : expect_term * weight))
+            << what;
+        (t.loss * 3.0).backward();
+        (composed * 3.0).backward();
+        EXPECT_TRUE(all_close(x1.grad(), x2.grad(), 10 * tol, tol * 1e-2)) << what << " d/dx";
+        EXPECT_TRUE(all_close(y1.grad(), y2.grad(), 10 * tol, tol * 1e-2)) << what << " d/dy";
+        EXPECT_GT(y1.grad().abs().max().item<double>(), 0.0) << what;
+      }
+    }
+  }
+  auto [x, y] = correlated(5, 12, 4, 4);
+  EXPECT_THROW(cka_term_batched(x.unsqueeze(0), y.unsqueeze(0), NAN), qad::Error);
+}
+
 TEST(LinearCkaBatched, RejectsMismatchedLayers) {
   auto x = torch::randn({3, 8, 4}, kF64), y = torch::randn({2, 8, 4}, kF64);
   EXPECT_THROW(linear_cka_batched(x, y), qad::Error);
