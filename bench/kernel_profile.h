@@ -19,6 +19,7 @@ struct KernelTotals {
   };
   std::map<std::string, Entry> by_name;
   double total_ns = 0;
+  int64_t steps = 1;  // how many steps the work ran (set by the caller): kernel_difference reports per step
 };
 
 // Runs `work` under the profiler and returns a table: total GPU time, then the top `top` kernels by total time
@@ -26,9 +27,13 @@ struct KernelTotals {
 // where the profiler is not available.
 std::string profile_kernels(const std::function<void()>& work, int top = 30, KernelTotals* totals = nullptr);
 
+// Adds `one` (a profile of one more step) into `into`; `first` starts `into` afresh (steps = 1).
+void add_totals(KernelTotals& into, const KernelTotals& one, bool first);
+
 // What `other` runs beyond `base`, kernel by kernel: every kernel whose call count differs (work one variant
 // adds or removes), with its time in both and the sum; and the summed difference of the kernels both run equally
-// often (step-to-step variation, not attributable). The attributable sum is the honest cost of a loss term.
+// often (step-to-step variation, not attributable), with the largest of those. The attributable sum is the honest
+// cost of a loss term. Figures are per step: totals over `steps` steps (both sides ran the same number) divided by it.
 std::string kernel_difference(const KernelTotals& base, const KernelTotals& other);
 
 }  // namespace qad::bench

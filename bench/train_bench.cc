@@ -10,14 +10,17 @@
 //                       [--offload]        (FP32 master + moments in pinned host memory: OffloadAdamW; 8b fits one H200)
 //                       [--profile FILE]   (one QAD step and one step of the first CKA variant under the Kineto
 //                                           profiler: per-kernel GPU time, top 30, and the longest GPU idle gaps)
+//                       [--profile-steps N] (N profiled steps of each, taking turns; the difference per step)
 // --rounds R: the variants take turns R times (iters timed steps each per round); the medians are over all timed
 // steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
 // start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
-// alternates the variants step by step, which cancels drifts of the GPU's clocks between them.
-// --chain C: each timed step is the mean of C steps taken back to back (one device sync before and after them, so
-// the host work at a step's start overlaps the previous step's kernels). Default 1: a sync before and after every
-// step, as `qad distill` takes them (it reads each step's values at its end), so a step's host work before its
-// first kernel counts in full.
+// alternates the variants step by step, which cancels drifts of the GPU's clocks between them. Odd rounds take the
+// variants in reverse order, and the ratios are also printed by order (after QAD's step / before it); the variant
+// qad-null (QAD again) measures the bench's own bias, a ratio that should read 1.
+// --chain C: each timed step is the mean of C steps taken back to back (the bench's sync only before and after
+// them). Each step still ends with its one read of the values (train_step), which waits for the device, so the host
+// work at a step's start does not overlap the previous step's kernels in either mode; C > 1 only leaves out the
+// bench's own syncs. A step's host work before its first kernel counts in full, as in `qad distill`.
 // Beside each measured peak: `qad distill --plan`'s prediction for the same configuration (train/memory_plan.h) and
 // the relative error; the plan's table is printed once per model.
 // MFU: 6 * (student matmul params) * tokens + 2 * (teacher matmul params) * tokens, plus causal attention
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
   int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1, chain = 1;
   bool ckpt = false, offload = false;
   std::string python = "python3", profile_path;
+  int64_t profile_steps = 1;
   int64_t torch_timeout_s = 420;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -122,17 +126,18 @@ int main(int argc, char** argv) {
     else if (a == "--no-torch") torch_modes.clear();
     else if (a == "--python") python = next();
     else if (a == "--profile") profile_path = next();
+    else if (a == "--profile-steps") profile_steps = std::stoll(next());
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
       fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--chain C] [--ckpt] [--offload] "
-                 "[--variants qad,cka-fp32,cka-tf32,cka-2048,cka-1024-tf32,recipe,cka-512] [--torch eager,compile | --no-torch] "
-                 "[--python PY] [--torch-timeout S] [--profile FILE]\n");
+                 "[--variants qad,qad-null,cka-fp32,cka-tf32,cka-2048,cka-1024-tf32,recipe,cka-512] [--torch eager,compile | --no-torch] "
+                 "[--python PY] [--torch-timeout S] [--profile FILE] [--profile-steps N]\n");
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
-  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1) {
-    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds and --chain must be at least 1\n");
+  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1 || profile_steps < 1) {
+    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds, --chain and --profile-steps must be at least 1\n");
     return 2;
   }
   if (!torch::cuda::is_available()) {
@@ -146,6 +151,9 @@ int main(int argc, char** argv) {
   const torch::Device dev(torch::kCUDA, 0);
   std::vector<Variant> variants = {
       {"qad", "QAD (baseline)", 0, 0, false},
+      // The null control: QAD once more, as a variant of its own. Its ratio to QAD is the bench's own bias (the
+      // variants' places in a round, the allocator's state after the other variant); it should read 1.
+      {"qad-null", "QAD again (null control)", 0, 0, false},
       {"cka-fp32", "CKA-QAD all tokens, FP32", 0.1, 0, false},
       {"cka-tf32", "CKA-QAD all tokens, TF32", 0.1, 0, true},
       {"cka-2048", "CKA-QAD 2048 tokens, TF32", 0.1, 2048, true},
@@ -158,7 +166,7 @@ int main(int argc, char** argv) {
     for (const auto& k : variant_keys) {
       auto it = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.key == k; });
       if (it == variants.end()) {
-        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, cka-fp32, cka-tf32, cka-2048, cka-1024-tf32, recipe, cka-512)\n", k);
+        fmt::print(stderr, "bench_train: unknown variant '{}' (qad, qad-null, cka-fp32, cka-tf32, cka-2048, cka-1024-tf32, recipe, cka-512)\n", k);
         return 2;
       }
       if (it != variants.begin()) chosen.push_back(*it);
@@ -238,15 +246,23 @@ int main(int argc, char** argv) {
       };
       // Rounds: every variant runs `iters` timed steps per round, the variants taking turns, so that slow drifts
       // of the machine (clocks, temperature) fall on all of them alike; the first round starts each with `warmup`
-      // steps, later rounds with one (the step's shapes change with the variant).
+      // steps, later rounds with --turn-warmup (the step's shapes change with the variant). Odd rounds take the
+      // variants in the reverse order (A B, B A, A B, ...): a cost that comes with a place in the round (following
+      // the other variant's step, its allocator state) falls on each variant in half of the rounds, and the
+      // per-round ratios are also reported by order.
       std::map<std::string, std::vector<double>> times;       // every timed step, per variant
       std::map<std::string, std::vector<double>> round_median;  // per round, per variant
       std::map<std::string, std::vector<double>> queued_ms;     // per timed step (--chain 1): host time to queue it
       std::map<std::string, double> peak_gb;
       std::map<std::string, int64_t> step_no;
       std::set<std::string> failed;
+      std::map<std::string, std::vector<bool>> ran_after_base;  // per round, per variant: after QAD's turn
       for (int64_t round = 0; round < rounds; ++round) {
-        for (const auto& v : variants) {
+        std::vector<const Variant*> order;
+        for (const auto& v : variants) order.push_back(&v);
+        if (round % 2 == 1) std::reverse(order.begin(), order.end());
+        for (size_t place = 0; place < order.size(); ++place) {
+          const Variant& v = *order[place];
           if (failed.count(v.key)) continue;
           cfg.loss.kl = 1;
           cfg.loss.cka = v.cka;
@@ -265,7 +281,7 @@ int main(int argc, char** argv) {
               const auto t0 = std::chrono::steady_clock::now();
               auto r = step(step_no[v.key]++);
               const double queued = std::chrono::duration<double, std::milli>(queued_at - t0).count();
-              if (round == 0 && it == 0 && v.cka == 0 && opt.steps() == 1) qad_loss0 = r.values.loss;
+              if (round == 0 && it == 0 && &v == &variants.front() && opt.steps() == 1) qad_loss0 = r.values.loss;
               // A timed step with --chain C: C steps with no wait between them.
               const int64_t chained = it >= w ? chain : 1;
               for (int64_t c = 1; c < chained; ++c) step(step_no[v.key]++);
@@ -285,6 +301,7 @@ int main(int argc, char** argv) {
           times[v.key].insert(times[v.key].end(), ms.begin(), ms.end());
           std::sort(ms.begin(), ms.end());
           round_median[v.key].push_back(ms[ms.size() / 2]);
+          ran_after_base[v.key].push_back(round % 2 == 0);  // QAD is first in even rounds, last in odd ones
         }
       }
       auto median = [](std::vector<double> x) {
@@ -295,7 +312,7 @@ int main(int argc, char** argv) {
       for (const auto& v : variants) {
         if (failed.count(v.key) || !times.count(v.key)) continue;
         Measured m{median(times[v.key]), peak_gb[v.key]};
-        if (v.cka == 0) base = m;
+        if (&v == &variants.front()) base = m;
         measured_ms[v.key] = m.ms;
         cfg.loss.cka = v.cka;
         cfg.loss.cka_subsample_tokens = v.subsample;
@@ -312,11 +329,14 @@ int main(int argc, char** argv) {
           if (!measured_ms.count(v.key)) continue;
           const auto& t = times[v.key];
           std::string per_round;
-          if (v.cka != 0 && measured_ms.count(variants.front().key)) {
+          if (&v != &variants.front() && measured_ms.count(variants.front().key)) {
             const auto& mine = round_median[v.key];
             const auto& theirs = round_median[variants.front().key];
-            std::vector<double> ratios;
-            for (size_t r = 0; r < mine.size() && r < theirs.size(); ++r) ratios.push_back(mine[r] / theirs[r]);
+            std::vector<double> ratios, after, before;  // all rounds; those where this variant ran after QAD, before
+            for (size_t r = 0; r < mine.size() && r < theirs.size(); ++r) {
+              ratios.push_back(mine[r] / theirs[r]);
+              (ran_after_base[v.key][r] ? after : before).push_back(ratios.back());
+            }
             if (!ratios.empty() && ratios.size() <= 6) {
               per_round = fmt::format("; ratio to QAD per round {:.4f}", fmt::join(ratios, " "));
             }
@@ -332,6 +352,12 @@ int main(int argc, char** argv) {
               if (s.ci_low && s.ci_high) {
                 per_round += fmt::format("; mean {:.4f}, 95 % interval {:.4f} .. {:.4f}", s.mean, *s.ci_low,
                                          *s.ci_high);
+              }
+              // By order: a difference between the two is the place in the round, which the mean over both cancels.
+              if (!after.empty() && !before.empty()) {
+                const auto a = qad::experiment::describe(after), b = qad::experiment::describe(before);
+                per_round += fmt::format("; mean after QAD's step {:.4f} ({} rounds), before it {:.4f} ({} rounds)",
+                                         a.mean, after.size(), b.mean, before.size());
               }
             }
           }
@@ -366,29 +392,38 @@ int main(int argc, char** argv) {
         fmt::print("CKA rows of all layers stacked: {} times as a view of the rows buffer, {} times copied\n",
                    stacks.views, stacks.copies);
       }
-      // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel).
+      // The profile of the QAD step, and of the first CKA variant measured (what the CKA term adds, kernel by kernel):
+      // --profile-steps N steps of each, the two variants taking turns step by step (one profiler session a step);
+      // the first step's table is printed, the difference is over all of them, per step.
       qad::bench::KernelTotals profiled[2];
-      for (size_t vi = 0; vi < std::min<size_t>(2, variants.size()) && !profile_path.empty(); ++vi) {
-        const auto& v = variants[vi];
-        if (!measured_ms.count(v.key)) continue;  // it failed (e.g. out of memory)
-        cfg.loss.cka = v.cka;
-        cfg.loss.cka_subsample_tokens = v.subsample;
-        cfg.loss.cka_bf16_products = v.bf16_products;
-        qad::compat::set_tf32_matmul(v.tf32);
-        try {
-          auto table = qad::bench::profile_kernels(
-              [&] {
-                step(warmup + iters + static_cast<int64_t>(vi));
-                torch::cuda::synchronize();
-              },
-              30, &profiled[vi]);
-          profile_text += fmt::format("== Qwen3-{} {} step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
-                                      v.label, batch, seq, measured_ms[v.key], table);
-          // Written now, not at exit: on the H200 (LibTorch 2.11) a process that profiled and then ran the PyTorch
-          // child crashed on its way out, which lost the file.
-          std::ofstream(profile_path) << profile_text;
-        } catch (const std::exception& e) {
-          profile_text += fmt::format("== Qwen3-{} {}: profile failed: {}\n", name, v.label, e.what());
+      bool profile_failed = false;
+      for (int64_t ps = 0; ps < profile_steps && !profile_path.empty() && !profile_failed; ++ps) {
+        for (size_t vi = 0; vi < std::min<size_t>(2, variants.size()); ++vi) {
+          const auto& v = variants[vi];
+          if (!measured_ms.count(v.key)) continue;  // it failed (e.g. out of memory)
+          cfg.loss.cka = v.cka;
+          cfg.loss.cka_subsample_tokens = v.subsample;
+          cfg.loss.cka_bf16_products = v.bf16_products;
+          qad::compat::set_tf32_matmul(v.tf32);
+          try {
+            qad::bench::KernelTotals one;
+            auto table = qad::bench::profile_kernels(
+                [&] {
+                  step(warmup + iters + 2 * ps + static_cast<int64_t>(vi));
+                  torch::cuda::synchronize();
+                },
+                30, &one);
+            qad::bench::add_totals(profiled[vi], one, /*first=*/ps == 0);
+            if (ps > 0) continue;
+            profile_text += fmt::format("== Qwen3-{} {} step, batch {} x {}, {:.1f} ms/step unprofiled\n{}\n", name,
+                                        v.label, batch, seq, measured_ms[v.key], table);
+            // Written now, not at exit: on the H200 (LibTorch 2.11) a process that profiled and then ran the PyTorch
+            // child crashed on its way out, which lost the file.
+            std::ofstream(profile_path) << profile_text;
+          } catch (const std::exception& e) {
+            profile_text += fmt::format("== Qwen3-{} {}: profile failed: {}\n", name, v.label, e.what());
+            profile_failed = true;
+          }
         }
       }
       if (!profiled[0].by_name.empty() && !profiled[1].by_name.empty()) {
