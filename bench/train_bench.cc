@@ -11,6 +11,9 @@
 //                       [--profile FILE]   (one QAD step and one step of the first CKA variant under the Kineto
 //                                           profiler: per-kernel GPU time, top 30, and the longest GPU idle gaps)
 //                       [--profile-steps N] (N profiled steps of each, taking turns; the difference per step)
+//                       [--timeline N]     (N more steps of QAD and the first other variant, taking turns, timed at
+//                                           the step's points (train/step_marks.h): where the host was and when the
+//                                           device had done the work queued before each, medians; no profiler)
 // --rounds R: the variants take turns R times (iters timed steps each per round); the medians are over all timed
 // steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
 // start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
@@ -32,11 +35,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -57,9 +63,15 @@
 #include "train/offload_adamw.h"
 #include "train/optimizer.h"
 #include "train/step.h"
+#include "train/step_marks.h"
 #include "train/student.h"
 #include "util/remove_tree.h"
 #include "util/torch_compat.h"
+
+#ifdef QAD_HAS_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
@@ -89,6 +101,76 @@ struct Variant {
   bool bf16_products = false;  // loss.cka_bf16_products
 };
 
+// --timeline: `steps` steps of the first two variants, taking turns (A B, B A, ..), each timed at the step's points
+// (train/step_marks.h) and at its end: the host's time since the step began, and the device's (a CUDA event recorded
+// at the point, read once the step is done: when the device had finished the work queued before it). Medians per
+// point; where host and device times meet, the device waited for the host there. The two variants' device times
+// between points locate where the second one's extra time goes.
+std::string step_timeline(const std::vector<Variant>& variants, int64_t steps,
+                          const std::function<void(const Variant&, int64_t)>& run_step) {
+#ifdef QAD_HAS_CUDA
+  struct Point {
+    std::string name;
+    double host_ms;
+    std::shared_ptr<at::cuda::CUDAEvent> event;
+  };
+  std::map<std::string, std::map<std::string, std::vector<double>>> host_ms, device_ms;  // variant -> point -> ms
+  std::vector<std::string> order;                                                      // points as first seen
+  for (int64_t k = 0; k < 2 * steps; ++k) {
+    const Variant& v = variants[static_cast<size_t>(((k % 2) ^ ((k / 2) % 2)))];
+    std::vector<Point> points;
+    torch::cuda::synchronize();
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    at::cuda::CUDAEvent start(cudaEventDefault);
+    const auto t0 = std::chrono::steady_clock::now();
+    start.record(stream);
+    auto mark = [&](const char* name) {
+      auto e = std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault);
+      e->record(c10::cuda::getCurrentCUDAStream());
+      points.push_back({name, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+                        std::move(e)});
+    };
+    qad::train::set_step_mark_sink(mark);
+    try {
+      run_step(v, k);
+    } catch (...) {
+      qad::train::set_step_mark_sink(nullptr);
+      throw;
+    }
+    qad::train::set_step_mark_sink(nullptr);
+    mark("end (step returned)");
+    torch::cuda::synchronize();
+    for (const auto& p : points) {
+      if (std::find(order.begin(), order.end(), p.name) == order.end()) order.push_back(p.name);
+      host_ms[v.key][p.name].push_back(p.host_ms);
+      device_ms[v.key][p.name].push_back(start.elapsed_time(*p.event));
+    }
+  }
+  const auto& a = variants[0];
+  const auto& b = variants[1];
+  auto med = [](std::vector<double> x) {
+    if (x.empty()) return std::nan("");
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+  };
+  std::string out = fmt::format(
+      "timeline ({} steps each, medians, ms since the step began: the host at the point / the device done with the "
+      "work queued before it)\n{:<22} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
+      steps, "point", "A host", "A device", "B host", "B device", "B-A device");
+  for (const auto& name : order) {
+    const double ad = med(device_ms[a.key][name]), bd = med(device_ms[b.key][name]);
+    out += fmt::format("{:<22} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f} {:>+11.3f}\n", name, med(host_ms[a.key][name]), ad,
+                       med(host_ms[b.key][name]), bd, bd - ad);
+  }
+  return out + fmt::format("(A: {}; B: {})\n", a.label, b.label);
+#else
+  (void)variants;
+  (void)steps;
+  (void)run_step;
+  return "timeline: needs qad's CUDA build (CUDA events)\n";
+#endif
+}
+
 // What one PyTorch baseline run reported (tools/bench_train_torch.py --json).
 struct TorchRun {
   std::string mode, label;
@@ -106,7 +188,7 @@ int main(int argc, char** argv) {
   int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1, chain = 1;
   bool ckpt = false, offload = false;
   std::string python = "python3", profile_path;
-  int64_t profile_steps = 1;
+  int64_t profile_steps = 1, timeline_steps = 0;
   int64_t torch_timeout_s = 420;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -127,16 +209,17 @@ int main(int argc, char** argv) {
     else if (a == "--python") python = next();
     else if (a == "--profile") profile_path = next();
     else if (a == "--profile-steps") profile_steps = std::stoll(next());
+    else if (a == "--timeline") timeline_steps = std::stoll(next());
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
       fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--chain C] [--ckpt] [--offload] "
                  "[--variants qad,qad-null,cka-fp32,cka-tf32,cka-2048,cka-1024-tf32,recipe,cka-512] [--torch eager,compile | --no-torch] "
-                 "[--python PY] [--torch-timeout S] [--profile FILE] [--profile-steps N]\n");
+                 "[--python PY] [--torch-timeout S] [--profile FILE] [--profile-steps N] [--timeline N]\n");
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
-  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1 || profile_steps < 1) {
+  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1 || profile_steps < 1 || timeline_steps < 0) {
     fmt::print(stderr, "bench_train: --iters, --warmup, --rounds, --chain and --profile-steps must be at least 1\n");
     return 2;
   }
@@ -433,6 +516,15 @@ int main(int argc, char** argv) {
                                     variants[0].label, diff);
         fmt::print("{}", diff.substr(0, diff.find('\n') + 1));
         std::ofstream(profile_path) << profile_text;
+      }
+      if (timeline_steps > 0 && variants.size() >= 2) {
+        fmt::print("{}", step_timeline(variants, timeline_steps, [&](const Variant& v, int64_t k) {
+                     cfg.loss.cka = v.cka;
+                     cfg.loss.cka_subsample_tokens = v.subsample;
+                     cfg.loss.cka_bf16_products = v.bf16_products;
+                     qad::compat::set_tf32_matmul(v.tf32);
+                     step(warmup + iters + 2 * profile_steps + k);
+                   }));
       }
       qad::compat::set_tf32_matmul(false);
     }  // qad's models, optimizer state and batch are freed here: the baseline gets the whole GPU

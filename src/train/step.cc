@@ -14,6 +14,7 @@
 #include "loss/teacher_targets.h"
 #include "train/distributed.h"
 #include "train/moe_training.h"
+#include "train/step_marks.h"
 #include "util/error.h"
 
 namespace qad::train {
@@ -108,6 +109,7 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
   model::ForwardOutput t_out;
   if (need_teacher) {
     torch::NoGradGuard ng;
+    step_mark(kMarkTeacherForward);
     t_out = (*teacher)->forward(batch.input_ids, fo);
   }
   model::ForwardOptions so = fo;
@@ -119,7 +121,9 @@ DeviceParts compute_losses_on_device(model::CausalLM& student, model::CausalLM* 
   }
   so.checkpoint_layers = activation_checkpointing;
   so.return_router_logits = loss.router_balance > 0;
+  step_mark(kMarkStudentForward);
   auto s_out = student->forward(batch.input_ids, so);
+  step_mark(kMarkLoss);
 
   DeviceParts p;
   auto& v = p.values;
@@ -280,6 +284,7 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
     if (before_last_backward && i + 1 == n) before_last_backward();
     auto scaled = parts.total * poison;
     if (gw.defined()) scaled = scaled * gw.to(scaled.scalar_type());
+    step_mark(kMarkBackward);
     scaled.backward();
     const auto& pv = parts.values;
     acc.loss = add_weighted(acc.loss, pv.loss * poison, w);
@@ -310,6 +315,7 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
   optimizer.zero_grad();
   if (o.parallel == nullptr && optimizer.device_step_available()) {
     auto values = accumulate_gradients_on_device(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
+    step_mark(kMarkOptimizer);
     auto norm = optimizer.grad_norm_tensor();
     const auto opts = norm.options();
     auto apply = torch::isfinite(values.loss.to(norm.device())).logical_and(torch::isfinite(norm)).to(torch::kFloat32);
@@ -318,6 +324,7 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
     optimizer.step_on_device(o.lr, scale.to(torch::kFloat32), apply);
     optimizer.zero_grad();
     // The step's only read: after all of its work is queued.
+    step_mark(kMarkRead);
     if (o.on_queued) o.on_queued();
     std::vector<double> extra;
     r.values = read_values(values, {norm, apply}, &extra);

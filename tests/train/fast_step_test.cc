@@ -14,6 +14,7 @@
 #include "data/batch_tensors.h"
 #include "train/optimizer.h"
 #include "train/step.h"
+#include "train/step_marks.h"
 
 namespace qad::train {
 namespace {
@@ -113,6 +114,32 @@ TEST(FastStepTest, DeviceSideStepMatchesHostStepAndSkipsPoisonedSteps) {
   EXPECT_FALSE(std::isfinite(r.values.loss));
   EXPECT_EQ(fused.steps(), 2);
   for (auto& [n, p] : b->hf_tensors()) EXPECT_TRUE(qad::testing::same_bits(p.detach(), before[n])) << n;
+}
+
+// The step's points (step_marks.h) for a timeline: each micro-batch's teacher forward, student forward, loss and
+// backward in that order, then the update and the read once; none once the sink is removed.
+TEST(FastStepTest, StepMarksComeInTheStepsOrder) {
+  auto teacher = fixture(torch::kFloat32, 0);
+  auto student = fixture(torch::kFloat32, 61);
+  const int64_t v = teacher->config().vocab_size;
+  TrainConfig cfg;
+  cfg.loss.kl = 1.0;
+  AdamW opt(student->hf_tensors(), cfg.optim);
+  opt.set_fused(true);
+  std::vector<std::string> seen;
+  set_step_mark_sink([&](const char* point) { seen.emplace_back(point); });
+  auto x = padded_random_batch({16, 11}, 16, v, 62), y = padded_random_batch({9, 16}, 16, v, 63);
+  train_step(student, &teacher, {x, y}, opt, {.lr = 1e-3, .config = &cfg, .rng_seed = 1});
+  const std::vector<std::string> micro = {kMarkTeacherForward, kMarkStudentForward, kMarkLoss, kMarkBackward};
+  std::vector<std::string> want = micro;
+  want.insert(want.end(), micro.begin(), micro.end());
+  want.push_back(kMarkOptimizer);
+  want.push_back(kMarkRead);
+  EXPECT_EQ(seen, want);
+  set_step_mark_sink(nullptr);
+  seen.clear();
+  train_step(student, &teacher, {x}, opt, {.lr = 1e-3, .config = &cfg, .rng_seed = 2});
+  EXPECT_TRUE(seen.empty());
 }
 
 // A batch from to_tensors decides padding and checks labels from its host facts: the same loss as the same tensors
