@@ -1,5 +1,5 @@
-// The step's mark sink (step_marks.h): a function behind an atomic flag, so that a step without a timeline pays a
-// relaxed load per point.
+// The step's mark sink (step_marks.h): a function behind an atomic flag, so that a step without a timeline pays one
+// atomic load per point.
 #include "train/step_marks.h"
 
 #include <atomic>
