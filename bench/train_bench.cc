@@ -126,7 +126,7 @@ std::string step_timeline(const std::vector<Variant>& variants, int64_t steps,
     start.record(stream);
     auto mark = [&](const char* name) {
       auto e = std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault);
-      e->record(c10::cuda::getCurrentCUDAStream());
+      e->record(stream);
       points.push_back({name, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
                         std::move(e)});
     };
@@ -220,7 +220,8 @@ int main(int argc, char** argv) {
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
   if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1 || profile_steps < 1 || timeline_steps < 0) {
-    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds, --chain and --profile-steps must be at least 1\n");
+    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds, --chain and --profile-steps must be at least 1, --timeline "
+                       "at least 0\n");
     return 2;
   }
   if (!torch::cuda::is_available()) {
@@ -327,6 +328,14 @@ int main(int argc, char** argv) {
                                       {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(it),
                                        .on_queued = [&] { queued_at = std::chrono::steady_clock::now(); }});
       };
+      // The variant's loss settings, for the timed rounds, the profile and the timeline alike.
+      auto use = [&](const Variant& v) {
+        cfg.loss.kl = 1;
+        cfg.loss.cka = v.cka;
+        cfg.loss.cka_subsample_tokens = v.subsample;
+        cfg.loss.cka_bf16_products = v.bf16_products;
+        qad::compat::set_tf32_matmul(v.tf32);
+      };
       // Rounds: every variant runs `iters` timed steps per round, the variants taking turns, so that slow drifts
       // of the machine (clocks, temperature) fall on all of them alike; the first round starts each with `warmup`
       // steps, later rounds with --turn-warmup (the step's shapes change with the variant). Odd rounds take the
@@ -339,19 +348,14 @@ int main(int argc, char** argv) {
       std::map<std::string, double> peak_gb;
       std::map<std::string, int64_t> step_no;
       std::set<std::string> failed;
-      std::map<std::string, std::vector<bool>> ran_after_base;  // per round, per variant: after QAD's turn
       for (int64_t round = 0; round < rounds; ++round) {
         std::vector<const Variant*> order;
         for (const auto& v : variants) order.push_back(&v);
         if (round % 2 == 1) std::reverse(order.begin(), order.end());
-        for (size_t place = 0; place < order.size(); ++place) {
-          const Variant& v = *order[place];
+        for (const Variant* vp : order) {
+          const Variant& v = *vp;
           if (failed.count(v.key)) continue;
-          cfg.loss.kl = 1;
-          cfg.loss.cka = v.cka;
-          cfg.loss.cka_subsample_tokens = v.subsample;
-          cfg.loss.cka_bf16_products = v.bf16_products;
-          qad::compat::set_tf32_matmul(v.tf32);
+          use(v);
           const int64_t w = round == 0 ? warmup : turn_warmup;
           std::vector<double> ms;
           try {
@@ -384,7 +388,6 @@ int main(int argc, char** argv) {
           times[v.key].insert(times[v.key].end(), ms.begin(), ms.end());
           std::sort(ms.begin(), ms.end());
           round_median[v.key].push_back(ms[ms.size() / 2]);
-          ran_after_base[v.key].push_back(round % 2 == 0);  // QAD is first in even rounds, last in odd ones
         }
       }
       auto median = [](std::vector<double> x) {
@@ -418,7 +421,8 @@ int main(int argc, char** argv) {
             std::vector<double> ratios, after, before;  // all rounds; those where this variant ran after QAD, before
             for (size_t r = 0; r < mine.size() && r < theirs.size(); ++r) {
               ratios.push_back(mine[r] / theirs[r]);
-              (ran_after_base[v.key][r] ? after : before).push_back(ratios.back());
+              // Entry r is round r (a variant that fails stops for good); QAD goes first in even rounds.
+              (r % 2 == 0 ? after : before).push_back(ratios.back());
             }
             if (!ratios.empty() && ratios.size() <= 6) {
               per_round = fmt::format("; ratio to QAD per round {:.4f}", fmt::join(ratios, " "));
@@ -484,10 +488,7 @@ int main(int argc, char** argv) {
         for (size_t vi = 0; vi < std::min<size_t>(2, variants.size()); ++vi) {
           const auto& v = variants[vi];
           if (!measured_ms.count(v.key)) continue;  // it failed (e.g. out of memory)
-          cfg.loss.cka = v.cka;
-          cfg.loss.cka_subsample_tokens = v.subsample;
-          cfg.loss.cka_bf16_products = v.bf16_products;
-          qad::compat::set_tf32_matmul(v.tf32);
+          use(v);
           try {
             qad::bench::KernelTotals one;
             auto table = qad::bench::profile_kernels(
@@ -521,10 +522,7 @@ int main(int argc, char** argv) {
           measured_ms.count(variants[1].key)) {
         try {
           fmt::print("{}", step_timeline(variants, timeline_steps, [&](const Variant& v, int64_t k) {
-                       cfg.loss.cka = v.cka;
-                       cfg.loss.cka_subsample_tokens = v.subsample;
-                       cfg.loss.cka_bf16_products = v.bf16_products;
-                       qad::compat::set_tf32_matmul(v.tf32);
+                       use(v);
                        step(warmup + iters + 2 * profile_steps + k);
                      }));
         } catch (const std::exception& e) {
