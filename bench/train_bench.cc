@@ -14,6 +14,8 @@
 //                       [--timeline N]     (N more steps of QAD and the first other variant, taking turns, timed at
 //                                           the step's points (train/step_marks.h): where the host was and when the
 //                                           device had done the work queued before each, medians; no profiler)
+//                       [--overlap N]      (N more steps of QAD and the first other variant, taking turns, each read
+//                                           after the next is queued, as qad distill runs them: their ratio)
 // --rounds R: the variants take turns R times (iters timed steps each per round); the medians are over all timed
 // steps, and each CKA variant's ratio to QAD is also printed per round (the spread of the ratio). Later rounds
 // start each turn with --turn-warmup untimed steps (default 1); `--iters 1 --rounds 20 --turn-warmup 0`
@@ -171,6 +173,61 @@ std::string step_timeline(const std::vector<Variant>& variants, int64_t steps,
 #endif
 }
 
+// --overlap: `steps` steps of each of the first two variants, taking turns (A B, B A, ..), run as `qad distill` runs
+// them: each step's values read only after the next step is queued (train/step.h's QueuedStep), so that the device
+// goes from step to step without waiting for the host. A step's time is the device's: a CUDA event recorded at the end
+// of each step's queue, and the time between consecutive events (the device runs the steps back to back, so this is
+// the step's work and whatever gaps it has inside). The host's reads cannot time it: with the device's launch queue
+// full the host finishes queueing step N+1 (and then reads step N) only when the device is well into step N+1, so an
+// interval between reads straddles two steps, of both variants. The ratio is B / A within each pair of steps.
+std::string overlapped_steps(const std::vector<Variant>& variants, int64_t steps,
+                             const std::function<qad::train::QueuedStep(const Variant&, int64_t,
+                                                                        const qad::train::QueuedStep*)>& queue,
+                             const std::function<void(qad::train::QueuedStep&)>& read) {
+#ifdef QAD_HAS_CUDA
+  auto variant_of = [](int64_t k) { return static_cast<size_t>((k % 2) ^ ((k / 2) % 2)); };
+  std::optional<qad::train::QueuedStep> previous;
+  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> ended;  // ended[k]: after step k's work
+  const int64_t total = 2 * steps + 2;  // the first pair warms the pipeline and is left out
+  for (int64_t k = 0; k < total; ++k) {
+    auto q = queue(variants[variant_of(k)], k, previous ? &*previous : nullptr);
+    ended.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
+    ended.back()->record(c10::cuda::getCurrentCUDAStream());
+    if (previous) read(*previous);
+    previous = std::move(q);
+  }
+  read(*previous);
+  torch::cuda::synchronize();
+  std::vector<double> ms[2], ratios;
+  for (int64_t p = 2; p + 1 < total; p += 2) {  // the pair (p, p + 1): one step of each variant
+    double t[2];
+    for (int64_t k = p; k <= p + 1; ++k) {
+      const double step_ms = ended[static_cast<size_t>(k - 1)]->elapsed_time(*ended[static_cast<size_t>(k)]);
+      t[variant_of(k)] = step_ms;
+      ms[variant_of(k)].push_back(step_ms);
+    }
+    ratios.push_back(t[1] / t[0]);
+  }
+  auto med = [](std::vector<double> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+  };
+  const auto s = qad::experiment::describe(ratios);
+  return fmt::format(
+      "overlapped ({} steps each, each read after the next is queued, as qad distill runs them): {} {:.2f} ms, {} "
+      "{:.2f} ms (medians of the device's time from the end of one step to the end of the next); B / A per pair: "
+      "mean {:.4f}{}\n",
+      steps, variants[0].label, med(ms[0]), variants[1].label, med(ms[1]), s.mean,
+      s.ci_low && s.ci_high ? fmt::format(", 95 % interval {:.4f} .. {:.4f}", *s.ci_low, *s.ci_high) : std::string());
+#else
+  (void)variants;
+  (void)steps;
+  (void)queue;
+  (void)read;
+  return "overlapped steps: needs qad's CUDA build (CUDA events)\n";
+#endif
+}
+
 // What one PyTorch baseline run reported (tools/bench_train_torch.py --json).
 struct TorchRun {
   std::string mode, label;
@@ -188,7 +245,7 @@ int main(int argc, char** argv) {
   int64_t batch = 4, seq = 2048, iters = 8, warmup = 3, rounds = 1, turn_warmup = 1, chain = 1;
   bool ckpt = false, offload = false;
   std::string python = "python3", profile_path;
-  int64_t profile_steps = 1, timeline_steps = 0;
+  int64_t profile_steps = 1, timeline_steps = 0, overlap_steps = 0;
   int64_t torch_timeout_s = 420;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -210,17 +267,19 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile_path = next();
     else if (a == "--profile-steps") profile_steps = std::stoll(next());
     else if (a == "--timeline") timeline_steps = std::stoll(next());
+    else if (a == "--overlap") overlap_steps = std::stoll(next());
     else if (a == "--torch-timeout") torch_timeout_s = std::stoll(next());
     else {
       fmt::print(stderr, "usage: bench_train [--models 0.6b,1.7b] [--batch N] [--seq T] [--iters K] [--warmup W] [--rounds R] [--turn-warmup N] [--chain C] [--ckpt] [--offload] "
                  "[--variants qad,qad-null,cka-fp32,cka-tf32,cka-2048,cka-1024-tf32,recipe,cka-512] [--torch eager,compile | --no-torch] "
-                 "[--python PY] [--torch-timeout S] [--profile FILE] [--profile-steps N] [--timeline N]\n");
+                 "[--python PY] [--torch-timeout S] [--profile FILE] [--profile-steps N] [--timeline N] [--overlap N]\n");
       return 2;
     }
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress shows through a pipe (tee) as it happens
-  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1 || profile_steps < 1 || timeline_steps < 0) {
-    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds, --chain and --profile-steps must be at least 1, --timeline "
+  if (iters < 1 || warmup < 1 || rounds < 1 || turn_warmup < 0 || chain < 1 || profile_steps < 1 || timeline_steps < 0 ||
+      overlap_steps < 0) {
+    fmt::print(stderr, "bench_train: --iters, --warmup, --rounds, --chain and --profile-steps must be at least 1, --timeline and --overlap "
                        "at least 0\n");
     return 2;
   }
@@ -517,6 +576,24 @@ int main(int argc, char** argv) {
                                     variants[0].label, diff);
         fmt::print("{}", diff.substr(0, diff.find('\n') + 1));
         std::ofstream(profile_path) << profile_text;
+      }
+      if (overlap_steps > 0 && variants.size() >= 2 && measured_ms.count(variants[0].key) &&
+          measured_ms.count(variants[1].key)) {
+        try {
+          int64_t next_step = warmup + iters + 2 * profile_steps + 2 * timeline_steps;
+          fmt::print("{}", overlapped_steps(
+                               variants, overlap_steps,
+                               [&](const Variant& v, int64_t, const qad::train::QueuedStep* previous) {
+                                 use(v);
+                                 return qad::train::queue_train_step(
+                                     student.lm, &teacher, {b}, opt,
+                                     {.lr = 1e-5, .config = &cfg, .rng_seed = static_cast<uint64_t>(next_step++)},
+                                     previous);
+                               },
+                               [&](qad::train::QueuedStep& q) { qad::train::read_train_step(q, opt); }));
+        } catch (const std::exception& e) {
+          fmt::print("overlapped steps failed: {}\n", std::string(e.what()).substr(0, 200));
+        }
       }
       if (timeline_steps > 0 && variants.size() >= 2 && measured_ms.count(variants[0].key) &&
           measured_ms.count(variants[1].key)) {

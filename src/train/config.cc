@@ -49,7 +49,8 @@ template <typename F> void fields(RunConfig& c, F&& f) {
 template <typename F> void fields(DebugConfig& c, F&& f) {
   f("nan_at_steps", c.nan_at_steps); f("kill_at_step", c.kill_at_step); f("kill_rank", c.kill_rank);
   f("signal_at_steps", c.signal_at_steps); f("hold_at_step", c.hold_at_step);
-  f("inf_weight_at_step", c.inf_weight_at_step);
+  f("inf_weight_at_step", c.inf_weight_at_step); f("sequential_steps", c.sequential_steps);
+  f("fused_adamw_on_cpu", c.fused_adamw_on_cpu);
 }
 
 namespace {

@@ -114,6 +114,11 @@ struct DebugConfig {
   // after this step's update, set one student weight to +Inf (an overflow the loss has not shown yet): the
   // checkpoint guard must refuse to write it
   int64_t inf_weight_at_step = -1;
+  // read every step's values before the next step is queued (the trainer otherwise reads step N after step N+1 is
+  // queued, where the step runs on the device: Trainer::loop); tests compare both
+  bool sequential_steps = false;
+  // the fused AdamW's device-side step on the CPU too (its C++ reference): the CPU tests' way onto the path above
+  bool fused_adamw_on_cpu = false;
 };
 
 struct DistConfig {  // set by the launcher and --dist-* flags, not by recipes (docs/dist.md)

@@ -66,6 +66,13 @@ AdamWScalars adamw_scalars(double lr, const OptimConfig& o, int64_t t) {
           .decay_factor = static_cast<float>(1.0 - lr * o.weight_decay)};
 }
 
+std::optional<PreviousStep> previous_step(double lr, const OptimConfig& o, int64_t t,
+                                          const torch::Tensor& previous_apply) {
+  if (!previous_apply.defined()) return std::nullopt;
+  QAD_CHECK(t >= 2, "previous_step: step {} cannot follow a step still unread", t);
+  return PreviousStep{previous_apply, adamw_scalars(lr, o, t - 1)};
+}
+
 bool fused_adamw_supports(const AdamWTensors& t) {
   const auto d = t.master.device();
   auto ok = [&](const torch::Tensor& x, bool f32) {
@@ -87,12 +94,15 @@ bool fused_adamw_supports(const AdamWTensors& t) {
   return d.is_cpu();
 }
 
-void fused_adamw_reference_(const std::vector<AdamWTensors>& tensors, const AdamWScalars& s,
-                            const torch::Tensor& grad_scale, const torch::Tensor& apply) {
+void fused_adamw_reference_(const std::vector<AdamWTensors>& tensors, const AdamWScalars& chosen,
+                            const torch::Tensor& grad_scale, const torch::Tensor& apply, const PreviousStep* previous) {
   if (tensors.empty()) return;
   const auto cpu = torch::Device(torch::kCPU);
   check_scalar(grad_scale, "grad_scale", cpu);
   check_scalar(apply, "apply", cpu);
+  if (previous != nullptr) check_scalar(previous->previous_apply, "previous_apply", cpu);
+  const AdamWScalars& s =
+      previous != nullptr && previous->previous_apply.item<float>() == 0.0f ? previous->if_skipped : chosen;
   const bool skip = apply.item<float>() == 0.0f;
   const float scale = grad_scale.item<float>();
   for (const auto& t : tensors) {
@@ -108,7 +118,7 @@ void fused_adamw_reference_(const std::vector<AdamWTensors>& tensors, const Adam
 }
 
 void fused_adamw_(const std::vector<AdamWTensors>& tensors, const AdamWScalars& s, const torch::Tensor& grad_scale,
-                  const torch::Tensor& apply) {
+                  const torch::Tensor& apply, const PreviousStep* previous) {
   if (tensors.empty()) return;
   const auto d = tensors.front().master.device();
   for (const auto& t : tensors) {
@@ -116,11 +126,14 @@ void fused_adamw_(const std::vector<AdamWTensors>& tensors, const AdamWScalars& 
               "fused_adamw_: unsupported tensors (FP32 contiguous master and moments, FP32/BF16 grad, BF16 or no "
               "model copy, all on one device)");
   }
-  if (d.is_cpu()) return fused_adamw_reference_(tensors, s, grad_scale, apply);
+  if (d.is_cpu()) return fused_adamw_reference_(tensors, s, grad_scale, apply, previous);
 #ifdef QAD_HAS_CUDA
   check_scalar(grad_scale, "grad_scale", d);
   check_scalar(apply, "apply", d);
-  detail::fused_adamw_cuda(tensors, s, grad_scale, apply);
+  if (previous != nullptr) check_scalar(previous->previous_apply, "previous_apply", d);
+  detail::fused_adamw_cuda(tensors, s, grad_scale, apply,
+                           previous != nullptr ? previous->previous_apply : torch::Tensor(),
+                           previous != nullptr ? previous->if_skipped : s);
 #else
   fail("fused_adamw_: this build has no CUDA kernels");
 #endif

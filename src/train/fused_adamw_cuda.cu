@@ -36,9 +36,11 @@ __device__ __forceinline__ float load_grad(const void* g, int64_t i, bool bf16) 
   return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(g)[i]) : static_cast<const float*>(g)[i];
 }
 
-__global__ void adamw_kernel(const TensorArgs* tensors, const Chunk* chunks, AdamWScalars s, const float* grad_scale,
-                             const float* apply) {
+__global__ void adamw_kernel(const TensorArgs* tensors, const Chunk* chunks, AdamWScalars applied,
+                             AdamWScalars if_previous_skipped, const float* grad_scale, const float* apply,
+                             const float* previous_apply) {
   if (*apply == 0.0f) return;  // a skipped step writes nothing
+  const AdamWScalars s = previous_apply != nullptr && *previous_apply == 0.0f ? if_previous_skipped : applied;
   const Chunk c = chunks[blockIdx.x];
   const TensorArgs t = tensors[c.tensor];
   const float scale = *grad_scale;
@@ -104,7 +106,8 @@ Table make_table(const std::vector<TensorArgs>& args, const torch::Device& d) {
 }  // namespace
 
 void fused_adamw_cuda(const std::vector<AdamWTensors>& tensors, const AdamWScalars& s, const torch::Tensor& grad_scale,
-                      const torch::Tensor& apply) {
+                      const torch::Tensor& apply, const torch::Tensor& previous_apply,
+                      const AdamWScalars& if_previous_skipped) {
   const auto d = tensors.front().master.device();
   c10::cuda::CUDAGuard guard(d);
   std::vector<TensorArgs> args;
@@ -118,7 +121,8 @@ void fused_adamw_cuda(const std::vector<AdamWTensors>& tensors, const AdamWScala
   if (args.empty()) return;
   auto table = make_table(args, d);
   adamw_kernel<<<static_cast<unsigned>(table.num_chunks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      table.tensors, table.chunks, s, grad_scale.data_ptr<float>(), apply.data_ptr<float>());
+      table.tensors, table.chunks, s, if_previous_skipped, grad_scale.data_ptr<float>(), apply.data_ptr<float>(),
+      previous_apply.defined() ? previous_apply.data_ptr<float>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // The kernel wrote through raw pointers: move the version counters as an in-place op would, so that caches
   // keyed on them (the NVFP4 hooks' quantized weights) see the new values.

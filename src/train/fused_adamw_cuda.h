@@ -20,9 +20,10 @@ constexpr int64_t kNormChunk = 16384;
 
 namespace detail {
 // The CUDA launches (fused_adamw_cuda.cu); defined only where QAD_HAS_CUDA. Arguments are checked by the callers
-// in fused_adamw.cc.
+// in fused_adamw.cc. previous_apply: undefined, or the flag that picks `if_previous_skipped` where it is 0.
 void fused_adamw_cuda(const std::vector<AdamWTensors>& tensors, const AdamWScalars& s, const torch::Tensor& grad_scale,
-                      const torch::Tensor& apply);
+                      const torch::Tensor& apply, const torch::Tensor& previous_apply,
+                      const AdamWScalars& if_previous_skipped);
 torch::Tensor grad_square_partials_cuda(const std::vector<torch::Tensor>& grads);
 }  // namespace detail
 

@@ -201,10 +201,12 @@ void OffloadAdamW::step(double lr) {
   step_on_device(lr, torch::ones({}, opts), torch::ones({}, opts));
 }
 
-void OffloadAdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply) {
+void OffloadAdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply,
+                                  const torch::Tensor& previous_apply) {
   torch::NoGradGuard ng;
   ++t_;
   const auto scalars = adamw_scalars(lr, options_, t_);
+  const auto previous = previous_step(lr, options_, t_, previous_apply);
   const bool decay_on = options_.weight_decay != 0;
   std::vector<torch::Tensor> grads(params_.size());  // flat, contiguous; alive until the launches are queued
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -279,7 +281,7 @@ void OffloadAdamW::step_on_device(double lr, const torch::Tensor& grad_scale, co
                     q.low ? model_part : torch::Tensor(), q.decay && decay_on});
       if (!q.low) fp32_params.emplace_back(model_part, slot_part(0));
     }
-    fused_adamw_(ts, scalars, grad_scale, apply);
+    fused_adamw_(ts, scalars, grad_scale, apply, previous ? &*previous : nullptr);
     for (auto& [dst, src] : fp32_params) dst.copy_(src);  // an FP32 model is its own master: the same bits
     store(s, at, len);
   }

@@ -36,7 +36,8 @@ class OffloadAdamW : public Optimizer {
   int64_t steps() const override { return t_; }
   bool device_step_available() const override { return true; }
   torch::Tensor grad_norm_tensor() const override;
-  void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply) override;
+  void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply,
+                      const torch::Tensor& previous_apply = {}) override;
   void cancel_step() override { --t_; }
   // AdamW's names ("master.<name>" where the model is not FP32, "exp_avg.<name>", "exp_avg_sq.<name>") as views of
   // the host state, after the last update's copies have landed; valid until the next step.

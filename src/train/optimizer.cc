@@ -37,7 +37,7 @@ AdamW::AdamW(NamedTensors params, const OptimConfig& options) : params_(std::mov
 torch::Tensor Optimizer::grad_norm_tensor() const {
   fail("this optimizer has no device-side step (device_step_available() is false)");
 }
-void Optimizer::step_on_device(double, const torch::Tensor&, const torch::Tensor&) {
+void Optimizer::step_on_device(double, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   fail("this optimizer has no device-side step (device_step_available() is false)");
 }
 void Optimizer::cancel_step() { fail("this optimizer has no device-side step (device_step_available() is false)"); }
@@ -63,7 +63,8 @@ torch::Tensor AdamW::grad_norm_tensor() const {
   return grad_square_sum(grads).sqrt();
 }
 
-void AdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply) {
+void AdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply,
+                           const torch::Tensor& previous_apply) {
   QAD_CHECK(fused_, "AdamW::step_on_device: the fused update is off");
   ++t_;
   std::vector<AdamWTensors> ts;
@@ -73,7 +74,8 @@ void AdamW::step_on_device(double lr, const torch::Tensor& grad_scale, const tor
     ts.push_back({s.master, s.exp_avg, s.exp_avg_sq, g.contiguous(), s.master.is_same(s.param) ? torch::Tensor() : s.param,
                   s.decay && options_.weight_decay != 0});
   }
-  fused_adamw_(ts, adamw_scalars(lr, options_, t_), grad_scale, apply);
+  const auto previous = previous_step(lr, options_, t_, previous_apply);
+  fused_adamw_(ts, adamw_scalars(lr, options_, t_), grad_scale, apply, previous ? &*previous : nullptr);
 }
 
 torch::Tensor square_sum_f64(const torch::Tensor& g) {

@@ -38,10 +38,14 @@ class Optimizer {
   // device tensor, computes the clipping factor and the finite check on the device, calls step_on_device (which
   // multiplies the gradients by grad_scale and updates nothing where apply is 0; both FP32 0-dim on the
   // parameters' device) and, once it has read the check at the end of the step, cancel_step() for a skipped one.
+  // previous_apply: the apply flag of the step before, where its values are not read yet (the trainer reads step N
+  // after step N+1 is queued): this update's step count is one less where that flag turns out 0, and the update
+  // takes its bias corrections from the flag on the device; that step's cancel_step() comes after this call.
   virtual bool device_step_available() const { return false; }
   virtual torch::Tensor grad_norm_tensor() const;  // FP64 0-dim
-  virtual void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply);
-  virtual void cancel_step();  // steps() back by one: the last step_on_device changed nothing
+  virtual void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply,
+                              const torch::Tensor& previous_apply = {});
+  virtual void cancel_step();  // steps() back by one: the step_on_device it answers changed nothing
 };
 
 // Global L2 norm of the tensors' gradients (square_sum_f64 per tensor; missing gradients count as 0). One host
@@ -97,7 +101,8 @@ class AdamW : public Optimizer {
   bool fused() const { return fused_; }
   bool device_step_available() const override { return fused_; }
   torch::Tensor grad_norm_tensor() const override;
-  void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply) override;
+  void step_on_device(double lr, const torch::Tensor& grad_scale, const torch::Tensor& apply,
+                      const torch::Tensor& previous_apply = {}) override;
   void cancel_step() override { --t_; }
 
   // "master.<name>" (only where the model is not FP32), "exp_avg.<name>", "exp_avg_sq.<name>".

@@ -14,6 +14,7 @@
 #include "loss/teacher_targets.h"
 #include "train/distributed.h"
 #include "train/moe_training.h"
+#include "train/pending_read.h"
 #include "train/step_marks.h"
 #include "util/error.h"
 
@@ -202,10 +203,11 @@ std::vector<std::string> default_cka_layers(const model::ModelConfig& c) {
   return out;
 }
 
-LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tensor>& extra,
-                       std::vector<double>* extra_out) {
+namespace {
+
+// Every defined value and then `extra`, flattened into one FP64 vector on the values' device (one transfer).
+torch::Tensor flatten_values(const DeviceLossValues& v, const std::vector<torch::Tensor>& extra) {
   std::vector<torch::Tensor> parts;
-  // One transfer: every defined value flattened into one FP64 vector on the device, then copied.
   torch::Device device = torch::kCPU;
   for (const auto* t : {&v.loss, &v.kl, &v.ce, &v.cka_term, &v.router_balance, &v.tokens, &v.cka}) {
     if (t->defined()) device = t->device();
@@ -215,10 +217,12 @@ LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tenso
     if (t->defined()) parts.push_back(flat(*t));
   }
   for (const auto& t : extra) parts.push_back(flat(t));
+  return parts.empty() ? torch::Tensor() : torch::cat(parts);
+}
+
+// flatten_values' layout read back from its host copy `h` (n_extra values after the loss values).
+LossValues parse_values(const DeviceLossValues& v, const double* h, size_t n_extra, std::vector<double>* extra_out) {
   LossValues out;
-  if (parts.empty()) return out;
-  const auto host = torch::cat(parts).to(torch::kCPU);
-  const double* h = host.data_ptr<double>();
   int64_t i = 0;
   if (v.loss.defined()) out.loss = h[i++];
   if (v.kl.defined()) out.kl = h[i++];
@@ -235,9 +239,19 @@ LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tenso
   }
   if (extra_out != nullptr) {
     extra_out->clear();
-    for (size_t e = 0; e < extra.size(); ++e) extra_out->push_back(h[i++]);
+    for (size_t e = 0; e < n_extra; ++e) extra_out->push_back(h[i++]);
   }
   return out;
+}
+
+}  // namespace
+
+LossValues read_values(const DeviceLossValues& v, const std::vector<torch::Tensor>& extra,
+                       std::vector<double>* extra_out) {
+  const auto flat = flatten_values(v, extra);
+  if (!flat.defined()) return {};
+  const auto host = flat.to(torch::kCPU);
+  return parse_values(v, host.data_ptr<double>(), extra.size(), extra_out);
 }
 
 LossParts compute_losses(model::CausalLM& student, model::CausalLM* teacher, const data::BatchTensors& batch,
@@ -307,32 +321,61 @@ LossValues accumulate_gradients(model::CausalLM& student, model::CausalLM* teach
                                                     global_tokens, before_last_backward, seed_stride));
 }
 
+QueuedStep queue_train_step(model::CausalLM& student, model::CausalLM* teacher,
+                            const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer,
+                            const StepOptions& o, const QueuedStep* previous) {
+  QueuedStep q;
+  if (o.parallel != nullptr || !optimizer.device_step_available()) {
+    QAD_CHECK(previous == nullptr || previous->result_,
+              "queue_train_step: this step waits for the device, so the step before it must be read first");
+    q.result_ = train_step(student, teacher, micro_batches, optimizer, o);
+    return q;
+  }
+  QAD_CHECK(o.config != nullptr && !micro_batches.empty(), "train_step: no config or no micro-batches");
+  const TrainConfig& c = *o.config;
+  optimizer.zero_grad();
+  q.values_ = accumulate_gradients_on_device(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
+  step_mark(kMarkOptimizer);
+  auto norm = optimizer.grad_norm_tensor();
+  const auto opts = norm.options();
+  q.apply_ = torch::isfinite(q.values_.loss.to(norm.device())).logical_and(torch::isfinite(norm)).to(torch::kFloat32);
+  auto scale = torch::ones({}, opts);
+  if (c.optim.grad_clip > 0) scale = torch::where(norm > c.optim.grad_clip, c.optim.grad_clip / (norm + 1e-6), scale);
+  const bool previous_unread = previous != nullptr && !previous->result_;
+  optimizer.step_on_device(o.lr, scale.to(torch::kFloat32), q.apply_,
+                           previous_unread ? previous->apply_ : torch::Tensor());
+  optimizer.zero_grad();
+  // The step's only transfer, queued after all of its work: read_train_step waits for it.
+  step_mark(kMarkRead);
+  q.read_ = std::make_shared<PendingRead>(flatten_values(q.values_, {norm, q.apply_}));
+  return q;
+}
+
+StepResult read_train_step(QueuedStep& q, Optimizer& optimizer) {
+  if (q.result_) return *q.result_;
+  QAD_CHECK(q.read_ != nullptr, "read_train_step: no step was queued");
+  const auto& host = q.read_->wait();
+  std::vector<double> extra;
+  StepResult r;
+  r.values = parse_values(q.values_, host.data_ptr<double>(), 2, &extra);
+  r.grad_norm = extra[0];
+  r.skipped = extra[1] == 0.0;
+  if (r.skipped) optimizer.cancel_step();
+  q.result_ = r;
+  return r;
+}
+
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
                       const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer, const StepOptions& o) {
   QAD_CHECK(o.config != nullptr && !micro_batches.empty(), "train_step: no config or no micro-batches");
   const TrainConfig& c = *o.config;
   StepResult r;
-  optimizer.zero_grad();
   if (o.parallel == nullptr && optimizer.device_step_available()) {
-    auto values = accumulate_gradients_on_device(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
-    step_mark(kMarkOptimizer);
-    auto norm = optimizer.grad_norm_tensor();
-    const auto opts = norm.options();
-    auto apply = torch::isfinite(values.loss.to(norm.device())).logical_and(torch::isfinite(norm)).to(torch::kFloat32);
-    auto scale = torch::ones({}, opts);
-    if (c.optim.grad_clip > 0) scale = torch::where(norm > c.optim.grad_clip, c.optim.grad_clip / (norm + 1e-6), scale);
-    optimizer.step_on_device(o.lr, scale.to(torch::kFloat32), apply);
-    optimizer.zero_grad();
-    // The step's only read: after all of its work is queued.
-    step_mark(kMarkRead);
+    auto q = queue_train_step(student, teacher, micro_batches, optimizer, o);
     if (o.on_queued) o.on_queued();
-    std::vector<double> extra;
-    r.values = read_values(values, {norm, apply}, &extra);
-    r.grad_norm = extra[0];
-    r.skipped = extra[1] == 0.0;
-    if (r.skipped) optimizer.cancel_step();
-    return r;
+    return read_train_step(q, optimizer);
   }
+  optimizer.zero_grad();
   if (DataParallel* dp = o.parallel) {
     int64_t local = 0;
     for (const auto& b : micro_batches) local += data::loss_tokens(b);

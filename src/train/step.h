@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "model/causal_lm.h"
 #include "train/config.h"
 #include "train/optimizer.h"
+#include "train/pending_read.h"
 
 namespace qad::train {
 
@@ -97,6 +99,34 @@ DeviceLossValues accumulate_gradients_on_device(model::CausalLM& student, model:
 // before any of the step's work is queued) and CKA dynamic balancing (which needs the KL's value).
 StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
                       const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer, const StepOptions& o);
+
+// A step whose work is queued and whose values are not read yet. On one process with a device-side step, the
+// trainer queues step N+1 before it reads step N (queue_train_step with `previous` = step N, then read_train_step of
+// step N), so that the host prepares step N+1 while the device still runs step N and the device never waits at a
+// step's start. Exact: step N+1's AdamW update takes its step count from step N's skip flag on the device (Optimizer::
+// step_on_device's previous_apply), and reading a skipped step N gives its count back as train_step does. Anything
+// that looks at the weights (validation, a checkpoint) must come after the last queued step is read.
+class QueuedStep {
+ public:
+  bool read() const { return result_.has_value(); }
+
+ private:
+  friend QueuedStep queue_train_step(model::CausalLM&, model::CausalLM*, const std::vector<data::BatchTensors>&,
+                                     Optimizer&, const StepOptions&, const QueuedStep*);
+  friend StepResult read_train_step(QueuedStep&, Optimizer&);
+  DeviceLossValues values_;
+  torch::Tensor apply_;                // FP32 0-dim on the device: 1 where the update was applied
+  std::shared_ptr<PendingRead> read_;  // the values, the gradient norm and apply, on their way to the host
+  std::optional<StepResult> result_;   // once read (at once where the step could not be queued without a read)
+};
+
+// train_step's work without its read. `previous`: the step queued before this one, or null. Steps that have to read
+// the device (data parallel, an optimizer without a device-side step) run whole here, after `previous` was read.
+QueuedStep queue_train_step(model::CausalLM& student, model::CausalLM* teacher,
+                            const std::vector<data::BatchTensors>& micro_batches, Optimizer& optimizer,
+                            const StepOptions& o, const QueuedStep* previous = nullptr);
+// Waits for the step's values and returns them (again on later calls); a skipped step's count is given back.
+StepResult read_train_step(QueuedStep& q, Optimizer& optimizer);
 
 // Names of the decoder-layer outputs ("layers.0" … ) the CKA term uses by default.
 std::vector<std::string> default_cka_layers(const model::ModelConfig& c);

@@ -229,6 +229,9 @@ void Trainer::load_models() {
   const auto trainable = trainable_tensors(student_.lm, cfg_.optim.freeze_routers);
   optimizer_ = dp_ ? dp_->make_optimizer(trainable, cfg_.optim, &student_.lm, teacher_ ? &teacher_ : nullptr)
                    : make_adamw(trainable, cfg_.optim);
+  if (auto* adamw = dynamic_cast<AdamW*>(optimizer_.get()); adamw != nullptr && cfg_.debug.fused_adamw_on_cpu) {
+    adamw->set_fused(true);
+  }
   if (auto* off = dynamic_cast<OffloadAdamW*>(optimizer_.get()); off != nullptr && writer_) {
     fmt::print("{}\n", off->describe());
   }
@@ -252,25 +255,34 @@ void Trainer::restore(const fs::path& dir) {
 void Trainer::loop() {
   const int64_t start_step = state_.step;
   const auto loop_start = clock::now();
-  for (int64_t s = state_.step; s < cfg_.run.steps; ++s) {
-    // A signal stops the run between steps (all ranks at the same step: the flag is reduced over them).
-    stop_signal_ = GracefulStop::requested();
-    if (dp_) stop_signal_ = static_cast<int>(dp_->max_over_ranks(static_cast<double>(stop_signal_)));
-    if (stop_signal_ != 0) break;
-    const auto t0 = clock::now();
-    const double lr = schedule_.lr(s);
-    const auto r = step(s, lr);
-    if (device_.is_cuda()) torch::cuda::synchronize();
-    const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
-    state_.step = s + 1;
+  auto last_read = loop_start;  // a step's time runs from the later of its queueing and the previous step's read
+  struct Queued {
+    QueuedStep step;
+    int64_t index;
+    double lr;
+    clock::time_point queued_at;
+  };
+  std::optional<Queued> queued;  // queued and not read yet: its values, log line, validation and checkpoint follow
+  if (writer_ && start_step < cfg_.run.steps && may_queue_after(start_step)) {
+    fmt::print("steps overlap: each step's values are read after the next step is queued, so the device does not wait "
+               "for the host between steps\n");
+  }
+  auto complete = [&](Queued& q) {
+    const auto r = read_train_step(q.step, *optimizer_);
+    const bool more_queued = queued.has_value() && &*queued != &q;
+    if (device_.is_cuda() && !more_queued) torch::cuda::synchronize();
+    const auto now = clock::now();
+    const double seconds = std::chrono::duration<double>(now - std::max(q.queued_at, last_read)).count();
+    last_read = now;
+    state_.step = q.index + 1;
     if (claim_) claim_->started();  // a step ran: from now on a failure keeps the run directory
     state_.elapsed_s += seconds;
     if (!r.skipped) state_.tokens += r.values.tokens;  // over all ranks (reduced in train_step)
     state_.bad_streak = r.skipped ? state_.bad_streak + 1 : 0;
-    log_step(r, lr, seconds, start_step, std::chrono::duration<double>(clock::now() - loop_start).count());
+    log_step(r, q.lr, seconds, start_step, std::chrono::duration<double>(now - loop_start).count());
     if (r.skipped) {
       stop_if_too_many_bad_steps(r);
-      continue;  // no validation or checkpoint on a skipped step: the last checkpoint stays the last good one
+      return;  // no validation or checkpoint on a skipped step: the last checkpoint stays the last good one
     }
     debug_hooks();
     if (cfg_.run.valid_every > 0 && state_.step % cfg_.run.valid_every == 0) {
@@ -280,10 +292,46 @@ void Trainer::loop() {
     if (cfg_.run.checkpoint_every > 0 && state_.step % cfg_.run.checkpoint_every == 0 && state_.step < cfg_.run.steps) {
       save_checkpoint_now();
     }
+  };
+  for (int64_t s = state_.step; s < cfg_.run.steps; ++s) {
+    // A signal stops the run between steps (all ranks at the same step: the flag is reduced over them); a step
+    // still unread is read below, so the run stops after it.
+    stop_signal_ = GracefulStop::requested();
+    if (dp_) stop_signal_ = static_cast<int>(dp_->max_over_ranks(static_cast<double>(stop_signal_)));
+    if (stop_signal_ != 0) break;
+    const double lr = schedule_.lr(s);
+    const auto t0 = clock::now();
+    Queued next{queue_step(s, lr, queued ? &queued->step : nullptr), s, lr, t0};
+    std::optional<Queued> previous = std::move(queued);
+    queued = std::move(next);
+    if (previous) complete(*previous);  // step s - 1, while the device runs step s
+    if (!may_queue_after(s)) {
+      complete(*queued);
+      queued.reset();
+    }
+  }
+  if (queued) {
+    auto last = std::move(*queued);
+    queued.reset();
+    complete(last);
   }
 }
 
-StepResult Trainer::step(int64_t index, double lr) {
+// Whether step s + 1 may be queued before step s is read: not where step s is followed by anything that looks at the
+// weights or the run's state (validation, a checkpoint, the end, a test's fault injection), and only where the step
+// itself does not read the device (one process, a device-side optimizer step).
+bool Trainer::may_queue_after(int64_t s) const {
+  const int64_t done = s + 1;  // state_.step once step s is read
+  const auto& r = cfg_.run;
+  const auto& d = cfg_.debug;
+  if (dp_ || !optimizer_->device_step_available() || d.sequential_steps || done >= r.steps) return false;
+  if (r.valid_every > 0 && done % r.valid_every == 0) return false;
+  if (r.checkpoint_every > 0 && done % r.checkpoint_every == 0) return false;
+  const bool signal = std::find(d.signal_at_steps.begin(), d.signal_at_steps.end(), done) != d.signal_at_steps.end();
+  return !signal && d.kill_at_step != done && d.hold_at_step != done && d.inf_weight_at_step != done;
+}
+
+QueuedStep Trainer::queue_step(int64_t index, double lr, const QueuedStep* previous) {
   std::vector<data::BatchTensors> micro;
   for (int64_t i = 0; i < cfg_.optim.grad_accum; ++i) {
     const auto batch = loaders_.train->next();
@@ -297,10 +345,11 @@ StepResult Trainer::step(int64_t index, double lr) {
   }
   const auto& nan_steps = cfg_.debug.nan_at_steps;
   const bool poison = std::find(nan_steps.begin(), nan_steps.end(), index + 1) != nan_steps.end();
-  return train_step(student_.lm, teacher_ ? &teacher_ : nullptr, micro, *optimizer_,
-                    {.lr = lr, .config = &cfg_,
-                     .rng_seed = mix(cfg_.run.seed ^ static_cast<uint64_t>(index)) & 0xffffffffffffull,
-                     .inject_nan = poison, .parallel = dp_.get()});
+  return queue_train_step(student_.lm, teacher_ ? &teacher_ : nullptr, micro, *optimizer_,
+                          {.lr = lr, .config = &cfg_,
+                           .rng_seed = mix(cfg_.run.seed ^ static_cast<uint64_t>(index)) & 0xffffffffffffull,
+                           .inject_nan = poison, .parallel = dp_.get()},
+                          previous);
 }
 
 void Trainer::log_step(const StepResult& r, double lr, double seconds, int64_t start_step, double loop_seconds) {

@@ -60,7 +60,9 @@ class Trainer {
   void load_models();   // data loaders, teacher, student (calibrated, or restored below), optimizer
   void restore(const std::filesystem::path& checkpoint_dir);
   // loop
-  StepResult step(int64_t step, double lr);
+  // Step `index`'s batches, queued (train/step.h's QueuedStep); `previous`: the step before, if it is still unread.
+  QueuedStep queue_step(int64_t index, double lr, const QueuedStep* previous);
+  bool may_queue_after(int64_t index) const;
   void log_step(const StepResult& r, double lr, double seconds, int64_t start_step, double loop_seconds);
   void stop_if_too_many_bad_steps(const StepResult& r);
   void debug_hooks() const;  // test-only fault injection after a step (config.h's DebugConfig)

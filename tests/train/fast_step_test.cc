@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "common/test_util.h"
@@ -114,6 +115,56 @@ TEST(FastStepTest, DeviceSideStepMatchesHostStepAndSkipsPoisonedSteps) {
   EXPECT_FALSE(std::isfinite(r.values.loss));
   EXPECT_EQ(fused.steps(), 2);
   for (auto& [n, p] : b->hf_tensors()) EXPECT_TRUE(qad::testing::same_bits(p.detach(), before[n])) << n;
+}
+
+// Steps queued before the previous one is read (the trainer's overlap, step.h's QueuedStep) give the bits of steps
+// read one by one: the same values and skips, weights, moments and step count, with poisoned steps in between (the
+// step after a skipped one takes its bias corrections from the skip flag, not from the count the host had when it
+// queued it; a wrong count changes the update, so the weights would differ).
+TEST(FastStepTest, QueuedStepsGiveTheBitsOfStepsReadOneByOne) {
+  auto teacher = fixture(torch::kFloat32, 0);
+  auto a = fixture(torch::kFloat32, 71), b = fixture(torch::kFloat32, 71);
+  const int64_t v = teacher->config().vocab_size;
+  TrainConfig cfg;
+  cfg.loss.kl = 1.0;
+  cfg.optim.grad_clip = 0.05;
+  AdamW one_by_one(a->hf_tensors(), cfg.optim), overlapped(b->hf_tensors(), cfg.optim);
+  one_by_one.set_fused(true);
+  overlapped.set_fused(true);
+  const std::vector<bool> poisoned = {false, true, false, true, true, false, false};
+  auto options = [&](size_t i) {
+    return StepOptions{.lr = 1e-3 * static_cast<double>(i + 1), .config = &cfg, .rng_seed = i, .inject_nan = poisoned[i]};
+  };
+  auto batch = [&](size_t i) { return padded_random_batch({16, 13}, 16, v, 80 + i); };
+  std::vector<StepResult> want, got;
+  for (size_t i = 0; i < poisoned.size(); ++i) want.push_back(train_step(a, &teacher, {batch(i)}, one_by_one, options(i)));
+  std::optional<QueuedStep> previous;
+  for (size_t i = 0; i < poisoned.size(); ++i) {
+    auto q = queue_train_step(b, &teacher, {batch(i)}, overlapped, options(i), previous ? &*previous : nullptr);
+    EXPECT_FALSE(q.read());
+    if (previous) got.push_back(read_train_step(*previous, overlapped));
+    previous = std::move(q);
+  }
+  got.push_back(read_train_step(*previous, overlapped));
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].skipped, poisoned[i]) << "step " << i;
+    EXPECT_EQ(got[i].skipped, want[i].skipped) << "step " << i;
+    if (!poisoned[i]) {
+      EXPECT_EQ(got[i].values.loss, want[i].values.loss) << "step " << i;
+      EXPECT_EQ(got[i].grad_norm, want[i].grad_norm) << "step " << i;
+    }
+  }
+  EXPECT_EQ(overlapped.steps(), 4);
+  EXPECT_EQ(one_by_one.steps(), 4);
+  auto pa = a->hf_tensors(), pb = b->hf_tensors();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(qad::testing::same_bits(pa[i].second, pb[i].second)) << pa[i].first;
+  const auto sa = one_by_one.state(), sb = overlapped.state();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(qad::testing::same_bits(sa[i].second, sb[i].second)) << sa[i].first;
+  // Reading twice gives the same result and gives no count back twice.
+  EXPECT_TRUE(read_train_step(*previous, overlapped).values.loss == got.back().values.loss);
+  EXPECT_EQ(overlapped.steps(), 4);
 }
 
 // The step's points (step_marks.h) for a timeline: each micro-batch's teacher forward, student forward, loss and

@@ -49,6 +49,38 @@ TEST(FusedAdamWCuda, KernelEqualsReferenceBitForBit) {
   EXPECT_TRUE(same_bits(gpu[4].master.cpu(), before.cpu()));
 }
 
+// An update queued before the previous step was read (the trainer's overlapped steps): the kernel takes the
+// scalars of step t where the previous step's flag is 1 and those of step t - 1 where it is 0, as the reference
+// does; the two choices give different bits (the bias corrections differ), so a kernel that ignored the flag fails.
+TEST(FusedAdamWCuda, PreviousStepsFlagPicksTheScalarsOnTheDevice) {
+  QAD_REQUIRE_GPU();
+  auto gen = seeded_generator(13);
+  OptimConfig o;
+  const int64_t n = 40000;
+  auto master = torch::randn({n}, gen), m = torch::randn({n}, gen) * 1e-3, v = torch::rand({n}, gen) * 1e-6;
+  auto grad = (torch::randn({n}, gen) * 1e-2).to(torch::kBFloat16);
+  const auto one = torch::full({}, 1.0f);
+  std::vector<torch::Tensor> results;
+  for (const float previous_applied : {1.0f, 0.0f}) {
+    const auto previous = previous_step(1e-3, o, 3, torch::full({}, previous_applied));
+    ASSERT_TRUE(previous.has_value());
+    auto poison = [&] { return torch::full({n}, std::nan(""), torch::kBFloat16); };
+    std::vector<AdamWTensors> cpu = {{master.clone(), m.clone(), v.clone(), grad, poison(), false}};
+    std::vector<AdamWTensors> gpu = {{master.cuda(), m.cuda(), v.cuda(), grad.cuda(), poison().cuda(), false}};
+    fused_adamw_reference_(cpu, adamw_scalars(1e-3, o, 3), one, one, &*previous);
+    const PreviousStep on_device{previous->previous_apply.cuda(), previous->if_skipped};
+    fused_adamw_(gpu, adamw_scalars(1e-3, o, 3), one.cuda(), one.cuda(), &on_device);
+    EXPECT_TRUE(same_bits(gpu[0].master.cpu(), cpu[0].master)) << "previous applied " << previous_applied;
+    EXPECT_TRUE(same_bits(gpu[0].param.cpu(), cpu[0].param)) << "previous applied " << previous_applied;
+    // The reference itself: the plain update with step t's scalars, or with step t - 1's.
+    std::vector<AdamWTensors> plain = {{master.clone(), m.clone(), v.clone(), grad, torch::Tensor(), false}};
+    fused_adamw_reference_(plain, adamw_scalars(1e-3, o, previous_applied != 0 ? 3 : 2), one, one);
+    EXPECT_TRUE(same_bits(plain[0].master, cpu[0].master)) << "previous applied " << previous_applied;
+    results.push_back(cpu[0].master);
+  }
+  EXPECT_FALSE(same_bits(results[0], results[1]));
+}
+
 TEST(FusedAdamWCuda, GradSquareSumMatchesReference) {
   QAD_REQUIRE_GPU();
   auto gen = seeded_generator(12);

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -280,6 +281,71 @@ TEST_F(RunTest, NonFiniteStepsAreSkippedAndTooManyStopTheRun) {
   EXPECT_NE(log2.find("step-00000003"), std::string::npos) << log2;
   EXPECT_TRUE(fs::exists(many / "checkpoints/step-00000003/model/config.json"));
   EXPECT_FALSE(fs::exists(many / "final_metrics.json"));
+}
+
+// Steps overlapped as on a GPU (each step's values read after the next step is queued; on the CPU through the fused
+// AdamW's reference, which gives the trainer a device-side step): the log says so, and the run logs the bits of the
+// same run read step by step, with skipped steps (one whose read is deferred: step 2) and validations and
+// checkpoints between; a run killed mid-way resumes to the same losses.
+TEST_F(RunTest, OverlappedStepsLogTheBitsOfStepsReadOneByOne) {
+  auto args = [&](const fs::path& out, bool sequential) {
+    auto a = base_args(out);
+    a.insert(a.end(), {"--set", "debug.fused_adamw_on_cpu=true", "--debug-nan-at-steps", "2,6"});
+    if (sequential) a.insert(a.end(), {"--set", "debug.sequential_steps=true"});
+    return a;
+  };
+  const auto overlapped = root_ / "overlapped", sequential = root_ / "sequential", killed = root_ / "overlap_killed";
+  int st = run_qad(args(overlapped, false), root_ / "o1.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "o1.log");
+  st = run_qad(args(sequential, true), root_ / "o2.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "o2.log");
+  const std::string note = "each step's values are read after the next step is queued";
+  EXPECT_NE(slurp(root_ / "o1.log").find(note), std::string::npos) << slurp(root_ / "o1.log");
+  EXPECT_EQ(slurp(root_ / "o2.log").find(note), std::string::npos) << slurp(root_ / "o2.log");
+
+  auto records = [&](const fs::path& run) {
+    std::map<std::pair<std::string, int64_t>, nlohmann::json> out;  // (type, step) -> the last record
+    std::ifstream f(run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      auto j = nlohmann::json::parse(line);
+      for (const char* timing : {"tokens_per_s", "peak_mem_gb"}) j.erase(timing);
+      out[{j["type"].get<std::string>(), j["step"].get<int64_t>()}] = j;
+    }
+    return out;
+  };
+  const auto a = records(overlapped), b = records(sequential);
+  ASSERT_EQ(a.size(), b.size());
+  int skipped = 0, valid = 0;
+  for (const auto& [key, j] : a) {
+    ASSERT_TRUE(b.count(key)) << key.first << " " << key.second;
+    EXPECT_EQ(j, b.at(key)) << key.first << " step " << key.second << " (bitwise on the CPU)";
+    skipped += j.value("skipped", false) ? 1 : 0;
+    valid += key.first == "valid" ? 1 : 0;
+  }
+  EXPECT_EQ(skipped, 2);
+  EXPECT_GE(valid, 3);
+  auto final_metrics = [&](const fs::path& run) {
+    auto j = nlohmann::json::parse(slurp(run / "final_metrics.json"));
+    j.erase("train_seconds");
+    return j;
+  };
+  EXPECT_EQ(final_metrics(overlapped), final_metrics(sequential));
+
+  auto kill = args(killed, false);
+  kill.insert(kill.end(), {"--debug-kill-at-step", "5"});
+  st = run_qad(kill, root_ / "o3.log");
+  ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << slurp(root_ / "o3.log");
+  auto resume = args(killed, false);
+  resume.push_back("--resume");
+  st = run_qad(resume, root_ / "o4.log");
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(root_ / "o4.log");
+  const auto la = losses(overlapped), lk = losses(killed);
+  ASSERT_EQ(lk.size(), la.size());
+  for (const auto& [step, loss] : la) {
+    if (std::isnan(loss)) EXPECT_TRUE(std::isnan(lk.at(step))) << "step " << step;
+    else EXPECT_EQ(loss, lk.at(step)) << "step " << step;
+  }
 }
 
 // The CKA term may train a subset of the layers; validation still measures every decoder layer and mean_cka is
