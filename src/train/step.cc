@@ -329,9 +329,12 @@ QueuedStep queue_train_step(model::CausalLM& student, model::CausalLM* teacher,
     QAD_CHECK(previous == nullptr || previous->result_,
               "queue_train_step: this step waits for the device, so the step before it must be read first");
     q.result_ = train_step(student, teacher, micro_batches, optimizer, o);
+    *q.was_read_ = true;
     return q;
   }
   QAD_CHECK(o.config != nullptr && !micro_batches.empty(), "train_step: no config or no micro-batches");
+  QAD_CHECK(previous == nullptr || previous->before_read_ == nullptr || *previous->before_read_,
+            "queue_train_step: the step before `previous` is still unread; read it first (one unread step at most)");
   const TrainConfig& c = *o.config;
   optimizer.zero_grad();
   q.values_ = accumulate_gradients_on_device(student, teacher, micro_batches, c, o.rng_seed, o.inject_nan);
@@ -342,6 +345,7 @@ QueuedStep queue_train_step(model::CausalLM& student, model::CausalLM* teacher,
   auto scale = torch::ones({}, opts);
   if (c.optim.grad_clip > 0) scale = torch::where(norm > c.optim.grad_clip, c.optim.grad_clip / (norm + 1e-6), scale);
   const bool previous_unread = previous != nullptr && !previous->result_;
+  if (previous_unread) q.before_read_ = previous->was_read_;
   optimizer.step_on_device(o.lr, scale.to(torch::kFloat32), q.apply_,
                            previous_unread ? previous->apply_ : torch::Tensor());
   optimizer.zero_grad();
@@ -362,6 +366,7 @@ StepResult read_train_step(QueuedStep& q, Optimizer& optimizer) {
   r.skipped = extra[1] == 0.0;
   if (r.skipped) optimizer.cancel_step();
   q.result_ = r;
+  *q.was_read_ = true;
   return r;
 }
 

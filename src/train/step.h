@@ -102,12 +102,19 @@ StepResult train_step(model::CausalLM& student, model::CausalLM* teacher,
 
 // A step whose work is queued and whose values are not read yet. On one process with a device-side step, the
 // trainer queues step N+1 before it reads step N (queue_train_step with `previous` = step N, then read_train_step of
-// step N), so that the host prepares step N+1 while the device still runs step N and the device never waits at a
-// step's start. Exact: step N+1's AdamW update takes its step count from step N's skip flag on the device (Optimizer::
-// step_on_device's previous_apply), and reading a skipped step N gives its count back as train_step does. Anything
-// that looks at the weights (validation, a checkpoint) must come after the last queued step is read.
+// step N), so that the host queues step N+1 while the device still runs step N, and the device does not wait for the
+// host between steps (it still does where a step reads the device mid-way: a MoE dispatch's counts, CKA dynamic
+// balancing, a batch without host facts). Exact: step N+1's AdamW update takes its step count from step N's skip
+// flag on the device (Optimizer::step_on_device's previous_apply), and reading a skipped step N gives its count back
+// as train_step does. At most one step is unread when another is queued. Anything that looks at the weights
+// (validation, a checkpoint) must come after the last queued step is read.
 class QueuedStep {
  public:
+  QueuedStep() = default;
+  QueuedStep(QueuedStep&&) = default;
+  QueuedStep& operator=(QueuedStep&&) = default;
+  QueuedStep(const QueuedStep&) = delete;  // one owner: a copy could give a skipped step's count back twice
+  QueuedStep& operator=(const QueuedStep&) = delete;
   bool read() const { return result_.has_value(); }
 
  private:
@@ -118,6 +125,10 @@ class QueuedStep {
   torch::Tensor apply_;                // FP32 0-dim on the device: 1 where the update was applied
   std::shared_ptr<PendingRead> read_;  // the values, the gradient norm and apply, on their way to the host
   std::optional<StepResult> result_;   // once read (at once where the step could not be queued without a read)
+  // At most one step may be unread when another is queued (PreviousStep covers one): whether the step this one was
+  // queued after has been read (null where it was read already), and this one's own flag for the step after it.
+  std::shared_ptr<const bool> before_read_;
+  std::shared_ptr<bool> was_read_ = std::make_shared<bool>(false);
 };
 
 // train_step's work without its read. `previous`: the step queued before this one, or null. Steps that have to read

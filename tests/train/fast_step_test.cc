@@ -165,6 +165,15 @@ TEST(FastStepTest, QueuedStepsGiveTheBitsOfStepsReadOneByOne) {
   // Reading twice gives the same result and gives no count back twice.
   EXPECT_TRUE(read_train_step(*previous, overlapped).values.loss == got.back().values.loss);
   EXPECT_EQ(overlapped.steps(), 4);
+  // At most one unread step: a third step queued while the first is unread is refused before any work.
+  auto first = queue_train_step(b, &teacher, {batch(0)}, overlapped, options(0));
+  auto second = queue_train_step(b, &teacher, {batch(0)}, overlapped, options(0), &first);
+  const auto message = qad::testing::thrown_message(
+      [&] { queue_train_step(b, &teacher, {batch(0)}, overlapped, options(0), &second); });
+  EXPECT_NE(message.find("one unread step at most"), std::string::npos) << message;
+  EXPECT_EQ(overlapped.steps(), 6);
+  read_train_step(first, overlapped);
+  EXPECT_NO_THROW(read_train_step(second, overlapped));
 }
 
 // The step's points (step_marks.h) for a timeline: each micro-batch's teacher forward, student forward, loss and

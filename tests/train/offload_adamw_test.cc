@@ -94,6 +94,23 @@ TEST_P(OffloadAdamWTest, GivesAdamWsFusedUpdateBitForBit) {
   off.cancel_step();
   expect_same(pb, before, "skipped step");
   EXPECT_EQ(off.steps(), 4);
+  // Overlapped steps (the trainer's): a skipped step, and the next one queued before it is read. Its flag, 0, makes
+  // that update use step 5's scalars on both optimizers (OffloadAdamW passes it on as AdamW does); the skipped
+  // step's count is given back after.
+  plain.zero_grad();
+  off.zero_grad();
+  set_grads(pa, pb, gen);
+  plain.step_on_device(1e-3, f32(1), f32(0));
+  off.step_on_device(1e-3, f32(1), f32(0));
+  plain.zero_grad();
+  off.zero_grad();
+  set_grads(pa, pb, gen);
+  plain.step_on_device(1.5e-3, f32(1), f32(1), f32(0));
+  off.step_on_device(1.5e-3, f32(1), f32(1), f32(0));
+  plain.cancel_step();
+  off.cancel_step();
+  expect_same(pa, pb, "the step after a skipped one, queued before it was read");
+  EXPECT_EQ(off.steps(), 5);
   // The host-side step (data parallel without ZeRO): clip on the host, then step(lr).
   plain.scale_grads(0.5);
   off.scale_grads(0.5);
