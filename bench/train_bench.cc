@@ -103,6 +103,9 @@ struct Variant {
   bool bf16_products = false;  // loss.cka_bf16_products
 };
 
+// Which of two variants takes turn k when they alternate A B, B A, A B, ... (the timeline and the overlapped steps).
+size_t abba_turn(int64_t k) { return static_cast<size_t>((k % 2) ^ ((k / 2) % 2)); }
+
 // --timeline: `steps` steps of the first two variants, taking turns (A B, B A, ..), each timed at the step's points
 // (train/step_marks.h) and at its end: the host's time since the step began, and the device's (a CUDA event recorded
 // at the point, read once the step is done: when the device had finished the work queued before it). Medians per
@@ -119,7 +122,7 @@ std::string step_timeline(const std::vector<Variant>& variants, int64_t steps,
   std::map<std::string, std::map<std::string, std::vector<double>>> host_ms, device_ms;  // variant -> point -> ms
   std::vector<std::string> order;                                                      // points as first seen
   for (int64_t k = 0; k < 2 * steps; ++k) {
-    const Variant& v = variants[static_cast<size_t>(((k % 2) ^ ((k / 2) % 2)))];
+    const Variant& v = variants[abba_turn(k)];
     std::vector<Point> points;
     torch::cuda::synchronize();
     auto stream = c10::cuda::getCurrentCUDAStream();
@@ -185,12 +188,11 @@ std::string overlapped_steps(const std::vector<Variant>& variants, int64_t steps
                                                                         const qad::train::QueuedStep*)>& queue,
                              const std::function<void(qad::train::QueuedStep&)>& read) {
 #ifdef QAD_HAS_CUDA
-  auto variant_of = [](int64_t k) { return static_cast<size_t>((k % 2) ^ ((k / 2) % 2)); };
   std::optional<qad::train::QueuedStep> previous;
   std::vector<std::unique_ptr<at::cuda::CUDAEvent>> ended;  // ended[k]: after step k's work
   const int64_t total = 2 * steps + 2;  // the first pair warms the pipeline and is left out
   for (int64_t k = 0; k < total; ++k) {
-    auto q = queue(variants[variant_of(k)], k, previous ? &*previous : nullptr);
+    auto q = queue(variants[abba_turn(k)], k, previous ? &*previous : nullptr);
     ended.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));
     ended.back()->record(c10::cuda::getCurrentCUDAStream());
     if (previous) read(*previous);
@@ -203,8 +205,8 @@ std::string overlapped_steps(const std::vector<Variant>& variants, int64_t steps
     double t[2];
     for (int64_t k = p; k <= p + 1; ++k) {
       const double step_ms = ended[static_cast<size_t>(k - 1)]->elapsed_time(*ended[static_cast<size_t>(k)]);
-      t[variant_of(k)] = step_ms;
-      ms[variant_of(k)].push_back(step_ms);
+      t[abba_turn(k)] = step_ms;
+      ms[abba_turn(k)].push_back(step_ms);
     }
     ratios.push_back(t[1] / t[0]);
   }

@@ -351,14 +351,14 @@ QueuedStep queue_train_step(model::CausalLM& student, model::CausalLM* teacher,
   optimizer.zero_grad();
   // The step's only transfer, queued after all of its work: read_train_step waits for it.
   step_mark(kMarkRead);
-  q.read_ = std::make_shared<PendingRead>(flatten_values(q.values_, {norm, q.apply_}));
+  q.read_ = PendingRead(flatten_values(q.values_, {norm, q.apply_}));
   return q;
 }
 
 StepResult read_train_step(QueuedStep& q, Optimizer& optimizer) {
   if (q.result_) return *q.result_;
-  QAD_CHECK(q.read_ != nullptr, "read_train_step: no step was queued");
-  const auto& host = q.read_->wait();
+  QAD_CHECK(!q.read_.empty(), "read_train_step: no step was queued");
+  const auto& host = q.read_.wait();
   std::vector<double> extra;
   StepResult r;
   r.values = parse_values(q.values_, host.data_ptr<double>(), 2, &extra);

@@ -123,7 +123,7 @@ class QueuedStep {
   friend StepResult read_train_step(QueuedStep&, Optimizer&);
   DeviceLossValues values_;
   torch::Tensor apply_;                // FP32 0-dim on the device: 1 where the update was applied
-  std::shared_ptr<PendingRead> read_;  // the values, the gradient norm and apply, on their way to the host
+  PendingRead read_;                   // the values, the gradient norm and apply, on their way to the host
   std::optional<StepResult> result_;   // once read (at once where the step could not be queued without a read)
   // At most one step may be unread when another is queued (PreviousStep covers one): whether the step this one was
   // queued after has been read (null where it was read already), and this one's own flag for the step after it.
