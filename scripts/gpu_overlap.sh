@@ -5,7 +5,8 @@
 # then bench_train's overlapped steps: the CKA recipe against QAD at both shapes, and the null control.
 #   mkdir -p .shared && cp -r ../shared/models/stories260K .shared/     # here; then on the device, carry [".shared"]:
 #   scripts/gpu_overlap.sh                                             # writes $OUT/overlap_*.txt
-# Env: B (build dir, /root/b), BUILD_S (the build's limit, 400), STEPS (the bench's overlapped steps per variant, 80).
+# Env: B (build dir, /root/b), BUILD_S (the build's limit, 400), STEPS (the bench's overlapped steps per variant, 80),
+# TESTS=1 (also build and run test_train_cuda first, into $OUT/overlap_tests.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:?writes to \$OUT}
@@ -14,11 +15,17 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/overlap_device.txt"
-cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=OFF -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 ||
+tests=OFF targets=(qad bench_train)
+[[ ${TESTS:-0} == 1 ]] && tests=ON targets+=(test_train_cuda)
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=$tests -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 ||
   { tail -20 "$out/cmake.log"; exit 1; }
-timeout "${BUILD_S:-400}" ninja -C "$B" qad bench_train >"$out/build.log" 2>&1 ||
+timeout "${BUILD_S:-400}" ninja -C "$B" "${targets[@]}" >"$out/build.log" 2>&1 ||
   { grep -E "error|FAILED" "$out/build.log" | head -20; tail -2 "$out/build.log"; exit 1; }
 echo "build: $(elapsed)"
+if [[ $tests == ON ]]; then
+  timeout 120 "$B/tests/train/test_train_cuda" >"$out/overlap_tests.txt" 2>&1
+  echo "test_train_cuda: rc $? ($(elapsed))"; grep -E "PASSED|FAILED|SKIPPED|OK \]" "$out/overlap_tests.txt"
+fi
 
 # The trainer: the same run overlapped and sequential.
 w=/tmp/qad_overlap && rm -rf "$w" && mkdir -p "$w"
@@ -57,7 +64,7 @@ bench() {
     >>"$out/overlap_bench.txt" 2>&1
   echo "bench $*: rc $? ($(elapsed))"
 }
-bench --models 1.7b --variants recipe
 bench --models 0.6b --variants recipe
-bench --models 1.7b --variants qad-null
+bench --models 1.7b --variants recipe
+bench --models 0.6b --variants qad-null
 grep -E "^===|^overlapped" "$out/overlap_bench.txt"
