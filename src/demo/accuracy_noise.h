@@ -11,7 +11,8 @@ namespace qad::demo {
 // Two standard errors of a - b, as a fraction (0.05 = 5 points).
 double accuracy_noise(double a, double b, int64_t n);
 
-// "78.5 % vs 75.0 %: within noise (±8.4 points)" or "93.5 % vs 53.5 %: +40.0 points (noise ±7.9)".
+// "78.5 % vs 75.0 %: within the test's noise (±8.4 points)" or "93.5 % vs 53.5 %: +40.0 points (the test's noise
+// ±7.9)": the words say whose noise it is, so that a gap beyond it is not read as beyond a seed's.
 std::string compare_accuracies(double a, double b, int64_t n);
 
 }  // namespace qad::demo

@@ -123,8 +123,9 @@ std::string fmt_opt(const nlohmann::json& j, const char* key, const char* f) {
 }
 
 // One line a reader can act on: does QAD recover what PTQ lost, and does CKA-QAD keep the geometry closer? Only
-// accuracy gaps beyond the evaluation's noise on n questions are stated as gaps (accuracy_noise.h); the CKA and KL
-// figures are one training seed each, which the line says.
+// accuracy gaps beyond the evaluation's noise on n questions are stated as gaps (accuracy_noise.h). Every figure is
+// one training seed, and that noise is the test's alone (another seed moves a student's accuracy further), which the
+// line says, so that a gap beyond the test's noise is not read as a property of the method.
 std::string verdict(const nlohmann::ordered_json& results, int64_t n) {
   auto find = [&](const std::string& m) -> const nlohmann::ordered_json& {
     for (const auto& r : results)
@@ -141,8 +142,9 @@ std::string verdict(const nlohmann::ordered_json& results, int64_t n) {
   std::string v = fmt::format("accuracy on {} questions: teacher vs PTQ {}; QAD vs PTQ {}; CKA-QAD vs QAD {}. ", n,
                               compare_accuracies(acc_t, acc_p, n), compare_accuracies(acc_q, acc_p, n),
                               compare_accuracies(acc_c, acc_q, n));
-  v += fmt::format("QAD {} PTQ's KL to the teacher ({:.5f} → {:.5f}); mean CKA CKA-QAD {:.4f}, QAD {:.4f} (one "
-                   "training seed each: docs/experiments.md has the seed-to-seed spread).",
+  v += fmt::format("QAD {} PTQ's KL to the teacher ({:.5f} → {:.5f}); mean CKA CKA-QAD {:.4f}, QAD {:.4f}. One "
+                   "training seed each, and the noise above is the test's alone: another seed moves a student's "
+                   "accuracy further (docs/experiments.md has the seed-to-seed spread).",
                    kl_q < kl_p ? "lowers" : "does not lower", kl_p, kl_q, metric(cka, "mean_cka"),
                    metric(qad, "mean_cka"));
   if (acc_t < 0.5) v += " The teacher has not learned the task: train it longer (--teacher-steps).";

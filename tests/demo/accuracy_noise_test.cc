@@ -16,9 +16,9 @@ TEST(AccuracyNoise, TwoStandardErrorsOfTheDifference) {
 }
 
 TEST(AccuracyNoise, SmallGapsAreCalledWithinNoiseAndLargeOnesAreStatedWithTheirSign) {
-  EXPECT_EQ(compare_accuracies(0.785, 0.75, 200), "78.5 % vs 75.0 %: within noise (±8.4 points)");
-  EXPECT_EQ(compare_accuracies(0.935, 0.535, 200), "93.5 % vs 53.5 %: +40.0 points (noise ±7.9)");
-  EXPECT_EQ(compare_accuracies(0.5, 0.9, 1000), "50.0 % vs 90.0 %: -40.0 points (noise ±3.7)");
+  EXPECT_EQ(compare_accuracies(0.785, 0.75, 200), "78.5 % vs 75.0 %: within the test's noise (±8.4 points)");
+  EXPECT_EQ(compare_accuracies(0.935, 0.535, 200), "93.5 % vs 53.5 %: +40.0 points (the test's noise ±7.9)");
+  EXPECT_EQ(compare_accuracies(0.5, 0.9, 1000), "50.0 % vs 90.0 %: -40.0 points (the test's noise ±3.7)");
 }
 
 }  // namespace
