@@ -17,7 +17,8 @@ elapsed() { echo "$(( $(date +%s) - start )) s"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/overlap_device.txt"
 tests=OFF targets=(qad bench_train)
 [[ ${TESTS:-0} == 1 ]] && tests=ON targets+=(test_train_cuda)
-cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=$tests -DQAD_BUILD_BENCH=ON >"$out/cmake.log" 2>&1 ||
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQAD_BUILD_TESTS=$tests -DQAD_BUILD_BENCH=ON \
+  >"$out/cmake.log" 2>&1 ||
   { tail -20 "$out/cmake.log"; exit 1; }
 timeout "${BUILD_S:-400}" ninja -C "$B" "${targets[@]}" >"$out/build.log" 2>&1 ||
   { grep -E "error|FAILED" "$out/build.log" | head -20; tail -2 "$out/build.log"; exit 1; }

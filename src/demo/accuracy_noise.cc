@@ -17,9 +17,11 @@ std::string compare_accuracies(double a, double b, int64_t n) {
   const double noise = accuracy_noise(a, b, n);
   const double gap = a - b;
   if (std::abs(gap) <= noise) {
-    return fmt::format("{:.1f} % vs {:.1f} %: within the test's noise (±{:.1f} points)", 100 * a, 100 * b, 100 * noise);
+    return fmt::format("{:.1f} % vs {:.1f} %: within the test's noise (±{:.1f} points)", 100 * a, 100 * b,
+                       100 * noise);
   }
-  return fmt::format("{:.1f} % vs {:.1f} %: {:+.1f} points (the test's noise ±{:.1f})", 100 * a, 100 * b, 100 * gap, 100 * noise);
+  return fmt::format("{:.1f} % vs {:.1f} %: {:+.1f} points (the test's noise ±{:.1f})", 100 * a, 100 * b, 100 * gap,
+                     100 * noise);
 }
 
 }  // namespace qad::demo
